@@ -1,0 +1,113 @@
+"""The row plan: which label row goes where in the store, its fold and targets, and its raw segment.
+
+Pure functions of train.csv / test.csv. Rows are sorted by (eeg_id, offset, label_id) so rows sharing
+an EEG are adjacent: a Dask task owns whole chunks of rows and reads each parquet file it needs once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hms_prep.kaggle import LABEL_WINDOW_S, SAMPLE_RATE, VOTE_COLUMNS
+from hms_prep.store import TARGET_COLUMNS, digest
+
+EEG_OFFSET = "eeg_label_offset_seconds"
+SPEC_OFFSET = "spectrogram_label_offset_seconds"
+
+
+def plan_rows(labels: pa.Table, split: str, n_folds: int) -> pa.Table:
+    """The label table in store order with `row`, `source_index` and, for train, votes, targets, fold.
+
+    Test rows get offset 0 (test EEGs are exactly 50 s and test spectrograms exactly 10 min).
+    """
+    table = labels.append_column("source_index", pa.array(np.arange(labels.num_rows), pa.int64()))
+    if split == "test":
+        zeros = pa.array(np.zeros(labels.num_rows), pa.float64())
+        table = table.append_column(EEG_OFFSET, zeros).append_column(SPEC_OFFSET, zeros)
+        order = pc.sort_indices(table, [("eeg_id", "ascending"), ("source_index", "ascending")])
+    else:
+        order = pc.sort_indices(
+            table, [("eeg_id", "ascending"), (EEG_OFFSET, "ascending"), ("label_id", "ascending")]
+        )
+    table = table.take(order)
+    table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
+    if split == "train":
+        votes = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float64)
+        total = votes.sum(1)
+        table = table.append_column("total_votes", pa.array(total.astype(np.int64)))
+        for j, name in enumerate(TARGET_COLUMNS):
+            table = table.append_column(name, pa.array((votes[:, j] / total).astype(np.float32)))
+        folds = patient_folds(table.column("patient_id").to_numpy(), n_folds)
+        table = table.append_column("fold", pa.array(folds.astype(np.int8)))
+    return table
+
+
+def patient_folds(patient_ids: np.ndarray, n_folds: int) -> np.ndarray:
+    """Deterministic patient-grouped folds balanced by row count.
+
+    Patients are taken largest first (ties by id) and each goes to the fold with the fewest rows so
+    far: the same greedy rule as scikit-learn's GroupKFold, without a random seed to forget.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    patients, inverse, counts = np.unique(patient_ids, return_inverse=True, return_counts=True)
+    fold_of_patient = np.empty(len(patients), dtype=np.int64)
+    fold_sizes = np.zeros(n_folds, dtype=np.int64)
+    for p in np.lexsort((patients, -counts)):
+        fold = int(np.argmin(fold_sizes))
+        fold_of_patient[p] = fold
+        fold_sizes[fold] += counts[p]
+    return fold_of_patient[inverse]
+
+
+def rows_digest(planned: pa.Table) -> str:
+    """Identity of the row plan: the ids and offsets of every row in store order."""
+    cols = ["eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET]
+    return digest([planned.column(c).to_pylist() for c in cols])
+
+
+@dataclass(frozen=True)
+class RawSegment:
+    """Samples [file_start, file_start + length) of one EEG, stored at raw[:, position:position+length]."""
+
+    eeg_id: int
+    file_start: int
+    length: int
+    position: int
+
+
+def plan_raw_segments(
+    planned: pa.Table, chunk_rows: int, margin_s: int, raw_chunk_samples: int
+) -> tuple[list[list[RawSegment]], np.ndarray, int]:
+    """Lay out the raw signal segments chunk by chunk.
+
+    Each row chunk gets, per EEG it contains, one segment covering its label windows plus `margin_s`
+    on each side (room for jitter). A chunk's segments start on a raw-chunk boundary so that no two
+    tasks ever write into the same raw chunk. Returns the segments per row chunk, the per-row index
+    (raw_start, raw_lo, raw_hi) as an (n_rows, 3) int64 array, and the total raw length.
+    """
+    eeg_ids = planned.column("eeg_id").to_numpy()
+    starts = np.round(planned.column(EEG_OFFSET).to_numpy() * SAMPLE_RATE).astype(np.int64)
+    margin, window = margin_s * SAMPLE_RATE, LABEL_WINDOW_S * SAMPLE_RATE
+    index = np.zeros((len(eeg_ids), 3), dtype=np.int64)
+    segments: list[list[RawSegment]] = []
+    position = 0
+    for lo in range(0, len(eeg_ids), chunk_rows):
+        hi = min(lo + chunk_rows, len(eeg_ids))
+        chunk_segments = []
+        boundaries = np.flatnonzero(np.diff(eeg_ids[lo:hi])) + 1
+        for group in np.split(np.arange(lo, hi), boundaries):
+            file_start = int(starts[group].min()) - margin
+            length = int(starts[group].max()) + window + margin - file_start
+            chunk_segments.append(RawSegment(int(eeg_ids[group[0]]), file_start, length, position))
+            index[group, 0] = position + starts[group] - file_start
+            index[group, 1] = position
+            index[group, 2] = position + length
+            position += length
+        segments.append(chunk_segments)
+        position = -(-position // raw_chunk_samples) * raw_chunk_samples  # next task starts aligned
+    return segments, index, max(position, raw_chunk_samples)

@@ -1,0 +1,178 @@
+"""The on-disk format of a cache store: one Zarr v3 group plus `labels.parquet` beside its arrays.
+
+This module is the format's single definition. It holds no preprocessing math, so the trainer's
+reader may import it. See docs/store-format.md for the format in prose.
+
+    STORE/zarr.json                 root attributes["hms_cache"]: layout version, split, rows, chunking
+    STORE/labels.parquet            one row per label row, in array order (column `row`)
+    STORE/eeg_{W}s                  (rows, 4, n_mels, frames) float16  EEG mel spectrogram windows
+    STORE/kaggle                    (rows, 4, 100, 300) float16        Kaggle spectrogram crops, log1p
+    STORE/raw                       (signals, samples) float16         bipolar signals, segments per chunk
+    STORE/_build/{array}/done       (chunks,) uint8   1 = the chunk's data, status and errors are written
+    STORE/_build/{array}/status     (rows,) uint8     0 not computed, 1 ok, 2 failed
+    STORE/_build/{array}/error      (rows,) string    failure reason ("" when ok)
+    STORE/_build/{array}/repaired   (rows,) float32   fraction of the row's values repaired (NaN) or padded
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+# labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
+warnings.filterwarnings("ignore", message=r"Object at labels\.parquet is not recognized")
+
+LAYOUT_VERSION = 1
+ROOT_KEY = "hms_cache"
+LABELS_FILE = "labels.parquet"
+BUILD_GROUP = "_build"
+
+STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+CHAIN_AXIS = ("LL", "RL", "LP", "RP")
+TARGET_COLUMNS = ("seizure_target", "lpd_target", "gpd_target", "lrda_target", "grda_target", "other_target")
+
+# Measured in benchmarks/codecs.py (docs/performance.md): Blosc-lz4 with byte shuffle decodes far
+# faster than zstd at a similar ratio on float16 spectrograms.
+CODECS = {
+    "lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+    "blosc-zstd": lambda: BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
+    "zstd": lambda: ZstdCodec(level=1),
+    "none": lambda: None,
+}
+DEFAULT_CODEC = "lz4"
+
+
+class StoreError(RuntimeError):
+    """The store is missing, of an unknown layout, or inconsistent with what was asked."""
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Facts fixed when a store is created; every later build must agree with them."""
+
+    split: str
+    n_rows: int
+    chunk_rows: int
+    rows_digest: str  # hash of the label rows in array order: a different train.csv is refused
+    n_folds: int
+    codec: str
+    raw_chunk_samples: int
+    layout_version: int = LAYOUT_VERSION
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    def chunk_slice(self, chunk: int) -> slice:
+        return slice(chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows, self.n_rows))
+
+
+def digest(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (keys sorted)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_array_names(group: zarr.Group) -> list[str]:
+    """The data arrays present (eeg_*s, kaggle, raw), in a stable order."""
+    names = [n for n in group.array_keys() if not n.startswith("_")]
+    return sorted(names, key=lambda n: (not n.startswith("eeg_"), _window_of(n), n))
+
+
+def _window_of(name: str) -> int:
+    return int(name[4:-1]) if name.startswith("eeg_") and name.endswith("s") else 0
+
+
+def create_store(url: str, layout: StoreLayout) -> zarr.Group:
+    group = zarr.open_group(url, mode="w-")
+    group.attrs[ROOT_KEY] = asdict(layout)
+    return group
+
+
+def open_store(url: str, mode: str = "r") -> tuple[zarr.Group, StoreLayout]:
+    """Open a store and check its layout version; raises StoreError with the reason."""
+    try:
+        group = zarr.open_group(url, mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        raise StoreError(f"{url}: no store here ({err})") from None
+    attrs = group.attrs.asdict().get(ROOT_KEY)
+    if attrs is None:
+        raise StoreError(f"{url}: a Zarr group, but not an hms cache store (no '{ROOT_KEY}' attributes)")
+    version = attrs.get("layout_version")
+    if version != LAYOUT_VERSION:
+        raise StoreError(
+            f"{url}: store layout version {version}, this program reads version {LAYOUT_VERSION}; "
+            "rebuild the store with this version of hms-prep"
+        )
+    return group, StoreLayout(**attrs)
+
+
+def store_exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(f"{path.rstrip('/')}/zarr.json")
+
+
+def write_labels(url: str, table: pa.Table) -> None:
+    """Write labels.parquet atomically where the filesystem allows (temp file, then rename)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    final = f"{path.rstrip('/')}/{LABELS_FILE}"
+    temp = final + ".tmp"
+    with fs.open(temp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    fs.mv(temp, final)
+
+
+def read_labels(url: str) -> pa.Table:
+    fs, path = fsspec.core.url_to_fs(url)
+    target = f"{path.rstrip('/')}/{LABELS_FILE}"
+    if not fs.exists(target):
+        raise StoreError(f"{url}: {LABELS_FILE} is missing; run hms-prep build")
+    with fs.open(target, "rb") as f:
+        return pq.read_table(f)
+
+
+def store_nbytes(url: str) -> int:
+    fs, path = fsspec.core.url_to_fs(url)
+    return int(sum(fs.du(path, total=False).values())) if fs.exists(path) else 0
+
+
+@dataclass(frozen=True)
+class BuildState:
+    """Per-array completion bookkeeping, each piece chunked so a task only writes chunks it owns."""
+
+    done: zarr.Array
+    status: zarr.Array
+    error: zarr.Array
+    repaired: zarr.Array
+
+
+def create_build_state(group: zarr.Group, name: str, layout: StoreLayout) -> BuildState:
+    sub = group.require_group(f"{BUILD_GROUP}/{name}")
+    rows, chunk = (layout.n_rows,), (layout.chunk_rows,)
+    return BuildState(
+        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0),
+        status=sub.create_array("status", shape=rows, chunks=chunk, dtype="uint8", fill_value=STATUS_PENDING),
+        error=sub.create_array("error", shape=rows, chunks=chunk, dtype=str),
+        repaired=sub.create_array("repaired", shape=rows, chunks=chunk, dtype="float32", fill_value=0.0),
+    )
+
+
+def open_build_state(group: zarr.Group, name: str) -> BuildState:
+    sub = group[f"{BUILD_GROUP}/{name}"]
+    return BuildState(done=sub["done"], status=sub["status"], error=sub["error"], repaired=sub["repaired"])
+
+
+def chunk_errors(state: BuildState, rows: slice) -> list[str]:
+    """The error strings of a row range ('' for rows without one); empty string chunks read as ''."""
+    values = state.error[rows]
+    return ["" if v is None else str(v) for v in np.asarray(values, dtype=object)]

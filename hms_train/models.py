@@ -1,0 +1,326 @@
+"""Models for the six-class vote distribution: a 2D spectrogram net, a 1D raw-EEG net, and both joined.
+
+All backbones come from timm. Every model returns raw logits (B, 6); the loss applies the softmax.
+`create_model` is the one factory the trainer uses; `model_inputs` says which batch keys a kind consumes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import huggingface_hub.constants
+import timm
+import torch
+from timm.layers import SelectAdaptivePool2d
+from timm.models import adapt_input_conv, load_state_dict
+from torch import nn
+
+NUM_CLASSES = 6
+POOLS = ("avg", "gem", "attention")
+KINDS = ("2d", "1d", "multimodal")
+# The 1D net halves the time axis until at most this many steps are left for its GRU.
+GRU_MAX_STEPS = 400
+
+
+class AttentionPool(nn.Module):
+    """The seed's "attention before average pooling": one learned weight per feature-map column.
+
+    A 1x1 conv, BatchNorm and SiLU summarise the map; its global average goes through Linear(C -> W) and a
+    sigmoid, giving a weight in (0, 1) for each of the W columns (time steps of the spectrogram image).
+    The map is multiplied by these weights and then globally averaged. W is fixed at construction, so
+    the module only accepts feature maps of that width.
+    """
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.width = width
+        self.summary = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=1, bias=False),  # BatchNorm follows: no bias needed
+            nn.BatchNorm2d(channels),
+            nn.SiLU(),
+        )
+        self.column_logits = nn.Linear(channels, width)
+
+    def column_weights(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, W) weights in (0, 1)."""
+        summary = self.summary(feature_map).mean(dim=(2, 3))
+        return torch.sigmoid(self.column_logits(summary))
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C)."""
+        if feature_map.shape[-1] != self.width:
+            raise ValueError(
+                f"AttentionPool was built for feature maps {self.width} columns wide but got "
+                f"{feature_map.shape[-1]}; build the model with the image size it will see"
+            )
+        weights = self.column_weights(feature_map)
+        return (feature_map * weights[:, None, None, :]).mean(dim=(2, 3))
+
+
+class GeM(nn.Module):
+    """Generalized mean pooling (B, C, H, W) -> (B, C): (mean x^p)^(1/p) with a learnable p (1 = average)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps  # keeps x^p defined after the clamp of non-positive activations
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        # float32: eps ** 3 underflows in float16, and the 1/p root of 0 has an infinite gradient
+        return feature_map.float().clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+def create_pool(pool: str, channels: int, width: int) -> nn.Module:
+    """A (B, C, H, W) -> (B, C) pooling layer by name: "avg", "gem" or "attention"."""
+    if pool == "avg":
+        return SelectAdaptivePool2d(pool_type="avg", flatten=True)
+    if pool == "gem":
+        return GeM()
+    if pool == "attention":
+        return AttentionPool(channels, width)
+    raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
+
+
+def timm_backbone(name: str, pretrained: bool = False) -> nn.Module:
+    """A timm model for 1-channel images that returns its unpooled feature map (B, C, H, W)."""
+    return timm.create_model(name, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="")
+
+
+def feature_map_shape(backbone: nn.Module, image_size: tuple[int, int]) -> tuple[int, int, int]:
+    """(C, H, W) of the backbone's feature map for a (1, H_img, W_img) image, by one dry forward pass.
+
+    Runs in eval mode without gradients so BatchNorm running statistics are left untouched.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        feature_map = backbone(torch.zeros(1, 1, *image_size))
+    backbone.train(was_training)
+    channels, height, width = feature_map.shape[1:]
+    return channels, height, width
+
+
+class SpectrogramNet(nn.Module):
+    """timm backbone on a (B, 1, H, W) spectrogram image -> pool -> dropout -> Linear(C -> 6).
+
+    `backbone` must return its unpooled feature map (see `timm_backbone`). `image_size` (H, W) is the
+    size the model will see; it fixes the attention pool's width. With num_classes=0 the head is an
+    identity and forward returns the pooled features (timm's convention).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        image_size: tuple[int, int],
+        pool: str = "attention",
+        drop_rate: float = 0.2,
+        num_classes: int = NUM_CLASSES,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        channels, _, width = feature_map_shape(backbone, image_size)
+        self.num_features = channels
+        self.pool = create_pool(pool, channels, width)
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, C) pooled backbone features."""
+        return self.pool(self.backbone(image))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(image)))
+
+
+class ResidualBlock1d(nn.Module):
+    """ResNet basic block in 1D: two convs with BatchNorm, a projected shortcut when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, kernel_size: int = 7):
+        super().__init__()
+        padding = kernel_size // 2
+        self.body = nn.Sequential(
+            nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, bias=False),
+            nn.BatchNorm1d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(out_channels, out_channels, kernel_size, 1, padding, bias=False),
+            nn.BatchNorm1d(out_channels),
+        )
+        if stride == 1 and in_channels == out_channels:
+            self.shortcut = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(
+                nn.Conv1d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm1d(out_channels)
+            )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+def downsampling_blocks(samples: int, max_steps: int = GRU_MAX_STEPS) -> int:
+    """How many stride-2 blocks after the stride-2 stem bring `samples` down to at most `max_steps`."""
+    steps = math.ceil(samples / 2)
+    blocks = 0
+    while steps > max_steps:
+        steps = math.ceil(steps / 2)
+        blocks += 1
+    return blocks
+
+
+class RawEEGNet(nn.Module):
+    """ResNet1D-GRU on raw bipolar EEG (B, S, T) -> (B, 6), after the seed's 1D pipeline.
+
+    A stride-2 conv stem and stride-2 residual blocks shorten T (10,000 samples = 50 s at 200 Hz) to at
+    most GRU_MAX_STEPS steps (313 for 10,000); a bidirectional GRU reads them, and the mean and max of its
+    outputs over time are the features (D = 4 * gru_hidden). Any length T works; `samples` only sets the
+    depth. With num_classes=0 forward returns the features.
+    """
+
+    def __init__(
+        self,
+        channels: int = 18,
+        samples: int = 10000,
+        width: int = 64,
+        gru_hidden: int = 64,
+        drop_rate: float = 0.2,
+        num_classes: int = NUM_CLASSES,
+    ):
+        super().__init__()
+        self.channels = channels
+        self.stem = nn.Sequential(
+            nn.Conv1d(channels, width, kernel_size=15, stride=2, padding=7, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.blocks = nn.Sequential(
+            *[ResidualBlock1d(width, width, stride=2) for _ in range(downsampling_blocks(samples))],
+            ResidualBlock1d(width, width, stride=1),
+        )
+        self.gru = nn.GRU(width, gru_hidden, batch_first=True, bidirectional=True)
+        self.num_features = 4 * gru_hidden  # mean and max of the 2 * gru_hidden GRU outputs
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def features(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, S, T) bipolar EEG -> (B, D)."""
+        if raw.shape[1] != self.channels:
+            raise ValueError(f"RawEEGNet was built for {self.channels} signals but got {raw.shape[1]}")
+        steps = self.blocks(self.stem(raw)).transpose(1, 2)  # (B, L, width): the GRU wants time second
+        sequence, _ = self.gru(steps)
+        return torch.cat([sequence.mean(dim=1), sequence.amax(dim=1)], dim=1)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(raw)))
+
+
+class MultimodalNet(nn.Module):
+    """A SpectrogramNet and a RawEEGNet trained jointly: their features concatenated into one head.
+
+    Both branches should be built with num_classes=0 so that their own heads are identities.
+    """
+
+    def __init__(
+        self, spectrogram: SpectrogramNet, raw: RawEEGNet, drop_rate: float = 0.2, num_classes: int = NUM_CLASSES
+    ):
+        super().__init__()
+        self.spectrogram = spectrogram
+        self.raw = raw
+        self.num_features = spectrogram.num_features + raw.num_features
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def features(self, image: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.spectrogram.features(image), self.raw.features(raw)], dim=1)
+
+    def forward(self, image: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(image, raw)))
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load timm-format pretrained weights (torch.save file or .safetensors) into a 1-channel backbone.
+
+    The classifier keys are dropped (the backbone has none) and a 3-channel first conv is summed over
+    its input channels, as timm does for in_chans=1. Loading is strict otherwise, so a file for another
+    architecture fails loudly instead of leaving layers at random initialisation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = load_state_dict(str(path))
+    config = backbone.pretrained_cfg
+    classifiers = config.get("classifier") or ()
+    for name in (classifiers,) if isinstance(classifiers, str) else classifiers:
+        state.pop(f"{name}.weight", None)
+        state.pop(f"{name}.bias", None)
+    first_conv = f"{config['first_conv']}.weight"
+    in_chans = backbone.get_submodule(config["first_conv"]).in_channels
+    if first_conv in state and state[first_conv].shape[1] != in_chans:
+        state[first_conv] = adapt_input_conv(in_chans, state[first_conv], base_chans=state[first_conv].shape[1])
+    backbone.load_state_dict(state)
+
+
+def cached_pretrained_backbone(name: str) -> nn.Module:
+    """timm's pretrained weights for `name`, from the local cache only (these machines have no internet).
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import, so the module flag is set along with the
+    environment variable; without it every lookup would first try the network.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        return timm_backbone(name, pretrained=True)
+    except OSError as error:  # cache miss: LocalEntryNotFoundError, OfflineModeIsEnabled, URLError
+        raise RuntimeError(f"no pretrained weights for {name} in the local cache; pass --weights PATH") from error
+
+
+def create_backbone(name: str, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
+    """A 1-channel timm feature extractor: weights from `weights` if given, else timm's cache if
+    `pretrained`, else random initialisation."""
+    if weights is not None:
+        backbone = timm_backbone(name)
+        load_backbone_weights(backbone, weights)
+        return backbone
+    if pretrained:
+        return cached_pretrained_backbone(name)
+    return timm_backbone(name)
+
+
+def create_model(
+    kind: str,
+    backbone: str = "efficientnet_b0",
+    pool: str = "attention",
+    image_size: tuple[int, int] = (400, 812),
+    raw_channels: int = 18,
+    raw_samples: int = 10000,
+    drop_rate: float = 0.2,
+    pretrained: bool = False,
+    weights: str | None = None,
+) -> nn.Module:
+    """Build a model by kind: "2d" (SpectrogramNet), "1d" (RawEEGNet) or "multimodal" (both).
+
+    `backbone`, `pool`, `image_size`, `pretrained` and `weights` concern the 2D branch; `raw_channels`
+    (16 or 18) and `raw_samples` the 1D branch. `weights` is a local pretrained file for the backbone
+    and takes precedence over `pretrained`, which reads timm's local cache only.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    if kind == "1d":
+        if pretrained or weights is not None:
+            raise ValueError("pretrained weights apply to the 2D backbone; model kind '1d' has none")
+        return RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate)
+    image_backbone = create_backbone(backbone, pretrained, weights)
+    if kind == "2d":
+        return SpectrogramNet(image_backbone, tuple(image_size), pool, drop_rate)
+    spectrogram = SpectrogramNet(image_backbone, tuple(image_size), pool, drop_rate, num_classes=0)
+    raw = RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate, num_classes=0)
+    return MultimodalNet(spectrogram, raw, drop_rate)
+
+
+def model_inputs(kind: str) -> tuple[str, ...]:
+    """The batch keys a model of this kind takes, in forward-argument order."""
+    inputs = {"2d": ("image",), "1d": ("raw",), "multimodal": ("image", "raw")}
+    if kind not in inputs:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    return inputs[kind]

@@ -1,0 +1,229 @@
+"""Shapes, pooling semantics and weight loading of hms_train.models (random init, small images, CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from hms_train.models import (
+    AttentionPool,
+    GeM,
+    MultimodalNet,
+    RawEEGNet,
+    SpectrogramNet,
+    create_model,
+    model_inputs,
+)
+
+IMAGE_SIZE = (128, 160)  # feature map 4 x 5 for stride-32 backbones
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    return torch.randn(2, 1, *IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def efficientnet() -> SpectrogramNet:
+    return create_model("2d", backbone="efficientnet_b0", pool="attention", image_size=IMAGE_SIZE).eval()
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_b0", "mobilenetv3_large_100"])
+@pytest.mark.parametrize("pool", ["avg", "gem", "attention"])
+def test_spectrogram_net_shapes(backbone, pool, image):
+    model = create_model("2d", backbone=backbone, pool=pool, image_size=IMAGE_SIZE).eval()
+    assert isinstance(model, SpectrogramNet)
+    with torch.no_grad():
+        logits = model(image)
+        features = model.features(image)
+    assert logits.shape == (2, 6)
+    assert features.shape == (2, 1280)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("backbone, channels", [("convnext_base", 1024), ("tf_efficientnetv2_s", 1280)])
+def test_large_backbones_construct(backbone, channels):
+    model = create_model("2d", backbone=backbone, image_size=IMAGE_SIZE)
+    assert model.num_features == channels
+    assert model.pool.width == 5
+    assert model.training  # the dry forward pass at build restores train mode
+
+
+def test_build_leaves_batchnorm_statistics_untouched():
+    model = create_model("2d", backbone="efficientnet_b0", pool="avg", image_size=IMAGE_SIZE)
+    assert model.backbone.bn1.num_batches_tracked.item() == 0
+    assert torch.equal(model.backbone.bn1.running_mean, torch.zeros_like(model.backbone.bn1.running_mean))
+
+
+def test_attention_pool_width_is_checked(efficientnet):
+    assert efficientnet.pool.width == 5
+    wider = torch.randn(1, 1, IMAGE_SIZE[0], IMAGE_SIZE[1] + 64)
+    with pytest.raises(ValueError, match="5 columns wide but got 7"):
+        efficientnet(wider)
+
+
+def constant_column_pool(feature_map: torch.Tensor, column_bias: torch.Tensor) -> torch.Tensor:
+    """AttentionPool output when the column weights are fixed by the Linear's bias alone."""
+    channels, width = feature_map.shape[1], feature_map.shape[3]
+    pool = AttentionPool(channels, width).eval()
+    with torch.no_grad():
+        pool.column_logits.weight.zero_()
+        pool.column_logits.bias.copy_(column_bias)
+        return pool(feature_map)
+
+
+def test_attention_pool_weights_columns():
+    feature_map = torch.randn(3, 8, 4, 5, generator=torch.Generator().manual_seed(1))
+    closed = constant_column_pool(feature_map, torch.full((5,), -50.0))
+    assert torch.allclose(closed, torch.zeros(3, 8), atol=1e-12)
+    opened = constant_column_pool(feature_map, torch.full((5,), 50.0))
+    assert torch.allclose(opened, feature_map.mean(dim=(2, 3)), atol=1e-6)
+    # Only column 2 open: the pool sees that column alone, still divided by all W * H positions.
+    only_third = constant_column_pool(feature_map, torch.tensor([-50.0, -50.0, 50.0, -50.0, -50.0]))
+    assert torch.allclose(only_third, feature_map[..., 2].mean(dim=2) / 5, atol=1e-6)
+
+
+def test_gem_with_p_one_is_average_pooling():
+    feature_map = torch.rand(2, 8, 4, 5, generator=torch.Generator().manual_seed(2)) + 0.1
+    gem = GeM()
+    assert gem.p.item() == pytest.approx(3.0)
+    assert gem(feature_map).shape == (2, 8)
+    assert (gem(feature_map) > feature_map.mean(dim=(2, 3))).all()  # p > 1 leans towards the max
+    with torch.no_grad():
+        gem.p.fill_(1.0)
+    assert torch.allclose(gem(feature_map), feature_map.mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_raw_eeg_net_on_fifty_seconds():
+    model = create_model("1d", raw_channels=18, raw_samples=10000).eval()
+    assert isinstance(model, RawEEGNet)
+    raw = 10 * torch.randn(2, 18, 10000, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert model(raw).shape == (2, 6)
+        assert model.features(raw).shape == (2, model.num_features)
+        # stem /2 then four stride-2 blocks: 10000 -> 313 steps for the GRU
+        assert model.blocks(model.stem(raw)).shape == (2, 64, 313)
+    with pytest.raises(ValueError, match="18 signals but got 16"):
+        model(raw[:, :16])
+
+
+def test_raw_eeg_net_trains():
+    model = create_model("1d", raw_channels=16, raw_samples=2000)
+    logits = model(torch.randn(4, 16, 2000))
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_multimodal_forward(image):
+    model = create_model("multimodal", image_size=IMAGE_SIZE, raw_channels=16).eval()
+    assert isinstance(model, MultimodalNet)
+    assert model.head.in_features == 1280 + model.raw.num_features
+    raw = torch.randn(2, 16, 10000)
+    with torch.no_grad():
+        assert model(image, raw).shape == (2, 6)
+    assert model_inputs("multimodal") == ("image", "raw")
+    assert model_inputs("2d") == ("image",)
+    assert model_inputs("1d") == ("raw",)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="unknown model kind"):
+        create_model("3d")
+    with pytest.raises(ValueError, match="unknown pool"):
+        create_model("2d", pool="max", image_size=IMAGE_SIZE)
+    with pytest.raises(ValueError, match="'1d' has none"):
+        create_model("1d", pretrained=True)
+
+
+def imagenet_efficientnet_state() -> dict[str, torch.Tensor]:
+    """A 3-channel, 1000-class efficientnet_b0 state dict standing in for downloaded ImageNet weights."""
+    torch.manual_seed(4)
+    return timm.create_model("efficientnet_b0", pretrained=False).state_dict()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_round_trip(tmp_path, suffix):
+    state = imagenet_efficientnet_state()
+    assert state["conv_stem.weight"].shape[1] == 3 and "classifier.weight" in state
+    path = tmp_path / f"efficientnet_b0{suffix}"
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    model = create_model("2d", backbone="efficientnet_b0", image_size=IMAGE_SIZE, weights=str(path))
+    loaded = model.backbone.state_dict()
+    assert torch.allclose(loaded["conv_stem.weight"], state["conv_stem.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(loaded["blocks.3.0.conv_pw.weight"], state["blocks.3.0.conv_pw.weight"])
+    assert torch.equal(loaded["bn2.running_var"], state["bn2.running_var"])
+
+
+def test_weights_for_another_architecture_fail_loudly(tmp_path):
+    path = tmp_path / "mobilenet.pth"
+    torch.save(timm.create_model("mobilenetv3_large_100", pretrained=False).state_dict(), path)
+    with pytest.raises(RuntimeError, match="Error\\(s\\) in loading state_dict"):
+        create_model("2d", backbone="efficientnet_b0", image_size=IMAGE_SIZE, weights=str(path))
+
+
+def write_hub_cache(hf_home: Path, repo_id: str, state: dict[str, torch.Tensor]) -> None:
+    """Lay out `state` as model.safetensors in a Hugging Face hub cache, as a past download would."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    safetensors.torch.save_file(state, str(snapshot / "model.safetensors"))
+
+
+def test_pretrained_reads_the_local_cache_only(tmp_path):
+    # huggingface_hub fixes its cache path at import, so the check runs in a fresh interpreter.
+    state = imagenet_efficientnet_state()
+    write_hub_cache(tmp_path, timm.models.get_pretrained_cfg("efficientnet_b0").hf_hub_id, state)
+    torch.save(state["conv_stem.weight"].sum(dim=1, keepdim=True), tmp_path / "expected_stem.pt")
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from hms_train.models import create_model
+        model = create_model("2d", backbone="efficientnet_b0", pretrained=True, image_size={IMAGE_SIZE})
+        expected = torch.load({str(tmp_path / "expected_stem.pt")!r})
+        assert torch.allclose(model.backbone.conv_stem.weight, expected), "cached weights not loaded"
+        try:
+            create_model("2d", backbone="mobilenetv3_large_100", pretrained=True, image_size={IMAGE_SIZE})
+        except RuntimeError as error:
+            print(error)
+        """
+    )
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path),
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("HF_HUB_OFFLINE", None)  # create_model must go offline by itself
+    env.pop("HF_HUB_CACHE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "no pretrained weights for mobilenetv3_large_100 in the local cache; pass --weights PATH"
+        in result.stdout
+    )

@@ -262,13 +262,26 @@ def _run_jobs(config, layout, planned, segments, jobs, progress) -> list[ChunkRe
 
         futures = client.map(build_chunk, chunk_jobs, pure=False)
         done_rows = 0
+        job_of = {future.key: job for future, job in zip(futures, chunk_jobs)}
         for future in as_completed(futures):
-            report = future.result()
+            try:
+                report = future.result()
+            except Exception as err:  # a crashed task: its chunk stays not-done and is redone next build
+                report = _crashed(job_of[future.key], err)
             reports.append(report)
             done_rows += max(report.rows_computed.values(), default=0)
             if progress:
                 progress(done_rows, total)
     return reports
+
+
+def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
+    report = ChunkReport(job.chunk)
+    for array in job.arrays:
+        for row in array.rows:
+            label = int(job.label_ids[row - job.first_row])
+            report.failures.append((row, label, array.name, f"chunk {job.chunk} task crashed: {err!r}"))
+    return report
 
 
 @contextmanager

@@ -102,59 +102,70 @@ def build_chunk(job: ChunkJob) -> ChunkReport:
 def _compute_eeg_arrays(job: ChunkJob, arrays: list[ArrayJob], results, report: ChunkReport) -> None:
     mel_arrays = [a for a in arrays if isinstance(a.params, MelParams)]
     raw_array = next((a for a in arrays if isinstance(a.params, RawParams)), None)
-    midline = bool(raw_array and raw_array.params.midline)
     pending = sorted({r for a in arrays for r in a.rows})
     windows = {a.name: ([], []) for a in mel_arrays}  # rows, (16, W*200) windows
     for eeg_id, rows in _group_rows(job, pending, job.eeg_ids).items():
         path = eeg_path(job.data_dir, job.split, eeg_id)
         segments = [s for s in job.raw_segments if s.eeg_id == eeg_id and raw_array is not None]
-        starts = {r: int(round(job.eeg_offsets[r - job.first_row] * SAMPLE_RATE)) for r in rows}
         try:
             with _timed(report, "read"):
                 eeg = read_eeg(path)
-        except KaggleDataError as err:
-            _fail(arrays, rows, str(err), results)
+            _process_recording(job, eeg, path, rows, segments, arrays, mel_arrays, raw_array, windows, results, report)
+        except Exception as err:  # one broken recording fails its own rows, never the chunk
+            reason = str(err) if isinstance(err, KaggleDataError) else f"{path}: unexpected error: {err!r}"
+            _fail(arrays, rows, reason, results)
             if raw_array is not None:  # the segments keep zeros; their rows are marked failed
                 results[raw_array.name].values.update({("segment", s.position): None for s in segments})
-            continue
-        with _timed(report, "montage"):
-            # Work on the span these rows need (plus filter context), not the whole recording.
-            wanted = [(s.file_start, s.file_start + s.length) for s in segments]
-            wanted += [(st, st + LABEL_SAMPLES) for st in starts.values()]
-            lo = max(0, min(a for a, _ in wanted) - FILTER_CONTEXT)
-            hi = min(len(eeg), max(b for _, b in wanted) + FILTER_CONTEXT)
-            signals = bipolar_signals(eeg[lo:hi], midline=midline)
-            good = []
-            for row in rows:
-                reason, nan_fraction = _check_label_window(signals, starts[row] - lo, len(eeg), path, job, row)
-                if reason:
-                    _fail(arrays, [row], reason, results)
-                else:
-                    good.append(row)
-                    for a in arrays:
-                        results[a.name].repaired[row] = nan_fraction
-            filled = fill_nan(signals)
-            filtered = {}
-            for a in mel_arrays:
-                band = a.params.band_pass
-                if band not in filtered:
-                    filtered[band] = band_pass(filled[: len(BIPOLAR_PAIRS)], band, SAMPLE_RATE)
-                half = a.params.window_s * SAMPLE_RATE // 2
-                for row in good:
-                    if row in a.rows:
-                        centre = starts[row] - lo + LABEL_SAMPLES // 2
-                        windows[a.name][0].append(row)
-                        windows[a.name][1].append(filtered[band][:, centre - half : centre + half])
-            if raw_array is not None:
-                raw = scale_raw(band_pass(filled, raw_array.params.band_pass, SAMPLE_RATE), raw_array.params)
-                for s in segments:
-                    results[raw_array.name].values[("segment", s.position)] = _cut(raw, s.file_start - lo, s.length)
     for a in mel_arrays:
         rows, batch = windows[a.name]
         if rows:
             with _timed(report, "spectrogram"):
                 images = mel_windows(np.stack(batch), a.params)
             results[a.name].values.update(zip(rows, images))
+
+
+def _process_recording(job, eeg, path, rows, segments, arrays, mel_arrays, raw_array, windows, results, report):
+    """Check each row's label window, repair NaN, filter, and cut mel windows and raw segments."""
+    midline = bool(raw_array and raw_array.params.midline)
+    starts = {r: int(round(job.eeg_offsets[r - job.first_row] * SAMPLE_RATE)) for r in rows}
+    with _timed(report, "montage"):
+        # Work on the span these rows need (plus filter context), not the whole recording.
+        wanted = [(s.file_start, s.file_start + s.length) for s in segments]
+        wanted += [(st, st + LABEL_SAMPLES) for st in starts.values()]
+        lo = max(0, min(a for a, _ in wanted) - FILTER_CONTEXT)
+        hi = min(len(eeg), max(b for _, b in wanted) + FILTER_CONTEXT)
+        signals = bipolar_signals(eeg[lo:hi], midline=midline)
+        good = []
+        for row in rows:
+            reason, nan_fraction = _check_label_window(signals, starts[row] - lo, len(eeg), path, job, row)
+            if reason:
+                _fail(arrays, [row], reason, results)
+            else:
+                good.append(row)
+                for a in arrays:
+                    results[a.name].repaired[row] = nan_fraction
+        if not good and not any(_overlaps(s, lo, hi) for s in segments):
+            return  # nothing of this recording is usable here: every row already failed
+        filled = fill_nan(signals)
+        filtered = {}
+        for a in mel_arrays:
+            band = a.params.band_pass
+            if band not in filtered:
+                filtered[band] = band_pass(filled[: len(BIPOLAR_PAIRS)], band, SAMPLE_RATE)
+            half = a.params.window_s * SAMPLE_RATE // 2
+            for row in good:
+                if row in a.rows:
+                    centre = starts[row] - lo + LABEL_SAMPLES // 2
+                    windows[a.name][0].append(row)
+                    windows[a.name][1].append(filtered[band][:, centre - half : centre + half])
+        if raw_array is not None:
+            raw = scale_raw(band_pass(filled, raw_array.params.band_pass, SAMPLE_RATE), raw_array.params)
+            for s in segments:
+                results[raw_array.name].values[("segment", s.position)] = _cut(raw, s.file_start - lo, s.length)
+
+
+def _overlaps(segment: RawSegment, lo: int, hi: int) -> bool:
+    return segment.file_start < hi and segment.file_start + segment.length > lo
 
 
 def _check_label_window(signals, start, n_samples, path, job: ChunkJob, row) -> tuple[str, float]:
@@ -180,8 +191,9 @@ def _compute_kaggle(job: ChunkJob, array: ArrayJob, result: _ArrayResult, report
         try:
             with _timed(report, "read"):
                 time_s, power = read_spectrogram(path)
-        except KaggleDataError as err:
-            _fail([array], rows, str(err), {array.name: result})
+        except Exception as err:  # one broken file fails its own rows, never the chunk
+            reason = str(err) if isinstance(err, KaggleDataError) else f"{path}: unexpected error: {err!r}"
+            _fail([array], rows, reason, {array.name: result})
             continue
         with _timed(report, "kaggle"):
             for row in rows:

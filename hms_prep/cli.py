@@ -22,7 +22,7 @@ console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1):
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -71,14 +71,14 @@ def build(
     data: Path = typer.Option(..., "--data", help="Kaggle folder (train.csv, train_eegs/, ...)."),
     windows: str = typer.Option("10,30", "--windows", help="EEG window lengths in seconds, e.g. 10,30,50."),
     store: Optional[str] = typer.Option(
-        None, "--store", help="Store path or fsspec URL [default: cache/specs.zarr, cache/test.zarr for test]."
+        None, "--store", help="Store path or fsspec URL (default: cache/specs.zarr, or cache/test.zarr for --split test)."
     ),
     split: str = typer.Option("train", "--split", help="train (every train.csv row) or test (every test EEG)."),
     band_pass: str = typer.Option("none", "--band-pass", help="Band-pass before the mel spectrograms: LOW,HIGH Hz or none."),
     n_mels: int = typer.Option(100, "--n-mels"),
     n_fft: int = typer.Option(1024, "--n-fft"),
     win_length: int = typer.Option(128, "--win-length"),
-    hop_length: Optional[int] = typer.Option(None, "--hop-length", help="[default: W*200 // 256]"),
+    hop_length: Optional[int] = typer.Option(None, "--hop-length", help="Samples between frames (default: W*200 // 256)."),
     fmin: float = typer.Option(0.0, "--fmin"),
     fmax: float = typer.Option(20.0, "--fmax"),
     frames: int = typer.Option(256, "--frames", help="Spectrogram frames kept per window."),
@@ -176,6 +176,31 @@ def verify(store: str = typer.Argument(..., help="Store path or URL.")):
     typer.echo(f"{store}: ok")
 
 
+@app.command()
+def show(
+    store: str = typer.Argument(..., help="Store path or URL."),
+    row: Optional[int] = typer.Option(None, "--row", help="Row number in the store."),
+    label_id: Optional[int] = typer.Option(None, "--label-id", help="The row with this train.csv label_id."),
+    eeg_id: Optional[int] = typer.Option(None, "--eeg-id", help="The first row of this EEG."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: row{I}.png in the current folder)."),
+):
+    """PNG of one row as the trainer sees it (EEG windows + Kaggle crop, raw traces below if stored).
+
+    Give exactly one of --row, --label-id, --eeg-id.
+
+    Examples:
+      hms-prep show cache/specs.zarr --row 12 --out row12.png
+      hms-prep show cache/specs.zarr --label-id 3342474395
+    """
+    from hms_prep.show import show_row
+
+    try:
+        path = show_row(store, row=row, label_id=label_id, eeg_id=eeg_id, out=out)
+    except (StoreError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(str(path))
+
+
 class _progress:
     """A rich progress bar with rate and ETA, or nothing when quiet; yields an update(done, total)."""
 
@@ -203,3 +228,7 @@ class _progress:
         if not self.quiet:
             self.bar.__exit__(*exc)
         return False
+
+
+if __name__ == "__main__":
+    app()

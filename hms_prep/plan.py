@@ -85,9 +85,11 @@ def plan_raw_segments(
 ) -> tuple[list[list[RawSegment]], np.ndarray, int]:
     """Lay out the raw signal segments chunk by chunk.
 
-    Each row chunk gets, per EEG it contains, one segment covering its label windows plus `margin_s`
-    on each side (room for jitter). A chunk's segments start on a raw-chunk boundary so that no two
-    tasks ever write into the same raw chunk. Returns the segments per row chunk, the per-row index
+    Each row chunk gets, per EEG it contains, segments covering its label windows plus `margin_s`
+    on each side (room for jitter); label windows further apart than a window plus both margins get
+    separate segments, so sparse labels on a long recording (or a wild offset) cost only what they
+    cover. A chunk's segments start on a raw-chunk boundary so that no two tasks ever write into the
+    same raw chunk. Returns the segments per row chunk, the per-row index
     (raw_start, raw_lo, raw_hi) as an (n_rows, 3) int64 array, and the total raw length.
     """
     eeg_ids = planned.column("eeg_id").to_numpy()
@@ -99,7 +101,9 @@ def plan_raw_segments(
     for lo in range(0, len(eeg_ids), chunk_rows):
         hi = min(lo + chunk_rows, len(eeg_ids))
         chunk_segments = []
-        boundaries = np.flatnonzero(np.diff(eeg_ids[lo:hi])) + 1
+        new_eeg = np.diff(eeg_ids[lo:hi]) != 0
+        far_apart = np.diff(starts[lo:hi]) > window + 2 * margin  # rows are sorted by offset per EEG
+        boundaries = np.flatnonzero(new_eeg | far_apart) + 1
         for group in np.split(np.arange(lo, hi), boundaries):
             file_start = int(starts[group].min()) - margin
             length = int(starts[group].max()) + window + margin - file_start

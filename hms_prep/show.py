@@ -1,0 +1,176 @@
+"""A PNG of one store row as the trainer sees it before augmentation, for people to look at.
+
+Top panel: every part of the store's image side by side, left to right in the trainer's order (the
+`eeg_*s` windows by length, then the Kaggle crop). Each part is (4 chains, F, T); its 4 chains are
+stacked into (4F, T) exactly as the trainer stacks them (chain c on image rows c*F .. (c+1)*F - 1).
+The picture draws image row 0 at the bottom, so within each chain block frequency increases upwards,
+and the blocks read LL (bottom), RL, LP, RP (top). EEG parts are drawn as stored; the Kaggle part is
+z-scored per sample as the trainer does, and shown whole (training crops it later, evaluation keeps its
+start). Each part has its own colour scale, its 1st to 99th percentile. Bottom panel (when the store
+has `raw`): the 50 s label window of the raw bipolar signals, one trace per signal, first on top.
+
+hms_prep must not import hms_train, so the trainer's one-line Kaggle normalisation is repeated here.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on build machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from hms_prep.kaggle import CLASSES, SAMPLE_RATE, VOTE_COLUMNS  # noqa: E402
+from hms_prep.montage import pair_names  # noqa: E402
+from hms_prep.store import CHAIN_AXIS, data_array_names, open_store, read_labels  # noqa: E402
+
+# The PNG is always FIG_WIDTH x (SPECTROGRAM_HEIGHT [+ RAW_HEIGHT]) inches at DPI.
+FIG_WIDTH, SPECTROGRAM_HEIGHT, RAW_HEIGHT, DPI = 15.0, 5.5, 5.0, 100
+RAW_WINDOW_S = 50  # the label window an expert voted on
+KAGGLE_WINDOW_S = 600
+COLOR_MAP = "magma"
+CHAIN_COLORS = {"LL": "C0", "RL": "C3", "LP": "C2", "RP": "C1"}  # raw traces by chain; midline grey
+
+
+def find_row(labels: pa.Table, row: int | None = None, label_id: int | None = None,
+             eeg_id: int | None = None) -> int:
+    """The store row asked for by exactly one of: its row number, its label_id, or an eeg_id (the
+    first row of that EEG). Raises ValueError with the reason when none or several are given, or the
+    row or id is not in the store."""
+    given = [name for name, value in (("row", row), ("label_id", label_id), ("eeg_id", eeg_id)) if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of row, label_id, eeg_id (got {', '.join(given) or 'none'})")
+    if row is not None:
+        if not 0 <= row < labels.num_rows:
+            raise ValueError(f"row {row} is out of range: the store has rows 0..{labels.num_rows - 1}")
+        return row
+    column, value = ("label_id", label_id) if label_id is not None else ("eeg_id", eeg_id)
+    if column not in labels.column_names:
+        raise ValueError(f"the store's labels have no {column} column (a test store has eeg_id only)")
+    matches = np.flatnonzero(labels.column(column).to_numpy() == value)
+    if not len(matches):
+        raise ValueError(f"no row with {column} {value} in the store")
+    return int(labels.column("row").to_numpy()[matches].min())
+
+
+def show_row(store: str, row: int | None = None, label_id: int | None = None, eeg_id: int | None = None,
+             out: str | Path | None = None) -> Path:
+    """Write the PNG of one row (chosen as in `find_row`) to `out` (default `row{I}.png`); returns its path."""
+    group, _ = open_store(store)
+    labels = read_labels(store)
+    row = find_row(labels, row, label_id, eeg_id)
+    label = labels.slice(row, 1).to_pylist()[0]
+    out = Path(out) if out is not None else Path(f"row{row}.png")
+    names = data_array_names(group)
+    with_raw = "raw" in names
+    fig = plt.figure(figsize=(FIG_WIDTH, SPECTROGRAM_HEIGHT + (RAW_HEIGHT if with_raw else 0)), dpi=DPI,
+                     layout="constrained")
+    fig.suptitle(row_title(label), fontsize=12)
+    if label.get("status", "ok") != "ok":
+        _draw_failure(fig, label)
+    else:
+        images = {name: group[name][row].astype(np.float32) for name in names if name != "raw"}
+        if with_raw:
+            top, bottom = fig.subfigures(2, 1, height_ratios=(SPECTROGRAM_HEIGHT, RAW_HEIGHT))
+            _draw_image(top, images, group)
+            _draw_raw(bottom, group["raw"], label)
+        else:
+            _draw_image(fig, images, group)
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
+
+
+def stack_chains(part: np.ndarray) -> np.ndarray:
+    """(4, F, T) -> (4F, T): chain c on rows c*F .. (c+1)*F - 1, as the trainer composes it."""
+    chains, freqs, times = part.shape
+    return part.reshape(chains * freqs, times)
+
+
+def standardise(part: np.ndarray) -> np.ndarray:
+    """The trainer's Kaggle normalisation: (x - mean) / (std + 1e-6) over the whole block, population std."""
+    return (part - part.mean()) / (part.std() + 1e-6)
+
+
+def row_title(label: dict) -> str:
+    """Ids, consensus and votes of a train row; the eeg_id alone for a test row."""
+    ids = f"row {label['row']} · eeg_id {label['eeg_id']}"
+    if "label_id" not in label:
+        return ids
+    votes = ", ".join(f"{name} {label[column]}" for name, column in zip(CLASSES, VOTE_COLUMNS))
+    return (f"label_id {label['label_id']} · {ids} · consensus {label['expert_consensus']}\n"
+            f"votes: {votes} (total {label['total_votes']})")
+
+
+def part_title(name: str, attrs: dict) -> str:
+    params = attrs.get("params", {})
+    if name == "kaggle":
+        return f"Kaggle {KAGGLE_WINDOW_S // 60} min · log1p power, z-scored · {params['freqs_hz'][0]}-{params['freqs_hz'][-1]} Hz"
+    return f"EEG {params['window_s']} s · {params['n_mels']} mels, {params['fmin']:g}-{params['fmax']:g} Hz"
+
+
+def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
+    """One axes per part, widths in proportion to their time columns, each with its own colour bar."""
+    names = list(images)
+    axes = fig.subplots(1, len(names), width_ratios=[images[n].shape[-1] for n in names], squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        part = standardise(images[name]) if name == "kaggle" else images[name]
+        seconds = KAGGLE_WINDOW_S if name == "kaggle" else group[name].attrs["params"]["window_s"]
+        chains, freqs, _ = part.shape
+        low, high = np.percentile(part, [1, 99])
+        shown = ax.imshow(stack_chains(part), origin="lower", aspect="auto", cmap=COLOR_MAP, vmin=low, vmax=high,
+                          interpolation="nearest", extent=(-seconds / 2, seconds / 2, 0, chains * freqs))
+        for boundary in range(1, chains):
+            ax.axhline(boundary * freqs, color="white", linewidth=0.8)
+        ax.set_yticks([(c + 0.5) * freqs for c in range(chains)], CHAIN_AXIS)
+        ax.set_title(part_title(name, group[name].attrs.asdict()), fontsize=10)
+        ax.set_xlabel("seconds from label centre")
+        fig.colorbar(shown, ax=ax, location="bottom", shrink=0.5, aspect=50, pad=0.01)
+
+
+def _draw_raw(fig, raw, label: dict) -> None:
+    """The 50 s label window of every stored bipolar signal, offset vertically, first signal on top."""
+    start = int(label["raw_start"])
+    window = raw[:, start : start + RAW_WINDOW_S * SAMPLE_RATE].astype(np.float32)
+    names = raw.attrs["signals"]
+    spacing = 2 * max(float(np.percentile(np.abs(window), 99)), 1e-3)
+    time = np.arange(window.shape[1]) / SAMPLE_RATE - RAW_WINDOW_S / 2
+    offsets = -spacing * np.arange(len(names))
+    ax = fig.subplots()
+    for signal, name, offset in zip(window, names, offsets):
+        ax.plot(time, signal + offset, color=_signal_color(name), linewidth=0.5)
+    ax.set_yticks(offsets, names, fontsize=8)
+    ax.set_xlim(time[0], time[-1])
+    ax.set_ylim(offsets[-1] - spacing, spacing)
+    ax.set_xlabel("seconds from label centre")
+    ax.set_title(f"raw bipolar signals, {RAW_WINDOW_S} s label window, as stored ({_raw_recipe(raw.attrs['params'])})",
+                 fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _raw_recipe(params: dict) -> str:
+    band = params.get("band_pass")
+    band_text = f"band-pass {band[0]:g}-{band[1]:g} Hz, " if band else ""
+    return f"{band_text}clipped to ±{params['clip_uv']:g} µV, divided by {params['divide_by']:g}"
+
+
+def _signal_color(name: str) -> str:
+    """Colour a bipolar pair by its chain; the midline pairs (no chain) are grey."""
+    chain_pairs = pair_names()  # 16 pairs, 4 per chain, chain-major in LL, RL, LP, RP order
+    if name not in chain_pairs:
+        return "grey"
+    return CHAIN_COLORS[CHAIN_AXIS[chain_pairs.index(name) // 4]]
+
+
+def _draw_failure(fig, label: dict) -> None:
+    """The row's recorded errors (one line per failed array) where its image would be."""
+    ax = fig.subplots()
+    ax.axis("off")
+    errors = (label.get("error") or "no error recorded").split("; ")
+    lines = [f"this row was not built (status {label.get('status')}):"]
+    lines += [wrapped for error in errors for wrapped in textwrap.wrap(error, 150)]
+    ax.text(0.5, 0.5, "\n".join(lines), ha="center", va="center", fontsize=10, color="firebrick")

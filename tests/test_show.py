@@ -1,0 +1,118 @@
+"""`hms-prep show`: the picture of one store row."""
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hms_prep.cli import app
+from hms_prep.show import (
+    DPI,
+    FIG_WIDTH,
+    RAW_HEIGHT,
+    SPECTROGRAM_HEIGHT,
+    find_row,
+    row_title,
+    show_row,
+    stack_chains,
+    standardise,
+)
+from hms_prep.store import open_store, read_labels
+from hms_train.compose import compose_image
+
+WITH_RAW = (round(FIG_WIDTH * DPI), round((SPECTROGRAM_HEIGHT + RAW_HEIGHT) * DPI))  # (width, height) pixels
+WITHOUT_RAW = (round(FIG_WIDTH * DPI), round(SPECTROGRAM_HEIGHT * DPI))
+
+
+def png_size(path) -> tuple[int, int]:
+    height, width = mpimg.imread(path).shape[:2]
+    return width, height
+
+
+@pytest.fixture(scope="module")
+def test_store(synth_data, tmp_path_factory):
+    """A test-split store without raw signals, in memory (built on threads, no worker processes to
+    start); the synthetic test set has a row that fails on purpose."""
+    from hms_prep.build import BuildConfig, run_build
+
+    url = f"memory://{tmp_path_factory.mktemp('show').name}/test.zarr"
+    run_build(BuildConfig(data_dir=str(synth_data), store=url, split="test", windows=(10,), raw=None,
+                          chunk_rows=8, workers=1))
+    return url
+
+
+def test_png_by_row_label_id_and_eeg_id(train_store, tmp_path):
+    labels = read_labels(train_store)
+    row = 5
+    label_id = labels.column("label_id")[row].as_py()
+    eeg_id = labels.column("eeg_id")[row].as_py()
+    first_of_eeg = int(np.flatnonzero(labels.column("eeg_id").to_numpy() == eeg_id).min())
+
+    by_row = show_row(train_store, row=row, out=tmp_path / "a.png")
+    by_label = show_row(train_store, label_id=label_id, out=tmp_path / "b.png")
+    by_eeg = show_row(train_store, eeg_id=eeg_id, out=str(tmp_path / "c.png"))
+    for path in (by_row, by_label, by_eeg):
+        assert path.is_file() and png_size(path) == WITH_RAW
+    assert find_row(labels, label_id=label_id) == row
+    assert find_row(labels, eeg_id=eeg_id) == first_of_eeg
+    # the same row drawn twice gives the same picture
+    assert np.array_equal(mpimg.imread(by_row), mpimg.imread(by_label))
+
+
+def test_unknown_rows_and_ids_are_clear_errors(train_store):
+    labels = read_labels(train_store)
+    with pytest.raises(ValueError, match="no row with label_id 12345"):
+        find_row(labels, label_id=12345)
+    with pytest.raises(ValueError, match="no row with eeg_id 12345"):
+        find_row(labels, eeg_id=12345)
+    with pytest.raises(ValueError, match=f"row {labels.num_rows} is out of range"):
+        find_row(labels, row=labels.num_rows)
+    with pytest.raises(ValueError, match="exactly one"):
+        find_row(labels)
+    with pytest.raises(ValueError, match="exactly one"):
+        find_row(labels, row=0, eeg_id=1)
+
+
+def test_image_parts_are_what_the_trainer_composes(train_store):
+    group, _ = open_store(train_store)
+    row = 3
+    parts = {name: group[name][row : row + 1] for name in ("eeg_10s", "eeg_30s", "kaggle")}
+    trainer = compose_image({k: torch.from_numpy(v) for k, v in parts.items()}, list(parts))[0, 0].numpy()
+    shown = np.concatenate(
+        [stack_chains(standardise(v[0].astype(np.float32)) if k == "kaggle" else v[0].astype(np.float32))
+         for k, v in parts.items()], axis=1)
+    np.testing.assert_allclose(shown, trainer, rtol=1e-4, atol=1e-4)
+
+
+def test_titles(train_store, test_store):
+    train_label = read_labels(train_store).slice(0, 1).to_pylist()[0]
+    title = row_title(train_label)
+    assert f"label_id {train_label['label_id']}" in title and f"total {train_label['total_votes']}" in title
+    assert f"LPD {train_label['lpd_vote']}" in title and train_label["expert_consensus"] in title
+    test_label = read_labels(test_store).slice(0, 1).to_pylist()[0]
+    assert row_title(test_label) == f"row 0 · eeg_id {test_label['eeg_id']}"
+
+
+def test_test_store_and_failed_row(test_store, tmp_path):
+    labels = read_labels(test_store)
+    status = labels.column("status").to_pylist()
+    assert "failed" in status and "ok" in status, "the synthetic test set should have a failing EEG"
+    for row in range(labels.num_rows):
+        path = show_row(test_store, row=row, out=tmp_path / f"{row}.png")
+        assert png_size(path) == WITHOUT_RAW
+    with pytest.raises(ValueError, match="no label_id column"):
+        show_row(test_store, label_id=1, out=tmp_path / "x.png")
+
+
+def test_cli_default_name_and_errors(train_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    eeg_id = read_labels(train_store).column("eeg_id")[0].as_py()
+    runner = CliRunner()
+    result = runner.invoke(app, ["show", train_store, "--eeg-id", str(eeg_id)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "row0.png" and (tmp_path / "row0.png").is_file()
+    result = runner.invoke(app, ["show", train_store, "--label-id", "12345"])
+    assert result.exit_code == 1 and "no row with label_id 12345" in result.output
+    result = runner.invoke(app, ["show", train_store])
+    assert result.exit_code == 1 and "exactly one" in result.output

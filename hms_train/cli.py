@@ -1,0 +1,184 @@
+"""`hms-train`: train (the default command), predict, pseudo-label, bench, compare."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Train HMS models from a cache store and predict.")
+SUBCOMMANDS = ("train", "predict", "pseudo-label", "bench", "compare")
+
+
+def main() -> None:
+    """Entry point: `hms-train [train options]` trains; other subcommands by name."""
+    args = sys.argv[1:]
+    if not args or args[0] not in SUBCOMMANDS + ("--help", "-h"):
+        args = ["train", *args]
+    app(args=args, prog_name="hms-train")
+
+
+def _floats(text: Optional[str]) -> Optional[list[float]]:
+    return None if text is None else [float(v) for v in text.split(",")]
+
+
+@app.command()
+def train(
+    store: str = typer.Option("cache/specs.zarr", "--store", help="Train store built by hms-prep build."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Bundled config name (smoke, seed_effnet_b0, ...) or a TOML path."),
+    out: Path = typer.Option(Path("runs/run"), "--out", help="Run directory."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides the config)."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Folds to train, e.g. 0,1 (default: config, else all)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Stage-1 epochs (overrides the config)."),
+    set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup_p=0."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
+):
+    """Train every selected fold (two stages), write RUN/ with checkpoints, metrics, OOF and curves.
+
+    Examples:
+      hms-train --store cache/specs.zarr --config smoke --device cpu --out runs/smoke
+      hms-train --config seed_effnet_b0 --folds 0,1,2,3,4 --out runs/b0
+      hms-train --config smoke --set lr=1e-3 --set augment.hflip_p=0 --out runs/try
+      torchrun --nproc-per-node 2 -m hms_train.cli train --config seed_effnet_b0 --out runs/ddp
+    """
+    from hms_train.config import load_config
+    from hms_train.train import train as run_training
+
+    overrides = [f"store={json.dumps(store)}", *set_]
+    if device:
+        overrides.append(f"device={json.dumps(device)}")
+    if folds:
+        overrides.append(f"folds=[{folds}]")
+    if epochs is not None:
+        overrides.append(f"epochs={epochs}")
+    try:
+        cfg = load_config(config, overrides)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+    summary = run_training(cfg, out, quiet=quiet)
+    if summary:
+        typer.echo(f"{out}: out-of-fold KL {summary['kl']:.4f} (>=10 votes {summary['kl_10plus']:.4f}, "
+                   f"prior {summary['prior_kl']:.4f}) over {summary['n']} rows")
+
+
+@app.command()
+def predict(
+    store: str = typer.Option("cache/test.zarr", "--store", help="Test store built with --split test."),
+    run: List[Path] = typer.Option(..., "--run", help="Run directory; repeat for an ensemble."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Run weights, e.g. 0.6,0.4."),
+    out: Path = typer.Option(Path("submission.csv"), "--out"),
+    device: str = typer.Option("auto", "--device"),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average with the time-flipped input."),
+):
+    """Write submission.csv: every fold model of each run, averaged with the weights.
+
+    Example: hms-train predict --store cache/test.zarr --run runs/b0 --run runs/raw --weights 0.6,0.4
+    """
+    from hms_train.predict import predict_submission
+
+    table = predict_submission(store, run, out, _floats(weights), device, tta)
+    typer.echo(f"{out}: {table.num_rows} rows from {len(run)} run(s)")
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    runs: List[Path] = typer.Option(..., "--runs", help="Run directories whose OOF predictions to average."),
+    store: str = typer.Option("cache/specs.zarr", "--store"),
+    out: Path = typer.Option(Path("runs/pseudo.parquet"), "--out"),
+    min_votes: int = typer.Option(10, "--min-votes", help="Rows with fewer votes get pseudo-labels."),
+    weights: Optional[str] = typer.Option(None, "--weights"),
+):
+    """Write pseudo-labels for low-vote rows from an ensemble's out-of-fold predictions.
+
+    Example: hms-train pseudo-label --runs runs/b0 --runs runs/raw --out runs/pseudo.parquet
+    then:    hms-train --config seed_effnet_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
+    """
+    from hms_train.predict import pseudo_labels
+
+    table = pseudo_labels(runs, store, out, min_votes, _floats(weights))
+    typer.echo(f"{out}: pseudo-labels for {table.num_rows} rows with < {min_votes} votes")
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Run directories (each with oof.parquet, config.json, metrics.jsonl)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Train store for the targets (default: each run's config)."),
+    out: Path = typer.Option(Path("compare.png"), "--out", help="PNG of the runs' learning curves."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of the table."),
+):
+    """Table of the runs' out-of-fold KL (all rows, >= 10 votes, per class), best first, plus their curves.
+
+    Examples:
+      hms-train compare runs/b0 runs/raw
+      hms-train compare runs/* --store cache/specs.zarr --out curves.png --json
+    """
+    import math
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from hms_prep.store import StoreError
+    from hms_train.compare import compare_runs, plot_learning_curves
+    from hms_train.metric import CLASS_NAMES
+
+    console = Console(stderr=True)
+    try:
+        results = compare_runs(runs, store)
+        plot_learning_curves(runs, out)
+    except (FileNotFoundError, ValueError, StoreError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in results]
+        typer.echo(json.dumps(clean, indent=2))
+    else:
+        # Two tables so that each fits 80 columns without shortening a number.
+        scores = Table(title="out-of-fold KL, best first", box=box.SIMPLE_HEAD)
+        per_class = Table(title="per-class terms of the KL (they sum to it)", box=box.SIMPLE_HEAD)
+        for column in ("run", "folds", "rows", "KL", "rows ≥10 votes", "KL ≥10 votes"):
+            scores.add_column(column, justify="left" if column == "run" else "right", overflow="fold")
+        for column in ("run", *CLASS_NAMES):
+            per_class.add_column(column, justify="left" if column == "run" else "right", overflow="fold")
+        for r in results:
+            scores.add_row(r["run"], ",".join(map(str, r["folds"])), str(r["n"]), f"{r['kl']:.4f}",
+                           str(r["n_10plus"]), f"{r['kl_10plus']:.4f}")
+            per_class.add_row(r["run"], *(f"{r['per_class'][c]:.4f}" for c in CLASS_NAMES))
+        Console().print(scores, per_class)
+    if len({r["n"] for r in results}) > 1:
+        console.print("[yellow]note:[/yellow] the runs were validated on different numbers of rows; compare with care")
+    console.print(f"learning curves: {out}", highlight=False)
+
+
+@app.command()
+def bench(
+    store: str = typer.Option("cache/specs.zarr", "--store", help="Store built by hms-prep build."),
+    inputs: str = typer.Option("eeg_10s,eeg_30s,kaggle", "--inputs", help="Arrays to read, comma-separated."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batches: int = typer.Option(50, "--batches", min=1, help="Timed batches per pass."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    augment: bool = typer.Option(False, "--augment/--no-augment", help="Also time the training augmentations."),
+    threads: int = typer.Option(4, "--threads", min=1, help="Reader decoding threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (samples_per_s is the headline)."),
+):
+    """Samples/s from the store to a ready batch on the device, and where the time goes.
+
+    Example: hms-train bench --store cache/specs.zarr --inputs eeg_10s,eeg_30s,kaggle --batch-size 32 --batches 100 --augment
+    """
+    from hms_prep.store import StoreError
+    from hms_train.bench import format_report, run_bench
+
+    names = [name.strip() for name in inputs.split(",") if name.strip()]
+    try:
+        result = run_bench(store, names, batch_size, batches, device, augment, threads)
+    except (StoreError, KeyError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result) if as_json else format_report(result, store, names))
+
+
+if __name__ == "__main__":
+    main()

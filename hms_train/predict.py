@@ -1,0 +1,103 @@
+"""Ensembles of trained runs: test-set submissions and pseudo-labels from out-of-fold predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import torch
+
+from hms_train.config import TrainConfig
+from hms_train.forward import predict_probabilities, resolve_device
+from hms_train.reader import Selection, StoreReader
+from hms_train.train import VOTE_COLUMNS, build_model
+
+
+def load_run_config(run: Path) -> TrainConfig:
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: not a run directory (no config.json)")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def fold_checkpoints(run: Path) -> list[Path]:
+    found = sorted(Path(run).glob("fold*_best.pt"))
+    if not found:
+        raise FileNotFoundError(f"{run}: no fold*_best.pt checkpoints")
+    return found
+
+
+def _weights(runs, weights) -> np.ndarray:
+    w = np.ones(len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(w) != len(runs) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"--weights needs {len(runs)} non-negative values with a positive sum, got {weights}")
+    return w / w.sum()
+
+
+def predict_submission(
+    store: str, runs: list[Path], out: Path, weights: list[float] | None = None,
+    device: str = "auto", tta_hflip: bool = False,
+) -> pa.Table:
+    """Average every fold model of each run (runs weighted), rows in test.csv order, rows sum to 1."""
+    w = _weights(runs, weights)
+    torch_device = resolve_device(device)
+    blend = None
+    for run, run_weight in zip(runs, w):
+        config = load_run_config(run)
+        reader = StoreReader(store, config.inputs, threads=config.reader_threads)
+        rows = reader.select(Selection(only_ok=True))
+        probs = np.zeros((reader.n_rows, 6), dtype=np.float64)
+        checkpoints = fold_checkpoints(run)
+        for path in checkpoints:
+            model = build_model(config, reader).to(torch_device)
+            model.load_state_dict(torch.load(path, map_location=torch_device)["model"])
+            probs[rows] += predict_probabilities(model, reader, rows, config, torch_device, tta_hflip=tta_hflip)
+        probs[rows] /= len(checkpoints)
+        failed = np.setdiff1d(np.arange(reader.n_rows), rows)
+        probs[failed] = 1 / 6  # a test row whose EEG could not be read gets the uniform guess
+        blend = run_weight * probs if blend is None else blend + run_weight * probs
+    blend /= blend.sum(1, keepdims=True)
+    order = np.argsort(reader.column("source_index"))  # back to test.csv order
+    table = pa.table({"eeg_id": pa.array(reader.column("eeg_id")[order]),
+                      **{c: pa.array(blend[order, j]) for j, c in enumerate(VOTE_COLUMNS)}})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pacsv.write_csv(table, out)
+    return table
+
+
+def pseudo_labels(
+    runs: list[Path], store: str, out: Path, min_votes: int = 10, weights: list[float] | None = None
+) -> pa.Table:
+    """The runs' out-of-fold predictions averaged per label row, for the rows of `store` with fewer
+    than `min_votes` votes: the targets stage 2 uses for them."""
+    from hms_prep.store import read_labels
+
+    labels = read_labels(store)
+    low_vote = set(np.asarray(labels.column("label_id"))[np.asarray(labels.column("total_votes")) < min_votes].tolist())
+    w = _weights(runs, weights)
+    merged: dict[int, np.ndarray] = {}
+    seen: dict[int, float] = {}
+    for run, run_weight in zip(runs, w):
+        path = Path(run) / "oof.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run}: no oof.parquet (train the run first)")
+        table = pq.read_table(path)
+        probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
+        for label_id, p in zip(table.column("label_id").to_pylist(), probs):
+            if label_id not in low_vote:
+                continue
+            merged[label_id] = merged.get(label_id, 0) + run_weight * p
+            seen[label_id] = seen.get(label_id, 0) + run_weight
+    if not merged:
+        raise ValueError(f"the runs' out-of-fold predictions cover no row with fewer than {min_votes} votes")
+    label_ids = np.array(sorted(merged), dtype=np.int64)
+    probs = np.stack([merged[l] / seen[l] for l in label_ids])
+    probs /= probs.sum(1, keepdims=True)
+    table = pa.table({"label_id": pa.array(label_ids), **{c: pa.array(probs[:, j]) for j, c in enumerate(VOTE_COLUMNS)}})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return table

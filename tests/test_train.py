@@ -1,0 +1,130 @@
+"""hms-train end to end on a store built from synthetic data: it learns, and every stage runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from hms_prep import kaggle
+from hms_prep.build import BuildConfig, run_build
+from hms_train.config import bundled_configs, load_config
+from hms_train.predict import predict_submission, pseudo_labels
+from hms_train.train import VOTE_COLUMNS, train
+
+from conftest import REAL, ROOT
+
+pytestmark = pytest.mark.slow
+QUICK = ["epochs=1", "stage2_epochs=1", "folds=[0]", "max_batches_per_epoch=2"]
+
+
+@pytest.fixture(scope="module")
+def learn_data(tmp_path_factory):
+    from hms_prep.synth import synthesize
+
+    data = tmp_path_factory.mktemp("learn") / "data"
+    synthesize(data, n_eegs=60, seed=3, n_test=4)
+    return data
+
+
+@pytest.fixture(scope="module")
+def stores(learn_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("learn_stores")
+    common = dict(data_dir=str(learn_data), windows=(10,), chunk_rows=16, workers=2)
+    run_build(BuildConfig(store=str(root / "specs.zarr"), **common))
+    run_build(BuildConfig(store=str(root / "test.zarr"), split="test", **common))
+    return str(root / "specs.zarr"), str(root / "test.zarr")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(stores, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    config = load_config("smoke", [f'store="{stores[0]}"', 'device="cpu"'])
+    summary = train(config, out, quiet=True)
+    return out, summary
+
+
+def test_bundled_configs_load():
+    assert {"smoke", "seed_effnet_b0", "seed_lion_mobilenet", "raw1d", "multimodal"} <= set(bundled_configs())
+    b0 = load_config("seed_effnet_b0", ["lr=1e-3", "augment.mixup_p=0", "folds=[0, 1]"])
+    assert (b0.backbone, b0.pool, b0.optimizer, b0.batch_size, b0.ema_decay) == ("efficientnet_b0", "attention", "adamw", 16, 0.995)
+    assert b0.lr == 1e-3 and b0.augment.mixup_p == 0 and b0.folds == [0, 1]
+    lion = load_config("seed_lion_mobilenet")
+    assert (lion.optimizer, lion.lr, lion.batch_size) == ("lion", 2e-4, 32)
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        load_config("smoke", ["learning_rate=1"])
+
+
+def test_smoke_run_learns_and_writes_its_directory(smoke_run, stores):
+    out, summary = smoke_run
+    for name in ("config.json", "metrics.jsonl", "oof.parquet", "curves.png", "summary.json",
+                 "fold0_best.pt", "fold0_last.pt", "fold1_best.pt"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["store"] == stores[0] and config["backbone"] == "mobilenetv3_small_050"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * (config["epochs"] + config["stage2_epochs"])
+    assert {r["stage"] for r in records} == {"stage1", "stage2"}
+    oof = pq.read_table(out / "oof.parquet")
+    assert set(oof.column("fold").to_pylist()) == {0, 1}
+    assert set(VOTE_COLUMNS) <= set(oof.column_names) and "label_id" in oof.column_names
+    probs = np.stack([oof.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
+    # It learned: out-of-fold KL clearly below predicting the training prior.
+    assert summary["kl"] < 0.8 * summary["prior_kl"], summary
+
+
+def test_pseudo_labels_then_stage2(smoke_run, stores, tmp_path):
+    out, _ = smoke_run
+    table = pseudo_labels([out], stores[0], tmp_path / "pseudo.parquet", min_votes=10)
+    assert table.num_rows > 0
+    assert (np.asarray(table.column("label_id")) > 0).all()
+    probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    config = load_config("smoke", [f'store="{stores[0]}"', 'device="cpu"', *QUICK,
+                                   f'pseudo_labels="{tmp_path / "pseudo.parquet"}"', 'pseudo_mode="blend"'])
+    summary = train(config, tmp_path / "pl", quiet=True)
+    assert np.isfinite(summary["kl"])
+
+
+@pytest.mark.parametrize("name", ["raw1d", "multimodal"])
+def test_raw_and_multimodal_models_train(name, stores, tmp_path):
+    overrides = [f'store="{stores[0]}"', 'device="cpu"', *QUICK, "batch_size=8"]
+    if name == "multimodal":
+        overrides += ['inputs=["eeg_10s", "kaggle", "raw"]', 'backbone="mobilenetv3_small_050"']
+    summary = train(load_config(name, overrides), tmp_path / name, quiet=True)
+    assert np.isfinite(summary["kl"]) and (tmp_path / name / "fold0_best.pt").is_file()
+
+
+def test_predict_synthetic_and_genuine_test_sets(smoke_run, stores, learn_data, tmp_path):
+    out, _ = smoke_run
+    submission = predict_submission(stores[1], [out, out], tmp_path / "submission.csv", weights=[0.6, 0.4],
+                                    device="cpu", tta_hflip=True)
+    expected = kaggle.read_labels(learn_data, "test").column("eeg_id").to_pylist()
+    written = pacsv.read_csv(tmp_path / "submission.csv")
+    assert written.column_names == ["eeg_id", *VOTE_COLUMNS]
+    assert written.column("eeg_id").to_pylist() == expected, "rows in test.csv order"
+    probs = np.stack([written.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
+    assert submission.num_rows == len(expected)
+
+    real_store = tmp_path / "real_test.zarr"
+    run_build(BuildConfig(data_dir=str(REAL), store=str(real_store), split="test", windows=(10,), workers=1))
+    predict_submission(str(real_store), [out], tmp_path / "real.csv", device="cpu")
+    real = pacsv.read_csv(tmp_path / "real.csv")
+    assert real.column("eeg_id").to_pylist() == [3911565283]
+    assert abs(sum(real.column(c)[0].as_py() for c in VOTE_COLUMNS) - 1) < 1e-6
+
+
+def test_two_process_gloo_ddp(stores, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+               "-m", "hms_train.cli", "train", "--store", stores[0], "--config", "smoke", "--device", "cpu",
+               "--out", str(tmp_path / "ddp"), "--quiet", *[f"--set={o}" for o in QUICK]]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert (tmp_path / "ddp" / "fold0_best.pt").is_file() and (tmp_path / "ddp" / "oof.parquet").is_file()

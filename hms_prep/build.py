@@ -13,8 +13,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-
+import fsspec
 import numpy as np
 import pyarrow as pa
 
@@ -36,6 +35,7 @@ from hms_prep.store import (
     create_build_state,
     create_store,
     digest,
+    normalize_url,
     open_build_state,
     open_store,
     store_exists,
@@ -67,7 +67,7 @@ class BuildConfig:
 
     @property
     def store_url(self) -> str:
-        return self.store or DEFAULT_STORES[self.split]
+        return normalize_url(self.store or DEFAULT_STORES[self.split])
 
 
 @dataclass
@@ -182,8 +182,8 @@ def _open_or_create(config: BuildConfig, planned: pa.Table):
         return group, layout, False
     if config.codec not in CODECS:
         raise ValueError(f"unknown codec {config.codec!r}; choose one of {sorted(CODECS)}")
-    if not url.startswith(("memory://", "s3://", "gs://", "gcs://", "az://", "abfs://")):
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path, exist_ok=True)  # any fsspec URL: local paths, file://, memory://, s3://, ...
     layout = StoreLayout(
         split=config.split, n_rows=planned.num_rows, chunk_rows=config.chunk_rows, rows_digest=digest,
         n_folds=config.n_folds, codec=config.codec, raw_chunk_samples=config.raw_chunk_samples,
@@ -296,7 +296,7 @@ def _dask_client(config: BuildConfig):
     # In-memory stores live in this process only, so their workers must be threads here.
     processes = not config.store_url.startswith("memory://")
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
 

@@ -93,8 +93,14 @@ def _window_of(name: str) -> int:
     return int(name[4:-1]) if name.startswith("eeg_") and name.endswith("s") else 0
 
 
+def normalize_url(url: str) -> str:
+    """file:// URLs become plain paths: zarr's LocalStore creates folders as it writes chunks, while
+    fsspec's local filesystem (behind zarr's file:// support) does not."""
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
 def create_store(url: str, layout: StoreLayout) -> zarr.Group:
-    group = zarr.open_group(url, mode="w-")
+    group = zarr.open_group(normalize_url(url), mode="w-")
     group.attrs[ROOT_KEY] = asdict(layout)
     return group
 
@@ -102,7 +108,7 @@ def create_store(url: str, layout: StoreLayout) -> zarr.Group:
 def open_store(url: str, mode: str = "r") -> tuple[zarr.Group, StoreLayout]:
     """Open a store and check its layout version; raises StoreError with the reason."""
     try:
-        group = zarr.open_group(url, mode=mode)
+        group = zarr.open_group(normalize_url(url), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise StoreError(f"{url}: no store here ({err})") from None
     attrs = group.attrs.asdict().get(ROOT_KEY)

@@ -12,6 +12,7 @@ import pytest
 
 from hms_prep import kaggle
 from hms_prep.build import BuildConfig, run_build
+from hms_prep.store import read_labels
 from hms_train.config import bundled_configs, load_config
 from hms_train.predict import predict_submission, pseudo_labels
 from hms_train.train import VOTE_COLUMNS, train
@@ -81,8 +82,11 @@ def test_smoke_run_learns_and_writes_its_directory(smoke_run, stores):
 def test_pseudo_labels_then_stage2(smoke_run, stores, tmp_path):
     out, _ = smoke_run
     table = pseudo_labels([out], stores[0], tmp_path / "pseudo.parquet", min_votes=10)
-    assert table.num_rows > 0
-    assert (np.asarray(table.column("label_id")) > 0).all()
+    labels = read_labels(stores[0])
+    votes = dict(zip(labels.column("label_id").to_pylist(), labels.column("total_votes").to_pylist()))
+    oof_ids = set(pq.read_table(out / "oof.parquet").column("label_id").to_pylist())
+    expected = {l for l in oof_ids if votes[l] < 10}
+    assert expected and set(table.column("label_id").to_pylist()) == expected
     probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     config = load_config("smoke", [f'store="{stores[0]}"', 'device="cpu"', *QUICK,

@@ -175,7 +175,7 @@ def bench(
     try:
         result = run_bench(store, names, batch_size, batches, device, augment, threads)
     except (StoreError, KeyError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {err.args[0] if isinstance(err, KeyError) else err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(result) if as_json else format_report(result, store, names))
 

@@ -1,0 +1,274 @@
+"""The store reader: row selection, exact-once shuffled epochs, batch contents against the store, raw
+windows and jitter, shards, refusals and errors, the chunk decoder's fast path, and `run_bench`."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec, GzipCodec
+
+from hms_prep.store import LABELS_FILE, ROOT_KEY, TARGET_COLUMNS, StoreError, write_labels
+from hms_train.bench import run_bench
+from hms_train.compose import compose_image
+from hms_train.reader import RAW_WINDOW, ChunkDecoder, Selection, StoreReader
+
+SPECTROGRAMS = ["eeg_10s", "eeg_30s", "kaggle"]
+
+
+def labels(url: str) -> dict[str, np.ndarray]:
+    table = pq.read_table(Path(url) / LABELS_FILE)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def epoch_rows(reader: StoreReader, rows, batch_size=5, **options) -> np.ndarray:
+    """The rows of one epoch, in the order the batches yield them."""
+    return np.concatenate([batch["row"].numpy() for batch in reader.batches(rows, batch_size, **options)])
+
+
+def shallow_copy(url: str, out: Path) -> str:
+    """A copy of the store whose root files are real copies and whose arrays are links to the original's
+    (so its attributes and labels can be edited without touching the original)."""
+    out.mkdir()
+    for entry in Path(url).iterdir():
+        if entry.is_dir():
+            (out / entry.name).symlink_to(entry, target_is_directory=True)
+        else:
+            shutil.copy(entry, out / entry.name)
+    return str(out)
+
+
+# --- epochs: every row once, a new order each epoch, reproducible ---------------------------------------
+
+
+def test_every_selected_row_comes_once_per_epoch_in_a_new_order(train_store):
+    reader = StoreReader(train_store, ["eeg_10s"], threads=2)
+    rows = reader.select(Selection())
+    assert len(rows) > 3 * reader.layout.chunk_rows  # several chunks, so chunk order matters
+    orders = [epoch_rows(reader, rows, seed=3, epoch=epoch, buffer_chunks=2) for epoch in range(3)]
+    for order in orders:
+        assert len(order) == len(rows)
+        np.testing.assert_array_equal(np.sort(order), rows)
+    assert not np.array_equal(orders[0], orders[1])
+    assert not np.array_equal(orders[1], orders[2])
+    np.testing.assert_array_equal(epoch_rows(reader, rows, seed=3, epoch=1, buffer_chunks=2), orders[1])
+    assert not np.array_equal(epoch_rows(reader, rows, seed=4, epoch=1, buffer_chunks=2), orders[1])
+    # the chunks themselves are visited in a new order, not only the rows within a buffer
+    first_chunks = {epoch_rows(reader, rows, seed=3, epoch=e, buffer_chunks=1)[0] // reader.layout.chunk_rows
+                    for e in range(3)}
+    assert len(first_chunks) > 1
+
+
+def test_a_subset_of_rows_and_drop_last(train_store):
+    reader = StoreReader(train_store, ["eeg_10s"], threads=2)
+    rows = reader.select(Selection())[::3]  # a sparse subset: chunks with few selected rows
+    np.testing.assert_array_equal(np.sort(epoch_rows(reader, rows, batch_size=4, seed=1)), rows)
+    sizes = [len(b["row"]) for b in reader.batches(rows, 4, seed=1, drop_last=True)]
+    assert sizes == [4] * (len(rows) // 4)
+
+
+def test_unshuffled_batches_come_in_ascending_row_order(train_store):
+    reader = StoreReader(train_store, ["eeg_10s"], threads=2)
+    rows = reader.select(Selection())
+    np.testing.assert_array_equal(epoch_rows(reader, rows, batch_size=7, shuffle=False, buffer_chunks=2), rows)
+
+
+# --- selection and labels --------------------------------------------------------------------------------
+
+
+def test_selection_by_folds_and_votes_matches_labels(train_store):
+    reader = StoreReader(train_store, ["eeg_10s"])
+    table = labels(train_store)
+    ok = table["status"] == "ok"
+    np.testing.assert_array_equal(reader.select(Selection()), np.flatnonzero(ok))
+    fold, votes = table["fold"], table["total_votes"]
+    expected = [
+        (Selection(folds=[1, 3]), ok & np.isin(fold, [1, 3])),
+        (Selection(exclude_folds=[0]), ok & (fold != 0)),
+        (Selection(min_votes=10), ok & (votes >= 10)),
+        (Selection(exclude_folds=[2], min_votes=3), ok & (fold != 2) & (votes >= 3)),
+    ]
+    for selection, keep in expected:
+        np.testing.assert_array_equal(reader.select(selection), np.flatnonzero(keep))
+    assert 0 < len(reader.select(Selection(min_votes=10))) < len(reader.select(Selection()))
+
+
+def test_failed_rows_are_left_out_unless_asked_for(train_store, tmp_path):
+    copy = shallow_copy(train_store, tmp_path / "copy.zarr")
+    table = pq.read_table(Path(copy) / LABELS_FILE)
+    status = table.column("status").to_numpy(zero_copy_only=False).copy()
+    status[[1, 5, 6]] = "failed"  # as the build records rows it could not compute
+    write_labels(copy, table.set_column(table.column_names.index("status"), "status", [status.tolist()]))
+
+    reader = StoreReader(copy, ["eeg_10s"], threads=2)
+    rows = reader.select(Selection(only_ok=True))
+    np.testing.assert_array_equal(rows, np.flatnonzero(status == "ok"))
+    assert not np.isin([1, 5, 6], epoch_rows(reader, rows)).any()
+    np.testing.assert_array_equal(reader.select(Selection(only_ok=False)), np.arange(reader.n_rows))
+
+
+def test_batch_targets_votes_and_rows_match_labels(train_store):
+    reader = StoreReader(train_store, ["eeg_10s"], threads=2)
+    table = labels(train_store)
+    targets = np.stack([table[c] for c in TARGET_COLUMNS], 1).astype(np.float32)
+    for batch in reader.batches(reader.select(Selection()), 6, seed=2):
+        rows = batch["row"].numpy()
+        np.testing.assert_array_equal(table["row"][rows], rows)
+        np.testing.assert_array_equal(batch["targets"].numpy(), targets[rows])
+        np.testing.assert_array_equal(batch["votes"].numpy(), table["total_votes"][rows].astype(np.float32))
+        assert batch["targets"].dtype == torch.float32 and batch["row"].dtype == torch.int64
+
+
+# --- batch contents against the store --------------------------------------------------------------------
+
+
+def test_composed_image_is_the_stored_arrays_side_by_side(train_store):
+    reader = StoreReader(train_store, SPECTROGRAMS, threads=2)
+    group = zarr.open_group(train_store, mode="r")
+    batch = next(iter(reader.batches(reader.select(Selection()), 6, seed=5)))
+    rows = batch["row"].numpy()
+    stored = {name: group[name].get_orthogonal_selection((rows,)) for name in SPECTROGRAMS}
+    for name in SPECTROGRAMS:
+        assert batch[name].dtype == torch.float16
+        np.testing.assert_array_equal(batch[name].numpy(), stored[name])
+
+    image = compose_image(batch, SPECTROGRAMS).numpy()
+    eeg10, eeg30, kaggle = (stored[name].astype(np.float32) for name in SPECTROGRAMS)
+    n, chains, freqs, _ = eeg10.shape
+    assert image.shape == (n, 1, chains * freqs, eeg10.shape[-1] + eeg30.shape[-1] + kaggle.shape[-1])
+    w10, w30 = eeg10.shape[-1], eeg30.shape[-1]
+    for c in range(chains):  # chain c on image rows c*F .. (c+1)*F - 1, in every part
+        lines = slice(c * freqs, (c + 1) * freqs)
+        np.testing.assert_array_equal(image[:, 0, lines, :w10], eeg10[:, c])
+        np.testing.assert_array_equal(image[:, 0, lines, w10 : w10 + w30], eeg30[:, c])
+    mean = kaggle.mean(axis=(1, 2, 3), keepdims=True)
+    std = kaggle.std(axis=(1, 2, 3), keepdims=True)
+    expected = ((kaggle - mean) / (std + 1e-6)).reshape(n, chains * freqs, -1)
+    np.testing.assert_allclose(image[:, 0, :, w10 + w30 :], expected, atol=1e-4)
+
+
+def stored_window_start(raw: np.ndarray, window: np.ndarray, around: int, shift: int) -> int:
+    """The start s (|s - around| <= shift) with raw[:, s:s + RAW_WINDOW] == window."""
+    first, middle = max(0, around - shift), RAW_WINDOW // 2
+    # candidates by 32 samples of one signal at the window's middle (recorded, not padding), then all of it
+    probes = np.lib.stride_tricks.sliding_window_view(raw[0, first + middle : around + shift + middle + 32], 32)
+    for start in first + np.flatnonzero((probes == window[0, middle : middle + 32]).all(axis=1)):
+        if np.array_equal(raw[:, start : start + RAW_WINDOW], window):
+            return int(start)
+    raise AssertionError(f"window not found in the stored signal within {shift} samples of {around}")
+
+
+def test_raw_windows_are_cut_at_the_label_and_jittered_within_the_segment(train_store):
+    reader = StoreReader(train_store, ["raw", "eeg_10s"], threads=2)
+    raw = zarr.open_group(train_store, mode="r")["raw"][:]
+    table = labels(train_store)
+    rows = reader.select(Selection())[:20]
+
+    for batch in reader.batches(rows, 8, seed=1):
+        assert batch["raw"].shape[1:] == (raw.shape[0], RAW_WINDOW)
+        for row, window in zip(batch["row"].tolist(), batch["raw"].numpy()):
+            start = table["raw_start"][row]
+            np.testing.assert_array_equal(window, raw[:, start : start + RAW_WINDOW])
+
+    jitter = 3000  # more than the stored margin (10 s = 2000 samples), so some shifts must be clipped
+    windows = [
+        {int(r): w for b in reader.batches(rows, 8, seed=1, epoch=epoch, raw_jitter=jitter)
+         for r, w in zip(b["row"].tolist(), b["raw"].numpy())}
+        for epoch in range(2)
+    ]
+    for row in rows:
+        lo, hi, start = table["raw_lo"][row], table["raw_hi"][row], table["raw_start"][row]
+        for epoch in range(2):
+            begin = stored_window_start(raw, windows[epoch][row], start, jitter)
+            assert lo <= begin and begin + RAW_WINDOW <= hi
+    assert any(not np.array_equal(windows[0][row], windows[1][row]) for row in rows)
+
+
+# --- data-parallel shards --------------------------------------------------------------------------------
+
+
+def test_shards_are_disjoint_cover_the_rows_and_respect_the_lower_bound(train_store):
+    reader = StoreReader(train_store, ["eeg_10s"], threads=2)
+    rows = reader.select(Selection())[2:]  # not chunk-aligned
+    for world in (2, 3):
+        bound = reader.min_shard_rows(rows, world)
+        assert bound > 0
+        for epoch in range(3):
+            shards = [epoch_rows(reader, rows, seed=0, epoch=epoch, shard=(rank, world)) for rank in range(world)]
+            together = np.concatenate(shards)
+            assert len(np.unique(together)) == len(together)  # disjoint
+            np.testing.assert_array_equal(np.sort(together), rows)  # covering
+            assert min(len(s) for s in shards) >= bound
+    assert reader.min_shard_rows(rows, 1) == len(rows)
+
+
+# --- refusals and errors ---------------------------------------------------------------------------------
+
+
+def test_a_store_of_an_unknown_layout_version_is_refused(train_store, tmp_path):
+    copy = shallow_copy(train_store, tmp_path / "future.zarr")
+    group = zarr.open_group(copy, mode="r+")
+    group.attrs[ROOT_KEY] = {**group.attrs[ROOT_KEY], "layout_version": 99}
+    with pytest.raises(StoreError, match="layout version 99"):
+        StoreReader(copy, ["eeg_10s"])
+
+
+def test_an_unknown_input_name_is_a_clear_error(train_store):
+    with pytest.raises(KeyError, match="eeg_99s.*eeg_10s"):
+        StoreReader(train_store, ["eeg_10s", "eeg_99s"])
+
+
+def test_an_error_in_the_reading_threads_reaches_the_consumer(train_store, tmp_path):
+    copy = shallow_copy(train_store, tmp_path / "damaged.zarr")
+    (Path(copy) / "eeg_10s").unlink()
+    shutil.copytree(Path(train_store) / "eeg_10s", Path(copy) / "eeg_10s")
+    first_chunk = sorted(p for p in (Path(copy) / "eeg_10s" / "c").rglob("*") if p.is_file())[0]
+    first_chunk.write_bytes(b"not a blosc chunk" * 64)
+    reader = StoreReader(copy, ["eeg_10s"], threads=2)
+    with pytest.raises(ValueError, match=r"eeg_10s: chunk 0 decodes to \d+ bytes"):
+        for _ in reader.batches(reader.select(Selection()), 4, seed=0):
+            pass
+
+
+# --- the chunk decoder: fast path equals zarr, zarr for any other codec -----------------------------------
+
+
+@pytest.mark.parametrize("codec, path", [(BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), "blosc"),
+                                         (None, "bytes"), (ZstdCodec(level=3), "zstd"), (GzipCodec(level=1), None)])
+def test_chunk_decoder_reads_what_zarr_reads(tmp_path, codec, path):
+    array = zarr.create_array(tmp_path / "a.zarr", shape=(13, 2, 5), chunks=(4, 2, 5), dtype="float16",
+                              fill_value=-1.0, compressors=codec)
+    values = np.random.default_rng(0).normal(size=(13, 2, 5)).astype(np.float16)
+    array[:8] = values[:8]  # chunks 2 and 3 are never written: they read as the fill value
+    decoder = ChunkDecoder(array, 4)
+    assert decoder.path == path and decoder.recycles is (path in ("blosc", "zstd"))
+    spare = [np.zeros((4, 2, 5), np.float16)]
+    for chunk in range(4):
+        expected = array[chunk * 4 : (chunk + 1) * 4]
+        decoded = decoder(chunk, spare)
+        assert decoded.shape[1:] == (2, 5) and len(decoded) >= len(expected)
+        np.testing.assert_array_equal(decoded[: len(expected)], expected)
+    np.testing.assert_array_equal(decoder(1), values[4:8])
+    np.testing.assert_array_equal(decoder(2), np.full((4, 2, 5), -1.0, np.float16))
+
+
+# --- the benchmark ----------------------------------------------------------------------------------------
+
+
+def test_run_bench_reports_every_figure(train_store):
+    torch.set_num_threads(1)
+    result = run_bench(train_store, SPECTROGRAMS, batch_size=4, batches=2, device="cpu", augment=True, threads=2)
+    for key in ("samples_per_s", "samples_per_s_composed", "samples_per_s_augmented"):
+        assert result[key] > 0
+    assert set(result["seconds"]) == {"read_wait", "to_device", "compose", "augment"}
+    assert all(seconds >= 0 for seconds in result["seconds"].values()) and result["seconds"]["augment"] > 0
+    assert result["batch_size"] == 4 and result["batches"] == 2 and result["device"] == "cpu"
+    reader = StoreReader(train_store, SPECTROGRAMS)
+    height = 4 * reader.arrays["eeg_10s"].shape[2]
+    assert result["image_shape"] == [1, height, sum(reader.arrays[n].shape[-1] for n in SPECTROGRAMS)]
+    assert result["bytes_per_sample"] == sum(2 * int(np.prod(reader.arrays[n].shape[1:])) for n in SPECTROGRAMS)
+    no_augment = run_bench(train_store, ["eeg_10s"], batch_size=4, batches=1, device="cpu", threads=1)
+    assert no_augment["samples_per_s_augmented"] is None

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+import dask
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,7 @@ from hms_prep.store import (
     StoreError,
     StoreLayout,
     chunk_errors,
+    codec_for,
     create_build_state,
     create_store,
     digest,
@@ -180,8 +182,8 @@ def _open_or_create(config: BuildConfig, planned: pa.Table):
         if layout.n_folds != config.n_folds:
             raise StoreError(f"{url}: built with {layout.n_folds} folds, asked for {config.n_folds}")
         return group, layout, False
-    if config.codec not in CODECS:
-        raise ValueError(f"unknown codec {config.codec!r}; choose one of {sorted(CODECS)}")
+    if config.codec not in (*CODECS, "auto"):
+        raise ValueError(f"unknown codec {config.codec!r}; choose auto or one of {sorted(CODECS)}")
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path, exist_ok=True)  # any fsspec URL: local paths, file://, memory://, s3://, ...
     layout = StoreLayout(
@@ -205,8 +207,8 @@ def _check_same_params(url, array, name, attrs) -> None:
 
 
 def _create_array(group, name: str, attrs: dict, layout: StoreLayout, raw_length: int) -> None:
-    compressor = CODECS[layout.codec]()
-    common = dict(dtype="float16", fill_value=0.0, compressors=compressor if compressor else None)
+    compressor = codec_for(layout.codec, attrs["kind"])
+    common = dict(dtype="float16", fill_value=0.0, compressors=compressor)
     if attrs["kind"] == "raw":
         n_signals = len(attrs["signals"])
         array = group.create_array(name, shape=(n_signals, raw_length),
@@ -295,8 +297,13 @@ def _dask_client(config: BuildConfig):
     workers = config.workers or os.cpu_count() or 1
     # In-memory stores live in this process only, so their workers must be threads here.
     processes = not config.store_url.startswith("memory://")
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    # The nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers by default, which sends every large
+    # numpy/torch allocation through mmap: the build ran 3x slower with it (docs/performance.md).
+    allocator = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    with dask.config.set(allocator), LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
         yield client
 
 

@@ -86,8 +86,8 @@ def build(
     raw: bool = typer.Option(True, "--raw/--no-raw", help="Store the raw bipolar signals for 1D models."),
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds."),
     chunk_rows: int = typer.Option(32, "--chunk-rows", help="Rows per chunk (fixed when the store is created)."),
-    codec: str = typer.Option(DEFAULT_CODEC, "--codec", help="lz4 | blosc-zstd | zstd | none (fixed at creation)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask workers [default: one per core]."),
+    codec: str = typer.Option(DEFAULT_CODEC, "--codec", help="auto (per array kind) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):

@@ -41,15 +41,24 @@ STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 CHAIN_AXIS = ("LL", "RL", "LP", "RP")
 TARGET_COLUMNS = ("seizure_target", "lpd_target", "gpd_target", "lrda_target", "grda_target", "other_target")
 
-# Measured in benchmarks/codecs.py (docs/performance.md): Blosc-lz4 with byte shuffle decodes far
-# faster than zstd at a similar ratio on float16 spectrograms.
+# Measured with benchmarks/codecs.py (docs/performance.md). Float16 spectrograms have noisy low
+# mantissa bits, so byte-oriented compressors gain little on them and fast decoding matters more:
+# Blosc-lz4 with byte shuffle (bit shuffle saves 5-10 % more but decodes 30 % slower). Kaggle crops of rows that share a spectrogram are time-shifted copies of
+# each other, which zstd's long match window finds (about 5x) and Blosc's blocks cannot.
 CODECS = {
     "lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
     "blosc-zstd": lambda: BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
-    "zstd": lambda: ZstdCodec(level=1),
+    "zstd": lambda: ZstdCodec(level=3),
     "none": lambda: None,
 }
-DEFAULT_CODEC = "lz4"
+AUTO_CODEC = {"eeg_mel": "lz4", "raw": "lz4", "kaggle": "zstd"}  # "auto": by array kind
+DEFAULT_CODEC = "auto"
+
+
+def codec_for(store_codec: str, kind: str):
+    """The compressor for an array of `kind` ("eeg_mel", "kaggle", "raw") in a store of `store_codec`."""
+    name = AUTO_CODEC[kind] if store_codec == "auto" else store_codec
+    return CODECS[name]()
 
 
 class StoreError(RuntimeError):

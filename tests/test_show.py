@@ -33,11 +33,19 @@ def png_size(path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def test_store(synth_data, tmp_path_factory):
     """A test-split store without raw signals, in memory (built on threads, no worker processes to
-    start); the synthetic test set has a row that fails on purpose."""
-    from hms_prep.build import BuildConfig, run_build
+    start), from a copy of the synthetic data whose first test EEG is truncated: its row fails."""
+    import shutil
 
-    url = f"memory://{tmp_path_factory.mktemp('show').name}/test.zarr"
-    run_build(BuildConfig(data_dir=str(synth_data), store=url, split="test", windows=(10,), raw=None,
+    from hms_prep.build import BuildConfig, run_build
+    from hms_prep.kaggle import eeg_path, read_labels as read_csv
+
+    folder = tmp_path_factory.mktemp("show")
+    data = folder / "data"
+    shutil.copytree(synth_data, data)
+    broken = eeg_path(data, "test", read_csv(data, "test").column("eeg_id")[0].as_py())
+    broken.write_bytes(broken.read_bytes()[:500])
+    url = f"memory://{folder.name}/test.zarr"
+    run_build(BuildConfig(data_dir=str(data), store=url, split="test", windows=(10,), raw=None,
                           chunk_rows=8, workers=1))
     return url
 
@@ -97,7 +105,7 @@ def test_titles(train_store, test_store):
 def test_test_store_and_failed_row(test_store, tmp_path):
     labels = read_labels(test_store)
     status = labels.column("status").to_pylist()
-    assert "failed" in status and "ok" in status, "the synthetic test set should have a failing EEG"
+    assert "failed" in status and "ok" in status
     for row in range(labels.num_rows):
         path = show_row(test_store, row=row, out=tmp_path / f"{row}.png")
         assert png_size(path) == WITHOUT_RAW

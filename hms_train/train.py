@@ -22,6 +22,7 @@ import timm.scheduler
 import timm.utils
 import torch
 import torch.distributed as dist
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hms_train.augment import Augmenter
@@ -284,14 +285,17 @@ class _progress:
     """Per-epoch progress bar (rank 0, not quiet) with loss and ETA; yields advance(loss)."""
 
     def __init__(self, ctx: Context, label: str, total: int):
-        self.show = ctx.main and not ctx.quiet
+        self.console = Console(stderr=True)
+        # A transient bar is for terminals; in logs the per-epoch line says it all.
+        self.show = ctx.main and not ctx.quiet and self.console.is_terminal
         self.label, self.total = label, total
 
     def __enter__(self):
         if not self.show:
             return lambda loss: None
         self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True)
+                            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True,
+                            console=self.console)
         self.bar.__enter__()
         task = self.bar.add_task(self.label, total=self.total, loss="-")
         return lambda loss: self.bar.update(task, advance=1, loss=f"{loss:.4f}")

@@ -321,8 +321,11 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None) 
         status = state.status[:]
         overall = np.where(status == STATUS_FAILED, STATUS_FAILED,
                            np.where((status != STATUS_OK) & (overall == STATUS_OK), 0, overall))
-        for row in np.flatnonzero(status == STATUS_FAILED):
-            errors[row].append(f"{name}: {chunk_errors(state, slice(row, row + 1))[0]}")
+        failed = np.flatnonzero(status == STATUS_FAILED)
+        if failed.size:
+            reasons = chunk_errors(state, slice(None))  # one read of the whole error array
+            for row in failed:
+                errors[row].append(f"{name}: {reasons[row]}")
         table = table.append_column(f"repaired_{name}", pa.array(state.repaired[:]))
     labels = np.array(["pending", "ok", "failed"])[overall]
     table = table.append_column("status", pa.array(labels))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,6 +20,19 @@ def main() -> None:
     if not args or args[0] not in SUBCOMMANDS + ("--help", "-h"):
         args = ["train", *args]
     app(args=args, prog_name="hms-train")
+
+
+@contextmanager
+def _user_errors():
+    """Expected failures (missing runs or stores, bad values) end in one `error:` line and exit 1."""
+    from hms_prep.store import StoreError
+
+    try:
+        yield
+    except (FileNotFoundError, ValueError, KeyError, StoreError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _floats(text: Optional[str]) -> Optional[list[float]]:
@@ -58,7 +72,8 @@ def train(
         cfg = load_config(config, overrides)
     except (FileNotFoundError, ValueError) as err:
         raise typer.BadParameter(str(err)) from None
-    summary = run_training(cfg, out, quiet=quiet)
+    with _user_errors():
+        summary = run_training(cfg, out, quiet=quiet)
     if summary:
         typer.echo(f"{out}: out-of-fold KL {summary['kl']:.4f} (>=10 votes {summary['kl_10plus']:.4f}, "
                    f"prior {summary['prior_kl']:.4f}) over {summary['n']} rows")
@@ -79,7 +94,8 @@ def predict(
     """
     from hms_train.predict import predict_submission
 
-    table = predict_submission(store, run, out, _floats(weights), device, tta)
+    with _user_errors():
+        table = predict_submission(store, run, out, _floats(weights), device, tta)
     typer.echo(f"{out}: {table.num_rows} rows from {len(run)} run(s)")
 
 
@@ -98,7 +114,8 @@ def pseudo_label(
     """
     from hms_train.predict import pseudo_labels
 
-    table = pseudo_labels(runs, store, out, min_votes, _floats(weights))
+    with _user_errors():
+        table = pseudo_labels(runs, store, out, min_votes, _floats(weights))
     typer.echo(f"{out}: pseudo-labels for {table.num_rows} rows with < {min_votes} votes")
 
 
@@ -121,17 +138,13 @@ def compare(
     from rich.console import Console
     from rich.table import Table
 
-    from hms_prep.store import StoreError
     from hms_train.compare import compare_runs, plot_learning_curves
     from hms_train.metric import CLASS_NAMES
 
     console = Console(stderr=True)
-    try:
+    with _user_errors():
         results = compare_runs(runs, store)
         plot_learning_curves(runs, out)
-    except (FileNotFoundError, ValueError, StoreError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        raise typer.Exit(1) from None
     if as_json:
         clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in results]
         typer.echo(json.dumps(clean, indent=2))
@@ -168,15 +181,11 @@ def bench(
 
     Example: hms-train bench --store cache/specs.zarr --inputs eeg_10s,eeg_30s,kaggle --batch-size 32 --batches 100 --augment
     """
-    from hms_prep.store import StoreError
     from hms_train.bench import format_report, run_bench
 
     names = [name.strip() for name in inputs.split(",") if name.strip()]
-    try:
+    with _user_errors():
         result = run_bench(store, names, batch_size, batches, device, augment, threads)
-    except (StoreError, KeyError, ValueError) as err:
-        typer.echo(f"error: {err.args[0] if isinstance(err, KeyError) else err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(json.dumps(result) if as_json else format_report(result, store, names))
 
 

@@ -65,7 +65,9 @@ def predict_submission(
     table = pa.table({"eeg_id": pa.array(reader.column("eeg_id")[order]),
                       **{c: pa.array(blend[order, j]) for j, c in enumerate(VOTE_COLUMNS)}})
     out.parent.mkdir(parents=True, exist_ok=True)
-    pacsv.write_csv(table, out)
+    with open(out, "wb") as f:  # an unquoted header, exactly like Kaggle's sample_submission.csv
+        f.write((",".join(table.column_names) + "\n").encode())
+        pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=False))
     return table
 
 

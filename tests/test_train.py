@@ -132,3 +132,23 @@ def test_two_process_gloo_ddp(stores, tmp_path):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert (tmp_path / "ddp" / "fold0_best.pt").is_file() and (tmp_path / "ddp" / "oof.parquet").is_file()
+
+
+def test_cli_predict_pseudo_label_and_help(smoke_run, stores, tmp_path):
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    out, _ = smoke_run
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", "--store", stores[1], "--run", str(out), "--device", "cpu",
+                                 "--out", str(tmp_path / "sub.csv")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sub.csv").read_text().splitlines()[0] == "eeg_id," + ",".join(VOTE_COLUMNS)
+    result = runner.invoke(app, ["pseudo-label", "--runs", str(out), "--store", stores[0],
+                                 "--out", str(tmp_path / "pl.parquet")])
+    assert result.exit_code == 0 and "pseudo-labels for" in result.output
+    result = runner.invoke(app, ["predict", "--store", stores[1], "--run", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 1 and "error:" in result.output and "not a run directory" in result.output
+    for command in ("train", "predict", "pseudo-label", "bench", "compare"):
+        assert runner.invoke(app, [command, "--help"]).exit_code == 0

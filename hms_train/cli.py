@@ -47,6 +47,10 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides the config)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Folds to train, e.g. 0,1 (default: config, else all)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Stage-1 epochs (overrides the config)."),
+    pretrained: Optional[bool] = typer.Option(
+        None, "--pretrained/--no-pretrained", help="Backbone weights from timm's local cache (nothing is downloaded)."
+    ),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file (.pth or .safetensors)."),
     set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup_p=0."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
@@ -56,6 +60,7 @@ def train(
       hms-train --store cache/specs.zarr --config smoke --device cpu --out runs/smoke
       hms-train --config seed_effnet_b0 --folds 0,1,2,3,4 --out runs/b0
       hms-train --config smoke --set lr=1e-3 --set augment.hflip_p=0 --out runs/try
+      hms-train --config seed_effnet_b0 --weights /models/efficientnet_b0.safetensors --out runs/b0w
       torchrun --nproc-per-node 2 -m hms_train.cli train --config seed_effnet_b0 --out runs/ddp
     """
     from hms_train.config import load_config
@@ -68,6 +73,10 @@ def train(
         overrides.append(f"folds=[{folds}]")
     if epochs is not None:
         overrides.append(f"epochs={epochs}")
+    if pretrained is not None:
+        overrides.append(f"pretrained={str(pretrained).lower()}")
+    if weights is not None:
+        overrides.append(f"weights={json.dumps(str(weights))}")
     try:
         cfg = load_config(config, overrides)
     except (FileNotFoundError, ValueError) as err:

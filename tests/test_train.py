@@ -152,3 +152,18 @@ def test_cli_predict_pseudo_label_and_help(smoke_run, stores, tmp_path):
     assert result.exit_code == 1 and "error:" in result.output and "not a run directory" in result.output
     for command in ("train", "predict", "pseudo-label", "bench", "compare"):
         assert runner.invoke(app, [command, "--help"]).exit_code == 0
+
+
+def test_cli_pretrained_without_local_weights_is_a_clear_error(stores, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
+    args = ["train", "--store", stores[0], "--config", "smoke", "--device", "cpu", "--out", str(tmp_path / "r"),
+            "--quiet", *[f"--set={o}" for o in QUICK]]
+    result = CliRunner().invoke(app, [*args, "--weights", str(tmp_path / "missing.safetensors")])
+    assert result.exit_code == 1 and "missing.safetensors" in result.output
+    result = CliRunner().invoke(app, [*args, "--pretrained"])
+    assert result.exit_code == 1 and "no pretrained weights for mobilenetv3_small_050" in result.output

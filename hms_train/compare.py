@@ -17,9 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hms_prep.kaggle import VOTE_COLUMNS
 from hms_prep.store import TARGET_COLUMNS, read_labels
-from hms_train.metric import cv_report
+from hms_train.metric import VOTE_COLUMNS, cv_report
 from hms_train.plots import plot_runs, read_metrics
 
 OOF_FILE, CONFIG_FILE, METRICS_FILE = "oof.parquet", "config.json", "metrics.jsonl"

@@ -14,7 +14,8 @@ import torch
 from hms_train.config import TrainConfig
 from hms_train.forward import predict_probabilities, resolve_device
 from hms_train.reader import Selection, StoreReader
-from hms_train.train import VOTE_COLUMNS, build_model
+from hms_train.metric import VOTE_COLUMNS
+from hms_train.train import build_model
 
 
 def load_run_config(run: Path) -> TrainConfig:

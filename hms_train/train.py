@@ -38,11 +38,9 @@ from hms_train.forward import (
     run_model,
 )
 from hms_train.losses import kl_loss
-from hms_train.metric import cv_report
+from hms_train.metric import VOTE_COLUMNS, cv_report
 from hms_train.models import create_model
 from hms_train.reader import Selection, StoreReader, to_device
-
-VOTE_COLUMNS = ("seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote")
 
 
 @dataclass

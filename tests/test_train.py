@@ -15,7 +15,8 @@ from hms_prep.build import BuildConfig, run_build
 from hms_prep.store import read_labels
 from hms_train.config import bundled_configs, load_config
 from hms_train.predict import predict_submission, pseudo_labels
-from hms_train.train import VOTE_COLUMNS, train
+from hms_train.metric import VOTE_COLUMNS
+from hms_train.train import train
 
 from conftest import REAL, ROOT
 

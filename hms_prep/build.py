@@ -12,7 +12,7 @@ import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import dask
 import fsspec
 import numpy as np
@@ -32,14 +32,15 @@ from hms_prep.store import (
     STATUS_OK,
     StoreError,
     StoreLayout,
-    chunk_errors,
     codec_for,
     create_build_state,
     create_store,
+    data_array_names,
     digest,
     normalize_url,
     open_build_state,
     open_store,
+    read_errors,
     store_exists,
     store_nbytes,
     write_labels,
@@ -113,7 +114,7 @@ def array_specs(config: BuildConfig) -> dict[str, tuple[MelParams | RawParams | 
     """Requested arrays: name -> (params for the worker, attributes recorded on the array)."""
     specs = {}
     for window in sorted(set(config.windows)):
-        params = MelParams(**{**config.mel.__dict__, "window_s": int(window)}).resolved()
+        params = replace(config.mel, window_s=int(window)).resolved()
         specs[f"eeg_{window}s"] = (params, {"kind": "eeg_mel", "params": params.to_dict()})
     if config.kaggle:
         params = {"transform": KAGGLE_TRANSFORM, "nan_power": 0.0, "pad_value": 0.0, "window_s": 600,
@@ -316,14 +317,14 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None) 
     n = planned.num_rows
     overall = np.full(n, STATUS_OK, dtype=np.uint8)
     errors = [[] for _ in range(n)]
-    for name in [k for k in group.array_keys() if not k.startswith("_")]:
+    for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
         state = open_build_state(group, name)
         status = state.status[:]
         overall = np.where(status == STATUS_FAILED, STATUS_FAILED,
                            np.where((status != STATUS_OK) & (overall == STATUS_OK), 0, overall))
         failed = np.flatnonzero(status == STATUS_FAILED)
         if failed.size:
-            reasons = chunk_errors(state, slice(None))  # one read of the whole error array
+            reasons = read_errors(state)  # one read of the whole error array
             for row in failed:
                 errors[row].append(f"{name}: {reasons[row]}")
         table = table.append_column(f"repaired_{name}", pa.array(state.repaired[:]))

@@ -72,9 +72,11 @@ class ChunkReport:
 
 @dataclass
 class _ArrayResult:
-    values: dict[int, np.ndarray] = field(default_factory=dict)
+    values: dict[int, np.ndarray] = field(default_factory=dict)  # row -> its values
     errors: dict[int, str] = field(default_factory=dict)
     repaired: dict[int, float] = field(default_factory=dict)
+    # raw only: segment position -> its samples, or None for a segment whose recording is unreadable
+    segments: dict[int, np.ndarray | None] = field(default_factory=dict)
 
 
 def build_chunk(job: ChunkJob) -> ChunkReport:
@@ -115,7 +117,7 @@ def _compute_eeg_arrays(job: ChunkJob, arrays: list[ArrayJob], results, report: 
             reason = str(err) if isinstance(err, KaggleDataError) else f"{path}: unexpected error: {err!r}"
             _fail(arrays, rows, reason, results)
             if raw_array is not None:  # the segments keep zeros; their rows are marked failed
-                results[raw_array.name].values.update({("segment", s.position): None for s in segments})
+                results[raw_array.name].segments.update({s.position: None for s in segments})
     for a in mel_arrays:
         rows, batch = windows[a.name]
         if rows:
@@ -161,7 +163,7 @@ def _process_recording(job, eeg, path, rows, segments, arrays, mel_arrays, raw_a
         if raw_array is not None:
             raw = scale_raw(band_pass(filled, raw_array.params.band_pass, SAMPLE_RATE), raw_array.params)
             for s in segments:
-                results[raw_array.name].values[("segment", s.position)] = _cut(raw, s.file_start - lo, s.length)
+                results[raw_array.name].segments[s.position] = _cut(raw, s.file_start - lo, s.length)
 
 
 def _overlaps(segment: RawSegment, lo: int, hi: int) -> bool:
@@ -235,19 +237,19 @@ def _write_array(job: ChunkJob, group: zarr.Group, array: ArrayJob, result: _Arr
 
 
 def _write_raw(job: ChunkJob, target: zarr.Array, array: ArrayJob, result: _ArrayResult) -> None:
-    segments = [s for s in job.raw_segments if ("segment", s.position) in result.values]
+    segments = [s for s in job.raw_segments if s.position in result.segments]
     if array.whole and job.raw_segments:
         # One write of the chunk's whole aligned region: no read-modify-write of partial chunks.
         first, last = job.raw_segments[0], job.raw_segments[-1]
         region = np.zeros((target.shape[0], last.position + last.length - first.position), np.float16)
         for s in segments:
-            values = result.values[("segment", s.position)]
+            values = result.segments[s.position]
             if values is not None:
                 region[:, s.position - first.position : s.position - first.position + s.length] = values
         target[:, first.position : first.position + region.shape[1]] = region
         return
     for s in segments:  # a retry: rewrite only the segments of the rows being retried
-        values = result.values[("segment", s.position)]
+        values = result.segments[s.position]
         if values is not None:
             target[:, s.position : s.position + s.length] = values
 

@@ -7,8 +7,6 @@ transients a short window would get. The filter is zero-phase, so events stay wh
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +14,7 @@ from scipy import signal as sps
 
 from hms_prep.kaggle import SAMPLE_RATE
 from hms_prep.montage import pair_names
+from hms_prep.store import digest
 
 BAND_PASS_ORDER = 4
 # Written into every array's parameters next to its band, so the band's meaning is unambiguous.
@@ -85,7 +84,7 @@ class RawParams:
         }
 
     def digest(self) -> str:
-        return params_digest(self.to_dict())
+        return digest(self.to_dict())
 
 
 def scale_raw(signals: np.ndarray, params: RawParams) -> np.ndarray:
@@ -96,8 +95,3 @@ def scale_raw(signals: np.ndarray, params: RawParams) -> np.ndarray:
     clipped = np.clip(signals, -params.clip_uv, params.clip_uv)
     return (clipped / np.float32(params.divide_by)).astype(np.float32, copy=False)
 
-
-def params_digest(params: dict) -> str:
-    """A stable short hash of a parameter dict: sha256 of its canonical JSON, 16 hex chars."""
-    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -25,7 +25,8 @@ import torchaudio
 
 from hms_prep.kaggle import CHAINS, SAMPLE_RATE
 from hms_prep.montage import BIPOLAR_PAIRS
-from hms_prep.signal_filter import BAND_PASS_FILTER, params_digest
+from hms_prep.signal_filter import BAND_PASS_FILTER
+from hms_prep.store import digest
 
 TOP_DB = 80.0
 AMIN = 1e-10  # librosa's floor on power before the log
@@ -96,7 +97,7 @@ class MelParams:
         }
 
     def digest(self) -> str:
-        return params_digest(self.to_dict())
+        return digest(self.to_dict())
 
 
 def mel_windows(windows: np.ndarray | torch.Tensor, params: MelParams) -> np.ndarray:

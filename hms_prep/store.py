@@ -187,7 +187,7 @@ def open_build_state(group: zarr.Group, name: str) -> BuildState:
     return BuildState(done=sub["done"], status=sub["status"], error=sub["error"], repaired=sub["repaired"])
 
 
-def chunk_errors(state: BuildState, rows: slice) -> list[str]:
-    """The error strings of a row range ('' for rows without one); empty string chunks read as ''."""
-    values = state.error[rows]
+def read_errors(state: BuildState) -> list[str]:
+    """The error string of every row ('' for rows without one)."""
+    values = state.error[:]
     return ["" if v is None else str(v) for v in np.asarray(values, dtype=object)]

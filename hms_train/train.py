@@ -225,6 +225,10 @@ def apply_pseudo_labels(reader: StoreReader, targets: np.ndarray, config: TrainC
     table = pq.read_table(config.pseudo_labels)
     label_rows = {int(l): i for i, l in enumerate(reader.column("label_id"))}
     probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float32)
+    unknown = [int(l) for l in table.column("label_id").to_numpy() if int(l) not in label_rows]
+    if unknown:
+        raise ValueError(f"{config.pseudo_labels}: {len(unknown)} label_ids are not in {config.store} "
+                         f"(first: {unknown[0]}); pseudo-labels must come from runs on this store")
     rows = np.array([label_rows[int(l)] for l in table.column("label_id").to_numpy()], dtype=np.int64)
     low = reader.votes[rows] < config.stage2_min_votes
     rows, probs = rows[low], probs[low]

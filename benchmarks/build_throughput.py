@@ -47,7 +47,8 @@ import pyarrow.parquet as pq
 from hms_prep.build import BuildConfig, _dask_client, run_build
 from hms_prep.kaggle import CHAINS, EEG_COLUMNS, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_WINDOW_S, eeg_path, spectrogram_path
 from hms_prep.montage import BIPOLAR_PAIRS
-from hms_prep.store import CODECS, DEFAULT_CODEC, data_array_names, open_store
+from hms_prep.codecs import CODECS
+from hms_prep.store import DEFAULT_CODEC, data_array_names, open_store
 
 STAGE_ORDER = ("read", "montage", "spectrogram", "kaggle", "write")
 MB = 1e6

@@ -18,6 +18,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
+from hms_prep.codecs import check_codec_choice
 from hms_prep.chunk import ArrayJob, ChunkJob, ChunkReport, build_chunk
 from hms_prep.kaggle import CHAINS, SPEC_FREQ_NAMES, read_labels
 from hms_prep.kaggle_crop import KAGGLE_TRANSFORM
@@ -26,7 +27,6 @@ from hms_prep.plan import EEG_OFFSET, SPEC_OFFSET, plan_raw_segments, plan_rows,
 from hms_prep.signal_filter import RawParams
 from hms_prep.spectrogram import MelParams
 from hms_prep.store import (
-    CODECS,
     DEFAULT_CODEC,
     STATUS_FAILED,
     STATUS_OK,
@@ -183,8 +183,7 @@ def _open_or_create(config: BuildConfig, planned: pa.Table):
         if layout.n_folds != config.n_folds:
             raise StoreError(f"{url}: built with {layout.n_folds} folds, asked for {config.n_folds}")
         return group, layout, False
-    if config.codec not in (*CODECS, "auto"):
-        raise ValueError(f"unknown codec {config.codec!r}; choose auto or one of {sorted(CODECS)}")
+    check_codec_choice(config.codec)
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path, exist_ok=True)  # any fsspec URL: local paths, file://, memory://, s3://, ...
     layout = StoreLayout(

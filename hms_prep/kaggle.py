@@ -13,16 +13,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from hms_prep.domain import CHAINS, CLASSES, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_ROW_S, SPEC_WINDOW_S, VOTE_COLUMNS  # noqa: F401 (re-exported)
+
 EEG_COLUMNS = (
     "Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz",
     "Pz", "Fp2", "F4", "C4", "P4", "F8", "T4", "T6", "O2", "EKG",
 )
-SAMPLE_RATE = 200  # Hz, every EEG file
-LABEL_WINDOW_S = 50  # each train.csv row labels a 50 s EEG window starting at its offset
-SPEC_WINDOW_S = 600  # ... and a 10 min Kaggle-spectrogram window starting at its offset
-SPEC_ROW_S = 2  # one Kaggle spectrogram row per 2 s
-
-CHAINS = ("LL", "RL", "LP", "RP")  # Kaggle's block order; the store uses it for every array
 # FFT bins 3..102 of a 1024-point FFT at 200 Hz, spelled exactly as in the real files' column names
 SPEC_FREQ_NAMES = tuple(
     """
@@ -35,9 +31,6 @@ SPEC_FREQ_NAMES = tuple(
 )
 SPEC_FREQS = np.arange(3, 103) * SAMPLE_RATE / 1024  # Hz
 SPEC_COLUMNS = ("time",) + tuple(f"{c}_{f}" for c in CHAINS for f in SPEC_FREQ_NAMES)
-
-CLASSES = ("Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other")
-VOTE_COLUMNS = ("seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote")
 
 TRAIN_COLUMNS = {
     "eeg_id": pa.int64(),

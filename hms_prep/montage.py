@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hms_prep.kaggle import CHAINS, EEG_COLUMNS
+from hms_prep.domain import CHAINS, MIRRORED_CHAINS  # noqa: F401 (re-exported)
+from hms_prep.kaggle import EEG_COLUMNS
 
 # Electrodes of each chain, front to back, in Kaggle's block order (LL, RL, LP, RP).
 CHAIN_ELECTRODES = {
@@ -20,8 +21,6 @@ BIPOLAR_PAIRS = tuple(
     (chain[k], chain[k + 1]) for chain in CHAIN_ELECTRODES.values() for k in range(4)
 )
 MIDLINE_PAIRS = (("Fz", "Cz"), ("Cz", "Pz"))
-# Left/right mirror (LL<->RL, LP<->RP): the label-preserving "brain flip".
-MIRRORED_CHAINS = (1, 0, 3, 2)
 
 _INDEX = {name: i for i, name in enumerate(EEG_COLUMNS)}
 

@@ -26,7 +26,9 @@ import pyarrow as pa  # noqa: E402
 
 from hms_prep.kaggle import CLASSES, SAMPLE_RATE, VOTE_COLUMNS  # noqa: E402
 from hms_prep.montage import pair_names  # noqa: E402
-from hms_prep.store import CHAIN_AXIS, data_array_names, open_store, read_labels  # noqa: E402
+from hms_prep import domain  # noqa: E402
+from hms_prep.domain import CHAINS  # noqa: E402
+from hms_prep.store import data_array_names, open_store, read_labels  # noqa: E402
 
 # The PNG is always FIG_WIDTH x (SPECTROGRAM_HEIGHT [+ RAW_HEIGHT]) inches at DPI.
 FIG_WIDTH, SPECTROGRAM_HEIGHT, RAW_HEIGHT, DPI = 15.0, 5.5, 5.0, 100
@@ -92,8 +94,8 @@ def stack_chains(part: np.ndarray) -> np.ndarray:
 
 
 def standardise(part: np.ndarray) -> np.ndarray:
-    """The trainer's Kaggle normalisation: (x - mean) / (std + 1e-6) over the whole block, population std."""
-    return (part - part.mean()) / (part.std() + 1e-6)
+    """The trainer's Kaggle normalisation of one (4, F, T) block (`domain.standardise`)."""
+    return domain.standardise(part, axes=(0, 1, 2))
 
 
 def row_title(label: dict) -> str:
@@ -126,7 +128,7 @@ def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
                           interpolation="nearest", extent=(-seconds / 2, seconds / 2, 0, chains * freqs))
         for boundary in range(1, chains):
             ax.axhline(boundary * freqs, color="white", linewidth=0.8)
-        ax.set_yticks([(c + 0.5) * freqs for c in range(chains)], CHAIN_AXIS)
+        ax.set_yticks([(c + 0.5) * freqs for c in range(chains)], CHAINS)
         ax.set_title(part_title(name, group[name].attrs.asdict()), fontsize=10)
         ax.set_xlabel("seconds from label centre")
         fig.colorbar(shown, ax=ax, location="bottom", shrink=0.5, aspect=50, pad=0.01)
@@ -163,7 +165,7 @@ def _signal_color(name: str) -> str:
     chain_pairs = pair_names()  # 16 pairs, 4 per chain, chain-major in LL, RL, LP, RP order
     if name not in chain_pairs:
         return "grey"
-    return CHAIN_COLORS[CHAIN_AXIS[chain_pairs.index(name) // 4]]
+    return CHAIN_COLORS[CHAINS[chain_pairs.index(name) // 4]]
 
 
 def _draw_failure(fig, label: dict) -> None:

@@ -27,7 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+
+from hms_prep.codecs import AUTO, CODECS
+from hms_prep.domain import CHAINS, TARGET_COLUMNS  # noqa: F401 (the format's facts, re-exported)
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
 warnings.filterwarnings("ignore", message=r"Object at labels\.parquet is not recognized")
@@ -38,27 +40,15 @@ LABELS_FILE = "labels.parquet"
 BUILD_GROUP = "_build"
 
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
-CHAIN_AXIS = ("LL", "RL", "LP", "RP")
-TARGET_COLUMNS = ("seizure_target", "lpd_target", "gpd_target", "lrda_target", "grda_target", "other_target")
 
-# Measured with benchmarks/codecs.py (docs/performance.md). Float16 spectrograms have noisy low
-# mantissa bits, so byte-oriented compressors gain little on them and fast decoding matters more:
-# Blosc-lz4 with byte shuffle (bit shuffle saves 5-10 % more but decodes 30 % slower). Kaggle crops of rows that share a spectrogram are time-shifted copies of
-# each other, which zstd's long match window finds (about 5x) and Blosc's blocks cannot.
-CODECS = {
-    "lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
-    "blosc-zstd": lambda: BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
-    "zstd": lambda: ZstdCodec(level=3),
-    "none": lambda: None,
-}
 AUTO_CODEC = {"eeg_mel": "lz4", "raw": "lz4", "kaggle": "zstd"}  # "auto": by array kind
-DEFAULT_CODEC = "auto"
+DEFAULT_CODEC = AUTO
 
 
 def codec_for(store_codec: str, kind: str):
     """The compressor for an array of `kind` ("eeg_mel", "kaggle", "raw") in a store of `store_codec`."""
-    name = AUTO_CODEC[kind] if store_codec == "auto" else store_codec
-    return CODECS[name]()
+    name = AUTO_CODEC[kind] if store_codec == AUTO else store_codec
+    return CODECS[name].write()
 
 
 class StoreError(RuntimeError):

@@ -22,8 +22,9 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-N_CHAINS = 4
-HEMISPHERE_SWAP = (1, 0, 3, 2)  # chain blocks LL, RL, LP, RP -> RL, LL, RP, LP
+from hms_prep.domain import CHAINS, MIRRORED_CHAINS
+
+N_CHAINS = len(CHAINS)
 
 
 @dataclass
@@ -86,7 +87,7 @@ def hemisphere_swap(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Swap chain blocks LL <-> RL and LP <-> RP (rows block 0 <-> 1, 2 <-> 3) where `mask` (B,) is True."""
     batch, channels, height, width = images.shape
     blocks = images.reshape(batch, channels, N_CHAINS, height // N_CHAINS, width)
-    swapped = blocks[:, :, list(HEMISPHERE_SWAP)].reshape(images.shape)
+    swapped = blocks[:, :, list(MIRRORED_CHAINS)].reshape(images.shape)
     return torch.where(_per_sample(mask), swapped, images)
 
 

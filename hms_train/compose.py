@@ -23,8 +23,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from hms_prep.domain import CHAINS, standardise
+
 KAGGLE_PART = "kaggle"  # the one part that needs standardising; every other part is an EEG spectrogram
-N_CHAINS = 4
+N_CHAINS = len(CHAINS)
 
 
 def image_layout(
@@ -49,11 +51,8 @@ def image_layout(
 
 
 def standardise_per_sample(part: torch.Tensor) -> torch.Tensor:
-    """Z-score each sample of a (B, ...) tensor over all its other axes: (x - mean) / (std + 1e-6)."""
-    dims = tuple(range(1, part.ndim))
-    mean = part.mean(dim=dims, keepdim=True)
-    std = part.std(dim=dims, keepdim=True, correction=0)
-    return (part - mean) / (std + 1e-6)
+    """Z-score each sample of a (B, ...) tensor over all its other axes (`domain.standardise`)."""
+    return standardise(part, axes=tuple(range(1, part.ndim)))
 
 
 def compose_image(

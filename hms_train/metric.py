@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-# The vote columns' order in train.csv (seizure, lpd, gpd, lrda, grda, other).
-CLASS_NAMES = ("Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other")
-# Submission, OOF and pseudo-label columns: probabilities named like train.csv's vote counts
-VOTE_COLUMNS = ("seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote")
+from hms_prep.domain import CLASSES as CLASS_NAMES
+from hms_prep.domain import VOTE_COLUMNS  # noqa: F401 (submission, OOF and pseudo-label columns)
 EPSILON = 1e-15
 # Rows with at least this many votes are the clean, expert-like ones that top teams validated on.
 HIGH_VOTE_THRESHOLD = 10

@@ -1,0 +1,121 @@
+"""Chunk codecs of the store, declared once as write/decode pairs.
+
+`write()` is the zarr codec an array is created with; `decode(encoded, out)` turns one stored chunk's
+bytes back into its values without zarr's per-call machinery (the trainer's reader uses it on its fast
+path). Blosc and zstd frames describe themselves, so a decoder needs only the family, which
+`codec_of` reads from an existing array's metadata. `chunk_bytes` is the one place that reads a stored
+chunk's bytes, through fsspec, by the key zarr's metadata gives it: nothing here imports `zarr.core`.
+
+Measured with benchmarks/codecs.py (docs/performance.md). Float16 spectrograms have noisy low mantissa
+bits, so byte-oriented compressors gain little on them and fast decoding matters more: Blosc-lz4 with
+byte shuffle (bit shuffle saves 5-10 % more but decodes 30 % slower). Kaggle crops of rows that share a
+spectrogram are time-shifted copies of each other, which zstd's long match window finds (about 5x) and
+Blosc's blocks cannot.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import fsspec
+import numcodecs
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+
+def _decode_with(numcodec) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def decode(encoded: np.ndarray, out: np.ndarray) -> np.ndarray:
+        numcodec.decode(encoded, out=out)
+        return out
+
+    return decode
+
+
+def _decode_bytes(encoded: np.ndarray, out: np.ndarray) -> np.ndarray:
+    if encoded.nbytes != out.nbytes:
+        raise ValueError(f"chunk holds {encoded.nbytes} bytes, expected {out.nbytes}")
+    out.reshape(-1).view(np.uint8)[:] = encoded
+    return out
+
+
+def _blosc_size(encoded: np.ndarray) -> int:
+    """The decoded size Blosc's frame header records (bytes 4-7, little-endian)."""
+    return int.from_bytes(encoded[4:8].tobytes(), "little") if encoded.nbytes >= 16 else -1
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    family: str  # "blosc", "zstd" or "bytes": what a decoder needs to know
+    write: Callable[[], object]  # the zarr compressor (None = stored uncompressed)
+    decode: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (encoded uint8 bytes, out) -> out
+
+
+_blosc = numcodecs.Blosc()  # its parameters come from each frame's header
+CODECS: dict[str, Codec] = {
+    codec.name: codec
+    for codec in (
+        Codec("lz4", "blosc", lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), _decode_with(_blosc)),
+        Codec("blosc-zstd", "blosc", lambda: BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
+              _decode_with(_blosc)),
+        Codec("zstd", "zstd", lambda: ZstdCodec(level=3), _decode_with(numcodecs.Zstd())),
+        Codec("none", "bytes", lambda: None, _decode_bytes),
+    )
+}
+AUTO = "auto"  # a store-wide choice meaning "each array kind's own default codec"
+
+
+def check_codec_choice(name: str) -> str:
+    if name != AUTO and name not in CODECS:
+        raise ValueError(f"unknown codec {name!r}; choose {AUTO} or one of {sorted(CODECS)}")
+    return name
+
+
+def codec_of(array: zarr.Array) -> Codec | None:
+    """The declared codec family an existing array's chunks can be decoded with, or None when its
+    codec chain is not one of ours (another byte order, sharding, filters, zarr v2): read it with zarr."""
+    metadata = array.metadata
+    if metadata.zarr_format != 3:
+        return None
+    codecs = list(metadata.codecs)
+    if not codecs or not isinstance(codecs[0], BytesCodec):
+        return None
+    if getattr(codecs[0].endian, "value", codecs[0].endian) not in (None, "little") or sys.byteorder != "little":
+        return None
+    if len(codecs) == 1:
+        return CODECS["none"]
+    if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
+        return CODECS["lz4"]  # any Blosc frame decodes alike
+    if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
+        return CODECS["zstd"]
+    return None
+
+
+def decode_chunk(codec: Codec, encoded: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Decode one chunk into `out`, refusing a frame whose size does not match (a truncated or foreign
+    chunk must raise, never crash the process or return wrong values)."""
+    if codec.family == "blosc":
+        size = _blosc_size(encoded)
+        if size != out.nbytes:
+            raise ValueError(f"chunk decodes to {size} bytes, expected {out.nbytes}")
+    return codec.decode(encoded, out)
+
+
+class ChunkSource:
+    """Reads the stored bytes of an array's chunks by their zarr key, through fsspec."""
+
+    def __init__(self, store_url: str, array: zarr.Array):
+        self.fs, root = fsspec.core.url_to_fs(store_url)
+        self.prefix = f"{root.rstrip('/')}/{array.path}/"
+        self.metadata = array.metadata
+
+    def __call__(self, coords: tuple[int, ...]) -> np.ndarray | None:
+        """The chunk's bytes as uint8, or None when it was never written (zarr reads the fill value)."""
+        try:
+            data = self.fs.cat_file(self.prefix + self.metadata.encode_chunk_key(coords))
+        except FileNotFoundError:
+            return None
+        return np.frombuffer(data, dtype=np.uint8)

@@ -58,6 +58,7 @@ class BuildConfig:
     kaggle: bool = True
     kaggle_window_s: int = SPEC_WINDOW_S  # 600: the `kaggle` array; other S: `kaggle_{S}s`
     raw: RawParams | None = field(default_factory=RawParams)
+    extra_arrays: tuple = ()  # params of further arrays, of any registered kind (hms_prep/kinds/)
     n_folds: int = 5
     chunk_rows: int = 32
     raw_chunk_samples: int = 20_000
@@ -74,7 +75,7 @@ class BuildConfig:
         params = [replace(self.mel, window_s=int(window)) for window in sorted(set(self.windows))]
         params += [KaggleParams(self.kaggle_window_s)] if self.kaggle else []
         params += [self.raw] if self.raw is not None else []
-        kinds = [kind_for(p) for p in params]
+        kinds = [kind_for(p) for p in [*params, *self.extra_arrays]]
         return {kind.name: kind for kind in kinds}
 
 

@@ -45,10 +45,11 @@ import psutil
 import pyarrow.parquet as pq
 
 from hms_prep.build import BuildConfig, _dask_client, run_build
-from hms_prep.kaggle import CHAINS, EEG_COLUMNS, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_WINDOW_S, eeg_path, spectrogram_path
+from hms_prep.domain import CHAINS, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_WINDOW_S
+from hms_prep.kaggle import EEG_COLUMNS, eeg_path, spectrogram_path
 from hms_prep.montage import BIPOLAR_PAIRS
-from hms_prep.codecs import CODECS
-from hms_prep.store import DEFAULT_CODEC, data_array_names, open_store
+from hms_prep.codecs import AUTO, CODECS
+from hms_prep.store import data_array_names, open_store
 
 STAGE_ORDER = ("read", "montage", "spectrogram", "kaggle", "write")
 MB = 1e6
@@ -254,7 +255,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep an existing store (the build completes it)")
     parser.add_argument("--workers", type=int, default=2, help="local Dask worker processes")
     parser.add_argument("--windows", default="10,30", help="EEG window lengths in seconds")
-    parser.add_argument("--codec", default=DEFAULT_CODEC, choices=sorted(CODECS))
+    parser.add_argument("--codec", default=AUTO, choices=sorted(CODECS))
     parser.add_argument("--chunk-rows", type=int, default=BuildConfig.chunk_rows)
     parser.add_argument("--baseline", type=int, default=0, metavar="N",
                         help="also time the public-notebook loop on N rows (needs librosa)")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from hms_prep.domain import TARGET_COLUMNS
+from hms_prep.kinds import kind_named
 from hms_prep.store import (
     STATUS_FAILED,
     STATUS_OK,
-    TARGET_COLUMNS,
+    digest,
     data_array_names,
     open_build_state,
     open_store,
@@ -85,17 +87,25 @@ def verify_store(url: str) -> list[str]:
 
 def _verify_array(group, name: str, layout) -> list[str]:
     array = group[name]
-    state = open_build_state(group, name)
+    attrs = array.attrs.asdict()
+    try:
+        kind = kind_named(attrs.get("kind"))
+    except KeyError as err:
+        return [f"{name}: {err.args[0]}"]
     problems = []
+    if attrs.get("params_digest") != digest(attrs.get("params")):
+        problems.append(f"{name}: params_digest {attrs.get('params_digest')} does not match its params "
+                        f"({digest(attrs.get('params'))}); the array was edited by hand")
+    state = open_build_state(group, name)
     missing = np.flatnonzero(state.done[:] == 0)
     if missing.size:
         problems.append(f"{name}: {missing.size} of {layout.n_chunks} chunks not complete (first: {missing[0]})")
-    if name != "raw" and array.shape[0] != layout.n_rows:
+    if kind.per_row and array.shape[0] != layout.n_rows:
         problems.append(f"{name}: {array.shape[0]} rows, the store has {layout.n_rows}")
-    step = array.chunks[0] if name != "raw" else array.chunks[1]
-    length = array.shape[0] if name != "raw" else array.shape[1]
+    axis = 0 if kind.per_row else 1  # rows, or the sample axis of segment-stored signals
+    step, length = array.chunks[axis], array.shape[axis]
     for start in range(0, length, step):  # one chunk at a time keeps memory flat
-        block = array[start : start + step] if name != "raw" else array[:, start : start + step]
+        block = array[start : start + step] if axis == 0 else array[:, start : start + step]
         if not np.isfinite(block).all():
             problems.append(f"{name}: non-finite values in the chunk starting at {start}")
             break

@@ -13,30 +13,27 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+
 import dask
 import fsspec
 import numpy as np
 import pyarrow as pa
 
-from hms_prep.codecs import check_codec_choice
-from hms_prep.chunk import ArrayJob, ChunkJob, ChunkReport, build_chunk
-from hms_prep.kaggle import CHAINS, SPEC_FREQ_NAMES, read_labels
-from hms_prep.kaggle_crop import KAGGLE_TRANSFORM
-from hms_prep.montage import pair_names
-from hms_prep.plan import EEG_OFFSET, SPEC_OFFSET, plan_raw_segments, plan_rows, rows_digest
-from hms_prep.signal_filter import RawParams
-from hms_prep.spectrogram import MelParams
+from hms_prep.chunk import ArrayJob, ChunkJob, ChunkReport, Failure, build_chunk
+from hms_prep.codecs import AUTO, check_codec_choice
+from hms_prep.domain import SPEC_WINDOW_S
+from hms_prep.kaggle import read_labels
+from hms_prep.kinds import ArrayKind, KaggleParams, MelParams, RawParams, kind_for
+from hms_prep.plan import RAW_INDEX_COLUMNS, plan_raw_segments, plan_rows, planned_rows, rows_digest
 from hms_prep.store import (
-    DEFAULT_CODEC,
     STATUS_FAILED,
     STATUS_OK,
     StoreError,
     StoreLayout,
-    codec_for,
     create_build_state,
     create_store,
     data_array_names,
-    digest,
+    describe_arrays,
     normalize_url,
     open_build_state,
     open_store,
@@ -48,7 +45,6 @@ from hms_prep.store import (
 
 log = logging.getLogger("hms_prep")
 
-KAGGLE_SHAPE = (len(CHAINS), len(SPEC_FREQ_NAMES), 300)
 DEFAULT_STORES = {"train": "cache/specs.zarr", "test": "cache/test.zarr"}
 
 
@@ -60,17 +56,37 @@ class BuildConfig:
     windows: tuple[int, ...] = (10, 30)
     mel: MelParams = field(default_factory=lambda: MelParams(window_s=10))  # window_s replaced per window
     kaggle: bool = True
+    kaggle_window_s: int = SPEC_WINDOW_S  # 600: the `kaggle` array; other S: `kaggle_{S}s`
     raw: RawParams | None = field(default_factory=RawParams)
+    extra_arrays: tuple = ()  # params of further arrays, of any registered kind (hms_prep/kinds/)
     n_folds: int = 5
     chunk_rows: int = 32
     raw_chunk_samples: int = 20_000
-    codec: str = DEFAULT_CODEC
+    codec: str = AUTO
     workers: int | None = None  # local cluster size; default: one per core
     scheduler: str | None = None  # address of an existing Dask scheduler
 
     @property
     def store_url(self) -> str:
         return normalize_url(self.store or DEFAULT_STORES[self.split])
+
+    def arrays(self) -> dict[str, ArrayKind]:
+        """The requested arrays by name (names follow from params; params are checked here)."""
+        params = [replace(self.mel, window_s=int(window)) for window in sorted(set(self.windows))]
+        params += [KaggleParams(self.kaggle_window_s)] if self.kaggle else []
+        params += [self.raw] if self.raw is not None else []
+        kinds = [kind_for(p) for p in [*params, *self.extra_arrays]]
+        return {kind.name: kind for kind in kinds}
+
+
+@dataclass(frozen=True)
+class FailedRow:
+    """A row that failed, with one reason and the arrays that failed for it."""
+
+    row: int
+    label_id: int
+    reason: str
+    arrays: tuple[str, ...]
 
 
 @dataclass
@@ -80,7 +96,7 @@ class BuildSummary:
     computed: list[str]
     reused: list[str]
     rows_computed: int
-    failures: list[tuple[int, int, str, str]]
+    failures: list[Failure]
     seconds: float
     stage_seconds: dict[str, float]
     store_bytes: int
@@ -93,12 +109,12 @@ class BuildSummary:
     def rows_per_s(self) -> float:
         return self.rows_computed / self.seconds if self.seconds > 0 else 0.0
 
-    def failed_rows(self) -> dict[tuple[int, int, str], list[str]]:
-        """(row, label_id, reason) -> the arrays that failed for that reason."""
+    def failed_rows(self) -> list[FailedRow]:
+        """The failures grouped by (row, reason), in row order."""
         grouped: dict[tuple[int, int, str], list[str]] = defaultdict(list)
-        for row, label_id, array, reason in self.failures:
-            grouped[(row, label_id, reason)].append(array)
-        return dict(grouped)
+        for failure in self.failures:
+            grouped[(failure.row, failure.label_id, failure.reason)].append(failure.array)
+        return [FailedRow(row, label_id, reason, tuple(arrays)) for (row, label_id, reason), arrays in grouped.items()]
 
     def line(self) -> str:
         what = f"computed {', '.join(self.computed)}" if self.computed else "nothing to compute"
@@ -110,49 +126,34 @@ class BuildSummary:
         )
 
 
-def array_specs(config: BuildConfig) -> dict[str, tuple[MelParams | RawParams | None, dict]]:
-    """Requested arrays: name -> (params for the worker, attributes recorded on the array)."""
-    specs = {}
-    for window in sorted(set(config.windows)):
-        params = replace(config.mel, window_s=int(window)).resolved()
-        specs[f"eeg_{window}s"] = (params, {"kind": "eeg_mel", "params": params.to_dict()})
-    if config.kaggle:
-        params = {"transform": KAGGLE_TRANSFORM, "nan_power": 0.0, "pad_value": 0.0, "window_s": 600,
-                  "columns": KAGGLE_SHAPE[2], "freqs_hz": list(SPEC_FREQ_NAMES)}
-        specs["kaggle"] = (None, {"kind": "kaggle", "params": params})
-    if config.raw is not None:
-        specs["raw"] = (config.raw, {"kind": "raw", "params": config.raw.to_dict(),
-                                     "signals": list(pair_names(config.raw.midline))})
-    for _, attrs in specs.values():
-        attrs["params_digest"] = digest(attrs["params"])
-    return specs
-
-
 def run_build(config: BuildConfig, progress=None) -> BuildSummary:
     """Build or complete the store; `progress(done_rows, total_rows)` is called as chunks finish."""
     started = time.perf_counter()
     url = config.store_url
+    requested = config.arrays()
     planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
     group, layout, created = _open_or_create(config, planned)
-    margin = config.raw.margin_s if config.raw else 0
-    segments, raw_index, raw_length = plan_raw_segments(planned, layout.chunk_rows, margin, layout.raw_chunk_samples)
+    for name, kind in requested.items():  # every refusal before anything is written
+        if name in group:
+            _check_same_params(url, group[name], kind)
+    margin = _segment_margin(url, group, requested)
+    segments, raw_index, raw_length = plan_raw_segments(planned, layout.chunk_rows, margin or 0,
+                                                        layout.raw_chunk_samples)
 
-    specs = array_specs(config)
     computed, reused = [], []
     jobs: dict[int, list[ArrayJob]] = defaultdict(list)
-    for name, (params, attrs) in specs.items():
-        if name in group:
-            _check_same_params(url, group[name], name, attrs)
-        else:
-            _create_array(group, name, attrs, layout, raw_length)
+    for name, kind in requested.items():
+        if name not in group:
+            kind.create(group, layout, raw_length)
+            create_build_state(group, name, layout)
         pending = _pending_rows(group, name, layout)
         (computed if pending else reused).append(name)
         for chunk, (rows, whole) in pending.items():
-            jobs[chunk].append(ArrayJob(name, params, rows, whole))
+            jobs[chunk].append(ArrayJob(kind, rows, whole))
 
-    reports = _run_jobs(config, layout, planned, segments, jobs, progress) if jobs else []
+    reports = _run_jobs(config, planned, layout, segments, jobs, progress) if jobs else []
     if jobs or created:
-        write_labels(url, _labels_with_status(group, planned, raw_index if config.raw else None))
+        write_labels(url, _labels_with_status(group, planned, raw_index if margin is not None else None))
     stages: dict[str, float] = defaultdict(float)
     for report in reports:
         for stage, seconds in report.seconds.items():
@@ -193,11 +194,13 @@ def _open_or_create(config: BuildConfig, planned: pa.Table):
     return create_store(url, layout), layout, True
 
 
-def _check_same_params(url, array, name, attrs) -> None:
-    have = array.attrs.asdict()
-    if have.get("params_digest") == attrs["params_digest"]:
+def _check_same_params(url: str, array, kind: ArrayKind) -> None:
+    """Refuse to add to an array whose recorded params differ from the ones its name stands for
+    (only a hand-edited store can have that: names follow from params)."""
+    name, have = kind.name, array.attrs.asdict()
+    if have.get("params_digest") == kind.digest:
         return
-    old, new = have.get("params", {}), attrs["params"]
+    old, new = have.get("params", {}), kind.params.to_dict()
     diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
     raise StoreError(
@@ -206,25 +209,16 @@ def _check_same_params(url, array, name, attrs) -> None:
     )
 
 
-def _create_array(group, name: str, attrs: dict, layout: StoreLayout, raw_length: int) -> None:
-    compressor = codec_for(layout.codec, attrs["kind"])
-    common = dict(dtype="float16", fill_value=0.0, compressors=compressor)
-    if attrs["kind"] == "raw":
-        n_signals = len(attrs["signals"])
-        array = group.create_array(name, shape=(n_signals, raw_length),
-                                   chunks=(n_signals, layout.raw_chunk_samples), **common)
-        attrs = {**attrs, "axes": ["signal", "sample"], "sample_rate": 200,
-                 "index_columns": ["raw_start", "raw_lo", "raw_hi"]}
-    else:
-        if attrs["kind"] == "kaggle":
-            item = KAGGLE_SHAPE
-        else:
-            p = attrs["params"]
-            item = (len(CHAINS), p["n_mels"], p["frames"])
-        array = group.create_array(name, shape=(layout.n_rows, *item), chunks=(layout.chunk_rows, *item), **common)
-        attrs = {**attrs, "axes": ["row", "chain", "frequency", "time"], "chains": list(CHAINS)}
-    array.attrs.update(attrs)
-    create_build_state(group, name, layout)
+def _segment_margin(url: str, group, requested: dict[str, ArrayKind]) -> int | None:
+    """The margin_s of the store's raw segment layout (None: no array is stored in segments). Every
+    raw array of a store shares one layout, so their margins must agree."""
+    margins = {name: d.params.get("margin_s") for name, d in describe_arrays(group).items() if not d.image}
+    margins.update({name: k.params.margin_s for name, k in requested.items() if not k.per_row})
+    if len(set(margins.values())) > 1:
+        listed = ", ".join(f"{name} margin_s={m}" for name, m in margins.items())
+        raise StoreError(f"{url}: raw arrays of one store share one segment layout, so one margin_s ({listed}); "
+                         "build the other margin into another --store")
+    return next(iter(margins.values()), None)
 
 
 def _pending_rows(group, name: str, layout: StoreLayout) -> dict[int, tuple[tuple[int, ...], bool]]:
@@ -244,19 +238,13 @@ def _pending_rows(group, name: str, layout: StoreLayout) -> dict[int, tuple[tupl
     return pending
 
 
-def _run_jobs(config, layout, planned, segments, jobs, progress) -> list[ChunkReport]:
-    columns = {c: planned.column(c).to_numpy() for c in ("eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET)}
-    label_ids = (planned.column("label_id").to_numpy() if "label_id" in planned.column_names
-                 else planned.column("eeg_id").to_numpy())
-    chunk_jobs = []
-    for chunk in sorted(jobs):
-        rows = layout.chunk_slice(chunk)
-        chunk_jobs.append(ChunkJob(
-            store_url=config.store_url, data_dir=str(config.data_dir), split=config.split, chunk=chunk,
-            first_row=rows.start, eeg_ids=columns["eeg_id"][rows], eeg_offsets=columns[EEG_OFFSET][rows],
-            spectrogram_ids=columns["spectrogram_id"][rows], spectrogram_offsets=columns[SPEC_OFFSET][rows],
-            label_ids=label_ids[rows], raw_segments=tuple(segments[chunk]), arrays=tuple(jobs[chunk]),
-        ))
+def _run_jobs(config, planned, layout, segments, jobs, progress) -> list[ChunkReport]:
+    chunk_jobs = [
+        ChunkJob(store_url=config.store_url, data_dir=str(config.data_dir), split=config.split, chunk=chunk,
+                 rows=planned_rows(planned, layout.chunk_slice(chunk)), raw_segments=tuple(segments[chunk]),
+                 arrays=tuple(jobs[chunk]))
+        for chunk in sorted(jobs)
+    ]
     total = sum(max(len(a.rows) for a in job.arrays) for job in chunk_jobs)
     reports = []
     with _dask_client(config) as client:
@@ -278,12 +266,10 @@ def _run_jobs(config, layout, planned, segments, jobs, progress) -> list[ChunkRe
 
 
 def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
-    report = ChunkReport(job.chunk)
-    for array in job.arrays:
-        for row in array.rows:
-            label = int(job.label_ids[row - job.first_row])
-            report.failures.append((row, label, array.name, f"chunk {job.chunk} task crashed: {err!r}"))
-    return report
+    reason = f"chunk {job.chunk} task crashed: {err!r}"
+    failures = tuple(Failure(row, job.planned(row).label_id, array.name, reason)
+                     for array in job.arrays for row in array.rows)
+    return ChunkReport(job.chunk, {}, failures, {})
 
 
 @contextmanager
@@ -311,7 +297,7 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None) 
     """planned + per-array repaired fractions + overall status and error, as labels.parquet."""
     table = planned
     if raw_index is not None:
-        for j, column in enumerate(("raw_start", "raw_lo", "raw_hi")):
+        for j, column in enumerate(RAW_INDEX_COLUMNS):
             table = table.append_column(column, pa.array(raw_index[:, j]))
     n = planned.num_rows
     overall = np.full(n, STATUS_OK, dtype=np.uint8)

@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from hms_prep.codecs import AUTO
 from hms_prep.kaggle import KaggleDataError
-from hms_prep.store import DEFAULT_CODEC, StoreError
+from hms_prep.store import StoreError
 
 app = typer.Typer(
     add_completion=False,
@@ -34,6 +35,10 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise typer.BadParameter("no values given")
     return values
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _band(text: str) -> tuple[float, float] | None:
@@ -83,10 +88,13 @@ def build(
     fmax: float = typer.Option(20.0, "--fmax"),
     frames: int = typer.Option(256, "--frames", help="Spectrogram frames kept per window."),
     kaggle: bool = typer.Option(True, "--kaggle/--no-kaggle", help="Store the Kaggle spectrogram crops."),
+    kaggle_window: int = typer.Option(
+        600, "--kaggle-window", help="Kaggle crop length S in seconds (a multiple of 2), centred on the label's "
+        "10-min window: 600 is the `kaggle` array, another S the `kaggle_{S}s` array."),
     raw: bool = typer.Option(True, "--raw/--no-raw", help="Store the raw bipolar signals for 1D models."),
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds."),
     chunk_rows: int = typer.Option(32, "--chunk-rows", help="Rows per chunk (fixed when the store is created)."),
-    codec: str = typer.Option(DEFAULT_CODEC, "--codec", help="auto (per array kind) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
+    codec: str = typer.Option(AUTO, "--codec", help="auto (per array kind) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -96,22 +104,27 @@ def build(
     Examples:
       hms-prep build --data data/hms --windows 10,30
       hms-prep build --data data/hms --windows 10,30,50        # adds only eeg_50s
+      hms-prep build --data data/hms --windows 10,14,30,44 --n-mels 50   # adds eeg_{W}s_m50 beside them
+      hms-prep build --data data/hms --kaggle-window 1200      # adds kaggle_1200s beside kaggle
       hms-prep build --data data/hms --split test
       hms-prep build --data data/hms --scheduler tcp://10.0.0.5:8786
     """
     from hms_prep.build import BuildConfig, run_build
-    from hms_prep.signal_filter import RawParams
-    from hms_prep.spectrogram import MelParams
+    from hms_prep.kinds import MelParams, RawParams
 
     if split not in ("train", "test"):
         raise typer.BadParameter(f"--split must be train or test, got {split!r}")
-    config = BuildConfig(
-        data_dir=str(data), store=store, split=split, windows=_int_list(windows),
-        mel=MelParams(window_s=10, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
-                      fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
-        kaggle=kaggle, raw=RawParams() if raw else None, n_folds=folds, chunk_rows=chunk_rows,
-        codec=codec, workers=workers, scheduler=scheduler,
-    )
+    try:
+        config = BuildConfig(
+            data_dir=str(data), store=store, split=split, windows=_int_list(windows),
+            mel=MelParams(window_s=10, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
+                          fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
+            kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None, n_folds=folds,
+            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler,
+        )
+        config.arrays()  # every parameter checked before any work
+    except ValueError as err:
+        _fail(str(err))
     try:
         with _progress(quiet, "building") as update:
             summary = run_build(config, progress=update)
@@ -121,8 +134,9 @@ def build(
     if summary.failures:
         failed = summary.failed_rows()
         console.print(f"[red]{len(failed)} rows failed[/red] (recorded in labels.parquet, retried on the next build):")
-        for (row, label_id, reason), arrays in list(failed.items())[:20]:
-            console.print(f"  row {row} (label {label_id}) {', '.join(arrays)}: {reason}", highlight=False, soft_wrap=True)
+        for f in failed[:20]:
+            console.print(f"  row {f.row} (label {f.label_id}) {', '.join(f.arrays)}: {f.reason}", highlight=False,
+                          soft_wrap=True)
         if len(failed) > 20:
             console.print(f"  ... and {len(failed) - 20} more")
         raise typer.Exit(1)
@@ -133,7 +147,7 @@ def info(
     store: str = typer.Argument(..., help="Store path or URL."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
-    """Rows, arrays, chunking, codec, size, completeness and parameters of a store.
+    """Rows, arrays (every variant with its kind and params), chunking, codec, size and completeness.
 
     Example: hms-prep info cache/specs.zarr --json
     """
@@ -148,13 +162,14 @@ def info(
         return
     typer.echo(f"{facts['store']}: {facts['rows']} rows ({facts['split']}), layout v{facts['layout_version']}, "
                f"{facts['folds']} folds, {facts['bytes'] / 2**20:.1f} MiB")
+    width = max((len(name) for name in facts["arrays"]), default=0)
     for name, a in facts["arrays"].items():
         p = a["params"]
-        detail = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("freqs_hz",))
-        typer.echo(f"  {name:10s} {str(tuple(a['shape'])):24s} chunks {tuple(a['chunks'])} {a['dtype']} "
-                   f"{'/'.join(a['codec']) or 'raw'}; {a['chunks_done']}/{a['chunks_total']} chunks, "
+        detail = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("freqs_hz", "pairs"))
+        typer.echo(f"  {name:{width}s} {a['kind']:8s} {str(tuple(a['shape'])):24s} chunks {tuple(a['chunks'])} "
+                   f"{a['dtype']} {'/'.join(a['codec']) or 'raw'}; {a['chunks_done']}/{a['chunks_total']} chunks, "
                    f"{a['rows_failed']} failed rows")
-        typer.echo(f"             {detail}")
+        typer.echo(f"  {'':{width}s} {detail}; digest {a['params_digest']}")
 
 
 @app.command()
@@ -183,19 +198,22 @@ def show(
     label_id: Optional[int] = typer.Option(None, "--label-id", help="The row with this train.csv label_id."),
     eeg_id: Optional[int] = typer.Option(None, "--eeg-id", help="The first row of this EEG."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: row{I}.png in the current folder)."),
+    arrays: Optional[str] = typer.Option(
+        None, "--arrays", help="Arrays to draw, comma-separated (default: every image array, and raw if stored)."),
 ):
-    """PNG of one row as the trainer sees it (EEG windows + Kaggle crop, raw traces below if stored).
+    """PNG of one row as the trainer sees it (every image array, raw traces below if stored).
 
     Give exactly one of --row, --label-id, --eeg-id.
 
     Examples:
       hms-prep show cache/specs.zarr --row 12 --out row12.png
       hms-prep show cache/specs.zarr --label-id 3342474395
+      hms-prep show cache/specs.zarr --row 12 --arrays eeg_10s,eeg_10s_m50,kaggle
     """
     from hms_prep.show import show_row
 
     try:
-        path = show_row(store, row=row, label_id=label_id, eeg_id=eeg_id, out=out)
+        path = show_row(store, row=row, label_id=label_id, eeg_id=eeg_id, out=out, arrays=_names(arrays))
     except (StoreError, ValueError) as err:
         _fail(str(err))
     typer.echo(str(path))

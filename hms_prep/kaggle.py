@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from hms_prep.domain import CHAINS, CLASSES, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_ROW_S, SPEC_WINDOW_S, VOTE_COLUMNS  # noqa: F401 (re-exported)
+from hms_prep.domain import CHAINS, SAMPLE_RATE, VOTE_COLUMNS
 
 EEG_COLUMNS = (
     "Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz",

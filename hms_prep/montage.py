@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hms_prep.domain import CHAINS, MIRRORED_CHAINS  # noqa: F401 (re-exported)
+from hms_prep.domain import CHAINS
 from hms_prep.kaggle import EEG_COLUMNS
 
 # Electrodes of each chain, front to back, in Kaggle's block order (LL, RL, LP, RP).

@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hms_prep.kaggle import LABEL_WINDOW_S, SAMPLE_RATE, VOTE_COLUMNS
-from hms_prep.store import TARGET_COLUMNS, digest
+from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE, TARGET_COLUMNS, VOTE_COLUMNS
+from hms_prep.store import digest
 
 EEG_OFFSET = "eeg_label_offset_seconds"
+RAW_INDEX_COLUMNS = ("raw_start", "raw_lo", "raw_hi")  # labels.parquet's index into the raw arrays
 SPEC_OFFSET = "spectrogram_label_offset_seconds"
 
 
@@ -62,6 +63,28 @@ def patient_folds(patient_ids: np.ndarray, n_folds: int) -> np.ndarray:
         fold_of_patient[p] = fold
         fold_sizes[fold] += counts[p]
     return fold_of_patient[inverse]
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    """One label row in store order, with what a build task needs to compute it."""
+
+    row: int
+    label_id: int  # test rows have none: their eeg_id stands in
+    eeg_id: int
+    eeg_offset_s: float
+    spectrogram_id: int
+    spectrogram_offset_s: float
+
+
+def planned_rows(planned: pa.Table, rows: slice) -> tuple[PlannedRow, ...]:
+    """The records of `planned` rows [rows.start, rows.stop)."""
+    part = planned.slice(rows.start, rows.stop - rows.start)
+    label_ids = part.column("label_id" if "label_id" in part.column_names else "eeg_id").to_pylist()
+    columns = [part.column(c).to_pylist() for c in ("row", "eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET)]
+    return tuple(PlannedRow(row, label_id, eeg_id, float(eeg_offset), spectrogram_id, float(spec_offset))
+                 for label_id, (row, eeg_id, eeg_offset, spectrogram_id, spec_offset)
+                 in zip(label_ids, zip(*columns)))
 
 
 def rows_digest(planned: pa.Table) -> str:

@@ -1,15 +1,17 @@
 """A PNG of one store row as the trainer sees it before augmentation, for people to look at.
 
-Top panel: every part of the store's image side by side, left to right in the trainer's order (the
-`eeg_*s` windows by length, then the Kaggle crop). Each part is (4 chains, F, T); its 4 chains are
+Top panel: every image array of the store (or those asked for) side by side, left to right in the
+store's order (the `eeg_*s` windows and their variants by length, then the Kaggle crops). Each part is (4 chains, F, T); its 4 chains are
 stacked into (4F, T) exactly as the trainer stacks them (chain c on image rows c*F .. (c+1)*F - 1).
 The picture draws image row 0 at the bottom, so within each chain block frequency increases upwards,
 and the blocks read LL (bottom), RL, LP, RP (top). EEG parts are drawn as stored; the Kaggle part is
 z-scored per sample as the trainer does, and shown whole (training crops it later, evaluation keeps its
 start). Each part has its own colour scale, its 1st to 99th percentile. Bottom panel (when the store
-has `raw`): the 50 s label window of the raw bipolar signals, one trace per signal, first on top.
+has a raw array, or one is asked for): the 50 s label window of the raw bipolar signals, one trace per
+signal, first on top. Which arrays are images, their titles and which are z-scored come from the
+registry of array kinds (hms_prep/kinds/), never from their names.
 
-hms_prep must not import hms_train, so the trainer's one-line Kaggle normalisation is repeated here.
+hms_prep must not import hms_train: the Kaggle normalisation comes from `domain.standardise`.
 """
 
 from __future__ import annotations
@@ -24,16 +26,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from hms_prep.kaggle import CLASSES, SAMPLE_RATE, VOTE_COLUMNS  # noqa: E402
-from hms_prep.montage import pair_names  # noqa: E402
 from hms_prep import domain  # noqa: E402
-from hms_prep.domain import CHAINS  # noqa: E402
-from hms_prep.store import data_array_names, open_store, read_labels  # noqa: E402
+from hms_prep.domain import CHAINS, CLASSES, LABEL_SAMPLES, LABEL_WINDOW_S, SAMPLE_RATE, VOTE_COLUMNS  # noqa: E402
+from hms_prep.kinds import kind_named  # noqa: E402
+from hms_prep.montage import pair_names  # noqa: E402
+from hms_prep.store import describe_arrays, open_store, read_labels  # noqa: E402
 
 # The PNG is always FIG_WIDTH x (SPECTROGRAM_HEIGHT [+ RAW_HEIGHT]) inches at DPI.
 FIG_WIDTH, SPECTROGRAM_HEIGHT, RAW_HEIGHT, DPI = 15.0, 5.5, 5.0, 100
-RAW_WINDOW_S = 50  # the label window an expert voted on
-KAGGLE_WINDOW_S = 600
 COLOR_MAP = "magma"
 CHAIN_COLORS = {"LL": "C0", "RL": "C3", "LP": "C2", "RP": "C1"}  # raw traces by chain; midline grey
 
@@ -60,31 +60,46 @@ def find_row(labels: pa.Table, row: int | None = None, label_id: int | None = No
 
 
 def show_row(store: str, row: int | None = None, label_id: int | None = None, eeg_id: int | None = None,
-             out: str | Path | None = None) -> Path:
-    """Write the PNG of one row (chosen as in `find_row`) to `out` (default `row{I}.png`); returns its path."""
+             out: str | Path | None = None, arrays: list[str] | None = None) -> Path:
+    """Write the PNG of one row (chosen as in `find_row`) to `out` (default `row{I}.png`); returns its path.
+
+    `arrays`: the arrays to draw (default: every image array, and the first raw array)."""
     group, _ = open_store(store)
     labels = read_labels(store)
     row = find_row(labels, row, label_id, eeg_id)
     label = labels.slice(row, 1).to_pylist()[0]
     out = Path(out) if out is not None else Path(f"row{row}.png")
-    names = data_array_names(group)
-    with_raw = "raw" in names
-    fig = plt.figure(figsize=(FIG_WIDTH, SPECTROGRAM_HEIGHT + (RAW_HEIGHT if with_raw else 0)), dpi=DPI,
+    images, raw = chosen_arrays(store, describe_arrays(group), arrays)
+    fig = plt.figure(figsize=(FIG_WIDTH, SPECTROGRAM_HEIGHT + (RAW_HEIGHT if raw else 0)), dpi=DPI,
                      layout="constrained")
     fig.suptitle(row_title(label), fontsize=12)
     if label.get("status", "ok") != "ok":
         _draw_failure(fig, label)
     else:
-        images = {name: group[name][row].astype(np.float32) for name in names if name != "raw"}
-        if with_raw:
-            top, bottom = fig.subfigures(2, 1, height_ratios=(SPECTROGRAM_HEIGHT, RAW_HEIGHT))
-            _draw_image(top, images, group)
-            _draw_raw(bottom, group["raw"], label)
-        else:
-            _draw_image(fig, images, group)
+        parts = {name: group[name][row].astype(np.float32) for name in images}
+        top, bottom = fig.subfigures(2, 1, height_ratios=(SPECTROGRAM_HEIGHT, RAW_HEIGHT)) if raw else (fig, None)
+        if parts:
+            _draw_image(top, parts, group)
+        if raw:
+            _draw_raw(bottom, group[raw], label)
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
     return out
+
+
+def chosen_arrays(store: str, described: dict, arrays: list[str] | None) -> tuple[list[str], str | None]:
+    """(image arrays, the raw array or None) to draw: those named in `arrays`, or every image array
+    and the first raw one. ValueError names an unknown array and the store's arrays."""
+    if arrays is None:
+        raws = [name for name, d in described.items() if not d.image]
+        return [name for name, d in described.items() if d.image], (raws[0] if raws else None)
+    unknown = [name for name in arrays if name not in described]
+    if unknown:
+        raise ValueError(f"{store}: no array {', '.join(unknown)}; it has {', '.join(described)}")
+    raws = [name for name in arrays if not described[name].image]
+    if len(raws) > 1:
+        raise ValueError(f"choose at most one raw array to draw, got {', '.join(raws)}")
+    return [name for name in arrays if described[name].image], (raws[0] if raws else None)
 
 
 def stack_chains(part: np.ndarray) -> np.ndarray:
@@ -109,10 +124,8 @@ def row_title(label: dict) -> str:
 
 
 def part_title(name: str, attrs: dict) -> str:
-    params = attrs.get("params", {})
-    if name == "kaggle":
-        return f"Kaggle {KAGGLE_WINDOW_S // 60} min · log1p power, z-scored · {params['freqs_hz'][0]}-{params['freqs_hz'][-1]} Hz"
-    return f"EEG {params['window_s']} s · {params['n_mels']} mels, {params['fmin']:g}-{params['fmax']:g} Hz"
+    """The array's name and what it holds, as its kind describes its stored params."""
+    return f"{name}: {kind_named(attrs['kind']).title(attrs.get('params', {}))}"
 
 
 def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
@@ -120,8 +133,9 @@ def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
     names = list(images)
     axes = fig.subplots(1, len(names), width_ratios=[images[n].shape[-1] for n in names], squeeze=False)[0]
     for ax, name in zip(axes, names):
-        part = standardise(images[name]) if name == "kaggle" else images[name]
-        seconds = KAGGLE_WINDOW_S if name == "kaggle" else group[name].attrs["params"]["window_s"]
+        attrs = group[name].attrs.asdict()
+        part = standardise(images[name]) if kind_named(attrs["kind"]).zscored else images[name]
+        seconds = attrs["params"]["window_s"]
         chains, freqs, _ = part.shape
         low, high = np.percentile(part, [1, 99])
         shown = ax.imshow(stack_chains(part), origin="lower", aspect="auto", cmap=COLOR_MAP, vmin=low, vmax=high,
@@ -129,7 +143,7 @@ def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
         for boundary in range(1, chains):
             ax.axhline(boundary * freqs, color="white", linewidth=0.8)
         ax.set_yticks([(c + 0.5) * freqs for c in range(chains)], CHAINS)
-        ax.set_title(part_title(name, group[name].attrs.asdict()), fontsize=10)
+        ax.set_title(part_title(name, attrs), fontsize=10)
         ax.set_xlabel("seconds from label centre")
         fig.colorbar(shown, ax=ax, location="bottom", shrink=0.5, aspect=50, pad=0.01)
 
@@ -137,10 +151,10 @@ def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
 def _draw_raw(fig, raw, label: dict) -> None:
     """The 50 s label window of every stored bipolar signal, offset vertically, first signal on top."""
     start = int(label["raw_start"])
-    window = raw[:, start : start + RAW_WINDOW_S * SAMPLE_RATE].astype(np.float32)
+    window = raw[:, start : start + LABEL_SAMPLES].astype(np.float32)
     names = raw.attrs["signals"]
     spacing = 2 * max(float(np.percentile(np.abs(window), 99)), 1e-3)
-    time = np.arange(window.shape[1]) / SAMPLE_RATE - RAW_WINDOW_S / 2
+    time = np.arange(window.shape[1]) / SAMPLE_RATE - LABEL_WINDOW_S / 2
     offsets = -spacing * np.arange(len(names))
     ax = fig.subplots()
     for signal, name, offset in zip(window, names, offsets):
@@ -149,15 +163,10 @@ def _draw_raw(fig, raw, label: dict) -> None:
     ax.set_xlim(time[0], time[-1])
     ax.set_ylim(offsets[-1] - spacing, spacing)
     ax.set_xlabel("seconds from label centre")
-    ax.set_title(f"raw bipolar signals, {RAW_WINDOW_S} s label window, as stored ({_raw_recipe(raw.attrs['params'])})",
+    recipe = kind_named(raw.attrs["kind"]).title(raw.attrs["params"])
+    ax.set_title(f"{raw.basename}: raw bipolar signals, {LABEL_WINDOW_S} s label window, as stored ({recipe})",
                  fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-
-
-def _raw_recipe(params: dict) -> str:
-    band = params.get("band_pass")
-    band_text = f"band-pass {band[0]:g}-{band[1]:g} Hz, " if band else ""
-    return f"{band_text}clipped to ±{params['clip_uv']:g} µV, divided by {params['divide_by']:g}"
 
 
 def _signal_color(name: str) -> str:

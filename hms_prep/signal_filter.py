@@ -7,14 +7,11 @@ transients a short window would get. The filter is zero-phase, so events stay wh
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import signal as sps
 
-from hms_prep.kaggle import SAMPLE_RATE
-from hms_prep.montage import pair_names
-from hms_prep.store import digest
+from hms_prep.domain import SAMPLE_RATE
 
 BAND_PASS_ORDER = 4
 # Written into every array's parameters next to its band, so the band's meaning is unambiguous.
@@ -34,12 +31,12 @@ def band_pass(
     """
     if band is None:
         return signals
-    sos = _band_pass_sos(float(band[0]), float(band[1]), int(fs), int(order))
+    sos = band_pass_sos(float(band[0]), float(band[1]), int(fs), int(order))
     return sps.sosfiltfilt(sos, signals, axis=-1).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)
-def _band_pass_sos(low: float, high: float, fs: int, order: int) -> np.ndarray:
+def band_pass_sos(low: float, high: float, fs: int, order: int) -> np.ndarray:
     """The second-order sections of one band, designed once per (band, fs, order)."""
     if not 0 < low < high < fs / 2:
         raise ValueError(
@@ -49,46 +46,9 @@ def _band_pass_sos(low: float, high: float, fs: int, order: int) -> np.ndarray:
     return sps.butter(order, (low, high), btype="bandpass", fs=fs, output="sos")
 
 
-@dataclass(frozen=True)
-class RawParams:
-    """How the raw bipolar signals of the store are made (for 1D models)."""
-
-    band_pass: tuple[float, float] | None = (0.5, 20.0)
-    clip_uv: float = 1024.0
-    divide_by: float = 32.0
-    midline: bool = True  # 18 signals (16 + Fz-Cz, Cz-Pz) instead of 16
-    margin_s: int = 10  # extra seconds kept each side of every label window, for jitter
-
-    def __post_init__(self):
-        # Normalise numbers so that equal parameters always give the same digest.
-        if self.band_pass is not None:
-            low, high = (float(f) for f in self.band_pass)
-            _band_pass_sos(low, high, SAMPLE_RATE, BAND_PASS_ORDER)  # validates the band
-            object.__setattr__(self, "band_pass", (low, high))
-        object.__setattr__(self, "clip_uv", float(self.clip_uv))
-        object.__setattr__(self, "divide_by", float(self.divide_by))
-        if self.clip_uv <= 0 or self.divide_by <= 0:
-            raise ValueError(f"clip_uv and divide_by must be positive, got {self.clip_uv}, {self.divide_by}")
-        if not isinstance(self.margin_s, int) or isinstance(self.margin_s, bool) or self.margin_s < 0:
-            raise ValueError(f"margin_s must be a non-negative integer, got {self.margin_s!r}")
-
-    def to_dict(self) -> dict:
-        """All fields plus the fixed parts of the recipe; JSON-able."""
-        return {
-            **asdict(self),
-            "band_pass": list(self.band_pass) if self.band_pass is not None else None,
-            "band_pass_filter": BAND_PASS_FILTER,
-            "sample_rate": SAMPLE_RATE,
-            "pairs": list(pair_names(self.midline)),
-            "scaling": "clip(x, -clip_uv, clip_uv) / divide_by",
-        }
-
-    def digest(self) -> str:
-        return digest(self.to_dict())
-
-
-def scale_raw(signals: np.ndarray, params: RawParams) -> np.ndarray:
-    """Clip to +-clip_uv then divide by divide_by (the 3rd place recipe); float32 out.
+def scale_raw(signals: np.ndarray, params) -> np.ndarray:
+    """Clip to +-params.clip_uv then divide by params.divide_by (the 3rd place recipe; params: a
+    `hms_prep.kinds.raw.RawParams`); float32 out.
 
     With the defaults the result lies in [-32, 32], which float16 stores without overflow.
     """

@@ -17,87 +17,20 @@ transform and librosa.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torchaudio
 
-from hms_prep.kaggle import CHAINS, SAMPLE_RATE
+from hms_prep.domain import CHAINS, SAMPLE_RATE
+from hms_prep.kinds.eeg_mel import TOP_DB, MelParams
 from hms_prep.montage import BIPOLAR_PAIRS
-from hms_prep.signal_filter import BAND_PASS_FILTER
-from hms_prep.store import digest
 
-TOP_DB = 80.0
 AMIN = 1e-10  # librosa's floor on power before the log
 SIGNALS_PER_CHAIN = len(BIPOLAR_PAIRS) // len(CHAINS)
 # Windows per matrix product: keeps the intermediate (16 signals x frames x 2*bins floats, ~4 MB per
 # window) in cache; measured about twice as fast as 64 windows at once.
 WINDOWS_PER_STEP = 2
-
-
-@dataclass(frozen=True)
-class MelParams:
-    """Everything that defines one mel-spectrogram array of the store."""
-
-    window_s: int  # window length W in seconds (1..50)
-    n_fft: int = 1024
-    win_length: int = 128
-    hop_length: int | None = None  # None -> W*200 // 256
-    n_mels: int = 100
-    fmin: float = 0.0
-    fmax: float = 20.0
-    frames: int = 256
-    # Applied by the caller on whole recordings; recorded here so it is part of the array's identity.
-    band_pass: tuple[float, float] | None = None
-
-    def __post_init__(self):
-        # Normalise numbers so that equal parameters always hash and digest alike.
-        object.__setattr__(self, "fmin", float(self.fmin))
-        object.__setattr__(self, "fmax", float(self.fmax))
-        if self.band_pass is not None:
-            object.__setattr__(self, "band_pass", tuple(float(f) for f in self.band_pass))
-        for name in ("window_s", "n_fft", "win_length", "n_mels", "frames"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MelParams.{name} must be a positive integer, got {value!r}")
-        if not 1 <= self.window_s <= 50:
-            raise ValueError(f"MelParams.window_s must be 1..50 seconds, got {self.window_s}")
-        if self.win_length > self.n_fft:
-            raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
-        if not 0 <= self.fmin < self.fmax <= SAMPLE_RATE / 2:
-            raise ValueError(f"need 0 <= fmin < fmax <= {SAMPLE_RATE / 2} Hz, got {self.fmin}, {self.fmax}")
-        hop = self.resolved().hop_length
-        if hop < 1:
-            raise ValueError(f"hop_length must be >= 1, got {hop} (window_s={self.window_s}); pass hop_length")
-        available = 1 + self.window_s * SAMPLE_RATE // hop  # centred frames of a W-second window
-        if available < self.frames:
-            raise ValueError(
-                f"a {self.window_s} s window with hop {hop} gives {available} frames, fewer than frames={self.frames}"
-            )
-
-    def resolved(self) -> MelParams:
-        """The same parameters with hop_length filled in."""
-        if self.hop_length is not None:
-            return self
-        return replace(self, hop_length=self.window_s * SAMPLE_RATE // 256)
-
-    def to_dict(self) -> dict:
-        """All fields (resolved) plus the fixed parts of the recipe; JSON-able."""
-        return {
-            **asdict(self.resolved()),
-            "band_pass": list(self.band_pass) if self.band_pass is not None else None,
-            "band_pass_filter": BAND_PASS_FILTER if self.band_pass is not None else None,
-            "sample_rate": SAMPLE_RATE,
-            "mel_scale": "slaney",
-            "norm": "slaney",
-            "power": 2.0,
-            "top_db": TOP_DB,
-            "scaling": "(dB+40)/40",
-        }
-
-    def digest(self) -> str:
-        return digest(self.to_dict())
 
 
 def mel_windows(windows: np.ndarray | torch.Tensor, params: MelParams) -> np.ndarray:

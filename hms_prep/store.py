@@ -5,19 +5,24 @@ reader may import it. See docs/store-format.md for the format in prose.
 
     STORE/zarr.json                 root attributes["hms_cache"]: layout version, split, rows, chunking
     STORE/labels.parquet            one row per label row, in array order (column `row`)
-    STORE/eeg_{W}s                  (rows, 4, n_mels, frames) float16  EEG mel spectrogram windows
-    STORE/kaggle                    (rows, 4, 100, 300) float16        Kaggle spectrogram crops, log1p
-    STORE/raw                       (signals, samples) float16         bipolar signals, segments per chunk
+    STORE/eeg_{W}s[_variant]        (rows, 4, n_mels, frames) float16  EEG mel spectrogram windows
+    STORE/kaggle[_{S}s]             (rows, 4, 100, S/2) float16        Kaggle spectrogram crops, log1p
+    STORE/raw[_variant]             (signals, samples) float16         bipolar signals, segments per chunk
     STORE/_build/{array}/done       (chunks,) uint8   1 = the chunk's data, status and errors are written
     STORE/_build/{array}/status     (rows,) uint8     0 not computed, 1 ok, 2 failed
     STORE/_build/{array}/error      (rows,) string    failure reason ("" when ok)
     STORE/_build/{array}/repaired   (rows,) float32   fraction of the row's values repaired (NaN) or padded
+
+Each array's attributes say what it is (`kind`, `params`, `params_digest`, `axes`); its name follows from
+its params (hms_prep/kinds/), so variants of a kind sit side by side. `describe_arrays` gives a reader
+what it needs to know of them without importing the kinds (which hold preprocessing math).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,8 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from hms_prep.codecs import AUTO, CODECS
-from hms_prep.domain import CHAINS, TARGET_COLUMNS  # noqa: F401 (the format's facts, re-exported)
+from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.reader's import; new code: hms_prep.domain)
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
 warnings.filterwarnings("ignore", message=r"Object at labels\.parquet is not recognized")
@@ -41,14 +45,8 @@ BUILD_GROUP = "_build"
 
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 
-AUTO_CODEC = {"eeg_mel": "lz4", "raw": "lz4", "kaggle": "zstd"}  # "auto": by array kind
-DEFAULT_CODEC = AUTO
-
-
-def codec_for(store_codec: str, kind: str):
-    """The compressor for an array of `kind` ("eeg_mel", "kaggle", "raw") in a store of `store_codec`."""
-    name = AUTO_CODEC[kind] if store_codec == AUTO else store_codec
-    return CODECS[name].write()
+IMAGE_AXES = ("row", "chain", "frequency", "time")  # a per-row image part: (rows, 4 chains, F, T)
+SIGNAL_AXES = ("signal", "sample")  # signals stored per recording segment (rows index them via labels)
 
 
 class StoreError(RuntimeError):
@@ -83,13 +81,41 @@ def digest(obj: Any) -> str:
 
 
 def data_array_names(group: zarr.Group) -> list[str]:
-    """The data arrays present (eeg_*s, kaggle, raw), in a stable order."""
+    """The data arrays present (eeg_{W}s and their variants by window, then kaggle*, raw*), in a
+    stable order: array_keys() follows the filesystem."""
     names = [n for n in group.array_keys() if not n.startswith("_")]
     return sorted(names, key=lambda n: (not n.startswith("eeg_"), _window_of(n), n))
 
 
 def _window_of(name: str) -> int:
-    return int(name[4:-1]) if name.startswith("eeg_") and name.endswith("s") else 0
+    match = re.match(r"eeg_(\d+)s(_|$)", name)
+    return int(match.group(1)) if match else 0
+
+
+@dataclass(frozen=True)
+class ArrayDescription:
+    """What a reader needs to know of one data array, from its attributes."""
+
+    name: str
+    kind: str  # "eeg_mel", "kaggle", "raw", ...
+    axes: tuple[str, ...]
+    params: dict
+    params_digest: str
+
+    @property
+    def image(self) -> bool:
+        """A per-row (4, F, T) image part (axes IMAGE_AXES); otherwise signals in segments (SIGNAL_AXES)."""
+        return self.axes == IMAGE_AXES
+
+
+def describe_arrays(group: zarr.Group) -> dict[str, ArrayDescription]:
+    """Every data array of the store by name, in `data_array_names` order."""
+    described = {}
+    for name in data_array_names(group):
+        attrs = group[name].attrs.asdict()
+        described[name] = ArrayDescription(name, attrs.get("kind"), tuple(attrs.get("axes", ())),
+                                           attrs.get("params", {}), attrs.get("params_digest"))
+    return described
 
 
 def normalize_url(url: str) -> str:

@@ -30,22 +30,8 @@ import pyarrow.parquet as pq
 from scipy.signal import ShortTimeFFT, oaconvolve
 from scipy.signal.windows import hann
 
-from hms_prep.kaggle import (
-    CHAINS,
-    CLASSES,
-    EEG_COLUMNS,
-    LABEL_WINDOW_S,
-    SAMPLE_RATE,
-    SPEC_COLUMNS,
-    SPEC_FREQS,
-    SPEC_ROW_S,
-    SPEC_WINDOW_S,
-    TEST_COLUMNS,
-    TRAIN_COLUMNS,
-    VOTE_COLUMNS,
-    eeg_path,
-    spectrogram_path,
-)
+from hms_prep.domain import CHAINS, CLASSES, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_ROW_S, SPEC_WINDOW_S, VOTE_COLUMNS
+from hms_prep.kaggle import EEG_COLUMNS, SPEC_COLUMNS, SPEC_FREQS, TEST_COLUMNS, TRAIN_COLUMNS, eeg_path, spectrogram_path
 from hms_prep.montage import bipolar_signals
 
 # An EEG label window [o, o + 50) sits at spectrogram seconds [spec_o + 275, spec_o + 325).

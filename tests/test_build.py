@@ -15,8 +15,9 @@ import zarr
 from hms_prep import kaggle
 from hms_prep.audit import store_info, verify_store
 from hms_prep.build import BuildConfig, run_build
+from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.montage import bipolar_signals
-from hms_prep.store import TARGET_COLUMNS, StoreError, open_store, read_labels
+from hms_prep.store import StoreError, open_store, read_labels
 
 from conftest import REAL, ROOT
 
@@ -109,13 +110,19 @@ def test_second_build_does_nothing_and_new_windows_are_added_alone(synth_data, t
         assert key in params
 
 
-def test_different_parameters_are_refused(synth_data, tmp_path, cluster):
+def test_different_parameters_under_one_name_are_refused(synth_data, tmp_path, cluster):
+    """Names follow from params, so only a hand-edited store has a name whose params differ: here
+    eeg_10s (100 mels) renamed to the name 64 mels would get. Nothing is written on refusal."""
     store = tmp_path / "specs.zarr"
     build(synth_data, store, cluster, windows=(10,), kaggle=False, raw=None)
-    from hms_prep.spectrogram import MelParams
+    from hms_prep.kinds import MelParams
 
-    with pytest.raises(StoreError, match=r"eeg_10s exists with other parameters \(n_mels 100 -> 64"):
-        build(synth_data, store, cluster, windows=(10,), kaggle=False, raw=None, mel=MelParams(10, n_mels=64))
+    for folder in (store, store / "_build"):
+        (folder / "eeg_10s").rename(folder / "eeg_10s_m64")
+    before = sorted(p.name for p in store.iterdir())
+    with pytest.raises(StoreError, match=r"eeg_10s_m64 exists with other parameters \(n_mels 100 -> 64"):
+        build(synth_data, store, cluster, windows=(10, 30), kaggle=False, raw=None, mel=MelParams(10, n_mels=64))
+    assert sorted(p.name for p in store.iterdir()) == before, "no eeg_30s_m64 was created"
 
 
 def test_bad_input_fails_alone_and_is_retried_after_the_fix(synth_data, tmp_path, cluster):
@@ -136,8 +143,8 @@ def test_bad_input_fails_alone_and_is_retried_after_the_fix(synth_data, tmp_path
     summary = build(data, store, cluster)
     bad_rows = {r["label_id"] for r in labels if r["eeg_id"] in (missing, truncated)}
     failed = summary.failed_rows()
-    assert {label for (_, label, _) in failed} == bad_rows
-    reasons = " ".join(reason for (_, _, reason) in failed)
+    assert {f.label_id for f in failed} == bad_rows
+    reasons = " ".join(f.reason for f in failed)
     assert f"{missing}.parquet: file not found" in reasons and f"{truncated}.parquet: unreadable parquet" in reasons
     table = read_labels(str(store))
     status = dict(zip(table.column("label_id").to_pylist(), table.column("status").to_pylist()))
@@ -168,7 +175,7 @@ def test_short_recording_and_offset_past_the_end(synth_data, tmp_path, cluster):
     lines[1] = ",".join(first)
     csv.write_text("\n".join(lines) + "\n")
     summary = build(data, tmp_path / "specs.zarr", cluster)
-    reasons = {reason for (_, label, reason) in summary.failed_rows() if label == int(first[header.index("label_id")])}
+    reasons = {f.reason for f in summary.failed_rows() if f.label_id == int(first[header.index("label_id")])}
     assert any("does not fit" in r for r in reasons) and any("past the end" in r for r in reasons)
     assert len(summary.failed_rows()) == 2  # one per reason (EEG arrays, Kaggle crop), one row
 

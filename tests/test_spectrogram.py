@@ -9,9 +9,11 @@ import pytest
 import torch
 import torchaudio
 
-from hms_prep.kaggle import SAMPLE_RATE, read_eeg
+from hms_prep.domain import SAMPLE_RATE
+from hms_prep.kaggle import read_eeg
 from hms_prep.montage import bipolar_signals, fill_nan
-from hms_prep.spectrogram import MelParams, mel_windows
+from hms_prep.kinds import MelParams
+from hms_prep.spectrogram import mel_windows
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real-sample"
 LABEL_CENTRE_S = 25  # the real train.csv row has offset 0; its window is centred at offset + 25 s

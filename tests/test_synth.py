@@ -7,11 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.signal import welch
 
+from hms_prep.domain import CLASSES, SAMPLE_RATE, VOTE_COLUMNS
 from hms_prep.kaggle import (
-    CLASSES,
-    SAMPLE_RATE,
     SPEC_FREQS,
-    VOTE_COLUMNS,
     eeg_path,
     read_eeg,
     read_labels,

@@ -1,0 +1,167 @@
+"""What every array kind of the store declares, and the registry that build, chunk, audit and show
+loop over.
+
+An array kind (a mel window, the Kaggle crop, the raw signals, the next one) is one module holding a
+frozen params dataclass (`to_dict`, `digest`) and an `ArrayKind` subclass registered with
+`@register_kind`. The array's name follows from its params (`variant_name`), so variants of one kind
+live side by side in a store. The kind says which file it is cut from (`source`), how one file's rows
+become values (`cut`), what is done once per chunk on all of them (`finish`: the batched part), and how
+its array is created and written. Attributes written on the array (`kind`, `params`, `params_digest`,
+`axes`, ...) are the store format: hms_train reads them through `hms_prep.store.describe_arrays`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import zarr
+
+from hms_prep.codecs import AUTO, CODECS
+from hms_prep.domain import CHAINS
+from hms_prep.plan import RawSegment
+from hms_prep.store import IMAGE_AXES, StoreLayout
+
+EEG, SPECTROGRAM = "eeg", "spectrogram"  # the Kaggle file a kind's values are cut from
+SOURCES = (EEG, SPECTROGRAM)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """What one kind made of one file's rows: values by row (by segment position for a kind stored in
+    segments), and per-row failure reasons and repaired fractions."""
+
+    values: dict[int, np.ndarray] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    repaired: dict[int, float] = field(default_factory=dict)
+
+    @staticmethod
+    def merge(cuts) -> Cut:
+        merged = Cut()
+        for cut in cuts:
+            merged.values.update(cut.values)
+            merged.errors.update(cut.errors)
+            merged.repaired.update(cut.repaired)
+        return merged
+
+
+@dataclass(frozen=True)
+class ArrayKind:
+    """One array of the store, defined by its kind (the subclass) and its params."""
+
+    params: Any
+
+    kind: ClassVar[str]  # attrs["kind"]
+    params_type: ClassVar[type]
+    source: ClassVar[str]  # EEG or SPECTROGRAM
+    default_codec: ClassVar[str]  # a name in hms_prep.codecs.CODECS, used when the store's codec is "auto"
+    stage: ClassVar[str]  # the build's timing stage its computation counts under
+    per_row: ClassVar[bool] = True  # False: stored per recording segment along axis 1 (see plan.py)
+    # Values are not scaled (log power): the trainer, and `hms-prep show`, z-score each sample of it.
+    zscored: ClassVar[bool] = False
+
+    @property
+    def needs_midline(self) -> bool:
+        """EEG kinds: whether it uses the midline pairs Fz-Cz, Cz-Pz (18 bipolar signals, not 16)."""
+        return False
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def digest(self) -> str:
+        return self.params.digest()
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of one row's values (per-row kinds)."""
+        raise NotImplementedError
+
+    def attrs(self) -> dict:
+        """The array's attributes: what made it and how to read it."""
+        return {"kind": self.kind, "params": self.params.to_dict(), "params_digest": self.digest,
+                "axes": list(IMAGE_AXES), "chains": list(CHAINS)}
+
+    def create(self, group: zarr.Group, layout: StoreLayout, segments_length: int) -> zarr.Array:
+        """An empty, zero-filled float16 array with one chunk per `layout.chunk_rows` rows."""
+        array = group.create_array(self.name, shape=(layout.n_rows, *self.item_shape),
+                                   chunks=(layout.chunk_rows, *self.item_shape), **self.storage(layout))
+        array.attrs.update(self.attrs())
+        return array
+
+    def storage(self, layout: StoreLayout) -> dict:
+        """dtype, fill value and compressor (the kind's own codec when the store's choice is "auto")."""
+        codec = self.default_codec if layout.codec == AUTO else layout.codec
+        return dict(dtype="float16", fill_value=0.0, compressors=CODECS[codec].write())
+
+    def cut(self, source, rows: frozenset[int]) -> Cut:
+        """Values of `rows` (those of this file that this array computes) from one opened file: an
+        `EegRecording` or a `SpectrogramFile` (hms_prep/sources.py)."""
+        raise NotImplementedError
+
+    def finish(self, cut: Cut) -> Cut:
+        """Once per chunk, on the merged cuts of all its files (batched work goes here)."""
+        return cut
+
+    def write(self, target: zarr.Array, rows: tuple[int, ...], whole: bool, cut: Cut,
+              segments: tuple[RawSegment, ...]) -> None:
+        """Write the rows' values (zeros for failed rows); `whole`: the rows are the whole chunk."""
+        values = np.zeros((len(rows), *target.shape[1:]), dtype=np.float16)
+        for i, row in enumerate(rows):
+            if row in cut.values:
+                values[i] = cut.values[row]
+        if whole:
+            target[rows[0] : rows[-1] + 1] = values
+        else:
+            target.oindex[np.asarray(rows)] = values
+
+    @staticmethod
+    def title(params: dict) -> str:
+        """A short human description of an array of this kind from its stored params (hms-prep show)."""
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[ArrayKind]] = {}
+
+
+def register_kind(cls: type[ArrayKind]) -> type[ArrayKind]:
+    """Class decorator: make `cls` a kind of the store, found by its `kind` and its `params_type`."""
+    for other in KINDS.values():
+        if cls.kind == other.kind or cls.params_type is other.params_type:
+            raise ValueError(f"array kind {cls.__name__} clashes with {other.__name__} "
+                             f"(kind {cls.kind!r}, params {cls.params_type.__name__})")
+    if cls.source not in SOURCES:
+        raise ValueError(f"array kind {cls.__name__}: source {cls.source!r} is not one of {SOURCES}")
+    KINDS[cls.kind] = cls
+    return cls
+
+
+def kind_for(params) -> ArrayKind:
+    """The array made with `params` (e.g. `MelParams(10)` -> the `eeg_10s` array)."""
+    for cls in KINDS.values():
+        if isinstance(params, cls.params_type):
+            return cls(params)
+    known = ", ".join(cls.params_type.__name__ for cls in KINDS.values())
+    raise TypeError(f"no array kind takes {type(params).__name__} parameters; known: {known}")
+
+
+def kind_named(kind: str | None) -> type[ArrayKind]:
+    """The registered kind of an array's attrs["kind"]; KeyError naming the known kinds otherwise."""
+    if kind not in KINDS:
+        raise KeyError(f"unknown array kind {kind!r}; this hms-prep knows {sorted(KINDS)}")
+    return KINDS[kind]
+
+
+def variant_name(stem: str, params, default, readable: dict[str, str]) -> str:
+    """The array name of `params`: `stem` for the default params; `stem_{readable}` when exactly one
+    field in `readable` differs (its format string gets the value: {"n_mels": "m{}"} -> eeg_10s_m50);
+    otherwise `stem_{first 8 hex digits of the params digest}`. Hex digits never form the readable
+    suffixes (they all hold a letter beyond f), so names stay distinct."""
+    if params == default:
+        return stem
+    differ = [f.name for f in fields(params) if getattr(params, f.name) != getattr(default, f.name)]
+    if len(differ) == 1 and differ[0] in readable:
+        return f"{stem}_{readable[differ[0]].format(getattr(params, differ[0]))}"
+    return f"{stem}_{params.digest()[:8]}"

@@ -1,0 +1,128 @@
+"""Kind `eeg_mel`: EEG mel-spectrogram windows, (rows, 4 chains, n_mels, frames), one array per window.
+
+The W-second window is centred on the label window's centre (offset + 25 s). Names: `eeg_{W}s` for the
+default recipe, `eeg_{W}s_m{N}` when only n_mels differs, `eeg_{W}s_{digest}` otherwise. All windows of
+a chunk go through one batched `mel_windows` call per array (`finish`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from hms_prep.domain import CHAINS, SAMPLE_RATE
+from hms_prep.kinds.base import EEG, ArrayKind, Cut, register_kind, variant_name
+from hms_prep.montage import BIPOLAR_PAIRS
+from hms_prep.signal_filter import BAND_PASS_FILTER
+from hms_prep.store import digest
+
+TOP_DB = 80.0  # the dB floor below each signal's maximum (librosa's power_to_db top_db)
+
+
+@dataclass(frozen=True)
+class MelParams:
+    """Everything that defines one mel-spectrogram array of the store."""
+
+    window_s: int  # window length W in seconds (1..50)
+    n_fft: int = 1024
+    win_length: int = 128
+    hop_length: int | None = None  # None -> W*200 // 256
+    n_mels: int = 100
+    fmin: float = 0.0
+    fmax: float = 20.0
+    frames: int = 256
+    # Applied by the caller on whole recordings; recorded here so it is part of the array's identity.
+    band_pass: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        # Normalise numbers so that equal parameters always hash and digest alike.
+        object.__setattr__(self, "fmin", float(self.fmin))
+        object.__setattr__(self, "fmax", float(self.fmax))
+        if self.band_pass is not None:
+            object.__setattr__(self, "band_pass", tuple(float(f) for f in self.band_pass))
+        for name in ("window_s", "n_fft", "win_length", "n_mels", "frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MelParams.{name} must be a positive integer, got {value!r}")
+        if not 1 <= self.window_s <= 50:
+            raise ValueError(f"MelParams.window_s must be 1..50 seconds, got {self.window_s}")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if not 0 <= self.fmin < self.fmax <= SAMPLE_RATE / 2:
+            raise ValueError(f"need 0 <= fmin < fmax <= {SAMPLE_RATE / 2} Hz, got {self.fmin}, {self.fmax}")
+        hop = self.resolved().hop_length
+        if hop < 1:
+            raise ValueError(f"hop_length must be >= 1, got {hop} (window_s={self.window_s}); pass hop_length")
+        available = 1 + self.window_s * SAMPLE_RATE // hop  # centred frames of a W-second window
+        if available < self.frames:
+            raise ValueError(
+                f"a {self.window_s} s window with hop {hop} gives {available} frames, fewer than frames={self.frames}"
+            )
+
+    def resolved(self) -> MelParams:
+        """The same parameters with hop_length filled in."""
+        if self.hop_length is not None:
+            return self
+        return replace(self, hop_length=self.window_s * SAMPLE_RATE // 256)
+
+    def to_dict(self) -> dict:
+        """All fields (resolved) plus the fixed parts of the recipe; JSON-able."""
+        return {
+            **asdict(self.resolved()),
+            "band_pass": list(self.band_pass) if self.band_pass is not None else None,
+            "band_pass_filter": BAND_PASS_FILTER if self.band_pass is not None else None,
+            "sample_rate": SAMPLE_RATE,
+            "mel_scale": "slaney",
+            "norm": "slaney",
+            "power": 2.0,
+            "top_db": TOP_DB,
+            "scaling": "(dB+40)/40",
+        }
+
+    def digest(self) -> str:
+        return digest(self.to_dict())
+
+
+@register_kind
+@dataclass(frozen=True)
+class EegMel(ArrayKind):
+    params: MelParams
+    kind = "eeg_mel"
+    params_type = MelParams
+    source = EEG
+    default_codec = "lz4"
+    stage = "spectrogram"
+
+    def __post_init__(self):
+        object.__setattr__(self, "params", self.params.resolved())  # equal recipes name and hash alike
+
+    @property
+    def name(self) -> str:
+        window = self.params.window_s
+        return variant_name(f"eeg_{window}s", self.params, MelParams(window).resolved(), {"n_mels": "m{}"})
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return (len(CHAINS), self.params.n_mels, self.params.frames)
+
+    def cut(self, recording, rows: frozenset[int]) -> Cut:
+        """The (16, W*200) window of every usable row, centred on its label window."""
+        filtered = recording.filtered(self.params.band_pass)[: len(BIPOLAR_PAIRS)]
+        half = self.params.window_s * SAMPLE_RATE // 2
+        return Cut(values={r.row: filtered[:, recording.label_centre(r) - half : recording.label_centre(r) + half]
+                           for r in recording.good if r.row in rows})
+
+    def finish(self, cut: Cut) -> Cut:
+        """All the chunk's windows in one batched spectrogram call."""
+        if not cut.values:
+            return cut
+        from hms_prep.spectrogram import mel_windows  # torch: imported where the work is
+
+        rows = list(cut.values)
+        images = mel_windows(np.stack([cut.values[r] for r in rows]), self.params)
+        return Cut(dict(zip(rows, images)), cut.errors, cut.repaired)
+
+    @staticmethod
+    def title(params: dict) -> str:
+        return f"EEG {params['window_s']} s · {params['n_mels']} mels, {params['fmin']:g}-{params['fmax']:g} Hz"

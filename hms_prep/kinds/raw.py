@@ -1,0 +1,131 @@
+"""Kind `raw`: the bipolar signals themselves for 1D models, (signals, samples), stored per recording
+segment rather than per row (hms_prep/plan.py lays the segments out; labels.parquet's raw_start,
+raw_lo, raw_hi index them). Named `raw`, or `raw_{digest}` for other params.
+
+Variants share one segment layout, so every raw array of a store has the same `margin_s`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import zarr
+
+from hms_prep.domain import SAMPLE_RATE
+from hms_prep.kinds.base import EEG, ArrayKind, Cut, register_kind, variant_name
+from hms_prep.montage import pair_names
+from hms_prep.plan import RAW_INDEX_COLUMNS, RawSegment
+from hms_prep.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos, scale_raw
+from hms_prep.store import SIGNAL_AXES, StoreLayout, digest
+
+
+@dataclass(frozen=True)
+class RawParams:
+    """How the raw bipolar signals of the store are made (for 1D models)."""
+
+    band_pass: tuple[float, float] | None = (0.5, 20.0)
+    clip_uv: float = 1024.0
+    divide_by: float = 32.0
+    midline: bool = True  # 18 signals (16 + Fz-Cz, Cz-Pz) instead of 16
+    margin_s: int = 10  # extra seconds kept each side of every label window, for jitter
+
+    def __post_init__(self):
+        # Normalise numbers so that equal parameters always give the same digest.
+        if self.band_pass is not None:
+            low, high = (float(f) for f in self.band_pass)
+            band_pass_sos(low, high, SAMPLE_RATE, BAND_PASS_ORDER)  # validates the band
+            object.__setattr__(self, "band_pass", (low, high))
+        object.__setattr__(self, "clip_uv", float(self.clip_uv))
+        object.__setattr__(self, "divide_by", float(self.divide_by))
+        if self.clip_uv <= 0 or self.divide_by <= 0:
+            raise ValueError(f"clip_uv and divide_by must be positive, got {self.clip_uv}, {self.divide_by}")
+        if not isinstance(self.margin_s, int) or isinstance(self.margin_s, bool) or self.margin_s < 0:
+            raise ValueError(f"margin_s must be a non-negative integer, got {self.margin_s!r}")
+
+    def to_dict(self) -> dict:
+        """All fields plus the fixed parts of the recipe; JSON-able."""
+        return {
+            **asdict(self),
+            "band_pass": list(self.band_pass) if self.band_pass is not None else None,
+            "band_pass_filter": BAND_PASS_FILTER,
+            "sample_rate": SAMPLE_RATE,
+            "pairs": list(pair_names(self.midline)),
+            "scaling": "clip(x, -clip_uv, clip_uv) / divide_by",
+        }
+
+    def digest(self) -> str:
+        return digest(self.to_dict())
+
+
+@register_kind
+@dataclass(frozen=True)
+class RawSignals(ArrayKind):
+    params: RawParams
+    kind = "raw"
+    params_type = RawParams
+    source = EEG
+    default_codec = "lz4"
+    stage = "montage"
+    per_row = False
+
+    @property
+    def name(self) -> str:
+        return variant_name("raw", self.params, RawParams(), {})
+
+    @property
+    def needs_midline(self) -> bool:
+        return self.params.midline
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return pair_names(self.params.midline)
+
+    def attrs(self) -> dict:
+        return {"kind": self.kind, "params": self.params.to_dict(), "params_digest": self.digest,
+                "signals": list(self.signals), "axes": list(SIGNAL_AXES), "sample_rate": SAMPLE_RATE,
+                "index_columns": list(RAW_INDEX_COLUMNS)}
+
+    def create(self, group: zarr.Group, layout: StoreLayout, segments_length: int) -> zarr.Array:
+        n_signals = len(self.signals)
+        array = group.create_array(self.name, shape=(n_signals, segments_length),
+                                   chunks=(n_signals, layout.raw_chunk_samples), **self.storage(layout))
+        array.attrs.update(self.attrs())
+        return array
+
+    def cut(self, recording, rows: frozenset[int]) -> Cut:
+        """Every segment of the recording, filtered and scaled (values keyed by segment position)."""
+        signals = recording.filtered(self.params.band_pass)[: len(self.signals)]
+        raw = scale_raw(signals, self.params)
+        return Cut(values={s.position: _cut(raw, s.file_start - recording.first_sample, s.length)
+                           for s in recording.span.segments})
+
+    def write(self, target: zarr.Array, rows: tuple[int, ...], whole: bool, cut: Cut,
+              segments: tuple[RawSegment, ...]) -> None:
+        """The chunk's whole aligned region in one write; a retry rewrites only its rows' segments.
+        Segments of unreadable recordings keep zeros (their rows are marked failed)."""
+        if whole and segments:
+            # One write of the whole region: no read-modify-write of partial chunks.
+            first, last = segments[0], segments[-1]
+            region = np.zeros((target.shape[0], last.position + last.length - first.position), np.float16)
+            for position, values in cut.values.items():
+                region[:, position - first.position : position - first.position + values.shape[1]] = values
+            target[:, first.position : first.position + region.shape[1]] = region
+            return
+        for position, values in cut.values.items():
+            target[:, position : position + values.shape[1]] = values
+
+    @staticmethod
+    def title(params: dict) -> str:
+        band = params.get("band_pass")
+        band_text = f"band-pass {band[0]:g}-{band[1]:g} Hz, " if band else ""
+        return f"{band_text}clipped to ±{params['clip_uv']:g} µV, divided by {params['divide_by']:g}"
+
+
+def _cut(signals: np.ndarray, start: int, length: int) -> np.ndarray:
+    """signals[:, start:start+length], zero-padded where the span leaves the recording."""
+    out = np.zeros((signals.shape[0], length), dtype=np.float16)
+    lo, hi = max(start, 0), min(start + length, signals.shape[1])
+    if hi > lo:
+        out[:, lo - start : hi - start] = signals[:, lo:hi]
+    return out

@@ -1,0 +1,284 @@
+"""Array kinds as plug-ins: the registry, names that follow from params, variants side by side in one
+store, stores of layout v1 unchanged, and a new kind added in one module (the worked example)."""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from hms_prep.audit import store_info, verify_store
+from hms_prep.build import BuildConfig, run_build
+from hms_prep.cli import app
+from hms_prep.codecs import CODECS
+from hms_prep.domain import CHAINS, SAMPLE_RATE
+from hms_prep.kaggle import read_spectrogram, spectrogram_path
+from hms_prep.kaggle_crop import kaggle_crop
+from hms_prep.kinds import (
+    KINDS,
+    ArrayKind,
+    Cut,
+    KaggleParams,
+    MelParams,
+    RawParams,
+    kind_for,
+    kind_named,
+    register_kind,
+    variant_name,
+)
+from hms_prep.kinds.base import EEG
+from hms_prep.show import show_row
+from hms_prep.store import StoreError, describe_arrays, digest, open_store, read_labels
+
+V1_ARRAYS = Path(__file__).parent / "data" / "store_v1_arrays.json"  # written by the layout-v1 code
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from hms_prep.synth import synthesize
+
+    out = tmp_path_factory.mktemp("kinds") / "data"
+    synthesize(out, n_eegs=4, seed=3, n_test=1)  # 27 rows
+    return out
+
+
+@pytest.fixture(scope="module")
+def default_store(small_data, tmp_path_factory, cluster):
+    store = tmp_path_factory.mktemp("kinds") / "specs.zarr"
+    summary = run_build(BuildConfig(data_dir=str(small_data), store=str(store), chunk_rows=8, scheduler=cluster))
+    assert summary.ok
+    return store
+
+
+def copy_of(store: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / store.name
+    shutil.copytree(store, copy)
+    return copy
+
+
+def chunk_files(store: Path, names) -> dict[str, int]:
+    return {str(p.relative_to(store)): p.stat().st_mtime_ns
+            for name in names for p in (store / name).rglob("*") if p.is_file()}
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+def test_registry_holds_the_three_kinds_by_attrs_kind():
+    assert {"eeg_mel", "kaggle", "raw"} <= set(KINDS)
+    assert kind_named("eeg_mel") is type(kind_for(MelParams(10)))
+    with pytest.raises(KeyError, match=r"unknown array kind 'nope'; this hms-prep knows \["):
+        kind_named("nope")
+    with pytest.raises(TypeError, match="no array kind takes dict parameters"):
+        kind_for({"window_s": 10})
+
+
+@pytest.mark.parametrize("params, name, digest_, shape, codec", [
+    (MelParams(10), "eeg_10s", "e15fd0a0fe19f562", (4, 100, 256), "lz4"),
+    (MelParams(30), "eeg_30s", "dea12b7f27fb7616", (4, 100, 256), "lz4"),
+    (KaggleParams(), "kaggle", "67a786224bdc37c0", (4, 100, 300), "zstd"),
+    (RawParams(), "raw", "31480938405ef1fc", None, "lz4"),
+])
+def test_each_default_kind_keeps_its_v1_name_digest_shape_and_codec(params, name, digest_, shape, codec):
+    kind = kind_for(params)
+    assert (kind.name, kind.digest, kind.default_codec) == (name, digest_, codec)
+    assert kind.digest == digest(kind.attrs()["params"])
+    if shape is not None:
+        assert kind.per_row and kind.item_shape == shape
+    else:
+        assert not kind.per_row and kind.signals[-2:] == ("Fz-Cz", "Cz-Pz")
+
+
+def test_variant_names_follow_from_params():
+    assert kind_for(MelParams(10, n_mels=50)).name == "eeg_10s_m50"
+    assert kind_for(MelParams(44, n_mels=64)).item_shape == (4, 64, 256)
+    assert kind_for(MelParams(10, hop_length=7)).name == "eeg_10s", "the default hop, spelled out"
+    other = kind_for(MelParams(10, fmax=25.0))
+    assert other.name == f"eeg_10s_{other.digest[:8]}"
+    both = kind_for(MelParams(10, n_mels=50, fmax=25.0))
+    assert both.name == f"eeg_10s_{both.digest[:8]}" and both.name != other.name
+    assert kind_for(KaggleParams(1200)).name == "kaggle_1200s"
+    assert kind_for(KaggleParams(1200)).item_shape == (4, 100, 600)
+    raw = kind_for(RawParams(band_pass=None))
+    assert raw.name == f"raw_{raw.digest[:8]}"
+    # 14 s and 44 s windows (David's) give 256 frames with hop W*200//256 = 10 and 34
+    assert MelParams(14).resolved().hop_length == 10 and MelParams(44).resolved().hop_length == 34
+    for bad in (0, 601, 3.0):
+        with pytest.raises(ValueError, match="positive multiple of 2 s"):
+            KaggleParams(bad)
+
+
+# --- stores -----------------------------------------------------------------------------------------
+
+def test_default_arrays_are_the_layout_v1_arrays_literally(default_store):
+    """Stores built by the layout-v1 code open unchanged: same names, attributes, digests, codecs."""
+    expected = json.loads(V1_ARRAYS.read_text())
+    group, layout = open_store(str(default_store))
+    assert layout.layout_version == 1
+    assert sorted(describe_arrays(group)) == sorted(expected) == ["eeg_10s", "eeg_30s", "kaggle", "raw"]
+    for name, v1 in expected.items():
+        metadata = json.loads((default_store / name / "zarr.json").read_text())
+        assert metadata["attributes"] == v1["attributes"], name
+        assert metadata["codecs"] == v1["codecs"], name
+        assert (metadata["data_type"], metadata["fill_value"]) == (v1["data_type"], v1["fill_value"]), name
+
+
+def test_variants_are_added_beside_the_defaults_and_a_second_run_computes_nothing(default_store, small_data,
+                                                                                   tmp_path, cluster):
+    store = copy_of(default_store, tmp_path)
+    before = chunk_files(store, ["eeg_10s", "eeg_30s", "kaggle", "raw"])
+    command = ["build", "--data", str(small_data), "--store", str(store), "--windows", "10,14,30,44",
+               "--n-mels", "50", "--scheduler", cluster, "--quiet"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "computed eeg_10s_m50, eeg_14s_m50, eeg_30s_m50, eeg_44s_m50; reused kaggle, raw" in result.output
+    assert chunk_files(store, ["eeg_10s", "eeg_30s", "kaggle", "raw"]) == before, "defaults untouched"
+    group, _ = open_store(str(store))
+    for window in (10, 14, 30, 44):
+        array = group[f"eeg_{window}s_m50"]
+        assert array.shape[1:] == (4, 50, 256) and array.attrs["params"]["n_mels"] == 50
+        assert array.attrs["params"]["hop_length"] == window * SAMPLE_RATE // 256
+    assert verify_store(str(store)) == []
+    labels = read_labels(str(store))
+    assert {"repaired_eeg_14s_m50", "raw_start"} <= set(labels.column_names)
+
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0 and "nothing to compute" in again.output
+    info = CliRunner().invoke(app, ["info", str(store)])
+    assert info.exit_code == 0 and "eeg_14s_m50 eeg_mel" in info.output and "n_mels=50" in info.output
+
+
+def test_a_wider_kaggle_crop_is_centred_on_the_same_point(default_store, small_data, tmp_path, cluster):
+    store = copy_of(default_store, tmp_path)
+    summary = run_build(BuildConfig(data_dir=str(small_data), store=str(store), windows=(), raw=None,
+                                    kaggle_window_s=1200, chunk_rows=8, scheduler=cluster))
+    assert summary.computed == ["kaggle_1200s"] and summary.ok
+    group, _ = open_store(str(store))
+    wide, narrow = group["kaggle_1200s"][:], group["kaggle"][:]
+    assert wide.shape == (narrow.shape[0], 4, 100, 600)
+    np.testing.assert_array_equal(wide[..., 150:450], narrow)  # the 10 minutes sit in the middle
+    labels = read_labels(str(store)).to_pylist()
+    row = labels[0]
+    time_s, power = read_spectrogram(spectrogram_path(small_data, "train", row["spectrogram_id"]))
+    crop, n_rows, nan_fraction = kaggle_crop(time_s, power, row["spectrogram_label_offset_seconds"], 1200)
+    np.testing.assert_array_equal(wide[0], crop.astype(np.float16))
+    assert n_rows < 600, "the file is shorter than 20 min: padded"
+    padded_or_nan = (600 - n_rows + nan_fraction * n_rows) / 600  # padding counts as repaired
+    assert row["repaired_kaggle_1200s"] == pytest.approx(padded_or_nan)
+    assert "kaggle_1200s: Kaggle 20 min" in show_part_titles(store)
+
+
+def show_part_titles(store: Path) -> str:
+    from hms_prep.show import part_title
+
+    group, _ = open_store(str(store))
+    return " ".join(part_title(name, group[name].attrs.asdict()) for name in describe_arrays(group))
+
+
+def test_raw_variants_must_share_the_segment_layout(default_store, small_data, tmp_path, cluster):
+    store = copy_of(default_store, tmp_path)
+    with pytest.raises(StoreError, match=r"share one segment layout, so one margin_s \(raw margin_s=10, raw_\w+ margin_s=5\)"):
+        run_build(BuildConfig(data_dir=str(small_data), store=str(store), raw=RawParams(margin_s=5),
+                              chunk_rows=8, scheduler=cluster))
+    assert sorted(describe_arrays(open_store(str(store))[0])) == ["eeg_10s", "eeg_30s", "kaggle", "raw"]
+
+
+def test_verify_flags_params_edited_by_hand(default_store, tmp_path):
+    store = copy_of(default_store, tmp_path)
+    array = zarr.open_array(str(store / "eeg_30s"), mode="r+")
+    array.attrs["params"] = {**array.attrs["params"], "n_mels": 64}
+    problems = verify_store(str(store))
+    assert len(problems) == 1 and "eeg_30s: params_digest dea12b7f27fb7616 does not match" in problems[0]
+
+
+# --- the worked example: a new kind in one module ---------------------------------------------------
+
+@dataclass(frozen=True)
+class EnvelopeParams:
+    window_s: int = 10
+    frames: int = 50
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sample_rate": SAMPLE_RATE, "scaling": "log1p(mean |x|)"}
+
+    def digest(self) -> str:
+        return digest(self.to_dict())
+
+
+@dataclass(frozen=True)
+class EegEnvelope(ArrayKind):
+    """log1p of the mean absolute amplitude of each bipolar signal in `frames` time bins: (4, 4, frames)."""
+
+    params: EnvelopeParams
+    kind = "eeg_envelope"
+    params_type = EnvelopeParams
+    source = EEG  # cut from the NaN-repaired bipolar signals, read once per recording with the others
+    default_codec = "lz4"
+    stage = "envelope"
+
+    @property
+    def name(self) -> str:
+        window = self.params.window_s
+        return variant_name(f"envelope_{window}s", self.params, EnvelopeParams(window), {"frames": "f{}"})
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return (len(CHAINS), 4, self.params.frames)
+
+    def cut(self, recording, rows) -> Cut:
+        half = self.params.window_s * SAMPLE_RATE // 2
+        signals = recording.filtered(None)[:16]
+        values = {}
+        for row in recording.good:
+            if row.row in rows:
+                centre = recording.label_centre(row)
+                window = np.abs(signals[:, centre - half : centre + half])
+                values[row.row] = np.log1p(window.reshape(4, 4, self.params.frames, -1).mean(-1))
+        return Cut(values=values)
+
+    @staticmethod
+    def title(params: dict) -> str:
+        return f"EEG envelope {params['window_s']} s · {params['frames']} bins"
+
+
+@pytest.fixture
+def envelope_kind():
+    register_kind(EegEnvelope)  # a plug-in module does this with @register_kind at import
+    yield EegEnvelope
+    KINDS.pop(EegEnvelope.kind)
+
+
+def test_a_new_kind_is_one_module(envelope_kind, default_store, small_data, tmp_path):
+    store = f"memory://kinds-example/{tmp_path.name}/specs.zarr"  # in-process workers see the test's kind
+    config = BuildConfig(data_dir=str(small_data), store=store, raw=None, chunk_rows=8, workers=1,
+                         extra_arrays=(EnvelopeParams(),))
+    first = run_build(config)
+    assert first.ok and "envelope_10s" in first.computed
+    assert run_build(config).computed == []
+    assert verify_store(store) == []
+    assert store_info(store)["arrays"]["envelope_10s"]["kind"] == "eeg_envelope"
+    group, _ = open_store(store)
+    assert group["envelope_10s"].shape == (27, 4, 4, 50)
+    assert group["envelope_10s"].metadata.codecs[1].cname.value == "lz4"
+    assert np.isfinite(group["envelope_10s"][:]).all() and group["envelope_10s"][:].max() > 0
+    path = show_row(store, row=0, out=tmp_path / "row0.png", arrays=["eeg_10s", "envelope_10s"])
+    assert path.is_file()
+    with pytest.raises(ValueError, match="no array eeg_50s; it has eeg_10s, eeg_30s, envelope_10s, kaggle"):
+        show_row(store, row=0, out=tmp_path / "x.png", arrays=["eeg_50s"])
+
+
+def test_a_kind_that_clashes_is_refused():
+    with pytest.raises(ValueError, match="clashes with EegMel"):
+        register_kind(type("Other", (EegEnvelope,), {"kind": "eeg_mel"}))
+    assert CODECS["lz4"] and "eeg_envelope" not in KINDS

@@ -6,8 +6,11 @@ draws those parameters for the whole batch at once from one `torch.Generator` an
 nothing loops over the samples in Python, so the cost does not grow with per-sample Python overhead and
 the same code runs on CPU and CUDA.
 
-Images are (B, 1, H, W) with H = 4 * F: the chain blocks LL, RL, LP, RP stacked top to bottom (see
-`hms_train.compose`). Targets are (B, 6) vote fractions summing to 1.
+Images are (B, 1, H, W) composed by `hms_train.compose` from an image layout: each part's chain blocks
+LL, RL, LP, RP stacked top to bottom. Targets are (B, 6) vote fractions summing to 1. Geometric
+augmentations act on the whole image except the hemisphere swap, which mirrors each part's own chain
+blocks. Models that also take the raw signal refuse the ones that would change the image alone
+(`IMAGE_ONLY`, see `hms_train.forward.make_augmenter`).
 
 Defaults follow the seed solution's recipe (docs HMS.md section 4): brightness/contrast, time flip,
 XY masking (1-10 stripes of 5-10 px), shift-scale-rotate (shift 0.15, scale 0.05, rotate 15 deg, p 0.7),
@@ -25,13 +28,18 @@ import torch.nn.functional as F
 from hms_prep.domain import CHAINS, MIRRORED_CHAINS
 
 N_CHAINS = len(CHAINS)
+# The probabilities of augmentations that move image content in time or across chains, or mix samples:
+# applied to the image alone they would desynchronise it from a raw signal the model also takes.
+IMAGE_ONLY = ("hemisphere_swap_p", "hflip_p", "vflip_p", "ssr_p", "mixup_p")
 
 
 @dataclass
 class AugmentConfig:
     """Every probability and strength of the training augmentations; defaults = the seed recipe."""
 
-    random_crop_width: int | None = None  # crop to this width at a random start (see Augmenter's crop_columns)
+    # An alias of the image layout, applied when the image is composed (hms_train.layout.side_by_side):
+    # the Kaggle part's width, a random span of it in training, its first columns at evaluation.
+    random_crop_width: int | None = None
     brightness_contrast_p: float = 0.6
     brightness: float = 0.2  # offset drawn from U(-brightness, brightness) and added
     contrast: float = 0.2  # factor drawn from 1 + U(-contrast, contrast) and multiplied
@@ -63,31 +71,22 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, 1, 1, 1)
 
 
-def random_crop(
-    images: torch.Tensor,
-    width: int,
-    starts: torch.Tensor,
-    columns: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """Cut each sample's columns to `width` beginning at its own `starts[b]` (B,) integer offset.
+def hemisphere_swap(images: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Swap chain blocks LL <-> RL and LP <-> RP where `mask` (B,) is True; the label is kept.
 
-    With `columns` = (start, end) only that span (e.g. the kaggle part) is cropped, offsets counted from
-    its start; the columns outside it are kept as they are.
+    `rows` is the image's mirror map from its layout (`ImageLayout.mirror_rows`): the source row of each
+    row (H,) or of each pixel (H, W), so every part's own chain blocks swap wherever the part sits.
+    None: the whole image is one part, 4 blocks of H / 4 rows (rows block 0 <-> 1, 2 <-> 3).
     """
-    lo, hi = columns if columns is not None else (0, images.shape[-1])
-    span = images[..., lo:hi]
-    batch, channels, height, _ = span.shape
-    index = starts.reshape(-1, 1) + torch.arange(width, device=images.device)  # (B, width)
-    index = index.reshape(batch, 1, 1, width).expand(batch, channels, height, width)
-    cropped = torch.gather(span, 3, index)
-    return torch.cat([images[..., :lo], cropped, images[..., hi:]], dim=3)
-
-
-def hemisphere_swap(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Swap chain blocks LL <-> RL and LP <-> RP (rows block 0 <-> 1, 2 <-> 3) where `mask` (B,) is True."""
-    batch, channels, height, width = images.shape
-    blocks = images.reshape(batch, channels, N_CHAINS, height // N_CHAINS, width)
-    swapped = blocks[:, :, list(MIRRORED_CHAINS)].reshape(images.shape)
+    height = images.shape[-2]
+    if rows is None:
+        blocks = torch.arange(height, device=images.device).reshape(N_CHAINS, height // N_CHAINS)
+        rows = blocks[list(MIRRORED_CHAINS)].reshape(-1)
+    rows = rows.to(images.device)
+    if rows.ndim == 1:
+        swapped = images.index_select(-2, rows)
+    else:
+        swapped = torch.gather(images, -2, rows.expand_as(images))
     return torch.where(_per_sample(mask), swapped, images)
 
 
@@ -195,34 +194,35 @@ class Augmenter:
     each sample with its own random parameters, all drawn from `generator` (on the images' device;
     None = torch's default generator).
 
-    `crop_columns` = (start, end) limits the random crop to those columns of the composed image, e.g. the
-    kaggle part's span from `compose.image_layout` (train on a random `random_crop_width` of the Kaggle
-    spectrogram, evaluate on its first columns via `compose_image(kaggle_width=...)`); None crops the
-    whole image. It is a constructor argument, not configuration, because it follows from the inputs.
+    `mirror_rows` is the hemisphere swap's map of the image's chain blocks, from the image layout
+    (`ImageLayout.mirror_rows`); None treats the whole image as one part of 4 equal blocks. Crops are
+    not here: they belong to the layout and happen when the image is composed (`hms_train.compose`).
+    `hms_train.forward.make_augmenter` builds one from a training config.
     """
 
     def __init__(
         self,
         config: AugmentConfig,
         generator: torch.Generator | None = None,
-        crop_columns: tuple[int, int] | None = None,
+        mirror_rows: torch.Tensor | None = None,
     ):
+        if config.random_crop_width is not None:
+            raise ValueError("augment.random_crop_width is an image-layout setting applied when the image is "
+                             "composed; build the Augmenter with hms_train.forward.make_augmenter")
         self.config = config
         self.generator = generator
-        self.crop_columns = crop_columns
+        self.mirror_rows = mirror_rows
 
     def __call__(
         self, images: torch.Tensor, targets: torch.Tensor, train: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented (images, targets) in train mode; the inputs unchanged when `train` is False
-        (evaluation images are composed to their final width by `compose_image(kaggle_width=...)`)."""
+        """Augmented (images, targets) in train mode; the inputs unchanged when `train` is False."""
         if not train:
             return images, targets
         config = self.config
-        if config.random_crop_width is not None:
-            images = self._random_crop(images)
         if config.hemisphere_swap_p > 0:
-            images = hemisphere_swap(images, self._chosen(images, config.hemisphere_swap_p))
+            chosen = self._chosen(images, config.hemisphere_swap_p)
+            images = hemisphere_swap(images, chosen, self.mirror_rows)
         if config.hflip_p > 0:
             images = time_flip(images, self._chosen(images, config.hflip_p))
         if config.vflip_p > 0:
@@ -245,17 +245,6 @@ class Augmenter:
     def _chosen(self, images: torch.Tensor, p: float) -> torch.Tensor:
         """(B,) bool: which samples an augmentation of probability `p` applies to."""
         return self._uniform(images, 0.0, 1.0) < p
-
-    def _random_crop(self, images: torch.Tensor) -> torch.Tensor:
-        width = self.config.random_crop_width
-        columns = self.crop_columns
-        lo, hi = columns if columns is not None else (0, images.shape[-1])
-        if not 0 < width <= hi - lo:
-            raise ValueError(f"random_crop_width {width} does not fit in columns {lo}..{hi}")
-        starts = torch.randint(
-            0, hi - lo - width + 1, (images.shape[0],), generator=self.generator, device=images.device
-        )
-        return random_crop(images, width, starts, columns)
 
     def _brightness_contrast(self, images: torch.Tensor) -> torch.Tensor:
         config = self.config

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from hms_train.augment import AugmentConfig
+from hms_train.layout import LayoutConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -59,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    layout: LayoutConfig | None = None  # the image's parts and crops (hms_train.layout); None: inputs side by side
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,13 +1,17 @@
 """Models for the six-class vote distribution: a 2D spectrogram net, a 1D raw-EEG net, and both joined.
 
 All backbones come from timm. Every model returns raw logits (B, 6); the loss applies the softmax.
-`create_model` is the one factory the trainer uses; `model_inputs` says which batch keys a kind consumes.
+Model kinds are registered (`register_model`) with the batch inputs their forward takes by keyword;
+`create_model(name, **kwargs)` is the one factory, timm style, and refuses arguments a kind does not take.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -19,7 +23,6 @@ from torch import nn
 
 NUM_CLASSES = 6
 POOLS = ("avg", "gem", "attention")
-KINDS = ("2d", "1d", "multimodal")
 # The 1D net halves the time axis until at most this many steps are left for its GRU.
 GRU_MAX_STEPS = 400
 
@@ -287,32 +290,87 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | Path | N
     return timm_backbone(name)
 
 
-def create_model(
-    kind: str,
+# --- model kinds: each declares the batch inputs it consumes and builds itself from its own arguments ---
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A kind of model: the batch inputs its forward takes (by keyword, in this order) and its builder."""
+
+    name: str
+    inputs: tuple[str, ...]
+    build: Callable[..., nn.Module]
+
+    def arguments(self) -> dict[str, inspect.Parameter]:
+        """The builder's keyword arguments by name (what `create_model` accepts for this kind)."""
+        return dict(inspect.signature(self.build).parameters)
+
+
+MODEL_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model(name: str, inputs: tuple[str, ...]):
+    """Decorator: register `build(**kwargs) -> nn.Module` as model kind `name` consuming `inputs`."""
+
+    def register(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODEL_KINDS:
+            raise ValueError(f"model kind {name!r} is registered twice")
+        MODEL_KINDS[name] = ModelKind(name, tuple(inputs), build)
+        return build
+
+    return register
+
+
+def model_kind(name: str) -> ModelKind:
+    if name not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {name!r}; expected one of {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a model of kind `name` ("2d", "1d", "multimodal", ...) from that kind's own arguments;
+    an argument the kind does not take is refused, naming the ones it does."""
+    kind = model_kind(name)
+    taken = kind.arguments()
+    unknown = sorted(set(kwargs) - set(taken))
+    if unknown:
+        raise ValueError(f"model kind {name!r} got argument(s) {unknown}, which {name!r} has none of; "
+                         f"it takes {sorted(taken)}")
+    required = [arg for arg, p in taken.items() if p.default is inspect.Parameter.empty and arg not in kwargs]
+    if required:
+        raise ValueError(f"model kind {name!r} needs argument(s) {required}")
+    return kind.build(**kwargs)
+
+
+@register_model("2d", inputs=("image",))
+def spectrogram_model(
+    image_size: Sequence[int],
     backbone: str = "efficientnet_b0",
     pool: str = "attention",
-    image_size: tuple[int, int] = (400, 812),
-    raw_channels: int = 18,
-    raw_samples: int = 10000,
     drop_rate: float = 0.2,
     pretrained: bool = False,
     weights: str | None = None,
-) -> nn.Module:
-    """Build a model by kind: "2d" (SpectrogramNet), "1d" (RawEEGNet) or "multimodal" (both).
+) -> SpectrogramNet:
+    """SpectrogramNet on (H, W) = `image_size` images (the layout's); `weights` is a local pretrained
+    file for the backbone and takes precedence over `pretrained`, which reads timm's local cache only."""
+    return SpectrogramNet(create_backbone(backbone, pretrained, weights), tuple(image_size), pool, drop_rate)
 
-    `backbone`, `pool`, `image_size`, `pretrained` and `weights` concern the 2D branch; `raw_channels`
-    (16 or 18) and `raw_samples` the 1D branch. `weights` is a local pretrained file for the backbone
-    and takes precedence over `pretrained`, which reads timm's local cache only.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
-    if kind == "1d":
-        if pretrained or weights is not None:
-            raise ValueError("pretrained weights apply to the 2D backbone; model kind '1d' has none")
-        return RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate)
+
+@register_model("1d", inputs=("raw",))
+def raw_model(raw_channels: int = 18, raw_samples: int = 10000, drop_rate: float = 0.2) -> RawEEGNet:
+    """RawEEGNet on (B, raw_channels, raw_samples) bipolar signals (16 or 18 channels)."""
+    return RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate)
+
+
+@register_model("multimodal", inputs=("image", "raw"))
+def multimodal_model(
+    image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: str = "attention",
+    pretrained: bool = False, weights: str | None = None,  # the 2D branch, as for "2d"
+    raw_channels: int = 18, raw_samples: int = 10000,  # the 1D branch, as for "1d"
+    drop_rate: float = 0.2,
+) -> MultimodalNet:
+    """The 2D and 1D branches (their own heads off) joined in one head."""
     image_backbone = create_backbone(backbone, pretrained, weights)
-    if kind == "2d":
-        return SpectrogramNet(image_backbone, tuple(image_size), pool, drop_rate)
     spectrogram = SpectrogramNet(image_backbone, tuple(image_size), pool, drop_rate, num_classes=0)
     raw = RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate, num_classes=0)
     return MultimodalNet(spectrogram, raw, drop_rate)
@@ -320,7 +378,4 @@ def create_model(
 
 def model_inputs(kind: str) -> tuple[str, ...]:
     """The batch keys a model of this kind takes, in forward-argument order."""
-    inputs = {"2d": ("image",), "1d": ("raw",), "multimodal": ("image", "raw")}
-    if kind not in inputs:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
-    return inputs[kind]
+    return model_kind(kind).inputs

@@ -25,14 +25,13 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hms_train.augment import Augmenter
-from hms_train.compose import image_layout
 from hms_train.config import TrainConfig
 from hms_train.forward import (
     autocast,
-    eval_kaggle_width,
-    image_inputs,
+    image_layout,
+    make_augmenter,
     model_inputs,
+    model_spec,
     predict_probabilities,
     resolve_device,
     run_model,
@@ -116,32 +115,14 @@ def train_fold(ctx: Context, reader: StoreReader, fold: int) -> pa.Table:
 
 
 def build_model(config: TrainConfig, reader: StoreReader) -> torch.nn.Module:
-    names = image_inputs(config)
-    height = width = 0
-    if names:
-        shapes = {n: reader.arrays[n].shape for n in names}
-        height = 4 * shapes[names[0]][2]
-        width = sum(s[-1] for n, s in shapes.items() if n != "kaggle")
-        if "kaggle" in shapes:
-            width += eval_kaggle_width(config) or shapes["kaggle"][-1]
-    raw = reader.arrays.get("raw")
-    return create_model(
-        config.model, backbone=config.backbone, pool=config.pool, image_size=(height, width),
-        raw_channels=raw.shape[0] if raw is not None else 18, drop_rate=config.drop_rate,
-        pretrained=config.pretrained, weights=config.weights,
-    )
+    spec = model_spec(config, reader)
+    return create_model(spec["name"], **spec["kwargs"])
 
 
 def kaggle_columns(config: TrainConfig, reader: StoreReader) -> tuple[int, int] | None:
-    """Columns of the Kaggle part in the training image: the random crop acts there only, so that
-    training and evaluation images (first `random_crop_width` Kaggle columns) have the same width."""
-    names = image_inputs(config)
-    if config.augment.random_crop_width is None:
-        return None
-    if "kaggle" not in names:
-        raise ValueError("augment.random_crop_width crops the Kaggle part; add 'kaggle' to inputs")
-    layout = image_layout({n: reader.arrays[n].shape for n in names}, names)
-    return next((start, end) for name, start, end in layout if name == "kaggle")
+    """Columns of the (first) Kaggle part in the image, from the layout; None when there is none."""
+    parts = image_layout(config, reader).parts
+    return next(((part.col, part.col + part.width) for part in parts if part.kind == "kaggle"), None)
 
 
 def fit_stage(ctx, model, reader, fold, stage, epochs, lr, train_rows, val_rows, targets, best) -> None:
@@ -160,7 +141,7 @@ def fit_stage(ctx, model, reader, fold, stage, epochs, lr, train_rows, val_rows,
         net = torch.compile(net)
     ema = timm.utils.ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
     generator = torch.Generator(device=ctx.device).manual_seed(config.seed * 1000 + fold)
-    augmenter = Augmenter(config.augment, generator, crop_columns=kaggle_columns(config, reader))
+    augmenter = make_augmenter(config, reader, generator)
     step = 0
     for epoch in range(epochs):
         started = time.perf_counter()

@@ -8,6 +8,8 @@ import scipy.stats
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from hms_train.compose import compose, random_crop
+from hms_train.layout import LayoutConfig, PartConfig, PartSource, resolve_layout
 from hms_train.augment import (
     AugmentConfig,
     Augmenter,
@@ -15,7 +17,6 @@ from hms_train.augment import (
     brightness_contrast,
     hemisphere_swap,
     mixup,
-    random_crop,
     sample_symmetric_beta,
     shift_scale_rotate,
     stripe_mask,
@@ -191,37 +192,55 @@ def test_random_crop_cuts_each_sample_at_its_own_start():
     assert cropped.shape == (3, 1, 20, 5)
     for b, start in enumerate([0, 7, 3]):
         assert torch.equal(cropped[b], images[b, ..., start:start + 5])
-    # only a column span (say the kaggle part at columns 4..12) is cropped; the rest is kept
-    span_cropped = random_crop(images, 5, torch.tensor([0, 3, 1]), columns=(4, 12))
-    assert span_cropped.shape == (3, 1, 20, 9)
-    for b, start in enumerate([0, 3, 1]):
-        assert torch.equal(span_cropped[b, ..., :4], images[b, ..., :4])
-        assert torch.equal(span_cropped[b, ..., 4:], images[b, ..., 4 + start:4 + start + 5])
 
 
-def test_augmenter_random_crop_gives_requested_width_of_input_slices():
+def chain_parts(batch: int, widths: dict[str, int]) -> dict[str, torch.Tensor]:
+    """(B, 4, F, T) parts whose values are chain_image's: part columns are the image's columns."""
+    return {name: chain_image(batch, width).reshape(batch, 4, F_BINS, width) for name, width in widths.items()}
+
+
+def crop_layout(widths: dict[str, int], crops: dict[str, int], image_width: int | None = None,
+                train_crop: str = "first", freqs: int = F_BINS) -> "ImageLayout":
+    """Mel parts side by side; the parts in `crops` cut to that width at a random start in training."""
+    parts = tuple(PartConfig(name, width=crops.get(name), train_crop="random" if name in crops else "first")
+                  for name in widths)
+    config = LayoutConfig.parse(LayoutConfig(parts=parts, width=image_width, train_crop=train_crop))
+    return resolve_layout(config, {name: PartSource("eeg_mel", freqs, width) for name, width in widths.items()})
+
+
+def test_layout_random_crop_gives_requested_width_of_input_slices():
+    """The whole image cropped to 12 of its 30 columns at a random start per sample."""
     images = chain_image(batch=8, width=30)
-    cropped, _ = Augmenter(only(random_crop_width=12), torch.Generator().manual_seed(6))(images, torch.ones(8, 6) / 6)
+    layout = crop_layout({"eeg": 30}, {}, image_width=12, train_crop="random")
+    cropped = compose(layout, chain_parts(8, {"eeg": 30}), train=True, generator=torch.Generator().manual_seed(6))
     assert cropped.shape == (8, 1, 20, 12)
     starts = cropped[:, 0, 0, 0].long() % 100  # the column encoded in the first pixel
     for b in range(8):
         assert torch.equal(cropped[b], images[b, ..., starts[b]:starts[b] + 12])
     assert len(set(starts.tolist())) > 1
-    with pytest.raises(ValueError, match="does not fit"):
-        Augmenter(only(random_crop_width=31))(images, torch.ones(8, 6) / 6)
+    with pytest.raises(ValueError, match="wider than 'eeg'"):
+        crop_layout({"eeg": 30}, {"eeg": 31})
 
 
-def test_augmenter_crops_only_the_given_columns():
-    """E.g. the kaggle part (columns 10..30 here) cropped to 12, the EEG columns 0..10 kept."""
+def test_layout_crops_only_the_given_part():
+    """E.g. the kaggle part (20 columns, at 10..30 of the canvas) cropped to 12, the EEG columns 0..10 kept."""
     images = chain_image(batch=8, width=30)
-    augmenter = Augmenter(only(random_crop_width=12), torch.Generator().manual_seed(6), crop_columns=(10, 30))
-    cropped, _ = augmenter(images, torch.ones(8, 6) / 6)
+    parts = {"eeg": chain_parts(8, {"eeg": 30})["eeg"][..., :10], "spec": chain_parts(8, {"eeg": 30})["eeg"][..., 10:]}
+    layout = crop_layout({"eeg": 10, "spec": 20}, {"spec": 12})
+    cropped = compose(layout, parts, train=True, generator=torch.Generator().manual_seed(6))
     assert cropped.shape == (8, 1, 20, 22)
     assert torch.equal(cropped[..., :10], images[..., :10])
     starts = cropped[:, 0, 0, 10].long() % 100
     assert bool((starts >= 10).all() and (starts <= 18).all())
     for b in range(8):
         assert torch.equal(cropped[b, ..., 10:], images[b, ..., starts[b]:starts[b] + 12])
+    evaluation = compose(layout, parts, train=False)
+    assert torch.equal(evaluation, images[..., :22])  # evaluation keeps the part's first 12 columns
+
+
+def test_augmenter_refuses_the_crop_alias():
+    with pytest.raises(ValueError, match="image-layout setting"):
+        Augmenter(AugmentConfig(random_crop_width=8))
 
 
 def test_each_sample_draws_its_own_flip():
@@ -236,7 +255,7 @@ def test_each_sample_draws_its_own_flip():
 def test_evaluation_mode_changes_nothing():
     images = torch.rand(4, 1, 20, 16)
     targets = soft_targets(4, torch.Generator().manual_seed(9))
-    augmenter = Augmenter(AugmentConfig(random_crop_width=8), torch.Generator().manual_seed(9))
+    augmenter = Augmenter(AugmentConfig(), torch.Generator().manual_seed(9))
     out_images, out_targets = augmenter(images, targets, train=False)
     assert torch.equal(out_images, images) and torch.equal(out_targets, targets)
     off_images, off_targets = Augmenter(AugmentConfig.off())(images, targets)
@@ -244,12 +263,14 @@ def test_evaluation_mode_changes_nothing():
 
 
 def test_full_pipeline_is_deterministic_with_a_seeded_generator():
-    images = torch.randn(16, 1, 40, 64, generator=torch.Generator().manual_seed(10))
+    parts = {"eeg": torch.randn(16, 4, 10, 64, generator=torch.Generator().manual_seed(10))}
     targets = soft_targets(16, torch.Generator().manual_seed(10))
-    config = AugmentConfig(random_crop_width=48)
+    layout = crop_layout({"eeg": 64}, {"eeg": 48}, freqs=10)
+    config = AugmentConfig()
 
     def run(seed):
-        return Augmenter(config, torch.Generator().manual_seed(seed))(images, targets)
+        generator = torch.Generator().manual_seed(seed)
+        return Augmenter(config, generator)(compose(layout, parts, train=True, generator=generator), targets)
 
     first, again, other = run(11), run(11), run(12)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
@@ -272,14 +293,17 @@ class OperatorCounter(TorchDispatchMode):
 
 
 def test_no_python_loop_over_the_batch():
-    """The same operators run, the same number of times, for a batch of 2 and a batch of 32."""
-    config = AugmentConfig(random_crop_width=40, vflip_p=0.5)
+    """The same operators run, the same number of times, for a batch of 2 and a batch of 32: composing
+    with per-part and whole-image random crops, then every augmentation."""
+    config = AugmentConfig(vflip_p=0.5)
+    layout = crop_layout({"a": 30, "b": 30}, {"b": 20}, image_width=40, train_crop="random")
 
     def operators(batch):
-        images = torch.rand(batch, 1, 40, 48)
+        parts = chain_parts(batch, {"a": 30, "b": 30})
         targets = torch.ones(batch, 6) / 6
+        generator = torch.Generator().manual_seed(13)
         with OperatorCounter() as counter:
-            Augmenter(config, torch.Generator().manual_seed(13))(images, targets)
+            Augmenter(config, generator)(compose(layout, parts, train=True, generator=generator), targets)
         return counter.calls
 
     small, large = operators(2), operators(32)

@@ -227,3 +227,32 @@ def test_pretrained_reads_the_local_cache_only(tmp_path):
         "no pretrained weights for mobilenetv3_large_100 in the local cache; pass --weights PATH"
         in result.stdout
     )
+
+
+def test_create_model_refuses_arguments_a_kind_does_not_take():
+    with pytest.raises(ValueError, match=r"model kind '2d' got argument\(s\) \['raw_channels'\]"):
+        create_model("2d", image_size=IMAGE_SIZE, raw_channels=18)
+    with pytest.raises(ValueError, match=r"model kind '2d' needs argument\(s\) \['image_size'\]"):
+        create_model("2d")
+
+
+def test_a_registered_kind_declares_its_inputs_and_runs_by_keyword(image):
+    from hms_train.forward import run_model
+    from hms_train.models import MODEL_KINDS, register_model
+
+    @register_model("test_mean", inputs=("image",))
+    def mean_model(scale: float = 1.0) -> torch.nn.Module:
+        class Mean(torch.nn.Module):
+            def forward(self, image):
+                return scale * image.mean(dim=(1, 2, 3))[:, None].expand(-1, 6)
+
+        return Mean()
+
+    try:
+        assert model_inputs("test_mean") == ("image",)
+        model = create_model("test_mean", scale=2.0)
+        assert torch.allclose(run_model(model, {"image": image}), 2 * image.mean(dim=(1, 2, 3))[:, None].expand(-1, 6))
+        with pytest.raises(ValueError, match="registered twice"):
+            register_model("test_mean", inputs=("image",))(mean_model)
+    finally:
+        del MODEL_KINDS["test_mean"]

@@ -1,0 +1,242 @@
+"""Image layouts: pixel-exact placement, whole-image width, crops, the checks, and the trainer's glue
+(model_spec, make_augmenter, predict_probabilities) on a real store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hms_prep.domain import MIRRORED_CHAINS, standardise
+from hms_train.augment import AugmentConfig, hemisphere_swap
+from hms_train.compose import compose, eval_windows
+from hms_train.config import TrainConfig
+from hms_train.forward import image_layout, make_augmenter, model_inputs, model_spec, predict_probabilities, run_model
+from hms_train.layout import LayoutConfig, LayoutError, PartSource, resolve_layout
+from hms_train.models import create_model
+from hms_train.reader import Selection, StoreReader
+
+DAVID = {
+    "parts": [
+        {"array": "eeg_10s_m50", "row": 0, "col": 0},
+        {"array": "eeg_14s_m50", "row": 0, "col": 256},
+        {"array": "eeg_30s_m50", "row": 200, "col": 0},
+        {"array": "eeg_44s_m50", "row": 200, "col": 256},
+        {"array": "kaggle", "row": 0, "col": 512, "width": 256, "train_crop": "random", "eval_crop": "first"},
+    ]
+}
+MELS_50 = ("eeg_10s_m50", "eeg_14s_m50", "eeg_30s_m50", "eeg_44s_m50")
+DAVID_SOURCES = {**{name: PartSource("eeg_mel", 50, 256) for name in MELS_50},
+                 "kaggle": PartSource("kaggle", 100, 300)}
+RICHARD_SOURCES = {"eeg_10s": PartSource("eeg_mel", 100, 256), "eeg_30s": PartSource("eeg_mel", 100, 256),
+                   "kaggle": PartSource("kaggle", 100, 300)}
+
+
+def layout_of(values: dict, sources=DAVID_SOURCES):
+    return resolve_layout(LayoutConfig.parse(values), sources)
+
+
+def numbered_parts(batch: int, sources: dict[str, PartSource]) -> dict[str, torch.Tensor]:
+    """Parts whose every value is distinct (exact in float32): a misplaced block cannot match."""
+    parts, offset = {}, 0
+    for name, source in sources.items():
+        size = batch * 4 * source.freqs * source.times
+        parts[name] = (torch.arange(size, dtype=torch.float32) + offset).reshape(batch, 4, source.freqs, source.times)
+        offset += size
+    return parts
+
+
+def test_davids_image_puts_every_block_in_its_place():
+    layout = layout_of(DAVID)
+    assert layout.image_size == (400, 768)
+    parts = numbered_parts(2, DAVID_SOURCES)
+    image = compose(layout, parts, train=False)
+    assert image.shape == (2, 1, 400, 768) and image.dtype == torch.float32
+    for name, row, col in [("eeg_10s_m50", 0, 0), ("eeg_14s_m50", 0, 256), ("eeg_30s_m50", 200, 0),
+                           ("eeg_44s_m50", 200, 256)]:
+        for chain in range(4):
+            block = image[:, 0, row + 50 * chain : row + 50 * (chain + 1), col : col + 256]
+            assert torch.equal(block, parts[name][:, chain]), (name, chain)
+    kaggle = standardise(parts["kaggle"], axes=(1, 2, 3))  # over the whole 600 s block, then cut
+    for chain in range(4):
+        block = image[:, 0, 100 * chain : 100 * (chain + 1), 512:768]
+        torch.testing.assert_close(block, kaggle[:, chain, :, :256], rtol=0, atol=1e-5)
+
+    trained = compose(layout, parts, train=True, generator=torch.Generator().manual_seed(0))
+    assert trained.shape == (2, 1, 400, 768)
+    assert torch.equal(trained[..., :512], image[..., :512])
+    for b in range(2):  # a random 256 of the 300 standardised columns, the same start for every row
+        start = int(torch.argmin((kaggle[b, 0, 0] - trained[b, 0, 0, 512]).abs()))
+        torch.testing.assert_close(trained[b, 0, :, 512:], kaggle[b, :, :, start : start + 256].reshape(400, 256),
+                                   rtol=0, atol=1e-5)
+
+
+def test_hemisphere_swap_mirrors_the_chains_of_every_tiled_part():
+    layout = layout_of(DAVID)
+    parts = numbered_parts(2, DAVID_SOURCES)
+    image = compose(layout, parts, train=False)
+    swapped = hemisphere_swap(image, torch.tensor([True, False]), torch.from_numpy(layout.mirror_rows()))
+    mirrored = compose(layout, {name: part[:, list(MIRRORED_CHAINS)] for name, part in parts.items()}, train=False)
+    assert torch.equal(swapped[0], mirrored[0])
+    assert torch.equal(swapped[1], image[1])
+
+
+def test_side_by_side_parts_padded_to_a_whole_image_width():
+    layout = layout_of({"parts": [{"array": "eeg_10s"}, {"array": "eeg_30s"}, {"array": "kaggle"}], "width": 912},
+                       RICHARD_SOURCES)
+    assert [(p.col, p.width) for p in layout.parts] == [(0, 256), (256, 256), (512, 300)]
+    assert layout.image_size == (400, 912)
+    parts = numbered_parts(2, RICHARD_SOURCES)
+    for train in (True, False):
+        image = compose(layout, parts, train=train)
+        assert image.shape == (2, 1, 400, 912)
+        assert bool((image[..., 812:] == 0).all())
+        assert torch.equal(image[..., :256], parts["eeg_10s"].reshape(2, 1, 400, 256))
+
+
+def test_wider_images_are_cropped_randomly_in_training_and_slid_over_at_evaluation():
+    values = {"parts": [{"array": "eeg_10s"}, {"array": "eeg_30s"}, {"array": "kaggle"}], "width": 700,
+              "train_crop": "random", "eval_crop": "sliding", "stride": 50}
+    layout = layout_of(values, RICHARD_SOURCES)
+    assert layout.image_size == (400, 700) and layout.composed_width == 812
+    assert layout.window_starts() == [0, 50, 100, 112]  # the last window flush with the right edge
+    parts = numbered_parts(3, RICHARD_SOURCES)
+    full = compose(layout, parts, train=False)
+    assert full.shape == (3, 1, 400, 812)
+    windows = list(eval_windows(layout, full))
+    assert [w.shape[-1] for w in windows] == [700] * 4 and torch.equal(windows[3], full[..., 112:])
+    trained = compose(layout, parts, train=True, generator=torch.Generator().manual_seed(1))
+    assert trained.shape == (3, 1, 400, 700)
+    for b in range(3):
+        start = int(trained[b, 0, 0, 0] - full[b, 0, 0, 0])  # eeg_10s columns count up by one
+        assert torch.equal(trained[b], full[b, ..., start : start + 700])
+    first = layout_of({**values, "eval_crop": "first", "stride": None}, RICHARD_SOURCES)
+    assert torch.equal(compose(first, parts, train=False), full[..., :700])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": 1}, r"unknown key\(s\) \['colour'\] in layout"),
+    ({"parts": []}, "layout.parts must be a non-empty list"),
+    ({"parts": [{"array": "kaggle", "rows": 0}]}, r"unknown key\(s\) \['rows'\] in layout.parts\[0\]"),
+    ({"parts": [{"row": 0}]}, r"layout.parts\[0\].array is required"),
+    ({"parts": [{"array": "kaggle", "width": 0}]}, r"layout.parts\[0\].width = 0; expected an integer >= 1"),
+    ({"parts": [{"array": "kaggle", "eval_crop": "random"}]}, r"layout.parts\[0\].eval_crop = 'random'; allowed"),
+    ({"parts": [{"array": "kaggle"}], "eval_crop": "sliding", "width": 100}, "layout.stride is needed"),
+    ({"parts": [{"array": "kaggle"}], "train_crop": "random"}, "set it"),
+    ({"parts": [{"array": "kaggle"}], "width": 100, "eval_crop": "sliding", "stride": 101}, "skip columns"),
+])
+def test_layout_config_errors_name_the_key(change, message):
+    with pytest.raises(LayoutError, match=message):
+        LayoutConfig.parse({**DAVID, **change})
+
+
+@pytest.mark.parametrize("part, message", [
+    ({"array": "eeg_30s_m50", "row": 100, "col": 0}, r"layout.parts\[2\] \('eeg_30s_m50'.* overlaps layout.parts\[0\]"),
+    ({"array": "eeg_30s_m50", "row": 201, "col": 0}, "must tile it without gaps"),
+    ({"array": "eeg_99s", "row": 200, "col": 0}, r"layout.parts\[2\].array 'eeg_99s' is not an array of the store"),
+    ({"array": "raw", "row": 200, "col": 0}, r"is a 'raw' array; image parts must be one of the kinds"),
+])
+def test_layout_is_checked_against_the_store(part, message):
+    parts = [dict(p) for p in DAVID["parts"]]
+    parts[2] = part
+    with pytest.raises(LayoutError, match=message):
+        layout_of({"parts": parts}, {**DAVID_SOURCES, "raw": PartSource("raw", 18, 10**6)})
+    too_wide = [*DAVID["parts"][:4], {**DAVID["parts"][4], "width": 301}]
+    with pytest.raises(LayoutError, match=r"layout.parts\[4\].width 301 is wider than 'kaggle'"):
+        layout_of({"parts": too_wide})
+
+
+def test_tiled_layouts_cropped_to_a_width_refuse_the_hemisphere_swap():
+    with pytest.raises(LayoutError, match="hemisphere_swap_p = 0"):
+        layout_of({**DAVID, "width": 700}).mirror_rows()
+
+
+# --- the trainer's glue on a real store ------------------------------------------------------------------
+
+TINY = {"backbone": "mobilenetv3_small_050", "device": "cpu", "channels_last": False, "amp": False}
+
+
+def spectrogram_config(store: str, **values) -> TrainConfig:
+    return TrainConfig.from_dict({"store": store, "inputs": ["eeg_10s", "kaggle"], **TINY, **values})
+
+
+@pytest.fixture(scope="module")
+def reader(train_store) -> StoreReader:
+    return StoreReader(train_store, ["eeg_10s", "eeg_30s", "kaggle", "raw"], threads=1)
+
+
+def test_kaggle_width_without_a_random_crop_trains_and_evaluates_at_one_size(train_store, reader):
+    """Once "AttentionPool was built for feature maps 16 columns wide but got 18": now one width."""
+    config = spectrogram_config(train_store, kaggle_width=200, pool="attention")
+    spec = model_spec(config, reader)
+    assert json.loads(json.dumps(spec)) == spec
+    assert spec["kwargs"]["image_size"] == [400, 456]
+    model = create_model(spec["name"], **spec["kwargs"])
+    batch = next(iter(reader.batches(reader.select(Selection()), 4, shuffle=False)))
+    layout = image_layout(config, reader)
+    for train in (True, False):
+        inputs = model_inputs(batch, config, train=train, layout=layout)
+        assert inputs["image"].shape == (4, 1, 400, 456)
+        assert run_model(model.eval(), inputs).shape == (4, 6)
+    # without `layout`, the trainer's call resolves it from config.store
+    assert torch.equal(model_inputs(batch, config, train=False)["image"], inputs["image"])
+
+
+def test_sliding_windows_average_the_models_probabilities(train_store, reader):
+    layout_values = {"parts": [{"array": "eeg_10s"}, {"array": "kaggle"}], "width": 400, "eval_crop": "sliding",
+                     "stride": 100}
+    config = spectrogram_config(train_store, pool="avg", layout=layout_values)
+    layout = image_layout(config, reader)
+    assert layout.window_starts() == [0, 100, 156]
+    spec = model_spec(config, reader)
+    assert spec["kwargs"]["image_size"] == [400, 400]
+    torch.manual_seed(0)
+    model = create_model(spec["name"], **spec["kwargs"]).eval()
+    rows = reader.select(Selection())[:5]
+    probs = predict_probabilities(model, reader, rows, config, torch.device("cpu"), tta_hflip=True)
+    batch = next(iter(reader.batches(rows, 5, shuffle=False)))
+    canvas = model_inputs(batch, config, train=False, layout=layout)["image"]
+    with torch.no_grad():
+        views = [model(image[..., s : s + 400]).softmax(1) for s in (0, 100, 156) for image in (canvas, canvas.flip(-1))]
+    expected = torch.stack(views).mean(0).numpy()
+    order = [list(rows).index(r) for r in batch["row"].tolist()]
+    np.testing.assert_allclose(probs[order], expected, atol=1e-5)
+
+
+def test_layout_arrays_must_be_read_and_aliases_stay_with_the_default_image(train_store, reader):
+    layout_values = {"parts": [{"array": "eeg_10s"}, {"array": "eeg_30s"}]}
+    with pytest.raises(LayoutError, match=r"layout.parts\[1\].array 'eeg_30s' is not in inputs"):
+        image_layout(spectrogram_config(train_store, inputs=["eeg_10s"], layout=layout_values), reader)
+    with pytest.raises(LayoutError, match=r"inputs \['kaggle'\] are not placed in the layout"):
+        image_layout(spectrogram_config(train_store, inputs=["eeg_10s", "eeg_30s", "kaggle"], layout=layout_values), reader)
+    with pytest.raises(LayoutError, match="only shape the default side-by-side image"):
+        image_layout(spectrogram_config(train_store, inputs=["eeg_10s", "eeg_30s"], layout=layout_values,
+                                        kaggle_width=100), reader)
+    with pytest.raises(LayoutError, match="disagree"):
+        image_layout(spectrogram_config(train_store, kaggle_width=100, augment={"random_crop_width": 200}), reader)
+
+
+def test_random_crop_alias_crops_the_kaggle_part_of_the_default_image(train_store, reader):
+    config = spectrogram_config(train_store, augment={"random_crop_width": 200})
+    layout = image_layout(config, reader)
+    kaggle = layout.parts[1]
+    assert (kaggle.col, kaggle.width, kaggle.train_crop, kaggle.eval_crop) == (256, 200, "random", "first")
+    assert make_augmenter(config, reader, torch.Generator()).config.random_crop_width is None
+
+
+def test_multimodal_models_refuse_augmentations_of_the_image_alone(train_store, reader):
+    values = {"model": "multimodal", "inputs": ["eeg_10s", "kaggle", "raw"]}
+    config = spectrogram_config(train_store, **values)
+    with pytest.raises(ValueError, match=r"\['augment.hemisphere_swap_p', 'augment.hflip_p', 'augment.ssr_p', "
+                                         r"'augment.mixup_p'\] would change the image alone"):
+        make_augmenter(config, reader, torch.Generator())
+    image_only = {name: 0.0 for name in ("hemisphere_swap_p", "hflip_p", "vflip_p", "ssr_p", "mixup_p")}
+    synced = spectrogram_config(train_store, **values, augment=image_only)
+    augmenter = make_augmenter(synced, reader, torch.Generator())
+    assert augmenter.config.brightness_contrast_p == AugmentConfig().brightness_contrast_p
+    spec = model_spec(synced, reader)
+    assert spec["kwargs"]["raw_channels"] == reader.arrays["raw"].shape[0]
+    assert set(spec["kwargs"]) == {"image_size", "backbone", "pool", "drop_rate", "pretrained", "weights",
+                                   "raw_channels", "raw_samples"}

@@ -190,18 +190,24 @@ def test_raw_windows_are_cut_at_the_label_and_jittered_within_the_segment(train_
 # --- data-parallel shards --------------------------------------------------------------------------------
 
 
-def test_shards_are_disjoint_cover_the_rows_and_respect_the_lower_bound(train_store):
+def test_shards_are_equal_disjoint_and_cover_the_rows(train_store):
     reader = StoreReader(train_store, ["eeg_10s"], threads=2)
     rows = reader.select(Selection())[2:]  # not chunk-aligned
+    assert len(rows) % 2 and len(rows) % 3  # so the short ranks must pad
     for world in (2, 3):
-        bound = reader.min_shard_rows(rows, world)
-        assert bound > 0
+        share = reader.min_shard_rows(rows, world)
+        assert share == -(-len(rows) // world) >= len(rows) // world
         for epoch in range(3):
             shards = [epoch_rows(reader, rows, seed=0, epoch=epoch, shard=(rank, world)) for rank in range(world)]
-            together = np.concatenate(shards)
+            assert [len(s) for s in shards] == [share] * world  # equal: every rank takes the same steps
+            distinct = [np.unique(s) for s in shards]
+            assert all(len(s) - len(d) <= 1 for s, d in zip(shards, distinct))  # padding repeats one row at most
+            together = np.concatenate(distinct)
             assert len(np.unique(together)) == len(together)  # disjoint
             np.testing.assert_array_equal(np.sort(together), rows)  # covering
-            assert min(len(s) for s in shards) >= bound
+            steps = share // 5
+            assert all(len(list(reader.batches(rows, 5, epoch=epoch, drop_last=True, shard=(rank, world)))) == steps
+                       for rank in range(world))
     assert reader.min_shard_rows(rows, 1) == len(rows)
 
 
@@ -228,7 +234,7 @@ def test_an_error_in_the_reading_threads_reaches_the_consumer(train_store, tmp_p
     first_chunk = sorted(p for p in (Path(copy) / "eeg_10s" / "c").rglob("*") if p.is_file())[0]
     first_chunk.write_bytes(b"not a blosc chunk" * 64)
     reader = StoreReader(copy, ["eeg_10s"], threads=2)
-    with pytest.raises(ValueError, match=r"eeg_10s: chunk 0 decodes to \d+ bytes"):
+    with pytest.raises(ValueError, match=r"eeg_10s: chunk 0 is damaged: chunk decodes to \d+ bytes"):
         for _ in reader.batches(reader.select(Selection()), 4, seed=0):
             pass
 
@@ -236,15 +242,16 @@ def test_an_error_in_the_reading_threads_reaches_the_consumer(train_store, tmp_p
 # --- the chunk decoder: fast path equals zarr, zarr for any other codec -----------------------------------
 
 
-@pytest.mark.parametrize("codec, path", [(BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), "blosc"),
-                                         (None, "bytes"), (ZstdCodec(level=3), "zstd"), (GzipCodec(level=1), None)])
-def test_chunk_decoder_reads_what_zarr_reads(tmp_path, codec, path):
-    array = zarr.create_array(tmp_path / "a.zarr", shape=(13, 2, 5), chunks=(4, 2, 5), dtype="float16",
+@pytest.mark.parametrize("codec, family", [(BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), "blosc"),
+                                           (None, "bytes"), (ZstdCodec(level=3), "zstd"), (GzipCodec(level=1), None)])
+def test_chunk_decoder_reads_what_zarr_reads(tmp_path, codec, family):
+    url = str(tmp_path / "a.zarr")
+    array = zarr.create_array(url, shape=(13, 2, 5), chunks=(4, 2, 5), dtype="float16",
                               fill_value=-1.0, compressors=codec)
     values = np.random.default_rng(0).normal(size=(13, 2, 5)).astype(np.float16)
     array[:8] = values[:8]  # chunks 2 and 3 are never written: they read as the fill value
-    decoder = ChunkDecoder(array, 4)
-    assert decoder.path == path and decoder.recycles is (path in ("blosc", "zstd"))
+    decoder = ChunkDecoder(array, 4, url)
+    assert (decoder.codec and decoder.codec.family) == family and decoder.recycles is (family is not None)
     spare = [np.zeros((4, 2, 5), np.float16)]
     for chunk in range(4):
         expected = array[chunk * 4 : (chunk + 1) * 4]

@@ -49,7 +49,11 @@ class ChunkDecoder:
         whole_rows = tuple(array.chunks) == self.chunk_shape
         self.codec = codec_of(array) if whole_rows else None  # None: read with array[...]
         self.source = ChunkSource(store_url, array) if self.codec is not None else None
-        self.location = f"{store_url.rstrip('/')}/{array.path}"
+        if self.source is not None and not self.source.fs.exists(self.source.prefix + "zarr.json"):
+            # a URL fsspec resolves elsewhere than zarr does would read every chunk as "never written"
+            self.codec = self.source = None
+        self.location = "/".join(part for part in (store_url.rstrip("/"), array.path) if part)
+        self.name = array.path or self.location  # a store's arrays have a path; a lone array is its store
 
     @property
     def recycles(self) -> bool:
@@ -72,8 +76,8 @@ class ChunkDecoder:
             return decode_chunk(self.codec, encoded, out)
         except (ValueError, RuntimeError) as err:  # numcodecs reports a bad frame as RuntimeError
             key = self.array.metadata.encode_chunk_key(coords)
-            raise ChunkError(f"{self.array.path}: chunk {chunk} is damaged: {err} "
-                             f"({self.codec.name} codec, file {self.location}/{key})") from err
+            raise ChunkError(f"{self.name}: chunk {chunk} is damaged: {err} "
+                             f"({self.codec.family} frame, file {self.location}/{key})") from err
 
 
 def _pop(spare: list[np.ndarray]) -> np.ndarray | None:

@@ -69,7 +69,7 @@ class StoreReader:
         if "raw" in self.inputs:
             index = np.stack([self.column(c) for c in ("raw_start", "raw_lo", "raw_hi")], 1)
             raw = RawWindows(self.arrays["raw"], index, chunk_rows)
-        self.chunks = ChunkReader(decoders, raw, chunk_rows)
+        self.read_chunk = ChunkReader(decoders, raw, chunk_rows)
 
     def column(self, name: str) -> np.ndarray:
         return self.labels.column(name).to_numpy(zero_copy_only=False)
@@ -141,7 +141,8 @@ class StoreReader:
             def read_next():
                 visit = next(upcoming, None)
                 if visit is not None:
-                    reading.append((visit.chunk, pool.submit(self.chunks, visit.chunk, visit.rows, raw_jitter, key)))
+                    future = pool.submit(self.read_chunk, visit.chunk, visit.rows, raw_jitter, key)
+                    reading.append((visit.chunk, future))
 
             for _ in range(ahead):
                 read_next()
@@ -154,7 +155,7 @@ class StoreReader:
                         read_next()
                 batch = assemble(rows, decoded)
                 for chunk in finished:  # no later batch needs it
-                    self.chunks.recycle(decoded.pop(chunk))
+                    self.read_chunk.recycle(decoded.pop(chunk))
                 yield batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

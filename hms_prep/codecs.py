@@ -90,10 +90,9 @@ def codec_of(array: zarr.Array) -> Codec | None:
         return None
     if len(codecs) == 1:
         return CODECS["none"]
-    if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
-        return CODECS["lz4"]  # any Blosc frame decodes alike
-    if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
-        return CODECS["zstd"]
+    if len(codecs) == 2:  # the first declared codec written as this kind of zarr codec: its frames
+        # describe themselves (any Blosc frame decodes alike), so a new CODECS entry is all a reader needs
+        return next((codec for codec in CODECS.values() if type(codec.write()) is type(codecs[1])), None)
     return None
 
 

@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +13,7 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec, GzipCodec
 
+from hms_prep.codecs import CODECS, Codec
 from hms_prep.store import LABELS_FILE, ROOT_KEY, TARGET_COLUMNS, StoreError, write_labels
 from hms_train.bench import run_bench
 from hms_train.compose import compose_image
@@ -324,6 +326,20 @@ def test_run_bench_reports_every_figure(train_store):
     assert result["bytes_per_sample"] == sum(2 * int(np.prod(reader.arrays[n].shape[1:])) for n in SPECTROGRAMS)
     no_augment = run_bench(train_store, ["eeg_10s"], batch_size=4, batches=1, device="cpu", threads=1)
     assert no_augment["samples_per_s_augmented"] is None
+
+
+def test_a_codec_added_to_the_declaration_is_decoded_with_no_other_change(tmp_path, monkeypatch):
+    """The how-to for a new codec: one `Codec` entry in hms_prep.codecs.CODECS (here gzip, until now
+    read through zarr's `array[...]`) and the reader decodes it on its fast path."""
+    url = str(tmp_path / "a.zarr")
+    array = zarr.create_array(url, shape=(8, 2, 5), chunks=(4, 2, 5), dtype="float16", compressors=GzipCodec(level=1))
+    array[:] = np.random.default_rng(2).normal(size=(8, 2, 5)).astype(np.float16)
+    assert ChunkDecoder(array, 4, url).codec is None
+    monkeypatch.setitem(CODECS, "gzip", Codec("gzip", "gzip", lambda: GzipCodec(level=1),
+                                              lambda encoded, out: numcodecs.GZip().decode(encoded, out=out)))
+    decoder = ChunkDecoder(array, 4, url)
+    assert decoder.codec.name == "gzip" and decoder.recycles
+    np.testing.assert_array_equal(decoder(1, [np.zeros((4, 2, 5), np.float16)]), array[4:8])
 
 
 @pytest.mark.parametrize("codec", [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), ZstdCodec(level=3), None])

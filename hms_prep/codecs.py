@@ -41,9 +41,12 @@ def _decode_bytes(encoded: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _blosc_size(encoded: np.ndarray) -> int:
-    """The decoded size Blosc's frame header records (bytes 4-7, little-endian)."""
-    return int.from_bytes(encoded[4:8].tobytes(), "little") if encoded.nbytes >= 16 else -1
+def _blosc_sizes(encoded: np.ndarray) -> tuple[int, int]:
+    """The decoded size and the frame's own size that Blosc's header records (bytes 4-7 and 12-15,
+    little-endian); (-1, -1) when there is no header."""
+    if encoded.nbytes < 16:
+        return -1, -1
+    return int.from_bytes(encoded[4:8].tobytes(), "little"), int.from_bytes(encoded[12:16].tobytes(), "little")
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,9 @@ def codec_of(array: zarr.Array) -> Codec | None:
         return None
     if len(codecs) == 1:
         return CODECS["none"]
-    if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
-        return CODECS["lz4"]  # any Blosc frame decodes alike
-    if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
-        return CODECS["zstd"]
+    if len(codecs) == 2:  # the first declared codec written as this kind of zarr codec: its frames
+        # describe themselves (any Blosc frame decodes alike), so a new CODECS entry is all a reader needs
+        return next((codec for codec in CODECS.values() if type(codec.write()) is type(codecs[1])), None)
     return None
 
 
@@ -98,9 +100,11 @@ def decode_chunk(codec: Codec, encoded: np.ndarray, out: np.ndarray) -> np.ndarr
     """Decode one chunk into `out`, refusing a frame whose size does not match (a truncated or foreign
     chunk must raise, never crash the process or return wrong values)."""
     if codec.family == "blosc":
-        size = _blosc_size(encoded)
+        size, frame = _blosc_sizes(encoded)
         if size != out.nbytes:
             raise ValueError(f"chunk decodes to {size} bytes, expected {out.nbytes}")
+        if frame != encoded.nbytes:  # Blosc reads `frame` bytes whatever the buffer holds: past a truncated end
+            raise ValueError(f"chunk holds {encoded.nbytes} bytes, its Blosc header says {frame} (truncated?)")
     return codec.decode(encoded, out)
 
 

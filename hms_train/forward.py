@@ -84,3 +84,23 @@ def predict_probabilities(
         idx = [position[int(r)] for r in batch["row"]]
         out[idx] = probs.cpu().numpy()
     return out
+
+
+# --- PLACEHOLDER on branch `loop`: helper C's forward.model_spec replaces this at merge. ---------------
+def model_spec(config: TrainConfig, reader: StoreReader) -> dict:
+    """The model as JSON-able data, `{"name", "kwargs"}` for `models.create_model(name, **kwargs)`:
+    checkpoints store it so that a model is rebuilt from its checkpoint alone."""
+    names = image_inputs(config)
+    height = width = 0
+    if names:
+        shapes = {n: reader.arrays[n].shape for n in names}
+        height = 4 * shapes[names[0]][2]
+        width = sum(s[-1] for n, s in shapes.items() if n != "kaggle")
+        if "kaggle" in shapes:
+            width += eval_kaggle_width(config) or shapes["kaggle"][-1]
+    raw = reader.arrays.get("raw")
+    return {"name": config.model, "kwargs": {
+        "backbone": config.backbone, "pool": config.pool, "image_size": [int(height), int(width)],
+        "raw_channels": int(raw.shape[0]) if raw is not None else 18, "drop_rate": config.drop_rate,
+        "pretrained": config.pretrained, "weights": config.weights,
+    }}

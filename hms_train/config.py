@@ -148,12 +148,12 @@ def load_config(name_or_path: str | None, overrides: list[str] = ()) -> TrainCon
     return TrainConfig.from_dict(values)
 
 
-def check_against_store(config: TrainConfig, arrays: list[str], n_folds: int) -> None:
-    """What only the store can tell: its arrays hold the inputs, and the folds exist in it."""
+def check_against_store(config: TrainConfig, arrays: list[str], n_folds: int | None) -> None:
+    """What only the store can tell: its arrays hold the inputs, and the folds exist in it (a train store)."""
     missing = [name for name in config.inputs if name not in arrays]
     if missing:
         raise ConfigError(f"inputs: {missing} not in {config.store}; it has {arrays}")
-    bad = [fold for fold in config.folds or () if fold >= n_folds]
+    bad = [fold for fold in config.folds or () if n_folds is not None and fold >= n_folds]
     if bad:
         raise ConfigError(f"folds: {bad} out of range; {config.store} has folds 0..{n_folds - 1}")
 

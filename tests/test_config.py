@@ -95,3 +95,23 @@ def test_version():
     result = subprocess.run([sys.executable, "-m", "hms_train.cli", "--version"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("hms-train "), result.stderr
+
+
+def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
+    import click
+    import torch
+
+    from hms_prep.store import StoreError
+    from hms_train.cli import _user_errors
+    from hms_train.models import MissingWeightsError
+
+    for expected in (ConfigError("lr: bad"), ValueError("bad"), FileNotFoundError("gone"), StoreError("old"),
+                     MissingWeightsError("no weights")):
+        with pytest.raises(click.exceptions.Exit):
+            with _user_errors():
+                raise expected
+    for unexpected in (TypeError("a bug"), KeyError("a bug"), torch.OutOfMemoryError("CUDA out of memory"),
+                       RuntimeError("shape mismatch")):
+        with pytest.raises(type(unexpected)):
+            with _user_errors():
+                raise unexpected

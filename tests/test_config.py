@@ -98,8 +98,8 @@ def test_version():
 
 
 def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
-    import click
     import torch
+    import typer
 
     from hms_prep.store import StoreError
     from hms_train.cli import _user_errors
@@ -107,7 +107,7 @@ def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
 
     for expected in (ConfigError("lr: bad"), ValueError("bad"), FileNotFoundError("gone"), StoreError("old"),
                      MissingWeightsError("no weights")):
-        with pytest.raises(click.exceptions.Exit):
+        with pytest.raises(typer.Exit):
             with _user_errors():
                 raise expected
     for unexpected in (TypeError("a bug"), KeyError("a bug"), torch.OutOfMemoryError("CUDA out of memory"),

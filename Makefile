@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DATA   ?=            # a Kaggle folder; empty = synthesize one
 DEMO   ?= demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo seed test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(VENV)/.installed
 
 demo: setup
 	DATA="$(DATA)" DEMO="$(DEMO)" BIN="$(BIN)" bash scripts/demo.sh
+
+# The seed solution on real data (a GPU machine): make seed DATA=/path/to/hms [SEED=seed]
+seed: setup
+	DATA="$(DATA)" BIN="$(BIN)" bash scripts/seed.sh
 
 test: setup
 	$(BIN)/pytest -q

@@ -1,31 +1,55 @@
-"""How fast the trainer gets its data: samples/s from the store to a ready batch on the device.
+"""How fast the trainer gets its data, and how fast a recipe's model trains on it.
 
-Three passes over one stream of shuffled full batches of every built row, epoch after epoch:
+`run_bench`: three passes over one stream of shuffled full batches of every built row, epoch after epoch:
   (a) reader: `StoreReader.batches` -> `to_device` (pinned host memory and an asynchronous copy on CUDA)
-  (b) the same + `compose_image` (the model's float32 image)
-  (c) the same + the training augmentations (`Augmenter` with the default `AugmentConfig`), if asked
+  (b) the same + the composed image of the config's layout (`forward.model_inputs`)
+  (c) the same + the config's training augmentations (`forward.make_augmenter`), if asked
 Each pass times how long the loop waited for the reader and how long each stage took; on CUDA every
 stage is synchronised before its clock stops, so the figures are conservative (no overlap is counted).
+Without a config the inputs are composed side by side with the default augmentations.
+
+`run_train_bench`: a recipe's model trained on the device (forward + backward + optimizer step, bf16
+autocast and channels_last on CUDA as training runs, optionally `torch.compile`): its images/s on one
+batch resident on the device (the model alone), the data path's samples/s to the device (pass (b)), and
+the whole loop's images/s with fresh batches, whose ratio to the model alone is how busy the GPU was.
+The loop reads nothing back from the device per step, as training does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import timm.optim
 import torch
 
-from hms_train.augment import AugmentConfig, Augmenter
-from hms_train.compose import compose_image
+from hms_train.config import TrainConfig
+from hms_train.forward import (IMAGE_INPUT, RAW_INPUT, autocast, image_layout, make_augmenter, model_inputs, model_spec,
+                              resolve_device)
+from hms_train.losses import kl_loss
+from hms_train.models import create_model, model_kind
 from hms_train.reader import RAW_WINDOW, Selection, StoreReader, to_device
 
-WARMUP_BATCHES = 3  # thread pools, zarr's event loop, torch kernels: started before the clocks
+WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started before the clocks
+
+
+def bench_config(store: str, inputs: Sequence[str] | None = None, config: TrainConfig | None = None) -> TrainConfig:
+    """The config a benchmark runs: `config` on `store`, or `inputs` side by side (a 1D model for raw alone)."""
+    if config is not None:
+        return dataclasses.replace(config, store=store)
+    inputs = list(inputs or ())
+    if not inputs:
+        raise ValueError("give the arrays to read (--inputs) or a recipe (--config)")
+    images = [name for name in inputs if name != RAW_INPUT]
+    model = ("multimodal" if RAW_INPUT in inputs else "2d") if images else "1d"
+    return TrainConfig(store=store, inputs=inputs, model=model)
 
 
 def run_bench(
     store: str,
-    inputs: Sequence[str],
+    inputs: Sequence[str] | None = None,
     batch_size: int = 32,
     batches: int = 50,
     device: str = "auto",
@@ -33,6 +57,7 @@ def run_bench(
     threads: int = 4,
     *,
     compose: bool = True,
+    config: TrainConfig | None = None,
 ) -> dict:
     """Measure the data path; returns a JSON-able dict (see the module docstring for the passes;
     `compose=False` runs pass (a) only, for repeated measurements of the headline):
@@ -40,26 +65,30 @@ def run_bench(
     samples_per_s            (a) reader to a ready batch on the device: the headline
     cpu_us_per_sample        (a)'s CPU time (every thread of this process) per sample: what the rate would
                              cost on an idle machine, a figure that other work on a shared one disturbs less
-    samples_per_s_composed   (b) + compose_image (None when no input is a spectrogram part, or not compose)
+    samples_per_s_composed   (b) + the composed image (None when the model takes no image, or not compose)
     samples_per_s_augmented  (c) + augmentations, None unless `augment` (and compose)
     seconds                  of the fullest pass: read_wait, to_device, compose, augment
-    batch_size, batches, image_shape (C, H, W of the composed image), device, bytes_per_sample (as decoded)
+    batch_size, batches, image_shape (C, H, W of the model's image, from the layout), device,
+    bytes_per_sample (as decoded)
     """
-    torch_device = _device(device)
-    reader = StoreReader(store, inputs, threads=threads)
-    parts = [name for name in inputs if name != "raw"]
+    config = bench_config(store, inputs, config)
+    torch_device = resolve_device(device)
+    reader = StoreReader(store, config.inputs, threads=threads)
+    takes_image = IMAGE_INPUT in model_kind(config.model).inputs
+    layout = image_layout(config, reader) if takes_image else None
     stream = _stream(reader, batch_size, pin_memory=torch_device.type == "cuda")
     composed = augmented = None
     try:
         for _ in range(WARMUP_BATCHES):
             next(stream)
-        reader_only = fullest = _timed_pass(stream, batches, torch_device, parts=None, augmenter=None)
-        if parts and compose:
-            composed = fullest = _timed_pass(stream, batches, torch_device, parts=parts, augmenter=None)
-        if parts and compose and augment:
+        reader_only = fullest = _timed_pass(stream, batches, torch_device, None, None)
+        if takes_image and compose:
+            composer = (config, layout)
+            composed = fullest = _timed_pass(stream, batches, torch_device, composer, None)
+        if takes_image and compose and augment:
             generator = torch.Generator(device=torch_device).manual_seed(0)
-            augmenter = Augmenter(AugmentConfig(), generator)
-            augmented = fullest = _timed_pass(stream, batches, torch_device, parts, augmenter)
+            augmenter = make_augmenter(config, reader, generator)
+            augmented = fullest = _timed_pass(stream, batches, torch_device, composer, augmenter)
     finally:
         stream.close()  # stops the reader's threads now rather than when garbage collected
     samples = batches * batch_size
@@ -71,16 +100,98 @@ def run_bench(
         "seconds": {stage: fullest[stage] for stage in ("read_wait", "to_device", "compose", "augment")},
         "batch_size": batch_size,
         "batches": batches,
-        "image_shape": composed["image_shape"] if composed else None,
+        "image_shape": [1, *layout.image_size] if layout else None,
         "device": str(torch_device),
         "bytes_per_sample": _bytes_per_sample(reader),
     }
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def run_train_bench(
+    config: TrainConfig,
+    store: str,
+    batches: int = 50,
+    device: str = "auto",
+    batch_size: int | None = None,
+    compile_model: bool = False,
+    threads: int = 4,
+) -> dict:
+    """Train `config`'s model (random initialisation) for `batches` steps twice, on one resident batch
+    and on fresh batches from the store; returns a JSON-able dict:
+
+    model_images_per_s      forward + backward + step on one batch already on the device: the model alone
+    data_samples_per_s      the data path to the composed image on the device (`run_bench` pass (b))
+    train_images_per_s      the whole loop: fresh batches, composed, augmented, trained
+    gpu_busy                model time / loop time: the fraction of the loop the device spent training
+    data_over_model         data_samples_per_s / model_images_per_s (the target is >= 3)
+    image_shape, batch_size, batches, device, dtype, channels_last, compiled
+    """
+    config = dataclasses.replace(bench_config(store, config=config), pretrained=False, weights=None,
+                                 batch_size=batch_size or config.batch_size)
+    torch_device = resolve_device(device)
+    reader = StoreReader(store, config.inputs, threads=threads)
+    spec = model_spec(config, reader)
+    model = create_model(spec["name"], **spec["kwargs"]).to(torch_device)
+    takes_image = IMAGE_INPUT in model_kind(config.model).inputs
+    if config.channels_last and takes_image:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile_model else model
+    optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    layout = image_layout(config, reader) if takes_image else None
+    generator = torch.Generator(device=torch_device).manual_seed(config.seed)
+    augmenter = make_augmenter(config, reader, generator) if takes_image else None
+
+    def prepared(batch):
+        batch = to_device(batch, torch_device)
+        inputs = model_inputs(batch, config, train=True, layout=layout, generator=generator)
+        targets = batch["targets"]
+        if augmenter is not None:
+            inputs[IMAGE_INPUT], targets = augmenter(inputs[IMAGE_INPUT], targets, train=True)
+        return inputs, targets, batch["votes"]
+
+    def step(inputs, targets, votes):
+        with autocast(config, torch_device):
+            logits = net(**inputs)
+        loss = kl_loss(logits.float(), targets, votes, config.mse_weight, config.vote_weighting)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    stream = _stream(reader, config.batch_size, pin_memory=torch_device.type == "cuda")
+    try:
+        resident = prepared(next(stream))
+        net.train()
+        for _ in range(WARMUP_BATCHES):
+            step(*resident)
+        model_seconds = _timed(lambda: [step(*resident) for _ in range(batches)], torch_device)
+        data = _timed_pass(stream, batches, torch_device, (config, layout) if takes_image else None, None)
+        loop_seconds = _timed(lambda: [step(*prepared(next(stream))) for _ in range(batches)], torch_device)
+    finally:
+        stream.close()
+    images = batches * config.batch_size
+    model_rate, data_rate = images / model_seconds, images / data["wall"]
+    return {
+        "model_images_per_s": model_rate,
+        "data_samples_per_s": data_rate,
+        "train_images_per_s": images / loop_seconds,
+        "gpu_busy": min(1.0, model_seconds / loop_seconds),
+        "data_over_model": data_rate / model_rate,
+        "image_shape": [1, *layout.image_size] if layout else None,
+        "batch_size": config.batch_size,
+        "batches": batches,
+        "device": str(torch_device),
+        "dtype": "bfloat16" if config.amp and torch_device.type == "cuda" else "float32",
+        "channels_last": bool(config.channels_last and takes_image),
+        "compiled": compile_model,
+    }
+
+
+def _timed(work, device: torch.device) -> float:
+    """Seconds for `work()`, the device drained before the clock stops (one synchronisation in all)."""
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def _stream(reader: StoreReader, batch_size: int, pin_memory: bool) -> Iterator[dict[str, torch.Tensor]]:
@@ -94,10 +205,10 @@ def _stream(reader: StoreReader, batch_size: int, pin_memory: bool) -> Iterator[
         epoch += 1
 
 
-def _timed_pass(stream, batches: int, device: torch.device, parts, augmenter) -> dict:
-    """Run `batches` batches through the stages; wall time and seconds spent per stage."""
+def _timed_pass(stream, batches: int, device: torch.device, composer, augmenter) -> dict:
+    """Run `batches` batches through the stages (`composer` = (config, layout) or None for the reader
+    alone); wall time and seconds spent per stage."""
     spent = {"read_wait": 0.0, "to_device": 0.0, "compose": 0.0, "augment": 0.0}
-    image_shape = None
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
         clock = time.perf_counter()
@@ -105,16 +216,16 @@ def _timed_pass(stream, batches: int, device: torch.device, parts, augmenter) ->
         clock = _lap(spent, "read_wait", clock, device)
         batch = to_device(batch, device)
         clock = _lap(spent, "to_device", clock, device)
-        if parts is None:
+        if composer is None:
             continue
-        images = compose_image(batch, parts)
-        image_shape = list(images.shape[1:])
+        config, layout = composer
+        images = model_inputs(batch, config, train=True, layout=layout)[IMAGE_INPUT]
         clock = _lap(spent, "compose", clock, device)
         if augmenter is not None:
             augmenter(images, batch["targets"])
             _lap(spent, "augment", clock, device)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return {"wall": wall, "cpu": cpu, "image_shape": image_shape, **spent}
+    return {"wall": wall, "cpu": cpu, **spent}
 
 
 def _lap(spent: dict, stage: str, since: float, device: torch.device) -> float:
@@ -143,9 +254,23 @@ def format_report(result: dict, store: str, inputs: Sequence[str]) -> str:
         f"({result['cpu_us_per_sample']:.0f} us CPU per sample)",
     ]
     if result["samples_per_s_composed"] is not None:
-        lines.append(f"  + compose_image            {result['samples_per_s_composed']:9,.0f} samples/s")
+        lines.append(f"  + composed image           {result['samples_per_s_composed']:9,.0f} samples/s")
     if result["samples_per_s_augmented"] is not None:
         lines.append(f"  + augmentations            {result['samples_per_s_augmented']:9,.0f} samples/s")
     spent = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in result["seconds"].items())
     lines.append(f"  seconds in the last pass: {spent}")
     return "\n".join(lines)
+
+
+def format_train_report(result: dict, store: str, config_name: str) -> str:
+    """The human-readable summary `hms-train bench --train` prints."""
+    shape = "x".join(str(s) for s in result["image_shape"]) if result["image_shape"] else "none"
+    return "\n".join([
+        f"{store}: {config_name} -> image {shape}, {result['batches']} steps of {result['batch_size']} on "
+        f"{result['device']} ({result['dtype']}, channels_last {result['channels_last']}, compiled {result['compiled']})",
+        f"  model alone (fwd + bwd + step)  {result['model_images_per_s']:9,.0f} images/s",
+        f"  data path to the device         {result['data_samples_per_s']:9,.0f} samples/s "
+        f"({result['data_over_model']:.1f} x the model)",
+        f"  whole training loop             {result['train_images_per_s']:9,.0f} images/s "
+        f"(device busy {100 * result['gpu_busy']:.0f} % of the loop)",
+    ])

@@ -1,4 +1,4 @@
-"""`hms-train`: train (the default command), predict, pseudo-label, bench, compare."""
+"""`hms-train`: train (the default command), predict, pseudo-label, blend, bench, compare."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 app = typer.Typer(add_completion=False, help="Train HMS models from a cache store and predict.")
-SUBCOMMANDS = ("train", "predict", "pseudo-label", "bench", "compare")
+SUBCOMMANDS = ("train", "predict", "pseudo-label", "blend", "bench", "compare")
 
 
 def main() -> None:
@@ -52,6 +52,11 @@ def _user_errors():
     except (FileNotFoundError, ValueError, StoreError, MissingWeightsError) as err:  # ConfigError is a ValueError
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+
+
+# Arguments shared by the commands that score finished runs (blend, compare).
+RUNS = typer.Argument(..., help="Run directories (each with oof.parquet and config.json).")
+TARGETS_STORE = typer.Option(None, "--store", help="Train store for the targets (default: the one the runs trained on).")
 
 
 def _floats(text: Optional[str]) -> Optional[list[float]]:
@@ -117,21 +122,76 @@ def train(
 @app.command()
 def predict(
     store: str = typer.Option("cache/test.zarr", "--store", help="Test store built with --split test."),
-    run: List[Path] = typer.Option(..., "--run", help="Run directory; repeat for an ensemble."),
+    run: List[Path] = typer.Option([], "--run", help="Run directory; repeat for an ensemble."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Run weights, e.g. 0.6,0.4."),
+    blend: Optional[Path] = typer.Option(None, "--blend", help="blend.json from `hms-train blend`: its runs and weights."),
     out: Path = typer.Option(Path("submission.csv"), "--out"),
     device: str = typer.Option("auto", "--device"),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Average with the time-flipped input."),
 ):
     """Write submission.csv: every fold model of each run, averaged with the weights.
 
-    Example: hms-train predict --store cache/test.zarr --run runs/b0 --run runs/raw --weights 0.6,0.4
+    Examples:
+      hms-train predict --store cache/test.zarr --run runs/b0 --run runs/raw --weights 0.6,0.4
+      hms-train predict --store cache/test.zarr --blend runs/blend.json
     """
+    from hms_train.blend import Blend
     from hms_train.predict import predict_submission
 
     with _user_errors():
-        table = predict_submission(store, run, out, _floats(weights), device, tta)
+        if blend is not None:
+            if run or weights:
+                raise ValueError("--blend names the runs and their weights: give it without --run or --weights")
+            chosen = Blend.load(blend)
+            run, run_weights = [Path(r) for r in chosen.runs], chosen.weights
+        elif not run:
+            raise ValueError("give the runs to predict with: --run RUN (repeatable) or --blend blend.json")
+        else:
+            run_weights = _floats(weights)
+        table = predict_submission(store, run, out, run_weights, device, tta)
     typer.echo(f"{out}: {table.num_rows} rows from {len(run)} run(s)")
+
+
+@app.command()
+def blend(
+    runs: List[Path] = RUNS,
+    store: Optional[str] = TARGETS_STORE,
+    out: Path = typer.Option(Path("blend.json"), "--out", help="Where the runs and their weights go."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
+):
+    """Learn blend weights (non-negative, summing to 1) minimising the out-of-fold KL on the rows the runs
+    share; print each run, the blend and the training prior (all rows and high-vote rows).
+
+    Examples:
+      hms-train blend runs/richard_b0 runs/david_b0 runs/raw1d --out runs/blend.json
+      hms-train predict --store cache/test.zarr --blend runs/blend.json
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from hms_train.blend import blend_runs
+
+    with _user_errors():
+        _writable(out)
+        chosen, rows = blend_runs(runs, store)
+        chosen.save(out)
+    if as_json:
+        typer.echo(json.dumps([{k: r[k] for k in ("name", "weight", "kl", "kl_10plus", "n", "n_10plus")} for r in rows], indent=2))
+        return
+    table = Table(title=f"out-of-fold KL on the {chosen.rows} rows every run predicted", box=box.SIMPLE_HEAD)
+    for column in ("run", "weight", "KL", "KL high-vote", "high-vote rows"):
+        table.add_column(column, justify="left" if column == "run" else "right", overflow="fold")
+    for r in rows:
+        weight = "" if r["weight"] != r["weight"] else f"{r['weight']:.3f}"  # NaN: the prior has none
+        table.add_row(r["name"], weight, f"{r['kl']:.4f}", f"{r['kl_10plus']:.4f}", str(r["n_10plus"]))
+    Console().print(table)
+    typer.echo(f"{out}: weights {', '.join(f'{w:.3f}' for w in chosen.weights)}; blend KL {chosen.kl:.4f}")
+
+
+def _writable(out: Path) -> None:
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist")
 
 
 @app.command("pseudo-label")
@@ -156,8 +216,8 @@ def pseudo_label(
 
 @app.command()
 def compare(
-    runs: List[Path] = typer.Argument(..., help="Run directories (each with oof.parquet, config.json, metrics.jsonl)."),
-    store: Optional[str] = typer.Option(None, "--store", help="Train store for the targets (default: each run's config)."),
+    runs: List[Path] = RUNS,
+    store: Optional[str] = TARGETS_STORE,
     out: Path = typer.Option(Path("compare.png"), "--out", help="PNG of the runs' learning curves."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of the table."),
 ):
@@ -206,24 +266,41 @@ def compare(
 @app.command()
 def bench(
     store: str = typer.Option("cache/specs.zarr", "--store", help="Store built by hms-prep build."),
-    inputs: str = typer.Option("eeg_10s,eeg_30s,kaggle", "--inputs", help="Arrays to read, comma-separated."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    batches: int = typer.Option(50, "--batches", min=1, help="Timed batches per pass."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="A recipe (bundled name or TOML): its inputs, layout, augmentations and model."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config field, as for training."),
+    inputs: str = typer.Option("eeg_10s,eeg_30s,kaggle", "--inputs", help="Arrays to read side by side, without --config."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[default: 32, or the config's with --train]"),
+    batches: int = typer.Option(50, "--batches", min=1, help="Timed batches (steps) per pass."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     augment: bool = typer.Option(False, "--augment/--no-augment", help="Also time the training augmentations."),
+    train: bool = typer.Option(False, "--train", help="Time the recipe's model training (needs --config): images/s, data path, device busy."),
+    compile_model: bool = typer.Option(False, "--compile", help="With --train: torch.compile the model first."),
     threads: int = typer.Option(4, "--threads", min=1, help="Reader decoding threads."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (samples_per_s is the headline)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
-    """Samples/s from the store to a ready batch on the device, and where the time goes.
+    """Samples/s from the store to a ready batch on the device, and where the time goes; with --train,
+    how fast a recipe's model trains and whether the data path keeps up.
 
-    Example: hms-train bench --store cache/specs.zarr --inputs eeg_10s,eeg_30s,kaggle --batch-size 32 --batches 100 --augment
+    Examples:
+      hms-train bench --store cache/specs.zarr --inputs eeg_10s,eeg_30s,kaggle --batches 100 --augment
+      hms-train bench --store cache/specs.zarr --config seed_david_b0 --json        # image_shape 1x400x768
+      hms-train bench --store cache/specs.zarr --config seed_richard_b0 --train --device cuda --compile
     """
-    from hms_train.bench import format_report, run_bench
+    from hms_train.bench import format_report, format_train_report, run_bench, run_train_bench
+    from hms_train.config import load_config
 
     names = [name.strip() for name in inputs.split(",") if name.strip()]
     with _user_errors():
-        result = run_bench(store, names, batch_size, batches, device, augment, threads)
-    typer.echo(json.dumps(result) if as_json else format_report(result, store, names))
+        recipe = load_config(config, set_) if config else None
+        if train:
+            if recipe is None:
+                raise ValueError("--train times a recipe's model: give --config NAME")
+            result = run_train_bench(recipe, store, batches, device, batch_size, compile_model, threads)
+            report = format_train_report(result, store, config)
+        else:
+            result = run_bench(store, names, batch_size or 32, batches, device, augment, threads, config=recipe)
+            report = format_report(result, store, recipe.inputs if recipe else names)
+    typer.echo(json.dumps(result) if as_json else report)
 
 
 if __name__ == "__main__":

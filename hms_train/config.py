@@ -221,6 +221,8 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args[-1:] == (Ellipsis,):  # tuple[X, ...]: any number of X
+            return tuple(_typed(key, v, args[0]) for v in value)
         if origin is tuple:
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")

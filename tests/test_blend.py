@@ -87,3 +87,23 @@ def test_blend_file_round_trip_and_errors(halves, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a blend file"):
         Blend.load(tmp_path / "bad.json")
+
+
+def test_cli_blend_prints_the_table_and_writes_the_file(halves, tmp_path):
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    root, _ = halves
+    out = tmp_path / "blend.json"
+    result = CliRunner().invoke(app, ["blend", str(root / "a"), str(root / "b"), "--out", str(out)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "blend" in result.output and "prior (mean target)" in result.output
+    assert Blend.load(out).runs == [str(root / "a"), str(root / "b")]
+    missing = CliRunner().invoke(app, ["blend", str(root / "a"), str(root / "b"), "--out", str(tmp_path / "no" / "b.json")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    both = CliRunner().invoke(app, ["predict", "--blend", str(out), "--run", str(root / "a")])
+    assert both.exit_code == 1 and "without --run" in both.output
+    neither = CliRunner().invoke(app, ["predict"])
+    assert neither.exit_code == 1 and "--blend" in neither.output

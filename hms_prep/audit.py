@@ -56,10 +56,10 @@ def damaged_chunks(url: str, group, name: str, layout: StoreLayout, raw_bounds: 
         try:
             block = _read_chunk(array, source, codec, coords, where)
             if block is None and (status[rows[0] : rows[1] + 1] == STATUS_OK).any():
-                raise ChunkError(f"{where}: missing, though its rows are built")
+                raise ChunkError(f"{where} is missing, though its rows are built")
             reason = values_check(block) if values_check is not None and block is not None else None
             if reason:
-                raise ChunkError(f"{where}: {reason}")
+                raise ChunkError(f"{where} holds {reason}")
         except ChunkError as err:
             damaged.append(DamagedChunk(name, coords, str(err), tuple(row_chunks), rows))
     return damaged
@@ -92,7 +92,7 @@ def _read_chunk(array, source: ChunkSource, codec, coords, where: str) -> np.nda
         index = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, array.chunks))
         return array[index]
     except Exception as err:
-        raise ChunkError(f"{where}: cannot be read ({type(err).__name__}: {err})") from None
+        raise ChunkError(f"{where} cannot be read ({type(err).__name__}: {err})") from None
 
 
 def store_info(url: str) -> dict:

@@ -47,9 +47,12 @@ def _decode_bytes(encoded: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _blosc_size(encoded: np.ndarray) -> int:
-    """The decoded size Blosc's frame header records (bytes 4-7, little-endian)."""
-    return int.from_bytes(encoded[4:8].tobytes(), "little") if encoded.nbytes >= 16 else -1
+def _blosc_sizes(encoded: np.ndarray) -> tuple[int, int]:
+    """The decoded size and the frame's own size that Blosc's header records (bytes 4-7 and 12-15,
+    little-endian); (-1, -1) when there is no header."""
+    if encoded.nbytes < 16:
+        return -1, -1
+    return int.from_bytes(encoded[4:8].tobytes(), "little"), int.from_bytes(encoded[12:16].tobytes(), "little")
 
 
 class ChunkError(ValueError):
@@ -109,10 +112,9 @@ def _family_of(codecs: list) -> Codec | None:
         return None
     if len(codecs) == 1:
         return CODECS["none"]
-    if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
-        return CODECS["lz4"]  # any Blosc frame decodes alike
-    if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
-        return CODECS["zstd"]
+    if len(codecs) == 2:  # the first declared codec written as this kind of zarr codec: its frames
+        # describe themselves (any Blosc frame decodes alike), so a new CODECS entry is all a reader needs
+        return next((codec for codec in CODECS.values() if type(codec.compressor()) is type(codecs[1])), None)
     return None
 
 
@@ -120,30 +122,32 @@ def verify_checksum(encoded: np.ndarray, where: str = "chunk") -> np.ndarray:
     """The payload of a checksummed chunk (its last 4 bytes are the little-endian CRC-32C of the rest);
     ChunkError naming `where` when they disagree."""
     if encoded.nbytes < 4:
-        raise ChunkError(f"{where}: {encoded.nbytes} bytes, too short to hold its checksum (truncated)")
+        raise ChunkError(f"{where} holds {encoded.nbytes} bytes, too few for its checksum (truncated)")
     payload = encoded[:-4]
     stored = int.from_bytes(encoded[-4:].tobytes(), "little")
     if google_crc32c.value(payload.tobytes() if not payload.flags.c_contiguous else payload) != stored:
-        raise ChunkError(f"{where}: checksum mismatch (the chunk's bytes changed after it was written)")
+        raise ChunkError(f"{where} fails its checksum (its bytes changed after it was written)")
     return payload
 
 
 def decode_chunk(codec: Codec, encoded: np.ndarray, out: np.ndarray, where: str = "chunk") -> np.ndarray:
     """Decode one chunk into `out`, checking its checksum first when it has one and refusing a frame
-    whose size does not match (a damaged, truncated or foreign chunk must raise ChunkError naming
-    `where`, e.g. "eeg_10s chunk (3, 0, 0, 0)", never crash the process or return wrong values)."""
+    whose sizes do not match (a damaged, truncated or foreign chunk must raise ChunkError, a ValueError,
+    naming `where`, e.g. "eeg_10s chunk (3, 0, 0, 0)", never crash the process or return wrong values)."""
     if codec.checksum:
         encoded = verify_checksum(encoded, where)
     if codec.family == "blosc":
-        size = _blosc_size(encoded)
+        size, frame = _blosc_sizes(encoded)
         if size != out.nbytes:
-            raise ChunkError(f"{where}: decodes to {size} bytes, expected {out.nbytes} (truncated or foreign)")
+            raise ChunkError(f"{where} decodes to {size} bytes, expected {out.nbytes}")
+        if frame != encoded.nbytes:  # Blosc reads `frame` bytes whatever the buffer holds: past a truncated end
+            raise ChunkError(f"{where} holds {encoded.nbytes} bytes, its Blosc header says {frame} (truncated?)")
     try:
         return codec.decode(encoded, out)
     except ChunkError:
         raise
     except Exception as err:  # a damaged frame of a store without checksums
-        raise ChunkError(f"{where}: cannot be decoded ({err})") from None
+        raise ChunkError(f"{where} cannot be decoded ({err})") from None
 
 
 class ChunkSource:
@@ -170,6 +174,6 @@ class ChunkSource:
             data = self.fs.cat_file(self.prefix + self.metadata.encode_chunk_key(coords))
         except FileNotFoundError:
             if self.every_chunk_stored:
-                raise ChunkError(f"{self.where(coords)}: missing (deleted, or its rows were never built)") from None
+                raise ChunkError(f"{self.where(coords)} is missing (deleted, or its rows were never built)") from None
             return None
         return np.frombuffer(data, dtype=np.uint8)

@@ -17,21 +17,40 @@ SUBCOMMANDS = ("train", "predict", "pseudo-label", "bench", "compare")
 def main() -> None:
     """Entry point: `hms-train [train options]` trains; other subcommands by name."""
     args = sys.argv[1:]
-    if not args or args[0] not in SUBCOMMANDS + ("--help", "-h"):
+    if not args or args[0] not in SUBCOMMANDS + ("--help", "-h", "--version"):
         args = ["train", *args]
     app(args=args, prog_name="hms-train")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"hms-train {version('hms-cache')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("hms-train (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Train HMS models from a cache store and predict."""
+
+
 @contextmanager
 def _user_errors():
-    """Expected failures (missing runs or stores, bad values) end in one `error:` line and exit 1."""
+    """Expected failures (bad config values, missing runs, stores or weights, bad inputs) end in one
+    `error:` line and exit 1. Anything else (a CUDA out-of-memory, a bug) keeps its traceback."""
     from hms_prep.store import StoreError
+    from hms_train.models import MissingWeightsError
 
     try:
         yield
-    except (FileNotFoundError, ValueError, KeyError, StoreError, RuntimeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        typer.echo(f"error: {message}", err=True)
+    except (FileNotFoundError, ValueError, StoreError, MissingWeightsError) as err:  # ConfigError is a ValueError
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -41,9 +60,9 @@ def _floats(text: Optional[str]) -> Optional[list[float]]:
 
 @app.command()
 def train(
-    store: str = typer.Option("cache/specs.zarr", "--store", help="Train store built by hms-prep build."),
+    store: Optional[str] = typer.Option(None, "--store", help="Train store built by hms-prep build [default: the config's, else cache/specs.zarr]."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Bundled config name (smoke, seed_effnet_b0, ...) or a TOML path."),
-    out: Path = typer.Option(Path("runs/run"), "--out", help="Run directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/run]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides the config)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Folds to train, e.g. 0,1 (default: config, else all)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Stage-1 epochs (overrides the config)."),
@@ -52,6 +71,7 @@ def train(
     ),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file (.pth or .safetensors)."),
     set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup_p=0."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory after its last complete epoch (its own config; --device may change)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
     """Train every selected fold (two stages), write RUN/ with checkpoints, metrics, OOF and curves.
@@ -61,28 +81,34 @@ def train(
       hms-train --config seed_effnet_b0 --folds 0,1,2,3,4 --out runs/b0
       hms-train --config smoke --set lr=1e-3 --set augment.hflip_p=0 --out runs/try
       hms-train --config seed_effnet_b0 --weights /models/efficientnet_b0.safetensors --out runs/b0w
+      hms-train --resume runs/b0            (after a crash or a kill: finished folds are kept)
       torchrun --nproc-per-node 2 -m hms_train.cli train --config seed_effnet_b0 --out runs/ddp
     """
-    from hms_train.config import load_config
+    from hms_train.config import TrainConfig, load_config
     from hms_train.train import train as run_training
 
-    overrides = [f"store={json.dumps(store)}", *set_]
-    if device:
-        overrides.append(f"device={json.dumps(device)}")
-    if folds:
-        overrides.append(f"folds=[{folds}]")
-    if epochs is not None:
-        overrides.append(f"epochs={epochs}")
-    if pretrained is not None:
-        overrides.append(f"pretrained={str(pretrained).lower()}")
-    if weights is not None:
-        overrides.append(f"weights={json.dumps(str(weights))}")
-    try:
-        cfg = load_config(config, overrides)
-    except (FileNotFoundError, ValueError) as err:
-        raise typer.BadParameter(str(err)) from None
+    overrides = [f"store={json.dumps(store)}"] if store is not None else []
+    overrides += [f"folds=[{folds}]"] if folds else []
+    overrides += [f"epochs={epochs}"] if epochs is not None else []
+    overrides += [f"pretrained={str(pretrained).lower()}"] if pretrained is not None else []
+    overrides += [f"weights={json.dumps(str(weights))}"] if weights is not None else []
+    overrides += set_
     with _user_errors():
-        summary = run_training(cfg, out, quiet=quiet)
+        if resume is not None:
+            if config or overrides or out:
+                raise ValueError("--resume continues a run with its own config.json; drop --config, --set, "
+                                 "--out and the other config options (only --device and --quiet apply)")
+            run_config = resume / "config.json"
+            if not run_config.is_file():
+                raise FileNotFoundError(f"{resume}: not a run directory (no config.json)")
+            cfg = TrainConfig.from_dict(json.loads(run_config.read_text()))
+            out = resume
+            if device:
+                cfg = TrainConfig.from_dict({**cfg.to_dict(), "device": device})
+        else:
+            cfg = load_config(config, overrides + ([f"device={json.dumps(device)}"] if device else []))
+            out = out or Path("runs/run")
+        summary = run_training(cfg, out, quiet=quiet, resume=resume is not None)
     if summary:
         typer.echo(f"{out}: out-of-fold KL {summary['kl']:.4f} (>=10 votes {summary['kl_10plus']:.4f}, "
                    f"prior {summary['prior_kl']:.4f}) over {summary['n']} rows")
@@ -152,6 +178,8 @@ def compare(
 
     console = Console(stderr=True)
     with _user_errors():
+        if not out.parent.is_dir():  # checked before any scoring, not after
+            raise FileNotFoundError(f"--out {out}: folder {out.parent} does not exist")
         results = compare_runs(runs, store)
         plot_learning_curves(runs, out)
     if as_json:

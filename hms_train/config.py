@@ -1,18 +1,61 @@
-"""Experiments are files: a TrainConfig read from bundled or user TOML, overridable field by field."""
+"""Experiments are files: a TrainConfig read from bundled or user TOML, overridable field by field, and
+checked whole (types, choices, ranges, nested sections) before any work starts.
+
+Each field declares what it accepts once, in its annotation and metadata: `Literal[...]` for choices
+(taken from the modules that implement them), `field(metadata=POSITIVE)` etc. for ranges. `check_config`
+reads those declarations generically, so a new field, or a new nested dataclass section such as
+`augment`, is checked without new code. Fields of a nested section named `*_p` are probabilities.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from hms_train.augment import AugmentConfig
 from hms_train.layout import LayoutConfig
+from hms_train.losses import VOTE_WEIGHTINGS
+from hms_train.models import MODEL_KINDS, POOLS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+OPTIMIZERS = ("adamw", "lion")  # timm implementations the recipes use
+PSEUDO_MODES = ("replace", "blend")
+DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")  # (pattern, in words)
+
+
+class ConfigError(ValueError):
+    """A configuration value (or file) that cannot be used; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numeric interval; `low_open` excludes the low end (e.g. lr > 0)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open else '['}{low}, {high}]"
+
+
+POSITIVE = {"range": Range(0, None, low_open=True)}
+NON_NEGATIVE = {"range": Range(0, None)}
+PROBABILITY = {"range": Range(0, 1)}
 
 
 @dataclass
@@ -20,45 +63,47 @@ class TrainConfig:
     # data
     store: str = "cache/specs.zarr"
     inputs: list[str] = field(default_factory=lambda: ["eeg_10s", "eeg_30s", "kaggle"])
-    folds: list[int] | None = None  # folds to train (each validated on itself); None = all
-    reader_threads: int = 4
-    raw_jitter_s: float = 0.0  # random shift of the raw 50 s window in training (1D models)
+    folds: list[int] | None = field(default=None, metadata=NON_NEGATIVE)  # folds to train; None = all
+    reader_threads: int = field(default=4, metadata=POSITIVE)
+    raw_jitter_s: float = field(default=0.0, metadata=NON_NEGATIVE)  # random shift of the raw window (1D)
     # model
-    model: str = "2d"  # 2d | 1d | multimodal
+    model: Literal[tuple(MODEL_KINDS)] = "2d"  # the registered model kinds
     backbone: str = "efficientnet_b0"
-    pool: str = "attention"  # avg | gem | attention
-    drop_rate: float = 0.2
+    pool: Literal[POOLS] = "attention"
+    drop_rate: float = field(default=0.2, metadata=PROBABILITY)
     pretrained: bool = False  # timm's local cache only: nothing is downloaded
     weights: str | None = None  # a local backbone state dict
     # optimisation
-    optimizer: str = "adamw"  # adamw | lion (timm implementations)
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
-    batch_size: int = 16
-    warmup_epochs: float = 1.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.995  # 0 disables EMA
+    optimizer: Literal[OPTIMIZERS] = "adamw"
+    lr: float = field(default=3e-4, metadata=POSITIVE)
+    weight_decay: float = field(default=1e-2, metadata=NON_NEGATIVE)
+    batch_size: int = field(default=16, metadata=POSITIVE)
+    warmup_epochs: float = field(default=1.0, metadata=NON_NEGATIVE)
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0 disables clipping
+    ema_decay: float = field(default=0.995, metadata=PROBABILITY)  # 0 disables EMA
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = True
     compile: bool = False
     # loss
-    mse_weight: float = 1.0  # KL + MSE on the softmax, 1:1 in the seed recipe
-    vote_weighting: str = "none"  # none | linear | log
+    mse_weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # KL + MSE on the softmax, 1:1 in the seed
+    vote_weighting: Literal[VOTE_WEIGHTINGS] = "none"
     # stages
-    epochs: int = 25  # stage 1, all rows
-    stage2_epochs: int = 15  # 0 = single stage
-    stage2_min_votes: int = 10
-    stage2_lr: float | None = None  # default: lr / 2
+    epochs: int = field(default=25, metadata=POSITIVE)  # stage 1, all rows
+    stage2_epochs: int = field(default=15, metadata=NON_NEGATIVE)  # 0 = single stage
+    stage2_min_votes: int = field(default=10, metadata=NON_NEGATIVE)
+    stage2_lr: float | None = field(default=None, metadata=POSITIVE)  # default: lr / 2
     pseudo_labels: str | None = None  # parquet from `hms-train pseudo-label`, used in stage 2
-    pseudo_mode: str = "replace"  # replace | blend (low-vote rows' targets)
-    pseudo_blend: float = 0.5  # weight of the pseudo label in blend mode
+    pseudo_mode: Literal[PSEUDO_MODES] = "replace"  # low-vote rows' targets
+    pseudo_blend: float = field(default=0.5, metadata=PROBABILITY)  # weight of the pseudo label in blend mode
     # evaluation
-    kaggle_width: int | None = None  # evaluation keeps the first N Kaggle columns; None = all
+    kaggle_width: int | None = field(default=None, metadata=POSITIVE)  # evaluation keeps the first N Kaggle columns
     tta_hflip: bool = False
-    max_batches_per_epoch: int | None = None  # cap for quick experiments
+    max_batches_per_epoch: int | None = field(default=None, metadata=POSITIVE)  # cap for quick experiments
+    # logging: the running loss is read from the device at most every N steps (progress bar on a terminal)
+    log_every: int = field(default=50, metadata=POSITIVE)
     # misc
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
+    device: str = field(default="auto", metadata={"pattern": DEVICE})  # auto | cpu | cuda[:N]
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     layout: LayoutConfig | None = None  # the image's parts and crops (hms_train.layout); None: inputs side by side
 
@@ -70,9 +115,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        values = dict(values)
-        augment = AugmentConfig(**_checked(AugmentConfig, values.pop("augment", {})))
-        return cls(**_checked(cls, values), augment=augment)
+        """A checked config from plain values (TOML, JSON); raises ConfigError naming the bad key."""
+        return _build(cls, values, prefix="")
 
 
 def bundled_configs() -> list[str]:
@@ -88,17 +132,40 @@ def load_config(name_or_path: str | None, overrides: list[str] = ()) -> TrainCon
             path = CONFIG_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             raise FileNotFoundError(f"no config {name_or_path!r}: not a file and not one of {bundled_configs()}")
-        values = tomllib.loads(path.read_text())
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:  # its message carries the line and column
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value")
         target = values
         *parents, leaf = key.strip().split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {item!r}: {parent} is not a section")
         target[leaf] = _parse_value(text.strip())
     return TrainConfig.from_dict(values)
+
+
+def check_against_store(config: TrainConfig, arrays: list[str], n_folds: int | None) -> None:
+    """What only the store can tell: its arrays hold the inputs, and the folds exist in it (a train store)."""
+    missing = [name for name in config.inputs if name not in arrays]
+    if missing:
+        raise ConfigError(f"inputs: {missing} not in {config.store}; it has {arrays}")
+    bad = [fold for fold in config.folds or () if n_folds is not None and fold >= n_folds]
+    if bad:
+        raise ConfigError(f"folds: {bad} out of range; {config.store} has folds 0..{n_folds - 1}")
+
+
+def check_device(name: str) -> None:
+    """A CUDA device only where torch sees one (checked before any work, not at the first batch)."""
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but torch sees no CUDA device; use cpu or auto")
 
 
 def _parse_value(text: str) -> Any:
@@ -109,17 +176,79 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+def _build(cls, values: Any, prefix: str):
+    """An instance of dataclass `cls` from a dict, every field checked against its declaration."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section (table), got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"unknown {cls.__name__} field(s) {[prefix + k for k in unknown]}; known: {sorted(fields)}")
     hints = get_type_hints(cls)
-    out = {}
-    for key, value in values.items():
-        if hints[key] is float and isinstance(value, int):
-            value = float(value)
-        if "tuple" in str(hints[key]) and isinstance(value, list):
-            value = tuple(value)
-        out[key] = value
-    return out
+    checked = {}
+    for name, value in values.items():
+        key = prefix + name
+        value = _typed(key, value, hints[name])
+        limits = fields[name].metadata.get("range") or (PROBABILITY["range"] if prefix and name.endswith("_p") else None)
+        for number in _numbers(value):
+            if limits is not None and number not in limits:
+                raise ConfigError(f"{key}: {number!r} is out of range; allowed {limits}")
+        pattern, allowed = fields[name].metadata.get("pattern", (None, None))
+        if pattern and not re.fullmatch(pattern, value):
+            raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+        checked[name] = value
+    config = cls(**checked)
+    if cls is TrainConfig:
+        _check_together(config)
+    return config
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """`value` as the annotation `hint` wants it (int -> float, list -> tuple), or ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _typed(key, value, options[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else _build(hint, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(_typed(key, v, a) for v, a in zip(value, args))
+        return [_typed(key, v, args[0]) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (bool, int, float, str) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, str(hint))
+
+
+def _numbers(value: Any) -> list:
+    """The numbers in a checked value (itself, or a list's items) for range checks."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _check_together(config: TrainConfig) -> None:
+    """Rules between fields."""
+    if not config.inputs:
+        raise ConfigError("inputs: empty; name the store arrays to train on")
+    if config.folds is not None and (not config.folds or len(set(config.folds)) != len(config.folds)):
+        raise ConfigError(f"folds: expected distinct fold numbers, got {config.folds}")
+    if config.pseudo_labels is not None and config.stage2_epochs == 0:
+        raise ConfigError("pseudo_labels: used in stage 2, but stage2_epochs = 0")

@@ -209,3 +209,4 @@ def predict_probabilities(
         idx = [position[int(r)] for r in batch["row"]]
         out[idx] = probs.cpu().numpy()
     return out
+

@@ -264,6 +264,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     backbone.load_state_dict(state)
 
 
+class MissingWeightsError(RuntimeError):
+    """Pretrained weights asked for are not on this machine (an expected, user-fixable error)."""
+
+
 def cached_pretrained_backbone(name: str) -> nn.Module:
     """timm's pretrained weights for `name`, from the local cache only (these machines have no internet).
 
@@ -275,7 +279,7 @@ def cached_pretrained_backbone(name: str) -> nn.Module:
     try:
         return timm_backbone(name, pretrained=True)
     except OSError as error:  # cache miss: LocalEntryNotFoundError, OfflineModeIsEnabled, URLError
-        raise RuntimeError(f"no pretrained weights for {name} in the local cache; pass --weights PATH") from error
+        raise MissingWeightsError(f"no pretrained weights for {name} in the local cache; pass --weights PATH") from error
 
 
 def create_backbone(name: str, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:

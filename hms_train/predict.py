@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,25 +11,42 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from hms_train.config import TrainConfig
+from hms_train.config import TrainConfig, check_against_store, check_device
 from hms_train.forward import predict_probabilities, resolve_device
-from hms_train.reader import Selection, StoreReader
 from hms_train.metric import VOTE_COLUMNS
-from hms_train.train import build_model
+from hms_train.models import create_model
+from hms_train.reader import Selection, StoreReader
+
+# The checkpoint holds every weight: where the backbone's pretrained weights came from is not needed again.
+TRAINING_ONLY_KWARGS = ("pretrained", "weights")
 
 
-def load_run_config(run: Path) -> TrainConfig:
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run}: not a run directory (no config.json)")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+@dataclass(frozen=True)
+class FoldModel:
+    """A trained model rebuilt from its checkpoint alone, with the config it was trained under."""
+
+    path: Path
+    model: torch.nn.Module
+    config: TrainConfig
 
 
 def fold_checkpoints(run: Path) -> list[Path]:
     found = sorted(Path(run).glob("fold*_best.pt"))
     if not found:
-        raise FileNotFoundError(f"{run}: no fold*_best.pt checkpoints")
+        raise FileNotFoundError(f"{run}: not a run directory, or no fold finished (no fold*_best.pt checkpoints)")
     return found
+
+
+def load_fold_model(path: Path, device: torch.device) -> FoldModel:
+    """The model spec and weights of a checkpoint, as a ready model in eval mode; no store needed."""
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    if "model_spec" not in checkpoint:
+        raise ValueError(f"{path}: no model spec (written by an older hms-train); retrain the run")
+    spec = checkpoint["model_spec"]
+    kwargs = {k: v for k, v in spec["kwargs"].items() if k not in TRAINING_ONLY_KWARGS}
+    model = create_model(spec["name"], **kwargs)
+    model.load_state_dict(checkpoint["model"])
+    return FoldModel(Path(path), model.to(device).eval(), TrainConfig.from_dict(checkpoint["config"]))
 
 
 def _weights(runs, weights) -> np.ndarray:
@@ -43,21 +60,29 @@ def predict_submission(
     store: str, runs: list[Path], out: Path, weights: list[float] | None = None,
     device: str = "auto", tta_hflip: bool = False,
 ) -> pa.Table:
-    """Average every fold model of each run (runs weighted), rows in test.csv order, rows sum to 1."""
+    """Average every fold model of each run (runs weighted), rows in test.csv order, rows sum to 1.
+
+    One prediction per eeg_id, so the store must have one row per eeg_id (a test store); a store with
+    several rows for an eeg_id (a train store) is refused rather than written with duplicate eeg_ids.
+    """
     w = _weights(runs, weights)
+    check_device(device)
     torch_device = resolve_device(device)
+    models = {run: [load_fold_model(path, torch_device) for path in fold_checkpoints(run)] for run in runs}
+    readers: dict[tuple[str, ...], StoreReader] = {}  # one per set of inputs, shared by the runs using it
     blend = None
     for run, run_weight in zip(runs, w):
-        config = load_run_config(run)
-        reader = StoreReader(store, config.inputs, threads=config.reader_threads)
-        rows = reader.select(Selection(only_ok=True))
-        probs = np.zeros((reader.n_rows, 6), dtype=np.float64)
-        checkpoints = fold_checkpoints(run)
-        for path in checkpoints:
-            model = build_model(config, reader).to(torch_device)
-            model.load_state_dict(torch.load(path, map_location=torch_device)["model"])
-            probs[rows] += predict_probabilities(model, reader, rows, config, torch_device, tta_hflip=tta_hflip)
-        probs[rows] /= len(checkpoints)
+        probs = None
+        for fold in models[run]:
+            inputs = tuple(fold.config.inputs)
+            if inputs not in readers:
+                readers[inputs] = _test_reader(store, fold.config)
+            reader = readers[inputs]
+            rows = reader.select(Selection(only_ok=True))
+            if probs is None:
+                probs = np.zeros((reader.n_rows, 6), dtype=np.float64)
+            probs[rows] += predict_probabilities(fold.model, reader, rows, fold.config, torch_device, tta_hflip=tta_hflip)
+        probs[rows] /= len(models[run])
         failed = np.setdiff1d(np.arange(reader.n_rows), rows)
         probs[failed] = 1 / 6  # a test row whose EEG could not be read gets the uniform guess
         blend = run_weight * probs if blend is None else blend + run_weight * probs
@@ -70,6 +95,21 @@ def predict_submission(
         f.write((",".join(table.column_names) + "\n").encode())
         pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=False))
     return table
+
+
+def _test_reader(store: str, config: TrainConfig) -> StoreReader:
+    """A reader of `store` for a model's inputs; refuses a store with several rows per eeg_id."""
+    from hms_prep.store import data_array_names, open_store
+
+    group, _ = open_store(store)
+    check_against_store(config, data_array_names(group), n_folds=None)
+    reader = StoreReader(store, config.inputs, threads=config.reader_threads)
+    eeg_ids = reader.column("eeg_id")
+    unique = len(np.unique(eeg_ids))
+    if unique != len(eeg_ids):
+        raise ValueError(f"{store}: {len(eeg_ids)} rows for {unique} eeg_ids; a submission has one row per "
+                         f"eeg_id, so predict needs a test store (hms-prep build --split test)")
+    return reader
 
 
 def pseudo_labels(

@@ -1,17 +1,33 @@
-"""The training loop: folds x (stage 1 on all rows, stage 2 on high-vote rows), one readable file.
+"""The training loop, to be read top to bottom: run -> folds -> stages -> epochs -> steps.
 
-A run directory gets: config.json (resolved), fold{k}_best.pt / fold{k}_last.pt, metrics.jsonl (one
-line per epoch), oof.parquet (out-of-fold probabilities) and curves.png. Under `torchrun` the same
-code runs data-parallel (DDP); rank 0 validates and writes.
+    train(config, out)                      check everything, then for each fold:
+      train_fold(ctx, reader, fold, stages)   a model; each Stage in turn; OOF predictions of the best epoch
+        run_stage(...) -> best score          optimizer, schedule, EMA; per epoch: steps, validate, checkpoint
+
+A `Stage` is a record: stage 1 trains on every row of the other folds, stage 2 (optional) on their
+high-vote rows, with pseudo-labels for the low-vote rows when configured.
+
+A run directory gets config.json (resolved), metrics.jsonl (one line per epoch), fold{k}_last.pt
+(everything needed to resume fold k after its last complete epoch; see `_resume_state`),
+fold{k}_best.pt (the best epoch's weights with the model spec and config: enough to predict),
+fold{k}_oof.parquet (a finished fold's out-of-fold predictions) and, at the end, oof.parquet,
+summary.json and curves.png. `train(..., resume=True)` continues a killed run from those files.
+
+Nothing in a step waits for the device: targets come from a device-side table indexed by the batch's
+rows, and the loss is summed on the device and read once per epoch (and every `log_every` steps by the
+progress bar, shown on terminals only). Under `torchrun` the same code runs data-parallel (DDP); rank 0
+validates and writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +41,11 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hms_train.config import TrainConfig
+from hms_prep.store import data_array_names, open_store
+from hms_train.config import ConfigError, TrainConfig, check_against_store, check_device
 from hms_train.forward import (
     autocast,
-    image_layout,
+    IMAGE_INPUT,
     make_augmenter,
     model_inputs,
     model_spec,
@@ -38,8 +55,11 @@ from hms_train.forward import (
 )
 from hms_train.losses import kl_loss
 from hms_train.metric import VOTE_COLUMNS, cv_report
-from hms_train.models import create_model
+from hms_train.models import create_model, model_kind
 from hms_train.reader import Selection, StoreReader, to_device
+
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint contents change incompatibly
+STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png")
 
 
 @dataclass
@@ -58,21 +78,38 @@ class Context:
         return self.rank == 0
 
 
-def train(config: TrainConfig, out: str | Path, quiet: bool = False) -> dict:
-    """Train every selected fold; returns the CV summary (also in RUN/summary.json)."""
-    ctx = _context(config, Path(out), quiet)
-    torch.manual_seed(config.seed)
-    reader = StoreReader(config.store, config.inputs, threads=config.reader_threads)
-    if reader.layout.split != "train":
-        raise ValueError(f"{config.store} is a {reader.layout.split} store; training needs a train store")
-    if ctx.main:
-        ctx.out.mkdir(parents=True, exist_ok=True)
-        config.save(ctx.out / "config.json")
-        (ctx.out / "metrics.jsonl").write_text("")
+@dataclass(frozen=True)
+class Stage:
+    """One phase of a fold's training: its epochs, learning rate, training rows and their targets."""
+
+    name: str
+    index: int  # position among the fold's stages (orders checkpoints; varies the shuffle)
+    epochs: int
+    lr: float
+    rows: Selection
+    targets: np.ndarray = field(repr=False, compare=False)  # (n_rows, 6), pseudo-labels applied or not
+
+
+def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: bool = False) -> dict:
+    """Train every selected fold; returns the CV summary (also in RUN/summary.json).
+
+    With `resume`, continue the run in `out` (killed at any moment): finished folds are kept, the
+    fold in progress restarts after its last complete epoch, metrics.jsonl loses later lines.
+    Every check (config against the store, pseudo-labels, rows per stage) runs before any training.
+    """
+    check_device(config.device)
+    reader = _open_reader(config)
     folds = config.folds if config.folds is not None else list(range(reader.layout.n_folds))
-    oof = []
-    for fold in folds:
-        oof.append(train_fold(ctx, reader, fold))
+    config = dataclasses.replace(config, folds=folds)  # resolved: config.json names the folds
+    targets = train_targets(reader, config)  # pseudo-labels read and checked here, not after stage 1
+    plans = {fold: fold_stages(config, reader, fold, targets) for fold in folds}
+    _check_rows(config, reader, plans)
+    ctx = _context(config, Path(out), quiet)
+    if ctx.main:
+        _prepare_run_directory(ctx, plans, resume)
+    if ctx.world > 1:
+        dist.barrier()  # rank 0 has cleaned or trimmed the directory others read checkpoints from
+    oof = [train_fold(ctx, reader, fold, plans[fold]) for fold in folds]
     summary = {}
     if ctx.main:
         table = pa.concat_tables(oof)
@@ -88,30 +125,42 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False) -> dict:
     return summary
 
 
-def train_fold(ctx: Context, reader: StoreReader, fold: int) -> pa.Table:
+def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets: np.ndarray) -> list[Stage]:
+    """Stage 1 on all rows of the other folds; stage 2 on their rows with >= stage2_min_votes votes,
+    or on all of them with pseudo-labels (`targets`) for the low-vote ones."""
+    stages = [Stage("stage1", 0, config.epochs, config.lr, Selection(exclude_folds=[fold]), reader.targets)]
+    if config.stage2_epochs > 0:
+        pseudo = config.pseudo_labels is not None
+        rows = Selection(exclude_folds=[fold], min_votes=None if pseudo else config.stage2_min_votes)
+        stages.append(Stage("stage2", 1, config.stage2_epochs, config.stage2_lr or config.lr / 2, rows, targets))
+    return stages
+
+
+def train_fold(ctx: Context, reader: StoreReader, fold: int, stages: list[Stage]) -> pa.Table:
+    """Train one fold through its stages; its out-of-fold predictions come from the best epoch."""
+    finished = ctx.out / f"fold{fold}_oof.parquet"
+    if finished.is_file():  # a resumed run: this fold was done before the interruption
+        return pq.read_table(finished)
     config = ctx.config
+    torch.manual_seed(config.seed * 1000 + fold)  # each fold from its own seed: a fold resumes alone
     model = build_model(config, reader).to(ctx.device)
-    if config.channels_last and config.model != "1d":
+    takes_image = IMAGE_INPUT in model_kind(config.model).inputs
+    if config.channels_last and takes_image:
         model = model.to(memory_format=torch.channels_last)
     val_rows = reader.select(Selection(folds=[fold]))
-    targets = reader.targets.copy()
-    best = {"score": math.inf, "epoch": -1}
-    stages = [("stage1", config.epochs, config.lr, Selection(exclude_folds=[fold]))]
-    if config.stage2_epochs > 0:
-        stage2_rows = None if config.pseudo_labels else config.stage2_min_votes
-        stages.append(("stage2", config.stage2_epochs, config.stage2_lr or config.lr / 2,
-                       Selection(exclude_folds=[fold], min_votes=stage2_rows)))
-    for stage, epochs, lr, selection in stages:
-        if stage == "stage2" and config.pseudo_labels:
-            targets = apply_pseudo_labels(reader, targets, config)
-        train_rows = reader.select(selection)
-        if len(train_rows) < config.batch_size:
-            raise ValueError(f"fold {fold} {stage}: {len(train_rows)} training rows, fewer than one batch")
-        fit_stage(ctx, model, reader, fold, stage, epochs, lr, train_rows, val_rows, targets, best)
-    best_model = build_model(config, reader).to(ctx.device)
-    best_model.load_state_dict(torch.load(ctx.out / f"fold{fold}_best.pt", map_location=ctx.device)["model"])
-    probs = predict_probabilities(best_model, reader, val_rows, config, ctx.device, tta_hflip=config.tta_hflip)
-    return _oof_table(reader, val_rows, fold, probs)
+    saved = _load(ctx.out / f"fold{fold}_last.pt", ctx.device)  # None unless resuming this fold
+    best = saved["best_score"] if saved else math.inf
+    for stage in stages:
+        if saved and stage.index < saved["stage_index"]:
+            continue  # finished before the interruption; its weights are in `saved`
+        resume_from = saved if saved and stage.index == saved["stage_index"] else None
+        best = run_stage(ctx, model, reader, fold, stage, val_rows, best, resume_from)
+    model.load_state_dict(_load(ctx.out / f"fold{fold}_best.pt", ctx.device)["model"])
+    probs = predict_probabilities(model, reader, val_rows, config, ctx.device, tta_hflip=config.tta_hflip)
+    table = _oof_table(reader, val_rows, fold, probs)
+    if ctx.main:
+        _atomic(finished, lambda path: pq.write_table(table, path))
+    return table
 
 
 def build_model(config: TrainConfig, reader: StoreReader) -> torch.nn.Module:
@@ -119,48 +168,45 @@ def build_model(config: TrainConfig, reader: StoreReader) -> torch.nn.Module:
     return create_model(spec["name"], **spec["kwargs"])
 
 
-def kaggle_columns(config: TrainConfig, reader: StoreReader) -> tuple[int, int] | None:
-    """Columns of the (first) Kaggle part in the image, from the layout; None when there is none."""
-    parts = image_layout(config, reader).parts
-    return next(((part.col, part.col + part.width) for part in parts if part.kind == "kaggle"), None)
-
-
-def fit_stage(ctx, model, reader, fold, stage, epochs, lr, train_rows, val_rows, targets, best) -> None:
+def run_stage(
+    ctx: Context, model: torch.nn.Module, reader: StoreReader, fold: int, stage: Stage, val_rows: np.ndarray,
+    best: float, saved: dict | None = None,
+) -> float:
+    """Train `model` through `stage` (from `saved`'s epoch when resuming), validating and checkpointing
+    after every epoch; returns the fold's best validation score so far."""
     config = ctx.config
-    optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=lr, weight_decay=config.weight_decay)
+    train_rows = reader.select(stage.rows)
     steps_per_epoch = _steps_per_epoch(ctx, reader, train_rows)
-    total_steps = max(1, steps_per_epoch * epochs)
+    optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=stage.lr, weight_decay=config.weight_decay)
     scheduler = timm.scheduler.CosineLRScheduler(
-        optimizer, t_initial=total_steps, lr_min=lr * 0.01, warmup_t=int(config.warmup_epochs * steps_per_epoch),
-        warmup_lr_init=lr * 0.01, t_in_epochs=False,
+        optimizer, t_initial=max(1, steps_per_epoch * stage.epochs), lr_min=stage.lr * 0.01,
+        warmup_t=int(config.warmup_epochs * steps_per_epoch), warmup_lr_init=stage.lr * 0.01, t_in_epochs=False,
     )
-    net = model
-    if ctx.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)
     ema = timm.utils.ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
     generator = torch.Generator(device=ctx.device).manual_seed(config.seed * 1000 + fold)
     augmenter = make_augmenter(config, reader, generator)
-    step = 0
-    for epoch in range(epochs):
+    first_epoch, step = _restore(saved, model, optimizer, scheduler, ema, generator) if saved else (0, 0)
+    net = _parallel(ctx, model)
+    targets = torch.from_numpy(stage.targets).to(ctx.device)  # indexed on the device by each batch's rows
+
+    for epoch in range(first_epoch, stage.epochs):
         started = time.perf_counter()
         net.train()
-        losses = []
+        loss_sum, steps = torch.zeros((), device=ctx.device), 0
         batches = reader.batches(
-            train_rows, config.batch_size, shuffle=True, seed=config.seed + 7919 * fold, epoch=epoch + (100 if stage == "stage2" else 0),
+            train_rows, config.batch_size, shuffle=True, seed=config.seed + 7919 * fold, epoch=epoch + 100 * stage.index,
             drop_last=True, raw_jitter=int(config.raw_jitter_s * 200), pin_memory=ctx.device.type == "cuda",
             shard=(ctx.rank, ctx.world),
         )
-        with _progress(ctx, f"fold {fold} {stage} epoch {epoch + 1}/{epochs}", steps_per_epoch) as advance:
-            for i, batch in enumerate(batches):
-                if i >= steps_per_epoch:
-                    break  # every rank takes the same number of steps
+        label = f"fold {fold} {stage.name} epoch {epoch + 1}/{stage.epochs}"
+        # closing(): the reader's threads stop here, even when a step raises
+        with closing(batches), _progress(ctx, label, steps_per_epoch, config.log_every) as progress:
+            for batch in _take(batches, steps_per_epoch):  # every rank takes the same number of steps
                 batch = to_device(batch, ctx.device)
                 inputs = model_inputs(batch, config, train=True)
-                batch_targets = torch.from_numpy(targets[batch["row"].cpu().numpy()]).to(ctx.device)
-                if "image" in inputs:
-                    inputs["image"], batch_targets = augmenter(inputs["image"], batch_targets, train=True)
+                batch_targets = targets[batch["row"]]
+                if IMAGE_INPUT in inputs:
+                    inputs[IMAGE_INPUT], batch_targets = augmenter(inputs[IMAGE_INPUT], batch_targets, train=True)
                 with autocast(config, ctx.device):
                     logits = run_model(net, inputs)
                 loss = kl_loss(logits.float(), batch_targets, batch["votes"], config.mse_weight, config.vote_weighting)
@@ -173,54 +219,202 @@ def fit_stage(ctx, model, reader, fold, stage, epochs, lr, train_rows, val_rows,
                 scheduler.step_update(step)
                 if ema is not None:
                     ema.update(model)
-                losses.append(loss.item())
-                advance(loss.item())
+                loss_sum += loss.detach()
+                steps += 1
+                progress.advance(steps, loss_sum)
+        train_loss = loss_sum.item() / max(steps, 1)  # the epoch's one read of the loss from the device
         seconds = time.perf_counter() - started
+
         if ctx.main:
             evaluated = ema.module if ema is not None else model
             probs = predict_probabilities(evaluated, reader, val_rows, config, ctx.device)
             report = cv_report(reader.targets[val_rows], probs, reader.votes[val_rows])
             score = report["kl_10plus"] if report["n_10plus"] else report["kl"]
             record = {
-                "fold": fold, "stage": stage, "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                "fold": fold, "stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
                 "val_kl": report["kl"], "val_kl_10plus": report["kl_10plus"], "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds, "samples_per_s": len(losses) * config.batch_size * ctx.world / seconds,
+                "seconds": seconds, "samples_per_s": steps * config.batch_size * ctx.world / seconds,
             }
-            with open(ctx.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            checkpoint = {"model": evaluated.state_dict(), "fold": fold, "stage": stage, "epoch": epoch + 1,
-                          "val_kl": report["kl"], "val_kl_10plus": report["kl_10plus"]}
-            torch.save(checkpoint, ctx.out / f"fold{fold}_last.pt")
-            if score < best["score"]:
-                best.update(score=score, epoch=epoch + 1)
-                torch.save(checkpoint, ctx.out / f"fold{fold}_best.pt")
+            _append_metrics(ctx.out / "metrics.jsonl", record)
+            position = {"fold": fold, "stage": stage.name, "stage_index": stage.index, "epoch": epoch + 1,
+                        "val_kl": report["kl"], "val_kl_10plus": report["kl_10plus"]}
+            if score < best:
+                best = score
+                _save(ctx.out / f"fold{fold}_best.pt", {**_predictable(ctx, reader, evaluated), **position, "score": score})
+            # After the metrics line and the best weights: a kill between them only repeats this epoch.
+            _save(ctx.out / f"fold{fold}_last.pt",
+                  {**_resume_state(ctx, reader, model, optimizer, scheduler, ema, generator, step, best), **position})
             if not ctx.quiet:
-                print(f"fold {fold} {stage} epoch {epoch + 1}: loss {record['train_loss']:.4f} val KL {report['kl']:.4f}"
+                print(f"fold {fold} {stage.name} epoch {epoch + 1}: loss {train_loss:.4f} val KL {report['kl']:.4f}"
                       f" (>=10 votes {report['kl_10plus']:.4f}) {record['samples_per_s']:.0f} samples/s", flush=True)
         if ctx.world > 1:
             dist.barrier()
+    return best
+
+
+def train_targets(reader: StoreReader, config: TrainConfig) -> np.ndarray:
+    """The targets of the last stage: the store's, with pseudo-labels applied when configured."""
+    if config.pseudo_labels is None:
+        return reader.targets
+    return apply_pseudo_labels(reader, reader.targets, config)
 
 
 def apply_pseudo_labels(reader: StoreReader, targets: np.ndarray, config: TrainConfig) -> np.ndarray:
     """Replace (or blend) the targets of low-vote rows with an ensemble's out-of-fold predictions."""
-    table = pq.read_table(config.pseudo_labels)
+    path = Path(config.pseudo_labels)
+    if not path.is_file():
+        raise FileNotFoundError(f"pseudo_labels: {path} not found (write it with `hms-train pseudo-label`)")
+    table = pq.read_table(path)
+    missing = [c for c in ("label_id", *VOTE_COLUMNS) if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing}; pseudo-labels have label_id and {list(VOTE_COLUMNS)}")
     label_rows = {int(l): i for i, l in enumerate(reader.column("label_id"))}
     probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float32)
     unknown = [int(l) for l in table.column("label_id").to_numpy() if int(l) not in label_rows]
     if unknown:
-        raise ValueError(f"{config.pseudo_labels}: {len(unknown)} label_ids are not in {config.store} "
+        raise ValueError(f"{path}: {len(unknown)} label_ids are not in {config.store} "
                          f"(first: {unknown[0]}); pseudo-labels must come from runs on this store")
     rows = np.array([label_rows[int(l)] for l in table.column("label_id").to_numpy()], dtype=np.int64)
     low = reader.votes[rows] < config.stage2_min_votes
     rows, probs = rows[low], probs[low]
     out = targets.copy()
-    if config.pseudo_mode == "replace":
-        out[rows] = probs
-    elif config.pseudo_mode == "blend":
-        out[rows] = config.pseudo_blend * probs + (1 - config.pseudo_blend) * out[rows]
-    else:
-        raise ValueError(f"pseudo_mode must be replace or blend, got {config.pseudo_mode!r}")
+    weight = config.pseudo_blend if config.pseudo_mode == "blend" else 1.0  # "replace": the pseudo label alone
+    out[rows] = weight * probs + (1 - weight) * out[rows]
     return out
+
+
+# --- checks before any work ---------------------------------------------------------------------------
+
+
+def _open_reader(config: TrainConfig) -> StoreReader:
+    group, layout = open_store(config.store)
+    if layout.split != "train":
+        raise ValueError(f"{config.store} is a {layout.split} store; training needs a train store")
+    check_against_store(config, data_array_names(group), layout.n_folds)
+    return StoreReader(config.store, config.inputs, threads=config.reader_threads)
+
+
+def _check_rows(config: TrainConfig, reader: StoreReader, plans: dict[int, list[Stage]]) -> None:
+    """Every fold has rows to validate on and every stage at least one batch to train on."""
+    for fold, stages in plans.items():
+        if len(reader.select(Selection(folds=[fold]))) == 0:
+            raise ConfigError(f"folds: fold {fold} has no rows to validate on in {config.store}")
+        for stage in stages:
+            rows = len(reader.select(stage.rows))
+            if rows < config.batch_size:
+                raise ConfigError(f"fold {fold} {stage.name}: {rows} training rows, fewer than one batch "
+                                  f"(batch_size {config.batch_size})")
+
+
+# --- run directory and checkpoints ----------------------------------------------------------------------
+
+
+def _prepare_run_directory(ctx: Context, plans: dict[int, list[Stage]], resume: bool) -> None:
+    """A fresh run replaces any earlier run's files; a resumed one keeps the metrics its checkpoints cover."""
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    metrics = ctx.out / "metrics.jsonl"
+    if not resume:
+        for pattern in STALE_RUN_FILES:
+            for path in ctx.out.glob(pattern):
+                path.unlink()
+        ctx.config.save(ctx.out / "config.json")
+        metrics.write_text("")
+        return
+    done = {}  # fold -> (stage index, epoch) its checkpoints cover
+    for fold, stages in plans.items():
+        last = _load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"))
+        if (ctx.out / f"fold{fold}_oof.parquet").is_file():
+            done[fold] = (math.inf, math.inf)
+        elif last is not None:
+            done[fold] = (last["stage_index"], last["epoch"])
+    index = {stage.name: stage.index for stages in plans.values() for stage in stages}
+    kept = [r for r in _read_records(metrics)
+            if r["fold"] in done and (index[r["stage"]], r["epoch"]) <= done[r["fold"]]]
+    _atomic(metrics, lambda path: path.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+
+
+def _predictable(ctx: Context, reader: StoreReader, evaluated: torch.nn.Module) -> dict:
+    """What `hms-train predict` needs to rebuild and run a model: spec, weights, config."""
+    return {"format": CHECKPOINT_FORMAT, "model_spec": model_spec(ctx.config, reader),
+            "model": evaluated.state_dict(), "config": ctx.config.to_dict()}
+
+
+def _resume_state(ctx, reader, model, optimizer, scheduler, ema, generator, step: int, best: float) -> dict:
+    """Everything to continue after this epoch as if never stopped: weights being trained (and the EMA's),
+    optimizer and schedule, the stage's step, every random state, the best score so far, config and spec."""
+    rng = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+    if ctx.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return {**_predictable(ctx, reader, model), "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            "rng": rng, "best_score": best}
+
+
+def _restore(saved: dict, model, optimizer, scheduler, ema, generator) -> tuple[int, int]:
+    """Load a `_resume_state` into the stage's objects; returns (next epoch, step)."""
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {saved.get('format')} cannot be resumed by this version "
+                         f"(format {CHECKPOINT_FORMAT})")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema"])
+    torch.set_rng_state(saved["rng"]["torch"].cpu())
+    generator.set_state(saved["rng"]["augment"].cpu())
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), generator.device)
+    return saved["epoch"], saved["step"]
+
+
+def _save(path: Path, checkpoint: dict) -> None:
+    _atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def _load(path: Path, device: torch.device) -> dict | None:
+    return torch.load(path, map_location=device, weights_only=True) if path.is_file() else None
+
+
+def _atomic(path: Path, write) -> None:
+    """`write(tmp)` then rename over `path`: a reader (or a resumed run) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _read_records(path: Path) -> list[dict]:
+    """metrics.jsonl's records; a last line torn by a kill is dropped."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+# --- small helpers of the loop ----------------------------------------------------------------------------
+
+
+def _take(batches, n: int):
+    """The first `n` batches (zip stops before asking the reader for one more)."""
+    for _, batch in zip(range(n), batches):
+        yield batch
+
+
+def _parallel(ctx: Context, model: torch.nn.Module) -> torch.nn.Module:
+    """The module the steps call: DDP-wrapped across ranks, compiled when asked."""
+    net = model
+    if ctx.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if ctx.config.compile:
+        net = torch.compile(net)
+    return net
 
 
 def _steps_per_epoch(ctx: Context, reader: StoreReader, rows: np.ndarray) -> int:
@@ -265,23 +459,34 @@ def _context(config: TrainConfig, out: Path, quiet: bool) -> Context:
 
 
 class _progress:
-    """Per-epoch progress bar (rank 0, not quiet) with loss and ETA; yields advance(loss)."""
+    """Per-epoch progress bar (rank 0, not quiet, terminals only) with loss and ETA.
 
-    def __init__(self, ctx: Context, label: str, total: int):
+    `advance(steps, loss_sum)` moves the bar every step but reads the loss from the device only every
+    `log_every` steps: each read waits for the device to finish the queued work.
+    """
+
+    def __init__(self, ctx: Context, label: str, total: int, log_every: int):
         self.console = Console(stderr=True)
         # A transient bar is for terminals; in logs the per-epoch line says it all.
         self.show = ctx.main and not ctx.quiet and self.console.is_terminal
-        self.label, self.total = label, total
+        self.label, self.total, self.log_every = label, total, log_every
 
     def __enter__(self):
+        if self.show:
+            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True,
+                                console=self.console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.label, total=self.total, loss="-")
+        return self
+
+    def advance(self, steps: int, loss_sum: torch.Tensor) -> None:
         if not self.show:
-            return lambda loss: None
-        self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True,
-                            console=self.console)
-        self.bar.__enter__()
-        task = self.bar.add_task(self.label, total=self.total, loss="-")
-        return lambda loss: self.bar.update(task, advance=1, loss=f"{loss:.4f}")
+            return
+        if steps % self.log_every == 0:
+            self.bar.update(self.task, advance=1, loss=f"{loss_sum.item() / steps:.4f}")
+        else:
+            self.bar.update(self.task, advance=1)
 
     def __exit__(self, *exc):
         if self.show:

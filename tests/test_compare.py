@@ -139,3 +139,10 @@ def test_missing_oof_is_a_clear_error(runs, tmp_path):
     result = CliRunner().invoke(app, ["compare", str(root / "perfect"), str(unfinished), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 1
     assert "no oof.parquet" in result.output
+
+
+def test_out_in_a_missing_folder_is_a_clear_error_before_scoring(runs):
+    root, _, _ = runs
+    result = CliRunner().invoke(app, ["compare", str(root / "perfect"), "--out", "/nonexistent/x.png"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "error: --out /nonexistent/x.png: folder /nonexistent does not exist" in result.output

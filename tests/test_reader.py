@@ -1,9 +1,11 @@
 """The store reader: row selection, exact-once shuffled epochs, batch contents against the store, raw
 windows and jitter, shards, refusals and errors, the chunk decoder's fast path, and `run_bench`."""
 
+import re
 import shutil
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -11,9 +13,11 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec, GzipCodec
 
+from hms_prep.codecs import CODECS, Codec
 from hms_prep.store import LABELS_FILE, ROOT_KEY, TARGET_COLUMNS, StoreError, write_labels
 from hms_train.bench import run_bench
 from hms_train.compose import compose_image
+from hms_train.chunks import ChunkError
 from hms_train.reader import RAW_WINDOW, ChunkDecoder, Selection, StoreReader
 
 SPECTROGRAMS = ["eeg_10s", "eeg_30s", "kaggle"]
@@ -39,6 +43,14 @@ def shallow_copy(url: str, out: Path) -> str:
         else:
             shutil.copy(entry, out / entry.name)
     return str(out)
+
+
+def copy_with_own_array(url: str, out: Path, name: str) -> str:
+    """A shallow copy of the store whose array `name` is a real copy, to be damaged."""
+    copy = shallow_copy(url, out)
+    (Path(copy) / name).unlink()
+    shutil.copytree(Path(url) / name, Path(copy) / name)
+    return copy
 
 
 # --- epochs: every row once, a new order each epoch, reproducible ---------------------------------------
@@ -190,18 +202,24 @@ def test_raw_windows_are_cut_at_the_label_and_jittered_within_the_segment(train_
 # --- data-parallel shards --------------------------------------------------------------------------------
 
 
-def test_shards_are_disjoint_cover_the_rows_and_respect_the_lower_bound(train_store):
+def test_shards_are_equal_disjoint_and_cover_the_rows(train_store):
     reader = StoreReader(train_store, ["eeg_10s"], threads=2)
     rows = reader.select(Selection())[2:]  # not chunk-aligned
+    assert len(rows) % 2 and len(rows) % 3  # so the short ranks must pad
     for world in (2, 3):
-        bound = reader.min_shard_rows(rows, world)
-        assert bound > 0
+        share = reader.min_shard_rows(rows, world)
+        assert share == -(-len(rows) // world) >= len(rows) // world
         for epoch in range(3):
             shards = [epoch_rows(reader, rows, seed=0, epoch=epoch, shard=(rank, world)) for rank in range(world)]
-            together = np.concatenate(shards)
+            assert [len(s) for s in shards] == [share] * world  # equal: every rank takes the same steps
+            distinct = [np.unique(s) for s in shards]
+            assert all(len(s) - len(d) <= 1 for s, d in zip(shards, distinct))  # padding repeats one row at most
+            together = np.concatenate(distinct)
             assert len(np.unique(together)) == len(together)  # disjoint
             np.testing.assert_array_equal(np.sort(together), rows)  # covering
-            assert min(len(s) for s in shards) >= bound
+            steps = share // 5
+            assert all(len(list(reader.batches(rows, 5, epoch=epoch, drop_last=True, shard=(rank, world)))) == steps
+                       for rank in range(world))
     assert reader.min_shard_rows(rows, 1) == len(rows)
 
 
@@ -222,29 +240,65 @@ def test_an_unknown_input_name_is_a_clear_error(train_store):
 
 
 def test_an_error_in_the_reading_threads_reaches_the_consumer(train_store, tmp_path):
-    copy = shallow_copy(train_store, tmp_path / "damaged.zarr")
-    (Path(copy) / "eeg_10s").unlink()
-    shutil.copytree(Path(train_store) / "eeg_10s", Path(copy) / "eeg_10s")
+    copy = copy_with_own_array(train_store, tmp_path / "damaged.zarr", "eeg_10s")
     first_chunk = sorted(p for p in (Path(copy) / "eeg_10s" / "c").rglob("*") if p.is_file())[0]
     first_chunk.write_bytes(b"not a blosc chunk" * 64)
     reader = StoreReader(copy, ["eeg_10s"], threads=2)
-    with pytest.raises(ValueError, match=r"eeg_10s: chunk 0 decodes to \d+ bytes"):
+    with pytest.raises(ValueError, match=r"eeg_10s: chunk 0 is damaged: chunk fails its checksum"):
         for _ in reader.batches(reader.select(Selection()), 4, seed=0):
             pass
+
+
+@pytest.mark.parametrize("name, codec", [("eeg_10s", "blosc"), ("kaggle", "zstd")])
+def test_a_truncated_chunk_is_a_clear_error_naming_array_chunk_and_file(train_store, tmp_path, name, codec):
+    group = zarr.open_group(train_store, mode="r")
+    assert type(group[name].metadata.codecs[1]).__name__.lower().startswith(codec)
+    copy = copy_with_own_array(train_store, tmp_path / "truncated.zarr", name)
+    damaged = Path(copy) / name / "c" / "2" / "0" / "0" / "0"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    reader = StoreReader(copy, [name], threads=2)
+    rows = reader.select(Selection(only_ok=False))
+    chunk_rows = reader.layout.chunk_rows
+    with pytest.raises(ChunkError, match=rf"{name}: chunk 2 is damaged: .* file {re.escape(copy)}/{name}/c/2/0/0/0"):
+        for _ in reader.batches(rows, 4, seed=0):
+            pass
+    # the other chunks still read as before
+    intact = rows[(rows // chunk_rows) != 2]
+    batch = next(iter(reader.batches(intact, 4, seed=0)))
+    np.testing.assert_array_equal(batch[name].numpy(), group[name].get_orthogonal_selection((batch["row"].numpy(),)))
+
+
+def test_a_resumed_epoch_yields_the_rest_of_the_same_batches(train_store):
+    reader = StoreReader(train_store, ["eeg_10s", "raw"], threads=2)
+    rows = reader.select(Selection())
+    options = dict(seed=4, epoch=1, buffer_chunks=2, raw_jitter=500, shard=(1, 2))
+    full = list(reader.batches(rows, 6, **options))
+    tail = list(reader.batches(rows, 6, start_batch=3, **options))
+    assert len(tail) == len(full) - 3
+    for resumed, original in zip(tail, full[3:]):
+        for key in ("row", "eeg_10s", "raw", "targets"):
+            np.testing.assert_array_equal(resumed[key].numpy(), original[key].numpy())
+
+
+def test_rows_outside_the_store_are_refused_before_reading(train_store):
+    reader = StoreReader(train_store, ["eeg_10s"], threads=2)
+    with pytest.raises(IndexError, match=rf"row {reader.n_rows} is outside the store's rows 0..{reader.n_rows - 1}"):
+        reader.batches(np.array([0, reader.n_rows]), 4)
 
 
 # --- the chunk decoder: fast path equals zarr, zarr for any other codec -----------------------------------
 
 
-@pytest.mark.parametrize("codec, path", [(BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), "blosc"),
-                                         (None, "bytes"), (ZstdCodec(level=3), "zstd"), (GzipCodec(level=1), None)])
-def test_chunk_decoder_reads_what_zarr_reads(tmp_path, codec, path):
-    array = zarr.create_array(tmp_path / "a.zarr", shape=(13, 2, 5), chunks=(4, 2, 5), dtype="float16",
+@pytest.mark.parametrize("codec, family", [(BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), "blosc"),
+                                           (None, "bytes"), (ZstdCodec(level=3), "zstd"), (GzipCodec(level=1), None)])
+def test_chunk_decoder_reads_what_zarr_reads(tmp_path, codec, family):
+    url = str(tmp_path / "a.zarr")
+    array = zarr.create_array(url, shape=(13, 2, 5), chunks=(4, 2, 5), dtype="float16",
                               fill_value=-1.0, compressors=codec)
     values = np.random.default_rng(0).normal(size=(13, 2, 5)).astype(np.float16)
     array[:8] = values[:8]  # chunks 2 and 3 are never written: they read as the fill value
-    decoder = ChunkDecoder(array, 4)
-    assert decoder.path == path and decoder.recycles is (path in ("blosc", "zstd"))
+    decoder = ChunkDecoder(array, 4, url)
+    assert (decoder.codec and decoder.codec.family) == family and decoder.recycles is (family is not None)
     spare = [np.zeros((4, 2, 5), np.float16)]
     for chunk in range(4):
         expected = array[chunk * 4 : (chunk + 1) * 4]
@@ -272,3 +326,30 @@ def test_run_bench_reports_every_figure(train_store):
     assert result["bytes_per_sample"] == sum(2 * int(np.prod(reader.arrays[n].shape[1:])) for n in SPECTROGRAMS)
     no_augment = run_bench(train_store, ["eeg_10s"], batch_size=4, batches=1, device="cpu", threads=1)
     assert no_augment["samples_per_s_augmented"] is None
+
+
+def test_a_codec_added_to_the_declaration_is_decoded_with_no_other_change(tmp_path, monkeypatch):
+    """The how-to for a new codec: one `Codec` entry in hms_prep.codecs.CODECS (here gzip, until now
+    read through zarr's `array[...]`) and the reader decodes it on its fast path."""
+    url = str(tmp_path / "a.zarr")
+    array = zarr.create_array(url, shape=(8, 2, 5), chunks=(4, 2, 5), dtype="float16", compressors=GzipCodec(level=1))
+    array[:] = np.random.default_rng(2).normal(size=(8, 2, 5)).astype(np.float16)
+    assert ChunkDecoder(array, 4, url).codec is None
+    monkeypatch.setitem(CODECS, "gzip", Codec("gzip", "gzip", lambda: GzipCodec(level=1),
+                                              lambda encoded, out: numcodecs.GZip().decode(encoded, out=out)))
+    decoder = ChunkDecoder(array, 4, url)
+    assert decoder.codec.name == "gzip" and decoder.recycles
+    np.testing.assert_array_equal(decoder(1, [np.zeros((4, 2, 5), np.float16)]), array[4:8])
+
+
+@pytest.mark.parametrize("codec", [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), ZstdCodec(level=3), None])
+def test_chunk_decoder_refuses_a_chunk_cut_short_by_any_amount(tmp_path, codec):
+    url = str(tmp_path / "a.zarr")
+    array = zarr.create_array(url, shape=(8, 3, 500), chunks=(4, 3, 500), dtype="float16", compressors=codec)
+    array[:] = np.random.default_rng(1).normal(size=(8, 3, 500)).astype(np.float16)
+    stored = tmp_path / "a.zarr" / "c" / "1" / "0" / "0"
+    whole = stored.read_bytes()
+    for keep in (len(whole) // 2, len(whole) - 1):  # one byte short: Blosc alone would read past the end
+        stored.write_bytes(whole[:keep])
+        with pytest.raises(ChunkError, match=rf"chunk 1 is damaged: .*file {re.escape(url)}/c/1/0/0"):
+            ChunkDecoder(array, 4, url)(1)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -123,6 +124,47 @@ def test_predict_synthetic_and_genuine_test_sets(smoke_run, stores, learn_data, 
     real = pacsv.read_csv(tmp_path / "real.csv")
     assert real.column("eeg_id").to_pylist() == [3911565283]
     assert abs(sum(real.column(c)[0].as_py() for c in VOTE_COLUMNS) - 1) < 1e-6
+
+
+def test_predict_rebuilds_models_from_checkpoints_alone(smoke_run, stores, tmp_path):
+    out, _ = smoke_run
+    bare = tmp_path / "bare"  # the fold checkpoints and nothing else: no config.json, no store shapes
+    bare.mkdir()
+    for path in out.glob("fold*_best.pt"):
+        shutil.copy(path, bare / path.name)
+    expected = predict_submission(stores[1], [out], tmp_path / "a.csv", device="cpu")
+    rebuilt = predict_submission(stores[1], [bare], tmp_path / "b.csv", device="cpu")
+    assert rebuilt.equals(expected)
+
+
+def test_predict_refuses_a_store_with_several_rows_per_eeg_id(smoke_run, stores, tmp_path):
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    out, _ = smoke_run
+    with pytest.raises(ValueError, match=r"rows for \d+ eeg_ids; .* predict needs a test store"):
+        predict_submission(stores[0], [out], tmp_path / "sub.csv", device="cpu")
+    assert not (tmp_path / "sub.csv").exists()
+    result = CliRunner().invoke(app, ["predict", "--store", stores[0], "--run", str(out), "--device", "cpu",
+                                      "--out", str(tmp_path / "sub.csv")])
+    assert result.exit_code == 1 and "predict needs a test store" in result.output
+
+
+def test_bad_pseudo_labels_fail_before_training_without_a_traceback(stores, tmp_path):
+    import pyarrow as pa
+
+    pseudo = tmp_path / "other.parquet"  # label_ids of another store
+    pq.write_table(pa.table({"label_id": [123456789], **{c: [1 / 6] for c in VOTE_COLUMNS}}), pseudo)
+    command = [sys.executable, "-m", "hms_train.cli", "--store", stores[0], "--config", "smoke", "--device", "cpu",
+               "--out", str(tmp_path / "run"), "--quiet", f"--set=pseudo_labels={json.dumps(str(pseudo))}"]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {pseudo}: 1 label_ids are not in {stores[0]} (first: 123456789); pseudo-labels must come from runs on this store"
+    ]
+    assert not (tmp_path / "run").exists(), "checked before anything is written"
 
 
 def test_two_process_gloo_ddp(stores, tmp_path):

@@ -1,0 +1,139 @@
+"""Decoding the store's chunks: one chunk of every input at a time, as the sampler's plan asks.
+
+The fast path reads a chunk's stored bytes through fsspec (`ChunkSource`) and decodes them with the
+codec the array's metadata names, as declared once in hms_prep/codecs.py (`codec_of`, `decode_chunk`),
+into a decode buffer reused from chunks already consumed: what `array[...]` does, without its per-call
+machinery and its copy into a fresh output (3,360 -> 4,380 samples/s for the buffer reuse alone,
+docs/performance.md). Arrays the declaration does not cover (another codec chain, sharding, zarr v2,
+chunks that are not whole rows) are read with `array[...]`.
+
+A chunk that cannot be decoded (truncated, overwritten) raises `ChunkError` naming the array, the chunk
+and its file; the codecs check the frame sizes first, so damaged bytes never reach the decompressor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from hms_prep.codecs import ChunkSource, codec_of, decode_chunk
+from hms_prep.domain import LABEL_SAMPLES
+
+RAW_WINDOW = LABEL_SAMPLES  # 50 s at 200 Hz: the label window a 1D model sees
+
+
+class ChunkError(ValueError):
+    """A stored chunk could not be decoded; the message names the array, the chunk and its file."""
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedChunk:
+    """Every input's values for the rows of chunk `chunk`: input `name`'s value for row `first + l` is
+    `values[name][l]` (rows the visit did not ask for may hold anything)."""
+
+    chunk: int
+    first: int
+    values: dict[str, np.ndarray]
+
+
+class ChunkDecoder:
+    """Decodes whole row chunks of one (rows, ...) array: chunk c as one array whose row i is row
+    c * chunk_rows + i (a last, partial chunk comes padded to chunk_rows; padding rows are never used)."""
+
+    def __init__(self, array: zarr.Array, chunk_rows: int, store_url: str):
+        self.array = array
+        self.chunk_shape = (chunk_rows, *array.shape[1:])
+        whole_rows = tuple(array.chunks) == self.chunk_shape
+        self.codec = codec_of(array) if whole_rows else None  # None: read with array[...]
+        self.source = ChunkSource(store_url, array) if self.codec is not None else None
+        if self.source is not None and not self.source.fs.exists(self.source.prefix + "zarr.json"):
+            # a URL fsspec resolves elsewhere than zarr does would read every chunk as "never written"
+            self.codec = self.source = None
+        self.location = "/".join(part for part in (store_url.rstrip("/"), array.path) if part)
+        self.name = array.path or self.location  # a store's arrays have a path; a lone array is its store
+
+    @property
+    def recycles(self) -> bool:
+        """Whether chunks are decoded into buffers of ours that may be handed back through `spare`."""
+        return self.codec is not None
+
+    def __call__(self, chunk: int, spare: list[np.ndarray] | None = None) -> np.ndarray:
+        """Chunk `chunk`, decoded into a buffer taken from `spare` when it has one."""
+        rows = self.chunk_shape[0]
+        if self.codec is None:
+            return self.array[chunk * rows : (chunk + 1) * rows]
+        coords = (chunk,) + (0,) * (self.array.ndim - 1)
+        encoded = self.source(coords)
+        if encoded is None:  # never written: zarr reads it as the fill value
+            return np.full(self.chunk_shape, self.array.fill_value, dtype=self.array.dtype)
+        out = _pop(spare) if spare is not None else None
+        if out is None:
+            out = np.empty(self.chunk_shape, dtype=self.array.dtype)
+        try:
+            return decode_chunk(self.codec, encoded, out)
+        except (ValueError, RuntimeError) as err:  # numcodecs reports a bad frame as RuntimeError
+            key = self.array.metadata.encode_chunk_key(coords)
+            raise ChunkError(f"{self.name}: chunk {chunk} is damaged: {err} "
+                             f"({self.codec.family} frame, file {self.location}/{key})") from err
+
+
+def _pop(spare: list[np.ndarray]) -> np.ndarray | None:
+    try:  # not `if spare`: other decoding threads pop from the same list
+        return spare.pop()
+    except IndexError:
+        return None
+
+
+class RawWindows:
+    """Label windows of the raw bipolar signals, cut from one read of a chunk's stored segment.
+
+    `index` holds each row's (raw_start, raw_lo, raw_hi): its window's start and the bounds of its
+    recording's stored segment, which a jittered window never leaves."""
+
+    def __init__(self, array: zarr.Array, index: np.ndarray, chunk_rows: int):
+        self.array = array
+        self.index = index
+        self.chunk_rows = chunk_rows
+
+    def __call__(self, chunk: int, rows: np.ndarray, max_shift: int, key: tuple[int, int]) -> np.ndarray:
+        """(chunk_rows, signals, RAW_WINDOW) windows for the chunk's `rows`, each shifted by a random
+        amount within +-max_shift drawn from `key` and the chunk (the other rows' windows are unset)."""
+        start, lo, hi = self.index[rows].T
+        if max_shift:
+            shift = np.random.default_rng([*key, chunk]).integers(-max_shift, max_shift + 1, len(rows))
+            start = np.clip(start + shift, lo, hi - RAW_WINDOW)
+        first, last = int(start.min()), int(start.max()) + RAW_WINDOW
+        region = self.array[:, first:last]
+        windows = np.empty((self.chunk_rows, region.shape[0], RAW_WINDOW), dtype=region.dtype)
+        for local, begin in zip(rows - chunk * self.chunk_rows, start - first):
+            windows[local] = region[:, begin : begin + RAW_WINDOW]
+        return windows
+
+
+class ChunkReader:
+    """Decodes one chunk of every input; decode buffers of consumed chunks come back through `recycle`.
+
+    The spare buffers outlive an epoch (fresh multi-MB buffers cost page faults on every chunk) and
+    keep what the read-ahead needs at its peak, about 3 * buffer_chunks chunks of the inputs."""
+
+    def __init__(self, decoders: Mapping[str, ChunkDecoder], raw: RawWindows | None, chunk_rows: int):
+        self.decoders = dict(decoders)
+        self.chunk_rows = chunk_rows
+        self.raw = raw
+        self.spare = {name: [] for name, decoder in self.decoders.items() if decoder.recycles}
+
+    def __call__(self, chunk: int, rows: np.ndarray, max_shift: int = 0,
+                 key: tuple[int, int] = (0, 0)) -> DecodedChunk:
+        """Chunk `chunk` of every input; the raw windows of `rows` (jittered by `max_shift`, from `key`)."""
+        values = {name: decode(chunk, self.spare.get(name)) for name, decode in self.decoders.items()}
+        if self.raw is not None:
+            values["raw"] = self.raw(chunk, rows, max_shift, key)
+        return DecodedChunk(chunk, chunk * self.chunk_rows, values)
+
+    def recycle(self, decoded: DecodedChunk) -> None:
+        """Hand `decoded`'s buffers back for later chunks; nothing may read them afterwards."""
+        for name, buffers in self.spare.items():
+            buffers.append(decoded.values[name])

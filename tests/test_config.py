@@ -1,0 +1,117 @@
+"""TrainConfig is checked whole, before any work: types, choices, ranges, nested sections, TOML files,
+and what only the store can tell (folds, inputs). Errors name the key and what is allowed."""
+
+import pytest
+from typer.testing import CliRunner
+
+from hms_train.augment import AugmentConfig
+from hms_train.cli import app
+from hms_train.config import ConfigError, TrainConfig, bundled_configs, check_against_store, load_config
+
+
+@pytest.mark.parametrize("name", bundled_configs())
+def test_every_bundled_config_passes_the_checks(name):
+    assert isinstance(load_config(name), TrainConfig)
+
+
+def test_values_are_typed_as_declared():
+    config = load_config("smoke", ["lr=1", "augment.mask_stripes=[2, 4]", "seed=5"])
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert config.augment.mask_stripes == (2, 4) and config.seed == 5
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=abc", "lr: expected a number, got 'abc'"),
+    ("batch_size=1.5", "batch_size: expected an integer, got 1.5"),
+    ("amp=1", "amp: expected true or false, got 1"),
+    ("folds=0", "folds: expected a list, got 0"),
+    ('inputs=["eeg_10s", 3]', "inputs: expected a string, got 3"),
+    ('model="3d"', "model: '3d' is not allowed; expected one of ['2d', '1d', 'multimodal']"),
+    ('pool="max"', "pool: 'max' is not allowed; expected one of ['avg', 'gem', 'attention']"),
+    ('optimizer="sgd"', "optimizer: 'sgd' is not allowed; expected one of ['adamw', 'lion']"),
+    ('pseudo_mode="mix"', "pseudo_mode: 'mix' is not allowed; expected one of ['replace', 'blend']"),
+    ('vote_weighting="sqrt"', "vote_weighting: 'sqrt' is not allowed; expected one of ['none', 'linear', 'log']"),
+    ('device="gpu"', "device: 'gpu' is not allowed; expected auto, cpu, cuda or cuda:N"),
+    ("epochs=0", "epochs: 0 is out of range; allowed (0, inf]"),
+    ("lr=-1e-3", "lr: -0.001 is out of range; allowed (0, inf]"),
+    ("pseudo_blend=1.5", "pseudo_blend: 1.5 is out of range; allowed [0, 1]"),
+    ("folds=[-1]", "folds: -1 is out of range; allowed [0, inf]"),
+    ("folds=[0, 0]", "folds: expected distinct fold numbers"),
+    ("augment.mixup_p=2", "augment.mixup_p: 2.0 is out of range; allowed [0, 1]"),
+    ("augment.mask_width=[5]", "augment.mask_width: expected 2 values, got [5]"),
+    ("augment.rotate=1", "unknown AugmentConfig field(s) ['augment.rotate']"),
+    ("augment=3", "augment: expected a section (table), got 3"),
+    ('pseudo_labels="p.parquet"', "pseudo_labels: used in stage 2, but stage2_epochs = 0"),
+])
+def test_bad_values_name_the_key_and_the_allowed_values(override, message):
+    overrides = [override, "stage2_epochs=0"] if override.startswith("pseudo_labels") else [override]
+    with pytest.raises(ConfigError) as caught:
+        load_config("smoke", overrides)
+    assert message in str(caught.value)
+
+
+def test_nested_sections_are_checked_generically():
+    # every *_p field of a nested section is a probability, whatever its name
+    for name in [f for f in AugmentConfig.__dataclass_fields__ if f.endswith("_p")]:
+        with pytest.raises(ConfigError, match=f"augment.{name}: -0.1 is out of range"):
+            TrainConfig.from_dict({"augment": {name: -0.1}})
+
+
+def test_a_bad_toml_file_is_reported_with_its_path_and_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('lr = 1e-3\nepochs = = 2\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: not valid TOML: .*line 2"):
+        load_config(str(path))
+    path.write_text('lr = "fast"\n')
+    with pytest.raises(ConfigError, match="lr: expected a number, got 'fast'"):
+        load_config(str(path))
+
+
+def test_store_checks_folds_and_inputs():
+    config = load_config("smoke", ["folds=[0, 5]"])
+    with pytest.raises(ConfigError, match=r"folds: \[5\] out of range; .* has folds 0..4"):
+        check_against_store(config, ["eeg_10s"], n_folds=5)
+    with pytest.raises(ConfigError, match=r"inputs: \['eeg_10s'\] not in"):
+        check_against_store(load_config("smoke"), ["kaggle"], n_folds=5)
+    check_against_store(load_config("smoke", ["folds=[4]"]), ["eeg_10s"], n_folds=5)
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--config", "smoke", "--set", "lr=abc", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and result.output.strip() == "error: lr: expected a number, got 'abc'"
+    assert not (tmp_path / "r").exists(), "nothing written before the checks"
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.toml")])
+    assert result.exit_code == 1 and "no config" in result.output
+
+
+def test_version():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "hms_train.cli", "--version"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("hms-train "), result.stderr
+
+
+def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
+    import torch
+    import typer
+
+    from hms_prep.store import StoreError
+    from hms_train.cli import _user_errors
+    from hms_train.models import MissingWeightsError
+
+    for expected in (ConfigError("lr: bad"), ValueError("bad"), FileNotFoundError("gone"), StoreError("old"),
+                     MissingWeightsError("no weights")):
+        with pytest.raises(typer.Exit):
+            with _user_errors():
+                raise expected
+    for unexpected in (TypeError("a bug"), KeyError("a bug"), torch.OutOfMemoryError("CUDA out of memory"),
+                       RuntimeError("shape mismatch")):
+        with pytest.raises(type(unexpected)):
+            with _user_errors():
+                raise unexpected

@@ -1,0 +1,92 @@
+"""A training run killed with SIGKILL at an arbitrary moment and resumed with `hms-train --resume` ends
+exactly where an uninterrupted run ends: same out-of-fold predictions, same metrics lines."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from hms_train.metric import VOTE_COLUMNS
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TINY = ["inputs=[\"eeg_10s\"]", "epochs=3", "stage2_epochs=1", "max_batches_per_epoch=2", "batch_size=8",
+        "folds=[0, 1]", "seed=3"]
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hms_train.cli", *args, "--quiet"]
+
+
+def train_args(store: str, out) -> list[str]:
+    return ["train", "--store", store, "--config", "smoke", "--device", "cpu", "--out", str(out),
+            *[f"--set={o}" for o in TINY]]
+
+
+def run(args: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+
+
+def kill_when(path, args: list[str], timeout: float = 240) -> None:
+    """Start training in its own session and SIGKILL the whole group as soon as `path` exists."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command(*args), cwd=ROOT, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not path.exists():
+            assert process.poll() is None, f"training ended before {path.name} appeared: {process.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
+            time.sleep(0.02)
+        assert process.poll() is None, "training finished before it could be killed"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+
+
+def predictions(run) -> tuple[np.ndarray, np.ndarray]:
+    oof = pq.read_table(run / "oof.parquet")
+    return oof.column("label_id").to_numpy(), np.stack([oof.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
+
+
+def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run(train_args(train_store, full))
+    # Killed in fold 1's second epoch: fold 0 is finished, fold 1 has one complete epoch.
+    kill_when(killed / "fold1_last.pt", train_args(train_store, killed))
+    assert not (killed / "oof.parquet").exists()
+    fold0_done = (killed / "fold0_oof.parquet").stat().st_mtime_ns
+    run(["train", "--resume", str(killed)])
+
+    ids, probs = predictions(full)
+    resumed_ids, resumed_probs = predictions(killed)
+    np.testing.assert_array_equal(resumed_ids, ids)
+    np.testing.assert_allclose(resumed_probs, probs, atol=1e-5)
+    assert (killed / "fold0_oof.parquet").stat().st_mtime_ns == fold0_done, "a finished fold was retrained"
+    lines = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    key = lambda r: (r["fold"], r["stage"], r["epoch"])  # noqa: E731
+    assert [key(r) for r in resumed] == [key(r) for r in lines], "metrics.jsonl as if never interrupted"
+    np.testing.assert_allclose([r["val_kl"] for r in resumed], [r["val_kl"] for r in lines], atol=1e-5)
+    assert json.loads((killed / "config.json").read_text()) == json.loads((full / "config.json").read_text())
+
+
+def test_resume_refuses_other_options_and_missing_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 1 and "not a run directory" in result.output
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--set", "lr=1"])
+    assert result.exit_code == 1 and "--resume continues a run with its own config.json" in result.output

@@ -120,8 +120,8 @@ def _check_local_store_path(path: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{existing}: not writable (read-only directory or filesystem); "
                          f"the store {path} cannot be {'built' if existing == target else 'created'}")
-    for sub in (target / "_build", *target.glob("*/c")) if target.exists() else ():
-        if not os.access(sub, os.W_OK | os.X_OK):
+    for sub in (target / "_build", *target.glob("*/c")):
+        if sub.exists() and not os.access(sub, os.W_OK | os.X_OK):
             raise ValueError(f"{sub}: not writable (read-only); the store {path} cannot be built")
 
 
@@ -200,7 +200,9 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
                     _remove_store(url)  # a failed creation leaves nothing behind
                 raise
             reports = _run_jobs(client, config, planned, layout, segments, jobs, progress) if jobs else []
-            _write_labels_if_changed(url, _labels_with_status(group, planned, raw_index if margin is not None else None))
+            label_failures = _label_failures(config, planned)
+            _write_labels_if_changed(url, _labels_with_status(group, planned, raw_index if margin is not None else None,
+                                                              label_failures))
     stages: dict[str, float] = defaultdict(float)
     for report in reports:
         for stage, seconds in report.seconds.items():
@@ -211,7 +213,7 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
         computed=computed,
         reused=reused,
         rows_computed=sum(max(r.rows_computed.values(), default=0) for r in reports),
-        failures=sorted(f for r in reports for f in r.failures),
+        failures=sorted([*(f for r in reports for f in r.failures), *label_failures]),
         seconds=time.perf_counter() - started,
         stage_seconds=dict(stages),
         store_bytes=store_nbytes(url),
@@ -459,7 +461,20 @@ class _LazyLocalClient:
         return False
 
 
-def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None) -> pa.Table:
+def _label_failures(config: BuildConfig, planned: pa.Table) -> list[Failure]:
+    """Rows whose train.csv line cannot be a training target (no votes): failed alone, never the build."""
+    if "total_votes" not in planned.column_names:
+        return []
+    path = Path(config.data_dir) / f"{config.split}.csv"
+    total = planned.column("total_votes").to_numpy()
+    rows = planned.select(["row", "label_id", "source_index"]).to_pylist()
+    return [Failure(r["row"], r["label_id"], "labels",
+                    f"{path}: line {r['source_index'] + 2} (label_id {r['label_id']}) has no votes, so no target")
+            for r in (rows[i] for i in np.flatnonzero(total == 0))]
+
+
+def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
+                        label_failures: list[Failure] = ()) -> pa.Table:
     """planned + per-array repaired fractions + overall status and error, as labels.parquet."""
     table = planned
     if raw_index is not None:
@@ -479,6 +494,9 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None) 
             for row in failed:
                 errors[row].append(f"{name}: {reasons[row]}")
         table = table.append_column(f"repaired_{name}", pa.array(read_state(state.repaired)[0]))
+    for failure in label_failures:
+        overall[failure.row] = STATUS_FAILED
+        errors[failure.row].append(failure.reason)
     labels = np.array(["pending", "ok", "failed"])[overall]
     table = table.append_column("status", pa.array(labels))
     return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string()))

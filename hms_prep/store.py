@@ -41,7 +41,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.reader's import; new code: hms_prep.domain)
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
-warnings.filterwarnings("ignore", message=r"Object at (labels\.parquet|build\.lock) is not recognized")
+warnings.filterwarnings("ignore", message=r"Object at (labels\.parquet(\.tmp)?|build\.lock) is not recognized")
 
 LAYOUT_VERSION = 1
 ROOT_KEY = "hms_cache"

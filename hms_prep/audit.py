@@ -2,20 +2,97 @@
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
+import numpy as np
+import pyarrow.compute as pc
+
+from hms_prep.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
 from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.kinds import kind_named
+from hms_prep.plan import RAW_INDEX_COLUMNS
 from hms_prep.store import (
     STATUS_FAILED,
     STATUS_OK,
+    StoreLayout,
     digest,
     data_array_names,
     open_build_state,
     open_store,
     read_labels,
+    read_state,
     store_nbytes,
 )
+
+
+@dataclass(frozen=True)
+class DamagedChunk:
+    """A stored chunk that fails its checksum, cannot be decoded, or is missing though its rows are done."""
+
+    array: str
+    coords: tuple[int, ...]
+    reason: str
+    row_chunks: tuple[int, ...]  # the build's chunks of rows that rewrite it
+    rows: tuple[int, int]  # first and last row whose values it holds
+
+    def line(self) -> str:
+        return f"{self.reason}; rows {self.rows[0]}-{self.rows[1]} (rebuild with hms-prep build --repair)"
+
+
+def damaged_chunks(url: str, group, name: str, layout: StoreLayout, raw_bounds: np.ndarray | None = None,
+                   values_check=None) -> list[DamagedChunk]:
+    """Every done chunk of array `name` read back and checked (checksum, size, presence) through the
+    same fast path the trainer reads with. `raw_bounds`: (rows, 2) [raw_lo, raw_hi) of each row, for an
+    array stored in segments. `values_check(block)` may add a reason for a chunk that decodes."""
+    array = group[name]
+    done, _ = read_state(open_build_state(group, name).done)
+    status, _ = read_state(open_build_state(group, name).status)
+    source, codec = ChunkSource(url, array), codec_of(array)
+    damaged = []
+    for coords, row_chunks, rows in _stored_chunks(array, layout, raw_bounds):
+        if not row_chunks or not all(done[c] for c in row_chunks):
+            continue  # not built yet: nothing to trust
+        where = source.where(coords)
+        try:
+            block = _read_chunk(array, source, codec, coords, where)
+            if block is None and (status[rows[0] : rows[1] + 1] == STATUS_OK).any():
+                raise ChunkError(f"{where} is missing, though its rows are built")
+            reason = values_check(block) if values_check is not None and block is not None else None
+            if reason:
+                raise ChunkError(f"{where} holds {reason}")
+        except ChunkError as err:
+            damaged.append(DamagedChunk(name, coords, str(err), tuple(row_chunks), rows))
+    return damaged
+
+
+def _stored_chunks(array, layout: StoreLayout, raw_bounds):
+    """(chunk coords, row chunks that write it, (first row, last row)) of every chunk of the array."""
+    if array.shape[0] == layout.n_rows and raw_bounds is None:  # per-row: chunk c holds rows of chunk c
+        for c in range(layout.n_chunks):
+            rows = layout.chunk_slice(c)
+            yield (c,) + (0,) * (array.ndim - 1), (c,), (rows.start, rows.stop - 1)
+        return
+    step = array.chunks[1]
+    lo, hi = raw_bounds[:, 0], raw_bounds[:, 1]
+    for j in range(-(-array.shape[1] // step)):
+        rows = np.flatnonzero((lo < (j + 1) * step) & (hi > j * step))
+        row_chunks = sorted({int(r) // layout.chunk_rows for r in rows})
+        span = (int(rows[0]), int(rows[-1])) if rows.size else (0, -1)
+        yield (0, j), row_chunks, span
+
+
+def _read_chunk(array, source: ChunkSource, codec, coords, where: str) -> np.ndarray | None:
+    encoded = source(coords)
+    if encoded is None:
+        return None
+    out = np.empty(array.chunks, dtype=array.dtype)
+    if codec is not None:
+        return decode_chunk(codec, encoded, out, where)
+    try:  # a codec chain we do not decode ourselves: through zarr
+        index = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, array.chunks))
+        return array[index]
+    except Exception as err:
+        raise ChunkError(f"{where} cannot be read ({type(err).__name__}: {err})") from None
 
 
 def store_info(url: str) -> dict:
@@ -25,14 +102,14 @@ def store_info(url: str) -> dict:
     for name in data_array_names(group):
         array = group[name]
         state = open_build_state(group, name)
-        status = state.status[:]
+        status, _ = read_state(state.status)
         attrs = array.attrs.asdict()
         arrays[name] = {
             "shape": list(array.shape),
             "chunks": list(array.chunks),
             "dtype": str(array.dtype),
             "codec": [type(c).__name__ + _codec_detail(c) for c in array.compressors],
-            "chunks_done": int(state.done[:].sum()),
+            "chunks_done": int(read_state(state.done)[0].sum()),
             "chunks_total": int(layout.n_chunks),
             "rows_ok": int((status == STATUS_OK).sum()),
             "rows_failed": int((status == STATUS_FAILED).sum()),
@@ -69,15 +146,19 @@ def verify_store(url: str) -> list[str]:
         problems.append(f"labels.parquet has {labels.num_rows} rows, the store {layout.n_rows}")
     elif not np.array_equal(labels.column("row").to_numpy(), np.arange(layout.n_rows)):
         problems.append("labels.parquet column 'row' is not 0..n-1 in order")
-    if layout.split == "train" and labels.num_rows:
-        targets = np.stack([labels.column(c).to_numpy() for c in TARGET_COLUMNS], 1)
+    counted = labels.filter(pc.greater(labels["total_votes"], 0)) if "total_votes" in labels.column_names else labels
+    if layout.split == "train" and counted.num_rows:  # rows without votes are failed rows, reported below
+        targets = np.stack([counted.column(c).to_numpy() for c in TARGET_COLUMNS], 1)
         if not np.allclose(targets.sum(1), 1.0, atol=1e-4):
             problems.append("targets do not sum to 1 on every row")
     names = data_array_names(group)
     if not names:
         problems.append("the store holds no arrays")
+    raw_bounds = None
+    if all(c in labels.column_names for c in RAW_INDEX_COLUMNS) and labels.num_rows == layout.n_rows:
+        raw_bounds = np.stack([labels.column(c).to_numpy() for c in RAW_INDEX_COLUMNS[1:]], 1)
     for name in names:
-        problems += _verify_array(group, name, layout)
+        problems += _verify_array(url, group, name, layout, raw_bounds)
     if "status" in labels.column_names:
         failed = int(np.sum(labels.column("status").to_numpy(zero_copy_only=False) == "failed"))
         if failed:
@@ -85,7 +166,7 @@ def verify_store(url: str) -> list[str]:
     return problems
 
 
-def _verify_array(group, name: str, layout) -> list[str]:
+def _verify_array(url: str, group, name: str, layout, raw_bounds) -> list[str]:
     array = group[name]
     attrs = array.attrs.asdict()
     try:
@@ -97,16 +178,24 @@ def _verify_array(group, name: str, layout) -> list[str]:
         problems.append(f"{name}: params_digest {attrs.get('params_digest')} does not match its params "
                         f"({digest(attrs.get('params'))}); the array was edited by hand")
     state = open_build_state(group, name)
-    missing = np.flatnonzero(state.done[:] == 0)
+    for part in ("done", "status", "error", "repaired"):
+        bad = read_state(getattr(state, part))[1]
+        if bad:
+            problems.append(f"{name}: build state _build/{name}/{part} chunks {bad} damaged "
+                            "(checksum mismatch); hms-prep build recomputes them")
+    done, _ = read_state(state.done)
+    missing = np.flatnonzero(done == 0)
     if missing.size:
         problems.append(f"{name}: {missing.size} of {layout.n_chunks} chunks not complete (first: {missing[0]})")
     if kind.per_row and array.shape[0] != layout.n_rows:
         problems.append(f"{name}: {array.shape[0]} rows, the store has {layout.n_rows}")
-    axis = 0 if kind.per_row else 1  # rows, or the sample axis of segment-stored signals
-    step, length = array.chunks[axis], array.shape[axis]
-    for start in range(0, length, step):  # one chunk at a time keeps memory flat
-        block = array[start : start + step] if axis == 0 else array[:, start : start + step]
-        if not np.isfinite(block).all():
-            problems.append(f"{name}: non-finite values in the chunk starting at {start}")
-            break
+    if not kind.per_row and raw_bounds is None:
+        return problems + [f"{name}: labels.parquet lacks {', '.join(RAW_INDEX_COLUMNS)}; its chunks cannot be "
+                           "mapped to rows"]
+
+    def finite(block):
+        return None if np.isfinite(block).all() else "non-finite values"
+
+    bounds = None if kind.per_row else raw_bounds
+    problems += [f"{name}: {d.line()}" for d in damaged_chunks(url, group, name, layout, bounds, finite)]
     return problems

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import dask
 import fsspec
@@ -24,12 +25,14 @@ from hms_prep.codecs import AUTO, check_codec_choice
 from hms_prep.domain import SPEC_WINDOW_S
 from hms_prep.kaggle import read_labels
 from hms_prep.kinds import ArrayKind, KaggleParams, MelParams, RawParams, kind_for
+from hms_prep.lock import build_lock, is_local
 from hms_prep.plan import RAW_INDEX_COLUMNS, plan_raw_segments, plan_rows, planned_rows, rows_digest
 from hms_prep.store import (
     STATUS_FAILED,
     STATUS_OK,
     StoreError,
     StoreLayout,
+    array_complete,
     create_build_state,
     create_store,
     data_array_names,
@@ -38,14 +41,20 @@ from hms_prep.store import (
     open_build_state,
     open_store,
     read_errors,
+    read_labels_if_readable,
+    read_state,
+    remove_array,
     store_exists,
     store_nbytes,
+    unfinished_store,
     write_labels,
 )
 
 log = logging.getLogger("hms_prep")
 
 DEFAULT_STORES = {"train": "cache/specs.zarr", "test": "cache/test.zarr"}
+DEFAULT_CHUNK_ROWS = 32
+SCHEDULER_TIMEOUT_S = 10  # an unreachable scheduler fails in this many seconds, not Dask's 30
 
 
 @dataclass
@@ -60,15 +69,36 @@ class BuildConfig:
     raw: RawParams | None = field(default_factory=RawParams)
     extra_arrays: tuple = ()  # params of further arrays, of any registered kind (hms_prep/kinds/)
     n_folds: int = 5
-    chunk_rows: int = 32
+    chunk_rows: int | None = None  # None: the store's, or DEFAULT_CHUNK_ROWS for a new store
     raw_chunk_samples: int = 20_000
-    codec: str = AUTO
+    codec: str | None = None  # None: the store's, or AUTO for a new store
     workers: int | None = None  # local cluster size; default: one per core
     scheduler: str | None = None  # address of an existing Dask scheduler
+    repair: bool = False  # also verify every data chunk's checksum and recompute the damaged ones
 
     @property
     def store_url(self) -> str:
-        return normalize_url(self.store or DEFAULT_STORES[self.split])
+        """The store's URL; a local path made absolute, so workers on any machine get the same path."""
+        url = normalize_url(self.store or DEFAULT_STORES[self.split])
+        return os.path.abspath(url) if is_local(url) else url
+
+    def check(self) -> None:
+        """Every option that can be checked without the store; ValueError naming the option."""
+        if self.split not in DEFAULT_STORES:
+            raise ValueError(f"--split must be one of {sorted(DEFAULT_STORES)}, got {self.split!r}")
+        for option, value, least in (("--chunk-rows", self.chunk_rows, 1), ("--folds", self.n_folds, 2),
+                                     ("raw_chunk_samples", self.raw_chunk_samples, 1), ("--workers", self.workers, 1)):
+            if value is not None and (not isinstance(value, int) or value < least):
+                raise ValueError(f"{option} must be an integer >= {least}, got {value!r}")
+        if self.codec is not None:
+            check_codec_choice(self.codec)
+        if not self.arrays():
+            raise ValueError("nothing to build: no windows, --no-kaggle and --no-raw")
+        if self.scheduler and self.store_url.startswith("memory://"):
+            raise ValueError(f"{self.store_url}: an in-process memory:// store cannot be reached by the workers of "
+                             f"--scheduler {self.scheduler}; use a path or URL every worker can reach")
+        if is_local(self.store_url):
+            _check_local_store_path(self.store_url)
 
     def arrays(self) -> dict[str, ArrayKind]:
         """The requested arrays by name (names follow from params; params are checked here)."""
@@ -77,6 +107,22 @@ class BuildConfig:
         params += [self.raw] if self.raw is not None else []
         kinds = [kind_for(p) for p in [*params, *self.extra_arrays]]
         return {kind.name: kind for kind in kinds}
+
+
+def _check_local_store_path(path: str) -> None:
+    """A local store path must be a directory (or not exist yet) that this user may write."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{path}: --store is a file, not a store directory")
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{existing}: is a file, so the store {path} cannot be created under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing}: not writable (read-only directory or filesystem); "
+                         f"the store {path} cannot be {'built' if existing == target else 'created'}")
+    for sub in (target / "_build", *target.glob("*/c")):
+        if sub.exists() and not os.access(sub, os.W_OK | os.X_OK):
+            raise ValueError(f"{sub}: not writable (read-only); the store {path} cannot be built")
 
 
 @dataclass(frozen=True)
@@ -126,34 +172,37 @@ class BuildSummary:
         )
 
 
-def run_build(config: BuildConfig, progress=None) -> BuildSummary:
-    """Build or complete the store; `progress(done_rows, total_rows)` is called as chunks finish."""
+def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
+    """Build or complete the store; `progress(done_rows, total_rows)` is called as chunks finish and
+    `say(line)` gets notices (the dashboard address, chunks found damaged and recomputed).
+
+    Every option, the CSV, the store path and the scheduler are checked before the store is created or
+    changed; a store this call created is removed again if the build fails before computing. A build
+    holds the store's lock (hms_prep/lock.py) from before it touches the store to the end.
+    """
     started = time.perf_counter()
+    say = say or log.info
+    config.check()
     url = config.store_url
     requested = config.arrays()
     planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
-    group, layout, created = _open_or_create(config, planned)
-    for name, kind in requested.items():  # every refusal before anything is written
-        if name in group:
-            _check_same_params(url, group[name], kind)
-    margin = _segment_margin(url, group, requested)
-    segments, raw_index, raw_length = plan_raw_segments(planned, layout.chunk_rows, margin or 0,
-                                                        layout.raw_chunk_samples)
-
-    computed, reused = [], []
-    jobs: dict[int, list[ArrayJob]] = defaultdict(list)
-    for name, kind in requested.items():
-        if name not in group:
-            kind.create(group, layout, raw_length)
-            create_build_state(group, name, layout)
-        pending = _pending_rows(group, name, layout)
-        (computed if pending else reused).append(name)
-        for chunk, (rows, whole) in pending.items():
-            jobs[chunk].append(ArrayJob(kind, rows, whole))
-
-    reports = _run_jobs(config, planned, layout, segments, jobs, progress) if jobs else []
-    if jobs or created:
-        write_labels(url, _labels_with_status(group, planned, raw_index if margin is not None else None))
+    with _dask_client(config, say) as client:  # a remote scheduler is reached first (in seconds) or refused
+        fresh = not store_exists(url) or unfinished_store(url)
+        if fresh and is_local(url):
+            os.makedirs(url, exist_ok=True)  # the lock file lives in the store
+        with build_lock(url):
+            try:
+                group, layout, created = _open_or_create(config, planned)
+                jobs, computed, reused, margin, segments, raw_index = _plan_jobs(config, group, layout, requested,
+                                                                                 planned, say)
+            except BaseException:
+                if fresh:
+                    _remove_store(url)  # a failed creation leaves nothing behind
+                raise
+            reports = _run_jobs(client, config, planned, layout, segments, jobs, progress) if jobs else []
+            label_failures = _label_failures(config, planned)
+            _write_labels_if_changed(url, _labels_with_status(group, planned, raw_index if margin is not None else None,
+                                                              label_failures))
     stages: dict[str, float] = defaultdict(float)
     for report in reports:
         for stage, seconds in report.seconds.items():
@@ -164,17 +213,57 @@ def run_build(config: BuildConfig, progress=None) -> BuildSummary:
         computed=computed,
         reused=reused,
         rows_computed=sum(max(r.rows_computed.values(), default=0) for r in reports),
-        failures=sorted(f for r in reports for f in r.failures),
+        failures=sorted([*(f for r in reports for f in r.failures), *label_failures]),
         seconds=time.perf_counter() - started,
         stage_seconds=dict(stages),
         store_bytes=store_nbytes(url),
     )
 
 
+def _plan_jobs(config: BuildConfig, group, layout: StoreLayout, requested: dict[str, ArrayKind], planned, say):
+    """Create the missing arrays (redoing unfinished creations) and list the chunks to compute."""
+    url = config.store_url
+    for name, kind in requested.items():  # every refusal before anything is written
+        if name in group and array_complete(group, name):
+            _check_same_params(url, group[name], kind)
+    margin = _segment_margin(url, group, requested)
+    segments, raw_index, raw_length = plan_raw_segments(planned, layout.chunk_rows, margin or 0,
+                                                        layout.raw_chunk_samples)
+    damaged = _damaged_data_chunks(url, group, layout, raw_index) if config.repair else {}
+    computed, reused = [], []
+    jobs: dict[int, list[ArrayJob]] = defaultdict(list)
+    for name, kind in requested.items():
+        if not array_complete(group, name):
+            remove_array(group, name)  # an unfinished creation (a killed build): redo it
+            create_build_state(group, name, layout)  # first: the array is listed once it exists
+            kind.create(group, layout, raw_length)
+        pending = _pending_rows(group, name, layout, damaged.get(name, set()), say)
+        (computed if pending else reused).append(name)
+        for chunk, (rows, whole) in pending.items():
+            jobs[chunk].append(ArrayJob(kind, rows, whole))
+    return jobs, computed, reused, margin, segments, raw_index
+
+
+def _damaged_data_chunks(url: str, group, layout: StoreLayout, raw_index: np.ndarray) -> dict[str, set[int]]:
+    """Row chunks of each array whose stored data fails its checksum or is missing (--repair)."""
+    from hms_prep.audit import damaged_chunks
+
+    bounds = raw_index[:, 1:3]  # raw_lo, raw_hi: which rows a chunk of a segment-stored array holds
+    return {name: {c for d in damaged_chunks(url, group, name, layout, None if a.image else bounds)
+                   for c in d.row_chunks}
+            for name, a in describe_arrays(group).items()}
+
+
+def _remove_store(url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def _open_or_create(config: BuildConfig, planned: pa.Table):
     url = config.store_url
     digest = rows_digest(planned)
-    if store_exists(url):
+    if store_exists(url) and not unfinished_store(url):
         group, layout = open_store(url, mode="r+")
         if layout.split != config.split or layout.rows_digest != digest:
             raise StoreError(
@@ -183,15 +272,29 @@ def _open_or_create(config: BuildConfig, planned: pa.Table):
             )
         if layout.n_folds != config.n_folds:
             raise StoreError(f"{url}: built with {layout.n_folds} folds, asked for {config.n_folds}")
+        for option, have, asked in (("--chunk-rows", layout.chunk_rows, config.chunk_rows),
+                                    ("--codec", layout.codec, config.codec)):
+            if asked is not None and asked != have:
+                raise StoreError(f"{url}: created with {option} {have}, asked for {asked}; it is fixed when a "
+                                 f"store is created: leave {option} out, or build into a new --store")
         return group, layout, False
-    check_codec_choice(config.codec)
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path, exist_ok=True)  # any fsspec URL: local paths, file://, memory://, s3://, ...
     layout = StoreLayout(
-        split=config.split, n_rows=planned.num_rows, chunk_rows=config.chunk_rows, rows_digest=digest,
-        n_folds=config.n_folds, codec=config.codec, raw_chunk_samples=config.raw_chunk_samples,
+        split=config.split, n_rows=planned.num_rows, chunk_rows=config.chunk_rows or DEFAULT_CHUNK_ROWS,
+        rows_digest=digest, n_folds=config.n_folds, codec=config.codec or AUTO,
+        raw_chunk_samples=config.raw_chunk_samples,
     )
+    if store_exists(url):  # an unfinished creation: only its root zarr.json exists
+        fs.rm_file(f"{path.rstrip('/')}/zarr.json")
     return create_store(url, layout), layout, True
+
+
+def _write_labels_if_changed(url: str, table: pa.Table) -> None:
+    """labels.parquet follows the build state: (re)written whenever it is missing, unreadable or differs
+    (a build killed after its last chunk, before this write, is completed by the next one)."""
+    if not table.equals(read_labels_if_readable(url) or pa.table({})):
+        write_labels(url, table)
 
 
 def _check_same_params(url: str, array, kind: ArrayKind) -> None:
@@ -221,15 +324,20 @@ def _segment_margin(url: str, group, requested: dict[str, ArrayKind]) -> int | N
     return next(iter(margins.values()), None)
 
 
-def _pending_rows(group, name: str, layout: StoreLayout) -> dict[int, tuple[tuple[int, ...], bool]]:
-    """chunk -> (rows to compute, whether that is the whole chunk)."""
+def _pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say) -> dict[int, tuple[tuple[int, ...], bool]]:
+    """chunk -> (rows to compute, whether that is the whole chunk). A chunk is recomputed whole when its
+    done flag is unset, or its build state or (with --repair) its data is damaged."""
     state = open_build_state(group, name)
-    done = state.done[:]
-    status = state.status[:]
+    done, bad_done = read_state(state.done)
+    status, bad_status = read_state(state.status)
+    for what, chunks in (("done flag", bad_done), ("status", bad_status), ("data", sorted(damaged))):
+        if chunks:
+            say(f"{name}: {what} of chunks {', '.join(map(str, chunks))} damaged; recomputing them")
+    redo = set(bad_done) | set(bad_status) | damaged
     pending = {}
     for chunk in range(layout.n_chunks):
         rows = layout.chunk_slice(chunk)
-        if not done[chunk]:
+        if not done[chunk] or chunk in redo or (status[rows] == 0).any():  # a done chunk has no pending row
             pending[chunk] = (tuple(range(rows.start, rows.stop)), True)
         else:
             failed = np.flatnonzero(status[rows] == STATUS_FAILED) + rows.start
@@ -238,19 +346,19 @@ def _pending_rows(group, name: str, layout: StoreLayout) -> dict[int, tuple[tupl
     return pending
 
 
-def _run_jobs(config, planned, layout, segments, jobs, progress) -> list[ChunkReport]:
+def _run_jobs(client, config, planned, layout, segments, jobs, progress) -> list[ChunkReport]:
     chunk_jobs = [
-        ChunkJob(store_url=config.store_url, data_dir=str(config.data_dir), split=config.split, chunk=chunk,
+        ChunkJob(store_url=config.store_url, data_dir=_absolute(config.data_dir), split=config.split, chunk=chunk,
                  rows=planned_rows(planned, layout.chunk_slice(chunk)), raw_segments=tuple(segments[chunk]),
                  arrays=tuple(jobs[chunk]))
         for chunk in sorted(jobs)
     ]
     total = sum(max(len(a.rows) for a in job.arrays) for job in chunk_jobs)
     reports = []
-    with _dask_client(config) as client:
-        from distributed import as_completed
+    from distributed import as_completed
 
-        futures = client.map(build_chunk, chunk_jobs, pure=False)
+    futures = client.map(build_chunk, chunk_jobs, pure=False)
+    try:
         done_rows = 0
         job_of = {future.key: job for future, job in zip(futures, chunk_jobs)}
         for future in as_completed(futures):
@@ -262,7 +370,15 @@ def _run_jobs(config, planned, layout, segments, jobs, progress) -> list[ChunkRe
             done_rows += max(report.rows_computed.values(), default=0)
             if progress:
                 progress(done_rows, total)
+    except BaseException:  # Ctrl-C: stop the tasks quietly; their chunks stay not-done, redone next build
+        client.cancel(futures, force=True)
+        raise
     return reports
+
+
+def _absolute(path: str) -> str:
+    """A local data folder as an absolute path (workers may run elsewhere, in other directories)."""
+    return path if "://" in str(path) else os.path.abspath(path)
 
 
 def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
@@ -273,27 +389,92 @@ def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
 
 
 @contextmanager
-def _dask_client(config: BuildConfig):
-    from distributed import Client, LocalCluster
+def _dask_client(config: BuildConfig, say):
+    """A client of the given scheduler (refused in SCHEDULER_TIMEOUT_S when unreachable), or of a
+    LocalCluster started when first needed."""
+    from distributed import Client
 
     if config.scheduler:
-        with Client(config.scheduler) as client:
+        try:
+            client = Client(config.scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
+        except (OSError, TimeoutError, ValueError) as err:
+            raise BuildError(f"--scheduler {config.scheduler}: cannot reach the Dask scheduler within "
+                             f"{SCHEDULER_TIMEOUT_S} s ({type(err).__name__}: {err}); is `dask scheduler` running "
+                             "there, and is the port open?") from None
+        with client:
+            _announce_dashboard(client, say)
             yield client
         return
-    workers = config.workers or os.cpu_count() or 1
-    # In-memory stores live in this process only, so their workers must be threads here.
-    processes = not config.store_url.startswith("memory://")
-    # The nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers by default, which sends every large
-    # numpy/torch allocation through mmap: the build ran 3x slower with it (docs/performance.md).
-    allocator = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-    with dask.config.set(allocator), LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with _LazyLocalClient(config, say) as client:
         yield client
 
 
-def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None) -> pa.Table:
+class BuildError(RuntimeError):
+    """The build cannot start (e.g. the scheduler cannot be reached)."""
+
+
+def _announce_dashboard(client, say) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bokeh") is None:
+        say("Dask dashboard: not available (pip install 'hms-cache[dashboard]' for it)")
+    else:
+        say(f"Dask dashboard: {client.dashboard_link}")
+
+
+class _LazyLocalClient:
+    """Starts the LocalCluster on first use (`map`, `cancel`): a build with nothing to compute starts none."""
+
+    def __init__(self, config: BuildConfig, say):
+        self.config, self.say, self.client, self.cluster = config, say, None, None
+
+    def __enter__(self):
+        return self
+
+    def _start(self):
+        from distributed import Client, LocalCluster
+
+        workers = self.config.workers or os.cpu_count() or 1
+        # In-memory stores live in this process only, so their workers must be threads here.
+        processes = not self.config.store_url.startswith("memory://")
+        # The nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers by default, which sends every large
+        # numpy/torch allocation through mmap: the build ran 3x slower with it (docs/performance.md).
+        allocator = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+        with dask.config.set(allocator):
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                                        dashboard_address=":8787", silence_logs=logging.CRITICAL)
+        self.client = Client(self.cluster)
+        _announce_dashboard(self.client, self.say)
+
+    def map(self, *args, **kwargs):
+        if self.client is None:
+            self._start()
+        return self.client.map(*args, **kwargs)
+
+    def cancel(self, *args, **kwargs):
+        return self.client.cancel(*args, **kwargs) if self.client is not None else None
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+            self.cluster.close()
+        return False
+
+
+def _label_failures(config: BuildConfig, planned: pa.Table) -> list[Failure]:
+    """Rows whose train.csv line cannot be a training target (no votes): failed alone, never the build."""
+    if "total_votes" not in planned.column_names:
+        return []
+    path = Path(config.data_dir) / f"{config.split}.csv"
+    total = planned.column("total_votes").to_numpy()
+    rows = planned.select(["row", "label_id", "source_index"]).to_pylist()
+    return [Failure(r["row"], r["label_id"], "labels",
+                    f"{path}: line {r['source_index'] + 2} (label_id {r['label_id']}) has no votes, so no target")
+            for r in (rows[i] for i in np.flatnonzero(total == 0))]
+
+
+def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
+                        label_failures: list[Failure] = ()) -> pa.Table:
     """planned + per-array repaired fractions + overall status and error, as labels.parquet."""
     table = planned
     if raw_index is not None:
@@ -304,7 +485,7 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None) 
     errors = [[] for _ in range(n)]
     for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
         state = open_build_state(group, name)
-        status = state.status[:]
+        status, _ = read_state(state.status)
         overall = np.where(status == STATUS_FAILED, STATUS_FAILED,
                            np.where((status != STATUS_OK) & (overall == STATUS_OK), 0, overall))
         failed = np.flatnonzero(status == STATUS_FAILED)
@@ -312,7 +493,10 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None) 
             reasons = read_errors(state)  # one read of the whole error array
             for row in failed:
                 errors[row].append(f"{name}: {reasons[row]}")
-        table = table.append_column(f"repaired_{name}", pa.array(state.repaired[:]))
+        table = table.append_column(f"repaired_{name}", pa.array(read_state(state.repaired)[0]))
+    for failure in label_failures:
+        overall[failure.row] = STATUS_FAILED
+        errors[failure.row].append(failure.reason)
     labels = np.array(["pending", "ok", "failed"])[overall]
     table = table.append_column("status", pa.array(labels))
     return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string()))

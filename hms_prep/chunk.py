@@ -94,7 +94,8 @@ def build_chunk(job: ChunkJob) -> ChunkReport:
         arrays = [a for a in job.arrays if a.kind.source == source]
         if arrays:
             cuts.update(_source_cuts(job, source, arrays, timer))
-    with timer("write"):
+    # Every chunk stored, all-zero ones too: a missing chunk of a built row is then damage (codecs.py).
+    with timer("write"), zarr.config.set({"array.write_empty_chunks": True}):
         group = zarr.open_group(job.store_url, mode="r+")
         for array in job.arrays:
             _write_array(job, group, array, cuts[array.name])

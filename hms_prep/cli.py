@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -18,8 +20,29 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Preprocess the Kaggle HMS EEG data once into a reusable Zarr cache.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+PROGRESS_EVERY_S = 10.0  # one progress line this often when stderr is not a terminal (a log file)
+
+
+def _version(value: bool):
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"hms-prep {version('hms-cache')}")
+        except PackageNotFoundError:
+            typer.echo("hms-prep (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    """Preprocess the Kaggle HMS EEG data once into a reusable Zarr cache."""
 
 
 def _fail(message: str, code: int = 1):
@@ -93,10 +116,13 @@ def build(
         "10-min window: 600 is the `kaggle` array, another S the `kaggle_{S}s` array."),
     raw: bool = typer.Option(True, "--raw/--no-raw", help="Store the raw bipolar signals for 1D models."),
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds."),
-    chunk_rows: int = typer.Option(32, "--chunk-rows", help="Rows per chunk (fixed when the store is created)."),
-    codec: str = typer.Option(AUTO, "--codec", help="auto (per array kind) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
+    chunk_rows: Optional[int] = typer.Option(
+        None, "--chunk-rows", help="Rows per chunk (default 32; fixed when the store is created, refused if it differs)."),
+    codec: Optional[str] = typer.Option(
+        None, "--codec", help=f"{AUTO} (default: per array kind) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
+    repair: bool = typer.Option(False, "--repair", help="Also read back every chunk and recompute damaged ones."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Precompute every window into the store; incremental, resumable, idempotent.
@@ -108,28 +134,39 @@ def build(
       hms-prep build --data data/hms --kaggle-window 1200      # adds kaggle_1200s beside kaggle
       hms-prep build --data data/hms --split test
       hms-prep build --data data/hms --scheduler tcp://10.0.0.5:8786
+      hms-prep build --data data/hms --repair                  # recompute chunks that fail their checksum
+
+    Ctrl-C stops it (exit 130); the same command resumes where it stopped.
     """
-    from hms_prep.build import BuildConfig, run_build
+    from hms_prep.build import BuildConfig, BuildError, run_build
     from hms_prep.kinds import MelParams, RawParams
+    from hms_prep.lock import StoreLocked
 
     if split not in ("train", "test"):
         raise typer.BadParameter(f"--split must be train or test, got {split!r}")
+    window_list = _int_list(windows)
     try:
         config = BuildConfig(
-            data_dir=str(data), store=store, split=split, windows=_int_list(windows),
-            mel=MelParams(window_s=10, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
-                          fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
+            data_dir=str(data), store=store, split=split, windows=window_list,
+            # The template takes the first asked window: each window's params are checked in config.check().
+            mel=MelParams(window_s=window_list[0], n_fft=n_fft, win_length=win_length, hop_length=hop_length,
+                          n_mels=n_mels, fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
             kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None, n_folds=folds,
-            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler,
+            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair,
         )
-        config.arrays()  # every parameter checked before any work
+        config.check()  # every option checked before any work
     except ValueError as err:
         _fail(str(err))
     try:
         with _progress(quiet, "building") as update:
-            summary = run_build(config, progress=update)
-    except (KaggleDataError, StoreError, ValueError) as err:
+            summary = run_build(config, progress=update, say=_say)
+    except KeyboardInterrupt:
+        console.print("interrupted; run the same command again to resume", highlight=False)
+        raise typer.Exit(130)
+    except (KaggleDataError, StoreError, ValueError, BuildError, StoreLocked) as err:
         _fail(str(err))
+    except OSError as err:  # a full disk, a read-only filesystem: one line naming the path
+        _fail(f"{err.filename or config.store_url}: {err.strerror or err}")
     typer.echo(summary.line())
     if summary.failures:
         failed = summary.failed_rows()
@@ -219,15 +256,33 @@ def show(
     typer.echo(str(path))
 
 
+def _say(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
+
+
 class _progress:
-    """A rich progress bar with rate and ETA, or nothing when quiet; yields an update(done, total)."""
+    """A rich progress bar with rate and ETA on a terminal, one plain line every PROGRESS_EVERY_S
+    otherwise (a log file), or nothing when quiet; yields an update(done, total). The bar starts with
+    the first update, so a build with nothing to compute shows none."""
 
     def __init__(self, quiet: bool, label: str):
-        self.quiet, self.label = quiet, label
+        self.quiet, self.label, self.bar = quiet, label, None
 
     def __enter__(self):
         if self.quiet:
             return None
+        if not console.is_terminal:
+            return _LogProgress(self.label)
+
+        def update(done: int, total: int) -> None:
+            if self.bar is None:
+                self._start()
+            elapsed = self.bar.tasks[0].elapsed or 1e-9
+            self.bar.update(self.task, completed=done, total=total, rate=f"{done / elapsed:.0f} rows/s")
+
+        return update
+
+    def _start(self):
         self.bar = Progress(
             TextColumn(f"{self.label}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -236,16 +291,33 @@ class _progress:
         self.bar.__enter__()
         self.task = self.bar.add_task(self.label, total=None, rate="")
 
-        def update(done: int, total: int) -> None:
-            elapsed = self.bar.tasks[0].elapsed or 1e-9
-            self.bar.update(self.task, completed=done, total=total, rate=f"{done / elapsed:.0f} rows/s")
-
-        return update
-
     def __exit__(self, *exc):
-        if not self.quiet:
+        if self.bar is not None:
             self.bar.__exit__(*exc)
         return False
+
+
+class _LogProgress:
+    """update(done, total) printing "building: 120/1450 rows (8%), 12 rows/s, ETA 1 min 50 s" at the
+    first update, then at most every PROGRESS_EVERY_S, and at the end."""
+
+    def __init__(self, label: str):
+        self.label, self.started, self.last = label, time.monotonic(), None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < PROGRESS_EVERY_S and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        eta = f", ETA {_duration((total - done) / rate)}" if 0 < done < total else ""
+        print(f"{self.label}: {done}/{total} rows ({100 * done / max(total, 1):.0f}%), {rate:.1f} rows/s{eta}",
+              file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ path). Blosc and zstd frames describe themselves, so a decoder needs only the fa
 `codec_of` reads from an existing array's metadata. `chunk_bytes` is the one place that reads a stored
 chunk's bytes, through fsspec, by the key zarr's metadata gives it: nothing here imports `zarr.core`.
 
+Every new array's chain ends with zarr's crc32c codec (a 4-byte CRC-32C of the compressed chunk, appended):
+a flipped byte or a truncated chunk raises `ChunkError` naming the array and chunk instead of decoding to
+wrong values (or, for Blosc, crashing the process). Stores written before carry no checksum and still
+read. Verifying costs one CRC pass over the compressed bytes (docs/reliability.md has the figure).
+
 Measured with benchmarks/codecs.py (docs/performance.md). Float16 spectrograms have noisy low mantissa
 bits, so byte-oriented compressors gain little on them and fast decoding matters more: Blosc-lz4 with
 byte shuffle (bit shuffle saves 5-10 % more but decodes 30 % slower). Kaggle crops of rows that share a
@@ -17,13 +22,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import fsspec
+import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 
 
 def _decode_with(numcodec) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -49,12 +55,22 @@ def _blosc_sizes(encoded: np.ndarray) -> tuple[int, int]:
     return int.from_bytes(encoded[4:8].tobytes(), "little"), int.from_bytes(encoded[12:16].tobytes(), "little")
 
 
+class ChunkError(ValueError):
+    """A stored chunk that cannot be trusted: checksum mismatch, wrong size, or missing where written."""
+
+
 @dataclass(frozen=True)
 class Codec:
     name: str
     family: str  # "blosc", "zstd" or "bytes": what a decoder needs to know
-    write: Callable[[], object]  # the zarr compressor (None = stored uncompressed)
+    compressor: Callable[[], object]  # the zarr compressor (None = stored uncompressed)
     decode: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (encoded uint8 bytes, out) -> out
+    checksum: bool = False  # the chunk ends with a CRC-32C of what precedes it (zarr's crc32c codec)
+
+    def write(self) -> tuple:
+        """The compressors new arrays are created with: the codec, then the crc32c checksum."""
+        compressor = self.compressor()
+        return (*([compressor] if compressor is not None else []), Crc32cCodec())
 
 
 _blosc = numcodecs.Blosc()  # its parameters come from each frame's header
@@ -84,6 +100,12 @@ def codec_of(array: zarr.Array) -> Codec | None:
     if metadata.zarr_format != 3:
         return None
     codecs = list(metadata.codecs)
+    checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    codec = _family_of(codecs[:-1] if checksum else codecs)
+    return replace(codec, checksum=True) if codec is not None and checksum else codec
+
+
+def _family_of(codecs: list) -> Codec | None:
     if not codecs or not isinstance(codecs[0], BytesCodec):
         return None
     if getattr(codecs[0].endian, "value", codecs[0].endian) not in (None, "little") or sys.byteorder != "little":
@@ -92,20 +114,40 @@ def codec_of(array: zarr.Array) -> Codec | None:
         return CODECS["none"]
     if len(codecs) == 2:  # the first declared codec written as this kind of zarr codec: its frames
         # describe themselves (any Blosc frame decodes alike), so a new CODECS entry is all a reader needs
-        return next((codec for codec in CODECS.values() if type(codec.write()) is type(codecs[1])), None)
+        return next((codec for codec in CODECS.values() if type(codec.compressor()) is type(codecs[1])), None)
     return None
 
 
-def decode_chunk(codec: Codec, encoded: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Decode one chunk into `out`, refusing a frame whose size does not match (a truncated or foreign
-    chunk must raise, never crash the process or return wrong values)."""
+def verify_checksum(encoded: np.ndarray, where: str = "chunk") -> np.ndarray:
+    """The payload of a checksummed chunk (its last 4 bytes are the little-endian CRC-32C of the rest);
+    ChunkError naming `where` when they disagree."""
+    if encoded.nbytes < 4:
+        raise ChunkError(f"{where} holds {encoded.nbytes} bytes, too few for its checksum (truncated)")
+    payload = encoded[:-4]
+    stored = int.from_bytes(encoded[-4:].tobytes(), "little")
+    if google_crc32c.value(payload.tobytes() if not payload.flags.c_contiguous else payload) != stored:
+        raise ChunkError(f"{where} fails its checksum (its bytes changed after it was written)")
+    return payload
+
+
+def decode_chunk(codec: Codec, encoded: np.ndarray, out: np.ndarray, where: str = "chunk") -> np.ndarray:
+    """Decode one chunk into `out`, checking its checksum first when it has one and refusing a frame
+    whose sizes do not match (a damaged, truncated or foreign chunk must raise ChunkError, a ValueError,
+    naming `where`, e.g. "eeg_10s chunk (3, 0, 0, 0)", never crash the process or return wrong values)."""
+    if codec.checksum:
+        encoded = verify_checksum(encoded, where)
     if codec.family == "blosc":
         size, frame = _blosc_sizes(encoded)
         if size != out.nbytes:
-            raise ValueError(f"chunk decodes to {size} bytes, expected {out.nbytes}")
+            raise ChunkError(f"{where} decodes to {size} bytes, expected {out.nbytes}")
         if frame != encoded.nbytes:  # Blosc reads `frame` bytes whatever the buffer holds: past a truncated end
-            raise ValueError(f"chunk holds {encoded.nbytes} bytes, its Blosc header says {frame} (truncated?)")
-    return codec.decode(encoded, out)
+            raise ChunkError(f"{where} holds {encoded.nbytes} bytes, its Blosc header says {frame} (truncated?)")
+    try:
+        return codec.decode(encoded, out)
+    except ChunkError:
+        raise
+    except Exception as err:  # a damaged frame of a store without checksums
+        raise ChunkError(f"{where} cannot be decoded ({err})") from None
 
 
 class ChunkSource:
@@ -114,12 +156,24 @@ class ChunkSource:
     def __init__(self, store_url: str, array: zarr.Array):
         self.fs, root = fsspec.core.url_to_fs(store_url)
         self.prefix = f"{root.rstrip('/')}/{array.path}/"
+        self.name = array.path
         self.metadata = array.metadata
+        # Arrays with checksums are written with every chunk stored (empty ones too), so a missing
+        # chunk there is damage, not the fill value.
+        codecs = list(array.metadata.codecs) if array.metadata.zarr_format == 3 else []
+        self.every_chunk_stored = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+
+    def where(self, coords: tuple[int, ...]) -> str:
+        """How errors name a chunk: "eeg_10s chunk (3, 0, 0, 0)"."""
+        return f"{self.name} chunk {tuple(int(c) for c in coords)}"
 
     def __call__(self, coords: tuple[int, ...]) -> np.ndarray | None:
-        """The chunk's bytes as uint8, or None when it was never written (zarr reads the fill value)."""
+        """The chunk's bytes as uint8, or None when it was never written (zarr reads the fill value) in
+        a store without checksums; ChunkError when a chunk of a store with checksums is missing."""
         try:
             data = self.fs.cat_file(self.prefix + self.metadata.encode_chunk_key(coords))
         except FileNotFoundError:
+            if self.every_chunk_stored:
+                raise ChunkError(f"{self.where(coords)} is missing (deleted, or its rows were never built)") from None
             return None
         return np.frombuffer(data, dtype=np.uint8)

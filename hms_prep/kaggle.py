@@ -85,11 +85,16 @@ def read_labels(data_dir: str | Path, split: str) -> pa.Table:
             raise KaggleDataError(f"{path}: column {name!r} has empty values")
     if split == "train":
         votes = np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in VOTE_COLUMNS], 1)
-        bad = np.flatnonzero((votes < 0).any(1) | (votes.sum(1) == 0))
+        bad = np.flatnonzero((votes < 0).any(1))  # rows without votes fail alone (hms_prep/build.py)
         if bad.size:
-            raise KaggleDataError(
-                f"{path}: row {int(bad[0]) + 2} (line) has negative votes or no votes at all"
-            )
+            raise KaggleDataError(f"{path}: line {int(bad[0]) + 2} has negative votes")
+        ids = table.column("label_id").to_numpy(zero_copy_only=False)
+        unique, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            dup = unique[counts > 1]
+            lines = ", ".join(str(int(i) + 2) for i in np.flatnonzero(np.isin(ids, dup))[:10])
+            raise KaggleDataError(f"{path}: label_id {', '.join(map(str, dup[:5]))} appears more than once "
+                                  f"(lines {lines}); every label row needs its own label_id")
     return table
 
 

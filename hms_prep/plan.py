@@ -41,7 +41,9 @@ def plan_rows(labels: pa.Table, split: str, n_folds: int) -> pa.Table:
         total = votes.sum(1)
         table = table.append_column("total_votes", pa.array(total.astype(np.int64)))
         for j, name in enumerate(TARGET_COLUMNS):
-            table = table.append_column(name, pa.array((votes[:, j] / total).astype(np.float32)))
+            # A row without votes has no target (NaN); it is reported failed in labels.parquet.
+            share = np.divide(votes[:, j], total, out=np.full_like(total, np.nan), where=total > 0)
+            table = table.append_column(name, pa.array(share.astype(np.float32)))
         folds = patient_folds(table.column("patient_id").to_numpy(), n_folds)
         table = table.append_column("fold", pa.array(folds.astype(np.int8)))
     return table

@@ -59,6 +59,7 @@ class EegRecording:
     good: tuple[PlannedRow, ...]  # rows whose label window is usable
     errors: dict[int, str]  # row -> why its label window is unusable
     repaired: dict[int, float]  # row -> NaN fraction of its label window
+    midline_errors: dict[int, str] = field(default_factory=dict)  # row -> Fz-Cz/Cz-Pz all NaN (fails raw only)
     _filtered: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -104,10 +105,19 @@ def open_eeg(span: RecordingSpan, midline: bool, timer) -> EegRecording:
                 errors[row.row] = reason
             else:
                 repaired[row.row] = nan_fraction
+        midline_errors = {}
+        if midline:  # the midline pairs feed only the raw kind: an all-NaN one fails that kind's row
+            for row in span.rows:
+                start = _label_start(row) - lo
+                window = signals[len(BIPOLAR_PAIRS):, max(start, 0) : start + LABEL_SAMPLES]
+                dead = [pair_names(True)[len(BIPOLAR_PAIRS) + i] for i in np.flatnonzero(np.isnan(window).all(1))]
+                if dead and row.row not in errors:
+                    midline_errors[row.row] = (f"{span.path}: bipolar signal {', '.join(dead)} is all NaN in the "
+                                               f"label window at {row.eeg_offset_s:g} s")
         good = tuple(r for r in span.rows if r.row not in errors)
         usable = good or any(s.file_start < hi and s.file_start + s.length > lo for s in span.segments)
         filled = fill_nan(signals) if usable else None
-    return EegRecording(span, lo, filled, good, errors, repaired)
+    return EegRecording(span, lo, filled, good, errors, repaired, midline_errors)
 
 
 def open_spectrogram(span: RecordingSpan, midline: bool, timer) -> SpectrogramFile:

@@ -13,6 +13,10 @@ reader may import it. See docs/store-format.md for the format in prose.
     STORE/_build/{array}/error      (rows,) string    failure reason ("" when ok)
     STORE/_build/{array}/repaired   (rows,) float32   fraction of the row's values repaired (NaN) or padded
 
+A reader sees an array only once its creation is complete (`data_array_names`): its attributes hold
+`params_digest` and its build state exists. The build creates the build state first and the array last,
+so a build killed while creating one leaves nothing a reader lists, and the next build redoes it.
+
 Each array's attributes say what it is (`kind`, `params`, `params_digest`, `axes`); its name follows from
 its params (hms_prep/kinds/), so variants of a kind sit side by side. `describe_arrays` gives a reader
 what it needs to know of them without importing the kinds (which hold preprocessing math).
@@ -32,11 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.reader's import; new code: hms_prep.domain)
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
-warnings.filterwarnings("ignore", message=r"Object at labels\.parquet is not recognized")
+warnings.filterwarnings("ignore", message=r"Object at (labels\.parquet(\.tmp)?|build\.lock) is not recognized")
 
 LAYOUT_VERSION = 1
 ROOT_KEY = "hms_cache"
@@ -80,11 +85,32 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+BUILD_STATE_ARRAYS = ("done", "status", "error", "repaired")
+
+
 def data_array_names(group: zarr.Group) -> list[str]:
-    """The data arrays present (eeg_{W}s and their variants by window, then kaggle*, raw*), in a
-    stable order: array_keys() follows the filesystem."""
-    names = [n for n in group.array_keys() if not n.startswith("_")]
+    """The data arrays whose creation is complete (eeg_{W}s and their variants by window, then kaggle*,
+    raw*), in a stable order: array_keys() follows the filesystem."""
+    names = [n for n in group.array_keys() if not n.startswith("_") and array_complete(group, n)]
     return sorted(names, key=lambda n: (not n.startswith("eeg_"), _window_of(n), n))
+
+
+def array_complete(group: zarr.Group, name: str) -> bool:
+    """Whether the creation of array `name` finished: its build state exists (created first) and its
+    attributes were written (last)."""
+    try:
+        state = group[f"{BUILD_GROUP}/{name}"]
+        have = set(state.array_keys())
+        return set(BUILD_STATE_ARRAYS) <= have and "params_digest" in group[name].attrs
+    except (KeyError, ValueError, OSError):
+        return False
+
+
+def remove_array(group: zarr.Group, name: str) -> None:
+    """Delete an array and its build state (an unfinished creation, to be redone)."""
+    for path in (name, f"{BUILD_GROUP}/{name}"):
+        if path in group:
+            del group[path]
 
 
 def _window_of(name: str) -> int:
@@ -125,9 +151,25 @@ def normalize_url(url: str) -> str:
 
 
 def create_store(url: str, layout: StoreLayout) -> zarr.Group:
-    group = zarr.open_group(normalize_url(url), mode="w-")
-    group.attrs[ROOT_KEY] = asdict(layout)
-    return group
+    """The root group with its layout attributes in one metadata write: a reader never sees a root
+    without them."""
+    return zarr.create_group(normalize_url(url), attributes={ROOT_KEY: asdict(layout)})
+
+
+def unfinished_store(url: str) -> bool:
+    """A store whose creation was interrupted: a root zarr.json without (readable) hms_cache attributes
+    and nothing else beside it, so it can be created again without losing anything."""
+    fs, path = fsspec.core.url_to_fs(url)
+    root = path.rstrip("/")
+    if not fs.exists(f"{root}/zarr.json"):
+        return False
+    if any(p.rstrip("/").rsplit("/", 1)[-1] != "zarr.json" for p in fs.ls(root, detail=False)):
+        return False
+    try:
+        attrs = json.loads(fs.cat_file(f"{root}/zarr.json")).get("attributes", {})
+    except ValueError:
+        return True
+    return ROOT_KEY not in attrs
 
 
 def open_store(url: str, mode: str = "r") -> tuple[zarr.Group, StoreLayout]:
@@ -163,6 +205,14 @@ def write_labels(url: str, table: pa.Table) -> None:
     fs.mv(temp, final)
 
 
+def read_labels_if_readable(url: str) -> pa.Table | None:
+    """labels.parquet, or None when it is missing or unreadable (a build rewrites it then)."""
+    try:
+        return read_labels(url)
+    except (StoreError, OSError, pa.ArrowException):
+        return None
+
+
 def read_labels(url: str) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(url)
     target = f"{path.rstrip('/')}/{LABELS_FILE}"
@@ -188,13 +238,18 @@ class BuildState:
 
 
 def create_build_state(group: zarr.Group, name: str, layout: StoreLayout) -> BuildState:
+    """The array's build state, checksummed like the data: a damaged flag or status chunk is found
+    (`read_state`) and its chunk recomputed, never trusted."""
     sub = group.require_group(f"{BUILD_GROUP}/{name}")
     rows, chunk = (layout.n_rows,), (layout.chunk_rows,)
+    checked = dict(compressors=(ZstdCodec(level=0), Crc32cCodec()))
     return BuildState(
-        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0),
-        status=sub.create_array("status", shape=rows, chunks=chunk, dtype="uint8", fill_value=STATUS_PENDING),
-        error=sub.create_array("error", shape=rows, chunks=chunk, dtype=str),
-        repaired=sub.create_array("repaired", shape=rows, chunks=chunk, dtype="float32", fill_value=0.0),
+        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, **checked),
+        status=sub.create_array("status", shape=rows, chunks=chunk, dtype="uint8", fill_value=STATUS_PENDING,
+                                **checked),
+        error=sub.create_array("error", shape=rows, chunks=chunk, dtype=str, **checked),
+        repaired=sub.create_array("repaired", shape=rows, chunks=chunk, dtype="float32", fill_value=0.0,
+                                  **checked),
     )
 
 
@@ -204,6 +259,23 @@ def open_build_state(group: zarr.Group, name: str) -> BuildState:
 
 
 def read_errors(state: BuildState) -> list[str]:
-    """The error string of every row ('' for rows without one)."""
-    values = state.error[:]
+    """The error string of every row ('' for rows without one; "" too for a damaged chunk)."""
+    values, _ = read_state(state.error)
     return ["" if v is None else str(v) for v in np.asarray(values, dtype=object)]
+
+
+def read_state(array: zarr.Array) -> tuple[np.ndarray, list[int]]:
+    """All values of a build-state array and the chunks that could not be read (damaged: checksum
+    mismatch or truncated), read as the fill value. One read when nothing is damaged."""
+    try:
+        return array[:], []
+    except Exception:  # zarr raises plain ValueError/RuntimeError for a bad chunk; find which
+        pass
+    values = np.full(array.shape, array.fill_value, dtype=array.dtype)
+    step, damaged = array.chunks[0], []
+    for chunk, start in enumerate(range(0, array.shape[0], step)):
+        try:
+            values[start : start + step] = array[start : start + step]
+        except Exception:
+            damaged.append(chunk)
+    return values, damaged

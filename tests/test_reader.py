@@ -244,7 +244,7 @@ def test_an_error_in_the_reading_threads_reaches_the_consumer(train_store, tmp_p
     first_chunk = sorted(p for p in (Path(copy) / "eeg_10s" / "c").rglob("*") if p.is_file())[0]
     first_chunk.write_bytes(b"not a blosc chunk" * 64)
     reader = StoreReader(copy, ["eeg_10s"], threads=2)
-    with pytest.raises(ValueError, match=r"eeg_10s: chunk 0 is damaged: chunk decodes to \d+ bytes"):
+    with pytest.raises(ValueError, match=r"eeg_10s: chunk 0 is damaged: chunk fails its checksum"):
         for _ in reader.batches(reader.select(Selection()), 4, seed=0):
             pass
 
@@ -252,7 +252,7 @@ def test_an_error_in_the_reading_threads_reaches_the_consumer(train_store, tmp_p
 @pytest.mark.parametrize("name, codec", [("eeg_10s", "blosc"), ("kaggle", "zstd")])
 def test_a_truncated_chunk_is_a_clear_error_naming_array_chunk_and_file(train_store, tmp_path, name, codec):
     group = zarr.open_group(train_store, mode="r")
-    assert type(group[name].metadata.codecs[-1]).__name__.lower().startswith(codec)
+    assert type(group[name].metadata.codecs[1]).__name__.lower().startswith(codec)
     copy = copy_with_own_array(train_store, tmp_path / "truncated.zarr", name)
     damaged = Path(copy) / name / "c" / "2" / "0" / "0" / "0"
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])

@@ -14,7 +14,7 @@ import numpy as np
 from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.kinds.base import EEG, ArrayKind, Cut, register_kind, variant_name
 from hms_prep.montage import BIPOLAR_PAIRS
-from hms_prep.signal_filter import BAND_PASS_FILTER
+from hms_prep.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos
 from hms_prep.store import digest
 
 TOP_DB = 80.0  # the dB floor below each signal's maximum (librosa's power_to_db top_db)
@@ -41,6 +41,7 @@ class MelParams:
         object.__setattr__(self, "fmax", float(self.fmax))
         if self.band_pass is not None:
             object.__setattr__(self, "band_pass", tuple(float(f) for f in self.band_pass))
+            band_pass_sos(*self.band_pass, SAMPLE_RATE, BAND_PASS_ORDER)  # refuses 20,0.5 before any work
         for name in ("window_s", "n_fft", "win_length", "n_mels", "frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -97,8 +97,9 @@ class RawSignals(ArrayKind):
         """Every segment of the recording, filtered and scaled (values keyed by segment position)."""
         signals = recording.filtered(self.params.band_pass)[: len(self.signals)]
         raw = scale_raw(signals, self.params)
+        errors = {r: reason for r, reason in recording.midline_errors.items() if r in rows and self.params.midline}
         return Cut(values={s.position: _cut(raw, s.file_start - recording.first_sample, s.length)
-                           for s in recording.span.segments})
+                           for s in recording.span.segments}, errors=errors)
 
     def write(self, target: zarr.Array, rows: tuple[int, ...], whole: bool, cut: Cut,
               segments: tuple[RawSegment, ...]) -> None:

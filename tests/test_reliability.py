@@ -1,0 +1,423 @@
+"""What the store promises (docs/reliability.md): every moment of a build is a safe moment to die,
+damage is detected and named and repaired, one builder at a time, options refused before touching."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from hms_prep.audit import store_info, verify_store
+from hms_prep.build import BuildConfig, BuildError, run_build
+from hms_prep.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
+from hms_prep.lock import StoreLocked, build_lock
+from hms_prep.store import StoreError, open_store, read_labels
+
+from conftest import ROOT
+
+ARRAYS = ("eeg_10s", "kaggle", "raw")
+HOOK = Path(__file__).parent / "kill_hook"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Three EEGs: two chunks of rows at chunk_rows 8, so every kind of moment happens and few repeat."""
+    from hms_prep.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    synthesize(out, n_eegs=3, seed=3, n_test=1)
+    return out
+
+
+def build(data, store, cluster, **kwargs):
+    kwargs.setdefault("windows", (10,))
+    kwargs.setdefault("chunk_rows", 8)
+    return run_build(BuildConfig(data_dir=str(data), store=str(store), scheduler=cluster, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory, cluster):
+    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    assert build(tiny_data, store, cluster).ok
+    return store
+
+
+def assert_same_store(store: Path, reference: Path, names=ARRAYS):
+    for name in names:
+        np.testing.assert_array_equal(zarr.open_array(str(store / name))[:], zarr.open_array(str(reference / name))[:])
+    assert read_labels(str(store)).equals(read_labels(str(reference)))
+    assert verify_store(str(store)) == []
+
+
+def cli(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "hms_prep.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, **kwargs)
+
+
+def killed_build(data, store, log: Path, at: int, windows="10"):
+    """The CLI build, killed (whole process group, SIGKILL) right after its write number `at`; returns
+    the store paths written, in order (all of them when `at` is -1: the build runs to its end)."""
+    log.mkdir()
+    env = {"PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}", "HMS_KILL_LOG": str(log), "HMS_KILL_AT": str(at)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hms_prep.cli", "build", "--data", str(data), "--store", str(store), "--windows",
+         windows, "--chunk-rows", "8", "--workers", "1", "--quiet"],
+        cwd=ROOT, env={**os.environ, **env}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = process.wait(timeout=300)
+    assert (code == -signal.SIGKILL) == (at >= 0), code
+    return [p.read_text() for p in sorted(log.iterdir())]
+
+
+def moment(path: str, store: Path) -> str:
+    """The kind of moment a write is: which file of the store was just written."""
+    rel = Path(path).relative_to(store).as_posix()
+    parts = rel.split("/")
+    if rel in ("zarr.json", "labels.parquet", "labels.parquet.tmp"):
+        return rel
+    if parts[0] == "_build":
+        return "_build/" + ("/".join(["*"] + parts[2:3] + (["zarr.json"] if parts[-1] == "zarr.json" else ["chunk"]))
+                            if len(parts) > 2 else "zarr.json")
+    return "array " + ("zarr.json" if parts[-1] == "zarr.json" else "chunk")
+
+
+def test_a_build_killed_at_each_kind_of_moment_resumes_to_the_same_store(tiny_data, reference, tmp_path, cluster):
+    """Freeze-and-kill at each file the build writes, in order: the first write of each kind of moment
+    (store and array creation, build state, data, status, error, repaired, done flag, labels.parquet
+    before and after its rename), and right after the last done flag (labels.parquet not yet written).
+    Measured: 86 writes in a build of this dataset, 16 moments killed, every one resumed identical."""
+    writes = killed_build(tiny_data, tmp_path / "full.zarr", tmp_path / "log-full", -1)
+    store = tmp_path / "full.zarr"
+    kinds = [moment(w, store) for w in writes]
+    last_done = kinds.index("labels.parquet.tmp") - 1  # every chunk done, labels.parquet not yet written
+    chosen = sorted({kinds.index(k) for k in kinds} | {last_done})
+    assert len(chosen) >= 10, kinds
+    for at in chosen:
+        store = tmp_path / f"killed-{at}.zarr"
+        killed_build(tiny_data, store, tmp_path / f"log-{at}", at)
+        if (store / "zarr.json").exists():  # what a reader sees meanwhile: no traceback, at most "pending"
+            assert all(name in ARRAYS for name in store_info(str(store))["arrays"])
+        resumed = build(tiny_data, store, cluster)
+        assert resumed.ok, (at, kinds[at])
+        assert_same_store(store, reference)
+
+    # Killed while adding an array to a good store: readers never see the half-made array.
+    store = tmp_path / "added.zarr"
+    shutil.copytree(reference, store)
+    (store / "build.lock").unlink(missing_ok=True)
+    writes = killed_build(tiny_data, store, tmp_path / "log-added", 1, windows="10,30")
+    assert "eeg_30s" in writes[0] or "eeg_30s" in writes[1]
+    assert "eeg_30s" not in store_info(str(store))["arrays"] and verify_store(str(store)) == []
+    assert build(tiny_data, store, cluster, windows=(10, 30)).computed == ["eeg_30s"]
+
+
+def test_labels_parquet_is_rewritten_when_missing_or_stale(tiny_data, reference, tmp_path, cluster):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    (store / "labels.parquet").unlink()
+    (store / "labels.parquet.tmp").write_bytes(b"half")  # a disk that filled during the last write
+    summary = build(tiny_data, store, cluster)
+    assert summary.computed == [] and summary.ok
+    assert_same_store(store, reference)
+    group = zarr.open_group(str(store), mode="r+")
+    group["_build/kaggle/status"][0] = 2  # the build state moved on (a failed row); labels.parquet is older
+    group["_build/kaggle/error"][0] = "x: broken"
+    build(tiny_data, store, cluster)  # retries row 0 and rewrites labels.parquet
+    assert_same_store(store, reference)
+
+
+# --- corruption ---------------------------------------------------------------------------------------
+
+
+def chunk_path(store: Path, name: str, index: int = 0) -> Path:
+    return sorted(p for p in (store / name / "c").rglob("*") if p.is_file())[index]
+
+
+def test_every_damaged_chunk_is_named_by_verify_and_the_reader_and_repaired(tiny_data, reference, tmp_path, cluster):
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(reference, store)
+    damage = {  # array -> what is done to its first chunk
+        "eeg_10s": lambda p: p.write_bytes(_flip(p.read_bytes(), 100)),
+        "kaggle": lambda p: p.write_bytes(p.read_bytes()[:-40]),
+        "raw": lambda p: p.unlink(),
+    }
+    for name, harm in damage.items():
+        harm(chunk_path(store, name))
+    problems = verify_store(str(store))
+    for name, what in (("eeg_10s", "fails its checksum"), ("kaggle", "fails its checksum"), ("raw", "is missing")):
+        assert any(p.startswith(f"{name}: {name} chunk (0, 0") and what in p and "rows 0-" in p for p in problems), \
+            (name, problems)
+    group, _ = open_store(str(store))
+    for name in ("eeg_10s", "kaggle"):  # the trainer's fast path raises, naming array and chunk
+        array = group[name]
+        with pytest.raises(ChunkError, match=rf"{name} chunk \(0, 0, 0, 0\) fails its checksum"):
+            decode_chunk(codec_of(array), ChunkSource(str(store), array)((0, 0, 0, 0)),
+                         np.empty(array.chunks, array.dtype), ChunkSource(str(store), array).where((0, 0, 0, 0)))
+    with pytest.raises(ChunkError, match=r"raw chunk \(0, 0\) is missing"):
+        ChunkSource(str(store), group["raw"])((0, 0))
+
+    plain = build(tiny_data, store, cluster)  # a plain build trusts its done flags: data is not re-read
+    assert plain.computed == []
+    repaired = build(tiny_data, store, cluster, repair=True)
+    assert sorted(repaired.computed) == sorted(ARRAYS) and repaired.rows_computed == 8  # chunk 0 only
+    assert_same_store(store, reference)
+
+
+def test_a_damaged_build_state_chunk_is_recomputed_by_a_plain_build(tiny_data, reference, tmp_path, cluster):
+    store = tmp_path / "state.zarr"
+    shutil.copytree(reference, store)
+    for part in ("status", "done"):
+        path = store / "_build" / "eeg_10s" / part / "c" / "1"
+        path.write_bytes(_flip(path.read_bytes(), 3))
+    assert any("_build/eeg_10s/status chunks [1] damaged" in p for p in verify_store(str(store)))
+    again = build(tiny_data, store, cluster)
+    assert again.computed == ["eeg_10s"] and again.ok
+    assert_same_store(store, reference)
+
+
+def test_a_store_without_checksums_still_opens_reads_and_verifies(reference, tmp_path):
+    """Stores built before checksums: the v1 codec chain, chunks of zeros never written."""
+    store = tmp_path / "v1.zarr"
+    shutil.copytree(reference, store)
+    group = zarr.open_group(str(store), mode="r+")
+    values, attrs = group["eeg_10s"][:], group["eeg_10s"].attrs.asdict()
+    codecs = json.loads((store / "eeg_10s" / "zarr.json").read_text())["codecs"]
+    assert codecs[-1] == {"name": "crc32c"}
+    del group["eeg_10s"]
+    old = group.create_array("eeg_10s", shape=values.shape, chunks=(8, *values.shape[1:]), dtype="float16",
+                             fill_value=0.0, compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+                             attributes=attrs)
+    old[:] = values
+    assert not codec_of(old).checksum
+    assert verify_store(str(store)) == []
+    np.testing.assert_array_equal(zarr.open_array(str(store / "eeg_10s"))[:], values)
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+# --- one builder at a time ----------------------------------------------------------------------------
+
+
+def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_leaves_none(tiny_data, tmp_path):
+    store = tmp_path / "locked.zarr"
+    store.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hms_prep.lock import build_lock\n"
+         f"with build_lock({str(store)!r}):\n    print('held', flush=True); time.sleep(600)"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cli("build", "--data", tiny_data, "--store", store, "--windows", "10", "--no-kaggle", "--no-raw",
+                     "--workers", "1", "--quiet")
+        assert result.returncode == 1, result.stderr
+        assert f"another build is running on this store (pid {holder.pid} on" in result.stderr
+        assert "Traceback" not in result.stderr and not (store / "zarr.json").exists()
+        with pytest.raises(StoreLocked, match="another build is running"):  # in-process too
+            with build_lock(str(store)):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    with build_lock(str(store)):
+        pass
+
+
+# --- refuse before touching ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--windows", "60"], "window_s must be 1..50 seconds, got 60"),
+    (["--band-pass", "20,0.5"], "band-pass band (20.0, 0.5) Hz is invalid"),
+    (["--windows", "10", "--hop-length", "20"], "a 10 s window with hop 20 gives 101 frames"),
+    (["--codec", "snappy"], "unknown codec 'snappy'"),
+    (["--chunk-rows", "0"], "--chunk-rows must be an integer >= 1"),
+    (["--store", "memory://x.zarr", "--scheduler", "tcp://127.0.0.1:1"], "cannot be reached by the workers"),
+    (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler tcp://127.0.0.1:1: cannot reach the Dask scheduler"),
+])
+def test_bad_options_are_refused_before_the_store_is_touched(tiny_data, tmp_path, args, message):
+    store = tmp_path / "s.zarr"
+    full = ["build", "--data", tiny_data, "--quiet", *(args if "--store" in args else ["--store", store, *args])]
+    result = cli(*full)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not store.exists()
+
+
+def test_hop_length_is_checked_against_the_asked_windows():
+    from hms_prep.kinds import MelParams
+
+    config = BuildConfig(data_dir="x", windows=(30,), mel=MelParams(30, hop_length=20))
+    config.check()  # 30 s at hop 20: 301 frames >= 256 (the CLI run is in test_help_version_and_log_progress)
+    assert [k.params.hop_length for k in config.arrays().values() if hasattr(k.params, "hop_length")] == [20]
+
+
+def test_options_fixed_at_creation_are_refused_on_an_existing_store(tiny_data, reference, tmp_path, cluster):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    before = sorted(str(p) for p in store.rglob("*"))
+    for option, message in ((dict(chunk_rows=16), "created with --chunk-rows 8, asked for 16"),
+                            (dict(codec="zstd"), "created with --codec auto, asked for zstd")):
+        with pytest.raises(StoreError, match=message):
+            build(tiny_data, store, cluster, **{"chunk_rows": None, **option})
+    assert sorted(str(p) for p in store.rglob("*")) == before
+    assert build(tiny_data, store, cluster, chunk_rows=None).computed == []  # left out: the store's own
+
+
+def test_store_paths_that_cannot_hold_a_store_are_named(tiny_data, tmp_path, cluster):
+    a_file = tmp_path / "file.zarr"
+    a_file.write_text("not a store")
+    with pytest.raises(ValueError, match=f"{a_file}: --store is a file"):
+        build(tiny_data, a_file, cluster)
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who may write anywhere")
+        result = cli("build", "--data", tiny_data, "--store", locked / "s.zarr", "--quiet")
+        assert result.returncode == 1 and f"{locked}: not writable" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_relative_paths_reach_the_workers_absolute(tiny_data, tmp_path, cluster, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_data, tmp_path / "data")
+    summary = build("data", "rel/s.zarr", cluster, kaggle=False, raw=None)
+    assert summary.ok and summary.store == str(tmp_path / "rel" / "s.zarr")
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+
+def test_help_version_and_log_progress(tiny_data, tmp_path):
+    assert cli("-h").returncode == 0 and "build" in cli("-h").stdout
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("hms-prep ")
+    result = cli("build", "--data", tiny_data, "--store", tmp_path / "p.zarr", "--windows", "30", "--hop-length", "20",
+                 "--no-kaggle", "--no-raw", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "building: " in result.stderr and " rows (100%)" in result.stderr  # plain lines in a log, no bar
+    assert "Dask dashboard:" in result.stderr
+
+
+def test_ctrl_c_is_one_line_exit_130_and_resumable(tiny_data, tmp_path, cluster, reference):
+    store = tmp_path / "int.zarr"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hms_prep.cli", "build", "--data", str(tiny_data), "--store", str(store),
+         "--windows", "10", "--chunk-rows", "8", "--workers", "1"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (store / "_build" / "raw" / "done" / "zarr.json").exists():
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal sends it: the whole process group
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "CancelledError" not in err, err
+    assert build(tiny_data, store, cluster).ok
+    assert_same_store(store, reference)
+
+
+# --- bad inputs: each fails its own rows, named; the rerun after the fix computes only them ---------------
+
+
+def copy_data(tiny_data, tmp_path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return data
+
+
+def edit_csv(data: Path, change) -> str:
+    """Apply change(header, lines) to train.csv; returns the original text."""
+    csv = data / "train.csv"
+    original = csv.read_text()
+    lines = original.splitlines()
+    header = lines[0].split(",")
+    change(header, lines)
+    csv.write_text("\n".join(lines) + "\n")
+    return original
+
+
+def test_a_duplicate_label_id_is_refused_up_front_naming_the_lines(tiny_data, tmp_path, cluster):
+    data = copy_data(tiny_data, tmp_path)
+
+    def duplicate(header, lines):
+        first = lines[1].split(",")
+        second = lines[3].split(",")
+        second[header.index("label_id")] = first[header.index("label_id")]
+        lines[3] = ",".join(second)
+
+    edit_csv(data, duplicate)
+    result = cli("build", "--data", data, "--store", tmp_path / "s.zarr", "--quiet")
+    assert result.returncode == 1 and "appears more than once (lines 2, 4)" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s.zarr").exists()
+
+
+def test_a_row_without_votes_fails_alone_and_the_fix_recomputes_nothing_else(tiny_data, reference, tmp_path, cluster):
+    data = copy_data(tiny_data, tmp_path)
+    from hms_prep.domain import VOTE_COLUMNS
+
+    def no_votes(header, lines):
+        fields = lines[2].split(",")
+        for column in VOTE_COLUMNS:
+            fields[header.index(column)] = "0"
+        lines[2] = ",".join(fields)
+
+    original = edit_csv(data, no_votes)
+    store = tmp_path / "s.zarr"
+    summary = build(data, store, cluster)
+    [failed] = summary.failed_rows()
+    assert "train.csv: line 3 (label_id" in failed.reason and "has no votes" in failed.reason
+    labels = read_labels(str(store))
+    assert labels.column("status").to_pylist().count("failed") == 1
+    for name in ARRAYS:  # the arrays themselves are intact
+        np.testing.assert_array_equal(zarr.open_array(str(store / name))[:], zarr.open_array(str(reference / name))[:])
+    (data / "train.csv").write_text(original)
+    again = build(data, store, cluster)
+    assert again.ok and again.rows_computed == 0
+    assert_same_store(store, reference)
+
+
+def test_an_all_nan_fz_fails_the_raw_row_and_the_restored_file_recomputes_it(tiny_data, reference, tmp_path, cluster):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hms_prep import kaggle
+
+    data = copy_data(tiny_data, tmp_path)
+    labels = kaggle.read_labels(data, "train").to_pylist()
+    eeg_id = labels[0]["eeg_id"]
+    path = kaggle.eeg_path(data, "train", eeg_id)
+    original = path.read_bytes()
+    table = pq.read_table(path)
+    column = table.column_names.index("Fz")
+    nan = pa.array(np.full(table.num_rows, np.nan, np.float32), table.schema.field("Fz").type)
+    pq.write_table(table.set_column(column, "Fz", nan), path)
+
+    store = tmp_path / "s.zarr"
+    summary = build(data, store, cluster)
+    rows = {r["label_id"] for r in labels if r["eeg_id"] == eeg_id}
+    failed = summary.failed_rows()
+    assert {f.label_id for f in failed} == rows and all(f.arrays == ("raw",) for f in failed)
+    assert all(f"{eeg_id}.parquet: bipolar signal Fz-Cz is all NaN" in f.reason for f in failed)
+    path.write_bytes(original)
+    again = build(data, store, cluster)
+    assert again.ok and again.rows_computed == len(rows)
+    assert_same_store(store, reference)

@@ -250,10 +250,11 @@ def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps
     unit = 1 if per_epoch else steps_per_epoch
     warmup = int(config.warmup_epochs * unit)
     lr_min = lr * config.lr_min_factor
+    length = max(1, epochs * unit)
     if config.schedule == "constant":
-        return timm.scheduler.StepLRScheduler(optimizer, decay_t=max(1, epochs * unit), decay_rate=1.0, warmup_t=warmup,
+        return timm.scheduler.StepLRScheduler(optimizer, decay_t=length, decay_rate=1.0, warmup_t=warmup,
                                               warmup_lr_init=lr_min, t_in_epochs=per_epoch)
-    return timm.scheduler.CosineLRScheduler(optimizer, t_initial=max(1, epochs * unit), lr_min=lr_min, warmup_t=warmup,
+    return timm.scheduler.CosineLRScheduler(optimizer, t_initial=length, lr_min=lr_min, warmup_t=warmup,
                                             warmup_lr_init=lr_min, t_in_epochs=per_epoch)
 
 
@@ -286,7 +287,8 @@ def run_stage(
         net.train()
         loss_sum, steps = torch.zeros((), device=ctx.device), 0
         batches = reader.batches(
-            epoch_rows(config, reader, fold, stage, epoch), config.batch_size, shuffle=True, seed=config.seed + 7919 * fold, epoch=epoch + 100 * stage.index,
+            epoch_rows(config, reader, fold, stage, epoch), config.batch_size, shuffle=True,
+            seed=config.seed + 7919 * fold, epoch=epoch + 100 * stage.index,
             drop_last=True, raw_jitter=int(config.raw_jitter_s * 200), pin_memory=ctx.device.type == "cuda",
             shard=(ctx.rank, ctx.world),
         )

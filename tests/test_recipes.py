@@ -360,3 +360,19 @@ def test_layout_choices_are_checked():
     with pytest.raises(ConfigError, match="stage2_val_to_train_below: 12 is above stage2_min_votes 8"):
         load_config("seed_richard_b0", ["stage2_val_to_train_below=12"])
     assert math.isclose(load_config("seed_richard_b0").stage2_lr, 3e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SEEDS)
+def test_each_recipes_own_backbone_builds_at_its_image_size(name):
+    from hms_train.models import create_model
+
+    config = load_config(name)
+    size = (400, 912) if name.startswith("seed_richard") else (400, 768)
+    model = create_model("2d", image_size=size, backbone=config.backbone, pool=config.pool, drop_rate=config.drop_rate,
+                         drop_path_rate=config.drop_path_rate)
+    if config.pool == "attention":
+        assert model.pool.width == 29, "Richard's WidthAttention(C, 29): 912 / 32 columns"
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, *size)).shape == (1, 6)

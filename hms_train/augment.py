@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,8 @@ N_CHAINS = len(CHAINS)
 # The probabilities of augmentations that move image content in time or across chains, or mix samples:
 # applied to the image alone they would desynchronise it from a raw signal the model also takes.
 IMAGE_ONLY = ("hemisphere_swap_p", "hflip_p", "vflip_p", "ssr_p", "mixup_p")
+# "time": stripes of whole columns only (Richard's XYMasking had its y masks commented out).
+MASK_AXES = ("both", "time")
 
 
 @dataclass
@@ -47,6 +50,7 @@ class AugmentConfig:
     vflip_p: float = 0.0  # whole-image vertical flip (reverses chain order and frequency axis)
     hemisphere_swap_p: float = 0.5  # LL <-> RL and LP <-> RP; the label is kept
     xy_mask_p: float = 0.5
+    mask_axes: Literal[MASK_AXES] = "both"  # time stripes and frequency stripes, or time stripes only
     mask_stripes: tuple[int, int] = (1, 10)  # stripes per axis, inclusive range
     mask_width: tuple[int, int] = (5, 10)  # stripe width in pixels, inclusive range
     ssr_p: float = 0.7
@@ -275,7 +279,10 @@ class Augmenter:
         batch, _, height, width = images.shape
         chosen = self._chosen(images, config.xy_mask_p)[:, None]
         columns = stripe_mask(batch, width, config.mask_stripes, config.mask_width, self.generator, images.device)
-        rows = stripe_mask(batch, height, config.mask_stripes, config.mask_width, self.generator, images.device)
+        if config.mask_axes == "time":
+            rows = torch.zeros(batch, height, dtype=torch.bool, device=images.device)
+        else:
+            rows = stripe_mask(batch, height, config.mask_stripes, config.mask_width, self.generator, images.device)
         return xy_mask(images, columns & chosen, rows & chosen)
 
     def _mixup(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

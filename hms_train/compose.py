@@ -75,14 +75,17 @@ def compose(
     reference = parts[layout.parts[0].array]
     batch = reference.shape[0]
     image = torch.empty((batch, 1, layout.height, layout.canvas_width), dtype=torch.float32, device=reference.device)
-    image[..., layout.composed_width :] = 0  # the parts tile the rest (checked by the layout)
+    left = layout.pad_left  # the parts tile columns left .. left + composed_width (checked by the layout)
+    image[..., :left] = 0
+    image[..., left + layout.composed_width :] = 0
     for part in layout.parts:
         values = parts[part.array]
         if part.kind == KAGGLE_KIND:
             values = standardise_per_sample(values.float())
         values = cut_columns(values, part.width, part.crop(train), generator)
         # (B, 4, F, w) -> (B, 1, 4*F, w): chain c lands on rows c*F .. (c+1)*F - 1 of the part
-        image[..., part.row : part.row + part.height, part.col : part.col + part.width] = values.reshape(
+        col = left + part.col
+        image[..., part.row : part.row + part.height, col : col + part.width] = values.reshape(
             batch, 1, part.height, part.width
         )
     if not train and layout.eval_crop == "sliding":

@@ -21,12 +21,16 @@ from typing import Any, Literal, get_type_hints
 
 from hms_train.augment import AugmentConfig
 from hms_train.layout import LayoutConfig
-from hms_train.losses import VOTE_WEIGHTINGS
+from hms_train.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
 from hms_train.models import MODEL_KINDS, POOLS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+EXTENDS = "extends"  # TOML key: the bundled config (or TOML path) whose values this file changes
 OPTIMIZERS = ("adamw", "lion")  # timm implementations the recipes use
 PSEUDO_MODES = ("replace", "blend")
+SCHEDULES = ("cosine", "constant")  # constant: Richard's AdamW without a scheduler
+SCHEDULE_UNITS = ("step", "epoch")  # epoch: the lr changes once per epoch (David's CosineAnnealingLR)
+STAGE2_INITS = ("continue", "best")  # best: from the best stage-1 checkpoint's (EMA) weights, as Richard
 DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")  # (pattern, in words)
 
 
@@ -71,30 +75,49 @@ class TrainConfig:
     backbone: str = "efficientnet_b0"
     pool: Literal[POOLS] = "attention"
     drop_rate: float = field(default=0.2, metadata=PROBABILITY)
-    pretrained: bool = False  # timm's local cache only: nothing is downloaded
+    drop_path_rate: float = field(default=0.0, metadata=PROBABILITY)  # timm's stochastic depth
+    pretrained: bool = False  # timm's weights: the local Hugging Face cache, else a download when online
     weights: str | None = None  # a local backbone state dict
     # optimisation
     optimizer: Literal[OPTIMIZERS] = "adamw"
     lr: float = field(default=3e-4, metadata=POSITIVE)
     weight_decay: float = field(default=1e-2, metadata=NON_NEGATIVE)
     batch_size: int = field(default=16, metadata=POSITIVE)
-    warmup_epochs: float = field(default=1.0, metadata=NON_NEGATIVE)
+    schedule: Literal[SCHEDULES] = "cosine"
+    schedule_unit: Literal[SCHEDULE_UNITS] = "step"
+    warmup_epochs: float = field(default=1.0, metadata=NON_NEGATIVE)  # whole epochs when schedule_unit = "epoch"
+    lr_min_factor: float = field(default=0.01, metadata=PROBABILITY)  # the cosine's end (and warm-up start) / lr
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0 disables clipping
     ema_decay: float = field(default=0.995, metadata=PROBABILITY)  # 0 disables EMA
+    ema_warmup: bool = False  # decay 1 - (1 + step)^(-2/3) capped at ema_decay (timm ModelEmaV3 use_warmup)
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = True
     compile: bool = False
     # loss
+    kl_reduction: Literal[KL_REDUCTIONS] = "batchmean"  # "mean": torch's KLDivLoss default (/ 6), the seed's
+    kl_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
     mse_weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # KL + MSE on the softmax, 1:1 in the seed
+    ce_weight: float = field(default=0.0, metadata=NON_NEGATIVE)  # soft-target cross-entropy (David: 2)
     vote_weighting: Literal[VOTE_WEIGHTINGS] = "none"
     # stages
     epochs: int = field(default=25, metadata=POSITIVE)  # stage 1, all rows
     stage2_epochs: int = field(default=15, metadata=NON_NEGATIVE)  # 0 = single stage
+    # stage 2 trains on rows with >= stage2_min_votes votes; with pseudo_labels, on all rows, the
+    # others' targets from the pseudo-labels
     stage2_min_votes: int = field(default=10, metadata=NON_NEGATIVE)
     stage2_lr: float | None = field(default=None, metadata=POSITIVE)  # default: lr / 2
+    stage2_init: Literal[STAGE2_INITS] = "continue"  # best: the fold's model is then stage 2's best epoch
+    stage2_val_min_votes: int | None = field(default=None, metadata=NON_NEGATIVE)  # stage 2 validates on these
+    # Richard's V4: the validation fold's rows with fewer votes join stage-2 training (with pseudo-labels:
+    # they are below stage2_min_votes); its rows between this and stage2_min_votes are used nowhere
+    stage2_val_to_train_below: int | None = field(default=None, metadata=NON_NEGATIVE)
     pseudo_labels: str | None = None  # parquet from `hms-train pseudo-label`, used in stage 2
     pseudo_mode: Literal[PSEUDO_MODES] = "replace"  # low-vote rows' targets
     pseudo_blend: float = field(default=0.5, metadata=PROBABILITY)  # weight of the pseudo label in blend mode
+    # what won (HMS.md section 5)
+    sample_per_eeg: bool = False  # each epoch trains on one random row per eeg_id (seeded by seed, epoch)
+    val_per_eeg: bool = False  # validate on one row per eeg_id: its most-voted row (ties: the first)
+    select_min_votes: int = field(default=10, metadata=NON_NEGATIVE)  # the "golden" rows checkpoints are chosen on
     # evaluation
     kaggle_width: int | None = field(default=None, metadata=POSITIVE)  # evaluation keeps the first N Kaggle columns
     tta_hflip: bool = False
@@ -125,17 +148,7 @@ def bundled_configs() -> list[str]:
 
 def load_config(name_or_path: str | None, overrides: list[str] = ()) -> TrainConfig:
     """A bundled config by name, or a TOML file, then `key=value` overrides (dotted for augment.*)."""
-    values: dict[str, Any] = {}
-    if name_or_path:
-        path = Path(name_or_path)
-        if not path.suffix and (CONFIG_DIR / f"{name_or_path}.toml").is_file():
-            path = CONFIG_DIR / f"{name_or_path}.toml"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config {name_or_path!r}: not a file and not one of {bundled_configs()}")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:  # its message carries the line and column
-            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    values = _read_toml(name_or_path) if name_or_path else {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
@@ -148,6 +161,36 @@ def load_config(name_or_path: str | None, overrides: list[str] = ()) -> TrainCon
                 raise ConfigError(f"override {item!r}: {parent} is not a section")
         target[leaf] = _parse_value(text.strip())
     return TrainConfig.from_dict(values)
+
+
+def _read_toml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config file's values, a bundled name's or a path's; with `extends = "NAME"` they change the values
+    of that config (tables merged key by key), so a variant of a recipe names only what differs."""
+    path = Path(name_or_path)
+    if not path.suffix and (CONFIG_DIR / f"{name_or_path}.toml").is_file():
+        path = CONFIG_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config {name_or_path!r}: not a file and not one of {bundled_configs()}")
+    if str(path) in seen:
+        raise ConfigError(f"{path}: extends itself through {list(seen)}")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:  # its message carries the line and column
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    base = values.pop(EXTENDS, None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {EXTENDS} must name a bundled config or a TOML file, got {base!r}")
+    return _merged(_read_toml(base, (*seen, str(path))), values)
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes`; a table changed by a table is merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def check_against_store(config: TrainConfig, arrays: list[str], n_folds: int | None) -> None:
@@ -221,7 +264,7 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and args[-1:] == (Ellipsis,):  # tuple[X, ...]: any number of X
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
             return tuple(_typed(key, v, args[0]) for v in value)
         if origin is tuple:
             if len(value) != len(args):
@@ -254,3 +297,7 @@ def _check_together(config: TrainConfig) -> None:
         raise ConfigError(f"folds: expected distinct fold numbers, got {config.folds}")
     if config.pseudo_labels is not None and config.stage2_epochs == 0:
         raise ConfigError("pseudo_labels: used in stage 2, but stage2_epochs = 0")
+    below = config.stage2_val_to_train_below
+    if below is not None and below > config.stage2_min_votes:
+        raise ConfigError(f"stage2_val_to_train_below: {below} is above stage2_min_votes "
+                          f"{config.stage2_min_votes}; validation rows that join training must be low-vote rows")

@@ -18,17 +18,19 @@ Part keys: `array` (required); `row` (default 0); `col` (default: right after th
 list of bare arrays sits side by side); `width` (default: all T columns); `train_crop` / `eval_crop`,
 where the `width` columns start: "first", "center" or (training only) "random", per sample.
 
-Whole-image keys (all optional): `width` makes the image exactly that wide, zeros on the right when the
-parts are narrower, a crop when they are wider: `train_crop` "first" | "center" | "random", `eval_crop`
+Whole-image keys (all optional): `width` makes the image exactly that wide, zeros when the parts are
+narrower (`pad` "right", or "center": both sides, the left getting the smaller half, as albumentations'
+PadIfNeeded), a crop when they are wider: `train_crop` "first" | "center" | "random", `eval_crop`
 "first" | "center" | "sliding" (windows `stride` columns apart, the last one flush with the right edge;
 `forward.predict_probabilities` averages the model's probabilities over them). Richard's image:
 
     [layout]
     parts = [{ array = "eeg_10s" }, { array = "eeg_30s" }, { array = "kaggle" }]
     width = 912
+    pad = "center"
     train_crop = "random"
     eval_crop = "sliding"
-    stride = 100
+    stride = 684
 
 The parts must tile the image: no overlaps, no gaps (a gap is nearly always a typo in a row or col).
 `ImageLayout.image_size` is the model's input size, for training and evaluation alike. This module is
@@ -53,6 +55,7 @@ PART_TRAIN_CROPS = ("first", "center", "random")
 PART_EVAL_CROPS = ("first", "center")
 IMAGE_TRAIN_CROPS = PART_TRAIN_CROPS
 IMAGE_EVAL_CROPS = ("first", "center", "sliding")
+PADS = ("right", "center")
 
 
 class LayoutError(ValueError):
@@ -76,6 +79,7 @@ class PartConfig:
 class LayoutConfig:
     parts: tuple[PartConfig, ...] = ()
     width: int | None = None  # the whole image's width; None: as wide as the parts
+    pad: str = "right"  # where the zeros go when the parts are narrower than `width`
     train_crop: str = "first"
     eval_crop: str = "first"
     stride: int | None = None  # between sliding evaluation windows
@@ -92,6 +96,7 @@ class LayoutConfig:
         layout = cls(parts=tuple(_part(p, i) for i, p in enumerate(parts)), **values)
         _check_choice(layout.train_crop, IMAGE_TRAIN_CROPS, "layout.train_crop")
         _check_choice(layout.eval_crop, IMAGE_EVAL_CROPS, "layout.eval_crop")
+        _check_choice(layout.pad, PADS, "layout.pad")
         _check_count(layout.width, "layout.width", minimum=1)
         _check_count(layout.stride, "layout.stride", minimum=1)
         cropping = layout.train_crop != "first" or layout.eval_crop != "first"
@@ -230,6 +235,13 @@ class ImageLayout:
     train_crop: str = "first"
     eval_crop: str = "first"
     stride: int | None = None
+    pad: str = "right"
+
+    @property
+    def pad_left(self) -> int:
+        """Zero columns left of the parts on the canvas: half the padding (rounded down) when centred."""
+        room = max(self.width - self.composed_width, 0)
+        return room // 2 if self.pad == "center" else 0
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -242,7 +254,7 @@ class ImageLayout:
 
     @property
     def canvas_width(self) -> int:
-        """Columns of the composed image before the whole-image crop (zeros on the right up to `width`)."""
+        """Columns of the composed image before the whole-image crop (zero-padded up to `width`)."""
         return max(self.composed_width, self.width)
 
     def window_starts(self) -> list[int]:
@@ -306,7 +318,7 @@ def resolve_layout(config: LayoutConfig, sources: Mapping[str, PartSource]) -> I
     height = max(p.row + p.height for p in placed)
     composed = max(p.col + p.width for p in placed)
     return ImageLayout(tuple(placed), height, composed, config.width or composed,
-                       config.train_crop, config.eval_crop, config.stride)
+                       config.train_crop, config.eval_crop, config.stride, config.pad)
 
 
 def _check_tiling(parts: Sequence[Placement]) -> None:

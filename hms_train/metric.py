@@ -14,7 +14,8 @@ import numpy as np
 from hms_prep.domain import CLASSES as CLASS_NAMES
 from hms_prep.domain import VOTE_COLUMNS  # noqa: F401 (submission, OOF and pseudo-label columns)
 EPSILON = 1e-15
-# Rows with at least this many votes are the clean, expert-like ones that top teams validated on.
+# Rows with at least this many votes are the clean, expert-like ones that top teams validated on (the
+# "kl_10plus" of every report; checkpoint selection takes its threshold from the config: select_min_votes).
 HIGH_VOTE_THRESHOLD = 10
 
 
@@ -66,3 +67,12 @@ def cv_report(targets: np.ndarray, predictions: np.ndarray, votes: np.ndarray) -
         "n_10plus": int(high_vote.sum()),
         "per_class": {name: float(value) for name, value in zip(CLASS_NAMES, terms.mean(axis=0))},
     }
+
+
+def selection_kl(targets: np.ndarray, predictions: np.ndarray, votes: np.ndarray, min_votes: int) -> float:
+    """The checkpoint-selection score: the KL over the rows with at least `min_votes` total votes (the
+    "golden" subset), or over all rows when none has that many (0 selects on all rows)."""
+    golden = np.asarray(votes) >= min_votes
+    if not golden.any():
+        golden[:] = True
+    return kaggle_kl(np.asarray(targets)[golden], np.asarray(predictions)[golden])

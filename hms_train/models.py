@@ -86,9 +86,11 @@ def create_pool(pool: str, channels: int, width: int) -> nn.Module:
     raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
 
 
-def timm_backbone(name: str, pretrained: bool = False) -> nn.Module:
-    """A timm model for 1-channel images that returns its unpooled feature map (B, C, H, W)."""
-    return timm.create_model(name, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="")
+def timm_backbone(name: str, pretrained: bool = False, drop_path_rate: float = 0.0) -> nn.Module:
+    """A timm model for 1-channel images that returns its unpooled feature map (B, C, H, W);
+    `drop_path_rate` is timm's stochastic depth (Richard's 0.2)."""
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}  # not every timm model takes it
+    return timm.create_model(name, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="", **extra)
 
 
 def feature_map_shape(backbone: nn.Module, image_size: tuple[int, int]) -> tuple[int, int, int]:
@@ -265,33 +267,82 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
 
 
 class MissingWeightsError(RuntimeError):
-    """Pretrained weights asked for are not on this machine (an expected, user-fixable error)."""
+    """Pretrained weights asked for are not on this machine and cannot be downloaded (an expected,
+    user-fixable error: the message says how to provide them)."""
 
 
-def cached_pretrained_backbone(name: str) -> nn.Module:
-    """timm's pretrained weights for `name`, from the local cache only (these machines have no internet).
+NETWORK_PROBE_S = 3.0  # a machine without a network is told so in seconds, not after download retries
 
-    huggingface_hub reads HF_HUB_OFFLINE once, at import, so the module flag is set along with the
-    environment variable; without it every lookup would first try the network.
-    """
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+def hub_reachable(timeout: float = NETWORK_PROBE_S) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT, default huggingface.co) answers a TCP connection within
+    `timeout` seconds. Name resolution can hang without a network, so the probe runs on its own thread."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    answered = threading.Event()
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answered.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answered.is_set()
+
+
+def _hub_offline(offline: bool) -> None:
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import, so the module flag is set with the variable."""
+    os.environ["HF_HUB_OFFLINE"] = "1" if offline else "0"
+    huggingface_hub.constants.HF_HUB_OFFLINE = offline
+
+
+def cached_pretrained_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Module:
+    """timm's pretrained weights for `name`: from the local Hugging Face cache when there, else downloaded
+    when the hub is reachable; without a network it fails fast with MissingWeightsError saying how to
+    provide them (the hub cache folder, or --weights FILE)."""
+    _hub_offline(True)  # the cache first: no network round trip when the weights are already here
     try:
-        return timm_backbone(name, pretrained=True)
+        return timm_backbone(name, pretrained=True, drop_path_rate=drop_path_rate)
     except OSError as error:  # cache miss: LocalEntryNotFoundError, OfflineModeIsEnabled, URLError
-        raise MissingWeightsError(f"no pretrained weights for {name} in the local cache; pass --weights PATH") from error
+        cache_miss = error
+    if hub_reachable():
+        _hub_offline(False)
+        try:
+            return timm_backbone(name, pretrained=True, drop_path_rate=drop_path_rate)
+        except OSError as error:
+            cache_miss = error
+        finally:
+            _hub_offline(True)
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = pretrained_cfg.hf_hub_id if pretrained_cfg is not None and pretrained_cfg.hf_hub_id else name
+    raise MissingWeightsError(
+        f"no pretrained weights for {name} in the local cache; pass --weights PATH (a timm state dict or "
+        f".safetensors file), or copy timm's {hub_id!r} into the Hugging Face hub cache "
+        f"{huggingface_hub.constants.HF_HUB_CACHE} (set HF_HOME or HF_HUB_CACHE to use another folder), or "
+        f"run once where {huggingface_hub.constants.ENDPOINT} is reachable"
+    ) from cache_miss
 
 
-def create_backbone(name: str, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
-    """A 1-channel timm feature extractor: weights from `weights` if given, else timm's cache if
-    `pretrained`, else random initialisation."""
+def create_backbone(
+    name: str, pretrained: bool = False, weights: str | Path | None = None, drop_path_rate: float = 0.0
+) -> nn.Module:
+    """A 1-channel timm feature extractor: weights from `weights` if given, else timm's pretrained ones
+    (local cache, else downloaded) if `pretrained`, else random initialisation."""
     if weights is not None:
-        backbone = timm_backbone(name)
+        backbone = timm_backbone(name, drop_path_rate=drop_path_rate)
         load_backbone_weights(backbone, weights)
         return backbone
     if pretrained:
-        return cached_pretrained_backbone(name)
-    return timm_backbone(name)
+        return cached_pretrained_backbone(name, drop_path_rate)
+    return timm_backbone(name, drop_path_rate=drop_path_rate)
 
 
 # --- model kinds: each declares the batch inputs it consumes and builds itself from its own arguments ---
@@ -354,10 +405,12 @@ def spectrogram_model(
     drop_rate: float = 0.2,
     pretrained: bool = False,
     weights: str | None = None,
+    drop_path_rate: float = 0.0,
 ) -> SpectrogramNet:
     """SpectrogramNet on (H, W) = `image_size` images (the layout's); `weights` is a local pretrained
-    file for the backbone and takes precedence over `pretrained`, which reads timm's local cache only."""
-    return SpectrogramNet(create_backbone(backbone, pretrained, weights), tuple(image_size), pool, drop_rate)
+    file for the backbone and takes precedence over `pretrained` (timm's cache, else a download)."""
+    backbone_net = create_backbone(backbone, pretrained, weights, drop_path_rate)
+    return SpectrogramNet(backbone_net, tuple(image_size), pool, drop_rate)
 
 
 @register_model("1d", inputs=("raw",))
@@ -369,12 +422,12 @@ def raw_model(raw_channels: int = 18, raw_samples: int = 10000, drop_rate: float
 @register_model("multimodal", inputs=("image", "raw"))
 def multimodal_model(
     image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: str = "attention",
-    pretrained: bool = False, weights: str | None = None,  # the 2D branch, as for "2d"
+    pretrained: bool = False, weights: str | None = None, drop_path_rate: float = 0.0,  # the 2D branch
     raw_channels: int = 18, raw_samples: int = 10000,  # the 1D branch, as for "1d"
     drop_rate: float = 0.2,
 ) -> MultimodalNet:
     """The 2D and 1D branches (their own heads off) joined in one head."""
-    image_backbone = create_backbone(backbone, pretrained, weights)
+    image_backbone = create_backbone(backbone, pretrained, weights, drop_path_rate)
     spectrogram = SpectrogramNet(image_backbone, tuple(image_size), pool, drop_rate, num_classes=0)
     raw = RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate, num_classes=0)
     return MultimodalNet(spectrogram, raw, drop_rate)

@@ -1,5 +1,8 @@
 """Which rows each batch holds, for one epoch of one data-parallel rank: a pure plan, no I/O.
 
+Which rows an epoch uses at all is decided before the plan: `one_row_per_group` (a random row of each
+recording per epoch, HMS.md section 5) and `most_voted_row_per_group` (a fixed one, for validation).
+
 Chunk-aware shuffle: an epoch visits the chunks holding selected rows in a fresh random order and
 draws its batches at random from the rows of `buffer_chunks` chunks at a time (a partial batch's rows
 wait for the next chunks), so the reader decodes each chunk once and never holds more than a buffer's
@@ -110,6 +113,23 @@ class ChunkSampler:
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         return tuple(batches)
+
+
+def one_row_per_group(rows: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random row of `rows` for each distinct `groups[row]` (e.g. eeg_id), ascending. Every row of a
+    group is equally likely; the choice is a function of `rng`'s state alone (seed it by seed and epoch)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    shuffled = rows[rng.permutation(len(rows))]
+    _, first = np.unique(groups[shuffled], return_index=True)
+    return np.sort(shuffled[first])
+
+
+def most_voted_row_per_group(rows: np.ndarray, groups: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """For each distinct `groups[row]`, the row of `rows` with the most `votes` (ties: the lowest row), ascending."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.lexsort((rows, -votes[rows], groups[rows]))  # by group, then most votes, then row
+    _, first = np.unique(groups[rows][order], return_index=True)
+    return np.sort(rows[order][first])
 
 
 def rows_per_rank(n_rows: int, world: int) -> int:

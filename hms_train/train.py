@@ -5,11 +5,17 @@
         run_stage(...) -> best score          optimizer, schedule, EMA; per epoch: steps, validate, checkpoint
 
 A `Stage` is a record: stage 1 trains on every row of the other folds, stage 2 (optional) on their
-high-vote rows, with pseudo-labels for the low-vote rows when configured.
+high-vote rows, with pseudo-labels for the low-vote rows when configured; each stage has its validation
+rows (stage 2 may keep only the fold's high-vote rows, and move its low-vote rows into training, as in
+Richard's seed code), and may start from the best checkpoint so far (`stage2_init = "best"`, the fold's
+model is then the last stage's best epoch). With `sample_per_eeg` an epoch trains on one random row per
+eeg_id of the stage's rows; with `val_per_eeg` validation uses each eeg_id's most-voted row.
+Checkpoints are chosen on the validation rows with >= `select_min_votes` votes (the "golden" subset).
 
 A run directory gets config.json (resolved), metrics.jsonl (one line per epoch), fold{k}_last.pt
 (everything needed to resume fold k after its last complete epoch; see `_resume_state`),
 fold{k}_best.pt (the best epoch's weights with the model spec and config: enough to predict),
+fold{k}_stage1_best.pt (stage 2's starting weights, with `stage2_init = "best"`),
 fold{k}_oof.parquet (a finished fold's out-of-fold predictions) and, at the end, oof.parquet,
 summary.json and curves.png. `train(..., resume=True)` continues a killed run from those files.
 
@@ -25,6 +31,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -53,13 +60,15 @@ from hms_train.forward import (
     resolve_device,
     run_model,
 )
-from hms_train.losses import kl_loss
-from hms_train.metric import VOTE_COLUMNS, cv_report
+from hms_train.losses import Loss
+from hms_train.metric import VOTE_COLUMNS, cv_report, selection_kl
 from hms_train.models import create_model, model_kind
 from hms_train.reader import Selection, StoreReader, to_device
+from hms_train.sampler import most_voted_row_per_group, one_row_per_group
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint contents change incompatibly
 STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png")
+STAGE_INITS_FROM_BEST = "best"  # config.stage2_init: the stage starts from the best checkpoint so far
 
 
 @dataclass
@@ -78,16 +87,18 @@ class Context:
         return self.rank == 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Stage:
-    """One phase of a fold's training: its epochs, learning rate, training rows and their targets."""
+    """One phase of a fold's training: its epochs, learning rate, training and validation rows, targets."""
 
     name: str
     index: int  # position among the fold's stages (orders checkpoints; varies the shuffle)
     epochs: int
     lr: float
-    rows: Selection
-    targets: np.ndarray = field(repr=False, compare=False)  # (n_rows, 6), pseudo-labels applied or not
+    rows: np.ndarray = field(repr=False)  # training rows (an epoch may sample one per eeg_id of them)
+    val_rows: np.ndarray = field(repr=False)  # validation rows: checkpoints are chosen on them
+    targets: np.ndarray = field(repr=False)  # (n_rows, 6), pseudo-labels applied or not
+    init: str = "continue"  # "best": start from the best checkpoint so far, and choose this stage's best
 
 
 def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: bool = False) -> dict:
@@ -101,9 +112,11 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: boo
     reader = _open_reader(config)
     folds = config.folds if config.folds is not None else list(range(reader.layout.n_folds))
     config = dataclasses.replace(config, folds=folds)  # resolved: config.json names the folds
-    targets = train_targets(reader, config)  # pseudo-labels read and checked here, not after stage 1
+    # pseudo-labels read and checked here, not after stage 1
+    targets = train_targets(reader, config, pseudo_label_rows(config, reader, folds))
     plans = {fold: fold_stages(config, reader, fold, targets) for fold in folds}
     _check_rows(config, reader, plans)
+    model_spec(config, reader)  # the layout and the model's arguments, checked before anything is written
     ctx = _context(config, Path(out), quiet)
     if ctx.main:
         _prepare_run_directory(ctx, plans, resume)
@@ -126,14 +139,62 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: boo
 
 
 def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets: np.ndarray) -> list[Stage]:
-    """Stage 1 on all rows of the other folds; stage 2 on their rows with >= stage2_min_votes votes,
-    or on all of them with pseudo-labels (`targets`) for the low-vote ones."""
-    stages = [Stage("stage1", 0, config.epochs, config.lr, Selection(exclude_folds=[fold]), reader.targets)]
+    """Stage 1 on all rows of the other folds, validated on the fold's rows; stage 2 on their rows with
+    >= stage2_min_votes votes, or on all of them with pseudo-labels (`targets`) for the low-vote ones,
+    validated on the fold's rows with >= stage2_val_min_votes (all when None) that stayed in validation."""
+    fold_rows = reader.select(Selection(folds=[fold]))
+    training = reader.select(Selection(exclude_folds=[fold]))
+    stages = [Stage("stage1", 0, config.epochs, config.lr, training, validation_rows(config, reader, fold_rows),
+                    reader.targets)]
     if config.stage2_epochs > 0:
-        pseudo = config.pseudo_labels is not None
-        rows = Selection(exclude_folds=[fold], min_votes=None if pseudo else config.stage2_min_votes)
-        stages.append(Stage("stage2", 1, config.stage2_epochs, config.stage2_lr or config.lr / 2, rows, targets))
+        val = np.setdiff1d(fold_rows, moved_validation_rows(config, reader, fold_rows))
+        if config.stage2_val_min_votes is not None:
+            val = val[reader.votes[val] >= config.stage2_val_min_votes]
+        stages.append(Stage("stage2", 1, config.stage2_epochs, config.stage2_lr or config.lr / 2,
+                            stage2_training_rows(config, reader, fold), validation_rows(config, reader, val),
+                            targets, init=config.stage2_init))
     return stages
+
+
+def stage2_training_rows(config: TrainConfig, reader: StoreReader, fold: int) -> np.ndarray:
+    """The other folds' rows and the fold's moved low-vote rows; without pseudo-labels only those with
+    >= stage2_min_votes votes."""
+    rows = np.union1d(reader.select(Selection(exclude_folds=[fold])),
+                      moved_validation_rows(config, reader, reader.select(Selection(folds=[fold]))))
+    if config.pseudo_labels is None:
+        rows = rows[reader.votes[rows] >= config.stage2_min_votes]
+    return rows
+
+
+def moved_validation_rows(config: TrainConfig, reader: StoreReader, fold_rows: np.ndarray) -> np.ndarray:
+    """The validation fold's rows that join stage-2 training: fewer than stage2_val_to_train_below votes."""
+    if config.stage2_val_to_train_below is None:
+        return np.empty(0, dtype=np.int64)
+    return fold_rows[reader.votes[fold_rows] < config.stage2_val_to_train_below]
+
+
+def pseudo_label_rows(config: TrainConfig, reader: StoreReader, folds: list[int]) -> np.ndarray:
+    """Every row some fold's stage 2 trains on with a pseudo-label: fewer than stage2_min_votes votes."""
+    if config.pseudo_labels is None or config.stage2_epochs == 0:
+        return np.empty(0, dtype=np.int64)
+    rows = np.unique(np.concatenate([stage2_training_rows(config, reader, fold) for fold in folds]))
+    return rows[reader.votes[rows] < config.stage2_min_votes]
+
+
+def validation_rows(config: TrainConfig, reader: StoreReader, rows: np.ndarray) -> np.ndarray:
+    """`rows`, or with `val_per_eeg` each eeg_id's most-voted row among them (fixed, ties: the first)."""
+    if not config.val_per_eeg:
+        return rows
+    return most_voted_row_per_group(rows, reader.column("eeg_id"), reader.votes)
+
+
+def epoch_rows(config: TrainConfig, reader: StoreReader, fold: int, stage: Stage, epoch: int) -> np.ndarray:
+    """The rows one epoch trains on: the stage's, or with `sample_per_eeg` one random row per eeg_id of
+    them, drawn from (seed, fold, stage, epoch) alone, so that a resumed epoch draws the same rows."""
+    if not config.sample_per_eeg:
+        return stage.rows
+    rng = np.random.default_rng([config.seed, fold, stage.index, epoch])
+    return one_row_per_group(stage.rows, reader.column("eeg_id"), rng)
 
 
 def train_fold(ctx: Context, reader: StoreReader, fold: int, stages: list[Stage]) -> pa.Table:
@@ -147,14 +208,17 @@ def train_fold(ctx: Context, reader: StoreReader, fold: int, stages: list[Stage]
     takes_image = IMAGE_INPUT in model_kind(config.model).inputs
     if config.channels_last and takes_image:
         model = model.to(memory_format=torch.channels_last)
-    val_rows = reader.select(Selection(folds=[fold]))
+    val_rows = reader.select(Selection(folds=[fold]))  # the out-of-fold predictions cover the whole fold
     saved = _load(ctx.out / f"fold{fold}_last.pt", ctx.device)  # None unless resuming this fold
     best = saved["best_score"] if saved else math.inf
     for stage in stages:
         if saved and stage.index < saved["stage_index"]:
             continue  # finished before the interruption; its weights are in `saved`
         resume_from = saved if saved and stage.index == saved["stage_index"] else None
-        best = run_stage(ctx, model, reader, fold, stage, val_rows, best, resume_from)
+        if stage.init == STAGE_INITS_FROM_BEST and stage.index > 0 and resume_from is None:
+            model.load_state_dict(_stage_start(ctx, fold, stages[stage.index - 1])["model"])
+            best = math.inf  # the fold's model is this stage's best epoch
+        best = run_stage(ctx, model, reader, fold, stage, best, resume_from)
     model.load_state_dict(_load(ctx.out / f"fold{fold}_best.pt", ctx.device)["model"])
     probs = predict_probabilities(model, reader, val_rows, config, ctx.device, tta_hflip=config.tta_hflip)
     table = _oof_table(reader, val_rows, fold, probs)
@@ -163,26 +227,55 @@ def train_fold(ctx: Context, reader: StoreReader, fold: int, stages: list[Stage]
     return table
 
 
+def _stage_start(ctx: Context, fold: int, previous: Stage) -> dict:
+    """The best checkpoint of the stages before, kept as fold{k}_{previous}_best.pt before this stage
+    overwrites fold{k}_best.pt, so that a run killed early in this stage resumes from the same weights."""
+    kept = ctx.out / f"fold{fold}_{previous.name}_best.pt"
+    if ctx.main and not kept.is_file():
+        _atomic(kept, lambda tmp: shutil.copyfile(ctx.out / f"fold{fold}_best.pt", tmp))
+    if ctx.world > 1:
+        dist.barrier()  # rank 0 has written it
+    return _load(kept, ctx.device)
+
+
 def build_model(config: TrainConfig, reader: StoreReader) -> torch.nn.Module:
     spec = model_spec(config, reader)
     return create_model(spec["name"], **spec["kwargs"])
 
 
+def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps_per_epoch: int):
+    """The stage's learning-rate schedule (a timm scheduler), counted in steps or epochs: warm-up from
+    lr * lr_min_factor, then a cosine down to lr * lr_min_factor, or constant."""
+    per_epoch = config.schedule_unit == "epoch"
+    unit = 1 if per_epoch else steps_per_epoch
+    warmup = int(config.warmup_epochs * unit)
+    lr_min = lr * config.lr_min_factor
+    length = max(1, epochs * unit)
+    if config.schedule == "constant":
+        return timm.scheduler.StepLRScheduler(optimizer, decay_t=length, decay_rate=1.0, warmup_t=warmup,
+                                              warmup_lr_init=lr_min, t_in_epochs=per_epoch)
+    return timm.scheduler.CosineLRScheduler(optimizer, t_initial=length, lr_min=lr_min, warmup_t=warmup,
+                                            warmup_lr_init=lr_min, t_in_epochs=per_epoch)
+
+
+def loss_of(config: TrainConfig) -> Loss:
+    return Loss(config.kl_reduction, config.kl_weight, config.mse_weight, config.ce_weight, config.vote_weighting)
+
+
 def run_stage(
-    ctx: Context, model: torch.nn.Module, reader: StoreReader, fold: int, stage: Stage, val_rows: np.ndarray,
-    best: float, saved: dict | None = None,
+    ctx: Context, model: torch.nn.Module, reader: StoreReader, fold: int, stage: Stage, best: float,
+    saved: dict | None = None,
 ) -> float:
     """Train `model` through `stage` (from `saved`'s epoch when resuming), validating and checkpointing
     after every epoch; returns the fold's best validation score so far."""
     config = ctx.config
-    train_rows = reader.select(stage.rows)
-    steps_per_epoch = _steps_per_epoch(ctx, reader, train_rows)
+    val_rows = stage.val_rows
+    steps_per_epoch = _steps_per_epoch(ctx, reader, epoch_rows(config, reader, fold, stage, 0))
     optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=stage.lr, weight_decay=config.weight_decay)
-    scheduler = timm.scheduler.CosineLRScheduler(
-        optimizer, t_initial=max(1, steps_per_epoch * stage.epochs), lr_min=stage.lr * 0.01,
-        warmup_t=int(config.warmup_epochs * steps_per_epoch), warmup_lr_init=stage.lr * 0.01, t_in_epochs=False,
-    )
-    ema = timm.utils.ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
+    scheduler = make_scheduler(config, optimizer, stage.lr, stage.epochs, steps_per_epoch)
+    ema = (timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup)
+           if config.ema_decay > 0 else None)
+    loss_fn = loss_of(config)
     generator = torch.Generator(device=ctx.device).manual_seed(config.seed * 1000 + fold)
     augmenter = make_augmenter(config, reader, generator)
     first_epoch, step = _restore(saved, model, optimizer, scheduler, ema, generator) if saved else (0, 0)
@@ -194,7 +287,8 @@ def run_stage(
         net.train()
         loss_sum, steps = torch.zeros((), device=ctx.device), 0
         batches = reader.batches(
-            train_rows, config.batch_size, shuffle=True, seed=config.seed + 7919 * fold, epoch=epoch + 100 * stage.index,
+            epoch_rows(config, reader, fold, stage, epoch), config.batch_size, shuffle=True,
+            seed=config.seed + 7919 * fold, epoch=epoch + 100 * stage.index,
             drop_last=True, raw_jitter=int(config.raw_jitter_s * 200), pin_memory=ctx.device.type == "cuda",
             shard=(ctx.rank, ctx.world),
         )
@@ -209,7 +303,7 @@ def run_stage(
                     inputs[IMAGE_INPUT], batch_targets = augmenter(inputs[IMAGE_INPUT], batch_targets, train=True)
                 with autocast(config, ctx.device):
                     logits = run_model(net, inputs)
-                loss = kl_loss(logits.float(), batch_targets, batch["votes"], config.mse_weight, config.vote_weighting)
+                loss = loss_fn(logits.float(), batch_targets, batch["votes"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip:
@@ -217,11 +311,12 @@ def run_stage(
                 optimizer.step()
                 step += 1
                 scheduler.step_update(step)
-                if ema is not None:
-                    ema.update(model)
+                if ema is not None:  # the step drives the EMA's warm-up (and only then: timm's decay at step 0 is 0)
+                    ema.update(model, step=step if config.ema_warmup else None)
                 loss_sum += loss.detach()
                 steps += 1
                 progress.advance(steps, loss_sum)
+        scheduler.step(epoch + 1)  # per-epoch schedules move here (per-step ones ignore it)
         train_loss = loss_sum.item() / max(steps, 1)  # the epoch's one read of the loss from the device
         seconds = time.perf_counter() - started
 
@@ -229,10 +324,11 @@ def run_stage(
             evaluated = ema.module if ema is not None else model
             probs = predict_probabilities(evaluated, reader, val_rows, config, ctx.device)
             report = cv_report(reader.targets[val_rows], probs, reader.votes[val_rows])
-            score = report["kl_10plus"] if report["n_10plus"] else report["kl"]
+            score = selection_kl(reader.targets[val_rows], probs, reader.votes[val_rows], config.select_min_votes)
             record = {
                 "fold": fold, "stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
-                "val_kl": report["kl"], "val_kl_10plus": report["kl_10plus"], "lr": optimizer.param_groups[0]["lr"],
+                "val_kl": report["kl"], "val_kl_10plus": report["kl_10plus"], "val_kl_select": score,
+                "val_rows": len(val_rows), "lr": optimizer.param_groups[0]["lr"],
                 "seconds": seconds, "samples_per_s": steps * config.batch_size * ctx.world / seconds,
             }
             _append_metrics(ctx.out / "metrics.jsonl", record)
@@ -252,15 +348,19 @@ def run_stage(
     return best
 
 
-def train_targets(reader: StoreReader, config: TrainConfig) -> np.ndarray:
-    """The targets of the last stage: the store's, with pseudo-labels applied when configured."""
+def train_targets(reader: StoreReader, config: TrainConfig, needed: np.ndarray | None = None) -> np.ndarray:
+    """The targets of the last stage: the store's, with pseudo-labels applied when configured (and
+    checked to cover the `needed` rows)."""
     if config.pseudo_labels is None:
         return reader.targets
-    return apply_pseudo_labels(reader, reader.targets, config)
+    return apply_pseudo_labels(reader, reader.targets, config, needed)
 
 
-def apply_pseudo_labels(reader: StoreReader, targets: np.ndarray, config: TrainConfig) -> np.ndarray:
-    """Replace (or blend) the targets of low-vote rows with an ensemble's out-of-fold predictions."""
+def apply_pseudo_labels(
+    reader: StoreReader, targets: np.ndarray, config: TrainConfig, needed: np.ndarray | None = None
+) -> np.ndarray:
+    """Replace (or blend) the targets of low-vote rows with an ensemble's out-of-fold predictions.
+    Raises ValueError when the file misses any of the `needed` rows (naming how many, and the first)."""
     path = Path(config.pseudo_labels)
     if not path.is_file():
         raise FileNotFoundError(f"pseudo_labels: {path} not found (write it with `hms-train pseudo-label`)")
@@ -277,6 +377,12 @@ def apply_pseudo_labels(reader: StoreReader, targets: np.ndarray, config: TrainC
     rows = np.array([label_rows[int(l)] for l in table.column("label_id").to_numpy()], dtype=np.int64)
     low = reader.votes[rows] < config.stage2_min_votes
     rows, probs = rows[low], probs[low]
+    missing = np.setdiff1d(needed if needed is not None else [], rows)
+    if len(missing):
+        first = [int(label) for label in reader.column("label_id")[missing[:5]]]
+        raise ValueError(f"{path}: no pseudo-label for {len(missing)} of the {len(needed)} rows with fewer than "
+                         f"stage2_min_votes = {config.stage2_min_votes} votes that stage 2 trains on (first "
+                         f"label_ids: {first}); write pseudo-labels from runs over every fold of {config.store}")
     out = targets.copy()
     weight = config.pseudo_blend if config.pseudo_mode == "blend" else 1.0  # "replace": the pseudo label alone
     out[rows] = weight * probs + (1 - weight) * out[rows]
@@ -300,7 +406,10 @@ def _check_rows(config: TrainConfig, reader: StoreReader, plans: dict[int, list[
         if len(reader.select(Selection(folds=[fold]))) == 0:
             raise ConfigError(f"folds: fold {fold} has no rows to validate on in {config.store}")
         for stage in stages:
-            rows = len(reader.select(stage.rows))
+            if len(stage.val_rows) == 0:
+                raise ConfigError(f"fold {fold} {stage.name}: no rows to validate on (stage2_val_min_votes "
+                                  f"{config.stage2_val_min_votes})")
+            rows = len(epoch_rows(config, reader, fold, stage, 0))
             if rows < config.batch_size:
                 raise ConfigError(f"fold {fold} {stage.name}: {rows} training rows, fewer than one batch "
                                   f"(batch_size {config.batch_size})")

@@ -25,9 +25,15 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "hms_train.cli", *args, "--quiet"]
 
 
-def train_args(store: str, out) -> list[str]:
+# The recipes' switches that carry state across epochs and stages: per-epoch rows, stage 2 from the
+# best stage-1 weights, a per-epoch schedule, the EMA's warm-up.
+RECIPE_SWITCHES = ["sample_per_eeg=true", "val_per_eeg=true", 'stage2_init="best"', 'schedule_unit="epoch"',
+                   "ema_decay=0.9", "ema_warmup=true", "select_min_votes=0"]
+
+
+def train_args(store: str, out, switches: list[str] = ()) -> list[str]:
     return ["train", "--store", store, "--config", "smoke", "--device", "cpu", "--out", str(out),
-            *[f"--set={o}" for o in TINY]]
+            *[f"--set={o}" for o in [*TINY, *switches]]]
 
 
 def run(args: list[str]) -> None:
@@ -59,11 +65,12 @@ def predictions(run) -> tuple[np.ndarray, np.ndarray]:
     return oof.column("label_id").to_numpy(), np.stack([oof.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
 
 
-def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path):
+@pytest.mark.parametrize("switches", [[], RECIPE_SWITCHES], ids=["default", "recipe_switches"])
+def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path, switches):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run(train_args(train_store, full))
+    run(train_args(train_store, full, switches))
     # Killed in fold 1's second epoch: fold 0 is finished, fold 1 has one complete epoch.
-    kill_when(killed / "fold1_last.pt", train_args(train_store, killed))
+    kill_when(killed / "fold1_last.pt", train_args(train_store, killed, switches))
     assert not (killed / "oof.parquet").exists()
     fold0_done = (killed / "fold0_oof.parquet").stat().st_mtime_ns
     run(["train", "--resume", str(killed)])

@@ -1,0 +1,378 @@
+"""The bundled recipes: every seed value held against the seed's code (the source of each in a comment;
+docs/recipes.md), their images on a store holding both pipelines' arrays, one tiny training step of
+each on CPU, and the switches they are made of (loss, schedule, EMA warm-up, stages, pseudo-label
+coverage, per-eeg sampling, golden validation, time-only masks, centred padding, pretrained weights)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hms_train.augment import Augmenter, AugmentConfig
+from hms_train.config import ConfigError, TrainConfig, bundled_configs, load_config
+from hms_train.forward import image_layout
+from hms_train.layout import LayoutConfig, PartSource, resolve_layout
+from hms_train.losses import Loss
+from hms_train.metric import VOTE_COLUMNS, kaggle_kl, selection_kl
+from hms_train.reader import Selection, StoreReader
+from hms_train.sampler import most_voted_row_per_group, one_row_per_group
+from hms_train.train import fold_stages, make_scheduler, train, train_targets
+
+SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
+
+# R/ = Richard_src/Easy_2D_CLS_REG_Pipeline-main/, V4 = R/Train_V4_Pseudo_Label.ipynb (cN: code cell N),
+# D/ = David_src/ (RichardLiu083/Kaggle-HMS-Harmful-Brain-Activity-Classification @ 2223b40).
+RICHARD = {
+    "backbone": "tf_efficientnet_b0_ns",  # V4 c9 'model_name'
+    "pretrained": True,  # V4 c1 pretrained=True
+    "pool": "attention",  # V4 c1 WidthAttention
+    "drop_rate": 0.3,  # V4 c9 'drop_out'
+    "drop_path_rate": 0.2,  # V4 c9 'drop_path'
+    "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.0,  # V4 c9, c14
+    "schedule": "constant", "warmup_epochs": 0.0,  # V4 c14: no scheduler
+    "batch_size": 16,  # V4 c9
+    "ema_decay": 0.995, "ema_warmup": False,  # V4 c14 ModelEmaV3(decay=CFG['EMA'])
+    "kl_reduction": "mean", "kl_weight": 1.0, "mse_weight": 1.0, "ce_weight": 0.0,  # V4 c4
+    "epochs": 25, "stage2_epochs": 20, "stage2_lr": 3e-4,  # V4 c9
+    "stage2_init": "best",  # V4 c9 load_model cv{fold}_best.pth
+    "stage2_min_votes": 8, "stage2_val_min_votes": 8,  # V3/V4 c11 voter > 7
+    "stage2_val_to_train_below": 7,  # V4 c11 voter < 7 -> fold -1
+    "pseudo_mode": "replace",  # V4 c3 label*0. + pl_label*1.0
+    "select_min_votes": 0,  # V4 c14 KL over all validation rows
+    "sample_per_eeg": False, "val_per_eeg": False,
+    "seed": 123,  # V4 c0
+}
+RICHARD_AUGMENT = {  # V4 c2, c3
+    "brightness_contrast_p": 0.5, "brightness": 0.6, "contrast": 0.0,
+    "hflip_p": 0.5, "vflip_p": 0.5, "hemisphere_swap_p": 0.0,
+    "xy_mask_p": 0.5, "mask_axes": "time", "mask_stripes": (1, 10), "mask_width": (5, 10),
+    "ssr_p": 0.7, "shift": 0.15, "scale": 0.05, "rotate_deg": 15.0,
+    "mixup_p": 0.3, "mixup_alpha": 0.5,
+}
+DAVID = {
+    "backbone": "efficientnet_b0",  # D/model.py models.efficientnet_b0
+    "pretrained": True,  # D/model.py weights='IMAGENET1K_V1'
+    "pool": "avg", "drop_rate": 0.1, "drop_path_rate": 0.0,  # D/model.py AdaptiveAvgPool, Dropout(0.1)
+    "optimizer": "lion", "lr": 2e-4, "weight_decay": 1e-3,  # train-mlflow.py Lion(lr=args.lr / 5)
+    "schedule": "cosine", "schedule_unit": "epoch", "warmup_epochs": 0.0, "lr_min_factor": 0.0,  # CosineAnnealingLR
+    "batch_size": 32,  # train-mlflow.py
+    "ema_decay": 0.99, "ema_warmup": True,  # D/trainer.py EMA(beta=0.99)
+    "kl_reduction": "mean", "kl_weight": 2.0, "ce_weight": 2.0, "mse_weight": 0.0,  # D/trainer.py ce*2 + kl*2
+    "epochs": 3, "stage2_epochs": 12, "stage2_min_votes": 10,  # train-mlflow.py two-stage, data_loader.py
+    "stage2_init": "continue", "select_min_votes": 10,
+    "sample_per_eeg": False, "val_per_eeg": False,
+    "seed": 10260,  # D/script/run_commands.py
+}
+DAVID_AUGMENT = {  # D/data_loader.py, D/utils.py
+    "hflip_p": 0.5, "vflip_p": 0.0, "hemisphere_swap_p": 0.0, "xy_mask_p": 0.0, "ssr_p": 0.0,
+    "mixup_p": 0.3, "mixup_alpha": 0.5, "brightness_contrast_p": 0.25,
+}
+EXPECTED = {
+    "seed_richard_b0": (RICHARD, RICHARD_AUGMENT),
+    # README.md names V2-S and ConvNeXt-Base; the repo names no weights (our tags)
+    "seed_richard_v2s": ({**RICHARD, "backbone": "tf_efficientnetv2_s.in21k_ft_in1k"}, RICHARD_AUGMENT),
+    # R/Valid.ipynb c1: a plain wrapper, no width attention
+    "seed_richard_convnext": ({**RICHARD, "backbone": "convnext_base.fb_in22k_ft_in1k", "pool": "avg"}, RICHARD_AUGMENT),
+    "seed_david_b0": (DAVID, DAVID_AUGMENT),
+    # D/model.py mobilenet_v3_large; run_pseudo_pipeline.py 'use-mean'
+    "seed_david_mnv3": ({**DAVID, "backbone": "mobilenetv3_large_100", "pseudo_mode": "blend", "pseudo_blend": 0.5},
+                        DAVID_AUGMENT),
+    "top": ({**RICHARD, "sample_per_eeg": True, "val_per_eeg": True, "select_min_votes": 10,
+             "stage2_val_to_train_below": 0}, RICHARD_AUGMENT),
+}
+TINY = ["pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1", "folds=[0]",
+        "max_batches_per_epoch=1", "batch_size=4", 'device="cpu"', "reader_threads=2"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bundled_recipes_hold_the_seed_values(name):
+    values, augment = EXPECTED[name]
+    config = load_config(name)
+    assert {key: getattr(config, key) for key in values} == values
+    assert {key: getattr(config.augment, key) for key in augment} == augment
+
+
+def test_old_names_extend_the_new_recipes():
+    assert load_config("seed_effnet_b0") == load_config("seed_richard_b0")
+    assert load_config("seed_lion_mobilenet") == load_config("seed_david_mnv3")
+    assert set(SEEDS) | {"top", "raw1d", "multimodal", "smoke"} <= set(bundled_configs())
+
+
+def test_extends_merges_tables_and_refuses_loops(tmp_path):
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "seed_richard_b0"\nlr = 1e-3\n[augment]\nvflip_p = 0.0\n')
+    config = load_config(str(child))
+    assert config.lr == 1e-3 and config.augment.vflip_p == 0 and config.augment.mask_axes == "time"
+    loop = tmp_path / "loop.toml"
+    loop.write_text(f'extends = "{loop}"\n')
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(str(loop))
+
+
+# --- both pipelines on one store ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def both_store(synth_data, tmp_path_factory):
+    """`hms-prep build --windows 10,30`, then `--windows 10,14,30,44 --n-mels 50` on the same store."""
+    from hms_prep.build import BuildConfig, run_build
+    from hms_prep.kinds import MelParams
+
+    url = str(tmp_path_factory.mktemp("both") / "specs.zarr")
+    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), chunk_rows=8, workers=2))
+    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 14, 30, 44),
+                          mel=MelParams(window_s=10, n_mels=50), chunk_rows=8, workers=2))
+    return url
+
+
+@pytest.mark.parametrize("name, size", [("seed_richard_b0", (400, 912)), ("seed_richard_v2s", (400, 912)),
+                                        ("seed_richard_convnext", (400, 912)), ("top", (400, 912)),
+                                        ("seed_david_b0", (400, 768)), ("seed_david_mnv3", (400, 768))])
+def test_recipe_images_on_one_store(name, size, both_store):
+    config = load_config(name, [f'store="{both_store}"'])
+    layout = image_layout(config, StoreReader(both_store, config.inputs))
+    assert layout.image_size == size
+    if size[1] == 912:  # the label's 600 s Kaggle crop: 812 columns, centred in 912 and one window
+        assert layout.composed_width == 812 and layout.pad_left == 50 and layout.window_starts() == [0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*SEEDS, "top"])
+def test_each_recipe_trains_one_tiny_step(name, both_store, tmp_path):
+    summary = train(load_config(name, [f'store="{both_store}"', *TINY]), tmp_path / name, quiet=True)
+    assert np.isfinite(summary["kl"]) and (tmp_path / name / "fold0_best.pt").is_file()
+
+
+def uniform_pseudo_labels(reader: StoreReader, rows: np.ndarray, path) -> None:
+    labels = reader.column("label_id")[rows]
+    pq.write_table(pa.table({"label_id": labels, **{c: np.full(len(rows), 1 / 6) for c in VOTE_COLUMNS}}), path)
+
+
+@pytest.mark.slow
+def test_richards_stage2_with_pseudo_labels_starts_from_the_best_stage1_weights(both_store, tmp_path):
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', *TINY])
+    reader = StoreReader(both_store, config.inputs)
+    everything = reader.select(Selection())
+    uniform_pseudo_labels(reader, everything[reader.votes[everything] < 8], tmp_path / "pl.parquet")
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', *TINY, f'pseudo_labels="{tmp_path / "pl.parquet"}"'])
+    out = tmp_path / "run"
+    train(config, out, quiet=True)
+    stage1 = torch.load(out / "fold0_stage1_best.pt", weights_only=True)
+    best = torch.load(out / "fold0_best.pt", weights_only=True)
+    assert stage1["stage"] == "stage1" and best["stage"] == "stage2", "the fold's model is stage 2's best"
+
+
+def test_richards_stage_rows(both_store):
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"'])
+    reader = StoreReader(both_store, config.inputs)
+    votes, fold = reader.votes, reader.column("fold")
+    stage1, stage2 = fold_stages(config, reader, 0, reader.targets)
+    fold_rows = reader.select(Selection(folds=[0]))
+    others = reader.select(Selection(exclude_folds=[0]))
+    assert np.array_equal(stage1.rows, others) and np.array_equal(stage1.val_rows, fold_rows)
+    moved = fold_rows[votes[fold_rows] < 7]
+    assert len(moved) and np.array_equal(stage2.rows, np.union1d(others, moved))  # pseudo-labels: all rows
+    assert np.array_equal(stage2.val_rows, fold_rows[votes[fold_rows] > 7])  # 7-vote rows are used nowhere
+    assert stage2.init == "best" and set(fold[stage2.rows]) >= {0, 1}
+    plain = load_config("seed_richard_b0", [f'store="{both_store}"'])
+    _, without = fold_stages(plain, reader, 0, reader.targets)
+    assert np.array_equal(without.rows, others[votes[others] > 7]), "no pseudo-labels: > 7 votes only"
+
+
+def test_pseudo_labels_must_cover_every_low_vote_training_row(both_store, tmp_path):
+    path = tmp_path / "pl.parquet"
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{path}"'])
+    reader = StoreReader(both_store, config.inputs)
+    low = reader.select(Selection())
+    low = low[reader.votes[low] < 8]
+    uniform_pseudo_labels(reader, low[3:], path)
+    first = [int(label) for label in reader.column("label_id")[low[:3]]]
+    with pytest.raises(ValueError, match=rf"no pseudo-label for 3 of the {len(low)} rows .*first label_ids: {re.escape(str(first))}"):
+        train_targets(reader, config, low)
+    uniform_pseudo_labels(reader, low, path)
+    targets = train_targets(reader, config, low)
+    np.testing.assert_allclose(targets[low], 1 / 6)
+    high = np.setdiff1d(reader.select(Selection()), low)
+    np.testing.assert_array_equal(targets[high], reader.targets[high])
+    uniform_pseudo_labels(reader, low[:-1], path)
+    with pytest.raises(ValueError, match="no pseudo-label for 1 of"):  # train checks it before any work
+        train(config, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_top_validates_on_each_eegs_most_voted_row(both_store):
+    config = load_config("top", [f'store="{both_store}"'])
+    reader = StoreReader(both_store, config.inputs)
+    stage1, _ = fold_stages(config, reader, 0, reader.targets)
+    eeg = reader.column("eeg_id")
+    fold_rows = reader.select(Selection(folds=[0]))
+    assert sorted(eeg[stage1.val_rows]) == sorted(set(eeg[fold_rows]))
+    for row in stage1.val_rows:
+        same = fold_rows[eeg[fold_rows] == eeg[row]]
+        assert reader.votes[row] == reader.votes[same].max() and row == same[reader.votes[same].argmax()]
+
+
+# --- the switches ---------------------------------------------------------------------------------------------
+
+
+def test_loss_reductions_and_terms_match_torch():
+    generator = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(5, 6, generator=generator), torch.randn(5, 6, generator=generator).softmax(1)
+    log_probs = logits.log_softmax(1)
+    kl_mean = torch.nn.KLDivLoss()(log_probs, targets)  # the seed's: reduction "mean"
+    kl_batchmean = torch.nn.KLDivLoss(reduction="batchmean")(log_probs, targets)
+    mse = torch.nn.MSELoss()(logits.softmax(1), targets)
+    ce = torch.nn.CrossEntropyLoss()(logits, targets)
+    torch.testing.assert_close(Loss()(logits, targets), kl_batchmean)
+    torch.testing.assert_close(Loss("mean", mse_weight=1.0)(logits, targets), kl_mean + mse)  # Richard
+    torch.testing.assert_close(Loss("mean", kl_weight=2.0, ce_weight=2.0)(logits, targets), 2 * ce + 2 * kl_mean)  # David
+    with pytest.raises(ValueError, match="unknown kl_reduction 'sum'"):
+        Loss("sum")
+
+
+def lrs(config: TrainConfig, epochs: int, steps: int) -> list[float]:
+    """The lr of every step of a stage, stepping the scheduler as run_stage does."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    scheduler = make_scheduler(config, optimizer, config.lr, epochs, steps)
+    seen, step = [], 0
+    for epoch in range(epochs):
+        for _ in range(steps):
+            seen.append(optimizer.param_groups[0]["lr"])
+            step += 1
+            scheduler.step_update(step)
+        scheduler.step(epoch + 1)
+    return seen
+
+
+def test_constant_and_per_epoch_cosine_schedules():
+    assert lrs(load_config("seed_richard_b0"), 3, 4) == [3e-4] * 12
+    david = load_config("seed_david_b0")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=david.lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)  # David's, stepped per epoch
+    expected = []
+    for _ in range(5):
+        expected += [optimizer.param_groups[0]["lr"]] * 3
+        cosine.step()
+    np.testing.assert_allclose(lrs(david, 5, 3), expected, rtol=1e-6)
+    steps = lrs(load_config("smoke", ["warmup_epochs=0"]), 2, 4)  # the default: per step
+    assert len(set(steps)) == len(steps)
+
+
+def test_ema_warm_up_follows_the_step():
+    from timm.utils import ModelEmaV3
+
+    ema = ModelEmaV3(torch.nn.Linear(2, 2), decay=0.99, use_warmup=True)
+    assert ema.get_decay(2) == pytest.approx(1 - 2 ** (-2 / 3)) and ema.get_decay(10_000) == 0.99
+
+
+def test_selection_uses_the_golden_rows_or_all():
+    targets = np.eye(6)[[0, 1, 2]]
+    predictions = np.full((3, 6), 1 / 6)
+    predictions[2] = targets[2] * 0.9 + 0.1 / 6
+    votes = np.array([3, 12, 15])
+    assert selection_kl(targets, predictions, votes, 10) == pytest.approx(kaggle_kl(targets[1:], predictions[1:]))
+    assert selection_kl(targets, predictions, votes, 0) == pytest.approx(kaggle_kl(targets, predictions))
+    assert selection_kl(targets, predictions, votes, 99) == pytest.approx(kaggle_kl(targets, predictions))
+
+
+def test_one_random_row_per_eeg_changes_with_the_epoch_and_repeats_with_it():
+    rows = np.arange(20)
+    groups = np.repeat([5, 9, 7, 1], 5)
+    votes = np.tile([3, 8, 8, 1, 2], 4).astype(np.float32)
+    picks = [one_row_per_group(rows, groups, np.random.default_rng([0, 0, 0, epoch])) for epoch in range(6)]
+    assert all(sorted(groups[p]) == [1, 5, 7, 9] for p in picks)
+    assert len({tuple(p) for p in picks}) > 1
+    np.testing.assert_array_equal(picks[2], one_row_per_group(rows, groups, np.random.default_rng([0, 0, 0, 2])))
+    np.testing.assert_array_equal(most_voted_row_per_group(rows, groups, votes), [1, 6, 11, 16])
+
+
+@pytest.mark.slow
+def test_per_eeg_epochs_train_and_validate_on_one_row_per_eeg(both_store, tmp_path):
+    config = load_config("top", [f'store="{both_store}"', *TINY])
+    summary = train(config, tmp_path / "top", quiet=True)
+    reader = StoreReader(both_store, config.inputs)
+    records = [json.loads(line) for line in (tmp_path / "top" / "metrics.jsonl").read_text().splitlines()]
+    fold_eegs = set(reader.column("eeg_id")[reader.select(Selection(folds=[0]))])
+    assert np.isfinite(summary["kl"]) and records[0]["val_rows"] == len(fold_eegs)
+    oof = pq.read_table(tmp_path / "top" / "oof.parquet")
+    assert oof.num_rows == len(reader.select(Selection(folds=[0]))), "out-of-fold predictions: every row of the fold"
+
+
+def test_time_masks_leave_every_row_unmasked_somewhere():
+    config = AugmentConfig(**{**{f: 0.0 for f in AugmentConfig.__dataclass_fields__ if f.endswith("_p")},
+                              "xy_mask_p": 1.0, "mask_axes": "time"})
+    images = torch.ones(8, 1, 40, 200)
+    masked, _ = Augmenter(config, torch.Generator().manual_seed(0))(images, torch.ones(8, 6) / 6)
+    zero_columns = (masked == 0).all(dim=2)  # (B, 1, W): whole columns
+    assert bool(((masked == 0) == zero_columns[:, :, None, :]).all()), "only whole time columns are masked"
+    assert bool(zero_columns.any(dim=-1).all())
+
+
+def test_centred_padding_splits_the_zeros_like_pad_if_needed():
+    sources = {"a": PartSource("eeg_mel", 2, 5)}
+    layout = resolve_layout(LayoutConfig.parse({"parts": [{"array": "a"}], "width": 10, "pad": "center"}), sources)
+    assert layout.pad_left == 2  # albumentations: left = (10 - 5) // 2, right gets the rest
+    from hms_train.compose import compose
+
+    parts = {"a": torch.arange(1, 41, dtype=torch.float32).reshape(1, 4, 2, 5)}
+    image = compose(layout, parts, train=False)
+    assert image.shape == (1, 1, 8, 10)
+    assert bool((image[..., :2] == 0).all()) and bool((image[..., 7:] == 0).all())
+    assert torch.equal(image[0, 0, :, 2:7], parts["a"].reshape(8, 5))
+
+
+def test_pretrained_weights_offline_fail_fast_saying_how_to_provide_them(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import ROOT
+
+    script = textwrap.dedent("""
+        from hms_train.models import MissingWeightsError, create_model, hub_reachable
+        assert not hub_reachable(), "this check expects a machine without a network"
+        try:
+            create_model("2d", backbone="tf_efficientnet_b0_ns", pretrained=True, image_size=(64, 64))
+        except MissingWeightsError as error:
+            print(error)
+        """)
+    env = {"HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    message = result.stdout
+    assert "no pretrained weights for tf_efficientnet_b0_ns" in message and "--weights PATH" in message
+    assert str(tmp_path / "hf" / "hub") in message and "HF_HOME" in message
+
+
+def test_layout_choices_are_checked():
+    with pytest.raises(ValueError, match=r"layout.pad = 'left'; allowed: \['right', 'center'\]"):
+        LayoutConfig.parse({"parts": [{"array": "a"}], "width": 10, "pad": "left"})
+    with pytest.raises(ConfigError, match="augment.mask_axes: 'freq' is not allowed"):
+        load_config("smoke", ['augment.mask_axes="freq"'])
+    with pytest.raises(ConfigError, match="stage2_val_to_train_below: 12 is above stage2_min_votes 8"):
+        load_config("seed_richard_b0", ["stage2_val_to_train_below=12"])
+    assert math.isclose(load_config("seed_richard_b0").stage2_lr, 3e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SEEDS)
+def test_each_recipes_own_backbone_builds_at_its_image_size(name):
+    from hms_train.models import create_model
+
+    config = load_config(name)
+    size = (400, 912) if name.startswith("seed_richard") else (400, 768)
+    model = create_model("2d", image_size=size, backbone=config.backbone, pool=config.pool, drop_rate=config.drop_rate,
+                         drop_path_rate=config.drop_path_rate)
+    if config.pool == "attention":
+        assert model.pool.width == 29, "Richard's WidthAttention(C, 29): 912 / 32 columns"
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, *size)).shape == (1, 6)

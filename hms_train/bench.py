@@ -26,9 +26,8 @@ import timm.optim
 import torch
 
 from hms_train.config import TrainConfig
-from hms_train.forward import (IMAGE_INPUT, RAW_INPUT, autocast, image_layout, make_augmenter, model_inputs, model_spec,
-                              resolve_device)
-from hms_train.losses import kl_loss
+from hms_train.forward import (IMAGE_INPUT, RAW_INPUT, autocast, image_layout, loss_of, make_augmenter, model_inputs,
+                              model_spec, resolve_device)
 from hms_train.models import create_model, model_kind
 from hms_train.reader import RAW_WINDOW, Selection, StoreReader, to_device
 
@@ -148,10 +147,12 @@ def run_train_bench(
             inputs[IMAGE_INPUT], targets = augmenter(inputs[IMAGE_INPUT], targets, train=True)
         return inputs, targets, batch["votes"]
 
+    loss_fn = loss_of(config)
+
     def step(inputs, targets, votes):
         with autocast(config, torch_device):
             logits = net(**inputs)
-        loss = kl_loss(logits.float(), targets, votes, config.mse_weight, config.vote_weighting)
+        loss = loss_fn(logits.float(), targets, votes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

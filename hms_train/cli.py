@@ -66,13 +66,13 @@ def _floats(text: Optional[str]) -> Optional[list[float]]:
 @app.command()
 def train(
     store: Optional[str] = typer.Option(None, "--store", help="Train store built by hms-prep build [default: the config's, else cache/specs.zarr]."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Bundled config name (smoke, seed_effnet_b0, ...) or a TOML path."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Bundled config name (smoke, seed_richard_b0, seed_david_b0, top, ...) or a TOML path."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/run]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides the config)."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Folds to train, e.g. 0,1 (default: config, else all)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Stage-1 epochs (overrides the config)."),
     pretrained: Optional[bool] = typer.Option(
-        None, "--pretrained/--no-pretrained", help="Backbone weights from timm's local cache (nothing is downloaded)."
+        None, "--pretrained/--no-pretrained", help="Backbone weights the timm way: the local hub cache, else downloaded when the hub answers."
     ),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file (.pth or .safetensors)."),
     set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup_p=0."),
@@ -83,11 +83,11 @@ def train(
 
     Examples:
       hms-train --store cache/specs.zarr --config smoke --device cpu --out runs/smoke
-      hms-train --config seed_effnet_b0 --folds 0,1,2,3,4 --out runs/b0
+      hms-train --config seed_richard_b0 --folds 0,1,2,3,4 --out runs/richard_b0
       hms-train --config smoke --set lr=1e-3 --set augment.hflip_p=0 --out runs/try
-      hms-train --config seed_effnet_b0 --weights /models/efficientnet_b0.safetensors --out runs/b0w
+      hms-train --config seed_richard_b0 --weights /models/tf_efficientnet_b0_ns.safetensors --out runs/b0w
       hms-train --resume runs/b0            (after a crash or a kill: finished folds are kept)
-      torchrun --nproc-per-node 2 -m hms_train.cli train --config seed_effnet_b0 --out runs/ddp
+      torchrun --nproc-per-node 2 -m hms_train.cli train --config seed_richard_b0 --out runs/ddp
     """
     from hms_train.config import TrainConfig, load_config
     from hms_train.train import train as run_training
@@ -205,7 +205,7 @@ def pseudo_label(
     """Write pseudo-labels for low-vote rows from an ensemble's out-of-fold predictions.
 
     Example: hms-train pseudo-label --runs runs/b0 --runs runs/raw --out runs/pseudo.parquet
-    then:    hms-train --config seed_effnet_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
+    then:    hms-train --config seed_richard_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
     """
     from hms_train.predict import pseudo_labels
 

@@ -21,6 +21,7 @@ from hms_train.augment import IMAGE_ONLY, Augmenter
 from hms_train.compose import compose, eval_windows
 from hms_train.config import TrainConfig
 from hms_train.layout import IMAGE_KINDS, ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
+from hms_train.losses import Loss
 from hms_train.models import model_kind
 from hms_train.reader import RAW_WINDOW, StoreReader, to_device
 
@@ -117,6 +118,11 @@ def model_spec(config: TrainConfig, reader: StoreReader) -> dict:
     if refused:
         raise ValueError(f"{refused} concern an image backbone; model kind {kind.name!r} has none")
     return {"name": kind.name, "kwargs": {key: value for key, value in values.items() if key in taken}}
+
+
+def loss_of(config: TrainConfig) -> Loss:
+    """The recipe's training loss (KL with its reduction, + MSE, + cross-entropy, vote weighting)."""
+    return Loss(config.kl_reduction, config.kl_weight, config.mse_weight, config.ce_weight, config.vote_weighting)
 
 
 def make_augmenter(config: TrainConfig, reader: StoreReader, generator: torch.Generator | None) -> Augmenter:

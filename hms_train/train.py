@@ -51,8 +51,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hms_prep.store import data_array_names, open_store
 from hms_train.config import ConfigError, TrainConfig, check_against_store, check_device
 from hms_train.forward import (
-    autocast,
     IMAGE_INPUT,
+    autocast,
+    loss_of,
     make_augmenter,
     model_inputs,
     model_spec,
@@ -60,7 +61,6 @@ from hms_train.forward import (
     resolve_device,
     run_model,
 )
-from hms_train.losses import Loss
 from hms_train.metric import VOTE_COLUMNS, cv_report, selection_kl
 from hms_train.models import create_model, model_kind
 from hms_train.reader import Selection, StoreReader, to_device
@@ -256,10 +256,6 @@ def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps
                                               warmup_lr_init=lr_min, t_in_epochs=per_epoch)
     return timm.scheduler.CosineLRScheduler(optimizer, t_initial=length, lr_min=lr_min, warmup_t=warmup,
                                             warmup_lr_init=lr_min, t_in_epochs=per_epoch)
-
-
-def loss_of(config: TrainConfig) -> Loss:
-    return Loss(config.kl_reduction, config.kl_weight, config.mse_weight, config.ce_weight, config.vote_weighting)
 
 
 def run_stage(

@@ -475,7 +475,9 @@ def _label_failures(config: BuildConfig, planned: pa.Table) -> list[Failure]:
 
 def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
                         label_failures: list[Failure] = ()) -> pa.Table:
-    """planned + per-array repaired fractions + overall status and error, as labels.parquet."""
+    """planned + per array its status and repaired fraction, the label-level status (a row without votes
+    fails there), and the overall status and error, as labels.parquet. Per-array statuses let a reader of
+    some arrays use a row that failed only in another (a 2D model needs no raw signal)."""
     table = planned
     if raw_index is not None:
         for j, column in enumerate(RAW_INDEX_COLUMNS):
@@ -483,6 +485,7 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
     n = planned.num_rows
     overall = np.full(n, STATUS_OK, dtype=np.uint8)
     errors = [[] for _ in range(n)]
+    names = ("pending", "ok", "failed")
     for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
         state = open_build_state(group, name)
         status, _ = read_state(state.status)
@@ -494,9 +497,12 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
             for row in failed:
                 errors[row].append(f"{name}: {reasons[row]}")
         table = table.append_column(f"repaired_{name}", pa.array(read_state(state.repaired)[0]))
+        table = table.append_column(f"status_{name}", pa.array(np.array(names)[status]))
+    label_status = np.full(n, "ok", dtype=object)
     for failure in label_failures:
         overall[failure.row] = STATUS_FAILED
+        label_status[failure.row] = "failed"
         errors[failure.row].append(failure.reason)
-    labels = np.array(["pending", "ok", "failed"])[overall]
-    table = table.append_column("status", pa.array(labels))
+    table = table.append_column("status_labels", pa.array(label_status.tolist(), pa.string()))
+    table = table.append_column("status", pa.array(np.array(names)[overall]))
     return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string()))

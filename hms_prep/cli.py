@@ -16,6 +16,10 @@ from hms_prep.codecs import AUTO
 from hms_prep.kaggle import KaggleDataError
 from hms_prep.store import StoreError
 
+# `hms-prep build` finished, but some rows failed (listed, recorded in labels.parquet, retried next time):
+# the store is usable without them. 1 is an error that stopped the build, 130 an interruption.
+ROWS_FAILED_EXIT = 3
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -176,7 +180,7 @@ def build(
                           soft_wrap=True)
         if len(failed) > 20:
             console.print(f"  ... and {len(failed) - 20} more")
-        raise typer.Exit(1)
+        raise typer.Exit(ROWS_FAILED_EXIT)
 
 
 @app.command()

@@ -74,11 +74,22 @@ class StoreReader:
     def column(self, name: str) -> np.ndarray:
         return self.labels.column(name).to_numpy(zero_copy_only=False)
 
+    def usable(self) -> np.ndarray:
+        """(n_rows,) bool: rows whose labels and every array this reader reads were built ok. Stores
+        without per-array statuses (older builds) have only the overall one."""
+        columns = self.labels.column_names
+        per_array = [f"status_{name}" for name in self.inputs]
+        if "status_labels" in columns and all(column in columns for column in per_array):
+            return np.logical_and.reduce([self.column(c) == "ok" for c in ("status_labels", *per_array)])
+        if "status" in columns:
+            return self.column("status") == "ok"
+        return np.ones(self.n_rows, dtype=bool)
+
     def select(self, selection: Selection = Selection()) -> np.ndarray:
         """Row indices (ascending) that satisfy the selection."""
         keep = np.ones(self.n_rows, dtype=bool)
-        if selection.only_ok and "status" in self.labels.column_names:
-            keep &= self.column("status") == "ok"
+        if selection.only_ok:
+            keep &= self.usable()
         if selection.folds is not None:
             keep &= np.isin(self.column("fold"), list(selection.folds))
         if selection.exclude_folds is not None:

@@ -10,8 +10,10 @@ if [ -z "$DATA" ]; then
   DATA="$DEMO/data"
   [ -f "$DATA/train.csv" ] || "$BIN/hms-prep" synth "$DATA" --eegs 120 --seed 0
 fi
-"$BIN/hms-prep" build --data "$DATA" --windows 10,30 --store "$DEMO/specs.zarr"
-"$BIN/hms-prep" build --data "$DATA" --windows 10,30 --split test --store "$DEMO/test.zarr"
+# shellcheck source=scripts/prep_build.sh
+source "$(dirname "$0")/prep_build.sh"
+prep_build --data "$DATA" --windows 10,30 --store "$DEMO/specs.zarr"
+prep_build --data "$DATA" --windows 10,30 --split test --store "$DEMO/test.zarr"
 "$BIN/hms-prep" info "$DEMO/specs.zarr"
 "$BIN/hms-prep" verify "$DEMO/specs.zarr"
 "$BIN/hms-prep" show "$DEMO/specs.zarr" --row 0 --out "$DEMO/row0.png"

@@ -21,11 +21,14 @@ TEST="$SEED/test.zarr"
 RUNS="$SEED/runs"
 mkdir -p "$RUNS"
 
+# shellcheck source=scripts/prep_build.sh
+source "$(dirname "$0")/prep_build.sh"
+
 echo "== cache: Richard's windows, then David's 50-mel windows beside them (train and test)"
 for split in train test; do
   store=$([ "$split" = train ] && echo "$STORE" || echo "$TEST")
-  "$BIN/hms-prep" build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,30
-  "$BIN/hms-prep" build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,14,30,44 --n-mels 50
+  prep_build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,30
+  prep_build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,14,30,44 --n-mels 50
 done
 
 train() {  # train RECIPE RUN [extra args]

@@ -200,7 +200,7 @@ def chain_parts(batch: int, widths: dict[str, int]) -> dict[str, torch.Tensor]:
 
 
 def crop_layout(widths: dict[str, int], crops: dict[str, int], image_width: int | None = None,
-                train_crop: str = "first", freqs: int = F_BINS) -> "ImageLayout":
+                train_crop: str = "first", freqs: int = F_BINS):
     """Mel parts side by side; the parts in `crops` cut to that width at a random start in training."""
     parts = tuple(PartConfig(name, width=crops.get(name), train_crop="random" if name in crops else "first")
                   for name in widths)

@@ -19,7 +19,7 @@ from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.montage import bipolar_signals
 from hms_prep.store import StoreError, open_store, read_labels
 
-from conftest import REAL, ROOT
+from conftest import REAL, ROOT, needs_real_sample
 
 ARRAYS = ("eeg_10s", "eeg_30s", "kaggle", "raw")
 
@@ -208,8 +208,7 @@ def test_killed_build_resumes_to_an_identical_store(synth_data, tmp_path, cluste
         np.testing.assert_array_equal(zarr.open_array(str(store / name))[:], zarr.open_array(str(reference / name))[:])
     assert read_labels(str(store)).equals(read_labels(str(reference)))
     assert verify_store(str(store)) == []
-
-
+@needs_real_sample
 def test_genuine_files_train_and_test(tmp_path, cluster):
     """The real competition row: values agree with librosa's reference recipe, chains in Kaggle order."""
     import librosa

@@ -1,7 +1,5 @@
 """The 10-minute Kaggle spectrogram crop of a label row, on genuine files and constructed gaps."""
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -9,7 +7,8 @@ import pytest
 from hms_prep.kaggle import read_spectrogram
 from hms_prep.kaggle_crop import kaggle_crop
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real-sample"
+from conftest import REAL, needs_real_sample
+
 TRAIN_SPEC = REAL / "train_spectrograms" / "353733.parquet"
 TEST_SPEC = REAL / "test_spectrograms" / "853520.parquet"
 
@@ -19,6 +18,7 @@ def as_crop(power_rows: np.ndarray) -> np.ndarray:
     return np.log1p(power_rows).reshape(len(power_rows), 4, 100).transpose(1, 2, 0)
 
 
+@needs_real_sample
 @pytest.mark.parametrize("offset, first_row", [(0.0, 0), (40.0, 20)])
 def test_complete_windows_of_a_real_file(offset, first_row):
     time, power = read_spectrogram(TRAIN_SPEC)
@@ -27,16 +27,14 @@ def test_complete_windows_of_a_real_file(offset, first_row):
     assert crop.shape == (4, 100, 300) and crop.dtype == np.float32
     assert (n_rows, nan_fraction) == (300, 0.0)
     np.testing.assert_array_equal(crop, as_crop(power[first_row : first_row + 300]))
-
-
+@needs_real_sample
 def test_window_running_past_the_end_is_padded_not_shifted():
     time, power = read_spectrogram(TRAIN_SPEC)
     crop, n_rows, _ = kaggle_crop(time, power, 60.0)  # rows 61..639 s: 290 of 300
     assert n_rows == 290
     np.testing.assert_array_equal(crop[..., :290], as_crop(power[30:320]))
     assert np.all(crop[..., 290:] == 0)
-
-
+@needs_real_sample
 def test_exact_values_of_the_test_file_with_int16_time():
     assert pq.read_schema(TEST_SPEC).field("time").type == "int16"
     time, power = read_spectrogram(TEST_SPEC)
@@ -58,8 +56,7 @@ def test_nan_is_zero_power_and_missing_rows_stay_in_place():
     assert np.all(crop[0, :40, 5] == 0) and np.all(crop[0, 40:, 5] == pytest.approx(1.0))
     assert np.all(crop[..., 100] == 0)
     assert np.all(crop[..., 101] == pytest.approx(1.0))  # the row after the gap is not shifted left
-
-
+@needs_real_sample
 def test_offset_outside_the_file_raises_with_its_time_range():
     time, power = read_spectrogram(TRAIN_SPEC)
     with pytest.raises(ValueError, match=r"offset 700.0 s is past the end .* 1\.\.639 s"):

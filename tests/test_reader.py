@@ -112,14 +112,21 @@ def test_failed_rows_are_left_out_unless_asked_for(train_store, tmp_path):
     copy = shallow_copy(train_store, tmp_path / "copy.zarr")
     table = pq.read_table(Path(copy) / LABELS_FILE)
     status = table.column("status").to_numpy(zero_copy_only=False).copy()
-    status[[1, 5, 6]] = "failed"  # as the build records rows it could not compute
-    write_labels(copy, table.set_column(table.column_names.index("status"), "status", [status.tolist()]))
+    status[[1, 5, 6]] = "failed"  # as the build records rows it could not compute: eeg_10s failed there
+    for column in ("status", "status_eeg_10s"):
+        table = table.set_column(table.column_names.index(column), column, [status.tolist()])
+    labels_failed = table.column("status_labels").to_numpy(zero_copy_only=False).copy()
+    labels_failed[9] = "failed"  # a train.csv line without votes
+    write_labels(copy, table.set_column(table.column_names.index("status_labels"), "status_labels", [labels_failed.tolist()]))
 
     reader = StoreReader(copy, ["eeg_10s"], threads=2)
     rows = reader.select(Selection(only_ok=True))
-    np.testing.assert_array_equal(rows, np.flatnonzero(status == "ok"))
-    assert not np.isin([1, 5, 6], epoch_rows(reader, rows)).any()
+    np.testing.assert_array_equal(rows, np.flatnonzero((status == "ok") & (labels_failed == "ok")))
+    assert not np.isin([1, 5, 6, 9], epoch_rows(reader, rows)).any()
     np.testing.assert_array_equal(reader.select(Selection(only_ok=False)), np.arange(reader.n_rows))
+    # a reader of other arrays keeps the rows that failed only in eeg_10s
+    other = StoreReader(copy, ["kaggle"], threads=2).select(Selection(only_ok=True))
+    assert np.isin([1, 5, 6], other).all() and 9 not in other
 
 
 def test_batch_targets_votes_and_rows_match_labels(train_store):

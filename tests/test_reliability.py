@@ -15,7 +15,7 @@ import pytest
 import zarr
 
 from hms_prep.audit import store_info, verify_store
-from hms_prep.build import BuildConfig, BuildError, run_build
+from hms_prep.build import BuildConfig, run_build
 from hms_prep.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
 from hms_prep.lock import StoreLocked, build_lock
 from hms_prep.store import StoreError, open_store, read_labels
@@ -417,6 +417,12 @@ def test_an_all_nan_fz_fails_the_raw_row_and_the_restored_file_recomputes_it(tin
     failed = summary.failed_rows()
     assert {f.label_id for f in failed} == rows and all(f.arrays == ("raw",) for f in failed)
     assert all(f"{eeg_id}.parquet: bipolar signal Fz-Cz is all NaN" in f.reason for f in failed)
+    # the rows stay usable for readers of the other arrays (a 2D model needs no raw signal)
+    from hms_train.reader import StoreReader
+
+    failed_rows = sorted(f.row for f in failed)
+    assert set(failed_rows) <= set(StoreReader(str(store), ["eeg_10s", "kaggle"]).select().tolist())
+    assert not set(failed_rows) & set(StoreReader(str(store), ["eeg_10s", "raw"]).select().tolist())
     path.write_bytes(original)
     again = build(data, store, cluster)
     assert again.ok and again.rows_computed == len(rows)

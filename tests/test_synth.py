@@ -19,7 +19,8 @@ from hms_prep.kaggle import (
 from hms_prep.montage import bipolar_signals, fill_nan
 from hms_prep.synth import synthesize
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real-sample"
+from conftest import REAL, needs_real_sample
+
 LEFT = [0, 1, 2, 3, 8, 9, 10, 11]  # bipolar pairs of LL and LP (BIPOLAR_PAIRS is chain-major)
 RIGHT = [4, 5, 6, 7, 12, 13, 14, 15]  # RL and RP
 
@@ -80,8 +81,7 @@ def window_features(data, labels):
 
 def first_line(path):
     return Path(path).read_text().splitlines()[0]
-
-
+@needs_real_sample
 def test_files_match_the_genuine_layout(data, labels):
     for name in ("train.csv", "test.csv", "sample_submission.csv"):
         assert first_line(data / name) == first_line(REAL / name)

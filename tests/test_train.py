@@ -20,7 +20,7 @@ from hms_train.predict import predict_submission, pseudo_labels
 from hms_train.metric import VOTE_COLUMNS
 from hms_train.train import train
 
-from conftest import REAL, ROOT
+from conftest import REAL, ROOT, needs_real_sample
 
 pytestmark = pytest.mark.slow
 QUICK = ["epochs=1", "stage2_epochs=1", "folds=[0]", "max_batches_per_epoch=2"]
@@ -114,8 +114,7 @@ def test_raw_and_multimodal_models_train(name, stores, tmp_path):
         overrides += ['inputs=["eeg_10s", "kaggle", "raw"]', 'backbone="mobilenetv3_small_050"']
     summary = train(load_config(name, overrides), tmp_path / name, quiet=True)
     assert np.isfinite(summary["kl"]) and (tmp_path / name / "fold0_best.pt").is_file()
-
-
+@needs_real_sample
 def test_predict_synthetic_and_genuine_test_sets(smoke_run, stores, learn_data, tmp_path):
     out, _ = smoke_run
     submission = predict_submission(stores[1], [out, out], tmp_path / "submission.csv", weights=[0.6, 0.4],

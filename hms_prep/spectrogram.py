@@ -34,10 +34,11 @@ SIGNALS_PER_CHAIN = len(BIPOLAR_PAIRS) // len(CHAINS)
 WINDOWS_PER_STEP = 2
 
 
-def mel_windows(windows: np.ndarray | torch.Tensor, params: MelParams) -> np.ndarray:
+def mel_windows(windows: np.ndarray | torch.Tensor, params: MelParams, device: str = "cpu") -> np.ndarray:
     """(B, 16, W*200) NaN-free bipolar windows, chain-major -> float32 (B, 4, n_mels, frames).
 
-    Axis 1 is the chain (CHAINS order), axis 2 the mel band (low to high), axis 3 time.
+    Axis 1 is the chain (CHAINS order), axis 2 the mel band (low to high), axis 3 time. `device`: where
+    the math runs ("cpu", "cuda", "cuda:1", ...); the values come back as numpy either way.
     """
     params = params.resolved()
     x = torch.as_tensor(windows, dtype=torch.float32)
@@ -50,16 +51,33 @@ def mel_windows(windows: np.ndarray | torch.Tensor, params: MelParams) -> np.nda
     # A sum is finite when every value is (one pass, no mask); only then is the full check skipped.
     if not (torch.isfinite(x.sum()) or torch.isfinite(x).all()):
         raise ValueError("windows contain NaN or inf; fill them before computing spectrograms")
-    out = torch.empty(len(x), len(CHAINS), params.n_mels, params.frames)
+    x = x.to(device)
+    # A GPU takes the whole batch in one step; a CPU core is faster on a few windows at a time.
+    step = WINDOWS_PER_STEP if x.device.type == "cpu" else max(len(x), 1)
+    out = torch.empty(len(x), len(CHAINS), params.n_mels, params.frames, device=x.device)
     with torch.inference_mode():
-        for start in range(0, len(x), WINDOWS_PER_STEP):
-            out[start : start + WINDOWS_PER_STEP] = _chain_mel_db(x[start : start + WINDOWS_PER_STEP], params)
-    return out.numpy()
+        for start in range(0, len(x), step):
+            out[start : start + step] = _chain_mel_db(x[start : start + step], params)
+    return out.cpu().numpy()
+
+
+def check_device(device: str) -> None:
+    """ValueError unless `device` names a torch device this machine has ("cpu", "cuda", "cuda:N")."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: the build computes on cpu or cuda[:N]")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA GPU (torch.cuda.is_available() is False)")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPUs")
 
 
 def _chain_mel_db(windows: torch.Tensor, params: MelParams) -> torch.Tensor:
     """(b, 16, T) windows -> (b, 4, n_mels, frames): scaled dB, each signal relative to its own maximum."""
-    cos_basis, sin_basis, fbank = _mel_kernels(params)
+    cos_basis, sin_basis, fbank = _mel_kernels(params, str(windows.device))
     symmetric, antisymmetric = _folded_frames(windows.reshape(-1, windows.shape[-1]), params)
     real = symmetric @ cos_basis  # (S, F, bins)
     imag = antisymmetric @ sin_basis
@@ -96,7 +114,7 @@ def _folded_frames(signals: torch.Tensor, params: MelParams) -> tuple[torch.Tens
 
 
 @functools.lru_cache(maxsize=16)
-def _mel_kernels(params: MelParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _mel_kernels(params: MelParams, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The window-weighted cosine and sine bases of the folded frames (see `_folded_frames`) and the
     mel filterbank (bins, n_mels).
 
@@ -121,4 +139,4 @@ def _mel_kernels(params: MelParams) -> tuple[torch.Tensor, torch.Tensor, torch.T
     sums = torch.cat([centre, upper])
     cos_basis = torch.cos(torch.outer(sums - length / 2, frequency)) * window[sums, None]
     sin_basis = torch.sin(torch.outer(upper - length / 2, frequency)) * window[upper, None]
-    return cos_basis.float().contiguous(), sin_basis.float().contiguous(), fbank[:bins].contiguous()
+    return tuple(k.float().contiguous().to(device) for k in (cos_basis, sin_basis, fbank[:bins]))

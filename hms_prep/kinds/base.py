@@ -101,8 +101,9 @@ class ArrayKind:
         `EegRecording` or a `SpectrogramFile` (hms_prep/sources.py)."""
         raise NotImplementedError
 
-    def finish(self, cut: Cut) -> Cut:
-        """Once per chunk, on the merged cuts of all its files (batched work goes here)."""
+    def finish(self, cut: Cut, device: str) -> Cut:
+        """Once per chunk, on the merged cuts of all its files (batched work goes here; torch work on
+        `device`, "cpu" or "cuda[:N]", returning numpy values)."""
         return cut
 
     def write(self, target: zarr.Array, rows: tuple[int, ...], whole: bool, cut: Cut,

@@ -11,10 +11,10 @@ import logging
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-import dask
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -46,6 +46,9 @@ from hms_prep.store import (
 log = logging.getLogger("hms_prep")
 
 DEFAULT_STORES = {"train": "cache/specs.zarr", "test": "cache/test.zarr"}
+# Up to this many rows to compute, one process computing them itself finishes before a local cluster
+# has started (docs/performance.md measures the crossover).
+IN_PROCESS_ROWS = 300
 
 
 @dataclass
@@ -63,8 +66,12 @@ class BuildConfig:
     chunk_rows: int = 32
     raw_chunk_samples: int = 20_000
     codec: str = AUTO
-    workers: int | None = None  # local cluster size; default: one per core
+    workers: int | None = None  # local cluster size (threads of a --device build); default: one per core
     scheduler: str | None = None  # address of an existing Dask scheduler
+    # None: Dask workers on CPU; "cpu", "cuda", "cuda:N": this process computes, its threads read and
+    # write, the mel windows of a chunk are batched on that device.
+    device: str | None = None
+    in_process: bool | None = None  # None: in this process when at most IN_PROCESS_ROWS rows are to compute
 
     @property
     def store_url(self) -> str:
@@ -131,6 +138,10 @@ def run_build(config: BuildConfig, progress=None) -> BuildSummary:
     started = time.perf_counter()
     url = config.store_url
     requested = config.arrays()
+    if config.device is not None:
+        from hms_prep.spectrogram import check_device
+
+        check_device(config.device)
     planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
     group, layout, created = _open_or_create(config, planned)
     for name, kind in requested.items():  # every refusal before anything is written
@@ -242,27 +253,42 @@ def _run_jobs(config, planned, layout, segments, jobs, progress) -> list[ChunkRe
     chunk_jobs = [
         ChunkJob(store_url=config.store_url, data_dir=str(config.data_dir), split=config.split, chunk=chunk,
                  rows=planned_rows(planned, layout.chunk_slice(chunk)), raw_segments=tuple(segments[chunk]),
-                 arrays=tuple(jobs[chunk]))
+                 arrays=tuple(jobs[chunk]), device=config.device or "cpu")
         for chunk in sorted(jobs)
     ]
     total = sum(max(len(a.rows) for a in job.arrays) for job in chunk_jobs)
-    reports = []
-    with _dask_client(config) as client:
-        from distributed import as_completed
-
-        futures = client.map(build_chunk, chunk_jobs, pure=False)
-        done_rows = 0
-        job_of = {future.key: job for future, job in zip(futures, chunk_jobs)}
-        for future in as_completed(futures):
+    reports, done_rows = [], 0
+    with _finished_tasks(config, chunk_jobs, total) as finished:
+        for job, future in finished:
             try:
                 report = future.result()
             except Exception as err:  # a crashed task: its chunk stays not-done and is redone next build
-                report = _crashed(job_of[future.key], err)
+                report = _crashed(job, err)
             reports.append(report)
             done_rows += max(report.rows_computed.values(), default=0)
             if progress:
                 progress(done_rows, total)
     return reports
+
+
+@contextmanager
+def _finished_tasks(config: BuildConfig, chunk_jobs: list[ChunkJob], rows: int):
+    """(job, future) pairs as the tasks finish: on threads of this process (a --device build, or a
+    small one) or on Dask."""
+    in_process = config.in_process if config.in_process is not None else rows <= IN_PROCESS_ROWS
+    if config.scheduler is None and (config.device is not None or in_process):
+        # Threads overlap the reads and writes with the device's work; a CPU build here runs serially.
+        threads = (config.workers or os.cpu_count() or 1) if config.device is not None else 1
+        with ThreadPoolExecutor(threads) as pool:
+            job_of = {pool.submit(build_chunk, job): job for job in chunk_jobs}
+            yield ((job_of[future], future) for future in as_completed(job_of))
+        return
+    with _dask_client(config) as client:
+        from distributed import as_completed as dask_completed
+
+        futures = client.map(build_chunk, chunk_jobs, pure=False)
+        job_of = {future.key: job for future, job in zip(futures, chunk_jobs)}
+        yield ((job_of[future.key], future) for future in dask_completed(futures))
 
 
 def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
@@ -274,6 +300,7 @@ def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
 
 @contextmanager
 def _dask_client(config: BuildConfig):
+    import dask
     from distributed import Client, LocalCluster
 
     if config.scheduler:

@@ -97,6 +97,9 @@ def build(
     codec: str = typer.Option(AUTO, "--codec", help="auto (per array kind) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Compute the mel windows in this process on cpu, cuda or cuda:N, batched per chunk, "
+        "with --workers threads reading and writing (default: Dask worker processes on CPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Precompute every window into the store; incremental, resumable, idempotent.
@@ -108,6 +111,7 @@ def build(
       hms-prep build --data data/hms --kaggle-window 1200      # adds kaggle_1200s beside kaggle
       hms-prep build --data data/hms --split test
       hms-prep build --data data/hms --scheduler tcp://10.0.0.5:8786
+      hms-prep build --data data/hms --device cuda --workers 8   # mel windows on the GPU, 8 I/O threads
     """
     from hms_prep.build import BuildConfig, run_build
     from hms_prep.kinds import MelParams, RawParams
@@ -120,7 +124,7 @@ def build(
             mel=MelParams(window_s=10, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
                           fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
             kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None, n_folds=folds,
-            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler,
+            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, device=device,
         )
         config.arrays()  # every parameter checked before any work
     except ValueError as err:

@@ -48,7 +48,7 @@ log = logging.getLogger("hms_prep")
 DEFAULT_STORES = {"train": "cache/specs.zarr", "test": "cache/test.zarr"}
 # Up to this many rows to compute, one process computing them itself finishes before a local cluster
 # has started (docs/performance.md measures the crossover).
-IN_PROCESS_ROWS = 300
+IN_PROCESS_ROWS = 400
 
 
 @dataclass

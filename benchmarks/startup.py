@@ -4,6 +4,8 @@ hms_prep.build.IN_PROCESS_ROWS).
 
 Every figure is the wall time of a new Python process, as a user starts it:
   help            `python -m hms_prep.cli build --help` (median of --repeat)
+  start-up        a process importing what a build that computes imports (the CLI, the build, torch,
+                  torchaudio, scipy.signal): the fixed cost of an in-process build (median of --repeat)
   build, N rows   a whole first build of N label rows (default arrays: --windows 10,30, Kaggle, raw),
                   forced in this process (serially, one core) and forced onto a local cluster of
                   --workers processes, side by side on the same data, alternating
@@ -36,6 +38,9 @@ print(summary.rows_computed)
 """
 
 
+COMPUTING_IMPORTS = "import hms_prep.cli, hms_prep.build, hms_prep.chunk, torch, torchaudio, scipy.signal"
+
+
 def wall(command: list[str]) -> tuple[float, str]:
     began = time.perf_counter()
     done = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     cli = [sys.executable, "-m", "hms_prep.cli"]
-    result = {"help_s": median_wall([*cli, "build", "--help"], args.repeat), "sizes": []}
+    result = {"help_s": median_wall([*cli, "build", "--help"], args.repeat),
+              "startup_s": median_wall([sys.executable, "-c", COMPUTING_IMPORTS], args.repeat), "sizes": []}
     for eegs in (int(e) for e in args.eegs.split(",")):
         data = ensure_data(args.folder, eegs)
         row = {"eegs": eegs}
@@ -83,6 +89,7 @@ def main(argv=None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"`hms-prep build --help`   {result['help_s']:.2f} s")
+    print(f"start-up of a computing build (imports) {result['startup_s']:.2f} s")
     print(f"{'rows':>6} {'in process':>11} {'cluster':>9} {'faster':>11} {'no-op build':>12}   (whole-process wall seconds, "
           f"cluster of {args.workers} workers)")
     for row in result["sizes"]:

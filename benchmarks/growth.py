@@ -1,6 +1,6 @@
 """Growth: a build of >= 10,000 label rows, and what a user does with the store after it.
 
-Synthesizes a Kaggle-layout folder big enough (hms-prep synth makes about 5.2 label rows per EEG; the
+Synthesizes a Kaggle-layout folder big enough (hms-prep synth makes about 5 label rows per EEG; the
 folder is reused when it has a train.csv), builds it with the default arrays (--windows 10,30, Kaggle,
 raw) on a local cluster started by the build itself, then times `info`, `verify` and the trainer's
 reader start (`hms_train.reader.StoreReader(url, inputs)`: opening the store, labels.parquet, decoders).
@@ -14,7 +14,7 @@ What is printed, and how it is measured:
   reader start    StoreReader construction for eeg_10s, eeg_30s, kaggle, wall seconds
 
 Examples:
-  python benchmarks/growth.py                         # 1,950 EEGs, >= 10,000 rows, 2 workers
+  python benchmarks/growth.py                         # 2,050 EEGs, about 10,200 rows, 2 workers
   python benchmarks/growth.py --eegs 400 --json       # a smaller run
 """
 
@@ -86,7 +86,7 @@ def timed(function, *args):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--eegs", type=int, default=1950, help="train EEGs to synthesize (about 5.2 rows each)")
+    parser.add_argument("--eegs", type=int, default=2050, help="train EEGs to synthesize (about 5 rows each)")
     parser.add_argument("--data", type=Path, default=None, help="Kaggle-layout folder (default /tmp/hms-bench/growth-N)")
     parser.add_argument("--store", type=Path, default=None, help="store to build (deleted first)")
     parser.add_argument("--workers", type=int, default=2)

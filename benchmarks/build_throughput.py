@@ -13,13 +13,17 @@ What is printed, and how it is measured:
   peak RSS        resident memory of this process plus every descendant (the Dask worker processes),
                   sampled every 0.2 s; a sum of RSS counts shared library pages once per process
   bytes per row   bytes of each array's folder on disk (file sizes) / store rows; MB = 10^6 bytes
-  --baseline N    the public-notebook way on the first N rows, one process: per row, read its EEG
-                  and its Kaggle spectrogram with pyarrow, 16 bipolar signals, librosa mel + dB per
-                  signal for the 10 s and 30 s windows, the Kaggle crop; nothing is written
+  --baseline N    the public-notebook way on N rows spread evenly over the rows just built (0: all of
+                  them), one process: per row, read its EEG and its Kaggle spectrogram with pyarrow,
+                  16 bipolar signals, librosa mel + dB per signal for the 10 s and 30 s windows, the
+                  Kaggle crop; nothing is written. The ratio build rows/s / notebook rows/s comes
+                  from this one run, on the same data and the same machine load
+  no-op build     `hms-prep build` with the same parameters as a fresh process (python start, imports,
+                  planning, nothing to compute): the wall time a user waits for a repeated build
 
 Examples:
   python benchmarks/build_throughput.py                     # 300 EEGs, 2 workers, --windows 10,30
-  python benchmarks/build_throughput.py --baseline 40 --json
+  python benchmarks/build_throughput.py --baseline 200 --json
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # everything below imports after the thread settings, as they must precede numpy
 import json
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -119,12 +124,15 @@ def run_benchmark(config: BuildConfig) -> dict:
     workers = config.workers
     with PeakMemory() as memory:
         began = time.perf_counter()
-        # The build's own cluster set-up, started here so that its start-up is timed apart.
-        with _dask_client(config) as client:
-            cluster_s = time.perf_counter() - began
-            built = replace(config, scheduler=client.scheduler.address)
-            first = run_build(built)
-            second = run_build(built)
+        if config.device is not None:  # no cluster: this process computes
+            cluster_s, first, second = 0.0, run_build(config), run_build(config)
+        else:
+            # The build's own cluster set-up, started here so that its start-up is timed apart.
+            with _dask_client(config) as client:
+                cluster_s = time.perf_counter() - began
+                built = replace(config, scheduler=client.scheduler.address)
+                first = run_build(built)
+                second = run_build(built)
     rows = first.rows_computed
     rank = {stage: i for i, stage in enumerate(STAGE_ORDER)}
     stages = dict(sorted(first.stage_seconds.items(), key=lambda item: rank.get(item[0], len(rank))))
@@ -134,6 +142,7 @@ def run_benchmark(config: BuildConfig) -> dict:
     return {
         "store": config.store_url,
         "workers": workers,
+        "device": config.device,
         "windows": list(config.windows),
         "codec": config.codec,
         "chunk_rows": config.chunk_rows,
@@ -160,8 +169,22 @@ def run_benchmark(config: BuildConfig) -> dict:
     }
 
 
+def noop_build_seconds(config: BuildConfig, repeat: int = 3) -> float:
+    """Median wall seconds of `hms-prep build` as a new process on a complete store (nothing to do)."""
+    command = [sys.executable, "-m", "hms_prep.cli", "build", "--data", config.data_dir, "--store", config.store_url,
+               "--windows", ",".join(map(str, config.windows)), "--codec", config.codec,
+               "--chunk-rows", str(config.chunk_rows), "--quiet"]
+    seconds = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        seconds.append(time.perf_counter() - began)
+    return float(np.median(seconds))
+
+
 def baseline(data: Path, n_rows: int) -> dict:
-    """Rows/s of the public-notebook loop on the first `n_rows` rows of train.csv, one process."""
+    """Rows/s of the public-notebook loop on `n_rows` rows spread evenly over train.csv (0: every
+    row), one process."""
     import warnings
 
     import librosa
@@ -170,7 +193,9 @@ def baseline(data: Path, n_rows: int) -> dict:
     # The notebook's 100 mel bands under 20 Hz leave some filters empty: librosa warns on every call.
     warnings.filterwarnings("ignore", message="Empty filters detected")
 
-    table = pacsv.read_csv(data / "train.csv").slice(0, n_rows)
+    table = pacsv.read_csv(data / "train.csv")
+    if 0 < n_rows < table.num_rows:
+        table = table.take(np.linspace(0, table.num_rows - 1, n_rows).round().astype(np.int64))
     columns = {c: table.column(c).to_numpy() for c in
                ("eeg_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_label_offset_seconds")}
     began = time.perf_counter()
@@ -240,10 +265,15 @@ def print_report(result: dict) -> None:
     again = result["second_build_rows_computed"]
     retried = f" ({', '.join(result['second_build_computed'])}: failed rows are retried by design)" if again else ""
     print(f"second build         {result['second_build_s']:7.2f} s  {again} rows computed{retried}")
+    if "noop_build_s" in result:
+        print(f"no-op build, new process {result['noop_build_s']:7.2f} s  (hms-prep build again: start, imports, plan)")
     if "baseline" in result:
         b = result["baseline"]
-        print(f"baseline (notebook loop, 1 process): {b['rows']} rows in {b['seconds']:.1f} s = "
+        print(f"baseline (notebook loop, 1 process): {b['rows']} of the same rows in {b['seconds']:.1f} s = "
               f"{b['rows_per_s']:.2f} rows/s")
+        print(f"build / notebook     {result['rows_per_s'] / b['rows_per_s']:7.1f} x  (cluster start excluded)")
+        print(f"                     {result['rows_per_s_with_cluster_start'] / b['rows_per_s']:7.1f} x  "
+              f"(cluster start included)")
 
 
 def main(argv=None) -> int:
@@ -257,8 +287,9 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", default="10,30", help="EEG window lengths in seconds")
     parser.add_argument("--codec", default=AUTO, choices=sorted(CODECS))
     parser.add_argument("--chunk-rows", type=int, default=BuildConfig.chunk_rows)
-    parser.add_argument("--baseline", type=int, default=0, metavar="N",
-                        help="also time the public-notebook loop on N rows (needs librosa)")
+    parser.add_argument("--baseline", type=int, default=None, metavar="N",
+                        help="also time the public-notebook loop on N of the same rows, 0 = all (needs librosa)")
+    parser.add_argument("--device", default=None, help="build with --device (cpu, cuda): in this process")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
 
@@ -267,9 +298,11 @@ def main(argv=None) -> int:
         shutil.rmtree(args.store)
     config = BuildConfig(data_dir=str(args.data), store=str(args.store),
                          windows=tuple(int(w) for w in args.windows.split(",")),
-                         chunk_rows=args.chunk_rows, codec=args.codec, workers=args.workers)
+                         chunk_rows=args.chunk_rows, codec=args.codec, workers=args.workers, device=args.device,
+                         in_process=False if args.device is None else None)
     result = {"data": str(args.data), "train_eegs": n_eegs, **run_benchmark(config)}
-    if args.baseline:
+    result["noop_build_s"] = noop_build_seconds(config)
+    if args.baseline is not None:
         result["baseline"] = baseline(args.data, args.baseline)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -11,11 +11,11 @@ import logging
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import dask
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -55,6 +55,9 @@ log = logging.getLogger("hms_prep")
 DEFAULT_STORES = {"train": "cache/specs.zarr", "test": "cache/test.zarr"}
 DEFAULT_CHUNK_ROWS = 32
 SCHEDULER_TIMEOUT_S = 10  # an unreachable scheduler fails in this many seconds, not Dask's 30
+# Up to this many rows to compute, one process computing them itself finishes before a local cluster
+# has started (docs/performance.md measures the crossover).
+IN_PROCESS_ROWS = 400
 
 
 @dataclass
@@ -72,9 +75,13 @@ class BuildConfig:
     chunk_rows: int | None = None  # None: the store's, or DEFAULT_CHUNK_ROWS for a new store
     raw_chunk_samples: int = 20_000
     codec: str | None = None  # None: the store's, or AUTO for a new store
-    workers: int | None = None  # local cluster size; default: one per core
+    workers: int | None = None  # local cluster size (threads of a --device build); default: one per core
     scheduler: str | None = None  # address of an existing Dask scheduler
     repair: bool = False  # also verify every data chunk's checksum and recompute the damaged ones
+    # None: Dask workers on CPU; "cpu", "cuda", "cuda:N": this process computes, its threads read and
+    # write, the mel windows of a chunk are batched on that device.
+    device: str | None = None
+    in_process: bool | None = None  # None: in this process when at most IN_PROCESS_ROWS rows are to compute
 
     @property
     def store_url(self) -> str:
@@ -185,6 +192,10 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
     config.check()
     url = config.store_url
     requested = config.arrays()
+    if config.device is not None:
+        from hms_prep.spectrogram import check_device
+
+        check_device(config.device)
     planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
     with _dask_client(config, say) as client:  # a remote scheduler is reached first (in seconds) or refused
         fresh = not store_exists(url) or unfinished_store(url)
@@ -350,35 +361,56 @@ def _run_jobs(client, config, planned, layout, segments, jobs, progress) -> list
     chunk_jobs = [
         ChunkJob(store_url=config.store_url, data_dir=_absolute(config.data_dir), split=config.split, chunk=chunk,
                  rows=planned_rows(planned, layout.chunk_slice(chunk)), raw_segments=tuple(segments[chunk]),
-                 arrays=tuple(jobs[chunk]))
+                 arrays=tuple(jobs[chunk]), device=config.device or "cpu")
         for chunk in sorted(jobs)
     ]
     total = sum(max(len(a.rows) for a in job.arrays) for job in chunk_jobs)
-    reports = []
-    from distributed import as_completed
-
-    futures = client.map(build_chunk, chunk_jobs, pure=False)
-    try:
-        done_rows = 0
-        job_of = {future.key: job for future, job in zip(futures, chunk_jobs)}
-        for future in as_completed(futures):
+    reports, done_rows = [], 0
+    with _finished_tasks(client, config, chunk_jobs, total) as finished:
+        for job, future in finished:
             try:
                 report = future.result()
             except Exception as err:  # a crashed task: its chunk stays not-done and is redone next build
-                report = _crashed(job_of[future.key], err)
+                report = _crashed(job, err)
             reports.append(report)
             done_rows += max(report.rows_computed.values(), default=0)
             if progress:
                 progress(done_rows, total)
-    except BaseException:  # Ctrl-C: stop the tasks quietly; their chunks stay not-done, redone next build
-        client.cancel(futures, force=True)
-        raise
     return reports
 
 
 def _absolute(path: str) -> str:
     """A local data folder as an absolute path (workers may run elsewhere, in other directories)."""
     return path if "://" in str(path) else os.path.abspath(path)
+
+
+@contextmanager
+def _finished_tasks(client, config: BuildConfig, chunk_jobs: list[ChunkJob], rows: int):
+    """(job, future) pairs as the tasks finish: on threads of this process (a --device build, or a small
+    one: no cluster is started) or on Dask. Ctrl-C stops the tasks quietly; their chunks stay not-done
+    and are redone by the next build."""
+    in_process = config.in_process if config.in_process is not None else rows <= IN_PROCESS_ROWS
+    if config.scheduler is None and (config.device is not None or in_process):
+        # Threads overlap the reads and writes with the device's work; a CPU build here runs serially.
+        threads = (config.workers or os.cpu_count() or 1) if config.device is not None else 1
+        with ThreadPoolExecutor(threads) as pool:
+            job_of = {pool.submit(build_chunk, job): job for job in chunk_jobs}
+            try:
+                yield ((job_of[future], future) for future in as_completed(job_of))
+            except BaseException:
+                for future in job_of:
+                    future.cancel()
+                raise
+        return
+    from distributed import as_completed as dask_completed
+
+    futures = client.map(build_chunk, chunk_jobs, pure=False)
+    job_of = {future.key: job for future, job in zip(futures, chunk_jobs)}
+    try:
+        yield ((job_of[future.key], future) for future in dask_completed(futures))
+    except BaseException:
+        client.cancel(futures, force=True)
+        raise
 
 
 def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
@@ -432,6 +464,7 @@ class _LazyLocalClient:
         return self
 
     def _start(self):
+        import dask
         from distributed import Client, LocalCluster
 
         workers = self.config.workers or os.cpu_count() or 1

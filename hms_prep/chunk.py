@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import zarr
 
 from hms_prep.kaggle import KaggleDataError
@@ -48,6 +47,7 @@ class ChunkJob:
     rows: tuple[PlannedRow, ...]  # every row of the chunk, in order
     raw_segments: tuple[RawSegment, ...]
     arrays: tuple[ArrayJob, ...]
+    device: str = "cpu"  # where the kinds' batched torch work runs ("cuda", "cuda:1", ...)
 
     def planned(self, row: int) -> PlannedRow:
         return self.rows[row - self.rows[0].row]
@@ -87,6 +87,8 @@ class StageTimer:
 
 
 def build_chunk(job: ChunkJob) -> ChunkReport:
+    import torch  # 2 s of imports: in the tasks, not in the driver of a build with nothing to do
+
     torch.set_num_threads(1)  # one thread per Dask worker process: processes give the parallelism
     timer = StageTimer()
     cuts: dict[str, Cut] = {}
@@ -113,7 +115,7 @@ def _source_cuts(job: ChunkJob, source: str, arrays: list[ArrayJob], timer: Stag
     finished = {}
     for array in arrays:
         with timer(array.kind.stage):
-            finished[array.name] = array.kind.finish(Cut.merge(cuts[array.name] for cuts in per_file))
+            finished[array.name] = array.kind.finish(Cut.merge(cuts[array.name] for cuts in per_file), job.device)
     return finished
 
 

@@ -127,6 +127,9 @@ def build(
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
     repair: bool = typer.Option(False, "--repair", help="Also read back every chunk and recompute damaged ones."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Compute the mel windows in this process on cpu, cuda or cuda:N, batched per chunk, "
+        "with --workers threads reading and writing (default: Dask worker processes on CPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Precompute every window into the store; incremental, resumable, idempotent.
@@ -139,8 +142,10 @@ def build(
       hms-prep build --data data/hms --split test
       hms-prep build --data data/hms --scheduler tcp://10.0.0.5:8786
       hms-prep build --data data/hms --repair                  # recompute chunks that fail their checksum
+      hms-prep build --data data/hms --device cuda --workers 8   # mel windows on the GPU, 8 I/O threads
 
-    Ctrl-C stops it (exit 130); the same command resumes where it stopped.
+    Exit codes: 0 built; 3 built, but some rows failed (listed, usable without them); 1 an error stopped
+    the build; 130 interrupted (Ctrl-C): the same command resumes where it stopped.
     """
     from hms_prep.build import BuildConfig, BuildError, run_build
     from hms_prep.kinds import MelParams, RawParams
@@ -157,6 +162,7 @@ def build(
                           n_mels=n_mels, fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
             kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None, n_folds=folds,
             chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair,
+            device=device,
         )
         config.check()  # every option checked before any work
     except ValueError as err:

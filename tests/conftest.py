@@ -34,5 +34,6 @@ def train_store(synth_data, tmp_path_factory):
     from hms_prep.build import BuildConfig, run_build
 
     url = str(tmp_path_factory.mktemp("stores") / "specs.zarr")
-    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), chunk_rows=8, workers=2))
+    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), chunk_rows=8, workers=2,
+                          in_process=False))  # small enough to run in process otherwise
     return url

@@ -101,17 +101,15 @@ class ArrayKind:
         `EegRecording` or a `SpectrogramFile` (hms_prep/sources.py)."""
         raise NotImplementedError
 
-    def finish(self, cut: Cut) -> Cut:
-        """Once per chunk, on the merged cuts of all its files (batched work goes here)."""
+    def finish(self, cut: Cut, device: str) -> Cut:
+        """Once per chunk, on the merged cuts of all its files (batched work goes here; torch work on
+        `device`, "cpu" or "cuda[:N]", returning numpy values)."""
         return cut
 
     def write(self, target: zarr.Array, rows: tuple[int, ...], whole: bool, cut: Cut,
               segments: tuple[RawSegment, ...]) -> None:
         """Write the rows' values (zeros for failed rows); `whole`: the rows are the whole chunk."""
-        values = np.zeros((len(rows), *target.shape[1:]), dtype=np.float16)
-        for i, row in enumerate(rows):
-            if row in cut.values:
-                values[i] = cut.values[row]
+        values = stacked_float16([cut.values.get(row) for row in rows], target.shape[1:])
         if whole:
             target[rows[0] : rows[-1] + 1] = values
         else:
@@ -121,6 +119,18 @@ class ArrayKind:
     def title(params: dict) -> str:
         """A short human description of an array of this kind from its stored params (hms-prep show)."""
         raise NotImplementedError
+
+
+def stacked_float16(items: list, shape: tuple[int, ...]) -> np.ndarray:
+    """The items stacked as float16 (zeros where an item is None). Converted by torch, which does
+    float32 -> float16 about 7x faster than numpy (9.6 vs 1.3 ms for a 32-row chunk of eeg_10s)."""
+    import torch  # only where values are written: the driver never imports it for this
+
+    out = torch.zeros((len(items), *shape), dtype=torch.float16)
+    for i, item in enumerate(items):
+        if item is not None:
+            out[i].copy_(torch.as_tensor(item))
+    return out.numpy()
 
 
 KINDS: dict[str, type[ArrayKind]] = {}

@@ -114,14 +114,14 @@ class EegMel(ArrayKind):
         return Cut(values={r.row: filtered[:, recording.label_centre(r) - half : recording.label_centre(r) + half]
                            for r in recording.good if r.row in rows})
 
-    def finish(self, cut: Cut) -> Cut:
+    def finish(self, cut: Cut, device: str) -> Cut:
         """All the chunk's windows in one batched spectrogram call."""
         if not cut.values:
             return cut
         from hms_prep.spectrogram import mel_windows  # torch: imported where the work is
 
         rows = list(cut.values)
-        images = mel_windows(np.stack([cut.values[r] for r in rows]), self.params)
+        images = mel_windows(np.stack([cut.values[r] for r in rows]), self.params, device)
         return Cut(dict(zip(rows, images)), cut.errors, cut.repaired)
 
     @staticmethod

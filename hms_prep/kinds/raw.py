@@ -16,7 +16,7 @@ from hms_prep.domain import SAMPLE_RATE
 from hms_prep.kinds.base import EEG, ArrayKind, Cut, register_kind, variant_name
 from hms_prep.montage import pair_names
 from hms_prep.plan import RAW_INDEX_COLUMNS, RawSegment
-from hms_prep.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos, scale_raw
+from hms_prep.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
 from hms_prep.store import SIGNAL_AXES, StoreLayout, digest
 
 
@@ -34,7 +34,7 @@ class RawParams:
         # Normalise numbers so that equal parameters always give the same digest.
         if self.band_pass is not None:
             low, high = (float(f) for f in self.band_pass)
-            band_pass_sos(low, high, SAMPLE_RATE, BAND_PASS_ORDER)  # validates the band
+            check_band(low, high, SAMPLE_RATE)
             object.__setattr__(self, "band_pass", (low, high))
         object.__setattr__(self, "clip_uv", float(self.clip_uv))
         object.__setattr__(self, "divide_by", float(self.divide_by))

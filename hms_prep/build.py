@@ -424,9 +424,9 @@ def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
 def _dask_client(config: BuildConfig, say):
     """A client of the given scheduler (refused in SCHEDULER_TIMEOUT_S when unreachable), or of a
     LocalCluster started when first needed."""
-    from distributed import Client
-
     if config.scheduler:
+        from distributed import Client
+
         try:
             client = Client(config.scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
         except (OSError, TimeoutError, ValueError) as err:

@@ -16,7 +16,11 @@ TOY = " ".join(f"--set {item}" for item in (
 ))
 
 
-def test_toy_seed_chain_writes_a_blended_submission(synth_data, tmp_path):
+def test_toy_seed_chain_writes_a_blended_submission(tmp_path):
+    from hms_prep.synth import synthesize
+
+    synth_data = tmp_path / "data"
+    synthesize(synth_data, n_eegs=8, seed=3, n_test=2)  # the smallest set every fold and stage can use
     seed = tmp_path / "seed"
     env = {**os.environ, "DATA": str(synth_data), "SEED": str(seed), "BIN": str(Path(sys.executable).parent),
            "FOLDS": "2", "DEVICE": "cpu", "TRAIN_SET": TOY, "COLUMNS": "200"}

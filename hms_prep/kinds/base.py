@@ -21,10 +21,20 @@ import zarr
 from hms_prep.codecs import AUTO, CODECS
 from hms_prep.domain import CHAINS
 from hms_prep.plan import RawSegment
-from hms_prep.store import IMAGE_AXES, StoreLayout
+from hms_prep.store import IMAGE_AXES, StoreLayout, digest
 
 EEG, SPECTROGRAM = "eeg", "spectrogram"  # the Kaggle file a kind's values are cut from
 SOURCES = (EEG, SPECTROGRAM)
+
+
+class KindParams:
+    """Base of a kind's frozen params dataclass: `digest()` is the stable hash of its `to_dict()`."""
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def digest(self) -> str:
+        return digest(self.to_dict())
 
 
 @dataclass(frozen=True)

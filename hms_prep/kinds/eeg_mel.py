@@ -12,16 +12,15 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
-from hms_prep.kinds.base import EEG, ArrayKind, Cut, register_kind, variant_name
+from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
 from hms_prep.montage import BIPOLAR_PAIRS
 from hms_prep.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos
-from hms_prep.store import digest
 
 TOP_DB = 80.0  # the dB floor below each signal's maximum (librosa's power_to_db top_db)
 
 
 @dataclass(frozen=True)
-class MelParams:
+class MelParams(KindParams):
     """Everything that defines one mel-spectrogram array of the store."""
 
     window_s: int  # window length W in seconds (1..50)
@@ -80,9 +79,6 @@ class MelParams:
             "top_db": TOP_DB,
             "scaling": "(dB+40)/40",
         }
-
-    def digest(self) -> str:
-        return digest(self.to_dict())
 
 
 @register_kind

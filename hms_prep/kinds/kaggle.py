@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from hms_prep.domain import CHAINS, SPEC_ROW_S, SPEC_WINDOW_S
 from hms_prep.kaggle import SPEC_FREQ_NAMES
 from hms_prep.kaggle_crop import KAGGLE_TRANSFORM, kaggle_crop
-from hms_prep.kinds.base import SPECTROGRAM, ArrayKind, Cut, register_kind, variant_name
-from hms_prep.store import digest
+from hms_prep.kinds.base import KindParams, SPECTROGRAM, ArrayKind, Cut, register_kind, variant_name
 
 
 @dataclass(frozen=True)
-class KaggleParams:
+class KaggleParams(KindParams):
     """The crop window; the transform and padding are fixed parts of the recipe."""
 
     window_s: int = SPEC_WINDOW_S
@@ -33,9 +32,6 @@ class KaggleParams:
     def to_dict(self) -> dict:
         return {"transform": KAGGLE_TRANSFORM, "nan_power": 0.0, "pad_value": 0.0, "window_s": self.window_s,
                 "columns": self.columns, "freqs_hz": list(SPEC_FREQ_NAMES)}
-
-    def digest(self) -> str:
-        return digest(self.to_dict())
 
 
 @register_kind

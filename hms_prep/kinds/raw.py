@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 from hms_prep.domain import SAMPLE_RATE
-from hms_prep.kinds.base import EEG, ArrayKind, Cut, register_kind, variant_name
+from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
 from hms_prep.montage import pair_names
 from hms_prep.plan import RAW_INDEX_COLUMNS, RawSegment
 from hms_prep.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
@@ -21,7 +21,7 @@ from hms_prep.store import SIGNAL_AXES, StoreLayout, digest
 
 
 @dataclass(frozen=True)
-class RawParams:
+class RawParams(KindParams):
     """How the raw bipolar signals of the store are made (for 1D models)."""
 
     band_pass: tuple[float, float] | None = (0.5, 20.0)
@@ -53,9 +53,6 @@ class RawParams:
             "pairs": list(pair_names(self.midline)),
             "scaling": "clip(x, -clip_uv, clip_uv) / divide_by",
         }
-
-    def digest(self) -> str:
-        return digest(self.to_dict())
 
 
 @register_kind

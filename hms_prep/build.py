@@ -428,6 +428,7 @@ def _dask_client(config: BuildConfig, say):
         from distributed import Client
 
         try:
+            _probe_scheduler(config.scheduler)  # a closed port answers at once; Dask would retry until its timeout
             client = Client(config.scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
         except (OSError, TimeoutError, ValueError) as err:
             raise BuildError(f"--scheduler {config.scheduler}: cannot reach the Dask scheduler within "
@@ -452,6 +453,16 @@ def _announce_dashboard(client, say) -> None:
         say("Dask dashboard: not available (pip install 'hms-cache[dashboard]' for it)")
     else:
         say(f"Dask dashboard: {client.dashboard_link}")
+
+
+def _probe_scheduler(address: str) -> None:
+    """Open (and close) a TCP connection to a tcp:// scheduler address; OSError when nothing listens."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme == "tcp" and parts.hostname and parts.port:
+        socket.create_connection((parts.hostname, parts.port), timeout=SCHEDULER_TIMEOUT_S).close()
 
 
 class _LazyLocalClient:

@@ -65,7 +65,9 @@ def predictions(run) -> tuple[np.ndarray, np.ndarray]:
     return oof.column("label_id").to_numpy(), np.stack([oof.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
 
 
-@pytest.mark.parametrize("switches", [[], RECIPE_SWITCHES], ids=["default", "recipe_switches"])
+# The smoke recipe with the recipe switches that touch resume (per-eeg rows, stage 2 from the best,
+# per-epoch schedule, EMA warm-up): a superset of the plain smoke run's code paths, run once for time.
+@pytest.mark.parametrize("switches", [RECIPE_SWITCHES], ids=["recipe_switches"])
 def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path, switches):
     full, killed = tmp_path / "full", tmp_path / "killed"
     run(train_args(train_store, full, switches))

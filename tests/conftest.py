@@ -14,8 +14,6 @@ REAL = ROOT.parent / "shared" / "real-sample"
 needs_real_sample = pytest.mark.skipif(
     not REAL.is_dir(), reason=f"needs the genuine Kaggle sample at {REAL} (../shared beside the checkout)"
 )
-if not REAL.is_dir():
-    raise RuntimeError(f"the genuine Kaggle sample is expected at {REAL} (../shared beside the checkout)")
 
 
 @pytest.fixture(scope="session")

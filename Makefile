@@ -24,7 +24,7 @@ seed: setup
 	DATA="$(DATA)" BIN="$(BIN)" bash scripts/seed.sh
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/build_throughput.py

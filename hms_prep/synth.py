@@ -513,9 +513,10 @@ def _spectrogram_power(
     return np.round(power.reshape(spectrogram.rows, -1), 2).astype(np.float32)
 
 
-# Whole-channel NaN only where the 16-pair montage does not look: such files stay repairable, so the
-# synthetic data builds cleanly; tests that want failures break files on purpose.
-_OFF_MONTAGE = tuple(EEG_COLUMNS.index(c) for c in ("Fz", "Cz", "Pz", "EKG"))
+# Whole-channel NaN only in the channel no array reads (the 16-pair montage and the raw array's midline
+# pairs Fz-Cz, Cz-Pz leave out EKG): such files stay repairable, so the synthetic data builds cleanly;
+# tests that want failures break files on purpose.
+_OFF_MONTAGE = (EEG_COLUMNS.index("EKG"),)
 
 
 def _with_nan_spans(rng, eeg: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 
 from hms_train.augment import IMAGE_ONLY, Augmenter
 from hms_train.compose import compose, eval_windows
-from hms_train.config import TrainConfig
+from hms_train.config import TrainConfig, check_device
 from hms_train.layout import IMAGE_KINDS, ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
 from hms_train.losses import Loss
 from hms_train.models import model_kind
@@ -29,16 +29,10 @@ RAW_INPUT = "raw"
 IMAGE_INPUT = "image"
 
 
-def image_inputs(config: TrainConfig) -> list[str]:
-    """The inputs named in the config other than the raw signal (the default layout's parts)."""
-    return [name for name in config.inputs if name != RAW_INPUT]
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    check_device(name)  # the config's one check: a ConfigError the CLI reports in one line
     return torch.device(name)
 
 

@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from hms_train.config import TrainConfig, check_against_store, check_device
+from hms_train.config import TrainConfig, check_against_store
 from hms_train.forward import predict_probabilities, resolve_device
 from hms_train.metric import VOTE_COLUMNS
 from hms_train.models import create_model
@@ -66,7 +66,6 @@ def predict_submission(
     several rows for an eeg_id (a train store) is refused rather than written with duplicate eeg_ids.
     """
     w = _weights(runs, weights)
-    check_device(device)
     torch_device = resolve_device(device)
     models = {run: [load_fold_model(path, torch_device) for path in fold_checkpoints(run)] for run in runs}
     readers: dict[tuple[str, ...], StoreReader] = {}  # one per set of inputs, shared by the runs using it

@@ -53,6 +53,7 @@ from hms_train.config import ConfigError, TrainConfig, check_against_store, chec
 from hms_train.forward import (
     IMAGE_INPUT,
     autocast,
+    image_layout,
     loss_of,
     make_augmenter,
     model_inputs,
@@ -274,6 +275,7 @@ def run_stage(
     loss_fn = loss_of(config)
     generator = torch.Generator(device=ctx.device).manual_seed(config.seed * 1000 + fold)
     augmenter = make_augmenter(config, reader, generator)
+    layout = image_layout(config, reader) if IMAGE_INPUT in model_kind(config.model).inputs else None  # once, not per step
     first_epoch, step = _restore(saved, model, optimizer, scheduler, ema, generator) if saved else (0, 0)
     net = _parallel(ctx, model)
     targets = torch.from_numpy(stage.targets).to(ctx.device)  # indexed on the device by each batch's rows
@@ -293,7 +295,7 @@ def run_stage(
         with closing(batches), _progress(ctx, label, steps_per_epoch, config.log_every) as progress:
             for batch in _take(batches, steps_per_epoch):  # every rank takes the same number of steps
                 batch = to_device(batch, ctx.device)
-                inputs = model_inputs(batch, config, train=True)
+                inputs = model_inputs(batch, config, train=True, layout=layout)
                 batch_targets = targets[batch["row"]]
                 if IMAGE_INPUT in inputs:
                     inputs[IMAGE_INPUT], batch_targets = augmenter(inputs[IMAGE_INPUT], batch_targets, train=True)

@@ -12,7 +12,7 @@ import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -208,7 +208,10 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
                                                                                  planned, say)
             except BaseException:
                 if fresh:
-                    _remove_store(url)  # a failed creation leaves nothing behind
+                    # a failed creation leaves nothing behind; if removing it fails too (a Ctrl-C racing
+                    # the creation), the unfinished store is redone by the next build: never mask the cause
+                    with suppress(OSError):
+                        _remove_store(url)
                 raise
             reports = _run_jobs(client, config, planned, layout, segments, jobs, progress) if jobs else []
             label_failures = _label_failures(config, planned)

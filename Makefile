@@ -23,8 +23,9 @@ demo: setup
 seed: setup
 	DATA="$(DATA)" BIN="$(BIN)" bash scripts/seed.sh
 
+# Two pytest workers (pytest-xdist), one per core of the CI machine: about half the serial time.
 test: setup
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/build_throughput.py

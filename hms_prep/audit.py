@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from hms_prep.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
+from hms_prep.codecs import ChunkError, ChunkSource, codec_of
 from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.kinds import kind_named
 from hms_prep.plan import RAW_INDEX_COLUMNS
@@ -82,12 +82,10 @@ def _stored_chunks(array, layout: StoreLayout, raw_bounds):
 
 
 def _read_chunk(array, source: ChunkSource, codec, coords, where: str) -> np.ndarray | None:
-    encoded = source(coords)
-    if encoded is None:
-        return None
-    out = np.empty(array.chunks, dtype=array.dtype)
     if codec is not None:
-        return decode_chunk(codec, encoded, out, where)
+        return source.read(coords, codec, np.empty(array.chunks, dtype=array.dtype))
+    if source(coords) is None:
+        return None
     try:  # a codec chain we do not decode ourselves: through zarr
         index = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, array.chunks))
         return array[index]

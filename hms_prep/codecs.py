@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import google_crc32c
 import numcodecs
 import numpy as np
@@ -151,13 +152,15 @@ def decode_chunk(codec: Codec, encoded: np.ndarray, out: np.ndarray, where: str 
 
 
 class ChunkSource:
-    """Reads the stored bytes of an array's chunks by their zarr key, through fsspec."""
+    """Reads an array's chunks by their zarr key, through fsspec: stored bytes (`source(coords)`) or
+    decoded values (`source.read(coords, codec, out)`)."""
 
     def __init__(self, store_url: str, array: zarr.Array):
         self.fs, root = fsspec.core.url_to_fs(store_url)
         self.prefix = f"{root.rstrip('/')}/{array.path}/"
         self.name = array.path
         self.metadata = array.metadata
+        self.local = isinstance(self.fs, LocalFileSystem)  # plain files: uncompressed chunks read in place
         # Arrays with checksums are written with every chunk stored (empty ones too), so a missing
         # chunk there is damage, not the fill value.
         codecs = list(array.metadata.codecs) if array.metadata.zarr_format == 3 else []
@@ -166,6 +169,39 @@ class ChunkSource:
     def where(self, coords: tuple[int, ...]) -> str:
         """How errors name a chunk: "eeg_10s chunk (3, 0, 0, 0)"."""
         return f"{self.name} chunk {tuple(int(c) for c in coords)}"
+
+    def read(self, coords: tuple[int, ...], codec: Codec, out: np.ndarray, where: str | None = None
+             ) -> np.ndarray | None:
+        """The chunk at `coords` decoded into `out` (C-contiguous, the chunk's shape), checksum checked; None
+        when it was never written (a store without checksums). Errors name the chunk as `where` (default:
+        `self.where(coords)`). An uncompressed chunk of a local file is read straight into `out`: no
+        intermediate buffer, no copy (docs/performance.md)."""
+        where = where or self.where(coords)
+        if codec.family == "bytes" and self.local:
+            return self._read_into(coords, codec, out, where)
+        encoded = self(coords)
+        return None if encoded is None else decode_chunk(codec, encoded, out, where)
+
+    def _read_into(self, coords: tuple[int, ...], codec: Codec, out: np.ndarray, where: str) -> np.ndarray | None:
+        path = self.prefix + self.metadata.encode_chunk_key(coords)
+        values = out.reshape(-1).view(np.uint8)
+        try:
+            with open(path, "rb", buffering=0) as file:
+                size = file.readinto(memoryview(values))
+                tail = file.read(5)  # the checksum, and a byte more to notice a file that is too long
+        except FileNotFoundError:
+            if self.every_chunk_stored:
+                raise ChunkError(f"{where} is missing (deleted, or its rows were never built)") from None
+            return None
+        stored = size + len(tail)
+        if stored != out.nbytes + (4 if codec.checksum else 0):
+            raise ChunkError(f"{where} holds {stored} bytes, expected {out.nbytes}"
+                             + (" and a 4-byte checksum" if codec.checksum else ""))
+        values = values.view()
+        values.flags.writeable = False  # google_crc32c takes read-only buffers only
+        if codec.checksum and google_crc32c.value(values) != int.from_bytes(tail, "little"):
+            raise ChunkError(f"{where} fails its checksum (its bytes changed after it was written)")
+        return out
 
     def __call__(self, coords: tuple[int, ...]) -> np.ndarray | None:
         """The chunk's bytes as uint8, or None when it was never written (zarr reads the fill value) in

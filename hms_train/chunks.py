@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from hms_prep.codecs import ChunkSource, codec_of, decode_chunk
+from hms_prep.codecs import ChunkSource, codec_of
 from hms_prep.domain import LABEL_SAMPLES
 
 RAW_WINDOW = LABEL_SAMPLES  # 50 s at 200 Hz: the label window a 1D model sees
@@ -66,18 +66,20 @@ class ChunkDecoder:
         if self.codec is None:
             return self.array[chunk * rows : (chunk + 1) * rows]
         coords = (chunk,) + (0,) * (self.array.ndim - 1)
-        encoded = self.source(coords)
-        if encoded is None:  # never written: zarr reads it as the fill value
-            return np.full(self.chunk_shape, self.array.fill_value, dtype=self.array.dtype)
         out = _pop(spare) if spare is not None else None
         if out is None:
             out = np.empty(self.chunk_shape, dtype=self.array.dtype)
         try:
-            return decode_chunk(self.codec, encoded, out)
+            decoded = self.source.read(coords, self.codec, out, where="chunk")  # named below
         except (ValueError, RuntimeError) as err:  # numcodecs reports a bad frame as RuntimeError
             key = self.array.metadata.encode_chunk_key(coords)
             raise ChunkError(f"{self.name}: chunk {chunk} is damaged: {err} "
                              f"({self.codec.family} frame, file {self.location}/{key})") from err
+        if decoded is None:  # never written: zarr reads it as the fill value
+            if spare is not None:
+                spare.append(out)
+            return np.full(self.chunk_shape, self.array.fill_value, dtype=self.array.dtype)
+        return decoded
 
 
 def _pop(spare: list[np.ndarray]) -> np.ndarray | None:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec, GzipCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from hms_prep.codecs import CODECS, Codec
 from hms_prep.store import LABELS_FILE, ROOT_KEY, TARGET_COLUMNS, StoreError, write_labels
@@ -297,7 +297,8 @@ def test_rows_outside_the_store_are_refused_before_reading(train_store):
 
 
 @pytest.mark.parametrize("codec, family", [(BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), "blosc"),
-                                           (None, "bytes"), (ZstdCodec(level=3), "zstd"), (GzipCodec(level=1), None)])
+                                           (None, "bytes"), (ZstdCodec(level=3), "zstd"),
+                                           (GzipCodec(level=1), None)])
 def test_chunk_decoder_reads_what_zarr_reads(tmp_path, codec, family):
     url = str(tmp_path / "a.zarr")
     array = zarr.create_array(url, shape=(13, 2, 5), chunks=(4, 2, 5), dtype="float16",
@@ -360,3 +361,25 @@ def test_chunk_decoder_refuses_a_chunk_cut_short_by_any_amount(tmp_path, codec):
         stored.write_bytes(whole[:keep])
         with pytest.raises(ChunkError, match=rf"chunk 1 is damaged: .*file {re.escape(url)}/c/1/0/0"):
             ChunkDecoder(array, 4, url)(1)
+
+
+def test_an_uncompressed_chunk_read_in_place_is_still_checked(tmp_path):
+    """Uncompressed chunks of local stores are read straight into the decode buffer (no copy); the
+    checksum and the size are checked all the same."""
+    url = str(tmp_path / "a.zarr")
+    array = zarr.create_array(url, shape=(8, 3, 50), chunks=(4, 3, 50), dtype="float16", compressors=Crc32cCodec())
+    array[:] = np.random.default_rng(3).normal(size=(8, 3, 50)).astype(np.float16)
+    decoder = ChunkDecoder(array, 4, url)
+    assert decoder.codec.family == "bytes" and decoder.codec.checksum and decoder.source.local
+    np.testing.assert_array_equal(decoder(1, [np.zeros((4, 3, 50), np.float16)]), array[4:8])
+    stored = tmp_path / "a.zarr" / "c" / "1" / "0" / "0"
+    whole = stored.read_bytes()
+    for damaged, reason in ((whole[:10] + bytes([whole[10] ^ 1]) + whole[11:], "fails its checksum"),
+                            (whole + b"\0", f"holds {len(whole) + 1} bytes"),
+                            (whole[:-1], f"holds {len(whole) - 1} bytes")):
+        stored.write_bytes(damaged)
+        with pytest.raises(ChunkError, match=rf"chunk 1 is damaged: .*{reason}.*file {re.escape(url)}/c/1/0/0"):
+            decoder(1)
+    stored.unlink()
+    with pytest.raises(ChunkError, match="is missing"):
+        decoder(1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+from hms_prep.codecs import write_rows
 from hms_prep.kaggle import KaggleDataError
 from hms_prep.kinds import ArrayKind, Cut
 from hms_prep.kinds.base import SOURCES
@@ -150,8 +151,10 @@ def _write_array(job: ChunkJob, group: zarr.Group, array: ArrayJob, cut: Cut) ->
     errors = np.array([cut.errors.get(r, "") for r in rows], dtype=object).astype(str)
     repaired = np.array([cut.repaired.get(r, 0.0) for r in rows], dtype=np.float32)
     if array.whole:
-        span = slice(int(rows[0]), int(rows[-1]) + 1)
-        state.status[span], state.error[span], state.repaired[span] = status, errors, repaired
+        first = int(rows[0])
+        write_rows(state.status, first, status)
+        state.error[first : first + len(rows)] = errors  # variable-length strings: through zarr
+        write_rows(state.repaired, first, repaired)
     else:
         state.status.oindex[rows], state.error.oindex[rows], state.repaired.oindex[rows] = status, errors, repaired
-    state.done[job.chunk] = 1  # last: only now is the chunk trusted
+    write_rows(state.done, job.chunk, np.ones(1, np.uint8))  # last: only now is the chunk trusted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -177,6 +178,9 @@ def build(
         _fail(str(err))
     except OSError as err:  # a full disk, a read-only filesystem: one line naming the path
         _fail(f"{err.filename or config.store_url}: {err.strerror or err}")
+    # The build is over and its store complete: a Ctrl-C from here on (the summary, the interpreter's exit)
+    # has nothing left to stop, and would only end the process by the signal, with no exit status of ours.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     typer.echo(summary.line())
     if summary.failures:
         failed = summary.failed_rows()

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import zarr
 
-from hms_prep.codecs import AUTO, CODECS
+from hms_prep.codecs import AUTO, CODECS, write_rows
 from hms_prep.domain import CHAINS
 from hms_prep.plan import RawSegment
 from hms_prep.store import IMAGE_AXES, StoreLayout, digest
@@ -121,7 +121,7 @@ class ArrayKind:
         """Write the rows' values (zeros for failed rows); `whole`: the rows are the whole chunk."""
         values = stacked_float16([cut.values.get(row) for row in rows], target.shape[1:])
         if whole:
-            target[rows[0] : rows[-1] + 1] = values
+            write_rows(target, rows[0], values)
         else:
             target.oindex[np.asarray(rows)] = values
 

@@ -128,9 +128,10 @@ def run_benchmark(config: BuildConfig) -> dict:
             cluster_s, first, second = 0.0, run_build(config), run_build(config)
         else:
             # The build's own cluster set-up, started here so that its start-up is timed apart.
-            with _dask_client(config) as client:
+            with _dask_client(config, say=lambda message: None) as lazy:
+                address = lazy.start().scheduler.address
                 cluster_s = time.perf_counter() - began
-                built = replace(config, scheduler=client.scheduler.address)
+                built = replace(config, scheduler=address)
                 first = run_build(built)
                 second = run_build(built)
     rows = first.rows_computed
@@ -173,7 +174,7 @@ def noop_build_seconds(config: BuildConfig, repeat: int = 3) -> float:
     """Median wall seconds of `hms-prep build` as a new process on a complete store (nothing to do)."""
     command = [sys.executable, "-m", "hms_prep.cli", "build", "--data", config.data_dir, "--store", config.store_url,
                "--windows", ",".join(map(str, config.windows)), "--codec", config.codec,
-               "--chunk-rows", str(config.chunk_rows), "--quiet"]
+               *(["--chunk-rows", str(config.chunk_rows)] if config.chunk_rows else []), "--quiet"]
     seconds = []
     for _ in range(repeat):
         began = time.perf_counter()

@@ -57,12 +57,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("/tmp/hms-bench/data"), help="Kaggle-layout folder")
     parser.add_argument("--chunks", type=int, default=12, help="chunk tasks to run (the first is warm-up)")
+    parser.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default: the build's)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top 30 functions by own time")
     args = parser.parse_args(argv)
 
     folder = tempfile.mkdtemp(prefix="chunk-cpu-")
     try:
-        jobs = chunk_jobs(BuildConfig(data_dir=str(args.data), store=f"{folder}/specs.zarr"), args.chunks)
+        jobs = chunk_jobs(BuildConfig(data_dir=str(args.data), store=f"{folder}/specs.zarr",
+                                       chunk_rows=args.chunk_rows), args.chunks)
         build_chunk(jobs[0])  # imports, caches
         stages: dict[str, float] = defaultdict(float)
         rows = sum(len(job.rows) for job in jobs[1:])

@@ -44,9 +44,10 @@ CANDIDATES = {
 
 
 def sample_chunks(array, n_chunks: int, axis: int) -> list[np.ndarray]:
-    """Up to `n_chunks` whole chunks along `axis` (the partial last chunk left out), evenly spaced."""
+    """Up to `n_chunks` whole chunks along `axis` (the partial last chunk left out unless it is the only
+    one), evenly spaced."""
     size = array.chunks[axis]
-    whole = array.shape[axis] // size
+    whole = max(array.shape[axis] // size, 1)
     picks = np.unique(np.linspace(0, whole - 1, min(n_chunks, whole)).round().astype(int))
     chunks = []
     for i in picks:

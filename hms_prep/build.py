@@ -477,6 +477,12 @@ class _LazyLocalClient:
     def __enter__(self):
         return self
 
+    def start(self):
+        """The distributed Client, its cluster started now if it was not yet."""
+        if self.client is None:
+            self._start()
+        return self.client
+
     def _start(self):
         import dask
         from distributed import Client, LocalCluster
@@ -494,9 +500,7 @@ class _LazyLocalClient:
         _announce_dashboard(self.client, self.say)
 
     def map(self, *args, **kwargs):
-        if self.client is None:
-            self._start()
-        return self.client.map(*args, **kwargs)
+        return self.start().map(*args, **kwargs)
 
     def cancel(self, *args, **kwargs):
         return self.client.cancel(*args, **kwargs) if self.client is not None else None

@@ -2,7 +2,8 @@
 
 Incremental and resumable by construction: an array is identified by its parameters' digest; a
 chunk is skipped when its done flag is set and none of its rows failed; rows that failed are
-retried alone. Nothing is rewritten when nothing is missing.
+retried alone, once a file they are cut from has changed (or with --retry-failed): a failure that
+would only repeat itself is not recomputed. Nothing is rewritten when nothing is missing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from hms_prep.kaggle import read_labels
 from hms_prep.kinds import ArrayKind, KaggleParams, MelParams, RawParams, kind_for
 from hms_prep.lock import build_lock, is_local
 from hms_prep.plan import RAW_INDEX_COLUMNS, plan_raw_segments, plan_rows, planned_rows, rows_digest
+from hms_prep.sources import source_path
 from hms_prep.store import (
     STATUS_FAILED,
     STATUS_OK,
@@ -37,12 +39,14 @@ from hms_prep.store import (
     create_store,
     data_array_names,
     describe_arrays,
+    failures_tried_at,
     normalize_url,
     open_build_state,
     open_store,
     read_errors,
     read_labels_if_readable,
     read_state,
+    record_failures_tried,
     remove_array,
     store_exists,
     store_nbytes,
@@ -78,6 +82,7 @@ class BuildConfig:
     workers: int | None = None  # local cluster size (threads of a --device build); default: one per core
     scheduler: str | None = None  # address of an existing Dask scheduler
     repair: bool = False  # also verify every data chunk's checksum and recompute the damaged ones
+    retry_failed: bool = False  # compute failed rows again even if none of their files changed
     # None: Dask workers on CPU; "cpu", "cuda", "cuda:N": this process computes, its threads read and
     # write, the mel windows of a chunk are batched on that device.
     device: str | None = None
@@ -187,7 +192,7 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
     changed; a store this call created is removed again if the build fails before computing. A build
     holds the store's lock (hms_prep/lock.py) from before it touches the store to the end.
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     say = say or log.info
     config.check()
     url = config.store_url
@@ -214,9 +219,12 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
                         _remove_store(url)
                 raise
             reports = _run_jobs(client, config, planned, layout, segments, jobs, progress) if jobs else []
+            for name in computed:  # not before the last chunk: a killed build leaves the older time
+                record_failures_tried(group, name, started_at)
             label_failures = _label_failures(config, planned)
-            _write_labels_if_changed(url, _labels_with_status(group, planned, raw_index if margin is not None else None,
-                                                              label_failures))
+            labels, failed = _labels_with_status(group, planned, raw_index if margin is not None else None,
+                                                 label_failures)
+            _write_labels_if_changed(url, labels)
     stages: dict[str, float] = defaultdict(float)
     for report in reports:
         for stage, seconds in report.seconds.items():
@@ -227,7 +235,10 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
         computed=computed,
         reused=reused,
         rows_computed=sum(max(r.rows_computed.values(), default=0) for r in reports),
-        failures=sorted([*(f for r in reports for f in r.failures), *label_failures]),
+        # every row of the asked arrays that stands failed, retried or not, as the store records it
+        failures=sorted([*(Failure(row, planned_rows(planned, slice(row, row + 1))[0].label_id, name, reason)
+                           for name in requested for row, reason in failed.get(name, {}).items()),
+                         *label_failures]),
         seconds=time.perf_counter() - started,
         stage_seconds=dict(stages),
         store_bytes=store_nbytes(url),
@@ -251,7 +262,8 @@ def _plan_jobs(config: BuildConfig, group, layout: StoreLayout, requested: dict[
             remove_array(group, name)  # an unfinished creation (a killed build): redo it
             create_build_state(group, name, layout)  # first: the array is listed once it exists
             kind.create(group, layout, raw_length)
-        pending = _pending_rows(group, name, layout, damaged.get(name, set()), say)
+        retry = _changed_rows(config, planned, kind, failures_tried_at(group, name))
+        pending = _pending_rows(group, name, layout, damaged.get(name, set()), say, retry)
         (computed if pending else reused).append(name)
         for chunk, (rows, whole) in pending.items():
             jobs[chunk].append(ArrayJob(kind, rows, whole))
@@ -338,9 +350,30 @@ def _segment_margin(url: str, group, requested: dict[str, ArrayKind]) -> int | N
     return next(iter(margins.values()), None)
 
 
-def _pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say) -> dict[int, tuple[tuple[int, ...], bool]]:
+def _changed_rows(config: BuildConfig, planned: pa.Table, kind: ArrayKind, tried_at: float | None):
+    """A filter of failed rows: those to compute again. A row whose file of the kind's source is unchanged
+    since the build that failed it started (its inode change time, which copying, editing or restoring a
+    file sets and no tool sets back) would only fail again; a file still missing likewise. Every failed
+    row is retried with --retry-failed, for arrays built before the time was recorded, and when the data
+    folder is not local files (no change times to trust)."""
+    if config.retry_failed or tried_at is None or not is_local(config.data_dir):
+        return lambda rows: rows
+
+    def changed(row: int) -> bool:
+        path = source_path(kind.source, config.data_dir, config.split, planned_rows(planned, slice(row, row + 1))[0])
+        try:
+            return os.stat(path).st_ctime >= tried_at
+        except FileNotFoundError:
+            return False
+
+    return lambda rows: [row for row in rows if changed(row)]
+
+
+def _pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
+                  retry=lambda rows: rows) -> dict[int, tuple[tuple[int, ...], bool]]:
     """chunk -> (rows to compute, whether that is the whole chunk). A chunk is recomputed whole when its
-    done flag is unset, or its build state or (with --repair) its data is damaged."""
+    done flag is unset, or its build state or (with --repair) its data is damaged; failed rows of a done
+    chunk are computed again when `retry` (a filter of row numbers) keeps them."""
     state = open_build_state(group, name)
     done, bad_done = read_state(state.done)
     status, bad_status = read_state(state.status)
@@ -354,9 +387,9 @@ def _pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say)
         if not done[chunk] or chunk in redo or (status[rows] == 0).any():  # a done chunk has no pending row
             pending[chunk] = (tuple(range(rows.start, rows.stop)), True)
         else:
-            failed = np.flatnonzero(status[rows] == STATUS_FAILED) + rows.start
-            if failed.size:
-                pending[chunk] = (tuple(int(r) for r in failed), False)
+            failed = retry([int(r) for r in np.flatnonzero(status[rows] == STATUS_FAILED) + rows.start])
+            if failed:
+                pending[chunk] = (tuple(failed), False)
     return pending
 
 
@@ -525,10 +558,11 @@ def _label_failures(config: BuildConfig, planned: pa.Table) -> list[Failure]:
 
 
 def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
-                        label_failures: list[Failure] = ()) -> pa.Table:
+                        label_failures: list[Failure] = ()) -> tuple[pa.Table, dict[str, dict[int, str]]]:
     """planned + per array its status and repaired fraction, the label-level status (a row without votes
-    fails there), and the overall status and error, as labels.parquet. Per-array statuses let a reader of
-    some arrays use a row that failed only in another (a 2D model needs no raw signal)."""
+    fails there), and the overall status and error, as labels.parquet; and each array's failed rows with
+    their reasons. Per-array statuses let a reader of some arrays use a row that failed only in another
+    (a 2D model needs no raw signal)."""
     table = planned
     if raw_index is not None:
         for j, column in enumerate(RAW_INDEX_COLUMNS):
@@ -536,6 +570,7 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
     n = planned.num_rows
     overall = np.full(n, STATUS_OK, dtype=np.uint8)
     errors = [[] for _ in range(n)]
+    failed_rows: dict[str, dict[int, str]] = {}
     names = ("pending", "ok", "failed")
     for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
         state = open_build_state(group, name)
@@ -545,6 +580,7 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
         failed = np.flatnonzero(status == STATUS_FAILED)
         if failed.size:
             reasons = read_errors(state)  # one read of the whole error array
+            failed_rows[name] = {int(row): reasons[row] for row in failed}
             for row in failed:
                 errors[row].append(f"{name}: {reasons[row]}")
         table = table.append_column(f"repaired_{name}", pa.array(read_state(state.repaired)[0]))
@@ -556,4 +592,4 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
         errors[failure.row].append(failure.reason)
     table = table.append_column("status_labels", pa.array(label_status.tolist(), pa.string()))
     table = table.append_column("status", pa.array(np.array(names)[overall]))
-    return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string()))
+    return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string())), failed_rows

@@ -17,7 +17,8 @@ from hms_prep.codecs import AUTO
 from hms_prep.kaggle import KaggleDataError
 from hms_prep.store import StoreError
 
-# `hms-prep build` finished, but some rows failed (listed, recorded in labels.parquet, retried next time):
+# `hms-prep build` finished, but some rows failed (listed, recorded in labels.parquet, computed again once
+# a file they are cut from changes, or with --retry-failed):
 # the store is usable without them. 1 is an error that stopped the build, 130 an interruption.
 ROWS_FAILED_EXIT = 3
 
@@ -128,6 +129,9 @@ def build(
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
     repair: bool = typer.Option(False, "--repair", help="Also read back every chunk and recompute damaged ones."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Compute failed rows again even if none of their files changed "
+                                           "(after fixing a bug, not the data)."),
     device: Optional[str] = typer.Option(
         None, "--device", help="Compute the mel windows in this process on cpu, cuda or cuda:N, batched per chunk, "
         "with --workers threads reading and writing (default: Dask worker processes on CPU)."),
@@ -162,7 +166,7 @@ def build(
             mel=MelParams(window_s=window_list[0], n_fft=n_fft, win_length=win_length, hop_length=hop_length,
                           n_mels=n_mels, fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
             kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None, n_folds=folds,
-            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair,
+            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair, retry_failed=retry_failed,
             device=device,
         )
         config.check()  # every option checked before any work
@@ -184,7 +188,8 @@ def build(
     typer.echo(summary.line())
     if summary.failures:
         failed = summary.failed_rows()
-        console.print(f"[red]{len(failed)} rows failed[/red] (recorded in labels.parquet, retried on the next build):")
+        console.print(f"[red]{len(failed)} rows failed[/red] (recorded in labels.parquet; computed again once "
+                      "a file they are cut from changes, or with --retry-failed):")
         for f in failed[:20]:
             console.print(f"  row {f.row} (label {f.label_id}) {', '.join(f.arrays)}: {f.reason}", highlight=False,
                           soft_wrap=True)

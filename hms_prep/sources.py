@@ -33,11 +33,22 @@ class RecordingSpan:
     segments: tuple[RawSegment, ...] = ()
 
 
+FILES: dict[str, tuple[Callable, Callable[[PlannedRow], int]]] = {  # source -> (path of a file id, a row's file id)
+    EEG: (eeg_path, lambda row: row.eeg_id),
+    SPECTROGRAM: (spectrogram_path, lambda row: row.spectrogram_id),
+}
+
+
+def source_path(source: str, data_dir: str, split: str, row: PlannedRow) -> Path:
+    """The Kaggle file that `row`'s values of `source` are cut from."""
+    path_of, file_of = FILES[source]
+    return path_of(data_dir, split, file_of(row))
+
+
 def spans(source: str, data_dir: str, split: str, rows, segments: tuple[RawSegment, ...]) -> list[RecordingSpan]:
     """`rows` grouped by their file of `source`, in order of first appearance; an EEG span takes the
     `segments` of its recording."""
-    file_of = (lambda r: r.eeg_id) if source == EEG else (lambda r: r.spectrogram_id)
-    path_of = eeg_path if source == EEG else spectrogram_path
+    path_of, file_of = FILES[source]
     grouped: dict[int, list[PlannedRow]] = {}
     for row in rows:
         grouped.setdefault(file_of(row), []).append(row)

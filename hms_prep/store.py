@@ -253,6 +253,21 @@ def create_build_state(group: zarr.Group, name: str, layout: StoreLayout) -> Bui
     )
 
 
+# Attribute of `_build/{name}`: when (unix seconds) the last build that computed rows of the array started.
+# A failed row is computed again only when a file it is cut from changed after that (hms_prep/build.py).
+FAILURES_TRIED_AT = "failures_tried_at"
+
+
+def failures_tried_at(group: zarr.Group, name: str) -> float | None:
+    """None for arrays built before this was recorded: their failed rows are all retried once."""
+    value = group[f"{BUILD_GROUP}/{name}"].attrs.get(FAILURES_TRIED_AT)
+    return float(value) if value is not None else None
+
+
+def record_failures_tried(group: zarr.Group, name: str, started: float) -> None:
+    group[f"{BUILD_GROUP}/{name}"].attrs[FAILURES_TRIED_AT] = started
+
+
 def open_build_state(group: zarr.Group, name: str) -> BuildState:
     sub = group[f"{BUILD_GROUP}/{name}"]
     return BuildState(done=sub["done"], status=sub["status"], error=sub["error"], repaired=sub["repaired"])

@@ -152,6 +152,14 @@ def test_bad_input_fails_alone_and_is_retried_after_the_fix(synth_data, tmp_path
     assert all(s == "ok" for l, s in status.items() if l not in bad_rows), "other rows are unharmed"
     assert any("failed to build" in p for p in verify_store(str(store)))
 
+    # Nothing changed: the failures stand, listed as before, and nothing is computed or rewritten.
+    files = chunk_files(store)
+    again = build(data, store, cluster)
+    assert again.rows_computed == 0 and again.computed == [] and again.failed_rows() == failed
+    assert chunk_files(store) == files
+    forced = build(data, store, cluster, retry_failed=True)  # after fixing a bug rather than the data
+    assert forced.rows_computed == len(bad_rows) and forced.failed_rows() == failed
+
     for eeg_id in (missing, truncated):
         shutil.copy(backup / f"{eeg_id}.parquet", kaggle.eeg_path(data, "train", eeg_id))
     retry = build(data, store, cluster)

@@ -137,7 +137,10 @@ def test_labels_parquet_is_rewritten_when_missing_or_stale(tiny_data, reference,
     group = zarr.open_group(str(store), mode="r+")
     group["_build/kaggle/status"][0] = 2  # the build state moved on (a failed row); labels.parquet is older
     group["_build/kaggle/error"][0] = "x: broken"
-    build(tiny_data, store, cluster)  # retries row 0 and rewrites labels.parquet
+    stale = build(tiny_data, store, cluster)  # row 0's files are unchanged: the failure stands, and is listed
+    assert stale.rows_computed == 0 and [f.reason for f in stale.failed_rows()] == ["x: broken"]
+    assert read_labels(str(store)).column("status_kaggle")[0].as_py() == "failed"  # labels.parquet follows
+    build(tiny_data, store, cluster, retry_failed=True)  # retries row 0 and rewrites labels.parquet
     assert_same_store(store, reference)
 
 

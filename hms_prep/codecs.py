@@ -239,19 +239,22 @@ class ChunkSink:
     `ChunkSink.of(array)` is None where that does not apply (another store, codec chain or zarr format):
     `write_rows` then writes through zarr."""
 
-    def __init__(self, array: zarr.Array, root: Path, codec: Codec):
+    def __init__(self, array: zarr.Array, root: Path, checksum: bool, compressor):
         self.array = array
         self.root = root
-        self.checksum = codec.checksum
-        compressors = list(array.metadata.codecs)[1 : -1 if codec.checksum else None]
-        self.compressor = codec.encoder(compressors[0]) if codec.encoder is not None else None
+        self.checksum = checksum
+        self.compressor = compressor  # numcodecs; None: the chunk's bytes as they are
 
     @classmethod
     def of(cls, array: zarr.Array) -> ChunkSink | None:
         codec = codec_of(array)
         if codec is None or not isinstance(array.store, LocalStore) or array.store.read_only:
             return None
-        return cls(array, Path(array.store.root) / array.path, codec)
+        compressors = list(array.metadata.codecs)[1 : -1 if codec.checksum else None]
+        if compressors and codec.encoder is None:  # a codec declared for reading only: zarr writes it
+            return None
+        compressor = codec.encoder(compressors[0]) if compressors else None
+        return cls(array, Path(array.store.root) / array.path, codec.checksum, compressor)
 
     def path(self, coords: tuple[int, ...]) -> Path:
         return self.root / self.array.metadata.encode_chunk_key(coords)

@@ -7,7 +7,7 @@ import pytest
 import zarr
 from zarr.codecs import Crc32cCodec, GzipCodec, ZstdCodec
 
-from hms_prep.codecs import CODECS, ChunkSink, write_rows
+from hms_prep.codecs import CODECS, ChunkSink, Codec, write_rows
 
 SHAPE, CHUNKS = (13, 3, 40), (4, 3, 40)  # the last chunk holds one row: zarr pads it with the fill value
 
@@ -49,7 +49,7 @@ def test_build_state_arrays_are_written_as_zarr_writes_them(tmp_path, dtype, fil
     assert _chunk_files(tmp_path / "by_sink.zarr") == _chunk_files(tmp_path / "by_zarr.zarr")
 
 
-def test_anything_but_one_whole_chunk_of_a_local_store_goes_through_zarr(tmp_path):
+def test_anything_but_one_whole_chunk_of_a_local_store_goes_through_zarr(tmp_path, monkeypatch):
     values = np.random.default_rng(1).normal(size=SHAPE).astype(np.float16)
     local = zarr.create_array(str(tmp_path / "a.zarr"), shape=SHAPE, chunks=CHUNKS, dtype="float16",
                               compressors=CODECS["lz4"].write())
@@ -60,7 +60,9 @@ def test_anything_but_one_whole_chunk_of_a_local_store_goes_through_zarr(tmp_pat
                              compressors=GzipCodec(level=1))
     memory = zarr.create_array(zarr.storage.MemoryStore(), shape=SHAPE, chunks=CHUNKS, dtype="float16",
                                compressors=CODECS["lz4"].write())
-    for array in (gzip, memory):  # a codec chain that is not ours, a store that is not local files
+    monkeypatch.setitem(CODECS, "gzip-read", Codec("gzip-read", "gzip", lambda: GzipCodec(level=1),
+                                                    lambda encoded, out: out))  # declared without an encoder
+    for array in (gzip, memory):  # a codec we only read, a store that is not local files
         assert ChunkSink.of(array) is None
         write_rows(array, 0, values[:4])
         np.testing.assert_array_equal(array[:4], values[:4])

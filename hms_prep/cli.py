@@ -166,8 +166,8 @@ def build(
             mel=MelParams(window_s=window_list[0], n_fft=n_fft, win_length=win_length, hop_length=hop_length,
                           n_mels=n_mels, fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
             kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None, n_folds=folds,
-            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair, retry_failed=retry_failed,
-            device=device,
+            chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair,
+            retry_failed=retry_failed, device=device,
         )
         config.check()  # every option checked before any work
     except ValueError as err:

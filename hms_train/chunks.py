@@ -1,10 +1,10 @@
 """Decoding the store's chunks: one chunk of every input at a time, as the sampler's plan asks.
 
-The fast path reads a chunk's stored bytes through fsspec (`ChunkSource`) and decodes them with the
-codec the array's metadata names, as declared once in hms_prep/codecs.py (`codec_of`, `decode_chunk`),
-into a decode buffer reused from chunks already consumed: what `array[...]` does, without its per-call
-machinery and its copy into a fresh output (3,360 -> 4,380 samples/s for the buffer reuse alone,
-docs/performance.md). Arrays the declaration does not cover (another codec chain, sharding, zarr v2,
+The fast path reads a chunk through fsspec and decodes it with the codec the array's metadata names,
+as declared once in hms_prep/codecs.py (`codec_of`, `ChunkSource.read`; an uncompressed chunk of a local
+store is read straight into the buffer), into a decode buffer reused from chunks already consumed: what
+`array[...]` does, without its per-call machinery and its copy into a fresh output (3,360 -> 4,380
+samples/s for the buffer reuse alone, docs/performance.md). Arrays the declaration does not cover (another codec chain, sharding, zarr v2,
 chunks that are not whole rows) are read with `array[...]`.
 
 A chunk that cannot be decoded (truncated, overwritten) raises `ChunkError` naming the array, the chunk

@@ -40,13 +40,11 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 
 from hms_prep.build import BuildConfig, _dask_client, run_build
@@ -57,47 +55,11 @@ from hms_prep.montage import BIPOLAR_PAIRS
 from hms_prep.codecs import AUTO, CODECS
 from hms_prep.store import data_array_names, open_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import PeakMemory  # noqa: E402
+
 STAGE_ORDER = ("read", "montage", "spectrogram", "kaggle", "write")
 MB = 1e6
-
-
-class PeakMemory:
-    """Peak RSS of this process plus all its descendants, sampled in a thread every `interval` s."""
-
-    def __init__(self, interval: float = 0.2):
-        self.interval = interval
-        self.peak_bytes = 0
-        self.peak_processes = 0
-        self.peak_driver_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while True:
-            self._sample(me)
-            if self._stop.wait(self.interval):
-                return
-
-    def _sample(self, me: psutil.Process) -> None:
-        total, count = 0, 0
-        self.peak_driver_bytes = max(self.peak_driver_bytes, me.memory_info().rss)
-        for process in [me, *me.children(recursive=True)]:
-            try:
-                total += process.memory_info().rss
-                count += 1
-            except (psutil.NoSuchProcess, psutil.AccessDenied):  # a process that just ended
-                continue
-        if total > self.peak_bytes:
-            self.peak_bytes, self.peak_processes = total, count
 
 
 def ensure_data(data: Path, eegs: int) -> int:
@@ -161,7 +123,7 @@ def run_benchmark(config: BuildConfig) -> dict:
         "rows_per_s_from_worker_s": rows * workers / worker_s,
         "peak_rss_bytes": memory.peak_bytes,
         "peak_rss_processes": memory.peak_processes,
-        "peak_rss_driver_bytes": memory.peak_driver_bytes,
+        "peak_rss_driver_bytes": memory.driver_bytes,
         "bytes_per_row": {n: b / first.rows for n, b in arrays.items()},
         "array_mb_per_row": sum(arrays.values()) / first.rows / MB,
         "store_mb_per_row": first.store_bytes / first.rows / MB,

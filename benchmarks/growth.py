@@ -29,53 +29,16 @@ import argparse  # noqa: E402  (after the thread settings)
 import json  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import psutil  # noqa: E402
 
 from hms_prep.audit import store_info, verify_store  # noqa: E402
 from hms_prep.build import BuildConfig, run_build  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import PeakMemory  # noqa: E402
+
 READER_INPUTS = ("eeg_10s", "eeg_30s", "kaggle")
-
-
-class PeakMemoryByProcess:
-    """Peak RSS of this process and of each descendant (by pid), sampled in a thread."""
-
-    def __init__(self, interval: float = 0.2):
-        self.interval = interval
-        self.driver_bytes = 0
-        self.workers: dict[int, int] = {}  # pid -> peak RSS
-        self.names: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakMemoryByProcess:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(self.interval):
-            self.driver_bytes = max(self.driver_bytes, me.memory_info().rss)
-            for child in me.children(recursive=True):
-                try:
-                    rss, cmdline = child.memory_info().rss, " ".join(child.cmdline())
-                except (psutil.NoSuchProcess, psutil.AccessDenied):  # a process that just ended
-                    continue
-                self.workers[child.pid] = max(self.workers.get(child.pid, 0), rss)
-                self.names.setdefault(child.pid, cmdline)
-
-    def dask_workers(self) -> dict[int, int]:
-        """Peaks of the worker processes (the nannies' children run the tasks; other helpers skipped)."""
-        return {pid: rss for pid, rss in self.workers.items() if "spawn_main" in self.names.get(pid, "")
-                and "resource_tracker" not in self.names.get(pid, "")}
 
 
 def timed(function, *args):
@@ -103,7 +66,7 @@ def main(argv=None) -> int:
         result["synth_s"], _ = timed(synthesize, data, args.eegs)
     shutil.rmtree(store, ignore_errors=True)
     config = BuildConfig(data_dir=str(data), store=str(store), workers=args.workers, in_process=False)
-    with PeakMemoryByProcess() as memory:
+    with PeakMemory() as memory:
         build_s, summary = timed(run_build, config)
     result.update(rows=summary.rows_computed, rows_failed=len(summary.failed_rows()), build_s=build_s,
                   rows_per_s=summary.rows_computed / build_s, store_bytes=summary.store_bytes,

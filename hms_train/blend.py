@@ -18,7 +18,7 @@ from scipy.optimize import minimize
 
 from hms_prep.domain import TARGET_COLUMNS, VOTE_COLUMNS
 from hms_prep.store import read_labels
-from hms_train.compare import OOF_FILE, _required, run_store
+from hms_train.compare import OOF_FILE, run_file, run_store
 from hms_train.metric import EPSILON, cv_report
 
 
@@ -65,7 +65,7 @@ def shared_predictions(runs: list[Path], store: str | None = None) -> tuple[Shar
     runs = [Path(run) for run in runs]
     if len(runs) < 2:
         raise ValueError(f"a blend needs at least two runs, got {len(runs)}")
-    tables = [pq.read_table(_required(run, OOF_FILE)) for run in runs]
+    tables = [pq.read_table(run_file(run, OOF_FILE)) for run in runs]
     url = store or run_store(runs[0])
     labels = read_labels(url)
     if "total_votes" not in labels.column_names:

@@ -19,14 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from hms_prep.codecs import ChunkSource, codec_of
+from hms_prep.codecs import ChunkError, ChunkSource, codec_of  # noqa: F401 (ChunkError: part of this API)
 from hms_prep.domain import LABEL_SAMPLES
 
 RAW_WINDOW = LABEL_SAMPLES  # 50 s at 200 Hz: the label window a 1D model sees
-
-
-class ChunkError(ValueError):
-    """A stored chunk could not be decoded; the message names the array, the chunk and its file."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -34,7 +34,7 @@ def compare_runs(runs: list[Path], store: str | None = None) -> list[dict]:
     """
     runs = [Path(run) for run in runs]
     for run in runs:  # every run must be finished before any store is read
-        _required(run, OOF_FILE)
+        run_file(run, OOF_FILE)
     labels_by_store: dict[str, pa.Table] = {}
     results = []
     for run in runs:
@@ -47,7 +47,7 @@ def compare_runs(runs: list[Path], store: str | None = None) -> list[dict]:
 
 def run_store(run: Path) -> str:
     """The store a run trained on, from its config.json."""
-    config = _required(run, CONFIG_FILE)
+    config = run_file(run, CONFIG_FILE)
     return json.loads(config.read_text())["store"]
 
 
@@ -56,7 +56,7 @@ def score_run(run: Path, labels: pa.Table) -> dict:
     plus the sorted list of folds the predictions cover."""
     if "total_votes" not in labels.column_names:
         raise ValueError(f"{run}: the store has no votes or targets (a test store?); give the train store with --store")
-    oof = pq.read_table(_required(run, OOF_FILE))
+    oof = pq.read_table(run_file(run, OOF_FILE))
     rows = oof.column("row").to_numpy()
     if rows.min(initial=0) < 0 or rows.max(initial=-1) >= labels.num_rows:
         raise ValueError(f"{run}: {OOF_FILE} names rows outside the store's 0..{labels.num_rows - 1}; wrong --store?")
@@ -73,12 +73,13 @@ def score_run(run: Path, labels: pa.Table) -> dict:
 
 def plot_learning_curves(runs: list[Path], out: Path) -> Path:
     """One PNG of the runs' learning curves (`plot_runs`), each run named by its path as given."""
-    records = {str(run): read_metrics(_required(Path(run), METRICS_FILE)) for run in runs}
+    records = {str(run): read_metrics(run_file(Path(run), METRICS_FILE)) for run in runs}
     plot_runs(records, out)
     return Path(out)
 
 
-def _required(run: Path, name: str) -> Path:
+def run_file(run: Path, name: str) -> Path:
+    """`run`/`name` (OOF_FILE, CONFIG_FILE, ...); FileNotFoundError naming the run when it is missing."""
     path = run / name
     if not path.is_file():
         raise FileNotFoundError(f"{run}: no {name} (not a run directory, or the run has not finished)")

@@ -72,16 +72,3 @@ class Loss:
         if weights is not None:
             per_sample = per_sample * weights.to(per_sample.device)
         return per_sample.mean()
-
-
-def kl_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    votes: torch.Tensor | None = None,
-    mse_weight: float = 0.0,
-    vote_weighting: str = "none",
-) -> torch.Tensor:
-    """Mean over the batch of KL(targets || softmax(logits)) [+ mse_weight * MSE(softmax, targets)]:
-    `Loss` with the KL summed over classes. The MSE term is the mean over the 6 classes per sample,
-    like the seed's nn.MSELoss on the softmax."""
-    return Loss(mse_weight=mse_weight, vote_weighting=vote_weighting)(logits, targets, votes)

@@ -9,8 +9,14 @@ import pytest
 import torch
 from scipy.special import rel_entr
 
-from hms_train.losses import kl_loss
+from hms_train.losses import Loss
 from hms_train.metric import CLASS_NAMES, cv_report, kaggle_kl
+
+
+def kl_loss(logits, targets, votes=None, mse_weight=0.0, vote_weighting="none") -> torch.Tensor:
+    """The default `Loss`: mean over the batch of KL(targets || softmax(logits)), summed over classes,
+    [+ mse_weight * MSE(softmax, targets), the mean over the 6 classes per sample]."""
+    return Loss(mse_weight=mse_weight, vote_weighting=vote_weighting)(logits, targets, votes)
 
 
 def soft_targets(rows: int, seed: int) -> torch.Tensor:

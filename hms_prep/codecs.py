@@ -28,7 +28,7 @@ from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-import google_crc32c
+import crc32c
 import numcodecs
 import numpy as np
 import zarr
@@ -136,6 +136,13 @@ def _family_of(codecs: list) -> Codec | None:
     return None
 
 
+def crc32c_of(data) -> int:
+    """The CRC-32C zarr's crc32c codec stores, of any contiguous buffer. The `crc32c` package computes it
+    in hardware and lets other threads run meanwhile: 9.6 GB/s on one core and 22.5 on two, where
+    `google_crc32c` (which zarr itself calls) gave 3.5 and 4.4: it holds the GIL (docs/performance.md)."""
+    return crc32c.crc32c(data)
+
+
 def verify_checksum(encoded: np.ndarray, where: str = "chunk") -> np.ndarray:
     """The payload of a checksummed chunk (its last 4 bytes are the little-endian CRC-32C of the rest);
     ChunkError naming `where` when they disagree."""
@@ -143,7 +150,7 @@ def verify_checksum(encoded: np.ndarray, where: str = "chunk") -> np.ndarray:
         raise ChunkError(f"{where} holds {encoded.nbytes} bytes, too few for its checksum (truncated)")
     payload = encoded[:-4]
     stored = int.from_bytes(encoded[-4:].tobytes(), "little")
-    if google_crc32c.value(payload.tobytes() if not payload.flags.c_contiguous else payload) != stored:
+    if crc32c_of(payload if payload.flags.c_contiguous else payload.tobytes()) != stored:
         raise ChunkError(f"{where} fails its checksum (its bytes changed after it was written)")
     return payload
 
@@ -214,9 +221,7 @@ class ChunkSource:
         if stored != out.nbytes + (4 if codec.checksum else 0):
             raise ChunkError(f"{where} holds {stored} bytes, expected {out.nbytes}"
                              + (" and a 4-byte checksum" if codec.checksum else ""))
-        values = values.view()
-        values.flags.writeable = False  # google_crc32c takes read-only buffers only
-        if codec.checksum and google_crc32c.value(values) != int.from_bytes(tail, "little"):
+        if codec.checksum and crc32c_of(values) != int.from_bytes(tail, "little"):
             raise ChunkError(f"{where} fails its checksum (its bytes changed after it was written)")
         return out
 
@@ -277,7 +282,7 @@ class ChunkSink:
             with open(partial, "wb") as file:
                 file.write(encoded)
                 if self.checksum:
-                    file.write(google_crc32c.value(encoded).to_bytes(4, "little"))
+                    file.write(crc32c_of(encoded).to_bytes(4, "little"))
             partial.replace(path)
         except BaseException:
             partial.unlink(missing_ok=True)

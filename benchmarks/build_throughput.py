@@ -52,7 +52,7 @@ from hms_prep.cli import ROWS_FAILED_EXIT
 from hms_prep.domain import CHAINS, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_WINDOW_S
 from hms_prep.kaggle import EEG_COLUMNS, eeg_path, spectrogram_path
 from hms_prep.montage import BIPOLAR_PAIRS
-from hms_prep.codecs import AUTO, CODECS
+from hms_prep.codecs import AUTO, CODECS, POLICIES
 from hms_prep.store import data_array_names, open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep an existing store (the build completes it)")
     parser.add_argument("--workers", type=int, default=2, help="local Dask worker processes")
     parser.add_argument("--windows", default="10,30", help="EEG window lengths in seconds")
-    parser.add_argument("--codec", default=AUTO, choices=sorted(CODECS))
+    parser.add_argument("--codec", default=AUTO, choices=[*POLICIES, *sorted(CODECS)])
     parser.add_argument("--chunk-rows", type=int, default=BuildConfig.chunk_rows)
     parser.add_argument("--baseline", type=int, default=None, metavar="N",
                         help="also time the public-notebook loop on N of the same rows, 0 = all (needs librosa)")

@@ -11,9 +11,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from hms_prep.codecs import AUTO
+from hms_prep.codecs import AUTO, FAST
 from hms_prep.kaggle import KaggleDataError
 from hms_prep.store import StoreError
 
@@ -52,7 +53,7 @@ def main(
 
 
 def _fail(message: str, code: int = 1):
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -125,7 +126,8 @@ def build(
     chunk_rows: Optional[int] = typer.Option(
         None, "--chunk-rows", help="Rows per chunk (default 32; fixed when the store is created, refused if it differs)."),
     codec: Optional[str] = typer.Option(
-        None, "--codec", help=f"{AUTO} (default: per array kind) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
+        None, "--codec", help=f"{AUTO} (default: per array kind, smallest) | {FAST} (per array kind, fastest to read: "
+        "EEG windows uncompressed, ~15 % more disk) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
     repair: bool = typer.Option(False, "--repair", help="Also read back every chunk and recompute damaged ones."),
@@ -192,7 +194,7 @@ def build(
                       "a file they are cut from changes, or with --retry-failed):")
         for f in failed[:20]:
             console.print(f"  row {f.row} (label {f.label_id}) {', '.join(f.arrays)}: {f.reason}", highlight=False,
-                          soft_wrap=True)
+                          soft_wrap=True, markup=False)
         if len(failed) > 20:
             console.print(f"  ... and {len(failed) - 20} more")
         raise typer.Exit(ROWS_FAILED_EXIT)
@@ -241,7 +243,7 @@ def verify(store: str = typer.Argument(..., help="Store path or URL.")):
     except StoreError as err:
         _fail(str(err))
     for problem in problems:
-        console.print(f"[red]problem:[/red] {problem}", highlight=False)
+        console.print(f"[red]problem:[/red] {escape(problem)}", highlight=False)
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{store}: ok")
@@ -276,7 +278,8 @@ def show(
 
 
 def _say(line: str) -> None:
-    console.print(line, highlight=False, soft_wrap=True)
+    # markup=False: a notice is plain text; "hms-cache[dashboard]" or a path with [brackets] is not a style
+    console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 class _progress:

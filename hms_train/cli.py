@@ -260,7 +260,7 @@ def compare(
         Console().print(scores, per_class)
     if len({r["n"] for r in results}) > 1:
         console.print("[yellow]note:[/yellow] the runs were validated on different numbers of rows; compare with care")
-    console.print(f"learning curves: {out}", highlight=False)
+    console.print(f"learning curves: {out}", highlight=False, markup=False)
 
 
 @app.command()

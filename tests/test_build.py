@@ -264,3 +264,26 @@ def test_cli_build_info_verify(synth_data, tmp_path, cluster):
     (tmp_path / "data").mkdir()
     result = runner.invoke(app, ["build", "--data", str(tmp_path / "data"), "--store", str(tmp_path / "x.zarr")])
     assert result.exit_code == 1 and "train.csv: file not found" in result.output
+
+
+def test_codec_fast_stores_the_eeg_windows_uncompressed_and_the_same_values(train_store, synth_data, tmp_path,
+                                                                             cluster):
+    """`--codec fast`: each kind's fastest codec to read (the EEG windows uncompressed, the Kaggle crop in
+    zstd, raw in lz4); the values are those of the default store, and the reader reads them alike."""
+    from hms_prep.codecs import codec_of
+    from hms_train.reader import Selection, StoreReader
+
+    store = tmp_path / "fast.zarr"
+    assert build(synth_data, store, cluster, codec="fast").ok
+    group, reference = zarr.open_group(str(store), mode="r"), zarr.open_group(train_store, mode="r")
+    assert {name: codec_of(group[name]).name for name in ARRAYS} == {
+        "eeg_10s": "none", "eeg_30s": "none", "kaggle": "zstd", "raw": "lz4"}
+    for name in ARRAYS:
+        np.testing.assert_array_equal(group[name][:], reference[name][:])
+    fast, default = (StoreReader(url, ["eeg_10s", "eeg_30s", "kaggle"], threads=2) for url in (str(store), train_store))
+    rows = fast.select(Selection())
+    for a, b in zip(fast.batches(rows, 8, seed=1), default.batches(rows, 8, seed=1)):
+        for key in ("row", "eeg_10s", "eeg_30s", "kaggle"):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+    with pytest.raises(StoreError, match="created with --codec fast, asked for auto"):
+        build(synth_data, store, cluster, codec="auto")

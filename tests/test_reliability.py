@@ -253,10 +253,12 @@ def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_lea
     (["--chunk-rows", "0"], "--chunk-rows must be an integer >= 1"),
     (["--store", "memory://x.zarr", "--scheduler", "tcp://127.0.0.1:1"], "cannot be reached by the workers"),
     (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler tcp://127.0.0.1:1: cannot reach the Dask scheduler"),
+    (["--data", "/no/such[dir]"], "/no/such[dir]/train.csv: file not found"),  # brackets are text, not styles
 ])
 def test_bad_options_are_refused_before_the_store_is_touched(tiny_data, tmp_path, args, message):
     store = tmp_path / "s.zarr"
-    full = ["build", "--data", tiny_data, "--quiet", *(args if "--store" in args else ["--store", store, *args])]
+    full = ["build", *([] if "--data" in args else ["--data", tiny_data]), "--quiet",
+            *(args if "--store" in args else ["--store", store, *args])]
     result = cli(*full)
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not store.exists()

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import zarr
 
-from hms_prep.codecs import AUTO, CODECS, write_rows
+from hms_prep.codecs import AUTO, CODECS, FAST, write_rows
 from hms_prep.domain import CHAINS
 from hms_prep.plan import RawSegment
 from hms_prep.store import IMAGE_AXES, StoreLayout, digest
@@ -66,6 +66,7 @@ class ArrayKind:
     params_type: ClassVar[type]
     source: ClassVar[str]  # EEG or SPECTROGRAM
     default_codec: ClassVar[str]  # a name in hms_prep.codecs.CODECS, used when the store's codec is "auto"
+    fast_codec: ClassVar[str | None] = None  # used when it is "fast" (None: the default codec)
     stage: ClassVar[str]  # the build's timing stage its computation counts under
     per_row: ClassVar[bool] = True  # False: stored per recording segment along axis 1 (see plan.py)
     # Values are not scaled (log power): the trainer, and `hms-prep show`, z-score each sample of it.
@@ -102,9 +103,12 @@ class ArrayKind:
         return array
 
     def storage(self, layout: StoreLayout) -> dict:
-        """dtype, fill value and compressor (the kind's own codec when the store's choice is "auto")."""
-        codec = self.default_codec if layout.codec == AUTO else layout.codec
-        return dict(dtype="float16", fill_value=0.0, compressors=CODECS[codec].write())
+        """dtype, fill value and compressor (the kind's own codec when the store's choice is a policy)."""
+        return dict(dtype="float16", fill_value=0.0, compressors=CODECS[self.codec_for(layout.codec)].write())
+
+    def codec_for(self, choice: str) -> str:
+        """The codec this kind's array is written with when the store's `--codec` is `choice`."""
+        return {AUTO: self.default_codec, FAST: self.fast_codec or self.default_codec}.get(choice, choice)
 
     def cut(self, source, rows: frozenset[int]) -> Cut:
         """Values of `rows` (those of this file that this array computes) from one opened file: an

@@ -89,6 +89,7 @@ class EegMel(ArrayKind):
     params_type = MelParams
     source = EEG
     default_codec = "lz4"
+    fast_codec = "none"  # float16 log-mel values are noise in their low bits: lz4 saves only 6-23 %
     stage = "spectrogram"
 
     def __post_init__(self):

@@ -21,7 +21,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from hms_prep.chunk import ArrayJob, ChunkJob, ChunkReport, Failure, build_chunk
+from hms_prep.chunk import UNEXPECTED, ArrayJob, ChunkJob, ChunkReport, Failure, build_chunk
 from hms_prep.codecs import AUTO, check_codec_choice
 from hms_prep.domain import SPEC_WINDOW_S
 from hms_prep.kaggle import read_labels
@@ -351,13 +351,14 @@ def _segment_margin(url: str, group, requested: dict[str, ArrayKind]) -> int | N
 
 
 def _changed_rows(config: BuildConfig, planned: pa.Table, kind: ArrayKind, tried_at: float | None):
-    """A filter of failed rows: those to compute again. A row whose file of the kind's source is unchanged
-    since the build that failed it started (its inode change time, which copying, editing or restoring a
-    file sets and no tool sets back) would only fail again; a file still missing likewise. Every failed
-    row is retried with --retry-failed, for arrays built before the time was recorded, and when the data
-    folder is not local files (no change times to trust)."""
+    """A filter of failed rows, given their recorded reasons: those to compute again. A failure of the data
+    whose file of the kind's source is unchanged since the build that failed it started (its inode change
+    time, which copying, editing or restoring a file sets and no tool sets back) would only repeat; a file
+    still missing likewise. An unexpected error (not the data's) is always retried, and every failed row is
+    with --retry-failed, for arrays built before the time was recorded, and when the data folder is not
+    local files (no change times to trust)."""
     if config.retry_failed or tried_at is None or not is_local(config.data_dir):
-        return lambda rows: rows
+        return lambda rows, reasons: rows
 
     def changed(row: int) -> bool:
         path = source_path(kind.source, config.data_dir, config.split, planned_rows(planned, slice(row, row + 1))[0])
@@ -366,14 +367,15 @@ def _changed_rows(config: BuildConfig, planned: pa.Table, kind: ArrayKind, tried
         except FileNotFoundError:
             return False
 
-    return lambda rows: [row for row in rows if changed(row)]
+    return lambda rows, reasons: [row for row in rows if UNEXPECTED in reasons[row] or changed(row)]
 
 
 def _pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
-                  retry=lambda rows: rows) -> dict[int, tuple[tuple[int, ...], bool]]:
+                  retry=lambda rows, reasons: rows) -> dict[int, tuple[tuple[int, ...], bool]]:
     """chunk -> (rows to compute, whether that is the whole chunk). A chunk is recomputed whole when its
     done flag is unset, or its build state or (with --repair) its data is damaged; failed rows of a done
-    chunk are computed again when `retry` (a filter of row numbers) keeps them."""
+    chunk are computed again when `retry` (a filter of row numbers, given every row's failure reason)
+    keeps them."""
     state = open_build_state(group, name)
     done, bad_done = read_state(state.done)
     status, bad_status = read_state(state.status)
@@ -381,13 +383,14 @@ def _pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
         if chunks:
             say(f"{name}: {what} of chunks {', '.join(map(str, chunks))} damaged; recomputing them")
     redo = set(bad_done) | set(bad_status) | damaged
+    reasons = read_errors(state) if (status == STATUS_FAILED).any() else []
     pending = {}
     for chunk in range(layout.n_chunks):
         rows = layout.chunk_slice(chunk)
         if not done[chunk] or chunk in redo or (status[rows] == 0).any():  # a done chunk has no pending row
             pending[chunk] = (tuple(range(rows.start, rows.stop)), True)
         else:
-            failed = retry([int(r) for r in np.flatnonzero(status[rows] == STATUS_FAILED) + rows.start])
+            failed = retry([int(r) for r in np.flatnonzero(status[rows] == STATUS_FAILED) + rows.start], reasons)
             if failed:
                 pending[chunk] = (tuple(failed), False)
     return pending

@@ -87,6 +87,11 @@ class StageTimer:
             self.seconds[stage] += time.perf_counter() - start
 
 
+# Marks a row's failure that is not the data's (a transient read error, a bug): every build retries it,
+# where a failure of the data waits for its file to change (hms_prep/build.py).
+UNEXPECTED = "unexpected error"
+
+
 def build_chunk(job: ChunkJob) -> ChunkReport:
     import torch  # 2 s of imports: in the tasks, not in the driver of a build with nothing to do
 
@@ -135,7 +140,7 @@ def _file_cuts(span: RecordingSpan, arrays: list[ArrayJob], timer: StageTimer) -
                                    {**_only(opened.repaired, rows), **cut.repaired})
         return cuts
     except Exception as err:
-        reason = str(err) if isinstance(err, KaggleDataError) else f"{span.path}: unexpected error: {err!r}"
+        reason = str(err) if isinstance(err, KaggleDataError) else f"{span.path}: {UNEXPECTED}: {err!r}"
         return {a.name: Cut(errors={r.row: reason for r in span.rows if r.row in a.rows}) for a in arrays}
 
 

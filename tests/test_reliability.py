@@ -144,6 +144,20 @@ def test_labels_parquet_is_rewritten_when_missing_or_stale(tiny_data, reference,
     assert_same_store(store, reference)
 
 
+def test_an_unexpected_failure_is_retried_by_the_next_build_a_data_failure_waits_for_its_file(
+        tiny_data, reference, tmp_path, cluster):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    group = zarr.open_group(str(store), mode="r+")
+    for row, reason in ((0, "x.parquet: unexpected error: OSError(116, 'Stale file handle')"),
+                        (1, "x.parquet: unreadable parquet (truncated)")):
+        group["_build/kaggle/status"][row] = 2
+        group["_build/kaggle/error"][row] = reason
+    summary = build(tiny_data, store, cluster)
+    assert summary.rows_computed == 1  # row 0: a transient error or a bug, not the data's; row 1 waits
+    assert [(f.row, f.reason) for f in summary.failed_rows()] == [(1, "x.parquet: unreadable parquet (truncated)")]
+
+
 # --- corruption ---------------------------------------------------------------------------------------
 
 

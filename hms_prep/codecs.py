@@ -241,6 +241,41 @@ class ChunkSource:
         return np.frombuffer(data, dtype=np.uint8)
 
 
+def read_whole(array: zarr.Array, threads: int = 8) -> tuple[np.ndarray, list[int]] | None:
+    """A 1-D array of a local store read chunk file by chunk file on `threads` threads: its values (the
+    fill value where a chunk was never written or cannot be trusted) and the chunks that cannot (checksum
+    or size wrong). None where this does not apply (another store, a codec chain not declared here, more
+    than one axis): read those with zarr. zarr's `array[:]` costs about 0.3 ms per chunk, and a build-state
+    array of the real data has 3,338 of them: a no-op build reads 16 such arrays."""
+    codec = codec_of(array)
+    if codec is None or array.ndim != 1 or not isinstance(array.store, LocalStore) or array.dtype.kind not in "biuf":
+        return None
+    source = ChunkSource(str(array.store.root), array)
+    source.every_chunk_stored = False  # build state: a chunk is written only once its rows are
+    step, n = array.chunks[0], array.shape[0]
+    values = np.full(n, array.fill_value, dtype=array.dtype)
+
+    def read(chunk: int) -> bool:
+        out = np.empty(step, dtype=array.dtype)
+        try:
+            decoded = source.read((chunk,), codec, out)
+        except (ChunkError, RuntimeError):
+            return False
+        if decoded is not None:
+            values[chunk * step : (chunk + 1) * step] = decoded[: min(step, n - chunk * step)]
+        return True
+
+    chunks = range(-(-n // step))
+    if len(chunks) <= 1:
+        fine = [read(c) for c in chunks]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            fine = list(pool.map(read, chunks))
+    return values, [c for c, ok in zip(chunks, fine) if not ok]
+
+
 class ChunkSink:
     """Writes whole chunks of an array of a local store as zarr writes them, byte for byte: the numcodecs
     codec zarr's own codec calls, the CRC-32C appended, the file replaced atomically. Without zarr's

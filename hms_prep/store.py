@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from hms_prep.codecs import read_whole
 from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.reader's import; new code: hms_prep.domain)
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
@@ -281,7 +282,11 @@ def read_errors(state: BuildState) -> list[str]:
 
 def read_state(array: zarr.Array) -> tuple[np.ndarray, list[int]]:
     """All values of a build-state array and the chunks that could not be read (damaged: checksum
-    mismatch or truncated), read as the fill value. One read when nothing is damaged."""
+    mismatch or truncated), read as the fill value. Local stores: every chunk file read directly, on
+    threads (`codecs.read_whole`); otherwise one zarr read when nothing is damaged."""
+    fast = read_whole(array)
+    if fast is not None:
+        return fast
     try:
         return array[:], []
     except Exception:  # zarr raises plain ValueError/RuntimeError for a bad chunk; find which

@@ -66,3 +66,21 @@ def test_anything_but_one_whole_chunk_of_a_local_store_goes_through_zarr(tmp_pat
         assert ChunkSink.of(array) is None
         write_rows(array, 0, values[:4])
         np.testing.assert_array_equal(array[:4], values[:4])
+
+
+def test_read_whole_reads_what_zarr_reads_and_names_damaged_chunks(tmp_path):
+    """Build-state arrays are read chunk file by chunk file (codecs.read_whole): never-written chunks are
+    the fill value, a damaged one is named and read as the fill value too."""
+    from hms_prep.codecs import read_whole
+
+    array = zarr.create_array(str(tmp_path / "status.zarr"), shape=(10,), chunks=(4,), dtype="uint8", fill_value=0,
+                              compressors=(ZstdCodec(level=0), Crc32cCodec()))
+    array[:8] = np.arange(1, 9, dtype=np.uint8)  # chunk 2 (rows 8, 9) never written
+    values, damaged = read_whole(array)
+    np.testing.assert_array_equal(values, array[:])
+    assert damaged == []
+    chunk = tmp_path / "status.zarr" / "c" / "1"
+    chunk.write_bytes(chunk.read_bytes()[:-1] + bytes([chunk.read_bytes()[-1] ^ 1]))
+    values, damaged = read_whole(array)
+    assert damaged == [1] and values[4:8].tolist() == [0, 0, 0, 0] and values[:4].tolist() == [1, 2, 3, 4]
+    assert read_whole(zarr.create_array(zarr.storage.MemoryStore(), shape=(4,), chunks=(2,), dtype="uint8")) is None

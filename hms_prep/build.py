@@ -407,7 +407,7 @@ def _pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
         if chunks:
             say(f"{name}: {what} of chunks {', '.join(map(str, chunks))} damaged; recomputing them")
     redo = set(bad_done) | set(bad_status) | damaged
-    reasons = read_errors(state) if (status == STATUS_FAILED).any() else []
+    reasons = read_errors(state, np.flatnonzero(status == STATUS_FAILED))
     pending = {}
     for chunk in range(layout.n_chunks):
         rows = layout.chunk_slice(chunk)
@@ -606,10 +606,9 @@ def _labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
                            np.where((status != STATUS_OK) & (overall == STATUS_OK), 0, overall))
         failed = np.flatnonzero(status == STATUS_FAILED)
         if failed.size:
-            reasons = read_errors(state)  # one read of the whole error array
-            failed_rows[name] = {int(row): reasons[row] for row in failed}
-            for row in failed:
-                errors[row].append(f"{name}: {reasons[row]}")
+            failed_rows[name] = read_errors(state, failed)
+            for row, reason in failed_rows[name].items():
+                errors[row].append(f"{name}: {reason}")
         table = table.append_column(f"repaired_{name}", pa.array(read_state(state.repaired)[0]))
         table = table.append_column(f"status_{name}", pa.array(np.array(names)[status]))
     label_status = np.full(n, "ok", dtype=object)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -183,7 +184,7 @@ class ChunkSource:
     """Reads an array's chunks by their zarr key, through fsspec: stored bytes (`source(coords)`) or
     decoded values (`source.read(coords, codec, out)`)."""
 
-    def __init__(self, store_url: str, array: zarr.Array):
+    def __init__(self, store_url: str, array: zarr.Array, every_chunk_stored: bool | None = None):
         self.fs, root = fsspec.core.url_to_fs(store_url)
         self.prefix = f"{root.rstrip('/')}/{array.path}/"
         self.name = array.path
@@ -192,7 +193,8 @@ class ChunkSource:
         # Arrays with checksums are written with every chunk stored (empty ones too), so a missing
         # chunk there is damage, not the fill value.
         codecs = list(array.metadata.codecs) if array.metadata.zarr_format == 3 else []
-        self.every_chunk_stored = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+        self.every_chunk_stored = (bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+                                   if every_chunk_stored is None else every_chunk_stored)
 
     def where(self, coords: tuple[int, ...]) -> str:
         """How errors name a chunk: "eeg_10s chunk (3, 0, 0, 0)"."""
@@ -250,8 +252,7 @@ def read_whole(array: zarr.Array, threads: int = 8) -> tuple[np.ndarray, list[in
     codec = codec_of(array)
     if codec is None or array.ndim != 1 or not isinstance(array.store, LocalStore) or array.dtype.kind not in "biuf":
         return None
-    source = ChunkSource(str(array.store.root), array)
-    source.every_chunk_stored = False  # build state: a chunk is written only once its rows are
+    source = ChunkSource(str(array.store.root), array, every_chunk_stored=False)  # build state: written as rows are
     step, n = array.chunks[0], array.shape[0]
     values = np.full(n, array.fill_value, dtype=array.dtype)
 
@@ -266,13 +267,8 @@ def read_whole(array: zarr.Array, threads: int = 8) -> tuple[np.ndarray, list[in
         return True
 
     chunks = range(-(-n // step))
-    if len(chunks) <= 1:
-        fine = [read(c) for c in chunks]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads) as pool:
-            fine = list(pool.map(read, chunks))
+    with ThreadPoolExecutor(min(threads, len(chunks)) or 1) as pool:
+        fine = list(pool.map(read, chunks))
     return values, [c for c, ok in zip(chunks, fine) if not ok]
 
 

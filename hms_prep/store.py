@@ -274,10 +274,21 @@ def open_build_state(group: zarr.Group, name: str) -> BuildState:
     return BuildState(done=sub["done"], status=sub["status"], error=sub["error"], repaired=sub["repaired"])
 
 
-def read_errors(state: BuildState) -> list[str]:
-    """The error string of every row ('' for rows without one; "" too for a damaged chunk)."""
-    values, _ = read_state(state.error)
-    return ["" if v is None else str(v) for v in np.asarray(values, dtype=object)]
+def read_errors(state: BuildState, rows) -> dict[int, str]:
+    """The error string of each of `rows` ("" for a row without one, or in a damaged chunk). Only the
+    chunks holding them are read: a store of the real data has thousands, a handful with failures."""
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    step, n = state.error.chunks[0], state.error.shape[0]
+    reasons = {}
+    for chunk in np.unique(rows // step).tolist():
+        try:
+            values = state.error[chunk * step : min((chunk + 1) * step, n)]
+        except Exception:  # zarr raises plain ValueError/RuntimeError for a bad chunk
+            values = None
+        for row in rows[rows // step == chunk].tolist():
+            value = None if values is None else values[row - chunk * step]
+            reasons[row] = "" if value is None else str(value)
+    return reasons
 
 
 def read_state(array: zarr.Array) -> tuple[np.ndarray, list[int]]:

@@ -17,7 +17,7 @@ from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, 
 from hms_prep.montage import pair_names
 from hms_prep.plan import RAW_INDEX_COLUMNS, RawSegment
 from hms_prep.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
-from hms_prep.store import SIGNAL_AXES, StoreLayout, digest
+from hms_prep.store import SIGNAL_AXES, StoreLayout
 
 
 @dataclass(frozen=True)

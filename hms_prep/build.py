@@ -23,6 +23,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
+from hms_prep import doctor
 from hms_prep.chunk import UNEXPECTED, ArrayJob, ChunkJob, ChunkReport, Failure, build_chunk
 from hms_prep.codecs import AUTO, check_codec_choice
 from hms_prep.domain import SPEC_WINDOW_S
@@ -160,10 +161,16 @@ class BuildSummary:
     seconds: float
     stage_seconds: dict[str, float]
     store_bytes: int
+    crashed: list[str] = field(default_factory=list)  # why each crashed chunk task raised: its chunk is not done
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.crashed
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk of every asked array is done (rows may have failed): the store is usable."""
+        return not self.crashed
 
     @property
     def rows_per_s(self) -> float:
@@ -184,6 +191,15 @@ class BuildSummary:
             f"{self.seconds:.1f} s ({self.rows_per_s:.1f} rows/s); {len(self.failed_rows())} rows failed; "
             f"{self.store_bytes / 2**20:.1f} MiB on disk"
         )
+
+    def crash_line(self) -> str | None:
+        """'3 chunk tasks crashed: OSError: ...' (the most frequent reason first), or None."""
+        if not self.crashed:
+            return None
+        reasons = sorted(set(self.crashed), key=lambda r: (-self.crashed.count(r), r))
+        others = len(reasons) - 1
+        more = f" (and {others} other reason{'s' if others > 1 else ''})" if others else ""
+        return f"{len(self.crashed)} chunk tasks crashed: {reasons[0]}{more}"
 
 
 def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
@@ -206,6 +222,8 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
     planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
     with _dask_client(config, say) as client:  # a remote scheduler is reached first (in seconds) or refused
         fresh = not store_exists(url) or unfinished_store(url)
+        if fresh:
+            doctor.require(doctor.BUILD_PARTS)  # a build that cannot compute creates nothing
         if fresh and is_local(url):
             os.makedirs(url, exist_ok=True)  # the lock file lives in the store
         with build_lock(url):
@@ -239,12 +257,13 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
         reused=reused,
         rows_computed=sum(max(r.rows_computed.values(), default=0) for r in reports),
         # every row of the asked arrays that stands failed, retried or not, as the store records it
-        failures=sorted([*(Failure(row, planned_rows(planned, slice(row, row + 1))[0].label_id, name, reason)
+        failures=sorted({*(Failure(row, planned_rows(planned, slice(row, row + 1))[0].label_id, name, reason)
                            for name in requested for row, reason in failed.get(name, {}).items()),
-                         *label_failures]),
+                         *label_failures, *(f for r in reports if r.crashed for f in r.failures)}),
         seconds=time.perf_counter() - started,
         stage_seconds=dict(stages),
         store_bytes=store_nbytes(url),
+        crashed=[r.crashed for r in reports if r.crashed],
     )
 
 
@@ -258,18 +277,25 @@ def _plan_jobs(config: BuildConfig, group, layout: StoreLayout, requested: dict[
     segments, raw_index, raw_length = plan_raw_segments(planned, layout.chunk_rows, margin or 0,
                                                         layout.raw_chunk_samples)
     damaged = _damaged_data_chunks(url, group, layout, raw_index) if config.repair else {}
-    computed, reused = [], []
+    every_chunk = {chunk: (tuple(range(layout.chunk_slice(chunk).start, layout.chunk_slice(chunk).stop)), True)
+                   for chunk in range(layout.n_chunks)}
+    missing = [name for name in requested if not array_complete(group, name)]
+    pending = {name: every_chunk if name in missing else
+               _pending_rows(group, name, layout, damaged.get(name, set()), say,
+                             _changed_rows(config, planned, kind, failures_tried_at(group, name)))
+               for name, kind in requested.items()}
+    if any(pending.values()):
+        doctor.require(doctor.BUILD_PARTS)  # before this build changes the store
+    for name in missing:
+        with _interrupt_deferred():
+            remove_array(group, name)  # an unfinished creation (a killed build): redo it
+            create_build_state(group, name, layout)  # first: the array is listed once it exists
+            requested[name].create(group, layout, raw_length)
+    computed = [name for name in requested if pending[name]]
+    reused = [name for name in requested if not pending[name]]
     jobs: dict[int, list[ArrayJob]] = defaultdict(list)
     for name, kind in requested.items():
-        if not array_complete(group, name):
-            with _interrupt_deferred():
-                remove_array(group, name)  # an unfinished creation (a killed build): redo it
-                create_build_state(group, name, layout)  # first: the array is listed once it exists
-                kind.create(group, layout, raw_length)
-        retry = _changed_rows(config, planned, kind, failures_tried_at(group, name))
-        pending = _pending_rows(group, name, layout, damaged.get(name, set()), say, retry)
-        (computed if pending else reused).append(name)
-        for chunk, (rows, whole) in pending.items():
+        for chunk, (rows, whole) in pending[name].items():
             jobs[chunk].append(ArrayJob(kind, rows, whole))
     return jobs, computed, reused, margin, segments, raw_index
 
@@ -433,7 +459,7 @@ def _run_jobs(client, config, planned, layout, segments, jobs, progress) -> list
         for job, future in finished:
             try:
                 report = future.result()
-            except Exception as err:  # a crashed task: its chunk stays not-done and is redone next build
+            except Exception as err:  # a crashed task: counted, reported, its chunk redone by the next build
                 report = _crashed(job, err)
             reports.append(report)
             done_rows += max(report.rows_computed.values(), default=0)
@@ -476,11 +502,15 @@ def _finished_tasks(client, config: BuildConfig, chunk_jobs: list[ChunkJob], row
         raise
 
 
-def _crashed(job: ChunkJob, err: Exception) -> ChunkReport:
-    reason = f"chunk {job.chunk} task crashed: {err!r}"
-    failures = tuple(Failure(row, job.planned(row).label_id, array.name, reason)
+def _crashed(job: ChunkJob, err: BaseException) -> ChunkReport:
+    """The report of a task that raised (in a Dask worker, or a worker that died: KilledWorker): every row
+    it was to compute failed with the first line of the reason. Its chunk stays not done: the next build
+    computes it again."""
+    text = str(err).strip().splitlines()
+    reason = f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    failures = tuple(Failure(row, job.planned(row).label_id, array.name, f"chunk {job.chunk} task crashed: {reason}")
                      for array in job.arrays for row in array.rows)
-    return ChunkReport(job.chunk, {}, failures, {})
+    return ChunkReport(job.chunk, {}, failures, {}, crashed=reason)
 
 
 @contextmanager

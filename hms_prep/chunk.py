@@ -70,6 +70,7 @@ class ChunkReport:
     rows_computed: dict[str, int]
     failures: tuple[Failure, ...]
     seconds: dict[str, float]  # by build stage
+    crashed: str | None = None  # the task raised (first line of why): nothing of its chunk was marked done
 
 
 class StageTimer:

@@ -53,7 +53,8 @@ def main(
 
 
 def _fail(message: str, code: int = 1):
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    for line in message.splitlines() or [""]:  # one "error:" line per cause (e.g. each broken part)
+        console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -152,9 +153,11 @@ def build(
       hms-prep build --data data/hms --device cuda --workers 8   # mel windows on the GPU, 8 I/O threads
 
     Exit codes: 0 built; 3 built, but some rows failed (listed, usable without them); 1 an error stopped
-    the build; 130 interrupted (Ctrl-C): the same command resumes where it stopped.
+    the build, or chunk tasks crashed (counted and named; their chunks are not done); 130 interrupted
+    (Ctrl-C): the same command resumes where it stopped.
     """
     from hms_prep.build import BuildConfig, BuildError, run_build
+    from hms_prep.doctor import BrokenInstall
     from hms_prep.kinds import MelParams, RawParams
     from hms_prep.lock import StoreLocked
 
@@ -180,7 +183,7 @@ def build(
     except KeyboardInterrupt:
         console.print("interrupted; run the same command again to resume", highlight=False)
         raise typer.Exit(130)
-    except (KaggleDataError, StoreError, ValueError, BuildError, StoreLocked) as err:
+    except (KaggleDataError, StoreError, ValueError, BuildError, StoreLocked, BrokenInstall) as err:
         _fail(str(err))
     except OSError as err:  # a full disk, a read-only filesystem: one line naming the path
         _fail(f"{err.filename or config.store_url}: {err.strerror or err}")
@@ -188,6 +191,9 @@ def build(
     # has nothing left to stop, and would only end the process by the signal, with no exit status of ours.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     typer.echo(summary.line())
+    if summary.crashed:  # the store is unfinished: never a success, nor the "usable without them" code 3
+        _fail(f"{summary.crash_line()}; their chunks are not done (hms-prep verify lists them): fix the cause "
+              "and run the same command again")
     if summary.failures:
         failed = summary.failed_rows()
         console.print(f"[red]{len(failed)} rows failed[/red] (recorded in labels.parquet; computed again once "
@@ -275,6 +281,24 @@ def show(
     except (StoreError, ValueError) as err:
         _fail(str(err))
     typer.echo(str(path))
+
+
+@app.command()
+def doctor():
+    """Load every compiled part the project relies on (torch, torchaudio's library, torchvision and timm,
+    the Blosc and zstd codecs, CRC-32C, scipy, pyarrow) and run one small operation through each; one
+    line per broken part naming the package, its versions and the fix (exit 1). `make setup` runs it.
+
+    Example: hms-prep doctor
+    """
+    from hms_prep.doctor import PARTS, check, installed
+
+    broken = check()
+    for part in PARTS.values():
+        if all(b.part is not part for b in broken):
+            typer.echo(f"ok  {part.name} ({installed(part.packages)})")
+    if broken:
+        _fail("\n".join(b.line() for b in broken))
 
 
 def _say(line: str) -> None:

@@ -274,6 +274,26 @@ def open_build_state(group: zarr.Group, name: str) -> BuildState:
     return BuildState(done=sub["done"], status=sub["status"], error=sub["error"], repaired=sub["repaired"])
 
 
+def chunks_not_done(group: zarr.Group, name: str) -> tuple[list[int], int]:
+    """The chunks of array `name` whose done flag is unset or unreadable (a build has still to compute
+    them), and how many chunks it has."""
+    done, damaged = read_state(open_build_state(group, name).done)
+    return sorted({*np.flatnonzero(done == 0).tolist(), *damaged}), len(done)
+
+
+def require_finished(url: str, group: zarr.Group, names) -> None:
+    """StoreError naming every array of `names` with chunks not done (a build crashed, was killed or is
+    still running): a reader never takes their unwritten values for data."""
+    unfinished = []
+    for name in names:
+        missing, total = chunks_not_done(group, name)
+        if missing:
+            unfinished.append(f"{name} {len(missing)} of {total}")
+    if unfinished:
+        raise StoreError(f"{url}: not finished, chunks not done in {', '.join(unfinished)}; run `hms-prep build` "
+                         "(the command that made it) again to finish it")
+
+
 def read_errors(state: BuildState, rows) -> dict[int, str]:
     """The error string of each of `rows` ("" for a row without one, or in a damaged chunk). Only the
     chunks holding them are read: a store of the real data has thousands, a handful with failures."""

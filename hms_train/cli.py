@@ -44,9 +44,16 @@ def _options(
 def _user_errors():
     """Expected failures (bad config values, missing runs, stores or weights, bad inputs) end in one
     `error:` line and exit 1. Anything else (a CUDA out-of-memory, a bug) keeps its traceback."""
+    from hms_prep.doctor import TRAIN_PARTS, BrokenInstall, require
     from hms_prep.store import StoreError
-    from hms_train.models import MissingWeightsError
 
+    try:
+        require(TRAIN_PARTS)  # a broken compiled part is one line naming it, before any import of it fails
+        from hms_train.models import MissingWeightsError
+    except BrokenInstall as err:
+        for line in str(err).splitlines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(1) from None
     try:
         yield
     except (FileNotFoundError, ValueError, StoreError, MissingWeightsError) as err:  # ConfigError is a ValueError
@@ -89,9 +96,6 @@ def train(
       hms-train --resume runs/b0            (after a crash or a kill: finished folds are kept)
       torchrun --nproc-per-node 2 -m hms_train.cli train --config seed_richard_b0 --out runs/ddp
     """
-    from hms_train.config import TrainConfig, load_config
-    from hms_train.train import train as run_training
-
     overrides = [f"store={json.dumps(store)}"] if store is not None else []
     overrides += [f"folds=[{folds}]"] if folds else []
     overrides += [f"epochs={epochs}"] if epochs is not None else []
@@ -99,6 +103,9 @@ def train(
     overrides += [f"weights={json.dumps(str(weights))}"] if weights is not None else []
     overrides += set_
     with _user_errors():
+        from hms_train.config import TrainConfig, load_config
+        from hms_train.train import train as run_training
+
         if resume is not None:
             if config or overrides or out:
                 raise ValueError("--resume continues a run with its own config.json; drop --config, --set, "
@@ -135,10 +142,10 @@ def predict(
       hms-train predict --store cache/test.zarr --run runs/b0 --run runs/raw --weights 0.6,0.4
       hms-train predict --store cache/test.zarr --blend runs/blend.json
     """
-    from hms_train.blend import Blend
-    from hms_train.predict import predict_submission
-
     with _user_errors():
+        from hms_train.blend import Blend
+        from hms_train.predict import predict_submission
+
         if blend is not None:
             if run or weights:
                 raise ValueError("--blend names the runs and their weights: give it without --run or --weights")
@@ -148,7 +155,8 @@ def predict(
             raise ValueError("give the runs to predict with: --run RUN (repeatable) or --blend blend.json")
         else:
             run_weights = _floats(weights)
-        table = predict_submission(store, run, out, run_weights, device, tta)
+        table = predict_submission(store, run, out, run_weights, device, tta,
+                                   say=lambda line: typer.echo(f"warning: {line}", err=True))
     typer.echo(f"{out}: {table.num_rows} rows from {len(run)} run(s)")
 
 
@@ -207,9 +215,9 @@ def pseudo_label(
     Example: hms-train pseudo-label --runs runs/b0 --runs runs/raw --out runs/pseudo.parquet
     then:    hms-train --config seed_richard_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
     """
-    from hms_train.predict import pseudo_labels
-
     with _user_errors():
+        from hms_train.predict import pseudo_labels
+
         table = pseudo_labels(runs, store, out, min_votes, _floats(weights))
     typer.echo(f"{out}: pseudo-labels for {table.num_rows} rows with < {min_votes} votes")
 
@@ -286,11 +294,11 @@ def bench(
       hms-train bench --store cache/specs.zarr --config seed_david_b0 --json        # image_shape 1x400x768
       hms-train bench --store cache/specs.zarr --config seed_richard_b0 --train --device cuda --compile
     """
-    from hms_train.bench import format_report, format_train_report, run_bench, run_train_bench
-    from hms_train.config import load_config
-
     names = [name.strip() for name in inputs.split(",") if name.strip()]
     with _user_errors():
+        from hms_train.bench import format_report, format_train_report, run_bench, run_train_bench
+        from hms_train.config import load_config
+
         recipe = load_config(config, set_) if config else None
         if train:
             if recipe is None:

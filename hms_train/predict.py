@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from hms_train.forward import predict_probabilities, resolve_device
 from hms_train.metric import VOTE_COLUMNS
 from hms_train.models import create_model
 from hms_train.reader import Selection, StoreReader
+
+log = logging.getLogger("hms_train")
 
 # The checkpoint holds every weight: where the backbone's pretrained weights came from is not needed again.
 TRAINING_ONLY_KWARGS = ("pretrained", "weights")
@@ -58,18 +61,20 @@ def _weights(runs, weights) -> np.ndarray:
 
 def predict_submission(
     store: str, runs: list[Path], out: Path, weights: list[float] | None = None,
-    device: str = "auto", tta_hflip: bool = False,
+    device: str = "auto", tta_hflip: bool = False, say=log.warning,
 ) -> pa.Table:
     """Average every fold model of each run (runs weighted), rows in test.csv order, rows sum to 1.
 
     One prediction per eeg_id, so the store must have one row per eeg_id (a test store); a store with
     several rows for an eeg_id (a train store) is refused rather than written with duplicate eeg_ids.
+    A store with chunks not done is refused (the reader). A row that failed to build gets the uniform
+    1/6, and `say` gets one line counting them; when no row is usable, nothing is written (ValueError).
     """
     w = _weights(runs, weights)
     torch_device = resolve_device(device)
     models = {run: [load_fold_model(path, torch_device) for path in fold_checkpoints(run)] for run in runs}
     readers: dict[tuple[str, ...], StoreReader] = {}  # one per set of inputs, shared by the runs using it
-    blend = None
+    blend, warned = None, set()
     for run, run_weight in zip(runs, w):
         probs = None
         for fold in models[run]:
@@ -78,12 +83,19 @@ def predict_submission(
                 readers[inputs] = _test_reader(store, fold.config)
             reader = readers[inputs]
             rows = reader.select(Selection(only_ok=True))
+            if len(rows) == 0:
+                raise ValueError(f"{store}: none of its {reader.n_rows} rows was built ok for the inputs "
+                                 f"{', '.join(inputs)} (hms-prep info lists the failures); no submission written")
             if probs is None:
                 probs = np.zeros((reader.n_rows, 6), dtype=np.float64)
             probs[rows] += predict_probabilities(fold.model, reader, rows, fold.config, torch_device, tta_hflip=tta_hflip)
         probs[rows] /= len(models[run])
         failed = np.setdiff1d(np.arange(reader.n_rows), rows)
         probs[failed] = 1 / 6  # a test row whose EEG could not be read gets the uniform guess
+        if len(failed) and inputs not in warned:
+            warned.add(inputs)
+            say(f"{run}: {len(failed)} of {reader.n_rows} test rows failed to build (hms-prep info lists why); "
+                "they are predicted as the uniform 1/6")
         blend = run_weight * probs if blend is None else blend + run_weight * probs
     blend /= blend.sum(1, keepdims=True)
     order = np.argsort(reader.column("source_index"))  # back to test.csv order

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_prep.store import TARGET_COLUMNS, data_array_names, open_store, read_labels
+from hms_prep.store import TARGET_COLUMNS, data_array_names, open_store, read_labels, require_finished
 from hms_train.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
 from hms_train.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
 from hms_train.prefetch import in_background
@@ -54,6 +54,7 @@ class StoreReader:
         missing = [name for name in inputs if name not in present]
         if missing:
             raise KeyError(f"{url}: no array {missing} in the store; it has {present}")
+        require_finished(url, self.group, inputs)  # unwritten chunks read as zeros: never train on them
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.inputs = tuple(inputs)

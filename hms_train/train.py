@@ -314,8 +314,11 @@ def run_stage(
                 loss_sum += loss.detach()
                 steps += 1
                 progress.advance(steps, loss_sum)
+        if steps == 0:  # never an epoch of no training reported as done
+            raise RuntimeError(f"fold {fold} {stage.name} epoch {epoch + 1}: the reader gave no batch "
+                               f"(of {steps_per_epoch} expected)")
         scheduler.step(epoch + 1)  # per-epoch schedules move here (per-step ones ignore it)
-        train_loss = loss_sum.item() / max(steps, 1)  # the epoch's one read of the loss from the device
+        train_loss = loss_sum.item() / steps  # the epoch's one read of the loss from the device
         seconds = time.perf_counter() - started
 
         if ctx.main:

@@ -160,6 +160,58 @@ def test_predict_refuses_a_store_with_several_rows_per_eeg_id(smoke_run, stores,
     assert result.exit_code == 1 and "predict needs a test store" in result.output
 
 
+def test_a_store_with_chunks_not_done_is_refused_by_train_and_predict(smoke_run, stores, tmp_path):
+    """What a crashed build task leaves (a chunk whose done flag is unset) is never read as zeros."""
+    import zarr
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    out, _ = smoke_run
+    for kind, store in (("train", stores[0]), ("test", stores[1])):
+        unfinished = tmp_path / f"{kind}.zarr"
+        shutil.copytree(store, unfinished)
+        zarr.open_array(str(unfinished / "_build" / "eeg_10s" / "done"), mode="r+")[0] = 0
+        if kind == "test":
+            args = ["predict", "--store", str(unfinished), "--run", str(out), "--device", "cpu",
+                    "--out", str(tmp_path / "sub.csv")]
+        else:
+            args = ["train", "--config", "smoke", "--store", str(unfinished), "--device", "cpu", "--out", str(tmp_path / "run")]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert "not finished, chunks not done in eeg_10s 1 of" in result.output and "hms-prep build" in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "sub.csv").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_predict_counts_failed_rows_and_refuses_when_none_is_usable(smoke_run, learn_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    out, _ = smoke_run
+    data = tmp_path / "data"
+    shutil.copytree(learn_data, data)
+    test_eegs = sorted((data / "test_eegs").glob("*.parquet"))
+    test_eegs[0].write_bytes(b"not a parquet file")  # one test EEG broken: its row fails
+    store = tmp_path / "test.zarr"
+    summary = run_build(BuildConfig(data_dir=str(data), store=str(store), split="test", windows=(10,), workers=1))
+    assert len(summary.failed_rows()) == 1
+    result = CliRunner().invoke(app, ["predict", "--store", str(store), "--run", str(out), "--device", "cpu",
+                                      "--out", str(tmp_path / "sub.csv")])
+    assert result.exit_code == 0, result.output
+    assert f"1 of {len(test_eegs)} test rows failed to build" in result.output and "uniform 1/6" in result.output
+
+    for path in test_eegs:
+        path.write_bytes(b"not a parquet file")
+    store = tmp_path / "all_failed.zarr"
+    run_build(BuildConfig(data_dir=str(data), store=str(store), split="test", windows=(10,), workers=1))
+    result = CliRunner().invoke(app, ["predict", "--store", str(store), "--run", str(out), "--device", "cpu",
+                                      "--out", str(tmp_path / "none.csv")])
+    assert result.exit_code == 1 and "none of its" in result.output and "no submission written" in result.output
+    assert not (tmp_path / "none.csv").exists()
+
+
 def test_bad_pseudo_labels_fail_before_training_without_a_traceback(stores, tmp_path):
     import pyarrow as pa
 

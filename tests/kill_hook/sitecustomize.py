@@ -1,6 +1,12 @@
 """Loaded by every process of a build under test (PYTHONPATH): numbers each file the build writes into
-the store, globally across processes, and kills the whole process group right after the write numbered
-HMS_KILL_AT appears, as a power cut at that instant would. Used by tests/test_reliability.py only."""
+the store, globally across processes, and right after the write numbered
+  HMS_KILL_AT         kills the whole process group, as a power cut at that instant would;
+  HMS_KILL_WORKER_AT  kills (SIGKILL) the Dask worker process that wrote it, once per build: the first
+                      write at or after that number made in a worker (the nanny starts a new worker);
+and, independently,
+  HMS_FAIL_ON         raises OSError (EIO) from the first write whose path contains this text, once per
+                      build, as a failing disk would: the task that made it crashes.
+Used by tests/test_reliability.py and tests/test_install.py."""
 
 import os
 import signal
@@ -12,6 +18,23 @@ if os.environ.get("HMS_KILL_LOG"):
     import zarr.storage._local as local
 
     LOG, AT = Path(os.environ["HMS_KILL_LOG"]), int(os.environ.get("HMS_KILL_AT", "-1"))
+    WORKER_AT, FAIL_ON = int(os.environ.get("HMS_KILL_WORKER_AT", "-1")), os.environ.get("HMS_FAIL_ON")
+
+    def _in_worker() -> bool:
+        try:
+            from distributed import get_worker
+
+            get_worker()
+            return True
+        except (ImportError, ValueError):
+            return False
+
+    def _once(name: str) -> bool:
+        try:
+            os.close(os.open(LOG.parent / f"{LOG.name}.{name}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
 
     def _written(path) -> None:
         index = 0
@@ -25,6 +48,12 @@ if os.environ.get("HMS_KILL_LOG"):
         os.close(fd)
         if index == AT:
             os.killpg(os.getpgid(0), signal.SIGKILL)
+        if 0 <= WORKER_AT <= index and _in_worker() and _once("worker-killed"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if FAIL_ON and FAIL_ON in str(path) and _once("failed"):
+            import errno
+
+            raise OSError(errno.EIO, "Input/output error (HMS_FAIL_ON)", str(path))
 
     _put = local._put
 

@@ -1,0 +1,221 @@
+"""An install that is what was tested, and failures that are never silent (docs/install.md,
+docs/reliability.md): the lock, `hms-prep doctor`, a build refused before it touches a store when a
+compiled part cannot load, and chunk tasks that crash (in process, on a Dask worker that cannot compute,
+on a worker killed mid-build) counted and reported with a non-zero exit."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hms_prep.audit import verify_store
+from hms_prep.doctor import BUILD_PARTS, PARTS, TRAIN_PARTS
+
+from conftest import ROOT
+
+HOOK = Path(__file__).parent / "kill_hook"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Three EEGs: two chunks of rows at --chunk-rows 8."""
+    from hms_prep.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    synthesize(out, n_eegs=3, seed=3, n_test=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def broken_torchaudio(tmp_path_factory):
+    """A folder that, first on PYTHONPATH, makes `import torchaudio` fail the way torchaudio 2.11.1 did
+    beside torch 2.11.0: its compiled library does not load."""
+    root = tmp_path_factory.mktemp("broken")
+    (root / "torchaudio").mkdir()
+    (root / "torchaudio" / "__init__.py").write_text(
+        'raise OSError("Could not load this library: /site-packages/torchaudio/lib/libtorchaudio.so")\n')
+    return root
+
+
+def run(*args, pythonpath=(), env=None, timeout=300):
+    path = os.pathsep.join(map(str, (*pythonpath, ROOT)))
+    return subprocess.run([str(a) for a in args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": path, **(env or {})})
+
+
+def prep(*args, **kwargs):
+    return run(sys.executable, "-m", "hms_prep.cli", *args, **kwargs)
+
+
+def errors(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def snapshot(store: Path) -> dict:
+    """Every file of a store with its size and modification time: what 'not changed' means (the lock file,
+    which each build takes and names itself in, aside)."""
+    return {p.relative_to(store).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(store.rglob("*")) if p.is_file() and p.name != "build.lock"}
+
+
+def test_the_lock_pins_every_package_with_hashes_and_torch_with_its_torchaudio():
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    packages = {p["name"]: p for p in lock["package"]}
+    for name, package in packages.items():
+        if package.get("source", {}).get("registry"):
+            assert package["version"] and all("hash" in w for w in package.get("wheels", [])), name
+    torch, torchaudio = packages["torch"]["version"], packages["torchaudio"]["version"]
+    assert torch.split(".")[:2] == torchaudio.split(".")[:2], (torch, torchaudio)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {"dev", "dashboard", "s3"} & set(project["optional-dependencies"])
+    assert wanted <= set(packages["hms-cache"]["optional-dependencies"])  # every extra is locked too
+
+
+def test_the_installed_set_is_the_locked_one():
+    from importlib.metadata import version
+
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    locked = {p["name"]: p["version"] for p in lock["package"]}
+    for name in ("torch", "torchaudio", "numpy", "zarr", "numcodecs", "timm", "dask", "pyarrow", "crc32c"):
+        assert version(name).split("+")[0] == locked[name], name
+
+
+def test_doctor_checks_every_compiled_part():
+    result = prep("doctor")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(" (")[0] for line in result.stdout.splitlines()] == [f"ok  {p.name}" for p in PARTS.values()]
+    assert set(BUILD_PARTS) | set(TRAIN_PARTS) <= set(PARTS)
+
+
+def test_a_torchaudio_that_cannot_load_is_one_line_naming_it(broken_torchaudio):
+    result = prep("doctor", pythonpath=[broken_torchaudio])
+    assert result.returncode == 1
+    (line,) = errors(result)
+    assert line.startswith("error: torchaudio's library: OSError: Could not load this library")
+    assert "torchaudio 2." in line and "torch 2." in line and "fix: run `make setup`" in line
+    assert "Traceback" not in result.stderr
+
+
+def test_a_build_that_cannot_compute_creates_and_changes_nothing(broken_torchaudio, tiny_data, tmp_path):
+    store = tmp_path / "new.zarr"
+    result = prep("build", "--data", tiny_data, "--store", store, "--windows", "10", "--quiet",
+                  pythonpath=[broken_torchaudio])
+    assert result.returncode == 1 and not store.exists(), result.stderr
+    (line,) = errors(result)
+    assert "torchaudio" in line and "Traceback" not in result.stderr
+
+    good = tmp_path / "good.zarr"
+    assert prep("build", "--data", tiny_data, "--store", good, "--windows", "10", "--quiet").returncode == 0
+    before = snapshot(good)
+    # Nothing to compute: the build needs no compiled part, and succeeds.
+    again = prep("build", "--data", tiny_data, "--store", good, "--windows", "10", "--quiet",
+                 pythonpath=[broken_torchaudio])
+    assert again.returncode == 0, again.stderr
+    # A new window to compute: refused before the array is created.
+    more = prep("build", "--data", tiny_data, "--store", good, "--windows", "10,30", "--quiet",
+                pythonpath=[broken_torchaudio])
+    assert more.returncode == 1 and "torchaudio" in errors(more)[0]
+    assert snapshot(good) == before
+
+
+def test_chunk_tasks_on_workers_that_cannot_compute_fail_the_build_loudly(broken_torchaudio, tiny_data, tmp_path):
+    """The issue's case: every task raised in its worker, and the build said '0 rows failed' and exited 0.
+    Here the driver is healthy (its own check passes) and the workers of the cluster are not."""
+    scheduler_file = tmp_path / "scheduler.json"
+    broken = {"PYTHONPATH": f"{broken_torchaudio}{os.pathsep}{ROOT}"}
+    processes = [
+        subprocess.Popen([BIN / "dask", "scheduler", "--scheduler-file", scheduler_file, "--port", "0",
+                          "--no-dashboard"], env={**os.environ, **broken}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True),
+        subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", scheduler_file, "--nworkers", "1",
+                          "--nthreads", "1", "--no-dashboard"], env={**os.environ, **broken},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+    ]
+    try:
+        address = _scheduler_address(scheduler_file)
+        store = tmp_path / "s.zarr"
+        result = prep("build", "--data", tiny_data, "--store", store, "--windows", "10", "--chunk-rows", "8",
+                      "--scheduler", address, "--quiet")
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0 rows in" in result.stdout  # the summary line, then the reason
+    (line,) = errors(result)
+    assert re.match(r"error: \d+ chunk tasks crashed: OSError: Could not load this library", line), line
+    assert "Traceback" not in result.stderr
+    problems = verify_store(str(store))
+    assert any("chunks not complete" in p for p in problems), problems
+
+
+def _scheduler_address(path: Path) -> str:
+    import json
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())["address"]
+            except (ValueError, KeyError):
+                pass
+        time.sleep(0.2)
+    raise TimeoutError(f"no Dask scheduler wrote {path}")
+
+
+def hooked_build(data, store: Path, log: Path, env: dict, in_process: bool):
+    """run_build in a child process with the write-numbering hook (tests/kill_hook), on a LocalCluster of
+    two worker processes or in process; returns the CompletedProcess (its stdout: the summary as JSON)."""
+    log.mkdir()
+    script = (
+        "import json, sys\n"
+        "from hms_prep.build import BuildConfig, run_build\n"
+        f"s = run_build(BuildConfig(data_dir={str(data)!r}, store={str(store)!r}, windows=(10,), chunk_rows=8,\n"
+        f"              workers=2, in_process={in_process}))\n"
+        "print(json.dumps({'ok': s.ok, 'crashed': s.crashed, 'line': s.crash_line(), 'rows': s.rows_computed,\n"
+        "                  'failed': len(s.failed_rows())}))\n"
+    )
+    return run(sys.executable, "-c", script, pythonpath=[HOOK],
+               env={"HMS_KILL_LOG": str(log), **env})
+
+
+def _summary(result) -> dict:
+    import json
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_task_that_raises_in_process_is_counted_and_its_chunk_redone(tiny_data, tmp_path):
+    store = tmp_path / "s.zarr"
+    # The disk fails writing the first data chunk of eeg_10s.
+    summary = _summary(hooked_build(tiny_data, store, tmp_path / "log", {"HMS_FAIL_ON": "eeg_10s/c/"},
+                                    in_process=True))
+    assert not summary["ok"] and len(summary["crashed"]) == 1 and summary["failed"] > 0
+    assert summary["line"].startswith("1 chunk tasks crashed: OSError: [Errno 5] Input/output error"), summary
+    assert verify_store(str(store))  # not done, and said so
+    resumed = _summary(hooked_build(tiny_data, store, tmp_path / "log2", {}, in_process=True))
+    assert resumed["ok"] and resumed["rows"] == 8 and verify_store(str(store)) == []
+
+
+def test_a_worker_killed_mid_build_is_retried_by_dask_or_reported(tiny_data, tmp_path):
+    # Dask reruns the task of a worker that died (the nanny starts a new one): the build ends complete.
+    store = tmp_path / "retried.zarr"
+    summary = _summary(hooked_build(tiny_data, store, tmp_path / "log", {"HMS_KILL_WORKER_AT": "0"},
+                                    in_process=False))
+    assert (tmp_path / "log.worker-killed").exists()  # a worker really died
+    assert summary["ok"] and verify_store(str(store)) == []
+    # With no retry allowed, the task fails with KilledWorker: counted, named, never a silent success.
+    store = tmp_path / "reported.zarr"
+    summary = _summary(hooked_build(tiny_data, store, tmp_path / "log2", {
+        "HMS_KILL_WORKER_AT": "0", "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}, in_process=False))
+    assert (tmp_path / "log2.worker-killed").exists()
+    assert not summary["ok"] and re.match(r"\d+ chunk tasks crashed: KilledWorker", summary["line"]), summary
+    assert verify_store(str(store))

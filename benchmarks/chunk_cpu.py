@@ -2,7 +2,7 @@
 figure least moved by a busy machine, and comparable across versions of the code.
 
 Creates a store for the default arrays (--windows 10,30, Kaggle, raw), runs the first --chunks chunk
-tasks (`hms_prep.chunk.build_chunk`) directly (the first one only warms imports and caches and is not
+tasks (`hms_prep.build.task.build_chunk`) directly (the first one only warms imports and caches and is not
 counted), and prints CPU ms per row (`time.process_time`: this process, all its threads), wall rows/s
 and each stage's wall ms per row. `--profile` adds cProfile's top functions by own time.
 
@@ -27,11 +27,11 @@ import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from hms_prep.build import BuildConfig, _open_or_create  # noqa: E402
-from hms_prep.chunk import ArrayJob, ChunkJob, build_chunk  # noqa: E402
-from hms_prep.kaggle import read_labels  # noqa: E402
-from hms_prep.plan import plan_raw_segments, plan_rows, planned_rows  # noqa: E402
-from hms_prep.store import create_build_state  # noqa: E402
+from hms_prep.build.run import BuildConfig, _open_or_create  # noqa: E402
+from hms_prep.build.task import ArrayJob, ChunkJob, build_chunk  # noqa: E402
+from hms_prep.sources.kaggle import read_labels  # noqa: E402
+from hms_prep.sources.rows import plan_raw_segments, plan_rows, planned_rows  # noqa: E402
+from hms_prep.store.format import create_build_state  # noqa: E402
 
 
 def chunk_jobs(config: BuildConfig, n_chunks: int) -> list[ChunkJob]:

@@ -27,7 +27,7 @@ import numcodecs
 import numpy as np
 from numcodecs import Blosc, Zstd
 
-from hms_prep.store import data_array_names, open_store
+from hms_prep.store.format import data_array_names, open_store
 
 MB, GB = 1e6, 1e9
 

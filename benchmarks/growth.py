@@ -3,7 +3,7 @@
 Synthesizes a Kaggle-layout folder big enough (hms-prep synth makes about 5 label rows per EEG; the
 folder is reused when it has a train.csv), builds it with the default arrays (--windows 10,30, Kaggle,
 raw) on a local cluster started by the build itself, then times `info`, `verify` and the trainer's
-reader start (`hms_train.reader.StoreReader(url, inputs)`: opening the store, labels.parquet, decoders).
+reader start (`hms_train.data.reader.StoreReader(url, inputs)`: opening the store, labels.parquet, decoders).
 
 What is printed, and how it is measured:
   rows/s          label rows / `run_build` wall seconds (cluster start included: the build starts it)
@@ -33,7 +33,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from hms_prep.audit import store_info, verify_store  # noqa: E402
-from hms_prep.build import BuildConfig, run_build  # noqa: E402
+from hms_prep.build.run import BuildConfig, run_build  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_memory import PeakMemory  # noqa: E402
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     result["info_s"], _ = timed(store_info, str(store))
     result["verify_s"], problems = timed(verify_store, str(store))
     result["verify_problems"] = len(problems)
-    from hms_train.reader import StoreReader  # the trainer's side, as a user would start it
+    from hms_train.data.reader import StoreReader  # the trainer's side, as a user would start it
 
     result["reader_start_s"], _ = timed(StoreReader, str(store), READER_INPUTS)
 

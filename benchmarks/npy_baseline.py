@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hms_train.compose import compose_image
-from hms_train.reader import Selection, StoreReader
+from hms_train.image.compose import compose_image
+from hms_train.data.reader import Selection, StoreReader
 
 DEFAULT_INPUTS = "eeg_10s,eeg_30s,kaggle"
 FORMATS = ("parts16", "image32")

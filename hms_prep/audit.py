@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from hms_prep.codecs import ChunkError, ChunkSource, codec_of
+from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of
 from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.kinds import kind_named
-from hms_prep.plan import RAW_INDEX_COLUMNS
-from hms_prep.store import (
+from hms_prep.sources.rows import RAW_INDEX_COLUMNS
+from hms_prep.store.format import (
     STATUS_FAILED,
     STATUS_OK,
     StoreLayout,

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from hms_prep.codecs import AUTO, FAST
-from hms_prep.kaggle import KaggleDataError
-from hms_prep.store import StoreError
+from hms_prep.store.codecs import AUTO, FAST
+from hms_prep.sources.kaggle import KaggleDataError
+from hms_prep.store.format import StoreError
 
 # `hms-prep build` finished, but some rows failed (listed, recorded in labels.parquet, computed again once
 # a file they are cut from changes, or with --retry-failed):
@@ -156,10 +156,10 @@ def build(
     the build, or chunk tasks crashed (counted and named; their chunks are not done); 130 interrupted
     (Ctrl-C): the same command resumes where it stopped.
     """
-    from hms_prep.build import BuildConfig, BuildError, run_build
+    from hms_prep.build.run import BuildConfig, BuildError, run_build
     from hms_prep.doctor import BrokenInstall
     from hms_prep.kinds import MelParams, RawParams
-    from hms_prep.lock import StoreLocked
+    from hms_prep.store.lock import StoreLocked
 
     if split not in ("train", "test"):
         raise typer.BadParameter(f"--split must be train or test, got {split!r}")

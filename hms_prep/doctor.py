@@ -142,11 +142,11 @@ TRAIN_PARTS = ("torch", "torchvision", "timm", "blosc", "zstd", "crc32c", "pyarr
 
 
 class BrokenInstall(RuntimeError):
-    """Some compiled parts do not load; the message has one line per part."""
+    """Some compiled parts do not load; the message has one line per broken part."""
 
-    def __init__(self, broken: list[Broken]):
-        self.broken = broken
-        super().__init__("\n".join(b.line() for b in broken))
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
 
 
 def check(names=tuple(PARTS)) -> list[Broken]:
@@ -164,8 +164,13 @@ def check(names=tuple(PARTS)) -> list[Broken]:
     return broken
 
 
+def broken_lines(names=tuple(PARTS)) -> list[str]:
+    """One line per broken part among `names` (what a Dask worker sends back: plain strings)."""
+    return [b.line() for b in check(names)]
+
+
 def require(names) -> None:
-    """Raise BrokenInstall unless every part of `names` works."""
-    broken = check(names)
-    if broken:
-        raise BrokenInstall(broken)
+    """Raise BrokenInstall unless every part of `names` works in this process."""
+    lines = broken_lines(names)
+    if lines:
+        raise BrokenInstall(lines)

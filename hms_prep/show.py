@@ -29,8 +29,8 @@ import pyarrow as pa  # noqa: E402
 from hms_prep import domain  # noqa: E402
 from hms_prep.domain import CHAINS, CLASSES, LABEL_SAMPLES, LABEL_WINDOW_S, SAMPLE_RATE, VOTE_COLUMNS  # noqa: E402
 from hms_prep.kinds import kind_named  # noqa: E402
-from hms_prep.montage import pair_names  # noqa: E402
-from hms_prep.store import describe_arrays, open_store, read_labels  # noqa: E402
+from hms_prep.sources.montage import pair_names  # noqa: E402
+from hms_prep.store.format import describe_arrays, open_store, read_labels  # noqa: E402
 
 # The PNG is always FIG_WIDTH x (SPECTROGRAM_HEIGHT [+ RAW_HEIGHT]) inches at DPI.
 FIG_WIDTH, SPECTROGRAM_HEIGHT, RAW_HEIGHT, DPI = 15.0, 5.5, 5.0, 100

@@ -31,8 +31,8 @@ from scipy.signal import ShortTimeFFT, oaconvolve
 from scipy.signal.windows import hann
 
 from hms_prep.domain import CHAINS, CLASSES, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_ROW_S, SPEC_WINDOW_S, VOTE_COLUMNS
-from hms_prep.kaggle import EEG_COLUMNS, SPEC_COLUMNS, SPEC_FREQS, TEST_COLUMNS, TRAIN_COLUMNS, eeg_path, spectrogram_path
-from hms_prep.montage import bipolar_signals
+from hms_prep.sources.kaggle import EEG_COLUMNS, SPEC_COLUMNS, SPEC_FREQS, TEST_COLUMNS, TRAIN_COLUMNS, eeg_path, spectrogram_path
+from hms_prep.sources.montage import bipolar_signals
 
 # An EEG label window [o, o + 50) sits at spectrogram seconds [spec_o + 275, spec_o + 325).
 SPEC_LEAD_S = (SPEC_WINDOW_S - LABEL_WINDOW_S) // 2

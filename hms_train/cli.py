@@ -45,11 +45,11 @@ def _user_errors():
     """Expected failures (bad config values, missing runs, stores or weights, bad inputs) end in one
     `error:` line and exit 1. Anything else (a CUDA out-of-memory, a bug) keeps its traceback."""
     from hms_prep.doctor import TRAIN_PARTS, BrokenInstall, require
-    from hms_prep.store import StoreError
+    from hms_prep.store.format import StoreError
 
     try:
         require(TRAIN_PARTS)  # a broken compiled part is one line naming it, before any import of it fails
-        from hms_train.models import MissingWeightsError
+        from hms_train.model.models import MissingWeightsError
     except BrokenInstall as err:
         for line in str(err).splitlines():
             typer.echo(f"error: {line}", err=True)
@@ -103,8 +103,8 @@ def train(
     overrides += [f"weights={json.dumps(str(weights))}"] if weights is not None else []
     overrides += set_
     with _user_errors():
-        from hms_train.config import TrainConfig, load_config
-        from hms_train.train import train as run_training
+        from hms_train.run.config import TrainConfig, load_config
+        from hms_train.run.train import train as run_training
 
         if resume is not None:
             if config or overrides or out:
@@ -143,8 +143,8 @@ def predict(
       hms-train predict --store cache/test.zarr --blend runs/blend.json
     """
     with _user_errors():
-        from hms_train.blend import Blend
-        from hms_train.predict import predict_submission
+        from hms_train.run.blend import Blend
+        from hms_train.run.predict import predict_submission
 
         if blend is not None:
             if run or weights:
@@ -178,7 +178,7 @@ def blend(
     from rich.console import Console
     from rich.table import Table
 
-    from hms_train.blend import blend_runs
+    from hms_train.run.blend import blend_runs
 
     with _user_errors():
         _writable(out)
@@ -216,7 +216,7 @@ def pseudo_label(
     then:    hms-train --config seed_richard_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
     """
     with _user_errors():
-        from hms_train.predict import pseudo_labels
+        from hms_train.run.predict import pseudo_labels
 
         table = pseudo_labels(runs, store, out, min_votes, _floats(weights))
     typer.echo(f"{out}: pseudo-labels for {table.num_rows} rows with < {min_votes} votes")
@@ -241,8 +241,8 @@ def compare(
     from rich.console import Console
     from rich.table import Table
 
-    from hms_train.compare import compare_runs, plot_learning_curves
-    from hms_train.metric import CLASS_NAMES
+    from hms_train.run.compare import compare_runs, plot_learning_curves
+    from hms_train.run.metric import CLASS_NAMES
 
     console = Console(stderr=True)
     with _user_errors():
@@ -296,8 +296,8 @@ def bench(
     """
     names = [name.strip() for name in inputs.split(",") if name.strip()]
     with _user_errors():
-        from hms_train.bench import format_report, format_train_report, run_bench, run_train_bench
-        from hms_train.config import load_config
+        from hms_train.run.bench import format_report, format_train_report, run_bench, run_train_bench
+        from hms_train.run.config import load_config
 
         recipe = load_config(config, set_) if config else None
         if train:

@@ -8,9 +8,9 @@ import scipy.stats
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from hms_train.compose import compose, random_crop
-from hms_train.layout import LayoutConfig, PartConfig, PartSource, resolve_layout
-from hms_train.augment import (
+from hms_train.image.compose import compose, random_crop
+from hms_train.image.layout import LayoutConfig, PartConfig, PartSource, resolve_layout
+from hms_train.image.augment import (
     AugmentConfig,
     Augmenter,
     affine_theta,

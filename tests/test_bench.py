@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hms_train.bench import run_bench, run_train_bench
+from hms_train.run.bench import run_bench, run_train_bench
 from hms_train.cli import app
-from hms_train.config import load_config
+from hms_train.run.config import load_config
 
 TINY = ['backbone="mobilenetv3_small_050"', "pool=\"avg\"", "batch_size=4"]
 

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hms_prep.domain import TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.store import read_labels
-from hms_train.blend import Blend, blend_runs, blend_weights
-from hms_train.metric import kaggle_kl
+from hms_prep.store.format import read_labels
+from hms_train.run.blend import Blend, blend_runs, blend_weights
+from hms_train.run.metric import kaggle_kl
 
 
 def write_oof(run, store: str, labels: pa.Table, rows: np.ndarray, predictions: np.ndarray) -> None:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import zarr
 
-from hms_prep import kaggle
+from hms_prep.sources import kaggle
 from hms_prep.audit import store_info, verify_store
-from hms_prep.build import BuildConfig, run_build
+from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.domain import TARGET_COLUMNS
-from hms_prep.montage import bipolar_signals
-from hms_prep.store import StoreError, open_store, read_labels
+from hms_prep.sources.montage import bipolar_signals
+from hms_prep.store.format import StoreError, open_store, read_labels
 
 from conftest import REAL, ROOT, needs_real_sample
 
@@ -74,7 +74,7 @@ def test_store_contents(train_store, synth_data):
 
 def test_stored_values_match_the_source_files(train_store, synth_data):
     """Spot-check one row against a direct computation from its files."""
-    from hms_prep.kaggle_crop import kaggle_crop
+    from hms_prep.kinds.kaggle_crop import kaggle_crop
 
     group, _ = open_store(train_store)
     labels = read_labels(train_store).to_pylist()
@@ -270,8 +270,8 @@ def test_codec_fast_stores_the_eeg_windows_uncompressed_and_the_same_values(trai
                                                                              cluster):
     """`--codec fast`: each kind's fastest codec to read (the EEG windows uncompressed, the Kaggle crop in
     zstd, raw in lz4); the values are those of the default store, and the reader reads them alike."""
-    from hms_prep.codecs import codec_of
-    from hms_train.reader import Selection, StoreReader
+    from hms_prep.store.codecs import codec_of
+    from hms_train.data.reader import Selection, StoreReader
 
     store = tmp_path / "fast.zarr"
     assert build(synth_data, store, cluster, codec="fast").ok

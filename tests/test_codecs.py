@@ -7,7 +7,7 @@ import pytest
 import zarr
 from zarr.codecs import Crc32cCodec, GzipCodec, ZstdCodec
 
-from hms_prep.codecs import CODECS, ChunkSink, Codec, write_rows
+from hms_prep.store.codecs import CODECS, ChunkSink, Codec, write_rows
 
 SHAPE, CHUNKS = (13, 3, 40), (4, 3, 40)  # the last chunk holds one row: zarr pads it with the fill value
 
@@ -40,7 +40,7 @@ def test_every_declared_codec_writes_the_bytes_zarr_writes(tmp_path, name):
 
 @pytest.mark.parametrize("dtype, fill", [("uint8", 2), ("float32", 0.0)])
 def test_build_state_arrays_are_written_as_zarr_writes_them(tmp_path, dtype, fill):
-    """status, repaired and done (zstd level 0 and a checksum, hms_prep.store.create_build_state)."""
+    """status, repaired and done (zstd level 0 and a checksum, hms_prep.store.format.create_build_state)."""
     by_zarr, by_sink = _twins(tmp_path, (10,), (4,), dtype, (ZstdCodec(level=0), Crc32cCodec()), fill)
     values = np.arange(10).astype(dtype)
     for start in (0, 4, 8):
@@ -71,7 +71,7 @@ def test_anything_but_one_whole_chunk_of_a_local_store_goes_through_zarr(tmp_pat
 def test_read_whole_reads_what_zarr_reads_and_names_damaged_chunks(tmp_path):
     """Build-state arrays are read chunk file by chunk file (codecs.read_whole): never-written chunks are
     the fill value, a damaged one is named and read as the fill value too."""
-    from hms_prep.codecs import read_whole
+    from hms_prep.store.codecs import read_whole
 
     array = zarr.create_array(str(tmp_path / "status.zarr"), shape=(10,), chunks=(4,), dtype="uint8", fill_value=0,
                               compressors=(ZstdCodec(level=0), Crc32cCodec()))

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from hms_prep.kaggle import VOTE_COLUMNS
-from hms_prep.store import StoreError, read_labels
+from hms_prep.sources.kaggle import VOTE_COLUMNS
+from hms_prep.store.format import StoreError, read_labels
 from hms_train.cli import app
-from hms_train.compare import compare_runs
-from hms_train.metric import CLASS_NAMES, cv_report
+from hms_train.run.compare import compare_runs
+from hms_train.run.metric import CLASS_NAMES, cv_report
 
 
 def vote_targets(labels: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +27,7 @@ def vote_targets(labels: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_run(run, store: str, labels: pa.Table, rows: np.ndarray, predictions: np.ndarray, curve: list[float]):
-    """A run directory as hms_train.train writes it, with the given out-of-fold predictions."""
+    """A run directory as hms_train.run.train writes it, with the given out-of-fold predictions."""
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"store": store, "model": "fake"}))
     columns = {

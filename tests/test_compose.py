@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hms_train.compose import compose_image, image_layout
+from hms_train.image.compose import compose_image, image_layout
 
 
 def labelled_part(batch: int, freqs: int, times: int, part_id: int) -> torch.Tensor:

@@ -4,9 +4,9 @@ and what only the store can tell (folds, inputs). Errors name the key and what i
 import pytest
 from typer.testing import CliRunner
 
-from hms_train.augment import AugmentConfig
+from hms_train.image.augment import AugmentConfig
 from hms_train.cli import app
-from hms_train.config import ConfigError, TrainConfig, bundled_configs, check_against_store, load_config
+from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, check_against_store, load_config
 
 
 @pytest.mark.parametrize("name", bundled_configs())
@@ -101,9 +101,9 @@ def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
     import torch
     import typer
 
-    from hms_prep.store import StoreError
+    from hms_prep.store.format import StoreError
     from hms_train.cli import _user_errors
-    from hms_train.models import MissingWeightsError
+    from hms_train.model.models import MissingWeightsError
 
     for expected in (ConfigError("lr: bad"), ValueError("bad"), FileNotFoundError("gone"), StoreError("old"),
                      MissingWeightsError("no weights")):

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hms_prep import kaggle
-from hms_prep.kaggle import KaggleDataError
-from hms_prep.montage import BIPOLAR_PAIRS, bipolar_signals, fill_nan, pair_names
+from hms_prep.sources import kaggle
+from hms_prep.sources.kaggle import KaggleDataError
+from hms_prep.sources.montage import BIPOLAR_PAIRS, bipolar_signals, fill_nan, pair_names
 
 from conftest import REAL, needs_real_sample
 @needs_real_sample

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from hms_prep.kaggle import read_spectrogram
-from hms_prep.kaggle_crop import kaggle_crop
+from hms_prep.sources.kaggle import read_spectrogram
+from hms_prep.kinds.kaggle_crop import kaggle_crop
 
 from conftest import REAL, needs_real_sample
 

@@ -12,12 +12,12 @@ import zarr
 from typer.testing import CliRunner
 
 from hms_prep.audit import store_info, verify_store
-from hms_prep.build import BuildConfig, run_build
+from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.cli import app
-from hms_prep.codecs import CODECS
+from hms_prep.store.codecs import CODECS
 from hms_prep.domain import CHAINS, SAMPLE_RATE
-from hms_prep.kaggle import read_spectrogram, spectrogram_path
-from hms_prep.kaggle_crop import kaggle_crop
+from hms_prep.sources.kaggle import read_spectrogram, spectrogram_path
+from hms_prep.kinds.kaggle_crop import kaggle_crop
 from hms_prep.kinds import (
     KINDS,
     ArrayKind,
@@ -32,7 +32,7 @@ from hms_prep.kinds import (
 )
 from hms_prep.kinds.base import EEG
 from hms_prep.show import show_row
-from hms_prep.store import StoreError, describe_arrays, digest, open_store, read_labels
+from hms_prep.store.format import StoreError, describe_arrays, digest, open_store, read_labels
 
 V1_ARRAYS = Path(__file__).parent / "data" / "store_v1_arrays.json"  # written by the layout-v1 code
 

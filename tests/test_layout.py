@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from hms_prep.domain import MIRRORED_CHAINS, standardise
-from hms_train.augment import AugmentConfig, hemisphere_swap
-from hms_train.compose import compose, eval_windows
-from hms_train.config import TrainConfig
-from hms_train.forward import image_layout, make_augmenter, model_inputs, model_spec, predict_probabilities, run_model
-from hms_train.layout import LayoutConfig, LayoutError, PartSource, resolve_layout
-from hms_train.models import create_model
-from hms_train.reader import Selection, StoreReader
+from hms_train.image.augment import AugmentConfig, hemisphere_swap
+from hms_train.image.compose import compose, eval_windows
+from hms_train.run.config import TrainConfig
+from hms_train.run.forward import image_layout, make_augmenter, model_inputs, model_spec, predict_probabilities, run_model
+from hms_train.image.layout import LayoutConfig, LayoutError, PartSource, resolve_layout
+from hms_train.model.models import create_model
+from hms_train.data.reader import Selection, StoreReader
 
 DAVID = {
     "parts": [

@@ -1,4 +1,4 @@
-"""The KL training loss (hms_train.losses) and the Kaggle metric with its CV report (hms_train.metric)."""
+"""The KL training loss (hms_train.model.losses) and the Kaggle metric with its CV report (hms_train.run.metric)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.special import rel_entr
 
-from hms_train.losses import Loss
-from hms_train.metric import CLASS_NAMES, cv_report, kaggle_kl
+from hms_train.model.losses import Loss
+from hms_train.run.metric import CLASS_NAMES, cv_report, kaggle_kl
 
 
 def kl_loss(logits, targets, votes=None, mse_weight=0.0, vote_weighting="none") -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Shapes, pooling semantics and weight loading of hms_train.models (random init, small images, CPU)."""
+"""Shapes, pooling semantics and weight loading of hms_train.model.models (random init, small images, CPU)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import safetensors.torch
 import timm
 import torch
 
-from hms_train.models import (
+from hms_train.model.models import (
     AttentionPool,
     GeM,
     MultimodalNet,
@@ -201,7 +201,7 @@ def test_pretrained_reads_the_local_cache_only(tmp_path):
     script = textwrap.dedent(
         f"""
         import torch
-        from hms_train.models import create_model
+        from hms_train.model.models import create_model
         model = create_model("2d", backbone="efficientnet_b0", pretrained=True, image_size={IMAGE_SIZE})
         expected = torch.load({str(tmp_path / "expected_stem.pt")!r})
         assert torch.allclose(model.backbone.conv_stem.weight, expected), "cached weights not loaded"
@@ -237,8 +237,8 @@ def test_create_model_refuses_arguments_a_kind_does_not_take():
 
 
 def test_a_registered_kind_declares_its_inputs_and_runs_by_keyword(image):
-    from hms_train.forward import run_model
-    from hms_train.models import MODEL_KINDS, register_model
+    from hms_train.run.forward import run_model
+    from hms_train.model.models import MODEL_KINDS, register_model
 
     @register_model("test_mean", inputs=("image",))
     def mean_model(scale: float = 1.0) -> torch.nn.Module:

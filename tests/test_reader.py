@@ -13,12 +13,12 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-from hms_prep.codecs import CODECS, Codec
-from hms_prep.store import LABELS_FILE, ROOT_KEY, TARGET_COLUMNS, StoreError, write_labels
-from hms_train.bench import run_bench
-from hms_train.compose import compose_image
-from hms_train.chunks import ChunkError
-from hms_train.reader import RAW_WINDOW, ChunkDecoder, Selection, StoreReader
+from hms_prep.store.codecs import CODECS, Codec
+from hms_prep.store.format import LABELS_FILE, ROOT_KEY, TARGET_COLUMNS, StoreError, write_labels
+from hms_train.run.bench import run_bench
+from hms_train.image.compose import compose_image
+from hms_train.data.chunks import ChunkError
+from hms_train.data.reader import RAW_WINDOW, ChunkDecoder, Selection, StoreReader
 
 SPECTROGRAMS = ["eeg_10s", "eeg_30s", "kaggle"]
 
@@ -337,7 +337,7 @@ def test_run_bench_reports_every_figure(train_store):
 
 
 def test_a_codec_added_to_the_declaration_is_decoded_with_no_other_change(tmp_path, monkeypatch):
-    """The how-to for a new codec: one `Codec` entry in hms_prep.codecs.CODECS (here gzip, until now
+    """The how-to for a new codec: one `Codec` entry in hms_prep.store.codecs.CODECS (here gzip, until now
     read through zarr's `array[...]`) and the reader decodes it on its fast path."""
     url = str(tmp_path / "a.zarr")
     array = zarr.create_array(url, shape=(8, 2, 5), chunks=(4, 2, 5), dtype="float16", compressors=GzipCodec(level=1))

@@ -15,15 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hms_train.augment import Augmenter, AugmentConfig
-from hms_train.config import ConfigError, TrainConfig, bundled_configs, load_config
-from hms_train.forward import image_layout
-from hms_train.layout import LayoutConfig, PartSource, resolve_layout
-from hms_train.losses import Loss
-from hms_train.metric import VOTE_COLUMNS, kaggle_kl, selection_kl
-from hms_train.reader import Selection, StoreReader
-from hms_train.sampler import most_voted_row_per_group, one_row_per_group
-from hms_train.train import fold_stages, make_scheduler, train, train_targets
+from hms_train.image.augment import Augmenter, AugmentConfig
+from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, load_config
+from hms_train.run.forward import image_layout
+from hms_train.image.layout import LayoutConfig, PartSource, resolve_layout
+from hms_train.model.losses import Loss
+from hms_train.run.metric import VOTE_COLUMNS, kaggle_kl, selection_kl
+from hms_train.data.reader import Selection, StoreReader
+from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
+from hms_train.run.train import fold_stages, make_scheduler, train, train_targets
 
 SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
 
@@ -122,7 +122,7 @@ def test_extends_merges_tables_and_refuses_loops(tmp_path):
 @pytest.fixture(scope="module")
 def both_store(synth_data, tmp_path_factory):
     """`hms-prep build --windows 10,30`, then `--windows 10,14,30,44 --n-mels 50` on the same store."""
-    from hms_prep.build import BuildConfig, run_build
+    from hms_prep.build.run import BuildConfig, run_build
     from hms_prep.kinds import MelParams
 
     url = str(tmp_path_factory.mktemp("both") / "specs.zarr")
@@ -319,7 +319,7 @@ def test_centred_padding_splits_the_zeros_like_pad_if_needed():
     sources = {"a": PartSource("eeg_mel", 2, 5)}
     layout = resolve_layout(LayoutConfig.parse({"parts": [{"array": "a"}], "width": 10, "pad": "center"}), sources)
     assert layout.pad_left == 2  # albumentations: left = (10 - 5) // 2, right gets the rest
-    from hms_train.compose import compose
+    from hms_train.image.compose import compose
 
     parts = {"a": torch.arange(1, 41, dtype=torch.float32).reshape(1, 4, 2, 5)}
     image = compose(layout, parts, train=False)
@@ -336,7 +336,7 @@ def test_pretrained_weights_offline_fail_fast_saying_how_to_provide_them(tmp_pat
     from conftest import ROOT
 
     script = textwrap.dedent("""
-        from hms_train.models import MissingWeightsError, create_model, hub_reachable
+        from hms_train.model.models import MissingWeightsError, create_model, hub_reachable
         assert not hub_reachable(), "this check expects a machine without a network"
         try:
             create_model("2d", backbone="tf_efficientnet_b0_ns", pretrained=True, image_size=(64, 64))
@@ -365,7 +365,7 @@ def test_layout_choices_are_checked():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_each_recipes_own_backbone_builds_at_its_image_size(name):
-    from hms_train.models import create_model
+    from hms_train.model.models import create_model
 
     config = load_config(name)
     size = (400, 912) if name.startswith("seed_richard") else (400, 768)

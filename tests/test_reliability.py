@@ -15,10 +15,10 @@ import pytest
 import zarr
 
 from hms_prep.audit import store_info, verify_store
-from hms_prep.build import BuildConfig, run_build
-from hms_prep.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
-from hms_prep.lock import StoreLocked, build_lock
-from hms_prep.store import StoreError, open_store, read_labels
+from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
+from hms_prep.store.lock import StoreLocked, build_lock
+from hms_prep.store.format import StoreError, open_store, read_labels
 
 from conftest import ROOT
 
@@ -236,7 +236,7 @@ def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_lea
     store = tmp_path / "locked.zarr"
     store.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from hms_prep.lock import build_lock\n"
+        [sys.executable, "-c", "import sys, time; from hms_prep.store.lock import build_lock\n"
          f"with build_lock({str(store)!r}):\n    print('held', flush=True); time.sleep(600)"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
     try:
@@ -421,7 +421,7 @@ def test_an_all_nan_fz_fails_the_raw_row_and_the_restored_file_recomputes_it(tin
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hms_prep import kaggle
+    from hms_prep.sources import kaggle
 
     data = copy_data(tiny_data, tmp_path)
     labels = kaggle.read_labels(data, "train").to_pylist()
@@ -440,7 +440,7 @@ def test_an_all_nan_fz_fails_the_raw_row_and_the_restored_file_recomputes_it(tin
     assert {f.label_id for f in failed} == rows and all(f.arrays == ("raw",) for f in failed)
     assert all(f"{eeg_id}.parquet: bipolar signal Fz-Cz is all NaN" in f.reason for f in failed)
     # the rows stay usable for readers of the other arrays (a 2D model needs no raw signal)
-    from hms_train.reader import StoreReader
+    from hms_train.data.reader import StoreReader
 
     failed_rows = sorted(f.row for f in failed)
     assert set(failed_rows) <= set(StoreReader(str(store), ["eeg_10s", "kaggle"]).select().tolist())

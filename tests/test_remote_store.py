@@ -5,9 +5,9 @@ import pytest
 import zarr
 
 from hms_prep.audit import verify_store
-from hms_prep.build import BuildConfig, run_build
-from hms_train.config import load_config
-from hms_train.train import train
+from hms_prep.build.run import BuildConfig, run_build
+from hms_train.run.config import load_config
+from hms_train.run.train import train
 
 
 @pytest.mark.slow

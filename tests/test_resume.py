@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from hms_train.metric import VOTE_COLUMNS
+from hms_train.run.metric import VOTE_COLUMNS
 
 from conftest import ROOT
 

@@ -4,7 +4,7 @@ chunk-aware, equal disjoint shares for data-parallel ranks, and resumable."""
 import numpy as np
 import pytest
 
-from hms_train.sampler import ChunkSampler, SamplerState, rows_per_rank
+from hms_train.data.sampler import ChunkSampler, SamplerState, rows_per_rank
 
 CHUNK_ROWS = 8
 ROWS = np.setdiff1d(np.arange(203), [0, 1, 17, 40, 41, 42, 99, 150])  # ragged chunks, a partial last one

@@ -18,8 +18,8 @@ from hms_prep.show import (
     stack_chains,
     standardise,
 )
-from hms_prep.store import open_store, read_labels
-from hms_train.compose import compose_image
+from hms_prep.store.format import open_store, read_labels
+from hms_train.image.compose import compose_image
 
 WITH_RAW = (round(FIG_WIDTH * DPI), round((SPECTROGRAM_HEIGHT + RAW_HEIGHT) * DPI))  # (width, height) pixels
 WITHOUT_RAW = (round(FIG_WIDTH * DPI), round(SPECTROGRAM_HEIGHT * DPI))
@@ -36,8 +36,8 @@ def test_store(synth_data, tmp_path_factory):
     start), from a copy of the synthetic data whose first test EEG is truncated: its row fails."""
     import shutil
 
-    from hms_prep.build import BuildConfig, run_build
-    from hms_prep.kaggle import eeg_path, read_labels as read_csv
+    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.sources.kaggle import eeg_path, read_labels as read_csv
 
     folder = tmp_path_factory.mktemp("show")
     data = folder / "data"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hms_prep.kinds import RawParams
-from hms_prep.signal_filter import band_pass, scale_raw
+from hms_prep.sources.signal_filter import band_pass, scale_raw
 
 FS = 200
 

@@ -9,10 +9,10 @@ import torch
 import torchaudio
 
 from hms_prep.domain import SAMPLE_RATE
-from hms_prep.kaggle import read_eeg
-from hms_prep.montage import bipolar_signals, fill_nan
+from hms_prep.sources.kaggle import read_eeg
+from hms_prep.sources.montage import bipolar_signals, fill_nan
 from hms_prep.kinds import MelParams
-from hms_prep.spectrogram import mel_windows
+from hms_prep.kinds.mel import mel_windows
 
 from conftest import REAL
 LABEL_CENTRE_S = 25  # the real train.csv row has offset 0; its window is centred at offset + 25 s

@@ -8,7 +8,7 @@ import pytest
 from scipy.signal import welch
 
 from hms_prep.domain import CLASSES, SAMPLE_RATE, VOTE_COLUMNS
-from hms_prep.kaggle import (
+from hms_prep.sources.kaggle import (
     SPEC_FREQS,
     eeg_path,
     read_eeg,
@@ -16,7 +16,7 @@ from hms_prep.kaggle import (
     read_spectrogram,
     spectrogram_path,
 )
-from hms_prep.montage import bipolar_signals, fill_nan
+from hms_prep.sources.montage import bipolar_signals, fill_nan
 from hms_prep.synth import synthesize
 
 from conftest import REAL, needs_real_sample

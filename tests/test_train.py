@@ -12,13 +12,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from hms_prep import kaggle
-from hms_prep.build import BuildConfig, run_build
-from hms_prep.store import read_labels
-from hms_train.config import bundled_configs, load_config
-from hms_train.predict import predict_submission, pseudo_labels
-from hms_train.metric import VOTE_COLUMNS
-from hms_train.train import train
+from hms_prep.sources import kaggle
+from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.store.format import read_labels
+from hms_train.run.config import bundled_configs, load_config
+from hms_train.run.predict import predict_submission, pseudo_labels
+from hms_train.run.metric import VOTE_COLUMNS
+from hms_train.run.train import train
 
 from conftest import REAL, ROOT, needs_real_sample
 

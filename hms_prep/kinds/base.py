@@ -7,7 +7,7 @@ frozen params dataclass (`to_dict`, `digest`) and an `ArrayKind` subclass regist
 live side by side in a store. The kind says which file it is cut from (`source`), how one file's rows
 become values (`cut`), what is done once per chunk on all of them (`finish`: the batched part), and how
 its array is created and written. Attributes written on the array (`kind`, `params`, `params_digest`,
-`axes`, ...) are the store format: hms_train reads them through `hms_prep.store.describe_arrays`.
+`axes`, ...) are the store format: hms_train reads them through `hms_prep.store.format.describe_arrays`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from typing import Any, ClassVar
 import numpy as np
 import zarr
 
-from hms_prep.codecs import AUTO, CODECS, FAST, write_rows
 from hms_prep.domain import CHAINS
-from hms_prep.plan import RawSegment
-from hms_prep.store import IMAGE_AXES, StoreLayout, digest
-
-EEG, SPECTROGRAM = "eeg", "spectrogram"  # the Kaggle file a kind's values are cut from
-SOURCES = (EEG, SPECTROGRAM)
+from hms_prep.sources.recordings import EEG, SOURCES, SPECTROGRAM  # noqa: F401 (a kind's `source`)
+from hms_prep.sources.rows import RawSegment
+from hms_prep.store.codecs import AUTO, CODECS, FAST, write_rows
+from hms_prep.store.format import IMAGE_AXES, StoreLayout, digest
 
 
 class KindParams:
@@ -65,7 +63,7 @@ class ArrayKind:
     kind: ClassVar[str]  # attrs["kind"]
     params_type: ClassVar[type]
     source: ClassVar[str]  # EEG or SPECTROGRAM
-    default_codec: ClassVar[str]  # a name in hms_prep.codecs.CODECS, used when the store's codec is "auto"
+    default_codec: ClassVar[str]  # a name in hms_prep.store.codecs.CODECS, used when the store's codec is "auto"
     fast_codec: ClassVar[str | None] = None  # used when it is "fast" (None: the default codec)
     stage: ClassVar[str]  # the build's timing stage its computation counts under
     per_row: ClassVar[bool] = True  # False: stored per recording segment along axis 1 (see plan.py)
@@ -112,7 +110,7 @@ class ArrayKind:
 
     def cut(self, source, rows: frozenset[int]) -> Cut:
         """Values of `rows` (those of this file that this array computes) from one opened file: an
-        `EegRecording` or a `SpectrogramFile` (hms_prep/sources.py)."""
+        `EegRecording` or a `SpectrogramFile` (hms_prep/sources/recordings.py)."""
         raise NotImplementedError
 
     def finish(self, cut: Cut, device: str) -> Cut:

@@ -13,8 +13,8 @@ import numpy as np
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
-from hms_prep.montage import BIPOLAR_PAIRS
-from hms_prep.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos
+from hms_prep.sources.montage import BIPOLAR_PAIRS
+from hms_prep.sources.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos
 
 TOP_DB = 80.0  # the dB floor below each signal's maximum (librosa's power_to_db top_db)
 
@@ -115,7 +115,7 @@ class EegMel(ArrayKind):
         """All the chunk's windows in one batched spectrogram call."""
         if not cut.values:
             return cut
-        from hms_prep.spectrogram import mel_windows  # torch: imported where the work is
+        from hms_prep.kinds.mel import mel_windows  # torch: imported where the work is
 
         rows = list(cut.values)
         images = mel_windows(np.stack([cut.values[r] for r in rows]), self.params, device)

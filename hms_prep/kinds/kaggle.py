@@ -1,7 +1,7 @@
 """Kind `kaggle`: crops of Kaggle's own spectrograms, (rows, 4 chains, 100 frequencies, S/2 columns).
 
 `kaggle` is the 10-minute crop of the label's window; `kaggle_{S}s` a crop of S seconds centred on the
-same point (hms_prep/kaggle_crop.py). Rows outside the file are padded with 0 and counted as repaired.
+same point (hms_prep/kinds/kaggle_crop.py). Rows outside the file are padded with 0 and counted as repaired.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hms_prep.domain import CHAINS, SPEC_ROW_S, SPEC_WINDOW_S
-from hms_prep.kaggle import SPEC_FREQ_NAMES
-from hms_prep.kaggle_crop import KAGGLE_TRANSFORM, kaggle_crop
+from hms_prep.sources.kaggle import SPEC_FREQ_NAMES
+from hms_prep.kinds.kaggle_crop import KAGGLE_TRANSFORM, kaggle_crop
 from hms_prep.kinds.base import KindParams, SPECTROGRAM, ArrayKind, Cut, register_kind, variant_name
 
 

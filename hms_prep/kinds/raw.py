@@ -1,5 +1,5 @@
 """Kind `raw`: the bipolar signals themselves for 1D models, (signals, samples), stored per recording
-segment rather than per row (hms_prep/plan.py lays the segments out; labels.parquet's raw_start,
+segment rather than per row (hms_prep/sources/rows.py lays the segments out; labels.parquet's raw_start,
 raw_lo, raw_hi index them). Named `raw`, or `raw_{digest}` for other params.
 
 Variants share one segment layout, so every raw array of a store has the same `margin_s`.
@@ -14,10 +14,10 @@ import zarr
 
 from hms_prep.domain import SAMPLE_RATE
 from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
-from hms_prep.montage import pair_names
-from hms_prep.plan import RAW_INDEX_COLUMNS, RawSegment
-from hms_prep.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
-from hms_prep.store import SIGNAL_AXES, StoreLayout
+from hms_prep.sources.montage import pair_names
+from hms_prep.sources.rows import RAW_INDEX_COLUMNS, RawSegment
+from hms_prep.sources.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
+from hms_prep.store.format import SIGNAL_AXES, StoreLayout
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ if os.environ.get("HMS_KILL_LOG"):
         return written
 
     local._put = put
-    import hms_prep.codecs as codecs
+    import hms_prep.store.codecs as codecs
 
     _sink_write = codecs.ChunkSink.write
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-from hms_train.augment import AugmentConfig
-from hms_train.layout import LayoutConfig
-from hms_train.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
-from hms_train.models import MODEL_KINDS, POOLS
+from hms_train.image.augment import AugmentConfig
+from hms_train.image.layout import LayoutConfig
+from hms_train.model.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
+from hms_train.model.models import MODEL_KINDS, POOLS
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # hms_train/configs
 EXTENDS = "extends"  # TOML key: the bundled config (or TOML path) whose values this file changes
 OPTIMIZERS = ("adamw", "lion")  # timm implementations the recipes use
 PSEUDO_MODES = ("replace", "blend")
@@ -128,7 +128,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=NON_NEGATIVE)
     device: str = field(default="auto", metadata={"pattern": DEVICE})  # auto | cpu | cuda[:N]
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    layout: LayoutConfig | None = None  # the image's parts and crops (hms_train.layout); None: inputs side by side
+    layout: LayoutConfig | None = None  # the image's parts and crops (hms_train.image.layout); None: inputs side by side
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

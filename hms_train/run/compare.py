@@ -1,7 +1,7 @@
 """Compare finished runs: their cross-validation scores from the out-of-fold predictions, and one
 picture of their learning curves.
 
-A run directory (written by `hms_train.train`) holds config.json (with the "store" it trained on),
+A run directory (written by `hms_train.run.train`) holds config.json (with the "store" it trained on),
 oof.parquet (label_id, eeg_id, row, fold, total_votes and the six *_vote probabilities of every
 validated row) and metrics.jsonl (one record per epoch). Scores are recomputed from the store's
 targets with `cv_report`, so runs are judged by one rule whatever version of the trainer wrote them.
@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hms_prep.store import TARGET_COLUMNS, read_labels
-from hms_train.metric import VOTE_COLUMNS, cv_report
-from hms_train.plots import plot_runs, read_metrics
+from hms_prep.store.format import TARGET_COLUMNS, read_labels
+from hms_train.run.metric import VOTE_COLUMNS, cv_report
+from hms_train.run.plots import plot_runs, read_metrics
 
 OOF_FILE, CONFIG_FILE, METRICS_FILE = "oof.parquet", "config.json", "metrics.jsonl"
 

@@ -34,7 +34,7 @@ PadIfNeeded), a crop when they are wider: `train_crop` "first" | "center" | "ran
 
 The parts must tile the image: no overlaps, no gaps (a gap is nearly always a typo in a row or col).
 `ImageLayout.image_size` is the model's input size, for training and evaluation alike. This module is
-pure data (no torch); `hms_train.compose` does the tensor work.
+pure data (no torch); `hms_train.image.compose` does the tensor work.
 """
 
 from __future__ import annotations

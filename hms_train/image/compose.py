@@ -1,6 +1,6 @@
 """Compose the model's one-channel image from the store's per-row arrays, on the batch's device.
 
-Where each part goes is an `hms_train.layout.ImageLayout`. Every part of the store is (4 chains, F
+Where each part goes is an `hms_train.image.layout.ImageLayout`. Every part of the store is (4 chains, F
 frequency bins, T time columns) in chain order LL, RL, LP, RP, frequency ascending; a part stacks its 4
 chains vertically (chain c on rows c*F .. (c+1)*F - 1 of the part). Today's default sets the parts side
 by side, left to right in the order of `inputs`:
@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from hms_prep.domain import CHAINS, standardise
-from hms_train.layout import KAGGLE_KIND, ImageLayout, PartSource, crop_start, resolve_layout, side_by_side
+from hms_train.image.layout import KAGGLE_KIND, ImageLayout, PartSource, crop_start, resolve_layout, side_by_side
 
 N_CHAINS = len(CHAINS)
 KAGGLE_PART = "kaggle"  # the default store's Kaggle array, for callers that know names only

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_prep.store import TARGET_COLUMNS, data_array_names, open_store, read_labels, require_finished
-from hms_train.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
-from hms_train.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
-from hms_train.prefetch import in_background
-from hms_train.sampler import ChunkSampler, EpochPlan, SamplerState, rows_per_rank
+from hms_prep.store.format import TARGET_COLUMNS, data_array_names, open_store, read_labels, require_finished
+from hms_train.data.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
+from hms_train.data.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
+from hms_train.data.prefetch import in_background
+from hms_train.data.sampler import ChunkSampler, EpochPlan, SamplerState, rows_per_rank
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """One Dask task: compute the pending arrays of one chunk of rows and write them to the store.
 
 The task owns its chunk of every array (and its aligned region of the raw arrays), so it writes without
-locks. It opens each file its rows need once (hms_prep/sources.py) and hands it to every array kind of
+locks. It opens each file its rows need once (hms_prep/sources/recordings.py) and hands it to every array kind of
 that file's source; each kind returns its `Cut`, and batched work runs once per chunk (`finish`).
 Order matters for resumability: data first, then per-row status and errors, then the chunk's done
 flag. A chunk whose flag is not set is recomputed whole on the next build.
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from hms_prep.codecs import write_rows
-from hms_prep.kaggle import KaggleDataError
+from hms_prep.store.codecs import write_rows
+from hms_prep.sources.kaggle import KaggleDataError
 from hms_prep.kinds import ArrayKind, Cut
 from hms_prep.kinds.base import SOURCES
-from hms_prep.plan import PlannedRow, RawSegment
-from hms_prep.sources import RecordingSpan, open_file, spans
-from hms_prep.store import STATUS_FAILED, STATUS_OK, open_build_state
+from hms_prep.sources.rows import PlannedRow, RawSegment
+from hms_prep.sources.recordings import RecordingSpan, open_file, spans
+from hms_prep.store.format import STATUS_FAILED, STATUS_OK, open_build_state
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class StageTimer:
 
 
 # Marks a row's failure that is not the data's (a transient read error, a bug): every build retries it,
-# where a failure of the data waits for its file to change (hms_prep/build.py).
+# where a failure of the data waits for its file to change (hms_prep/build/run.py).
 UNEXPECTED = "unexpected error"
 
 

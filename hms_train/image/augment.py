@@ -6,11 +6,11 @@ draws those parameters for the whole batch at once from one `torch.Generator` an
 nothing loops over the samples in Python, so the cost does not grow with per-sample Python overhead and
 the same code runs on CPU and CUDA.
 
-Images are (B, 1, H, W) composed by `hms_train.compose` from an image layout: each part's chain blocks
+Images are (B, 1, H, W) composed by `hms_train.image.compose` from an image layout: each part's chain blocks
 LL, RL, LP, RP stacked top to bottom. Targets are (B, 6) vote fractions summing to 1. Geometric
 augmentations act on the whole image except the hemisphere swap, which mirrors each part's own chain
 blocks. Models that also take the raw signal refuse the ones that would change the image alone
-(`IMAGE_ONLY`, see `hms_train.forward.make_augmenter`).
+(`IMAGE_ONLY`, see `hms_train.run.forward.make_augmenter`).
 
 Defaults follow the seed solution's recipe (docs HMS.md section 4): brightness/contrast, time flip,
 XY masking (1-10 stripes of 5-10 px), shift-scale-rotate (shift 0.15, scale 0.05, rotate 15 deg, p 0.7),
@@ -40,7 +40,7 @@ MASK_AXES = ("both", "time")
 class AugmentConfig:
     """Every probability and strength of the training augmentations; defaults = the seed recipe."""
 
-    # An alias of the image layout, applied when the image is composed (hms_train.layout.side_by_side):
+    # An alias of the image layout, applied when the image is composed (hms_train.image.layout.side_by_side):
     # the Kaggle part's width, a random span of it in training, its first columns at evaluation.
     random_crop_width: int | None = None
     brightness_contrast_p: float = 0.6
@@ -200,8 +200,8 @@ class Augmenter:
 
     `mirror_rows` is the hemisphere swap's map of the image's chain blocks, from the image layout
     (`ImageLayout.mirror_rows`); None treats the whole image as one part of 4 equal blocks. Crops are
-    not here: they belong to the layout and happen when the image is composed (`hms_train.compose`).
-    `hms_train.forward.make_augmenter` builds one from a training config.
+    not here: they belong to the layout and happen when the image is composed (`hms_train.image.compose`).
+    `hms_train.run.forward.make_augmenter` builds one from a training config.
     """
 
     def __init__(
@@ -212,7 +212,7 @@ class Augmenter:
     ):
         if config.random_crop_width is not None:
             raise ValueError("augment.random_crop_width is an image-layout setting applied when the image is "
-                             "composed; build the Augmenter with hms_train.forward.make_augmenter")
+                             "composed; build the Augmenter with hms_train.run.forward.make_augmenter")
         self.config = config
         self.generator = generator
         self.mirror_rows = mirror_rows

@@ -25,11 +25,11 @@ import numpy as np
 import timm.optim
 import torch
 
-from hms_train.config import TrainConfig
-from hms_train.forward import (IMAGE_INPUT, RAW_INPUT, autocast, image_layout, loss_of, make_augmenter, model_inputs,
+from hms_train.run.config import TrainConfig
+from hms_train.run.forward import (IMAGE_INPUT, RAW_INPUT, autocast, image_layout, loss_of, make_augmenter, model_inputs,
                               model_spec, resolve_device)
-from hms_train.models import create_model, model_kind
-from hms_train.reader import RAW_WINDOW, Selection, StoreReader, to_device
+from hms_train.model.models import create_model, model_kind
+from hms_train.data.reader import RAW_WINDOW, Selection, StoreReader, to_device
 
 WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started before the clocks
 

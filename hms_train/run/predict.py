@@ -12,11 +12,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from hms_train.config import TrainConfig, check_against_store
-from hms_train.forward import predict_probabilities, resolve_device
-from hms_train.metric import VOTE_COLUMNS
-from hms_train.models import create_model
-from hms_train.reader import Selection, StoreReader
+from hms_train.run.config import TrainConfig, check_against_store
+from hms_train.run.forward import predict_probabilities, resolve_device
+from hms_train.run.metric import VOTE_COLUMNS
+from hms_train.model.models import create_model
+from hms_train.data.reader import Selection, StoreReader
 
 log = logging.getLogger("hms_train")
 
@@ -110,7 +110,7 @@ def predict_submission(
 
 def _test_reader(store: str, config: TrainConfig) -> StoreReader:
     """A reader of `store` for a model's inputs; refuses a store with several rows per eeg_id."""
-    from hms_prep.store import data_array_names, open_store
+    from hms_prep.store.format import data_array_names, open_store
 
     group, _ = open_store(store)
     check_against_store(config, data_array_names(group), n_folds=None)
@@ -128,7 +128,7 @@ def pseudo_labels(
 ) -> pa.Table:
     """The runs' out-of-fold predictions averaged per label row, for the rows of `store` with fewer
     than `min_votes` votes: the targets stage 2 uses for them."""
-    from hms_prep.store import read_labels
+    from hms_prep.store.format import read_labels
 
     labels = read_labels(store)
     low_vote = set(np.asarray(labels.column("label_id"))[np.asarray(labels.column("total_votes")) < min_votes].tolist())

@@ -48,9 +48,9 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hms_prep.store import data_array_names, open_store
-from hms_train.config import ConfigError, TrainConfig, check_against_store, check_device
-from hms_train.forward import (
+from hms_prep.store.format import data_array_names, open_store
+from hms_train.run.config import ConfigError, TrainConfig, check_against_store, check_device
+from hms_train.run.forward import (
     IMAGE_INPUT,
     autocast,
     image_layout,
@@ -62,10 +62,10 @@ from hms_train.forward import (
     resolve_device,
     run_model,
 )
-from hms_train.metric import VOTE_COLUMNS, cv_report, selection_kl
-from hms_train.models import create_model, model_kind
-from hms_train.reader import Selection, StoreReader, to_device
-from hms_train.sampler import most_voted_row_per_group, one_row_per_group
+from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
+from hms_train.model.models import create_model, model_kind
+from hms_train.data.reader import Selection, StoreReader, to_device
+from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint contents change incompatibly
 STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png")
@@ -130,7 +130,7 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: boo
         pq.write_table(table, ctx.out / "oof.parquet")
         summary = _oof_summary(reader, table)
         (ctx.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        from hms_train.plots import plot_curves
+        from hms_train.run.plots import plot_curves
 
         plot_curves(ctx.out / "metrics.jsonl", ctx.out / "curves.png")
     if ctx.world > 1:

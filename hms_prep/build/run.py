@@ -24,15 +24,15 @@ import numpy as np
 import pyarrow as pa
 
 from hms_prep import doctor
-from hms_prep.chunk import UNEXPECTED, ArrayJob, ChunkJob, ChunkReport, Failure, build_chunk
-from hms_prep.codecs import AUTO, check_codec_choice
+from hms_prep.build.task import UNEXPECTED, ArrayJob, ChunkJob, ChunkReport, Failure, build_chunk
+from hms_prep.store.codecs import AUTO, check_codec_choice
 from hms_prep.domain import SPEC_WINDOW_S
-from hms_prep.kaggle import read_labels
+from hms_prep.sources.kaggle import read_labels
 from hms_prep.kinds import ArrayKind, KaggleParams, MelParams, RawParams, kind_for
-from hms_prep.lock import build_lock, is_local
-from hms_prep.plan import RAW_INDEX_COLUMNS, plan_raw_segments, plan_rows, planned_rows, rows_digest
-from hms_prep.sources import source_path
-from hms_prep.store import (
+from hms_prep.store.lock import build_lock, is_local
+from hms_prep.sources.rows import RAW_INDEX_COLUMNS, plan_raw_segments, plan_rows, planned_rows, rows_digest
+from hms_prep.sources.recordings import source_path
+from hms_prep.store.format import (
     STATUS_FAILED,
     STATUS_OK,
     StoreError,
@@ -208,7 +208,7 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
 
     Every option, the CSV, the store path and the scheduler are checked before the store is created or
     changed; a store this call created is removed again if the build fails before computing. A build
-    holds the store's lock (hms_prep/lock.py) from before it touches the store to the end.
+    holds the store's lock (hms_prep/store/lock.py) from before it touches the store to the end.
     """
     started, started_at = time.perf_counter(), time.time()
     say = say or log.info
@@ -216,22 +216,22 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
     url = config.store_url
     requested = config.arrays()
     if config.device is not None:
-        from hms_prep.spectrogram import check_device
+        from hms_prep.kinds.mel import check_device
 
         check_device(config.device)
     planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
     with _dask_client(config, say) as client:  # a remote scheduler is reached first (in seconds) or refused
         fresh = not store_exists(url) or unfinished_store(url)
         if fresh:
-            doctor.require(doctor.BUILD_PARTS)  # a build that cannot compute creates nothing
+            _require_compute_parts(client, config, planned.num_rows)  # a build that cannot compute creates nothing
         if fresh and is_local(url):
             os.makedirs(url, exist_ok=True)  # the lock file lives in the store
         with build_lock(url):
             try:
                 with _interrupt_deferred():
                     group, layout, created = _open_or_create(config, planned)
-                jobs, computed, reused, margin, segments, raw_index = _plan_jobs(config, group, layout, requested,
-                                                                                 planned, say)
+                jobs, computed, reused, margin, segments, raw_index = _plan_jobs(client, config, group, layout,
+                                                                                 requested, planned, say)
             except BaseException:
                 if fresh:
                     # a failed creation leaves nothing behind; if removing it fails too (a Ctrl-C racing
@@ -267,7 +267,8 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
     )
 
 
-def _plan_jobs(config: BuildConfig, group, layout: StoreLayout, requested: dict[str, ArrayKind], planned, say):
+def _plan_jobs(client, config: BuildConfig, group, layout: StoreLayout, requested: dict[str, ArrayKind], planned,
+               say):
     """Create the missing arrays (redoing unfinished creations) and list the chunks to compute."""
     url = config.store_url
     for name, kind in requested.items():  # every refusal before anything is written
@@ -284,8 +285,10 @@ def _plan_jobs(config: BuildConfig, group, layout: StoreLayout, requested: dict[
                _pending_rows(group, name, layout, damaged.get(name, set()), say,
                              _changed_rows(config, planned, kind, failures_tried_at(group, name)))
                for name, kind in requested.items()}
-    if any(pending.values()):
-        doctor.require(doctor.BUILD_PARTS)  # before this build changes the store
+    rows_to_compute = sum(max((len(pending[name][chunk][0]) for name in requested if chunk in pending[name]), default=0)
+                          for chunk in range(layout.n_chunks))
+    if rows_to_compute:
+        _require_compute_parts(client, config, rows_to_compute)  # before this build changes the store
     for name in missing:
         with _interrupt_deferred():
             remove_array(group, name)  # an unfinished creation (a killed build): redo it
@@ -478,8 +481,7 @@ def _finished_tasks(client, config: BuildConfig, chunk_jobs: list[ChunkJob], row
     """(job, future) pairs as the tasks finish: on threads of this process (a --device build, or a small
     one: no cluster is started) or on Dask. Ctrl-C stops the tasks quietly; their chunks stay not-done
     and are redone by the next build."""
-    in_process = config.in_process if config.in_process is not None else rows <= IN_PROCESS_ROWS
-    if config.scheduler is None and (config.device is not None or in_process):
+    if _runs_here(config, rows):
         # Threads overlap the reads and writes with the device's work; a CPU build here runs serially.
         threads = (config.workers or os.cpu_count() or 1) if config.device is not None else 1
         with ThreadPoolExecutor(threads) as pool:
@@ -500,6 +502,32 @@ def _finished_tasks(client, config: BuildConfig, chunk_jobs: list[ChunkJob], row
     except BaseException:
         client.cancel(futures, force=True)
         raise
+
+
+def _runs_here(config: BuildConfig, rows: int) -> bool:
+    """Whether the chunk tasks run on threads of this process (a --device build, or a small one: no
+    cluster is started) rather than on Dask workers."""
+    in_process = config.in_process if config.in_process is not None else rows <= IN_PROCESS_ROWS
+    return config.scheduler is None and (config.device is not None or in_process)
+
+
+def _require_compute_parts(client, config: BuildConfig, rows: int) -> None:
+    """BrokenInstall unless the compiled parts a build computes with (hms_prep/doctor.py) load where the
+    tasks will run: in this process, or on every Dask worker (a cluster's workers may have another
+    environment than this driver, which then imports none of them)."""
+    if _runs_here(config, rows):
+        doctor.require(doctor.BUILD_PARTS)
+        return
+    client = client.start() if isinstance(client, _LazyLocalClient) else client
+    try:
+        client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT_S)
+    except TimeoutError:
+        raise BuildError(f"--scheduler {config.scheduler}: no Dask worker connected within {SCHEDULER_TIMEOUT_S} s; "
+                         "start `dask worker` processes there") from None
+    broken = client.run(doctor.broken_lines, doctor.BUILD_PARTS)
+    lines = [f"Dask worker {worker}: {line}" for worker, found in sorted(broken.items()) for line in found]
+    if lines:
+        raise doctor.BrokenInstall(lines)
 
 
 def _crashed(job: ChunkJob, err: BaseException) -> ChunkReport:

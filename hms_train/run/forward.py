@@ -1,7 +1,7 @@
 """From a batch of store arrays to model inputs and predictions; shared by training and prediction.
 
 The model is data: `model_spec` gives `{"name", "kwargs"}` for `models.create_model`, with the image size
-from the image layout (`hms_train.layout`, resolved here against the store's arrays) and the raw signal's
+from the image layout (`hms_train.image.layout`, resolved here against the store's arrays) and the raw signal's
 channel count from the store. A model's kind declares which inputs it takes; `model_inputs` makes exactly
 those and `run_model` passes them by keyword.
 """
@@ -17,13 +17,13 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from hms_train.augment import IMAGE_ONLY, Augmenter
-from hms_train.compose import compose, eval_windows
-from hms_train.config import TrainConfig, check_device
-from hms_train.layout import IMAGE_KINDS, ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
-from hms_train.losses import Loss
-from hms_train.models import model_kind
-from hms_train.reader import RAW_WINDOW, StoreReader, to_device
+from hms_train.image.augment import IMAGE_ONLY, Augmenter
+from hms_train.image.compose import compose, eval_windows
+from hms_train.run.config import TrainConfig, check_device
+from hms_train.image.layout import IMAGE_KINDS, ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
+from hms_train.model.losses import Loss
+from hms_train.model.models import model_kind
+from hms_train.data.reader import RAW_WINDOW, StoreReader, to_device
 
 RAW_INPUT = "raw"
 IMAGE_INPUT = "image"
@@ -79,7 +79,7 @@ def _resolve(config: TrainConfig, arrays: Mapping) -> ImageLayout:
 
 @functools.lru_cache(maxsize=8)
 def _store_layout(key: str) -> ImageLayout:
-    from hms_prep.store import open_store
+    from hms_prep.store.format import open_store
 
     config = TrainConfig.from_dict(json.loads(key))
     group, _ = open_store(config.store)

@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from hms_prep.codecs import read_whole
-from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.reader's import; new code: hms_prep.domain)
+from hms_prep.store.codecs import read_whole
+from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.data.reader's import; new code: hms_prep.domain)
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
 warnings.filterwarnings("ignore", message=r"Object at (labels\.parquet(\.tmp)?|build\.lock) is not recognized")
@@ -121,27 +121,47 @@ def _window_of(name: str) -> int:
 
 @dataclass(frozen=True)
 class ArrayDescription:
-    """What a reader needs to know of one data array, from its attributes."""
+    """What a reader needs to know of one data array, from its attributes: what made it (`kind`, `params`)
+    and how to read it (`role`, `normalise`, `shape`), so that a reader never goes by its name."""
 
     name: str
     kind: str  # "eeg_mel", "kaggle", "raw", ...
     axes: tuple[str, ...]
     params: dict
     params_digest: str
+    role: str  # ROLE_IMAGE or ROLE_SIGNALS
+    normalise: str  # NORMALISE_NONE or NORMALISE_ZSCORE
+    shape: tuple[int, ...] = ()
 
     @property
     def image(self) -> bool:
         """A per-row (4, F, T) image part (axes IMAGE_AXES); otherwise signals in segments (SIGNAL_AXES)."""
-        return self.axes == IMAGE_AXES
+        return self.role == ROLE_IMAGE
+
+
+# How a reader uses an array (its `role` attribute): a per-row image part (rows, 4 chains, F, T), or
+# signals stored per recording segment (signals, samples) whose rows labels.parquet's raw_* columns index.
+ROLE_IMAGE, ROLE_SIGNALS = "image", "signals"
+# What a reader does to each sample's values first (its `normalise` attribute): nothing (the values are
+# scaled already), or a z-score over the sample's whole block (log power: the Kaggle crops).
+NORMALISE_NONE, NORMALISE_ZSCORE = "none", "zscore"
+# Arrays written before the kinds recorded how to read them (layout v1 stores): by their kind.
+READ_HALF_OF_V1_KINDS = {"eeg_mel": (ROLE_IMAGE, NORMALISE_NONE), "kaggle": (ROLE_IMAGE, NORMALISE_ZSCORE),
+                         "raw": (ROLE_SIGNALS, NORMALISE_NONE)}
 
 
 def describe_arrays(group: zarr.Group) -> dict[str, ArrayDescription]:
     """Every data array of the store by name, in `data_array_names` order."""
     described = {}
     for name in data_array_names(group):
-        attrs = group[name].attrs.asdict()
-        described[name] = ArrayDescription(name, attrs.get("kind"), tuple(attrs.get("axes", ())),
-                                           attrs.get("params", {}), attrs.get("params_digest"))
+        array = group[name]
+        attrs = array.attrs.asdict()
+        axes = tuple(attrs.get("axes", ()))
+        role, normalise = READ_HALF_OF_V1_KINDS.get(
+            attrs.get("kind"), (ROLE_IMAGE if axes == IMAGE_AXES else ROLE_SIGNALS, NORMALISE_NONE))
+        described[name] = ArrayDescription(name, attrs.get("kind"), axes, attrs.get("params", {}),
+                                           attrs.get("params_digest"), attrs.get("role", role),
+                                           attrs.get("normalise", normalise), tuple(array.shape))
     return described
 
 
@@ -255,7 +275,7 @@ def create_build_state(group: zarr.Group, name: str, layout: StoreLayout) -> Bui
 
 
 # Attribute of `_build/{name}`: when (unix seconds) the last build that computed rows of the array started.
-# A failed row is computed again only when a file it is cut from changed after that (hms_prep/build.py).
+# A failed row is computed again only when a file it is cut from changed after that (hms_prep/build/run.py).
 FAILURES_TRIED_AT = "failures_tried_at"
 
 

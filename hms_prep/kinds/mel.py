@@ -25,7 +25,7 @@ import torchaudio
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.kinds.eeg_mel import TOP_DB, MelParams
-from hms_prep.montage import BIPOLAR_PAIRS
+from hms_prep.sources.montage import BIPOLAR_PAIRS
 
 AMIN = 1e-10  # librosa's floor on power before the log
 SIGNALS_PER_CHAIN = len(BIPOLAR_PAIRS) // len(CHAINS)

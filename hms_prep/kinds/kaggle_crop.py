@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hms_prep.domain import CHAINS, SPEC_ROW_S, SPEC_WINDOW_S
-from hms_prep.kaggle import SPEC_FREQ_NAMES
+from hms_prep.sources.kaggle import SPEC_FREQ_NAMES
 
 KAGGLE_TRANSFORM = "log1p"
 CROP_ROWS = SPEC_WINDOW_S // SPEC_ROW_S  # 300 time columns of 2 s in the default crop

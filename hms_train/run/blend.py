@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 from scipy.optimize import minimize
 
 from hms_prep.domain import TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.store import read_labels
-from hms_train.compare import OOF_FILE, run_file, run_store
-from hms_train.metric import EPSILON, cv_report
+from hms_prep.store.format import read_labels
+from hms_train.run.compare import OOF_FILE, run_file, run_store
+from hms_train.run.metric import EPSILON, cv_report
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Decoding the store's chunks: one chunk of every input at a time, as the sampler's plan asks.
 
 The fast path reads a chunk through fsspec and decodes it with the codec the array's metadata names,
-as declared once in hms_prep/codecs.py (`codec_of`, `ChunkSource.read`; an uncompressed chunk of a local
+as declared once in hms_prep/store/codecs.py (`codec_of`, `ChunkSource.read`; an uncompressed chunk of a local
 store is read straight into the buffer), into a decode buffer reused from chunks already consumed: what
 `array[...]` does, without its per-call machinery and its copy into a fresh output (3,360 -> 4,380
 samples/s for the buffer reuse alone, docs/performance.md). Arrays the declaration does not cover (another codec chain, sharding, zarr v2,
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from hms_prep.codecs import ChunkError, ChunkSource, codec_of  # noqa: F401 (ChunkError: part of this API)
+from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of  # noqa: F401 (ChunkError: part of this API)
 from hms_prep.domain import LABEL_SAMPLES
 
 RAW_WINDOW = LABEL_SAMPLES  # 50 s at 200 Hz: the label window a 1D model sees

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hms_prep.domain import CHAINS
-from hms_prep.kaggle import EEG_COLUMNS
+from hms_prep.sources.kaggle import EEG_COLUMNS
 
 # Electrodes of each chain, front to back, in Kaggle's block order (LL, RL, LP, RP).
 CHAIN_ELECTRODES = {

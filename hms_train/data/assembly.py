@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_train.chunks import DecodedChunk
+from hms_train.data.chunks import DecodedChunk
 
 
 @dataclass(frozen=True, eq=False)

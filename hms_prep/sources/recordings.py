@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from hms_prep.domain import LABEL_SAMPLES, LABEL_WINDOW_S, SAMPLE_RATE
-from hms_prep.kaggle import eeg_path, read_eeg, read_spectrogram, spectrogram_path
-from hms_prep.kinds.base import EEG, SPECTROGRAM
-from hms_prep.montage import BIPOLAR_PAIRS, bipolar_signals, fill_nan, pair_names
-from hms_prep.plan import PlannedRow, RawSegment
-from hms_prep.signal_filter import band_pass
+from hms_prep.sources.kaggle import eeg_path, read_eeg, read_spectrogram, spectrogram_path
+from hms_prep.sources.montage import BIPOLAR_PAIRS, bipolar_signals, fill_nan, pair_names
+from hms_prep.sources.rows import PlannedRow, RawSegment
+from hms_prep.sources.signal_filter import band_pass
+
+EEG, SPECTROGRAM = "eeg", "spectrogram"  # the Kaggle file an array kind's values are cut from
+SOURCES = (EEG, SPECTROGRAM)
 
 FILTER_CONTEXT = 10 * SAMPLE_RATE  # samples read beyond the needed span so filter edges settle
 

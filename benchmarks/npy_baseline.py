@@ -53,7 +53,7 @@ def export_npy(store: str, inputs: Sequence[str], out: Path, file_format: str = 
         if file_format == "parts16":
             samples = np.concatenate([batch[name].numpy() for name in inputs], axis=-1)
         else:
-            samples = compose_image(batch, inputs).numpy()
+            samples = compose_image(batch, inputs, {name: reader.descriptions[name].normalise for name in inputs}).numpy()
         for row, sample in zip(batch["row"].tolist(), samples):
             np.save(out / f"{row}.npy", sample)
     return files

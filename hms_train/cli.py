@@ -276,7 +276,7 @@ def bench(
     store: str = typer.Option("cache/specs.zarr", "--store", help="Store built by hms-prep build."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="A recipe (bundled name or TOML): its inputs, layout, augmentations and model."),
     set_: List[str] = typer.Option([], "--set", help="Override a config field, as for training."),
-    inputs: str = typer.Option("eeg_10s,eeg_30s,kaggle", "--inputs", help="Arrays to read side by side, without --config."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="Arrays to read, without --config (default: the default recipe's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[default: 32, or the config's with --train]"),
     batches: int = typer.Option(50, "--batches", min=1, help="Timed batches (steps) per pass."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -294,7 +294,7 @@ def bench(
       hms-train bench --store cache/specs.zarr --config seed_david_b0 --json        # image_shape 1x400x768
       hms-train bench --store cache/specs.zarr --config seed_richard_b0 --train --device cuda --compile
     """
-    names = [name.strip() for name in inputs.split(",") if name.strip()]
+    names = [name.strip() for name in (inputs or "").split(",") if name.strip()]
     with _user_errors():
         from hms_train.run.bench import format_report, format_train_report, run_bench, run_train_bench
         from hms_train.run.config import load_config
@@ -307,7 +307,7 @@ def bench(
             report = format_train_report(result, store, config)
         else:
             result = run_bench(store, names, batch_size or 32, batches, device, augment, threads, config=recipe)
-            report = format_report(result, store, recipe.inputs if recipe else names)
+            report = format_report(result, store, result["inputs"])
     typer.echo(json.dumps(result) if as_json else report)
 
 

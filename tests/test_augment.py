@@ -42,8 +42,9 @@ def soft_targets(batch: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def only(**enabled) -> AugmentConfig:
-    """A config with every augmentation off except the given settings."""
-    return AugmentConfig(**{**vars(AugmentConfig.off()), **enabled})
+    """A config with every augmentation off except the given settings (the flat keys of earlier configs,
+    which AugmentConfig still reads: hflip_p, mixup_p, ...)."""
+    return AugmentConfig.from_values({**AugmentConfig.off().to_dict(), **enabled})
 
 
 def test_hemisphere_swap_moves_chain_blocks_and_keeps_targets():
@@ -205,7 +206,7 @@ def crop_layout(widths: dict[str, int], crops: dict[str, int], image_width: int 
     parts = tuple(PartConfig(name, width=crops.get(name), train_crop="random" if name in crops else "first")
                   for name in widths)
     config = LayoutConfig.parse(LayoutConfig(parts=parts, width=image_width, train_crop=train_crop))
-    return resolve_layout(config, {name: PartSource("eeg_mel", freqs, width) for name, width in widths.items()})
+    return resolve_layout(config, {name: PartSource.image_part((4, freqs, width)) for name, width in widths.items()})
 
 
 def test_layout_random_crop_gives_requested_width_of_input_slices():
@@ -238,9 +239,10 @@ def test_layout_crops_only_the_given_part():
     assert torch.equal(evaluation, images[..., :22])  # evaluation keeps the part's first 12 columns
 
 
-def test_augmenter_refuses_the_crop_alias():
-    with pytest.raises(ValueError, match="image-layout setting"):
-        Augmenter(AugmentConfig(random_crop_width=8))
+def test_the_removed_crop_alias_says_how_to_migrate():
+    with pytest.raises(ValueError, match=r"augment.random_crop_width was removed: .*\[layout\]"):
+        AugmentConfig.from_values({"random_crop_width": 8})
+    assert AugmentConfig.from_values({"random_crop_width": None}) == AugmentConfig()  # an old config.json
 
 
 def test_each_sample_draws_its_own_flip():
@@ -295,7 +297,7 @@ class OperatorCounter(TorchDispatchMode):
 def test_no_python_loop_over_the_batch():
     """The same operators run, the same number of times, for a batch of 2 and a batch of 32: composing
     with per-part and whole-image random crops, then every augmentation."""
-    config = AugmentConfig(vflip_p=0.5)
+    config = AugmentConfig.from_values({"vertical_flip": {"p": 0.5}})
     layout = crop_layout({"a": 30, "b": 30}, {"b": 20}, image_width=40, train_crop="random")
 
     def operators(batch):

@@ -1,9 +1,12 @@
-"""Composing the model image from store parts: layout, exact values, kaggle standardisation."""
+"""Composing the model image from store parts: layout, exact values, per-sample z-scoring of the parts
+whose arrays ask for it."""
 
 import pytest
 import torch
 
-from hms_train.image.compose import compose_image, image_layout
+from hms_train.image.compose import compose_image, side_by_side_layout
+
+ZSCORED = {"kaggle": "zscore"}  # what the Kaggle array's attributes say
 
 
 def labelled_part(batch: int, freqs: int, times: int, part_id: int) -> torch.Tensor:
@@ -32,7 +35,7 @@ def test_kaggle_part_is_standardised_per_sample_and_cut_for_evaluation():
     torch.manual_seed(0)
     eeg = torch.rand(3, 4, 6, 8) * 2 - 1
     kaggle = torch.rand(3, 4, 6, 12) * torch.tensor([1.0, 5.0, 20.0]).reshape(3, 1, 1, 1) + 3
-    image = compose_image({"eeg_10s": eeg, "kaggle": kaggle}, ["eeg_10s", "kaggle"])
+    image = compose_image({"eeg_10s": eeg, "kaggle": kaggle}, ["eeg_10s", "kaggle"], ZSCORED)
     assert image.shape == (3, 1, 24, 20)
     torch.testing.assert_close(image[:, 0, :, :8], eeg.reshape(3, 24, 8), rtol=0, atol=0)
     kaggle_block = image[:, 0, :, 8:].reshape(3, -1)
@@ -42,7 +45,7 @@ def test_kaggle_part_is_standardised_per_sample_and_cut_for_evaluation():
     expected = (kaggle - kaggle.mean(dim=(1, 2, 3), keepdim=True)) / kaggle.std(dim=(1, 2, 3), keepdim=True, correction=0)
     torch.testing.assert_close(image[:, 0, :, 8:], expected.reshape(3, 24, 12), rtol=0, atol=1e-4)
 
-    evaluation = compose_image({"eeg_10s": eeg, "kaggle": kaggle}, ["eeg_10s", "kaggle"], kaggle_width=5)
+    evaluation = compose_image({"eeg_10s": eeg, "kaggle": kaggle}, ["eeg_10s", "kaggle"], ZSCORED, widths={"kaggle": 5})
     assert evaluation.shape == (3, 1, 24, 13)
     # standardised over the whole block first, then cut: the same columns as in training
     torch.testing.assert_close(evaluation, image[..., :13], rtol=0, atol=0)
@@ -64,14 +67,19 @@ def test_frequency_mismatch_names_the_parts():
 def test_missing_part_and_wrong_chain_count_raise():
     with pytest.raises(ValueError, match="eeg_30s"):
         compose_image({"eeg_10s": torch.zeros(1, 4, 3, 3)}, ["eeg_10s", "eeg_30s"])
-    with pytest.raises(ValueError, match="expected"):
-        compose_image({"eeg_10s": torch.zeros(1, 3, 3, 3)}, ["eeg_10s"])
+    with pytest.raises(ValueError, match=r"an image part has shape \(B, 4, F, T\), got \(1, 3, 3, 3\)"):
+        compose_image({"eeg_10s": torch.zeros(1, 3, 3, 3)}, ["eeg_10s"])  # 3 chains, not 4
+
+
+def columns(layout) -> list[tuple[str, int, int]]:
+    return [(part.array, part.col, part.col + part.width) for part in layout.parts]
 
 
 def test_layout_gives_each_parts_columns():
     shapes = {"eeg_10s": (4, 100, 256), "eeg_30s": (8, 4, 100, 256), "kaggle": (4, 100, 300)}
     inputs = ["eeg_10s", "eeg_30s", "kaggle"]
-    assert image_layout(shapes, inputs) == [("eeg_10s", 0, 256), ("eeg_30s", 256, 512), ("kaggle", 512, 812)]
-    assert image_layout(shapes, inputs, kaggle_width=256)[-1] == ("kaggle", 512, 768)
+    assert columns(side_by_side_layout(shapes, inputs)) == [("eeg_10s", 0, 256), ("eeg_30s", 256, 512),
+                                                            ("kaggle", 512, 812)]
+    assert columns(side_by_side_layout(shapes, inputs, widths={"kaggle": 256}))[-1] == ("kaggle", 512, 768)
     parts = {name: torch.zeros((2, 4, 100, shape[-1])) for name, shape in shapes.items()}
-    assert compose_image(parts, inputs).shape[-1] == image_layout(shapes, inputs)[-1][2]
+    assert compose_image(parts, inputs).shape[-1] == columns(side_by_side_layout(shapes, inputs))[-1][2]

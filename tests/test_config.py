@@ -4,9 +4,9 @@ and what only the store can tell (folds, inputs). Errors name the key and what i
 import pytest
 from typer.testing import CliRunner
 
-from hms_train.image.augment import AugmentConfig
+from hms_train.image.augment import AUGMENTATIONS
 from hms_train.cli import app
-from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, check_against_store, load_config
+from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, check_folds, load_config
 
 
 @pytest.mark.parametrize("name", bundled_configs())
@@ -15,10 +15,15 @@ def test_every_bundled_config_passes_the_checks(name):
 
 
 def test_values_are_typed_as_declared():
-    config = load_config("smoke", ["lr=1", "augment.mask_stripes=[2, 4]", "seed=5"])
+    config = load_config("smoke", ["lr=1", "augment.xy_mask.stripes=[2, 4]", "seed=5"])
     assert config.lr == 1.0 and isinstance(config.lr, float)
-    assert config.augment.mask_stripes == (2, 4) and config.seed == 5
+    assert config.augment.steps["xy_mask"].stripes == (2, 4) and config.seed == 5
     assert TrainConfig.from_dict(config.to_dict()) == config
+    # the flat keys of earlier configs (a run folder's config.json, `--set augment.mixup_p=0`) still read
+    old = load_config("smoke", ["augment.mask_stripes=[3, 5]", "augment.mixup_p=0.25", "augment.brightness=0.4"])
+    steps = old.augment.steps
+    assert steps["xy_mask"].stripes == (3, 5) and steps["mixup"].p == 0.25
+    assert steps["brightness_contrast"].brightness == 0.4
 
 
 @pytest.mark.parametrize("override, message", [
@@ -38,10 +43,15 @@ def test_values_are_typed_as_declared():
     ("pseudo_blend=1.5", "pseudo_blend: 1.5 is out of range; allowed [0, 1]"),
     ("folds=[-1]", "folds: -1 is out of range; allowed [0, inf]"),
     ("folds=[0, 0]", "folds: expected distinct fold numbers"),
-    ("augment.mixup_p=2", "augment.mixup_p: 2.0 is out of range; allowed [0, 1]"),
-    ("augment.mask_width=[5]", "augment.mask_width: expected 2 values, got [5]"),
-    ("augment.rotate=1", "unknown AugmentConfig field(s) ['augment.rotate']"),
+    ("augment.mixup.p=2", "augment.mixup.p: 2.0 is out of range; allowed [0, 1]"),
+    ("augment.mixup_p=2", "augment.mixup.p: 2.0 is out of range; allowed [0, 1]"),
+    ("augment.xy_mask.width=[5]", "augment.xy_mask.width: expected 2 values, got [5]"),
+    ("augment.mixup.rotate=1", "unknown MixupSettings field(s) ['augment.mixup.rotate']"),
+    ("augment.spin.p=1", "unknown augmentation(s) ['augment.spin']; registered:"),
+    ("augment.rotate=1", "unknown augmentation augment.rotate; registered:"),
     ("augment=3", "augment: expected a section (table), got 3"),
+    ("augment.random_crop_width=8", "augment.random_crop_width was removed: the Kaggle part's width"),
+    ("kaggle_width=8", "kaggle_width was removed: set the Kaggle part's width in the recipe's [layout]"),
     ('pseudo_labels="p.parquet"', "pseudo_labels: used in stage 2, but stage2_epochs = 0"),
 ])
 def test_bad_values_name_the_key_and_the_allowed_values(override, message):
@@ -52,10 +62,10 @@ def test_bad_values_name_the_key_and_the_allowed_values(override, message):
 
 
 def test_nested_sections_are_checked_generically():
-    # every *_p field of a nested section is a probability, whatever its name
-    for name in [f for f in AugmentConfig.__dataclass_fields__ if f.endswith("_p")]:
-        with pytest.raises(ConfigError, match=f"augment.{name}: -0.1 is out of range"):
-            TrainConfig.from_dict({"augment": {name: -0.1}})
+    # every registered augmentation's probability `p` is checked as one, whatever the step
+    for name in AUGMENTATIONS:
+        with pytest.raises(ConfigError, match=f"augment.{name}.p: -0.1 is out of range"):
+            TrainConfig.from_dict({"inputs": ["eeg_10s"], "augment": {name: {"p": -0.1}}})
 
 
 def test_a_bad_toml_file_is_reported_with_its_path_and_line(tmp_path):
@@ -68,13 +78,11 @@ def test_a_bad_toml_file_is_reported_with_its_path_and_line(tmp_path):
         load_config(str(path))
 
 
-def test_store_checks_folds_and_inputs():
+def test_store_checks_folds():
     config = load_config("smoke", ["folds=[0, 5]"])
     with pytest.raises(ConfigError, match=r"folds: \[5\] out of range; .* has folds 0..4"):
-        check_against_store(config, ["eeg_10s"], n_folds=5)
-    with pytest.raises(ConfigError, match=r"inputs: \['eeg_10s'\] not in"):
-        check_against_store(load_config("smoke"), ["kaggle"], n_folds=5)
-    check_against_store(load_config("smoke", ["folds=[4]"]), ["eeg_10s"], n_folds=5)
+        check_folds(config, n_folds=5)
+    check_folds(load_config("smoke", ["folds=[4]"]), n_folds=5)
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):

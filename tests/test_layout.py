@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from hms_prep.domain import MIRRORED_CHAINS, standardise
+from hms_prep.store.format import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_SIGNALS
 from hms_train.image.augment import AugmentConfig, hemisphere_swap
 from hms_train.image.compose import compose, eval_windows
-from hms_train.run.config import TrainConfig
-from hms_train.run.forward import image_layout, make_augmenter, model_inputs, model_spec, predict_probabilities, run_model
+from hms_train.run.config import ConfigError, TrainConfig
+from hms_train.run.forward import make_augmenter, model_inputs, predict_probabilities, run_model
+from hms_train.run.plan import check_augment, plan_inputs
 from hms_train.image.layout import LayoutConfig, LayoutError, PartSource, resolve_layout
 from hms_train.model.models import create_model
 from hms_train.data.reader import Selection, StoreReader
+from hms_train.run.bench import bench_plan
 
 DAVID = {
     "parts": [
@@ -28,10 +31,10 @@ DAVID = {
     ]
 }
 MELS_50 = ("eeg_10s_m50", "eeg_14s_m50", "eeg_30s_m50", "eeg_44s_m50")
-DAVID_SOURCES = {**{name: PartSource("eeg_mel", 50, 256) for name in MELS_50},
-                 "kaggle": PartSource("kaggle", 100, 300)}
-RICHARD_SOURCES = {"eeg_10s": PartSource("eeg_mel", 100, 256), "eeg_30s": PartSource("eeg_mel", 100, 256),
-                   "kaggle": PartSource("kaggle", 100, 300)}
+DAVID_SOURCES = {**{name: PartSource.image_part((4, 50, 256)) for name in MELS_50},
+                 "kaggle": PartSource.image_part((4, 100, 300), NORMALISE_ZSCORE)}
+RICHARD_SOURCES = {"eeg_10s": PartSource.image_part((4, 100, 256)), "eeg_30s": PartSource.image_part((4, 100, 256)),
+                   "kaggle": PartSource.image_part((4, 100, 300), NORMALISE_ZSCORE)}
 
 
 def layout_of(values: dict, sources=DAVID_SOURCES):
@@ -136,13 +139,13 @@ def test_layout_config_errors_name_the_key(change, message):
     ({"array": "eeg_30s_m50", "row": 100, "col": 0}, r"layout.parts\[2\] \('eeg_30s_m50'.* overlaps layout.parts\[0\]"),
     ({"array": "eeg_30s_m50", "row": 201, "col": 0}, "must tile it without gaps"),
     ({"array": "eeg_99s", "row": 200, "col": 0}, r"layout.parts\[2\].array 'eeg_99s' is not an array of the store"),
-    ({"array": "raw", "row": 200, "col": 0}, r"is a 'raw' array; image parts must be one of the kinds"),
+    ({"array": "raw", "row": 200, "col": 0}, r"'raw' is not an image part \(its role is 'signals'\)"),
 ])
 def test_layout_is_checked_against_the_store(part, message):
     parts = [dict(p) for p in DAVID["parts"]]
     parts[2] = part
     with pytest.raises(LayoutError, match=message):
-        layout_of({"parts": parts}, {**DAVID_SOURCES, "raw": PartSource("raw", 18, 10**6)})
+        layout_of({"parts": parts}, {**DAVID_SOURCES, "raw": PartSource(ROLE_SIGNALS, NORMALISE_NONE, 18, 10**6)})
     too_wide = [*DAVID["parts"][:4], {**DAVID["parts"][4], "width": 301}]
     with pytest.raises(LayoutError, match=r"layout.parts\[4\].width 301 is wider than 'kaggle'"):
         layout_of({"parts": too_wide})
@@ -167,37 +170,40 @@ def reader(train_store) -> StoreReader:
     return StoreReader(train_store, ["eeg_10s", "eeg_30s", "kaggle", "raw"], threads=1)
 
 
-def test_kaggle_width_without_a_random_crop_trains_and_evaluates_at_one_size(train_store, reader):
+def inputs_of(config: TrainConfig, reader: StoreReader):
+    return plan_inputs(config, reader.descriptions)
+
+
+def test_a_narrower_kaggle_part_trains_and_evaluates_at_one_size(train_store, reader):
     """Once "AttentionPool was built for feature maps 16 columns wide but got 18": now one width."""
-    config = spectrogram_config(train_store, kaggle_width=200, pool="attention")
-    spec = model_spec(config, reader)
+    layout = {"parts": [{"array": "eeg_10s"}, {"array": "kaggle", "width": 200}]}
+    config = spectrogram_config(train_store, layout=layout, pool="attention")
+    plan = inputs_of(config, reader)
+    spec = plan.model_spec
     assert json.loads(json.dumps(spec)) == spec
     assert spec["kwargs"]["image_size"] == [400, 456]
     model = create_model(spec["name"], **spec["kwargs"])
     batch = next(iter(reader.batches(reader.select(Selection()), 4, shuffle=False)))
-    layout = image_layout(config, reader)
     for train in (True, False):
-        inputs = model_inputs(batch, config, train=train, layout=layout)
+        inputs = model_inputs(batch, plan, train=train)
         assert inputs["image"].shape == (4, 1, 400, 456)
         assert run_model(model.eval(), inputs).shape == (4, 6)
-    # without `layout`, the trainer's call resolves it from config.store
-    assert torch.equal(model_inputs(batch, config, train=False)["image"], inputs["image"])
 
 
 def test_sliding_windows_average_the_models_probabilities(train_store, reader):
     layout_values = {"parts": [{"array": "eeg_10s"}, {"array": "kaggle"}], "width": 400, "eval_crop": "sliding",
                      "stride": 100}
     config = spectrogram_config(train_store, pool="avg", layout=layout_values)
-    layout = image_layout(config, reader)
-    assert layout.window_starts() == [0, 100, 156]
-    spec = model_spec(config, reader)
+    plan = inputs_of(config, reader)
+    assert plan.layout.window_starts() == [0, 100, 156]
+    spec = plan.model_spec
     assert spec["kwargs"]["image_size"] == [400, 400]
     torch.manual_seed(0)
     model = create_model(spec["name"], **spec["kwargs"]).eval()
     rows = reader.select(Selection())[:5]
-    probs = predict_probabilities(model, reader, rows, config, torch.device("cpu"), tta_hflip=True)
+    probs = predict_probabilities(model, reader, rows, plan, torch.device("cpu"), tta_hflip=True)
     batch = next(iter(reader.batches(rows, 5, shuffle=False)))
-    canvas = model_inputs(batch, config, train=False, layout=layout)["image"]
+    canvas = model_inputs(batch, plan, train=False)["image"]
     with torch.no_grad():
         views = [model(image[..., s : s + 400]).softmax(1) for s in (0, 100, 156) for image in (canvas, canvas.flip(-1))]
     expected = torch.stack(views).mean(0).numpy()
@@ -205,38 +211,52 @@ def test_sliding_windows_average_the_models_probabilities(train_store, reader):
     np.testing.assert_allclose(probs[order], expected, atol=1e-5)
 
 
-def test_layout_arrays_must_be_read_and_aliases_stay_with_the_default_image(train_store, reader):
+def test_layout_arrays_must_be_read_and_placed(train_store, reader):
     layout_values = {"parts": [{"array": "eeg_10s"}, {"array": "eeg_30s"}]}
     with pytest.raises(LayoutError, match=r"layout.parts\[1\].array 'eeg_30s' is not in inputs"):
-        image_layout(spectrogram_config(train_store, inputs=["eeg_10s"], layout=layout_values), reader)
+        inputs_of(spectrogram_config(train_store, inputs=["eeg_10s"], layout=layout_values), reader)
     with pytest.raises(LayoutError, match=r"inputs \['kaggle'\] are not placed in the layout"):
-        image_layout(spectrogram_config(train_store, inputs=["eeg_10s", "eeg_30s", "kaggle"], layout=layout_values), reader)
-    with pytest.raises(LayoutError, match="only shape the default side-by-side image"):
-        image_layout(spectrogram_config(train_store, inputs=["eeg_10s", "eeg_30s"], layout=layout_values,
-                                        kaggle_width=100), reader)
-    with pytest.raises(LayoutError, match="disagree"):
-        image_layout(spectrogram_config(train_store, kaggle_width=100, augment={"random_crop_width": 200}), reader)
+        inputs_of(spectrogram_config(train_store, inputs=["eeg_10s", "eeg_30s", "kaggle"], layout=layout_values), reader)
+    with pytest.raises(ConfigError, match=r"kaggle_width was removed: .*\[layout\]"):
+        spectrogram_config(train_store, kaggle_width=100)
 
 
-def test_random_crop_alias_crops_the_kaggle_part_of_the_default_image(train_store, reader):
-    config = spectrogram_config(train_store, augment={"random_crop_width": 200})
-    layout = image_layout(config, reader)
-    kaggle = layout.parts[1]
-    assert (kaggle.col, kaggle.width, kaggle.train_crop, kaggle.eval_crop) == (256, 200, "random", "first")
-    assert make_augmenter(config, reader, torch.Generator()).config.random_crop_width is None
+def test_parts_are_normalised_as_their_arrays_say(train_store, reader):
+    """The Kaggle crop is z-scored per sample because its attributes say so, not because of its name."""
+    plan = inputs_of(spectrogram_config(train_store), reader)
+    assert [(p.array, p.normalise) for p in plan.layout.parts] == [("eeg_10s", NORMALISE_NONE),
+                                                                     ("kaggle", NORMALISE_ZSCORE)]
+    batch = next(iter(reader.batches(reader.select(Selection())[:3], 3, shuffle=False)))
+    image = model_inputs(batch, plan, train=False)["image"]
+    kaggle = image[..., 256:]
+    expected = standardise(batch["kaggle"].float(), axes=(1, 2, 3)).reshape(3, 1, 400, 300)
+    torch.testing.assert_close(kaggle, expected)
+    torch.testing.assert_close(image[..., :256], batch["eeg_10s"].float().reshape(3, 1, 400, 256))
 
 
 def test_multimodal_models_refuse_augmentations_of_the_image_alone(train_store, reader):
     values = {"model": "multimodal", "inputs": ["eeg_10s", "kaggle", "raw"]}
     config = spectrogram_config(train_store, **values)
-    with pytest.raises(ValueError, match=r"\['augment.hemisphere_swap_p', 'augment.hflip_p', 'augment.ssr_p', "
-                                         r"'augment.mixup_p'\] would change the image alone"):
-        make_augmenter(config, reader, torch.Generator())
-    image_only = {name: 0.0 for name in ("hemisphere_swap_p", "hflip_p", "vflip_p", "ssr_p", "mixup_p")}
+    with pytest.raises(ConfigError, match=r"\['augment.hemisphere_swap.p', 'augment.time_flip.p', "
+                                          r"'augment.shift_scale_rotate.p', 'augment.mixup.p'\] would change the image alone"):
+        check_augment(config, inputs_of(config, reader))
+    image_only = {name: {"p": 0.0} for name in ("hemisphere_swap", "time_flip", "vertical_flip", "shift_scale_rotate",
+                                                 "mixup")}
     synced = spectrogram_config(train_store, **values, augment=image_only)
-    augmenter = make_augmenter(synced, reader, torch.Generator())
-    assert augmenter.config.brightness_contrast_p == AugmentConfig().brightness_contrast_p
-    spec = model_spec(synced, reader)
+    augmenter = make_augmenter(bench_plan(synced, reader), torch.Generator())
+    assert augmenter.config.steps["brightness_contrast"] == AugmentConfig().steps["brightness_contrast"]
+    spec = inputs_of(synced, reader).model_spec
     assert spec["kwargs"]["raw_channels"] == reader.arrays["raw"].shape[0]
     assert set(spec["kwargs"]) == {"image_size", "backbone", "pool", "drop_rate", "drop_path_rate", "pretrained",
                                    "weights", "raw_channels", "raw_samples"}
+
+
+def test_inputs_are_found_by_role(train_store, reader):
+    with pytest.raises(ConfigError, match=r"model kind '1d' takes one signals array; .* hold 0"):
+        inputs_of(spectrogram_config(train_store, model="1d", inputs=["eeg_10s"]), reader)
+    with pytest.raises(ConfigError, match=r"inputs: \['raw'\] are signals, which model kind '2d' does not take"):
+        inputs_of(spectrogram_config(train_store, inputs=["eeg_10s", "raw"]), reader)
+    with pytest.raises(ConfigError, match=r"are image parts, but model kind '1d' takes no image"):
+        inputs_of(spectrogram_config(train_store, model="1d", inputs=["eeg_10s", "raw"]), reader)
+    plan = inputs_of(spectrogram_config(train_store, model="1d", inputs=["raw"]), reader)
+    assert plan.signals == "raw" and plan.layout is None

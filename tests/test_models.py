@@ -139,9 +139,9 @@ def test_multimodal_forward(image):
     raw = torch.randn(2, 16, 10000)
     with torch.no_grad():
         assert model(image, raw).shape == (2, 6)
-    assert model_inputs("multimodal") == ("image", "raw")
+    assert model_inputs("multimodal") == ("image", "signals")
     assert model_inputs("2d") == ("image",)
-    assert model_inputs("1d") == ("raw",)
+    assert model_inputs("1d") == ("signals",)
 
 
 def test_unknown_names_are_refused():

@@ -154,7 +154,7 @@ def test_composed_image_is_the_stored_arrays_side_by_side(train_store):
         assert batch[name].dtype == torch.float16
         np.testing.assert_array_equal(batch[name].numpy(), stored[name])
 
-    image = compose_image(batch, SPECTROGRAMS).numpy()
+    image = compose_image(batch, SPECTROGRAMS, {name: reader.descriptions[name].normalise for name in SPECTROGRAMS}).numpy()
     eeg10, eeg30, kaggle = (stored[name].astype(np.float32) for name in SPECTROGRAMS)
     n, chains, freqs, _ = eeg10.shape
     assert image.shape == (n, 1, chains * freqs, eeg10.shape[-1] + eeg30.shape[-1] + kaggle.shape[-1])

@@ -15,15 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hms_train.image.augment import Augmenter, AugmentConfig
+from hms_train.image.augment import LEGACY_KEYS, Augmenter, AugmentConfig
 from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, load_config
-from hms_train.run.forward import image_layout
+from hms_train.run.plan import fold_stages, plan_inputs, train_targets
 from hms_train.image.layout import LayoutConfig, PartSource, resolve_layout
 from hms_train.model.losses import Loss
 from hms_train.run.metric import VOTE_COLUMNS, kaggle_kl, selection_kl
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
-from hms_train.run.train import fold_stages, make_scheduler, train, train_targets
+from hms_train.run.train import make_scheduler, train
 
 SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
 
@@ -49,6 +49,11 @@ RICHARD = {
     "sample_per_eeg": False, "val_per_eeg": False,
     "seed": 123,  # V4 c0
 }
+def flat(augment: AugmentConfig) -> dict:
+    """The augmentations' settings under the flat names the seed's values are listed by here."""
+    return {key: getattr(augment.steps[step], setting) for key, (step, setting) in LEGACY_KEYS.items()}
+
+
 RICHARD_AUGMENT = {  # V4 c2, c3
     "brightness_contrast_p": 0.5, "brightness": 0.6, "contrast": 0.0,
     "hflip_p": 0.5, "vflip_p": 0.5, "hemisphere_swap_p": 0.0,
@@ -96,7 +101,7 @@ def test_bundled_recipes_hold_the_seed_values(name):
     values, augment = EXPECTED[name]
     config = load_config(name)
     assert {key: getattr(config, key) for key in values} == values
-    assert {key: getattr(config.augment, key) for key in augment} == augment
+    assert {key: flat(config.augment)[key] for key in augment} == augment
 
 
 def test_old_names_extend_the_new_recipes():
@@ -107,9 +112,10 @@ def test_old_names_extend_the_new_recipes():
 
 def test_extends_merges_tables_and_refuses_loops(tmp_path):
     child = tmp_path / "child.toml"
-    child.write_text('extends = "seed_richard_b0"\nlr = 1e-3\n[augment]\nvflip_p = 0.0\n')
+    child.write_text('extends = "seed_richard_b0"\nlr = 1e-3\n[augment.vertical_flip]\np = 0.0\n')
     config = load_config(str(child))
-    assert config.lr == 1e-3 and config.augment.vflip_p == 0 and config.augment.mask_axes == "time"
+    steps = config.augment.steps
+    assert config.lr == 1e-3 and steps["vertical_flip"].p == 0 and steps["xy_mask"].axes == "time"
     loop = tmp_path / "loop.toml"
     loop.write_text(f'extends = "{loop}"\n')
     with pytest.raises(ConfigError, match="extends itself"):
@@ -137,7 +143,7 @@ def both_store(synth_data, tmp_path_factory):
                                         ("seed_david_b0", (400, 768)), ("seed_david_mnv3", (400, 768))])
 def test_recipe_images_on_one_store(name, size, both_store):
     config = load_config(name, [f'store="{both_store}"'])
-    layout = image_layout(config, StoreReader(both_store, config.inputs))
+    layout = plan_inputs(config, StoreReader(both_store, config.inputs).descriptions).layout
     assert layout.image_size == size
     if size[1] == 912:  # the label's 600 s Kaggle crop: 812 columns, centred in 912 and one window
         assert layout.composed_width == 812 and layout.pad_left == 50 and layout.window_starts() == [0]
@@ -306,8 +312,7 @@ def test_per_eeg_epochs_train_and_validate_on_one_row_per_eeg(both_store, tmp_pa
 
 
 def test_time_masks_leave_every_row_unmasked_somewhere():
-    config = AugmentConfig(**{**{f: 0.0 for f in AugmentConfig.__dataclass_fields__ if f.endswith("_p")},
-                              "xy_mask_p": 1.0, "mask_axes": "time"})
+    config = AugmentConfig.from_values({**AugmentConfig.off().to_dict(), "xy_mask": {"p": 1.0, "axes": "time"}})
     images = torch.ones(8, 1, 40, 200)
     masked, _ = Augmenter(config, torch.Generator().manual_seed(0))(images, torch.ones(8, 6) / 6)
     zero_columns = (masked == 0).all(dim=2)  # (B, 1, W): whole columns
@@ -316,7 +321,7 @@ def test_time_masks_leave_every_row_unmasked_somewhere():
 
 
 def test_centred_padding_splits_the_zeros_like_pad_if_needed():
-    sources = {"a": PartSource("eeg_mel", 2, 5)}
+    sources = {"a": PartSource.image_part((4, 2, 5))}
     layout = resolve_layout(LayoutConfig.parse({"parts": [{"array": "a"}], "width": 10, "pad": "center"}), sources)
     assert layout.pad_left == 2  # albumentations: left = (10 - 5) // 2, right gets the rest
     from hms_train.image.compose import compose
@@ -355,8 +360,8 @@ def test_pretrained_weights_offline_fail_fast_saying_how_to_provide_them(tmp_pat
 def test_layout_choices_are_checked():
     with pytest.raises(ValueError, match=r"layout.pad = 'left'; allowed: \['right', 'center'\]"):
         LayoutConfig.parse({"parts": [{"array": "a"}], "width": 10, "pad": "left"})
-    with pytest.raises(ConfigError, match="augment.mask_axes: 'freq' is not allowed"):
-        load_config("smoke", ['augment.mask_axes="freq"'])
+    with pytest.raises(ConfigError, match="augment.xy_mask.axes: 'freq' is not allowed"):
+        load_config("smoke", ['augment.xy_mask.axes="freq"'])
     with pytest.raises(ConfigError, match="stage2_val_to_train_below: 12 is above stage2_min_votes 8"):
         load_config("seed_richard_b0", ["stage2_val_to_train_below=12"])
     assert math.isclose(load_config("seed_richard_b0").stage2_lr, 3e-4)

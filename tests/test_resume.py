@@ -7,16 +7,19 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from hms_train.run.metric import VOTE_COLUMNS
 
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
+HOOK = Path(__file__).parent / "train_hook"
 TINY = ["inputs=[\"eeg_10s\"]", "epochs=3", "stage2_epochs=1", "max_batches_per_epoch=2", "batch_size=8",
         "folds=[0, 1]", "seed=3"]
 
@@ -88,6 +91,34 @@ def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path, switc
     assert [key(r) for r in resumed] == [key(r) for r in lines], "metrics.jsonl as if never interrupted"
     np.testing.assert_allclose([r["val_kl"] for r in resumed], [r["val_kl"] for r in lines], atol=1e-5)
     assert json.loads((killed / "config.json").read_text()) == json.loads((full / "config.json").read_text())
+
+
+def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_the_same(train_store, tmp_path):
+    """Checkpoints every step inside an epoch; killed right after the 6th of them (fold 0, stage 1, inside
+    its third epoch): the resumed run starts at the next batch, not at the epoch's start, and ends with the
+    uninterrupted run's predictions and metrics."""
+    switches = [*RECIPE_SWITCHES, "checkpoint_every_steps=1", "max_batches_per_epoch=4", "batch_size=4", "folds=[0]"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run(train_args(train_store, full, switches))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}",
+           "HMS_KILL_AFTER_MID_SAVE": "6"}
+    process = subprocess.run(command(*train_args(train_store, killed, switches)), cwd=ROOT, env=env,
+                             start_new_session=True, capture_output=True, text=True, timeout=300)
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    at = torch.load(killed / "fold0_last.pt", weights_only=True)["position"]
+    assert at["stage"] == "stage1" and 0 < at["batch"] and at["epoch"] >= 1, at  # inside an epoch after the first
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == at["epoch"]
+    run(["train", "--resume", str(killed)])
+
+    ids, probs = predictions(full)
+    resumed_ids, resumed_probs = predictions(killed)
+    np.testing.assert_array_equal(resumed_ids, ids)
+    np.testing.assert_allclose(resumed_probs, probs, atol=1e-5)
+    lines = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in resumed] == [(r["stage"], r["epoch"]) for r in lines]
+    for key in ("train_loss", "val_kl"):  # the resumed epoch's loss sums its batches before and after the kill
+        np.testing.assert_allclose([r[key] for r in resumed], [r[key] for r in lines], atol=1e-5)
 
 
 def test_resume_refuses_other_options_and_missing_runs(tmp_path):

@@ -18,7 +18,7 @@ from hms_prep.show import (
     stack_chains,
     standardise,
 )
-from hms_prep.store.format import open_store, read_labels
+from hms_prep.store.format import describe_arrays, open_store, read_labels
 from hms_train.image.compose import compose_image
 
 WITH_RAW = (round(FIG_WIDTH * DPI), round((SPECTROGRAM_HEIGHT + RAW_HEIGHT) * DPI))  # (width, height) pixels
@@ -86,7 +86,8 @@ def test_image_parts_are_what_the_trainer_composes(train_store):
     group, _ = open_store(train_store)
     row = 3
     parts = {name: group[name][row : row + 1] for name in ("eeg_10s", "eeg_30s", "kaggle")}
-    trainer = compose_image({k: torch.from_numpy(v) for k, v in parts.items()}, list(parts))[0, 0].numpy()
+    normalise = {name: array.normalise for name, array in describe_arrays(group).items()}
+    trainer = compose_image({k: torch.from_numpy(v) for k, v in parts.items()}, list(parts), normalise)[0, 0].numpy()
     shown = np.concatenate(
         [stack_chains(standardise(v[0].astype(np.float32)) if k == "kaggle" else v[0].astype(np.float32))
          for k, v in parts.items()], axis=1)

@@ -57,7 +57,7 @@ def test_bundled_configs_load():
     b0 = load_config("seed_effnet_b0", ["lr=1e-3", "augment.mixup_p=0", "folds=[0, 1]"])
     # seed_effnet_b0 is now the name of seed_richard_b0, with the seed's own timm weights (tests/test_recipes.py)
     assert (b0.backbone, b0.pool, b0.optimizer, b0.batch_size, b0.ema_decay) == ("tf_efficientnet_b0_ns", "attention", "adamw", 16, 0.995)
-    assert b0.lr == 1e-3 and b0.augment.mixup_p == 0 and b0.folds == [0, 1]
+    assert b0.lr == 1e-3 and b0.augment.steps["mixup"].p == 0 and b0.folds == [0, 1]
     lion = load_config("seed_lion_mobilenet")
     assert (lion.optimizer, lion.lr, lion.batch_size) == ("lion", 2e-4, 32)
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
@@ -210,6 +210,44 @@ def test_predict_counts_failed_rows_and_refuses_when_none_is_usable(smoke_run, l
                                       "--out", str(tmp_path / "none.csv")])
     assert result.exit_code == 1 and "none of its" in result.output and "no submission written" in result.output
     assert not (tmp_path / "none.csv").exists()
+
+
+def test_a_run_folder_of_the_previous_format_still_predicts_and_resumes(smoke_run, stores, tmp_path):
+    """Run folders written before the run plan (checkpoint format 1, flat augment keys, kaggle_width):
+    rewritten here from a new run exactly as the old code wrote them, they predict the same submission and
+    `--resume` finishes a fold from their last checkpoint."""
+    import torch
+
+    from hms_train.image.augment import LEGACY_KEYS
+
+    out, _ = smoke_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    config = json.loads((old / "config.json").read_text())
+    old_config = {k: v for k, v in config.items() if k not in ("plugins", "checkpoint_every_steps")}
+    old_config["augment"] = {**{key: config["augment"][step][setting] for key, (step, setting) in LEGACY_KEYS.items()},
+                             "random_crop_width": None}
+    old_config["kaggle_width"] = None
+    (old / "config.json").write_text(json.dumps(old_config))
+    for path in old.glob("fold*.pt"):
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint.update(format=1, config=old_config)
+        for key in ("batch", "epoch_loss_sum", "epoch_steps"):
+            checkpoint.pop(key, None)
+        checkpoint.update(checkpoint.pop("position", {}))  # format 1: the position at the top level
+        checkpoint.pop("batch", None)
+        torch.save(checkpoint, path)
+
+    expected = predict_submission(stores[1], [out], tmp_path / "new.csv", device="cpu")
+    assert predict_submission(stores[1], [old], tmp_path / "old.csv", device="cpu").equals(expected)
+
+    fold = sorted(old.glob("fold*_oof.parquet"))[-1]
+    fold.unlink()  # the fold is redone from its format-1 last checkpoint: every epoch already done
+    (old / "oof.parquet").unlink()
+    result = subprocess.run([sys.executable, "-m", "hms_train.cli", "train", "--resume", str(old), "--quiet"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pq.read_table(old / "oof.parquet").equals(pq.read_table(out / "oof.parquet"))
 
 
 def test_bad_pseudo_labels_fail_before_training_without_a_traceback(stores, tmp_path):

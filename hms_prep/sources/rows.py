@@ -13,10 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE, TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.store.format import digest
+from hms_prep.store.format import RAW_INDEX_COLUMNS, digest  # noqa: F401 (the build's import)
 
 EEG_OFFSET = "eeg_label_offset_seconds"
-RAW_INDEX_COLUMNS = ("raw_start", "raw_lo", "raw_hi")  # labels.parquet's index into the raw arrays
 SPEC_OFFSET = "spectrogram_label_offset_seconds"
 
 

@@ -50,6 +50,9 @@ LABELS_FILE = "labels.parquet"
 BUILD_GROUP = "_build"
 
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+# labels.parquet's index of each row into the arrays stored per segment: its label window's first sample,
+# and the bounds of its recording's stored segment (a jittered window never leaves them).
+RAW_INDEX_COLUMNS = ("raw_start", "raw_lo", "raw_hi")
 
 IMAGE_AXES = ("row", "chain", "frequency", "time")  # a per-row image part: (rows, 4 chains, F, T)
 SIGNAL_AXES = ("signal", "sample")  # signals stored per recording segment (rows index them via labels)

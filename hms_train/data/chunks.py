@@ -86,7 +86,8 @@ def _pop(spare: list[np.ndarray]) -> np.ndarray | None:
 
 
 class RawWindows:
-    """Label windows of the raw bipolar signals, cut from one read of a chunk's stored segment.
+    """Label windows of a signals array (the raw bipolar signals), cut from one read of a chunk's stored
+    segment.
 
     `index` holds each row's (raw_start, raw_lo, raw_hi): its window's start and the bounds of its
     recording's stored segment, which a jittered window never leaves."""
@@ -117,18 +118,19 @@ class ChunkReader:
     The spare buffers outlive an epoch (fresh multi-MB buffers cost page faults on every chunk) and
     keep what the read-ahead needs at its peak, about 3 * buffer_chunks chunks of the inputs."""
 
-    def __init__(self, decoders: Mapping[str, ChunkDecoder], raw: RawWindows | None, chunk_rows: int):
+    def __init__(self, decoders: Mapping[str, ChunkDecoder], signals: Mapping[str, RawWindows], chunk_rows: int):
         self.decoders = dict(decoders)
         self.chunk_rows = chunk_rows
-        self.raw = raw
+        self.signals = dict(signals)
         self.spare = {name: [] for name, decoder in self.decoders.items() if decoder.recycles}
 
     def __call__(self, chunk: int, rows: np.ndarray, max_shift: int = 0,
                  key: tuple[int, int] = (0, 0)) -> DecodedChunk:
-        """Chunk `chunk` of every input; the raw windows of `rows` (jittered by `max_shift`, from `key`)."""
+        """Chunk `chunk` of every image input; the signal windows of `rows` (jittered by `max_shift`, from
+        `key`) of every signals input."""
         values = {name: decode(chunk, self.spare.get(name)) for name, decode in self.decoders.items()}
-        if self.raw is not None:
-            values["raw"] = self.raw(chunk, rows, max_shift, key)
+        for name, windows in self.signals.items():
+            values[name] = windows(chunk, rows, max_shift, key)
         return DecodedChunk(chunk, chunk * self.chunk_rows, values)
 
     def recycle(self, decoded: DecodedChunk) -> None:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_prep.store.format import TARGET_COLUMNS, data_array_names, open_store, read_labels, require_finished
+from hms_prep.store.format import (RAW_INDEX_COLUMNS, ROLE_SIGNALS, TARGET_COLUMNS, data_array_names, describe_arrays, open_store,
+                                  read_labels, require_finished)
 from hms_train.data.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
 from hms_train.data.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
 from hms_train.data.prefetch import in_background
@@ -59,18 +60,22 @@ class StoreReader:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.inputs = tuple(inputs)
         self.arrays = {name: self.group[name] for name in self.inputs}
+        described = describe_arrays(self.group)
+        self.descriptions = {name: described[name] for name in self.inputs}  # role, normalisation, shape
         self.threads = threads
         self.n_rows = self.layout.n_rows
         self.targets = self._targets()
         self.votes = (self.labels.column("total_votes").to_numpy().astype(np.float32)
                       if "total_votes" in self.labels.column_names else np.zeros(self.n_rows, np.float32))
         chunk_rows = self.layout.chunk_rows
-        decoders = {name: ChunkDecoder(array, chunk_rows, url) for name, array in self.arrays.items() if name != "raw"}
-        raw = None
-        if "raw" in self.inputs:
-            index = np.stack([self.column(c) for c in ("raw_start", "raw_lo", "raw_hi")], 1)
-            raw = RawWindows(self.arrays["raw"], index, chunk_rows)
-        self.read_chunk = ChunkReader(decoders, raw, chunk_rows)
+        decoders, signals = {}, {}
+        for name, array in self.arrays.items():
+            if self.descriptions[name].role == ROLE_SIGNALS:  # stored per segment: windows cut per row
+                index = np.stack([self.column(c) for c in RAW_INDEX_COLUMNS], 1)
+                signals[name] = RawWindows(array, index, chunk_rows)
+            else:
+                decoders[name] = ChunkDecoder(array, chunk_rows, url)
+        self.read_chunk = ChunkReader(decoders, signals, chunk_rows)
 
     def column(self, name: str) -> np.ndarray:
         return self.labels.column(name).to_numpy(zero_copy_only=False)

@@ -1,27 +1,30 @@
 """Batched training augmentations of composed images, on the batch's device, per-sample random parameters.
 
 Each augmentation is a small pure function of the images and its already-drawn parameters (a mask of the
-samples it applies to, factors, positions, an affine matrix), so it can be tested on its own. `Augmenter`
-draws those parameters for the whole batch at once from one `torch.Generator` and chains the functions;
-nothing loops over the samples in Python, so the cost does not grow with per-sample Python overhead and
-the same code runs on CPU and CUDA.
+samples it applies to, factors, positions, an affine matrix), so it can be tested on its own. Each is
+also a registered step (`register_augmentation`): a name, a settings dataclass (`p`, its probability,
+and its strengths; the defaults are the seed recipe), whether it changes the image alone (`image_only`:
+refused for models that also take the signals), its place in the chain (`order`), and a function that
+draws its parameters for the whole batch from one `torch.Generator` (through `Draws`) and applies them.
+`Augmenter` chains the steps a config turns on; nothing loops over the samples in Python, and the same
+code runs on CPU and CUDA. An augmentation from outside the package is one registered function.
 
-Images are (B, 1, H, W) composed by `hms_train.image.compose` from an image layout: each part's chain blocks
-LL, RL, LP, RP stacked top to bottom. Targets are (B, 6) vote fractions summing to 1. Geometric
+Images are (B, 1, H, W) composed by `hms_train.image.compose` from an image layout: each part's chain
+blocks LL, RL, LP, RP stacked top to bottom. Targets are (B, 6) vote fractions summing to 1. Geometric
 augmentations act on the whole image except the hemisphere swap, which mirrors each part's own chain
-blocks. Models that also take the raw signal refuse the ones that would change the image alone
-(`IMAGE_ONLY`, see `hms_train.run.forward.make_augmenter`).
+blocks.
 
-Defaults follow the seed solution's recipe (docs HMS.md section 4): brightness/contrast, time flip,
-XY masking (1-10 stripes of 5-10 px), shift-scale-rotate (shift 0.15, scale 0.05, rotate 15 deg, p 0.7),
-mixup (Beta(0.5, 0.5), p 0.3) on soft labels; plus the left/right "brain flip" (hemisphere swap).
+The config (TOML) has one table per step, `[augment.time_flip] p = 0.5`; the flat keys of earlier
+configs (`augment.hflip_p`, `augment.brightness`, ...) are read as the same settings (`LEGACY_KEYS`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, fields
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,42 +32,8 @@ import torch.nn.functional as F
 from hms_prep.domain import CHAINS, MIRRORED_CHAINS
 
 N_CHAINS = len(CHAINS)
-# The probabilities of augmentations that move image content in time or across chains, or mix samples:
-# applied to the image alone they would desynchronise it from a raw signal the model also takes.
-IMAGE_ONLY = ("hemisphere_swap_p", "hflip_p", "vflip_p", "ssr_p", "mixup_p")
 # "time": stripes of whole columns only (Richard's XYMasking had its y masks commented out).
 MASK_AXES = ("both", "time")
-
-
-@dataclass
-class AugmentConfig:
-    """Every probability and strength of the training augmentations; defaults = the seed recipe."""
-
-    # An alias of the image layout, applied when the image is composed (hms_train.image.layout.side_by_side):
-    # the Kaggle part's width, a random span of it in training, its first columns at evaluation.
-    random_crop_width: int | None = None
-    brightness_contrast_p: float = 0.6
-    brightness: float = 0.2  # offset drawn from U(-brightness, brightness) and added
-    contrast: float = 0.2  # factor drawn from 1 + U(-contrast, contrast) and multiplied
-    hflip_p: float = 0.5  # time reversal
-    vflip_p: float = 0.0  # whole-image vertical flip (reverses chain order and frequency axis)
-    hemisphere_swap_p: float = 0.5  # LL <-> RL and LP <-> RP; the label is kept
-    xy_mask_p: float = 0.5
-    mask_axes: Literal[MASK_AXES] = "both"  # time stripes and frequency stripes, or time stripes only
-    mask_stripes: tuple[int, int] = (1, 10)  # stripes per axis, inclusive range
-    mask_width: tuple[int, int] = (5, 10)  # stripe width in pixels, inclusive range
-    ssr_p: float = 0.7
-    shift: float = 0.15  # fraction of the image's width / height
-    scale: float = 0.05  # zoom factor drawn from 1 + U(-scale, scale)
-    rotate_deg: float = 15.0
-    mixup_p: float = 0.3
-    mixup_alpha: float = 0.5
-
-    @classmethod
-    def off(cls) -> AugmentConfig:
-        """No augmentation at all (every probability 0, no crop): for benchmarks and ablations."""
-        probabilities = {f.name: 0.0 for f in fields(cls) if f.name.endswith("_p")}
-        return cls(random_crop_width=None, **probabilities)
 
 
 # --- the augmentations, each given its drawn parameters -------------------------------------------------
@@ -190,106 +159,265 @@ def sample_symmetric_beta(
     return torch._sample_dirichlet(concentration, generator=generator)[:, 0]
 
 
-# --- drawing the parameters and chaining the augmentations ----------------------------------------------
+# --- the registry: each augmentation a step with its settings ------------------------------------------
+
+
+class Draws:
+    """Per-sample random draws for one batch, from one generator (None: torch's default), on the images'
+    device; and what the steps may need to know of the image (`mirror_rows`, from its layout)."""
+
+    def __init__(self, images: torch.Tensor, generator: torch.Generator | None, mirror_rows: torch.Tensor | None):
+        self.batch, self.device = images.shape[0], images.device
+        self.generator, self.mirror_rows = generator, mirror_rows
+
+    def uniform(self, low: float, high: float) -> torch.Tensor:
+        """(B,) uniform draws in [low, high)."""
+        u = torch.rand(self.batch, generator=self.generator, device=self.device)
+        return low + (high - low) * u
+
+    def chosen(self, p: float) -> torch.Tensor:
+        """(B,) bool: which samples a step of probability `p` applies to."""
+        return self.uniform(0.0, 1.0) < p
+
+
+Apply = Callable[[Draws, torch.Tensor, torch.Tensor, Any], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A registered step: `apply(draws, images, targets, settings) -> (images, targets)`."""
+
+    name: str
+    settings: type  # a dataclass whose field `p` is the probability; its defaults are the seed recipe's
+    apply: Apply
+    image_only: bool  # moves image content in time or across chains, or mixes samples
+    order: int  # steps run in ascending order
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {}
+
+
+def register_augmentation(name: str, settings: type, *, order: int, image_only: bool):
+    """Decorator: register `apply(draws, images, targets, settings)` as the augmentation `name`, configured
+    by the dataclass `settings` (a field `p` and the step's strengths), run at `order` in the chain."""
+
+    def register(apply: Apply) -> Apply:
+        if name in AUGMENTATIONS:
+            raise ValueError(f"augmentation {name!r} is registered twice")
+        if "p" not in {f.name for f in dataclasses.fields(settings)}:
+            raise ValueError(f"augmentation {name!r}: its settings {settings.__name__} need a field `p`")
+        AUGMENTATIONS[name] = Augmentation(name, settings, apply, image_only, order)
+        return apply
+
+    return register
+
+
+@dataclass
+class HemisphereSwapSettings:
+    p: float = 0.5  # LL <-> RL and LP <-> RP; the label is kept
+
+
+@dataclass
+class TimeFlipSettings:
+    p: float = 0.5  # time reversal of the whole image
+
+
+@dataclass
+class VerticalFlipSettings:
+    p: float = 0.0  # whole-image vertical flip (reverses chain order and frequency axis)
+
+
+@dataclass
+class BrightnessContrastSettings:
+    p: float = 0.6
+    brightness: float = 0.2  # offset drawn from U(-brightness, brightness) and added
+    contrast: float = 0.2  # factor drawn from 1 + U(-contrast, contrast) and multiplied
+
+
+@dataclass
+class ShiftScaleRotateSettings:
+    p: float = 0.7
+    shift: float = 0.15  # fraction of the image's width / height
+    scale: float = 0.05  # zoom factor drawn from 1 + U(-scale, scale)
+    rotate_deg: float = 15.0
+
+
+@dataclass
+class XYMaskSettings:
+    p: float = 0.5
+    axes: Literal[MASK_AXES] = "both"  # time stripes and frequency stripes, or time stripes only
+    stripes: tuple[int, int] = (1, 10)  # stripes per axis, inclusive range
+    width: tuple[int, int] = (5, 10)  # stripe width in pixels, inclusive range
+
+
+@dataclass
+class MixupSettings:
+    p: float = 0.3
+    alpha: float = 0.5  # lam ~ Beta(alpha, alpha)
+
+
+@register_augmentation("hemisphere_swap", HemisphereSwapSettings, order=10, image_only=True)
+def _hemisphere_swap(draws: Draws, images, targets, settings: HemisphereSwapSettings):
+    return hemisphere_swap(images, draws.chosen(settings.p), draws.mirror_rows), targets
+
+
+@register_augmentation("time_flip", TimeFlipSettings, order=20, image_only=True)
+def _time_flip(draws: Draws, images, targets, settings: TimeFlipSettings):
+    return time_flip(images, draws.chosen(settings.p)), targets
+
+
+@register_augmentation("vertical_flip", VerticalFlipSettings, order=30, image_only=True)
+def _vertical_flip(draws: Draws, images, targets, settings: VerticalFlipSettings):
+    return vertical_flip(images, draws.chosen(settings.p)), targets
+
+
+@register_augmentation("brightness_contrast", BrightnessContrastSettings, order=40, image_only=False)
+def _brightness_contrast(draws: Draws, images, targets, settings: BrightnessContrastSettings):
+    chosen = draws.chosen(settings.p)
+    contrast = draws.uniform(1 - settings.contrast, 1 + settings.contrast)
+    brightness = draws.uniform(-settings.brightness, settings.brightness)
+    # unchosen samples get factor 1 and offset 0: exactly unchanged
+    images = brightness_contrast(images, torch.where(chosen, contrast, 1.0), torch.where(chosen, brightness, 0.0))
+    return images, targets
+
+
+@register_augmentation("shift_scale_rotate", ShiftScaleRotateSettings, order=50, image_only=True)
+def _shift_scale_rotate(draws: Draws, images, targets, settings: ShiftScaleRotateSettings):
+    chosen = draws.chosen(settings.p)
+    max_angle = math.radians(settings.rotate_deg)
+    theta = affine_theta(
+        angle_rad=draws.uniform(-max_angle, max_angle),
+        zoom=draws.uniform(1 - settings.scale, 1 + settings.scale),
+        shift_x=draws.uniform(-settings.shift, settings.shift),
+        shift_y=draws.uniform(-settings.shift, settings.shift),
+        height=images.shape[-2],
+        width=images.shape[-1],
+    )
+    # bilinear resampling with an identity matrix is only identical up to rounding: keep the
+    # unchosen samples' pixels exactly
+    return torch.where(_per_sample(chosen), shift_scale_rotate(images, theta), images), targets
+
+
+@register_augmentation("xy_mask", XYMaskSettings, order=60, image_only=False)  # after the warp: stripes stay straight
+def _xy_mask(draws: Draws, images, targets, settings: XYMaskSettings):
+    batch, _, height, width = images.shape
+    chosen = draws.chosen(settings.p)[:, None]
+    columns = stripe_mask(batch, width, settings.stripes, settings.width, draws.generator, images.device)
+    if settings.axes == "time":
+        rows = torch.zeros(batch, height, dtype=torch.bool, device=images.device)
+    else:
+        rows = stripe_mask(batch, height, settings.stripes, settings.width, draws.generator, images.device)
+    return xy_mask(images, columns & chosen, rows & chosen), targets
+
+
+@register_augmentation("mixup", MixupSettings, order=90, image_only=True)
+def _mixup(draws: Draws, images, targets, settings: MixupSettings):
+    chosen = draws.chosen(settings.p)
+    lam = sample_symmetric_beta(draws.batch, settings.alpha, draws.generator, images.device)
+    lam = torch.where(chosen, lam, 1.0)
+    perm = torch.randperm(draws.batch, generator=draws.generator, device=images.device)
+    return mixup(images, targets, lam, perm)
+
+
+# The flat keys of configs written before the registry: key -> (step, setting).
+LEGACY_KEYS = {
+    "hemisphere_swap_p": ("hemisphere_swap", "p"), "hflip_p": ("time_flip", "p"), "vflip_p": ("vertical_flip", "p"),
+    "brightness_contrast_p": ("brightness_contrast", "p"), "brightness": ("brightness_contrast", "brightness"),
+    "contrast": ("brightness_contrast", "contrast"), "ssr_p": ("shift_scale_rotate", "p"),
+    "shift": ("shift_scale_rotate", "shift"), "scale": ("shift_scale_rotate", "scale"),
+    "rotate_deg": ("shift_scale_rotate", "rotate_deg"), "xy_mask_p": ("xy_mask", "p"), "mask_axes": ("xy_mask", "axes"),
+    "mask_stripes": ("xy_mask", "stripes"), "mask_width": ("xy_mask", "width"), "mixup_p": ("mixup", "p"),
+    "mixup_alpha": ("mixup", "alpha"),
+}
+REMOVED_KEYS = {"random_crop_width": "the Kaggle part's width and crop are now set in the recipe's [layout] "
+                                    "(layout.parts: width, train_crop = \"random\", eval_crop = \"first\")"}
+
+
+class AugmentError(ValueError):
+    """An augment setting that cannot be used; the message names the key."""
+
+
+class AugmentConfig:
+    """Every registered augmentation's settings by name (registered defaults where the config is silent)."""
+
+    def __init__(self, steps: Mapping[str, Any] | None = None):
+        steps = dict(steps or {})
+        unknown = sorted(set(steps) - set(AUGMENTATIONS))
+        if unknown:
+            raise AugmentError(f"unknown augmentation(s) {['augment.' + n for n in unknown]}; registered: "
+                               f"{sorted(AUGMENTATIONS)} (a plugin registers more: docs/architecture.md)")
+        self.steps = {name: steps.get(name) or aug.settings() for name, aug in
+                      sorted(AUGMENTATIONS.items(), key=lambda item: (item[1].order, item[0]))}
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], prefix: str = "augment", build=None) -> AugmentConfig:
+        """From a config's `augment` table: `{step: {setting: value}}`, or the flat legacy keys.
+        `build(settings_type, values, key_prefix)` checks a step's settings (hms_train.run.config)."""
+        build = build or (lambda settings, given, _: settings(**given))
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            if key in REMOVED_KEYS:
+                if value is not None:
+                    raise AugmentError(f"{prefix}.{key} was removed: {REMOVED_KEYS[key]}")
+                continue
+            if key in LEGACY_KEYS:
+                step, setting = LEGACY_KEYS[key]
+                nested.setdefault(step, {})[setting] = value
+            elif isinstance(value, Mapping):
+                nested.setdefault(key, {}).update(value)
+            elif key in AUGMENTATIONS:
+                raise AugmentError(f"{prefix}.{key}: expected a table of its settings, e.g. [{prefix}.{key}] p = 0.5")
+            else:
+                raise AugmentError(f"unknown augmentation {prefix}.{key}; registered: {sorted(AUGMENTATIONS)}")
+        unknown = sorted(set(nested) - set(AUGMENTATIONS))
+        if unknown:
+            raise AugmentError(f"unknown augmentation(s) {[f'{prefix}.{n}' for n in unknown]}; registered: "
+                               f"{sorted(AUGMENTATIONS)} (a plugin registers more: docs/architecture.md)")
+        return cls({name: build(AUGMENTATIONS[name].settings, given, f"{prefix}.{name}.")
+                    for name, given in nested.items()})
+
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        """No augmentation at all (every probability 0): for benchmarks and ablations."""
+        return cls({name: dataclasses.replace(aug.settings(), p=0.0) for name, aug in AUGMENTATIONS.items()})
+
+    def active(self) -> list[tuple[Augmentation, Any]]:
+        """The steps that can fire (p > 0), in chain order."""
+        return [(AUGMENTATIONS[name], settings) for name, settings in self.steps.items() if settings.p > 0]
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(settings) for name, settings in self.steps.items()}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, AugmentConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"AugmentConfig({self.to_dict()})"
 
 
 class Augmenter:
-    """Training augmentation of a batch: each augmentation is applied to a random subset of samples,
-    each sample with its own random parameters, all drawn from `generator` (on the images' device;
+    """Training augmentation of a batch: the config's active steps in order, each applied to a random
+    subset of samples with per-sample parameters, all drawn from `generator` (on the images' device;
     None = torch's default generator).
 
     `mirror_rows` is the hemisphere swap's map of the image's chain blocks, from the image layout
     (`ImageLayout.mirror_rows`); None treats the whole image as one part of 4 equal blocks. Crops are
     not here: they belong to the layout and happen when the image is composed (`hms_train.image.compose`).
-    `hms_train.run.forward.make_augmenter` builds one from a training config.
     """
 
-    def __init__(
-        self,
-        config: AugmentConfig,
-        generator: torch.Generator | None = None,
-        mirror_rows: torch.Tensor | None = None,
-    ):
-        if config.random_crop_width is not None:
-            raise ValueError("augment.random_crop_width is an image-layout setting applied when the image is "
-                             "composed; build the Augmenter with hms_train.run.forward.make_augmenter")
+    def __init__(self, config: AugmentConfig, generator: torch.Generator | None = None,
+                 mirror_rows: torch.Tensor | None = None):
         self.config = config
+        self.steps = config.active()
         self.generator = generator
         self.mirror_rows = mirror_rows
 
-    def __call__(
-        self, images: torch.Tensor, targets: torch.Tensor, train: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, train: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented (images, targets) in train mode; the inputs unchanged when `train` is False."""
         if not train:
             return images, targets
-        config = self.config
-        if config.hemisphere_swap_p > 0:
-            chosen = self._chosen(images, config.hemisphere_swap_p)
-            images = hemisphere_swap(images, chosen, self.mirror_rows)
-        if config.hflip_p > 0:
-            images = time_flip(images, self._chosen(images, config.hflip_p))
-        if config.vflip_p > 0:
-            images = vertical_flip(images, self._chosen(images, config.vflip_p))
-        if config.brightness_contrast_p > 0:
-            images = self._brightness_contrast(images)
-        if config.ssr_p > 0:
-            images = self._shift_scale_rotate(images)
-        if config.xy_mask_p > 0:  # after the warp, so the stripes stay straight
-            images = self._xy_mask(images)
-        if config.mixup_p > 0:
-            images, targets = self._mixup(images, targets)
+        draws = Draws(images, self.generator, self.mirror_rows)
+        for augmentation, settings in self.steps:
+            images, targets = augmentation.apply(draws, images, targets, settings)
         return images, targets
-
-    def _uniform(self, images: torch.Tensor, low: float, high: float) -> torch.Tensor:
-        """(B,) uniform draws in [low, high)."""
-        u = torch.rand(images.shape[0], generator=self.generator, device=images.device)
-        return low + (high - low) * u
-
-    def _chosen(self, images: torch.Tensor, p: float) -> torch.Tensor:
-        """(B,) bool: which samples an augmentation of probability `p` applies to."""
-        return self._uniform(images, 0.0, 1.0) < p
-
-    def _brightness_contrast(self, images: torch.Tensor) -> torch.Tensor:
-        config = self.config
-        chosen = self._chosen(images, config.brightness_contrast_p)
-        contrast = self._uniform(images, 1 - config.contrast, 1 + config.contrast)
-        brightness = self._uniform(images, -config.brightness, config.brightness)
-        # unchosen samples get factor 1 and offset 0: exactly unchanged
-        return brightness_contrast(images, torch.where(chosen, contrast, 1.0), torch.where(chosen, brightness, 0.0))
-
-    def _shift_scale_rotate(self, images: torch.Tensor) -> torch.Tensor:
-        config = self.config
-        chosen = self._chosen(images, config.ssr_p)
-        max_angle = math.radians(config.rotate_deg)
-        theta = affine_theta(
-            angle_rad=self._uniform(images, -max_angle, max_angle),
-            zoom=self._uniform(images, 1 - config.scale, 1 + config.scale),
-            shift_x=self._uniform(images, -config.shift, config.shift),
-            shift_y=self._uniform(images, -config.shift, config.shift),
-            height=images.shape[-2],
-            width=images.shape[-1],
-        )
-        # bilinear resampling with an identity matrix is only identical up to rounding: keep the
-        # unchosen samples' pixels exactly
-        return torch.where(_per_sample(chosen), shift_scale_rotate(images, theta), images)
-
-    def _xy_mask(self, images: torch.Tensor) -> torch.Tensor:
-        config = self.config
-        batch, _, height, width = images.shape
-        chosen = self._chosen(images, config.xy_mask_p)[:, None]
-        columns = stripe_mask(batch, width, config.mask_stripes, config.mask_width, self.generator, images.device)
-        if config.mask_axes == "time":
-            rows = torch.zeros(batch, height, dtype=torch.bool, device=images.device)
-        else:
-            rows = stripe_mask(batch, height, config.mask_stripes, config.mask_width, self.generator, images.device)
-        return xy_mask(images, columns & chosen, rows & chosen)
-
-    def _mixup(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        config = self.config
-        batch = images.shape[0]
-        chosen = self._chosen(images, config.mixup_p)
-        lam = sample_symmetric_beta(batch, config.mixup_alpha, self.generator, images.device)
-        lam = torch.where(chosen, lam, 1.0)
-        perm = torch.randperm(batch, generator=self.generator, device=images.device)
-        return mixup(images, targets, lam, perm)

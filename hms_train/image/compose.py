@@ -12,9 +12,10 @@ by side, left to right in the order of `inputs`:
     │   RP    │   RP    │   RP   │
     └─────────┴─────────┴────────┘
 
-Normalisation: EEG parts are used as stored (already (dB + 40) / 40, about [-1, 1]); a part of kind
-"kaggle" (log1p power, 0 where the recording had no data) is z-scored per sample over its whole (4, F, T)
-block before it is cropped, as the seed solution did, so training crops and evaluation crops share a scale.
+Normalisation, as each array's `normalise` attribute says: EEG mel parts are used as stored (already
+(dB + 40) / 40, about [-1, 1]); a "zscore" part (the Kaggle crop: log1p power, 0 where the recording had
+no data) is z-scored per sample over its whole (4, F, T) block before it is cropped, as the seed solution
+did, so training crops and evaluation crops share a scale.
 
 The image is one preallocated tensor and each part is copied into it once, the whole batch at a time;
 per-sample random crop starts come from one `torch.Generator` (None: torch's default generator).
@@ -27,10 +28,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from hms_prep.domain import CHAINS, standardise
-from hms_train.image.layout import KAGGLE_KIND, ImageLayout, PartSource, crop_start, resolve_layout, side_by_side
+from hms_prep.store.format import NORMALISE_NONE, NORMALISE_ZSCORE
+from hms_train.image.layout import ImageLayout, LayoutConfig, PartConfig, PartSource, crop_start, resolve_layout
 
 N_CHAINS = len(CHAINS)
-KAGGLE_PART = "kaggle"  # the default store's Kaggle array, for callers that know names only
 
 
 def standardise_per_sample(part: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ def compose(
     image[..., left + layout.composed_width :] = 0
     for part in layout.parts:
         values = parts[part.array]
-        if part.kind == KAGGLE_KIND:
+        if part.normalise == NORMALISE_ZSCORE:
             values = standardise_per_sample(values.float())
         values = cut_columns(values, part.width, part.crop(train), generator)
         # (B, 4, F, w) -> (B, 1, 4*F, w): chain c lands on rows c*F .. (c+1)*F - 1 of the part
@@ -116,58 +117,37 @@ def _check_parts(layout: ImageLayout, parts: Mapping[str, torch.Tensor]) -> None
         raise ValueError(f"parts must share the batch size: {batch_sizes}")
 
 
-# --- today's side-by-side image from names and shapes alone (show, bench, tests) -----------------------
+# --- a side-by-side image from names and shapes alone (show, benchmarks, tests) --------------------------
 
 
-def default_sources(
-    parts_shapes: Mapping[str, Sequence[int]], inputs: Sequence[str], kinds: Mapping[str, str] | None = None
-) -> dict[str, PartSource]:
-    """PartSources from shapes (per row (4, F, T) or per batch (B, 4, F, T)); `kinds` defaults to the
-    default store's names (`kaggle` is the Kaggle crop, every other part a mel window)."""
-    sources = {}
-    for name in inputs:
-        shape = tuple(parts_shapes[name])
-        if len(shape) < 3 or shape[-3] != N_CHAINS:
-            raise ValueError(f"part {name!r} has shape {shape}; expected (B, {N_CHAINS}, F, T)")
-        kind = kinds[name] if kinds is not None else (KAGGLE_KIND if name == KAGGLE_PART else "eeg_mel")
-        sources[name] = PartSource(kind=kind, freqs=shape[-2], times=shape[-1])
-    return sources
-
-
-def default_layout(
+def side_by_side_layout(
     parts_shapes: Mapping[str, Sequence[int]],
     inputs: Sequence[str],
-    kaggle_width: int | None = None,
-    kinds: Mapping[str, str] | None = None,
+    normalise: Mapping[str, str] | None = None,
+    widths: Mapping[str, int] | None = None,
 ) -> ImageLayout:
-    """The side-by-side layout of `inputs` (see `default_sources` for `kinds`)."""
-    sources = default_sources(parts_shapes, inputs, kinds)
-    return resolve_layout(side_by_side(inputs, sources, kaggle_width=kaggle_width), sources)
-
-
-def image_layout(
-    parts_shapes: Mapping[str, Sequence[int]],
-    inputs: Sequence[str],
-    kaggle_width: int | None = None,
-) -> list[tuple[str, int, int]]:
-    """Each part's (name, start column, end column) in the side-by-side image, in `inputs` order."""
-    layout = default_layout(parts_shapes, inputs, kaggle_width)
-    return [(part.array, part.col, part.col + part.width) for part in layout.parts]
+    """`inputs` side by side from their shapes (per row (4, F, T) or per batch (B, 4, F, T)); `normalise`
+    names the parts to z-score per sample ({"kaggle": "zscore"}); `widths` keeps a part's first columns."""
+    sources = {name: PartSource.image_part(parts_shapes[name], (normalise or {}).get(name, NORMALISE_NONE))
+               for name in inputs}
+    parts = [PartConfig(array=name, width=None if widths is None or name not in widths
+                        else min(widths[name], sources[name].times)) for name in inputs]
+    return resolve_layout(LayoutConfig(parts=tuple(parts)), sources)
 
 
 def compose_image(
     parts: Mapping[str, torch.Tensor],
     inputs: Sequence[str],
-    kaggle_width: int | None = None,
-    kinds: Mapping[str, str] | None = None,
+    normalise: Mapping[str, str] | None = None,
+    widths: Mapping[str, int] | None = None,
 ) -> torch.Tensor:
-    """The evaluation image of `inputs` side by side (B, 1, 4*F, sum of widths); the Kaggle part
-    z-scored per sample over its whole block, then cut to its first `kaggle_width` columns if given.
+    """The evaluation image of `inputs` side by side (B, 1, 4*F, sum of widths), the parts named in
+    `normalise` z-scored per sample over their whole block first (see `side_by_side_layout`).
     Raises ValueError if a part is missing, is not (B, 4, F, T), or the parts disagree on B or F."""
     if not inputs:
         raise ValueError("compose_image needs at least one input part")
     missing = [name for name in inputs if name not in parts]
     if missing:
         raise ValueError(f"parts missing from the batch: {missing} (have {sorted(parts)})")
-    layout = default_layout({name: parts[name].shape for name in inputs}, inputs, kaggle_width, kinds)
+    layout = side_by_side_layout({name: parts[name].shape for name in inputs}, inputs, normalise, widths)
     return compose(layout, parts, train=False)

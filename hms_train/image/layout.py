@@ -1,9 +1,11 @@
 """Image layouts as data: which store arrays make the model's image, where each goes, how it is cropped.
 
-A layout is written in the training config (TOML `[layout]`); omitted, the image is today's: the
-spectrogram `inputs` side by side. Every part is a store array of kind "eeg_mel" or "kaggle", shaped
+A layout is written in the training config (TOML `[layout]`, the recipes' own); omitted, the image is
+the `inputs` whose role is "image" side by side, each whole. Every part is a store array whose
+attributes say it is an image part (`role` "image", hms_prep.store.format.describe_arrays), shaped
 (4 chains, F, T) per row; it fills 4 * F image rows (chain c on rows c*F .. (c+1)*F - 1 of the part) and
-`width` columns cut from its T time columns:
+`width` columns cut from its T time columns; the array's `normalise` attribute says whether each
+sample's part is z-scored first (log power: the Kaggle crops). The layout never goes by an array's name:
 
     [layout]
     parts = [                                        # David's 400 x 768 image
@@ -47,10 +49,9 @@ from typing import Any
 import numpy as np
 
 from hms_prep.domain import CHAINS, MIRRORED_CHAINS
+from hms_prep.store.format import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_IMAGE, ArrayDescription
 
 N_CHAINS = len(CHAINS)
-KAGGLE_KIND = "kaggle"  # z-scored per sample over its whole block before cropping (hms_prep.domain.standardise)
-IMAGE_KINDS = ("eeg_mel", KAGGLE_KIND)  # store array kinds (attrs["kind"]) that can be image parts
 PART_TRAIN_CROPS = ("first", "center", "random")
 PART_EVAL_CROPS = ("first", "center")
 IMAGE_TRAIN_CROPS = PART_TRAIN_CROPS
@@ -157,51 +158,41 @@ def _check_count(value: Any, key: str, minimum: int) -> None:
 
 @dataclass(frozen=True)
 class PartSource:
-    """What a layout needs to know of a store array: its kind and per-row (4, F, T) shape."""
+    """What a layout needs to know of a store array, from its attributes: its role, how each sample is
+    normalised, and its per-row (4, F, T) shape."""
 
-    kind: str
+    role: str
+    normalise: str
     freqs: int
     times: int
 
     @classmethod
-    def of(cls, array) -> PartSource:
-        """From a zarr array of the store (rows, 4, F, T) with attrs["kind"]."""
-        return cls(kind=array.attrs.get("kind"), freqs=array.shape[-2], times=array.shape[-1])
+    def of(cls, array: ArrayDescription) -> PartSource:
+        """From the store's description of an array (`describe_arrays`)."""
+        freqs, times = array.shape[-2:] if len(array.shape) >= 2 else (0, 0)
+        return cls(role=array.role, normalise=array.normalise, freqs=freqs, times=times)
+
+    @classmethod
+    def image_part(cls, shape, normalise: str = NORMALISE_NONE) -> PartSource:
+        """An image part of per-row or per-batch shape (..., 4, F, T): for callers without a store."""
+        shape = tuple(shape)
+        if len(shape) < 3 or shape[-3] != N_CHAINS:
+            raise LayoutError(f"an image part has shape (B, {N_CHAINS}, F, T), got {shape}")
+        if normalise not in (NORMALISE_NONE, NORMALISE_ZSCORE):
+            raise LayoutError(f"normalise {normalise!r}; allowed: {[NORMALISE_NONE, NORMALISE_ZSCORE]}")
+        return cls(role=ROLE_IMAGE, normalise=normalise, freqs=shape[-2], times=shape[-1])
 
 
-def side_by_side(
-    names: Sequence[str],
-    sources: Mapping[str, PartSource],
-    kaggle_width: int | None = None,
-    random_crop_width: int | None = None,
-) -> LayoutConfig:
-    """Today's image as a layout: `names` side by side; the config aliases `kaggle_width` (keep the first
-    N columns of every Kaggle part, fewer if it has fewer) and `augment.random_crop_width` (a random N
-    of them in training, the first N at evaluation) set the Kaggle parts' width and crops."""
-    if not names:
-        raise LayoutError("the model takes an image but no spectrogram array is among inputs")
-    if kaggle_width is not None and random_crop_width is not None and kaggle_width != random_crop_width:
-        raise LayoutError(f"kaggle_width {kaggle_width} and augment.random_crop_width {random_crop_width} "
-                          "disagree: both set the Kaggle part's width; set one")
-    freqs = {name: sources[name].freqs for name in names}
+def side_by_side(names: Sequence[str], sources: Mapping[str, PartSource]) -> LayoutConfig:
+    """The image parts among `names` side by side, each whole, in that order (a config without [layout])."""
+    parts = [name for name in names if sources[name].role == ROLE_IMAGE]
+    if not parts:
+        raise LayoutError(f"the model takes an image but none of the inputs {list(names)} is an image part")
+    freqs = {name: sources[name].freqs for name in parts}
     if len(set(freqs.values())) > 1:
         raise LayoutError(f"parts side by side must share the number of frequency rows F: {freqs}; "
                           "tile parts of other heights with a [layout]")
-    kaggle = [name for name in names if sources[name].kind == KAGGLE_KIND]
-    if random_crop_width is not None and not kaggle:
-        raise LayoutError("augment.random_crop_width crops the Kaggle part; add 'kaggle' to inputs")
-    too_narrow = {name: sources[name].times for name in kaggle if random_crop_width and random_crop_width > sources[name].times}
-    if too_narrow:
-        raise LayoutError(f"augment.random_crop_width {random_crop_width} does not fit in {too_narrow} (time columns)")
-    parts = []
-    for name in names:
-        part = PartConfig(array=name)
-        if name in kaggle and random_crop_width is not None:
-            part = PartConfig(array=name, width=random_crop_width, train_crop="random")
-        elif name in kaggle and kaggle_width is not None:
-            part = PartConfig(array=name, width=min(kaggle_width, sources[name].times))
-        parts.append(part)
-    return LayoutConfig(parts=tuple(parts))
+    return LayoutConfig(parts=tuple(PartConfig(array=name) for name in parts))
 
 
 @dataclass(frozen=True)
@@ -209,7 +200,7 @@ class Placement:
     """One part placed: its array's rows of chains fill rows row .. row + height, columns col .. col + width."""
 
     array: str
-    kind: str
+    normalise: str  # NORMALISE_ZSCORE: each sample's part is z-scored over its whole block first
     row: int
     col: int
     freqs: int  # F: rows per chain block
@@ -295,7 +286,7 @@ def crop_start(crop: str, length: int, width: int) -> int:
 
 def resolve_layout(config: LayoutConfig, sources: Mapping[str, PartSource]) -> ImageLayout:
     """Place `config`'s parts on the store's arrays `sources` (name -> PartSource); checks every part
-    against its array (present, an image kind, crop widths that fit) and the whole (no overlap, no gap)."""
+    against its array (present, an image part, crop widths that fit) and the whole (no overlap, no gap)."""
     placed = []
     next_col = 0
     for index, part in enumerate(config.parts):
@@ -303,15 +294,14 @@ def resolve_layout(config: LayoutConfig, sources: Mapping[str, PartSource]) -> I
         if part.array not in sources:
             raise LayoutError(f"{key}.array {part.array!r} is not an array of the store; have {sorted(sources)}")
         source = sources[part.array]
-        if source.kind not in IMAGE_KINDS:
-            raise LayoutError(f"{key}.array {part.array!r} is a {source.kind!r} array; image parts must be "
-                              f"one of the kinds {list(IMAGE_KINDS)}")
+        if source.role != ROLE_IMAGE:
+            raise LayoutError(f"{key}.array {part.array!r} is not an image part (its role is {source.role!r})")
         width = source.times if part.width is None else part.width
         if width > source.times:
             raise LayoutError(f"{key}.width {width} is wider than {part.array!r}, which has {source.times} "
                               "time columns")
         col = next_col if part.col is None else part.col
-        placed.append(Placement(part.array, source.kind, part.row, col, source.freqs, source.times, width,
+        placed.append(Placement(part.array, source.normalise, part.row, col, source.freqs, source.times, width,
                                 part.train_crop, part.eval_crop))
         next_col = col + width
     _check_tiling(placed)

@@ -1,7 +1,8 @@
 """Models for the six-class vote distribution: a 2D spectrogram net, a 1D raw-EEG net, and both joined.
 
 All backbones come from timm. Every model returns raw logits (B, 6); the loss applies the softmax.
-Model kinds are registered (`register_model`) with the batch inputs their forward takes by keyword;
+Model kinds are registered (`register_model`) with the inputs their forward takes by keyword (`image`,
+`signals`);
 `create_model(name, **kwargs)` is the one factory, timm style, and refuses arguments a kind does not take.
 """
 
@@ -208,16 +209,16 @@ class RawEEGNet(nn.Module):
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
-    def features(self, raw: torch.Tensor) -> torch.Tensor:
+    def features(self, signals: torch.Tensor) -> torch.Tensor:
         """(B, S, T) bipolar EEG -> (B, D)."""
-        if raw.shape[1] != self.channels:
-            raise ValueError(f"RawEEGNet was built for {self.channels} signals but got {raw.shape[1]}")
-        steps = self.blocks(self.stem(raw)).transpose(1, 2)  # (B, L, width): the GRU wants time second
+        if signals.shape[1] != self.channels:
+            raise ValueError(f"RawEEGNet was built for {self.channels} signals but got {signals.shape[1]}")
+        steps = self.blocks(self.stem(signals)).transpose(1, 2)  # (B, L, width): the GRU wants time second
         sequence, _ = self.gru(steps)
         return torch.cat([sequence.mean(dim=1), sequence.amax(dim=1)], dim=1)
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(raw)))
+    def forward(self, signals: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(signals)))
 
 
 class MultimodalNet(nn.Module):
@@ -236,11 +237,11 @@ class MultimodalNet(nn.Module):
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
 
-    def features(self, image: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.spectrogram.features(image), self.raw.features(raw)], dim=1)
+    def features(self, image: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.spectrogram.features(image), self.raw.features(signals)], dim=1)
 
-    def forward(self, image: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(image, raw)))
+    def forward(self, image: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(image, signals)))
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
@@ -348,9 +349,16 @@ def create_backbone(
 # --- model kinds: each declares the batch inputs it consumes and builds itself from its own arguments ---
 
 
+# The inputs a model kind may take (its forward's keyword arguments): the composed image of the run's
+# layout, and the signals array of the run (a store array whose role is "signals").
+IMAGE, SIGNALS = "image", "signals"
+MODEL_INPUTS = (IMAGE, SIGNALS)
+
+
 @dataclass(frozen=True)
 class ModelKind:
-    """A kind of model: the batch inputs its forward takes (by keyword, in this order) and its builder."""
+    """A kind of model: the inputs its forward takes (by keyword, in this order; of MODEL_INPUTS) and
+    its builder."""
 
     name: str
     inputs: tuple[str, ...]
@@ -370,6 +378,9 @@ def register_model(name: str, inputs: tuple[str, ...]):
     def register(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODEL_KINDS:
             raise ValueError(f"model kind {name!r} is registered twice")
+        unknown = [i for i in inputs if i not in MODEL_INPUTS]
+        if unknown or not inputs:
+            raise ValueError(f"model kind {name!r}: inputs {list(inputs)}; each one of {list(MODEL_INPUTS)}")
         MODEL_KINDS[name] = ModelKind(name, tuple(inputs), build)
         return build
 
@@ -397,7 +408,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return kind.build(**kwargs)
 
 
-@register_model("2d", inputs=("image",))
+@register_model("2d", inputs=(IMAGE,))
 def spectrogram_model(
     image_size: Sequence[int],
     backbone: str = "efficientnet_b0",
@@ -413,13 +424,13 @@ def spectrogram_model(
     return SpectrogramNet(backbone_net, tuple(image_size), pool, drop_rate)
 
 
-@register_model("1d", inputs=("raw",))
+@register_model("1d", inputs=(SIGNALS,))
 def raw_model(raw_channels: int = 18, raw_samples: int = 10000, drop_rate: float = 0.2) -> RawEEGNet:
     """RawEEGNet on (B, raw_channels, raw_samples) bipolar signals (16 or 18 channels)."""
     return RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate)
 
 
-@register_model("multimodal", inputs=("image", "raw"))
+@register_model("multimodal", inputs=(IMAGE, SIGNALS))
 def multimodal_model(
     image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: str = "attention",
     pretrained: bool = False, weights: str | None = None, drop_path_rate: float = 0.0,  # the 2D branch

@@ -25,25 +25,38 @@ import numpy as np
 import timm.optim
 import torch
 
-from hms_train.run.config import TrainConfig
-from hms_train.run.forward import (IMAGE_INPUT, RAW_INPUT, autocast, image_layout, loss_of, make_augmenter, model_inputs,
-                              model_spec, resolve_device)
-from hms_train.model.models import create_model, model_kind
-from hms_train.data.reader import RAW_WINDOW, Selection, StoreReader, to_device
+from hms_prep.store.format import ROLE_SIGNALS, describe_arrays, open_store
+from hms_train.data.reader import Selection, StoreReader, to_device
+from hms_train.model.models import IMAGE, create_model
+from hms_train.run.config import TrainConfig, load_config
+from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
+from hms_train.run.plan import SIGNAL_WINDOW, RunPlan, check_augment, loss_of, plan_inputs
+from hms_train.run.step import TrainStep
 
 WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started before the clocks
 
 
 def bench_config(store: str, inputs: Sequence[str] | None = None, config: TrainConfig | None = None) -> TrainConfig:
-    """The config a benchmark runs: `config` on `store`, or `inputs` side by side (a 1D model for raw alone)."""
+    """The config a benchmark runs: `config` on `store`, or the default recipe reading `inputs` (its image
+    parts side by side; a 1D model for signals alone, the multimodal one for both)."""
     if config is not None:
         return dataclasses.replace(config, store=store)
-    inputs = list(inputs or ())
     if not inputs:
-        raise ValueError("give the arrays to read (--inputs) or a recipe (--config)")
-    images = [name for name in inputs if name != RAW_INPUT]
-    model = ("multimodal" if RAW_INPUT in inputs else "2d") if images else "1d"
-    return TrainConfig(store=store, inputs=inputs, model=model)
+        return dataclasses.replace(load_config(None), store=store)
+    group, _ = open_store(store)
+    described = describe_arrays(group)
+    missing = [name for name in inputs if name not in described]
+    if missing:
+        raise ValueError(f"--inputs {missing}: not in {store}; it has {sorted(described)}")
+    signals = [name for name in inputs if described[name].role == ROLE_SIGNALS]
+    model = ("multimodal" if signals else "2d") if len(signals) < len(inputs) else "1d"
+    return dataclasses.replace(load_config(None), store=store, inputs=list(inputs), model=model, layout=None)
+
+
+def bench_plan(config: TrainConfig, reader: StoreReader) -> RunPlan:
+    """The planned inputs, loss and augmentations of `config` (no folds: a benchmark trains on every row)."""
+    inputs = plan_inputs(config, reader.descriptions)
+    return RunPlan(inputs, loss_of(config), check_augment(config, inputs), folds={})
 
 
 def run_bench(
@@ -73,8 +86,8 @@ def run_bench(
     config = bench_config(store, inputs, config)
     torch_device = resolve_device(device)
     reader = StoreReader(store, config.inputs, threads=threads)
-    takes_image = IMAGE_INPUT in model_kind(config.model).inputs
-    layout = image_layout(config, reader) if takes_image else None
+    plan = bench_plan(config, reader)
+    takes_image = plan.inputs.takes_image
     stream = _stream(reader, batch_size, pin_memory=torch_device.type == "cuda")
     composed = augmented = None
     try:
@@ -82,12 +95,10 @@ def run_bench(
             next(stream)
         reader_only = fullest = _timed_pass(stream, batches, torch_device, None, None)
         if takes_image and compose:
-            composer = (config, layout)
-            composed = fullest = _timed_pass(stream, batches, torch_device, composer, None)
+            composed = fullest = _timed_pass(stream, batches, torch_device, plan, None)
         if takes_image and compose and augment:
             generator = torch.Generator(device=torch_device).manual_seed(0)
-            augmenter = make_augmenter(config, reader, generator)
-            augmented = fullest = _timed_pass(stream, batches, torch_device, composer, augmenter)
+            augmented = fullest = _timed_pass(stream, batches, torch_device, plan, make_augmenter(plan, generator))
     finally:
         stream.close()  # stops the reader's threads now rather than when garbage collected
     samples = batches * batch_size
@@ -99,7 +110,8 @@ def run_bench(
         "seconds": {stage: fullest[stage] for stage in ("read_wait", "to_device", "compose", "augment")},
         "batch_size": batch_size,
         "batches": batches,
-        "image_shape": [1, *layout.image_size] if layout else None,
+        "image_shape": list(plan.inputs.image_shape) if takes_image else None,
+        "inputs": list(config.inputs),
         "device": str(torch_device),
         "bytes_per_sample": _bytes_per_sample(reader),
     }
@@ -128,44 +140,25 @@ def run_train_bench(
                                  batch_size=batch_size or config.batch_size)
     torch_device = resolve_device(device)
     reader = StoreReader(store, config.inputs, threads=threads)
-    spec = model_spec(config, reader)
-    model = create_model(spec["name"], **spec["kwargs"]).to(torch_device)
-    takes_image = IMAGE_INPUT in model_kind(config.model).inputs
+    plan = bench_plan(config, reader)
+    takes_image = plan.inputs.takes_image
+    model = create_model(plan.inputs.model_spec["name"], **plan.inputs.model_spec["kwargs"]).to(torch_device)
     if config.channels_last and takes_image:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_model else model
     optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
-    layout = image_layout(config, reader) if takes_image else None
     generator = torch.Generator(device=torch_device).manual_seed(config.seed)
-    augmenter = make_augmenter(config, reader, generator) if takes_image else None
-
-    def prepared(batch):
-        batch = to_device(batch, torch_device)
-        inputs = model_inputs(batch, config, train=True, layout=layout, generator=generator)
-        targets = batch["targets"]
-        if augmenter is not None:
-            inputs[IMAGE_INPUT], targets = augmenter(inputs[IMAGE_INPUT], targets, train=True)
-        return inputs, targets, batch["votes"]
-
-    loss_fn = loss_of(config)
-
-    def step(inputs, targets, votes):
-        with autocast(config, torch_device):
-            logits = net(**inputs)
-        loss = loss_fn(logits.float(), targets, votes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    step = TrainStep(plan, model, net, optimizer, make_augmenter(plan, generator), torch_device)  # the loop's step
 
     stream = _stream(reader, config.batch_size, pin_memory=torch_device.type == "cuda")
     try:
-        resident = prepared(next(stream))
+        resident = step.prepare(next(stream))
         net.train()
         for _ in range(WARMUP_BATCHES):
-            step(*resident)
-        model_seconds = _timed(lambda: [step(*resident) for _ in range(batches)], torch_device)
-        data = _timed_pass(stream, batches, torch_device, (config, layout) if takes_image else None, None)
-        loop_seconds = _timed(lambda: [step(*prepared(next(stream))) for _ in range(batches)], torch_device)
+            step.optimise(*resident)
+        model_seconds = _timed(lambda: [step.optimise(*resident) for _ in range(batches)], torch_device)
+        data = _timed_pass(stream, batches, torch_device, plan if takes_image else None, None)
+        loop_seconds = _timed(lambda: [step(next(stream)) for _ in range(batches)], torch_device)
     finally:
         stream.close()
     images = batches * config.batch_size
@@ -176,7 +169,7 @@ def run_train_bench(
         "train_images_per_s": images / loop_seconds,
         "gpu_busy": min(1.0, model_seconds / loop_seconds),
         "data_over_model": data_rate / model_rate,
-        "image_shape": [1, *layout.image_size] if layout else None,
+        "image_shape": list(plan.inputs.image_shape) if takes_image else None,
         "batch_size": config.batch_size,
         "batches": batches,
         "device": str(torch_device),
@@ -206,9 +199,9 @@ def _stream(reader: StoreReader, batch_size: int, pin_memory: bool) -> Iterator[
         epoch += 1
 
 
-def _timed_pass(stream, batches: int, device: torch.device, composer, augmenter) -> dict:
-    """Run `batches` batches through the stages (`composer` = (config, layout) or None for the reader
-    alone); wall time and seconds spent per stage."""
+def _timed_pass(stream, batches: int, device: torch.device, plan: RunPlan | None, augmenter) -> dict:
+    """Run `batches` batches through the stages (the image of `plan` composed; None: the reader alone);
+    wall time and seconds spent per stage."""
     spent = {"read_wait": 0.0, "to_device": 0.0, "compose": 0.0, "augment": 0.0}
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
@@ -217,10 +210,9 @@ def _timed_pass(stream, batches: int, device: torch.device, composer, augmenter)
         clock = _lap(spent, "read_wait", clock, device)
         batch = to_device(batch, device)
         clock = _lap(spent, "to_device", clock, device)
-        if composer is None:
+        if plan is None:
             continue
-        config, layout = composer
-        images = model_inputs(batch, config, train=True, layout=layout)[IMAGE_INPUT]
+        images = model_inputs(batch, plan.inputs, train=True)[IMAGE]
         clock = _lap(spent, "compose", clock, device)
         if augmenter is not None:
             augmenter(images, batch["targets"])
@@ -240,7 +232,8 @@ def _lap(spent: dict, stage: str, since: float, device: torch.device) -> float:
 def _bytes_per_sample(reader: StoreReader) -> int:
     total = 0
     for name, array in reader.arrays.items():
-        values = RAW_WINDOW * array.shape[0] if name == "raw" else int(np.prod(array.shape[1:]))
+        signals = reader.descriptions[name].role == ROLE_SIGNALS
+        values = SIGNAL_WINDOW * array.shape[0] if signals else int(np.prod(array.shape[1:]))
         total += values * array.dtype.itemsize
     return total
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-from hms_train.image.augment import AugmentConfig
+from hms_train.image.augment import AugmentConfig, AugmentError
 from hms_train.image.layout import LayoutConfig
 from hms_train.model.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
 from hms_train.model.models import MODEL_KINDS, POOLS
@@ -32,6 +32,10 @@ SCHEDULES = ("cosine", "constant")  # constant: Richard's AdamW without a schedu
 SCHEDULE_UNITS = ("step", "epoch")  # epoch: the lr changes once per epoch (David's CosineAnnealingLR)
 STAGE2_INITS = ("continue", "best")  # best: from the best stage-1 checkpoint's (EMA) weights, as Richard
 DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")  # (pattern, in words)
+DEFAULT_RECIPE = "default"  # the bundled config a command without --config uses
+# Keys of earlier configs (a run folder's config.json) that no longer exist: refused unless unset.
+REMOVED_KEYS = {"kaggle_width": "set the Kaggle part's width in the recipe's [layout] (layout.parts: "
+                                "{ array = ..., width = N }); docs/recipes.md"}
 
 
 class ConfigError(ValueError):
@@ -66,12 +70,15 @@ PROBABILITY = {"range": Range(0, 1)}
 class TrainConfig:
     # data
     store: str = "cache/specs.zarr"
-    inputs: list[str] = field(default_factory=lambda: ["eeg_10s", "eeg_30s", "kaggle"])
+    inputs: list[str] = field(default_factory=list)  # the store arrays to read; the recipes name them
     folds: list[int] | None = field(default=None, metadata=NON_NEGATIVE)  # folds to train; None = all
     reader_threads: int = field(default=4, metadata=POSITIVE)
     raw_jitter_s: float = field(default=0.0, metadata=NON_NEGATIVE)  # random shift of the raw window (1D)
     # model
-    model: Literal[tuple(MODEL_KINDS)] = "2d"  # the registered model kinds
+    # modules to import before the rest is checked: they register model kinds and augmentations (and
+    # hms_cache.plugins entry points are loaded too; docs/architecture.md)
+    plugins: list[str] = field(default_factory=list)
+    model: str = field(default="2d", metadata={"registry": MODEL_KINDS})  # a registered model kind
     backbone: str = "efficientnet_b0"
     pool: Literal[POOLS] = "attention"
     drop_rate: float = field(default=0.2, metadata=PROBABILITY)
@@ -119,27 +126,63 @@ class TrainConfig:
     val_per_eeg: bool = False  # validate on one row per eeg_id: its most-voted row (ties: the first)
     select_min_votes: int = field(default=10, metadata=NON_NEGATIVE)  # the "golden" rows checkpoints are chosen on
     # evaluation
-    kaggle_width: int | None = field(default=None, metadata=POSITIVE)  # evaluation keeps the first N Kaggle columns
     tta_hflip: bool = False
     max_batches_per_epoch: int | None = field(default=None, metadata=POSITIVE)  # cap for quick experiments
     # logging: the running loss is read from the device at most every N steps (progress bar on a terminal)
     log_every: int = field(default=50, metadata=POSITIVE)
+    # fold{k}_last.pt is also written every N steps inside an epoch (0: at epoch ends only), so that a
+    # killed run resumes at the batch after it, not at the epoch's start
+    checkpoint_every_steps: int = field(default=500, metadata=NON_NEGATIVE)
     # misc
     seed: int = field(default=0, metadata=NON_NEGATIVE)
     device: str = field(default="auto", metadata={"pattern": DEVICE})  # auto | cpu | cuda[:N]
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # one table per registered step
     layout: LayoutConfig | None = None  # the image's parts and crops (hms_train.image.layout); None: inputs side by side
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["augment"] = self.augment.to_dict()
+        return values
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """A checked config from plain values (TOML, JSON); raises ConfigError naming the bad key."""
+        """A checked config from plain values (TOML, JSON); raises ConfigError naming the bad key. Keys of
+        earlier versions are read where they still mean something (a run folder's config.json), or
+        refused with how to migrate."""
+        values = dict(values)
+        for key, how in REMOVED_KEYS.items():
+            if values.pop(key, None) is not None:
+                raise ConfigError(f"{key} was removed: {how}")
+        load_plugins(values.get("plugins") or ())  # before the checks: plugins add model kinds and augmentations
         return _build(cls, values, prefix="")
+
+
+def load_plugins(modules) -> None:
+    """Import the `hms_cache.plugins` entry points (once) and the named modules; ConfigError naming one
+    that cannot be imported."""
+    import importlib
+    from importlib.metadata import entry_points
+
+    global _ENTRY_POINTS_LOADED
+    if not _ENTRY_POINTS_LOADED:
+        _ENTRY_POINTS_LOADED = True
+        for entry in entry_points(group=PLUGIN_GROUP):
+            entry.load()
+    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"plugins: expected a list of module names, got {modules!r}")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(f"plugins: cannot import {module!r} ({type(err).__name__}: {err}); is it on "
+                              "PYTHONPATH or installed?") from None
+
+
+PLUGIN_GROUP = "hms_cache.plugins"  # entry points whose modules register kinds, models and augmentations
+_ENTRY_POINTS_LOADED = False
 
 
 def bundled_configs() -> list[str]:
@@ -147,8 +190,9 @@ def bundled_configs() -> list[str]:
 
 
 def load_config(name_or_path: str | None, overrides: list[str] = ()) -> TrainConfig:
-    """A bundled config by name, or a TOML file, then `key=value` overrides (dotted for augment.*)."""
-    values = _read_toml(name_or_path) if name_or_path else {}
+    """A bundled config by name, or a TOML file (None: the bundled `default`), then `key=value` overrides
+    (dotted for sections: augment.mixup.p, layout.width)."""
+    values = _read_toml(name_or_path or DEFAULT_RECIPE)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
@@ -193,12 +237,9 @@ def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_against_store(config: TrainConfig, arrays: list[str], n_folds: int | None) -> None:
-    """What only the store can tell: its arrays hold the inputs, and the folds exist in it (a train store)."""
-    missing = [name for name in config.inputs if name not in arrays]
-    if missing:
-        raise ConfigError(f"inputs: {missing} not in {config.store}; it has {arrays}")
-    bad = [fold for fold in config.folds or () if n_folds is not None and fold >= n_folds]
+def check_folds(config: TrainConfig, n_folds: int) -> None:
+    """What only the store can tell: the folds exist in it."""
+    bad = [fold for fold in config.folds or () if fold >= n_folds]
     if bad:
         raise ConfigError(f"folds: {bad} out of range; {config.store} has folds 0..{n_folds - 1}")
 
@@ -232,10 +273,14 @@ def _build(cls, values: Any, prefix: str):
     for name, value in values.items():
         key = prefix + name
         value = _typed(key, value, hints[name])
-        limits = fields[name].metadata.get("range") or (PROBABILITY["range"] if prefix and name.endswith("_p") else None)
+        probability = prefix and (name == "p" or name.endswith("_p"))  # a nested section's probabilities
+        limits = fields[name].metadata.get("range") or (PROBABILITY["range"] if probability else None)
         for number in _numbers(value):
             if limits is not None and number not in limits:
                 raise ConfigError(f"{key}: {number!r} is out of range; allowed {limits}")
+        registry = fields[name].metadata.get("registry")
+        if registry is not None and value not in registry:
+            raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {list(registry)}")
         pattern, allowed = fields[name].metadata.get("pattern", (None, None))
         if pattern and not re.fullmatch(pattern, value):
             raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
@@ -259,6 +304,15 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {list(args)}")
         return value
+    if hint is AugmentConfig:
+        if isinstance(value, AugmentConfig):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a section (table), got {value!r}")
+        try:
+            return AugmentConfig.from_values(value, key, build=_build)
+        except AugmentError as err:
+            raise ConfigError(str(err)) from None
     if dataclasses.is_dataclass(hint):
         return value if isinstance(value, hint) else _build(hint, value, prefix=f"{key}.")
     if origin in (list, tuple):

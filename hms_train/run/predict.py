@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,45 +12,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from hms_train.run.config import TrainConfig, check_against_store
+from hms_train.data.reader import Selection, StoreReader
+from hms_train.run.checkpoint import fold_checkpoints, load_fold_model
+from hms_train.run.config import TrainConfig
 from hms_train.run.forward import predict_probabilities, resolve_device
 from hms_train.run.metric import VOTE_COLUMNS
-from hms_train.model.models import create_model
-from hms_train.data.reader import Selection, StoreReader
+from hms_train.run.plan import plan_inputs
 
 log = logging.getLogger("hms_train")
-
-# The checkpoint holds every weight: where the backbone's pretrained weights came from is not needed again.
-TRAINING_ONLY_KWARGS = ("pretrained", "weights")
-
-
-@dataclass(frozen=True)
-class FoldModel:
-    """A trained model rebuilt from its checkpoint alone, with the config it was trained under."""
-
-    path: Path
-    model: torch.nn.Module
-    config: TrainConfig
-
-
-def fold_checkpoints(run: Path) -> list[Path]:
-    found = sorted(Path(run).glob("fold*_best.pt"))
-    if not found:
-        raise FileNotFoundError(f"{run}: not a run directory, or no fold finished (no fold*_best.pt checkpoints)")
-    return found
-
-
-def load_fold_model(path: Path, device: torch.device) -> FoldModel:
-    """The model spec and weights of a checkpoint, as a ready model in eval mode; no store needed."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    if "model_spec" not in checkpoint:
-        raise ValueError(f"{path}: no model spec (written by an older hms-train); retrain the run")
-    spec = checkpoint["model_spec"]
-    kwargs = {k: v for k, v in spec["kwargs"].items() if k not in TRAINING_ONLY_KWARGS}
-    model = create_model(spec["name"], **kwargs)
-    model.load_state_dict(checkpoint["model"])
-    return FoldModel(Path(path), model.to(device).eval(), TrainConfig.from_dict(checkpoint["config"]))
-
 
 def _weights(runs, weights) -> np.ndarray:
     w = np.ones(len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -82,13 +51,14 @@ def predict_submission(
             if inputs not in readers:
                 readers[inputs] = _test_reader(store, fold.config)
             reader = readers[inputs]
+            plan = plan_inputs(dataclasses.replace(fold.config, store=store), reader.descriptions)
             rows = reader.select(Selection(only_ok=True))
             if len(rows) == 0:
                 raise ValueError(f"{store}: none of its {reader.n_rows} rows was built ok for the inputs "
                                  f"{', '.join(inputs)} (hms-prep info lists the failures); no submission written")
             if probs is None:
                 probs = np.zeros((reader.n_rows, 6), dtype=np.float64)
-            probs[rows] += predict_probabilities(fold.model, reader, rows, fold.config, torch_device, tta_hflip=tta_hflip)
+            probs[rows] += predict_probabilities(fold.model, reader, rows, plan, torch_device, tta_hflip=tta_hflip)
         probs[rows] /= len(models[run])
         failed = np.setdiff1d(np.arange(reader.n_rows), rows)
         probs[failed] = 1 / 6  # a test row whose EEG could not be read gets the uniform guess
@@ -113,7 +83,10 @@ def _test_reader(store: str, config: TrainConfig) -> StoreReader:
     from hms_prep.store.format import data_array_names, open_store
 
     group, _ = open_store(store)
-    check_against_store(config, data_array_names(group), n_folds=None)
+    missing = [name for name in config.inputs if name not in data_array_names(group)]
+    if missing:
+        raise ValueError(f"{store}: the model reads {missing}, which the store lacks; it has {data_array_names(group)} "
+                         "(build them with hms-prep build --split test and the train store's options)")
     reader = StoreReader(store, config.inputs, threads=config.reader_threads)
     eeg_ids = reader.column("eeg_id")
     unique = len(np.unique(eeg_ids))

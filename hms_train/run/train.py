@@ -1,28 +1,25 @@
 """The training loop, to be read top to bottom: run -> folds -> stages -> epochs -> steps.
 
-    train(config, out)                      check everything, then for each fold:
-      train_fold(ctx, reader, fold, stages)   a model; each Stage in turn; OOF predictions of the best epoch
-        run_stage(...) -> best score          optimizer, schedule, EMA; per epoch: steps, validate, checkpoint
+    train(config, out)                       plan the run (hms_train.run.plan: every check), then per fold:
+      train_fold(ctx, plan, reader, fold)      a model; each planned Stage in turn; OOF of the best epoch
+        run_stage(...) -> best score           optimizer, schedule, EMA; per epoch: steps, validate, checkpoint
 
-A `Stage` is a record: stage 1 trains on every row of the other folds, stage 2 (optional) on their
-high-vote rows, with pseudo-labels for the low-vote rows when configured; each stage has its validation
-rows (stage 2 may keep only the fold's high-vote rows, and move its low-vote rows into training, as in
-Richard's seed code), and may start from the best checkpoint so far (`stage2_init = "best"`, the fold's
-model is then the last stage's best epoch). With `sample_per_eeg` an epoch trains on one random row per
-eeg_id of the stage's rows; with `val_per_eeg` validation uses each eeg_id's most-voted row.
-Checkpoints are chosen on the validation rows with >= `select_min_votes` votes (the "golden" subset).
+The plan holds everything decided before training (inputs and model, loss, augmentations, each fold's
+stages with their rows, targets and steps); this module only runs it. A step is `TrainStep`
+(hms_train.run.step), the one the benchmark times too. Checkpoints are chosen on the validation rows with
+>= `select_min_votes` votes (the "golden" subset).
 
-A run directory gets config.json (resolved), metrics.jsonl (one line per epoch), fold{k}_last.pt
-(everything needed to resume fold k after its last complete epoch; see `_resume_state`),
-fold{k}_best.pt (the best epoch's weights with the model spec and config: enough to predict),
-fold{k}_stage1_best.pt (stage 2's starting weights, with `stage2_init = "best"`),
-fold{k}_oof.parquet (a finished fold's out-of-fold predictions) and, at the end, oof.parquet,
-summary.json and curves.png. `train(..., resume=True)` continues a killed run from those files.
+A run directory gets config.json (resolved), metrics.jsonl (one line per epoch), fold{k}_last.pt (a
+`TrainingState`: everything to continue fold k where it stopped, written after every epoch and every
+`checkpoint_every_steps` steps inside one), fold{k}_best.pt (the best epoch's weights with the model spec
+and config: enough to predict), fold{k}_stage1_best.pt (stage 2's starting weights, with `stage2_init =
+"best"`), fold{k}_oof.parquet (a finished fold's out-of-fold predictions) and, at the end, oof.parquet,
+summary.json and curves.png. `train(..., resume=True)` continues a killed run from those files, inside the
+epoch it was killed in, and ends as the uninterrupted run would.
 
-Nothing in a step waits for the device: targets come from a device-side table indexed by the batch's
-rows, and the loss is summed on the device and read once per epoch (and every `log_every` steps by the
-progress bar, shown on terminals only). Under `torchrun` the same code runs data-parallel (DDP); rank 0
-validates and writes.
+Nothing in a step waits for the device: the loss is summed on the device and read once per epoch (and
+every `log_every` steps by the progress bar, shown on terminals only, and at a checkpoint). Under
+`torchrun` the same code runs data-parallel (DDP); rank 0 validates and writes.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ import os
 import shutil
 import time
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,28 +45,18 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hms_prep.store.format import data_array_names, open_store
-from hms_train.run.config import ConfigError, TrainConfig, check_against_store, check_device
-from hms_train.run.forward import (
-    IMAGE_INPUT,
-    autocast,
-    image_layout,
-    loss_of,
-    make_augmenter,
-    model_inputs,
-    model_spec,
-    predict_probabilities,
-    resolve_device,
-    run_model,
-)
+from hms_prep.store.format import open_store
+from hms_train.data.reader import Selection, StoreReader
+from hms_train.model.models import create_model
+from hms_train.run import checkpoint
+from hms_train.run.checkpoint import Position, TrainingState
+from hms_train.run.config import TrainConfig, check_device, check_folds
+from hms_train.run.forward import make_augmenter, predict_probabilities, resolve_device
 from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
-from hms_train.model.models import create_model, model_kind
-from hms_train.data.reader import Selection, StoreReader, to_device
-from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
+from hms_train.run.plan import STAGE_INITS_FROM_BEST, RunPlan, Stage, epoch_rows, plan_run
+from hms_train.run.step import TrainStep
 
-CHECKPOINT_FORMAT = 1  # bump when the checkpoint contents change incompatibly
 STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png")
-STAGE_INITS_FROM_BEST = "best"  # config.stage2_init: the stage starts from the best checkpoint so far
 
 
 @dataclass
@@ -88,42 +75,24 @@ class Context:
         return self.rank == 0
 
 
-@dataclass(frozen=True, eq=False)
-class Stage:
-    """One phase of a fold's training: its epochs, learning rate, training and validation rows, targets."""
-
-    name: str
-    index: int  # position among the fold's stages (orders checkpoints; varies the shuffle)
-    epochs: int
-    lr: float
-    rows: np.ndarray = field(repr=False)  # training rows (an epoch may sample one per eeg_id of them)
-    val_rows: np.ndarray = field(repr=False)  # validation rows: checkpoints are chosen on them
-    targets: np.ndarray = field(repr=False)  # (n_rows, 6), pseudo-labels applied or not
-    init: str = "continue"  # "best": start from the best checkpoint so far, and choose this stage's best
-
-
 def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: bool = False) -> dict:
     """Train every selected fold; returns the CV summary (also in RUN/summary.json).
 
     With `resume`, continue the run in `out` (killed at any moment): finished folds are kept, the
-    fold in progress restarts after its last complete epoch, metrics.jsonl loses later lines.
+    fold in progress continues from its last checkpoint, metrics.jsonl loses later lines.
     Every check (config against the store, pseudo-labels, rows per stage) runs before any training.
     """
     check_device(config.device)
-    reader = _open_reader(config)
+    reader = open_train_reader(config)
     folds = config.folds if config.folds is not None else list(range(reader.layout.n_folds))
     config = dataclasses.replace(config, folds=folds)  # resolved: config.json names the folds
-    # pseudo-labels read and checked here, not after stage 1
-    targets = train_targets(reader, config, pseudo_label_rows(config, reader, folds))
-    plans = {fold: fold_stages(config, reader, fold, targets) for fold in folds}
-    _check_rows(config, reader, plans)
-    model_spec(config, reader)  # the layout and the model's arguments, checked before anything is written
+    plan = plan_run(config, reader, world=int(os.environ.get("WORLD_SIZE", "1")))
     ctx = _context(config, Path(out), quiet)
     if ctx.main:
-        _prepare_run_directory(ctx, plans, resume)
+        _prepare_run_directory(ctx, plan, resume)
     if ctx.world > 1:
         dist.barrier()  # rank 0 has cleaned or trimmed the directory others read checkpoints from
-    oof = [train_fold(ctx, reader, fold, plans[fold]) for fold in folds]
+    oof = [train_fold(ctx, plan, reader, fold) for fold in folds]
     summary = {}
     if ctx.main:
         table = pa.concat_tables(oof)
@@ -139,92 +108,42 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: boo
     return summary
 
 
-def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets: np.ndarray) -> list[Stage]:
-    """Stage 1 on all rows of the other folds, validated on the fold's rows; stage 2 on their rows with
-    >= stage2_min_votes votes, or on all of them with pseudo-labels (`targets`) for the low-vote ones,
-    validated on the fold's rows with >= stage2_val_min_votes (all when None) that stayed in validation."""
-    fold_rows = reader.select(Selection(folds=[fold]))
-    training = reader.select(Selection(exclude_folds=[fold]))
-    stages = [Stage("stage1", 0, config.epochs, config.lr, training, validation_rows(config, reader, fold_rows),
-                    reader.targets)]
-    if config.stage2_epochs > 0:
-        val = np.setdiff1d(fold_rows, moved_validation_rows(config, reader, fold_rows))
-        if config.stage2_val_min_votes is not None:
-            val = val[reader.votes[val] >= config.stage2_val_min_votes]
-        stages.append(Stage("stage2", 1, config.stage2_epochs, config.stage2_lr or config.lr / 2,
-                            stage2_training_rows(config, reader, fold), validation_rows(config, reader, val),
-                            targets, init=config.stage2_init))
-    return stages
+def open_train_reader(config: TrainConfig) -> StoreReader:
+    """The reader of a train store for the config's inputs (a test store, unknown folds: refused)."""
+    _, layout = open_store(config.store)
+    if layout.split != "train":
+        raise ValueError(f"{config.store} is a {layout.split} store; training needs a train store")
+    check_folds(config, layout.n_folds)
+    return StoreReader(config.store, config.inputs, threads=config.reader_threads)
 
 
-def stage2_training_rows(config: TrainConfig, reader: StoreReader, fold: int) -> np.ndarray:
-    """The other folds' rows and the fold's moved low-vote rows; without pseudo-labels only those with
-    >= stage2_min_votes votes."""
-    rows = np.union1d(reader.select(Selection(exclude_folds=[fold])),
-                      moved_validation_rows(config, reader, reader.select(Selection(folds=[fold]))))
-    if config.pseudo_labels is None:
-        rows = rows[reader.votes[rows] >= config.stage2_min_votes]
-    return rows
-
-
-def moved_validation_rows(config: TrainConfig, reader: StoreReader, fold_rows: np.ndarray) -> np.ndarray:
-    """The validation fold's rows that join stage-2 training: fewer than stage2_val_to_train_below votes."""
-    if config.stage2_val_to_train_below is None:
-        return np.empty(0, dtype=np.int64)
-    return fold_rows[reader.votes[fold_rows] < config.stage2_val_to_train_below]
-
-
-def pseudo_label_rows(config: TrainConfig, reader: StoreReader, folds: list[int]) -> np.ndarray:
-    """Every row some fold's stage 2 trains on with a pseudo-label: fewer than stage2_min_votes votes."""
-    if config.pseudo_labels is None or config.stage2_epochs == 0:
-        return np.empty(0, dtype=np.int64)
-    rows = np.unique(np.concatenate([stage2_training_rows(config, reader, fold) for fold in folds]))
-    return rows[reader.votes[rows] < config.stage2_min_votes]
-
-
-def validation_rows(config: TrainConfig, reader: StoreReader, rows: np.ndarray) -> np.ndarray:
-    """`rows`, or with `val_per_eeg` each eeg_id's most-voted row among them (fixed, ties: the first)."""
-    if not config.val_per_eeg:
-        return rows
-    return most_voted_row_per_group(rows, reader.column("eeg_id"), reader.votes)
-
-
-def epoch_rows(config: TrainConfig, reader: StoreReader, fold: int, stage: Stage, epoch: int) -> np.ndarray:
-    """The rows one epoch trains on: the stage's, or with `sample_per_eeg` one random row per eeg_id of
-    them, drawn from (seed, fold, stage, epoch) alone, so that a resumed epoch draws the same rows."""
-    if not config.sample_per_eeg:
-        return stage.rows
-    rng = np.random.default_rng([config.seed, fold, stage.index, epoch])
-    return one_row_per_group(stage.rows, reader.column("eeg_id"), rng)
-
-
-def train_fold(ctx: Context, reader: StoreReader, fold: int, stages: list[Stage]) -> pa.Table:
+def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> pa.Table:
     """Train one fold through its stages; its out-of-fold predictions come from the best epoch."""
     finished = ctx.out / f"fold{fold}_oof.parquet"
     if finished.is_file():  # a resumed run: this fold was done before the interruption
         return pq.read_table(finished)
-    config = ctx.config
+    config, stages = plan.config, plan.folds[fold]
     torch.manual_seed(config.seed * 1000 + fold)  # each fold from its own seed: a fold resumes alone
-    model = build_model(config, reader).to(ctx.device)
-    takes_image = IMAGE_INPUT in model_kind(config.model).inputs
-    if config.channels_last and takes_image:
+    model = create_model(plan.inputs.model_spec["name"], **plan.inputs.model_spec["kwargs"]).to(ctx.device)
+    if config.channels_last and plan.inputs.takes_image:
         model = model.to(memory_format=torch.channels_last)
     val_rows = reader.select(Selection(folds=[fold]))  # the out-of-fold predictions cover the whole fold
-    saved = _load(ctx.out / f"fold{fold}_last.pt", ctx.device)  # None unless resuming this fold
+    saved = checkpoint.load(ctx.out / f"fold{fold}_last.pt", ctx.device)  # None unless resuming this fold
+    at = checkpoint.position_of(saved) if saved else None
     best = saved["best_score"] if saved else math.inf
     for stage in stages:
-        if saved and stage.index < saved["stage_index"]:
+        if at and stage.index < at.stage_index:
             continue  # finished before the interruption; its weights are in `saved`
-        resume_from = saved if saved and stage.index == saved["stage_index"] else None
+        resume_from = saved if at and stage.index == at.stage_index else None
         if stage.init == STAGE_INITS_FROM_BEST and stage.index > 0 and resume_from is None:
             model.load_state_dict(_stage_start(ctx, fold, stages[stage.index - 1])["model"])
             best = math.inf  # the fold's model is this stage's best epoch
-        best = run_stage(ctx, model, reader, fold, stage, best, resume_from)
-    model.load_state_dict(_load(ctx.out / f"fold{fold}_best.pt", ctx.device)["model"])
-    probs = predict_probabilities(model, reader, val_rows, config, ctx.device, tta_hflip=config.tta_hflip)
+        best = run_stage(ctx, plan, model, reader, fold, stage, best, resume_from)
+    model.load_state_dict(checkpoint.load(ctx.out / f"fold{fold}_best.pt", ctx.device)["model"])
+    probs = predict_probabilities(model, reader, val_rows, plan.inputs, ctx.device, tta_hflip=config.tta_hflip)
     table = _oof_table(reader, val_rows, fold, probs)
     if ctx.main:
-        _atomic(finished, lambda path: pq.write_table(table, path))
+        checkpoint.atomic(finished, lambda path: pq.write_table(table, path))
     return table
 
 
@@ -233,15 +152,10 @@ def _stage_start(ctx: Context, fold: int, previous: Stage) -> dict:
     overwrites fold{k}_best.pt, so that a run killed early in this stage resumes from the same weights."""
     kept = ctx.out / f"fold{fold}_{previous.name}_best.pt"
     if ctx.main and not kept.is_file():
-        _atomic(kept, lambda tmp: shutil.copyfile(ctx.out / f"fold{fold}_best.pt", tmp))
+        checkpoint.atomic(kept, lambda tmp: shutil.copyfile(ctx.out / f"fold{fold}_best.pt", tmp))
     if ctx.world > 1:
         dist.barrier()  # rank 0 has written it
-    return _load(kept, ctx.device)
-
-
-def build_model(config: TrainConfig, reader: StoreReader) -> torch.nn.Module:
-    spec = model_spec(config, reader)
-    return create_model(spec["name"], **spec["kwargs"])
+    return checkpoint.load(kept, ctx.device)
 
 
 def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps_per_epoch: int):
@@ -260,166 +174,97 @@ def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps
 
 
 def run_stage(
-    ctx: Context, model: torch.nn.Module, reader: StoreReader, fold: int, stage: Stage, best: float,
-    saved: dict | None = None,
+    ctx: Context, plan: RunPlan, model: torch.nn.Module, reader: StoreReader, fold: int, stage: Stage,
+    best: float, saved: dict | None = None,
 ) -> float:
-    """Train `model` through `stage` (from `saved`'s epoch when resuming), validating and checkpointing
-    after every epoch; returns the fold's best validation score so far."""
-    config = ctx.config
-    val_rows = stage.val_rows
-    steps_per_epoch = _steps_per_epoch(ctx, reader, epoch_rows(config, reader, fold, stage, 0))
+    """Train `model` through `stage` (from `saved`'s position when resuming, inside an epoch or at its
+    end), validating and checkpointing after every epoch; returns the fold's best validation score so far."""
+    config = plan.config
     optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=stage.lr, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(config, optimizer, stage.lr, stage.epochs, steps_per_epoch)
+    scheduler = make_scheduler(config, optimizer, stage.lr, stage.epochs, stage.steps_per_epoch)
     ema = (timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup)
            if config.ema_decay > 0 else None)
-    loss_fn = loss_of(config)
     generator = torch.Generator(device=ctx.device).manual_seed(config.seed * 1000 + fold)
-    augmenter = make_augmenter(config, reader, generator)
-    layout = image_layout(config, reader) if IMAGE_INPUT in model_kind(config.model).inputs else None  # once, not per step
-    first_epoch, step = _restore(saved, model, optimizer, scheduler, ema, generator) if saved else (0, 0)
-    net = _parallel(ctx, model)
+    state = TrainingState(model, optimizer, scheduler, ema, generator)
+    state.best = best
+    if saved:
+        state.load_state_dict(saved)
+    else:
+        state.position = Position(fold, stage.name, stage.index, epoch=0)
     targets = torch.from_numpy(stage.targets).to(ctx.device)  # indexed on the device by each batch's rows
+    step = TrainStep(plan, model, _parallel(ctx, model), optimizer, make_augmenter(plan, generator), ctx.device, targets)
 
-    for epoch in range(first_epoch, stage.epochs):
+    for epoch in range(state.position.epoch, stage.epochs):
         started = time.perf_counter()
-        net.train()
-        loss_sum, steps = torch.zeros((), device=ctx.device), 0
+        model.train()
+        first = state.position.batch  # > 0: resumed inside this epoch
+        loss_sum = torch.tensor(state.loss_sum if first else 0.0, device=ctx.device)
+        state.steps = state.steps if first else 0
         batches = reader.batches(
             epoch_rows(config, reader, fold, stage, epoch), config.batch_size, shuffle=True,
             seed=config.seed + 7919 * fold, epoch=epoch + 100 * stage.index,
             drop_last=True, raw_jitter=int(config.raw_jitter_s * 200), pin_memory=ctx.device.type == "cuda",
-            shard=(ctx.rank, ctx.world),
+            shard=(ctx.rank, ctx.world), start_batch=first,
         )
         label = f"fold {fold} {stage.name} epoch {epoch + 1}/{stage.epochs}"
         # closing(): the reader's threads stop here, even when a step raises
-        with closing(batches), _progress(ctx, label, steps_per_epoch, config.log_every) as progress:
-            for batch in _take(batches, steps_per_epoch):  # every rank takes the same number of steps
-                batch = to_device(batch, ctx.device)
-                inputs = model_inputs(batch, config, train=True, layout=layout)
-                batch_targets = targets[batch["row"]]
-                if IMAGE_INPUT in inputs:
-                    inputs[IMAGE_INPUT], batch_targets = augmenter(inputs[IMAGE_INPUT], batch_targets, train=True)
-                with autocast(config, ctx.device):
-                    logits = run_model(net, inputs)
-                loss = loss_fn(logits.float(), batch_targets, batch["votes"])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                step += 1
-                scheduler.step_update(step)
+        with closing(batches), _progress(ctx, label, stage.steps_per_epoch, config.log_every, first) as progress:
+            for batch in _take(batches, stage.steps_per_epoch - first):  # every rank takes the same number of steps
+                loss_sum += step(batch)
+                state.steps += 1
+                position = dataclasses.replace(state.position, epoch=epoch, batch=state.steps,
+                                               step=state.position.step + 1)
+                state.position = position
+                scheduler.step_update(position.step)
                 if ema is not None:  # the step drives the EMA's warm-up (and only then: timm's decay at step 0 is 0)
-                    ema.update(model, step=step if config.ema_warmup else None)
-                loss_sum += loss.detach()
-                steps += 1
-                progress.advance(steps, loss_sum)
-        if steps == 0:  # never an epoch of no training reported as done
+                    ema.update(model, step=position.step if config.ema_warmup else None)
+                progress.advance(state.steps, loss_sum)
+                every = config.checkpoint_every_steps
+                if every and position.step % every == 0 and state.steps < stage.steps_per_epoch and ctx.main:
+                    state.loss_sum = loss_sum.item()  # a mid-epoch checkpoint: resumes at the next batch
+                    checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict())
+        if state.steps == 0:  # never an epoch of no training reported as done
             raise RuntimeError(f"fold {fold} {stage.name} epoch {epoch + 1}: the reader gave no batch "
-                               f"(of {steps_per_epoch} expected)")
+                               f"(of {stage.steps_per_epoch} expected)")
         scheduler.step(epoch + 1)  # per-epoch schedules move here (per-step ones ignore it)
-        train_loss = loss_sum.item() / steps  # the epoch's one read of the loss from the device
+        train_loss = loss_sum.item() / state.steps  # the epoch's one read of the loss from the device
         seconds = time.perf_counter() - started
+        state.position = dataclasses.replace(state.position, epoch=epoch + 1, batch=0)
+        state.loss_sum, state.steps = 0.0, 0
 
         if ctx.main:
             evaluated = ema.module if ema is not None else model
-            probs = predict_probabilities(evaluated, reader, val_rows, config, ctx.device)
-            report = cv_report(reader.targets[val_rows], probs, reader.votes[val_rows])
-            score = selection_kl(reader.targets[val_rows], probs, reader.votes[val_rows], config.select_min_votes)
+            probs = predict_probabilities(evaluated, reader, stage.val_rows, plan.inputs, ctx.device)
+            report = cv_report(reader.targets[stage.val_rows], probs, reader.votes[stage.val_rows])
+            score = selection_kl(reader.targets[stage.val_rows], probs, reader.votes[stage.val_rows],
+                                 config.select_min_votes)
             record = {
                 "fold": fold, "stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
                 "val_kl": report["kl"], "val_kl_10plus": report["kl_10plus"], "val_kl_select": score,
-                "val_rows": len(val_rows), "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds, "samples_per_s": steps * config.batch_size * ctx.world / seconds,
+                "val_rows": len(stage.val_rows), "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds, "samples_per_s": (stage.steps_per_epoch - first) * config.batch_size * ctx.world / seconds,
             }
             _append_metrics(ctx.out / "metrics.jsonl", record)
-            position = {"fold": fold, "stage": stage.name, "stage_index": stage.index, "epoch": epoch + 1,
-                        "val_kl": report["kl"], "val_kl_10plus": report["kl_10plus"]}
-            if score < best:
-                best = score
-                _save(ctx.out / f"fold{fold}_best.pt", {**_predictable(ctx, reader, evaluated), **position, "score": score})
+            if score < state.best:
+                state.best = score
+                best_checkpoint = checkpoint.predictable(plan.inputs.model_spec, evaluated, config)
+                checkpoint.save(ctx.out / f"fold{fold}_best.pt", {**best_checkpoint, **dataclasses.asdict(state.position),
+                                                                  "val_kl": report["kl"],
+                                                                  "val_kl_10plus": report["kl_10plus"], "score": score})
             # After the metrics line and the best weights: a kill between them only repeats this epoch.
-            _save(ctx.out / f"fold{fold}_last.pt",
-                  {**_resume_state(ctx, reader, model, optimizer, scheduler, ema, generator, step, best), **position})
+            checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict())
             if not ctx.quiet:
                 print(f"fold {fold} {stage.name} epoch {epoch + 1}: loss {train_loss:.4f} val KL {report['kl']:.4f}"
                       f" (>=10 votes {report['kl_10plus']:.4f}) {record['samples_per_s']:.0f} samples/s", flush=True)
         if ctx.world > 1:
             dist.barrier()
-    return best
+    return state.best
 
 
-def train_targets(reader: StoreReader, config: TrainConfig, needed: np.ndarray | None = None) -> np.ndarray:
-    """The targets of the last stage: the store's, with pseudo-labels applied when configured (and
-    checked to cover the `needed` rows)."""
-    if config.pseudo_labels is None:
-        return reader.targets
-    return apply_pseudo_labels(reader, reader.targets, config, needed)
+# --- run directory ----------------------------------------------------------------------------------------
 
 
-def apply_pseudo_labels(
-    reader: StoreReader, targets: np.ndarray, config: TrainConfig, needed: np.ndarray | None = None
-) -> np.ndarray:
-    """Replace (or blend) the targets of low-vote rows with an ensemble's out-of-fold predictions.
-    Raises ValueError when the file misses any of the `needed` rows (naming how many, and the first)."""
-    path = Path(config.pseudo_labels)
-    if not path.is_file():
-        raise FileNotFoundError(f"pseudo_labels: {path} not found (write it with `hms-train pseudo-label`)")
-    table = pq.read_table(path)
-    missing = [c for c in ("label_id", *VOTE_COLUMNS) if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path}: no column(s) {missing}; pseudo-labels have label_id and {list(VOTE_COLUMNS)}")
-    label_rows = {int(l): i for i, l in enumerate(reader.column("label_id"))}
-    probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float32)
-    unknown = [int(l) for l in table.column("label_id").to_numpy() if int(l) not in label_rows]
-    if unknown:
-        raise ValueError(f"{path}: {len(unknown)} label_ids are not in {config.store} "
-                         f"(first: {unknown[0]}); pseudo-labels must come from runs on this store")
-    rows = np.array([label_rows[int(l)] for l in table.column("label_id").to_numpy()], dtype=np.int64)
-    low = reader.votes[rows] < config.stage2_min_votes
-    rows, probs = rows[low], probs[low]
-    missing = np.setdiff1d(needed if needed is not None else [], rows)
-    if len(missing):
-        first = [int(label) for label in reader.column("label_id")[missing[:5]]]
-        raise ValueError(f"{path}: no pseudo-label for {len(missing)} of the {len(needed)} rows with fewer than "
-                         f"stage2_min_votes = {config.stage2_min_votes} votes that stage 2 trains on (first "
-                         f"label_ids: {first}); write pseudo-labels from runs over every fold of {config.store}")
-    out = targets.copy()
-    weight = config.pseudo_blend if config.pseudo_mode == "blend" else 1.0  # "replace": the pseudo label alone
-    out[rows] = weight * probs + (1 - weight) * out[rows]
-    return out
-
-
-# --- checks before any work ---------------------------------------------------------------------------
-
-
-def _open_reader(config: TrainConfig) -> StoreReader:
-    group, layout = open_store(config.store)
-    if layout.split != "train":
-        raise ValueError(f"{config.store} is a {layout.split} store; training needs a train store")
-    check_against_store(config, data_array_names(group), layout.n_folds)
-    return StoreReader(config.store, config.inputs, threads=config.reader_threads)
-
-
-def _check_rows(config: TrainConfig, reader: StoreReader, plans: dict[int, list[Stage]]) -> None:
-    """Every fold has rows to validate on and every stage at least one batch to train on."""
-    for fold, stages in plans.items():
-        if len(reader.select(Selection(folds=[fold]))) == 0:
-            raise ConfigError(f"folds: fold {fold} has no rows to validate on in {config.store}")
-        for stage in stages:
-            if len(stage.val_rows) == 0:
-                raise ConfigError(f"fold {fold} {stage.name}: no rows to validate on (stage2_val_min_votes "
-                                  f"{config.stage2_val_min_votes})")
-            rows = len(epoch_rows(config, reader, fold, stage, 0))
-            if rows < config.batch_size:
-                raise ConfigError(f"fold {fold} {stage.name}: {rows} training rows, fewer than one batch "
-                                  f"(batch_size {config.batch_size})")
-
-
-# --- run directory and checkpoints ----------------------------------------------------------------------
-
-
-def _prepare_run_directory(ctx: Context, plans: dict[int, list[Stage]], resume: bool) -> None:
+def _prepare_run_directory(ctx: Context, plan: RunPlan, resume: bool) -> None:
     """A fresh run replaces any earlier run's files; a resumed one keeps the metrics its checkpoints cover."""
     ctx.out.mkdir(parents=True, exist_ok=True)
     metrics = ctx.out / "metrics.jsonl"
@@ -430,66 +275,19 @@ def _prepare_run_directory(ctx: Context, plans: dict[int, list[Stage]], resume: 
         ctx.config.save(ctx.out / "config.json")
         metrics.write_text("")
         return
-    done = {}  # fold -> (stage index, epoch) its checkpoints cover
-    for fold, stages in plans.items():
-        last = _load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"))
+    done = {}  # fold -> (stage index, complete epochs) its checkpoints cover
+    for fold in plan.folds:
+        last = checkpoint.load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"))
         if (ctx.out / f"fold{fold}_oof.parquet").is_file():
             done[fold] = (math.inf, math.inf)
         elif last is not None:
-            done[fold] = (last["stage_index"], last["epoch"])
-    index = {stage.name: stage.index for stages in plans.values() for stage in stages}
+            checkpoint.check_format(last)
+            at = checkpoint.position_of(last)
+            done[fold] = (at.stage_index, at.epoch)
+    index = {stage.name: stage.index for stages in plan.folds.values() for stage in stages}
     kept = [r for r in _read_records(metrics)
             if r["fold"] in done and (index[r["stage"]], r["epoch"]) <= done[r["fold"]]]
-    _atomic(metrics, lambda path: path.write_text("".join(json.dumps(r) + "\n" for r in kept)))
-
-
-def _predictable(ctx: Context, reader: StoreReader, evaluated: torch.nn.Module) -> dict:
-    """What `hms-train predict` needs to rebuild and run a model: spec, weights, config."""
-    return {"format": CHECKPOINT_FORMAT, "model_spec": model_spec(ctx.config, reader),
-            "model": evaluated.state_dict(), "config": ctx.config.to_dict()}
-
-
-def _resume_state(ctx, reader, model, optimizer, scheduler, ema, generator, step: int, best: float) -> dict:
-    """Everything to continue after this epoch as if never stopped: weights being trained (and the EMA's),
-    optimizer and schedule, the stage's step, every random state, the best score so far, config and spec."""
-    rng = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
-    if ctx.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
-    return {**_predictable(ctx, reader, model), "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-            "rng": rng, "best_score": best}
-
-
-def _restore(saved: dict, model, optimizer, scheduler, ema, generator) -> tuple[int, int]:
-    """Load a `_resume_state` into the stage's objects; returns (next epoch, step)."""
-    if saved.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint format {saved.get('format')} cannot be resumed by this version "
-                         f"(format {CHECKPOINT_FORMAT})")
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    if ema is not None:
-        ema.load_state_dict(saved["ema"])
-    torch.set_rng_state(saved["rng"]["torch"].cpu())
-    generator.set_state(saved["rng"]["augment"].cpu())
-    if "cuda" in saved["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), generator.device)
-    return saved["epoch"], saved["step"]
-
-
-def _save(path: Path, checkpoint: dict) -> None:
-    _atomic(path, lambda tmp: torch.save(checkpoint, tmp))
-
-
-def _load(path: Path, device: torch.device) -> dict | None:
-    return torch.load(path, map_location=device, weights_only=True) if path.is_file() else None
-
-
-def _atomic(path: Path, write) -> None:
-    """`write(tmp)` then rename over `path`: a reader (or a resumed run) sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    checkpoint.atomic(metrics, lambda path: path.write_text("".join(json.dumps(r) + "\n" for r in kept)))
 
 
 def _append_metrics(path: Path, record: dict) -> None:
@@ -525,14 +323,6 @@ def _parallel(ctx: Context, model: torch.nn.Module) -> torch.nn.Module:
     if ctx.config.compile:
         net = torch.compile(net)
     return net
-
-
-def _steps_per_epoch(ctx: Context, reader: StoreReader, rows: np.ndarray) -> int:
-    """Whole batches per rank, equal on every rank (the smallest shard decides)."""
-    steps = reader.min_shard_rows(rows, ctx.world) // ctx.config.batch_size
-    if ctx.config.max_batches_per_epoch:
-        steps = min(steps, ctx.config.max_batches_per_epoch)
-    return max(steps, 1)
 
 
 def _oof_table(reader: StoreReader, rows: np.ndarray, fold: int, probs: np.ndarray) -> pa.Table:
@@ -575,11 +365,11 @@ class _progress:
     `log_every` steps: each read waits for the device to finish the queued work.
     """
 
-    def __init__(self, ctx: Context, label: str, total: int, log_every: int):
+    def __init__(self, ctx: Context, label: str, total: int, log_every: int, done: int = 0):
         self.console = Console(stderr=True)
         # A transient bar is for terminals; in logs the per-epoch line says it all.
         self.show = ctx.main and not ctx.quiet and self.console.is_terminal
-        self.label, self.total, self.log_every = label, total, log_every
+        self.label, self.total, self.log_every, self.done = label, total, log_every, done
 
     def __enter__(self):
         if self.show:
@@ -587,7 +377,7 @@ class _progress:
                                 TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True,
                                 console=self.console)
             self.bar.__enter__()
-            self.task = self.bar.add_task(self.label, total=self.total, loss="-")
+            self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, loss="-")
         return self
 
     def advance(self, steps: int, loss_sum: torch.Tensor) -> None:

@@ -1,0 +1,314 @@
+"""A run, planned once: a config and a store in, everything the loop, the benchmark, predict and
+`hms-train plan` need out, checked before any work.
+
+    plan_inputs(config, arrays) -> InputPlan    which arrays make the model's inputs (by role), the image
+                                                layout, the model spec; all predict needs for a store
+    plan_run(config, reader)    -> RunPlan      + the loss, the augmentations, and per fold its stages:
+                                                training and validation rows, targets, epochs, steps
+
+Nothing here names an array or a kind of the store: arrays are found by the names a recipe gives
+(`inputs`, `[layout]`) and by the role their attributes declare (hms_prep.store.format.describe_arrays).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from hms_prep.domain import LABEL_SAMPLES
+from hms_prep.store.format import ROLE_SIGNALS, ArrayDescription
+from hms_train.data.reader import Selection, StoreReader
+from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group, rows_per_rank
+from hms_train.image.augment import AugmentConfig
+from hms_train.image.layout import ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
+from hms_train.model.losses import Loss
+from hms_train.model.models import IMAGE, SIGNALS, model_kind
+from hms_train.run.config import ConfigError, TrainConfig
+from hms_train.run.metric import VOTE_COLUMNS
+
+SIGNAL_WINDOW = LABEL_SAMPLES  # 50 s at 200 Hz: the label window a model of the signals sees
+STAGE_INITS_FROM_BEST = "best"  # config.stage2_init: the stage starts from the best checkpoint so far
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What a model of the config takes from a store: the image (its layout over the image arrays) and
+    the signals array, and the model as data (`model_spec`: `{"name", "kwargs"}` for `create_model`)."""
+
+    config: TrainConfig
+    layout: ImageLayout | None  # None: the model takes no image
+    signals: str | None  # the signals array the model reads (None: none)
+    model_spec: dict
+
+    @property
+    def takes_image(self) -> bool:
+        return self.layout is not None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        return (1, *self.layout.image_size) if self.layout is not None else None
+
+    def mirror_rows(self) -> np.ndarray | None:
+        """The hemisphere swap's map of the image (None without an image)."""
+        return self.layout.mirror_rows() if self.layout is not None else None
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """One phase of a fold's training: its epochs, learning rate, training and validation rows, targets."""
+
+    name: str
+    index: int  # position among the fold's stages (orders checkpoints; varies the shuffle)
+    epochs: int
+    lr: float
+    rows: np.ndarray = field(repr=False)  # training rows (an epoch may sample one per eeg_id of them)
+    val_rows: np.ndarray = field(repr=False)  # validation rows: checkpoints are chosen on them
+    targets: np.ndarray = field(repr=False)  # (n_rows, 6), pseudo-labels applied or not
+    init: str = "continue"  # "best": start from the best checkpoint so far, and choose this stage's best
+    steps_per_epoch: int = 0  # whole batches per rank and epoch
+    file_target_rows: int = 0  # training rows whose targets come from a file (pseudo-labels)
+
+
+@dataclass(frozen=True, eq=False)
+class RunPlan:
+    """A checked run: its inputs and model, loss, augmentations, and every fold's stages."""
+
+    inputs: InputPlan
+    loss: Loss
+    augment: AugmentConfig  # the steps the image gets in training (checked against the model's inputs)
+    folds: dict[int, list[Stage]]
+    world: int = 1  # data-parallel ranks the steps per epoch are counted for
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.inputs.config
+
+
+# --- inputs: arrays by role, the layout, the model --------------------------------------------------------
+
+
+def plan_inputs(config: TrainConfig, arrays: Mapping[str, ArrayDescription]) -> InputPlan:
+    """The model's inputs among `arrays` (the store's, by name: `describe_arrays`); ConfigError or
+    LayoutError naming the key when the config and the store do not fit."""
+    missing = [name for name in config.inputs if name not in arrays]
+    if missing:
+        raise ConfigError(f"inputs: {missing} not in {config.store}; it has {sorted(arrays)}")
+    kind = model_kind(config.model)
+    described = {name: arrays[name] for name in config.inputs}
+    signals = [name for name, array in described.items() if array.role == ROLE_SIGNALS]
+    signal = None
+    if SIGNALS in kind.inputs:
+        if len(signals) != 1:
+            raise ConfigError(f"inputs: model kind {kind.name!r} takes one signals array; inputs {list(config.inputs)} "
+                              f"hold {len(signals)} ({signals or 'none'})")
+        signal = signals[0]
+    elif signals:
+        raise ConfigError(f"inputs: {signals} are signals, which model kind {kind.name!r} does not take")
+    layout = _image_layout(config, described) if IMAGE in kind.inputs else None
+    if layout is None and len(signals) < len(described):
+        images = [name for name in described if name not in signals]
+        raise ConfigError(f"inputs: {images} are image parts, but model kind {kind.name!r} takes no image")
+    return InputPlan(config, layout, signal, _model_spec(config, kind, layout, arrays.get(signal)))
+
+
+def _image_layout(config: TrainConfig, arrays: Mapping[str, ArrayDescription]) -> ImageLayout:
+    """The config's `[layout]` placed on the arrays, or its image parts side by side."""
+    sources = {name: PartSource.of(array) for name, array in arrays.items()}
+    spec = LayoutConfig.parse(config.layout)
+    if spec is None:
+        return resolve_layout(side_by_side(list(config.inputs), sources), sources)
+    for index, part in enumerate(spec.parts):
+        if part.array not in config.inputs:
+            raise LayoutError(f"layout.parts[{index}].array {part.array!r} is not in inputs {list(config.inputs)}: "
+                              "list every array of the layout in inputs so that the reader reads it")
+    placed = {part.array for part in spec.parts}
+    unused = [name for name, source in sources.items() if source.role != ROLE_SIGNALS and name not in placed]
+    if unused:
+        raise LayoutError(f"inputs {unused} are not placed in the layout: place them in layout.parts or drop "
+                          "them from inputs")
+    return resolve_layout(spec, sources)
+
+
+def _model_spec(config: TrainConfig, kind, layout: ImageLayout | None, signals: ArrayDescription | None) -> dict:
+    """The model as JSON-able data: only the arguments its kind takes, the image size from the layout,
+    the signal channels from the store."""
+    values = {"backbone": config.backbone, "pool": config.pool, "drop_rate": config.drop_rate,
+              "drop_path_rate": config.drop_path_rate, "pretrained": config.pretrained, "weights": config.weights}
+    if layout is not None:
+        values["image_size"] = list(layout.image_size)
+    if signals is not None:
+        values["raw_channels"] = int(signals.shape[0])  # the builders' argument names (old checkpoints hold them)
+        values["raw_samples"] = SIGNAL_WINDOW
+    taken = kind.arguments()
+    refused = [key for key in ("pretrained", "weights") if values[key] and key not in taken]
+    if refused:
+        raise ConfigError(f"{refused} concern an image backbone; model kind {kind.name!r} has none")
+    return {"name": kind.name, "kwargs": {key: value for key, value in values.items() if key in taken}}
+
+
+def check_augment(config: TrainConfig, inputs: InputPlan) -> AugmentConfig:
+    """The config's augmentations; a model that takes the signals beside the image refuses the steps that
+    change the image alone (they would desynchronise the two)."""
+    augment = config.augment
+    if inputs.takes_image and inputs.signals is not None:
+        unsynced = [f"augment.{aug.name}.p" for aug, _ in augment.active() if aug.image_only]
+        if unsynced:
+            raise ConfigError(f"model kind {config.model!r} takes the image and the signals together; {unsynced} "
+                              "would change the image alone and desynchronise them: set them to 0")
+    if inputs.takes_image and augment.steps.get("hemisphere_swap") and augment.steps["hemisphere_swap"].p > 0:
+        inputs.mirror_rows()  # a tiled, cropped layout has no fixed mirror map: refused here, naming the fix
+    return augment
+
+
+def loss_of(config: TrainConfig) -> Loss:
+    """The recipe's training loss (KL with its reduction, + MSE, + cross-entropy, vote weighting)."""
+    return Loss(config.kl_reduction, config.kl_weight, config.mse_weight, config.ce_weight, config.vote_weighting)
+
+
+# --- the whole run ----------------------------------------------------------------------------------------
+
+
+def plan_run(config: TrainConfig, reader: StoreReader, world: int = 1) -> RunPlan:
+    """Plan every fold of `config` on the reader's store; raises ConfigError (or ValueError, FileNotFound)
+    naming the key, before anything is trained or written. `config.folds` must be resolved."""
+    inputs = plan_inputs(config, reader.descriptions)
+    augment = check_augment(config, inputs)
+    targets = train_targets(reader, config, pseudo_label_rows(config, reader, config.folds))
+    folds = {fold: fold_stages(config, reader, fold, targets, world) for fold in config.folds}
+    plan = RunPlan(inputs, loss_of(config), augment, folds, world)
+    _check_rows(plan, reader)
+    return plan
+
+
+def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets: np.ndarray,
+                world: int = 1) -> list[Stage]:
+    """Stage 1 on all rows of the other folds, validated on the fold's rows; stage 2 on their rows with
+    >= stage2_min_votes votes, or on all of them with pseudo-labels (`targets`) for the low-vote ones,
+    validated on the fold's rows with >= stage2_val_min_votes (all when None) that stayed in validation."""
+    fold_rows = reader.select(Selection(folds=[fold]))
+    training = reader.select(Selection(exclude_folds=[fold]))
+    stages = [Stage("stage1", 0, config.epochs, config.lr, training, validation_rows(config, reader, fold_rows),
+                    reader.targets)]
+    if config.stage2_epochs > 0:
+        val = np.setdiff1d(fold_rows, moved_validation_rows(config, reader, fold_rows))
+        if config.stage2_val_min_votes is not None:
+            val = val[reader.votes[val] >= config.stage2_val_min_votes]
+        rows = stage2_training_rows(config, reader, fold)
+        from_file = int(np.sum(reader.votes[rows] < config.stage2_min_votes)) if config.pseudo_labels else 0
+        stages.append(Stage("stage2", 1, config.stage2_epochs, config.stage2_lr or config.lr / 2, rows,
+                            validation_rows(config, reader, val), targets, init=config.stage2_init,
+                            file_target_rows=from_file))
+    return [dataclasses.replace(stage, steps_per_epoch=steps_per_epoch(config, len(epoch_rows(config, reader, fold,
+                                                                                               stage, 0)), world))
+            for stage in stages]
+
+
+def steps_per_epoch(config: TrainConfig, rows: int, world: int = 1) -> int:
+    """Whole batches per rank, equal on every rank (the smallest shard decides), at least one."""
+    steps = rows_per_rank(rows, world) // config.batch_size
+    if config.max_batches_per_epoch:
+        steps = min(steps, config.max_batches_per_epoch)
+    return max(steps, 1)
+
+
+def stage2_training_rows(config: TrainConfig, reader: StoreReader, fold: int) -> np.ndarray:
+    """The other folds' rows and the fold's moved low-vote rows; without pseudo-labels only those with
+    >= stage2_min_votes votes."""
+    rows = np.union1d(reader.select(Selection(exclude_folds=[fold])),
+                      moved_validation_rows(config, reader, reader.select(Selection(folds=[fold]))))
+    if config.pseudo_labels is None:
+        rows = rows[reader.votes[rows] >= config.stage2_min_votes]
+    return rows
+
+
+def moved_validation_rows(config: TrainConfig, reader: StoreReader, fold_rows: np.ndarray) -> np.ndarray:
+    """The validation fold's rows that join stage-2 training: fewer than stage2_val_to_train_below votes."""
+    if config.stage2_val_to_train_below is None:
+        return np.empty(0, dtype=np.int64)
+    return fold_rows[reader.votes[fold_rows] < config.stage2_val_to_train_below]
+
+
+def pseudo_label_rows(config: TrainConfig, reader: StoreReader, folds: list[int]) -> np.ndarray:
+    """Every row some fold's stage 2 trains on with a pseudo-label: fewer than stage2_min_votes votes."""
+    if config.pseudo_labels is None or config.stage2_epochs == 0:
+        return np.empty(0, dtype=np.int64)
+    rows = np.unique(np.concatenate([stage2_training_rows(config, reader, fold) for fold in folds]))
+    return rows[reader.votes[rows] < config.stage2_min_votes]
+
+
+def validation_rows(config: TrainConfig, reader: StoreReader, rows: np.ndarray) -> np.ndarray:
+    """`rows`, or with `val_per_eeg` each eeg_id's most-voted row among them (fixed, ties: the first)."""
+    if not config.val_per_eeg:
+        return rows
+    return most_voted_row_per_group(rows, reader.column("eeg_id"), reader.votes)
+
+
+def epoch_rows(config: TrainConfig, reader: StoreReader, fold: int, stage: Stage, epoch: int) -> np.ndarray:
+    """The rows one epoch trains on: the stage's, or with `sample_per_eeg` one random row per eeg_id of
+    them, drawn from (seed, fold, stage, epoch) alone, so that a resumed epoch draws the same rows."""
+    if not config.sample_per_eeg:
+        return stage.rows
+    rng = np.random.default_rng([config.seed, fold, stage.index, epoch])
+    return one_row_per_group(stage.rows, reader.column("eeg_id"), rng)
+
+
+def train_targets(reader: StoreReader, config: TrainConfig, needed: np.ndarray | None = None) -> np.ndarray:
+    """The targets of the last stage: the store's, with pseudo-labels applied when configured (and
+    checked to cover the `needed` rows)."""
+    if config.pseudo_labels is None:
+        return reader.targets
+    return apply_pseudo_labels(reader, reader.targets, config, needed)
+
+
+def apply_pseudo_labels(
+    reader: StoreReader, targets: np.ndarray, config: TrainConfig, needed: np.ndarray | None = None
+) -> np.ndarray:
+    """Replace (or blend) the targets of low-vote rows with an ensemble's out-of-fold predictions.
+    Raises ValueError when the file misses any of the `needed` rows (naming how many, and the first)."""
+    path = Path(config.pseudo_labels)
+    if not path.is_file():
+        raise FileNotFoundError(f"pseudo_labels: {path} not found (write it with `hms-train pseudo-label`)")
+    table = pq.read_table(path)
+    missing = [c for c in ("label_id", *VOTE_COLUMNS) if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing}; pseudo-labels have label_id and {list(VOTE_COLUMNS)}")
+    label_rows = {int(l): i for i, l in enumerate(reader.column("label_id"))}
+    probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float32)
+    unknown = [int(l) for l in table.column("label_id").to_numpy() if int(l) not in label_rows]
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} label_ids are not in {config.store} "
+                         f"(first: {unknown[0]}); pseudo-labels must come from runs on this store")
+    rows = np.array([label_rows[int(l)] for l in table.column("label_id").to_numpy()], dtype=np.int64)
+    low = reader.votes[rows] < config.stage2_min_votes
+    rows, probs = rows[low], probs[low]
+    missing = np.setdiff1d(needed if needed is not None else [], rows)
+    if len(missing):
+        first = [int(label) for label in reader.column("label_id")[missing[:5]]]
+        raise ValueError(f"{path}: no pseudo-label for {len(missing)} of the {len(needed)} rows with fewer than "
+                         f"stage2_min_votes = {config.stage2_min_votes} votes that stage 2 trains on (first "
+                         f"label_ids: {first}); write pseudo-labels from runs over every fold of {config.store}")
+    out = targets.copy()
+    weight = config.pseudo_blend if config.pseudo_mode == "blend" else 1.0  # "replace": the pseudo label alone
+    out[rows] = weight * probs + (1 - weight) * out[rows]
+    return out
+
+
+def _check_rows(plan: RunPlan, reader: StoreReader) -> None:
+    """Every fold has rows to validate on and every stage at least one batch to train on."""
+    config = plan.config
+    for fold, stages in plan.folds.items():
+        if len(reader.select(Selection(folds=[fold]))) == 0:
+            raise ConfigError(f"folds: fold {fold} has no rows to validate on in {config.store}")
+        for stage in stages:
+            if len(stage.val_rows) == 0:
+                raise ConfigError(f"fold {fold} {stage.name}: no rows to validate on (stage2_val_min_votes "
+                                  f"{config.stage2_val_min_votes})")
+            rows = len(epoch_rows(config, reader, fold, stage, 0))
+            if rows < config.batch_size:
+                raise ConfigError(f"fold {fold} {stage.name}: {rows} training rows, fewer than one batch "
+                                  f"(batch_size {config.batch_size})")

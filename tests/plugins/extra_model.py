@@ -1,0 +1,49 @@
+"""A plugin from outside the packages, as docs/architecture.md describes: importing it registers a model
+kind and an augmentation, which a config then names (`plugins = ["extra_model"]`). Used by
+tests/test_plugins.py; it writes one line to $HMS_PLUGIN_LOG whenever its pieces are used."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hms_train.image.augment import Draws, register_augmentation
+from hms_train.model.models import IMAGE, register_model
+
+
+def _log(what: str) -> None:
+    if os.environ.get("HMS_PLUGIN_LOG"):
+        with open(os.environ["HMS_PLUGIN_LOG"], "a") as f:
+            f.write(what + "\n")
+
+
+class TinyConv(nn.Module):
+    """A two-layer CNN: enough to train a step."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, channels, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(channels, 6))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        _log("tiny_conv forward")
+        return self.body(image)
+
+
+@register_model("tiny_conv", inputs=(IMAGE,))
+def tiny_conv(image_size, channels: int = 8, drop_rate: float = 0.0) -> TinyConv:
+    return TinyConv(channels)
+
+
+@dataclass
+class NegateSettings:
+    p: float = 0.0  # off unless a config turns it on
+
+
+@register_augmentation("negate", NegateSettings, order=45, image_only=False)
+def negate(draws: Draws, images, targets, settings: NegateSettings):
+    """Flip the sign of the chosen samples' images."""
+    chosen = draws.chosen(settings.p)
+    _log(f"negate {int(chosen.sum())} of {len(chosen)}")
+    return torch.where(chosen[:, None, None, None], -images, images), targets

@@ -1,0 +1,69 @@
+"""The architecture docs/architecture.md describes, held by the code: imports run one way between the
+folders of each package, and the trainer names no kind of the store (it finds arrays by role)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from hms_prep.kinds import KINDS
+
+from conftest import ROOT
+
+# Each folder may import only the folders listed after it (and itself); top-level modules are free.
+LAYERS = {
+    "hms_prep": ["build", "kinds", "sources", "store"],  # build -> kinds -> sources -> store
+    "hms_train": ["run", "model", "image", "data"],  # run -> model, image -> data
+}
+ALLOWED = {
+    ("hms_prep", "build"): {"kinds", "sources", "store"},
+    ("hms_prep", "kinds"): {"sources", "store"},
+    ("hms_prep", "sources"): {"store"},
+    ("hms_prep", "store"): set(),
+    ("hms_train", "run"): {"model", "image", "data"},
+    ("hms_train", "model"): set(),
+    ("hms_train", "image"): {"data"},
+    ("hms_train", "data"): set(),
+}
+
+
+def modules(package: str, folder: str):
+    return sorted((ROOT / package / folder).glob("*.py"))
+
+
+def imported(path: Path) -> set[str]:
+    """Every module name `path` imports (at any depth of the code: lazy imports count)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package, folder", sorted(ALLOWED))
+def test_imports_run_one_way_between_the_folders(package, folder):
+    others = set(LAYERS[package]) - {folder}
+    for path in modules(package, folder):
+        for name in imported(path):
+            parts = name.split(".")
+            if parts[0] == package and len(parts) > 1 and parts[1] in others:
+                assert parts[1] in ALLOWED[(package, folder)], f"{path.relative_to(ROOT)} imports {name}"
+            if package == "hms_train" and parts[0] == "hms_prep":  # the trainer reads the store, no math
+                assert name in ("hms_prep.store.format", "hms_prep.store.codecs", "hms_prep.domain",
+                                "hms_prep.doctor"), f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_the_trainer_names_no_kind_of_the_store():
+    kinds = set(KINDS)
+    assert {"eeg_mel", "kaggle", "raw"} <= kinds
+    for path in sorted((ROOT / "hms_train").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                assert node.value not in kinds, f"{path.relative_to(ROOT)}:{node.lineno} names the kind {node.value!r}"

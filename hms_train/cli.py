@@ -83,6 +83,7 @@ def train(
     ),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file (.pth or .safetensors)."),
     set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup_p=0."),
+    track: List[str] = typer.Option([], "--track", help="Record the run for mlflow or tensorboard (repeatable; each an extra: pip install 'hms-cache[mlflow]')."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory after its last complete epoch (its own config; --device may change)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
@@ -94,6 +95,7 @@ def train(
       hms-train --config smoke --set lr=1e-3 --set augment.hflip_p=0 --out runs/try
       hms-train --config seed_richard_b0 --weights /models/tf_efficientnet_b0_ns.safetensors --out runs/b0w
       hms-train --resume runs/b0            (after a crash or a kill: finished folds are kept)
+      hms-train --config smoke --track mlflow --track tensorboard --out runs/tracked
       torchrun --nproc-per-node 2 -m hms_train.cli train --config seed_richard_b0 --out runs/ddp
     """
     overrides = [f"store={json.dumps(store)}"] if store is not None else []
@@ -101,6 +103,7 @@ def train(
     overrides += [f"epochs={epochs}"] if epochs is not None else []
     overrides += [f"pretrained={str(pretrained).lower()}"] if pretrained is not None else []
     overrides += [f"weights={json.dumps(str(weights))}"] if weights is not None else []
+    overrides += [f"track={json.dumps(track)}"] if track else []
     overrides += set_
     with _user_errors():
         from hms_train.run.config import TrainConfig, load_config

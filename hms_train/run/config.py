@@ -23,6 +23,7 @@ from hms_train.image.augment import AugmentConfig, AugmentError
 from hms_train.image.layout import LayoutConfig
 from hms_train.model.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
 from hms_train.model.models import MODEL_KINDS, POOLS
+from hms_train.run.tracking import TRACKERS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # hms_train/configs
 EXTENDS = "extends"  # TOML key: the bundled config (or TOML path) whose values this file changes
@@ -128,6 +129,8 @@ class TrainConfig:
     # evaluation
     tta_hflip: bool = False
     max_batches_per_epoch: int | None = field(default=None, metadata=POSITIVE)  # cap for quick experiments
+    # experiment tracking (hms_train/run/tracking.py): "mlflow", "tensorboard"; each an extra
+    track: list[Literal[TRACKERS]] = field(default_factory=list)
     # logging: the running loss is read from the device at most every N steps (progress bar on a terminal)
     log_every: int = field(default=50, metadata=POSITIVE)
     # fold{k}_last.pt is also written every N steps inside an epoch (0: at epoch ends only), so that a

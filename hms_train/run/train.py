@@ -55,8 +55,11 @@ from hms_train.run.forward import make_augmenter, predict_probabilities, resolve
 from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
 from hms_train.run.plan import STAGE_INITS_FROM_BEST, RunPlan, Stage, epoch_rows, plan_run
 from hms_train.run.step import TrainStep
+from hms_train.run.tracking import EpochRecord, Trackers, check_trackers
 
-STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png")
+STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png",
+                   "tracking.json")
+TRACKED = ("train_loss", "val_kl", "val_kl_10plus", "val_kl_select", "lr")  # what the trackers get per epoch
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Context:
     rank: int = 0
     world: int = 1
     quiet: bool = False
+    trackers: Trackers | None = None  # rank 0's experiment trackers
 
     @property
     def main(self) -> bool:
@@ -87,9 +91,11 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: boo
     folds = config.folds if config.folds is not None else list(range(reader.layout.n_folds))
     config = dataclasses.replace(config, folds=folds)  # resolved: config.json names the folds
     plan = plan_run(config, reader, world=int(os.environ.get("WORLD_SIZE", "1")))
+    check_trackers(config.track)  # a missing extra: one line, before anything is written
     ctx = _context(config, Path(out), quiet)
     if ctx.main:
-        _prepare_run_directory(ctx, plan, resume)
+        kept = _prepare_run_directory(ctx, plan, resume)
+        ctx.trackers = Trackers(config.track, ctx.out, config.to_dict(), resume, kept)
     if ctx.world > 1:
         dist.barrier()  # rank 0 has cleaned or trimmed the directory others read checkpoints from
     oof = [train_fold(ctx, plan, reader, fold) for fold in folds]
@@ -102,6 +108,7 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: boo
         from hms_train.run.plots import plot_curves
 
         plot_curves(ctx.out / "metrics.jsonl", ctx.out / "curves.png")
+        ctx.trackers.finish(summary, ctx.out / "curves.png")
     if ctx.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -244,7 +251,8 @@ def run_stage(
                 "val_rows": len(stage.val_rows), "lr": optimizer.param_groups[0]["lr"],
                 "seconds": seconds, "samples_per_s": (stage.steps_per_epoch - first) * config.batch_size * ctx.world / seconds,
             }
-            _append_metrics(ctx.out / "metrics.jsonl", record)
+            line = _append_metrics(ctx.out / "metrics.jsonl", record)
+            ctx.trackers.epoch(EpochRecord(fold, line, {key: record[key] for key in TRACKED}))
             if score < state.best:
                 state.best = score
                 best_checkpoint = checkpoint.predictable(plan.inputs.model_spec, evaluated, config)
@@ -264,17 +272,19 @@ def run_stage(
 # --- run directory ----------------------------------------------------------------------------------------
 
 
-def _prepare_run_directory(ctx: Context, plan: RunPlan, resume: bool) -> None:
-    """A fresh run replaces any earlier run's files; a resumed one keeps the metrics its checkpoints cover."""
+def _prepare_run_directory(ctx: Context, plan: RunPlan, resume: bool) -> int:
+    """A fresh run replaces any earlier run's files; a resumed one keeps the metrics its checkpoints cover.
+    Returns how many metrics lines are kept."""
     ctx.out.mkdir(parents=True, exist_ok=True)
     metrics = ctx.out / "metrics.jsonl"
     if not resume:
         for pattern in STALE_RUN_FILES:
             for path in ctx.out.glob(pattern):
                 path.unlink()
+        shutil.rmtree(ctx.out / "tensorboard", ignore_errors=True)  # an earlier run's events
         ctx.config.save(ctx.out / "config.json")
         metrics.write_text("")
-        return
+        return 0
     done = {}  # fold -> (stage index, complete epochs) its checkpoints cover
     for fold in plan.folds:
         last = checkpoint.load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"))
@@ -288,11 +298,16 @@ def _prepare_run_directory(ctx: Context, plan: RunPlan, resume: bool) -> None:
     kept = [r for r in _read_records(metrics)
             if r["fold"] in done and (index[r["stage"]], r["epoch"]) <= done[r["fold"]]]
     checkpoint.atomic(metrics, lambda path: path.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+    return len(kept)
 
 
-def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
+def _append_metrics(path: Path, record: dict) -> int:
+    """Append `record`; returns its line number (0-based)."""
+    with open(path, "a+") as f:
+        f.seek(0)
+        line = sum(1 for _ in f)
         f.write(json.dumps(record) + "\n")
+    return line
 
 
 def _read_records(path: Path) -> list[dict]:

@@ -1,0 +1,60 @@
+"""`hms-train --track mlflow --track tensorboard`: a smoke run recorded where `mlflow ui` and
+`tensorboard --logdir` show it, read back here through each library's own API."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TINY = ['inputs=["eeg_10s"]', "epochs=2", "stage2_epochs=1", "folds=[0]", "max_batches_per_epoch=2", "batch_size=8"]
+
+
+def test_a_tracked_run_is_recorded_for_mlflow_and_tensorboard(train_store, tmp_path):
+    run = tmp_path / "runs" / "smoke"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hms_train.cli", "train", "--store", train_store, "--config", "smoke", "--device", "cpu",
+         "--out", str(run), "--quiet", "--track", "mlflow", "--track", "tensorboard", *[f"--set={s}" for s in TINY]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(records) == 3
+
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run_id = json.loads((run / "tracking.json").read_text())["mlflow_run_id"]
+    tracked = client.get_run(run_id)
+    assert tracked.data.params["lr"] == str(1e-3) and tracked.data.params["augment.hemisphere_swap.p"] == "0.5"
+    history = client.get_metric_history(run_id, "fold0/val_kl")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([r["val_kl"] for r in records])
+    assert tracked.data.metrics["oof/kl"] == pytest.approx(summary["kl"])
+    assert [a.path for a in client.list_artifacts(run_id)] == ["curves.png"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert [e.value for e in events.Scalars("fold0/val_kl")] == pytest.approx([r["val_kl"] for r in records])
+    assert events.Scalars("oof/kl")[0].value == pytest.approx(summary["kl"])
+    assert len(events.Images("curves")) == 1
+
+
+def test_a_missing_tracking_extra_is_one_line_before_any_work(train_store, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+    result = CliRunner().invoke(app, ["train", "--store", train_store, "--config", "smoke", "--track", "mlflow",
+                                      "--out", str(tmp_path / "r"), *[f"--set={s}" for s in TINY]])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == "error: track: ['mlflow'] need(s) the extra: pip install 'hms-cache[mlflow]'"
+    assert not (tmp_path / "r").exists()
+    result = CliRunner().invoke(app, ["train", "--config", "smoke", "--track", "wandb", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "track: 'wandb' is not allowed; expected one of ['mlflow', 'tensorboard']" in result.output

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 app = typer.Typer(add_completion=False, help="Train HMS models from a cache store and predict.")
-SUBCOMMANDS = ("train", "predict", "pseudo-label", "blend", "bench", "compare")
+SUBCOMMANDS = ("train", "predict", "pseudo-label", "blend", "bench", "compare", "export")
 
 
 def main() -> None:
@@ -161,6 +161,51 @@ def predict(
         table = predict_submission(store, run, out, run_weights, device, tta,
                                    say=lambda line: typer.echo(f"warning: {line}", err=True))
     typer.echo(f"{out}: {table.num_rows} rows from {len(run)} run(s)")
+
+
+@app.command()
+def export(
+    runs: List[Path] = typer.Argument(None, help="Run directories to export (or give --blend)."),
+    blend: Optional[Path] = typer.Option(None, "--blend", help="blend.json from `hms-train blend`: its runs and weights."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Run weights, e.g. 0.6,0.4 (default: equal)."),
+    out: Path = typer.Option(..., "--out", help="A new folder: upload it as a Kaggle dataset."),
+    image: Optional[Path] = typer.Option(None, "--image", help="A file of the packages Kaggle's image provides, one per "
+                                         "line (default: the export's kaggle-image.txt list)."),
+    python: str = typer.Option("3.11", "--python", help="Kaggle's Python version, for the wheels."),
+):
+    """A folder for Kaggle's offline notebooks: the runs' fold weights, the blend, this project's wheel and
+    every dependency Kaggle's image lacks, and infer.py (builds the test store, predicts, writes the
+    submission). On Kaggle: !python /kaggle/input/<dataset>/infer.py --data /kaggle/input/hms-harmful-brain-activity-classification --out submission.csv
+
+    Examples:
+      hms-train export demo/runs/smoke --out kaggle-export
+      hms-train export --blend seed/blend.json --out kaggle-export
+    """
+    with _user_errors():
+        from hms_train.run.blend import Blend
+        from hms_train.run.export import Target, export as export_runs
+
+        if blend is not None:
+            if runs or weights:
+                raise ValueError("--blend names the runs and their weights: give it without runs or --weights")
+            chosen = Blend.load(blend)
+            runs, run_weights = [Path(r) for r in chosen.runs], chosen.weights
+        elif not runs:
+            raise ValueError("give the runs to export (RUN ...) or --blend blend.json")
+        else:
+            run_weights = _floats(weights)
+        listed = None
+        if image is not None:
+            if not image.is_file():
+                raise FileNotFoundError(f"--image {image}: no such file")
+            listed = [line.split("#")[0].strip() for line in image.read_text().splitlines()]
+            listed = [name for name in listed if name]
+        summary = export_runs(runs, out, run_weights, listed, Target(python=python),
+                              say=lambda line: typer.echo(line, err=True))
+    typer.echo(f"{summary.out}: {summary.runs} runs, {summary.folds} folds ({summary.half_folds} in float16), "
+               f"{len(summary.wheels)} wheels, {summary.bytes / 2**20:.1f} MiB; on Kaggle: python "
+               f"{summary.out.name}/infer.py --data /kaggle/input/hms-harmful-brain-activity-classification "
+               "--out submission.csv")
 
 
 @app.command()

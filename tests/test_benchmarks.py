@@ -61,3 +61,8 @@ def test_growth_and_startup_benchmarks_run(tmp_path):
     assert growth["rows"] > 0 and growth["driver_peak_bytes"] > 0 and growth["verify_problems"] == 0
     startup = run("startup.py", "--eegs", 3, "--folder", tmp_path / "startup", "--repeat", 1, "--json")
     assert startup["startup_s"] > 0 and startup["sizes"][0]["noop_s"] > 0
+
+
+def test_kaggle_inference_benchmark_runs():
+    figures = run("kaggle_inference.py", "--recipe", "seed_david_b0", "--eegs", 2, "--folds", 1, "--json")
+    assert figures["seconds_per_eeg"]["build"] > 0 and figures["seconds_per_eeg"]["predict"] > 0

@@ -169,6 +169,14 @@ def kind_for(params) -> ArrayKind:
     raise TypeError(f"no array kind takes {type(params).__name__} parameters; known: {known}")
 
 
+def kind_of_stored(kind: str, params: dict) -> ArrayKind:
+    """The array made with an array's stored attributes (`kind`, `params`): `params.to_dict()` read back
+    (its fixed recipe entries, which are not fields, are left out)."""
+    cls = kind_named(kind)
+    names = {f.name for f in fields(cls.params_type)}
+    return cls(cls.params_type(**{key: value for key, value in params.items() if key in names}))
+
+
 def kind_named(kind: str | None) -> type[ArrayKind]:
     """The registered kind of an array's attrs["kind"]; KeyError naming the known kinds otherwise."""
     if kind not in KINDS:

@@ -1,0 +1,84 @@
+"""`hms-train export`: a folder that runs on Kaggle's image offline. Tested as Kaggle runs it: a fresh
+virtual environment holding only the image's packages, no package index (PIP_NO_INDEX=1), infer.py on
+the synthetic test split; its submission is `hms-train predict`'s."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+UV = ROOT / ".uv" / "bin" / "uv"
+TINY = ['inputs=["eeg_10s"]', "epochs=1", "stage2_epochs=0", "max_batches_per_epoch=2", "batch_size=8"]
+
+
+def hms(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "hms_train.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def submission(path: Path) -> tuple[list[str], np.ndarray]:
+    rows = list(csv.reader(path.open()))
+    return [r[0] for r in rows], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+
+
+@pytest.mark.skipif(not UV.is_file(), reason="needs uv (make setup installs it into .uv/)")
+def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_store, synth_data, tmp_path):
+    from hms_prep.build.run import BuildConfig, run_build
+
+    run = tmp_path / "smoke"
+    result = hms("train", "--store", train_store, "--config", "smoke", "--device", "cpu", "--out", run, "--quiet",
+                 *[f"--set={s}" for s in TINY])
+    assert result.returncode == 0, result.stderr[-3000:]
+    export = tmp_path / "export"
+    result = hms("export", run, "--out", export)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on Kaggle: python export/infer.py --data" in result.stdout
+    wheels = sorted(p.name for p in (export / "wheels").glob("*.whl"))
+    shipped = {name.split("-")[0].lower() for name in wheels}
+    assert {"hms_cache", "zarr", "numcodecs", "crc32c", "typer", "dask"} <= shipped
+    assert not shipped & {"torch", "timm", "numpy", "scipy", "pandas", "pyarrow", "fsspec"}, "the image has them"
+    assert "torch" in (export / "kaggle-image.txt").read_text().split()
+    again = hms("export", run, "--out", export)
+    assert again.returncode == 1 and again.stderr.strip() == f"error: --out {export}: exists and is not empty; export into a new folder"
+
+    # Kaggle's image, as far as this project cares: the listed packages at the locked versions, pip, no index
+    image = tmp_path / "kaggle-image"
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    locked = hms_locked_versions(["torch", "torchaudio", "torchvision", "timm", "numpy", "scipy", "pyarrow", "matplotlib"])
+    subprocess.run([str(UV), "venv", "-q", "--seed", "--python", sys.executable, str(image)], check=True, env=env)
+    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(image / "bin" / "python"), *locked, "pandas"],
+                   check=True, env=env, timeout=600)
+    kaggle_env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    result = subprocess.run([str(image / "bin" / "python"), str(export / "infer.py"), "--data", str(synth_data),
+                             "--out", str(tmp_path / "submission.csv"), "--device", "cpu"],
+                            cwd=tmp_path, env={**kaggle_env, "PIP_NO_INDEX": "1"}, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+    test_store = tmp_path / "test.zarr"
+    run_build(BuildConfig(data_dir=str(synth_data), store=str(test_store), split="test", windows=(10,), workers=1))
+    result = hms("predict", "--store", test_store, "--run", run, "--device", "cpu", "--out", tmp_path / "predict.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids, probs = submission(tmp_path / "submission.csv")
+    expected_ids, expected = submission(tmp_path / "predict.csv")
+    assert ids == expected_ids
+    np.testing.assert_allclose(probs, expected, atol=1e-4)  # float16 weights move no probability by more
+
+
+def hms_locked_versions(names: list[str]) -> list[str]:
+    import tomllib
+
+    packages = {p["name"]: p["version"] for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
+    return [f"{name}=={packages[name]}" for name in names]
+
+
+def test_export_refuses_before_writing(tmp_path):
+    result = hms("export", tmp_path / "no-run", "--out", tmp_path / "out")
+    assert result.returncode == 1 and "not a run directory" in result.stderr and not (tmp_path / "out").exists()

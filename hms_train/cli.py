@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 app = typer.Typer(add_completion=False, help="Train HMS models from a cache store and predict.")
-SUBCOMMANDS = ("train", "predict", "pseudo-label", "blend", "bench", "compare", "export")
+SUBCOMMANDS = ("train", "plan", "predict", "pseudo-label", "blend", "bench", "compare", "export")
 
 
 def main() -> None:
@@ -127,6 +127,46 @@ def train(
     if summary:
         typer.echo(f"{out}: out-of-fold KL {summary['kl']:.4f} (>=10 votes {summary['kl_10plus']:.4f}, "
                    f"prior {summary['prior_kl']:.4f}) over {summary['n']} rows")
+
+
+@app.command()
+def plan(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Bundled config name or a TOML path."),
+    store: Optional[str] = typer.Option(None, "--store", help="Train store [default: the config's]."),
+    set_: List[str] = typer.Option([], "--set", help="Override any field, as for training."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """What a recipe will do, before it runs (it trains nothing): per fold and stage the rows an epoch
+    trains on, the validation rows, the rows whose targets come from a file (pseudo-labels; the file
+    need not exist yet), epochs, steps per epoch and each epoch's learning rate; and the image shape.
+
+    Examples:
+      hms-train plan --config seed_richard_b0 --store cache/specs.zarr
+      hms-train plan --config seed_david_b0 --set folds=[0] --json
+    """
+    overrides = [f"store={json.dumps(store)}"] if store is not None else []
+    with _user_errors():
+        import dataclasses
+
+        from hms_train.run.config import load_config
+        from hms_train.run.plan import describe, plan_run
+        from hms_train.run.train import open_train_reader
+
+        cfg = load_config(config, overrides + set_)
+        reader = open_train_reader(cfg)
+        cfg = dataclasses.replace(cfg, folds=cfg.folds if cfg.folds is not None else list(range(reader.layout.n_folds)))
+        planned = describe(plan_run(cfg, reader, read_files=False), reader)
+    if as_json:
+        typer.echo(json.dumps(planned, indent=2))
+        return
+    shape = "x".join(map(str, planned["image_shape"])) if planned["image_shape"] else "no image"
+    typer.echo(f"{cfg.store}: model {planned['model']} on {', '.join(planned['inputs'])} ({shape})")
+    for fold in planned["folds"]:
+        for stage in fold["stages"]:
+            rates = ", ".join(f"{lr:.2e}" for lr in stage["lr"])
+            typer.echo(f"  fold {fold['fold']} {stage['name']}: {stage['train_rows']} training rows "
+                       f"({stage['file_target_rows']} with targets from a file), {stage['val_rows']} validation rows, "
+                       f"{stage['epochs']} epochs x {stage['steps_per_epoch']} steps; lr per epoch {rates}")
 
 
 @app.command()

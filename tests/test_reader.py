@@ -242,7 +242,7 @@ def test_a_store_of_an_unknown_layout_version_is_refused(train_store, tmp_path):
 
 
 def test_an_unknown_input_name_is_a_clear_error(train_store):
-    with pytest.raises(KeyError, match="eeg_99s.*eeg_10s"):
+    with pytest.raises(StoreError, match=r"inputs: \['eeg_99s'\] not in .*; it has .*eeg_10s"):
         StoreReader(train_store, ["eeg_10s", "eeg_99s"])
 
 

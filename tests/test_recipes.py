@@ -23,7 +23,8 @@ from hms_train.model.losses import Loss
 from hms_train.run.metric import VOTE_COLUMNS, kaggle_kl, selection_kl
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
-from hms_train.run.train import make_scheduler, train
+from hms_train.run.schedule import make_scheduler
+from hms_train.run.train import train
 
 SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
 
@@ -381,3 +382,30 @@ def test_each_recipes_own_backbone_builds_at_its_image_size(name):
     model.eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 1, *size)).shape == (1, 6)
+
+
+def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
+    """`hms-train plan`: rows, rows needing a targets file (which need not exist yet), epochs, steps and
+    the learning rate of each epoch, as the loop will use them; David's cosine over 15 epochs per epoch
+    (train-mlflow.py: CosineAnnealingLR(T_max=args.epochs), stepped once per epoch)."""
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    missing = tmp_path / "not-yet.parquet"
+    result = CliRunner().invoke(app, ["plan", "--config", "seed_richard_b0", "--store", both_store, "--json",
+                                      "--set", "folds=[0]", "--set", f'pseudo_labels="{missing}"'])
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.output)
+    assert planned["image_shape"] == [1, 400, 912] and [f["fold"] for f in planned["folds"]] == [0]
+    stage1, stage2 = planned["folds"][0]["stages"]
+    reader = StoreReader(both_store, ["eeg_10s"])
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{missing}"'])
+    stages = fold_stages(config, reader, 0, reader.targets)
+    assert (stage1["train_rows"], stage1["val_rows"]) == (len(stages[0].rows), len(stages[0].val_rows))
+    assert stage2["file_target_rows"] == int((reader.votes[stages[1].rows] < 8).sum()) > 0
+    assert stage1["steps_per_epoch"] == len(stages[0].rows) // 16 and stage1["lr"] == [3e-4] * 25
+    result = CliRunner().invoke(app, ["plan", "--config", "seed_david_b0", "--store", both_store, "--json",
+                                      "--set", "folds=[0]", "--set", "stage2_epochs=0", "--set", "epochs=15"])
+    lr = json.loads(result.output)["folds"][0]["stages"][0]["lr"]
+    assert [round(x * 1e4, 2) for x in lr[:4]] == [2.00, 1.98, 1.91, 1.81]

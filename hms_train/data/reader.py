@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_prep.store.format import (RAW_INDEX_COLUMNS, ROLE_SIGNALS, TARGET_COLUMNS, data_array_names, describe_arrays, open_store,
+from hms_prep.store.format import (RAW_INDEX_COLUMNS, ROLE_SIGNALS, TARGET_COLUMNS, StoreError, data_array_names, describe_arrays, open_store,
                                   read_labels, require_finished)
 from hms_train.data.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
 from hms_train.data.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
@@ -54,7 +54,7 @@ class StoreReader:
         present = data_array_names(self.group)
         missing = [name for name in inputs if name not in present]
         if missing:
-            raise KeyError(f"{url}: no array {missing} in the store; it has {present}")
+            raise StoreError(f"inputs: {missing} not in {url}; it has {present}")
         require_finished(url, self.group, inputs)  # unwritten chunks read as zeros: never train on them
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")

@@ -173,16 +173,38 @@ def loss_of(config: TrainConfig) -> Loss:
 # --- the whole run ----------------------------------------------------------------------------------------
 
 
-def plan_run(config: TrainConfig, reader: StoreReader, world: int = 1) -> RunPlan:
+def plan_run(config: TrainConfig, reader: StoreReader, world: int = 1, read_files: bool = True) -> RunPlan:
     """Plan every fold of `config` on the reader's store; raises ConfigError (or ValueError, FileNotFound)
-    naming the key, before anything is trained or written. `config.folds` must be resolved."""
+    naming the key, before anything is trained or written. `config.folds` must be resolved. Without
+    `read_files` the targets files (pseudo-labels) are not read: the plan counts the rows that need them
+    (`hms-train plan` before the files exist)."""
     inputs = plan_inputs(config, reader.descriptions)
     augment = check_augment(config, inputs)
-    targets = train_targets(reader, config, pseudo_label_rows(config, reader, config.folds))
+    needed = pseudo_label_rows(config, reader, config.folds)
+    targets = train_targets(reader, config, needed) if read_files else reader.targets
     folds = {fold: fold_stages(config, reader, fold, targets, world) for fold in config.folds}
     plan = RunPlan(inputs, loss_of(config), augment, folds, world)
     _check_rows(plan, reader)
     return plan
+
+
+def describe(plan: RunPlan, reader: StoreReader) -> dict:
+    """The plan as JSON-able data (`hms-train plan --json`): the image shape and, per fold and stage, the
+    rows an epoch trains on, the validation rows, the training rows whose targets come from a file,
+    epochs, steps per epoch and the learning rate at the first step of each epoch."""
+    from hms_train.run.schedule import epoch_learning_rates
+
+    config = plan.config
+    folds = []
+    for fold, stages in plan.folds.items():
+        folds.append({"fold": fold, "stages": [{
+            "name": stage.name, "train_rows": len(epoch_rows(config, reader, fold, stage, 0)),
+            "val_rows": len(stage.val_rows), "file_target_rows": stage.file_target_rows, "epochs": stage.epochs,
+            "steps_per_epoch": stage.steps_per_epoch,
+            "lr": epoch_learning_rates(config, stage.lr, stage.epochs, stage.steps_per_epoch),
+        } for stage in stages]})
+    return {"image_shape": list(plan.inputs.image_shape) if plan.inputs.takes_image else None,
+            "model": plan.inputs.model_spec["name"], "inputs": list(config.inputs), "folds": folds}
 
 
 def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets: np.ndarray,

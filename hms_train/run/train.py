@@ -38,7 +38,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import timm.optim
-import timm.scheduler
 import timm.utils
 import torch
 import torch.distributed as dist
@@ -54,6 +53,7 @@ from hms_train.run.config import TrainConfig, check_device, check_folds
 from hms_train.run.forward import make_augmenter, predict_probabilities, resolve_device
 from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
 from hms_train.run.plan import STAGE_INITS_FROM_BEST, RunPlan, Stage, epoch_rows, plan_run
+from hms_train.run.schedule import make_scheduler
 from hms_train.run.step import TrainStep
 from hms_train.run.tracking import EpochRecord, Trackers, check_trackers
 
@@ -163,21 +163,6 @@ def _stage_start(ctx: Context, fold: int, previous: Stage) -> dict:
     if ctx.world > 1:
         dist.barrier()  # rank 0 has written it
     return checkpoint.load(kept, ctx.device)
-
-
-def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps_per_epoch: int):
-    """The stage's learning-rate schedule (a timm scheduler), counted in steps or epochs: warm-up from
-    lr * lr_min_factor, then a cosine down to lr * lr_min_factor, or constant."""
-    per_epoch = config.schedule_unit == "epoch"
-    unit = 1 if per_epoch else steps_per_epoch
-    warmup = int(config.warmup_epochs * unit)
-    lr_min = lr * config.lr_min_factor
-    length = max(1, epochs * unit)
-    if config.schedule == "constant":
-        return timm.scheduler.StepLRScheduler(optimizer, decay_t=length, decay_rate=1.0, warmup_t=warmup,
-                                              warmup_lr_init=lr_min, t_in_epochs=per_epoch)
-    return timm.scheduler.CosineLRScheduler(optimizer, t_initial=length, lr_min=lr_min, warmup_t=warmup,
-                                            warmup_lr_init=lr_min, t_in_epochs=per_epoch)
 
 
 def run_stage(

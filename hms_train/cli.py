@@ -223,7 +223,7 @@ def export(
     """
     with _user_errors():
         from hms_train.run.blend import Blend
-        from hms_train.run.export import Target, export as export_runs
+        from hms_train.export import Target, export as export_runs
 
         if blend is not None:
             if runs or weights:

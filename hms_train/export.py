@@ -1,5 +1,6 @@
 """`hms-train export`: trained runs as a folder to upload as a Kaggle dataset, and the inference it runs
-there, offline, on Kaggle's own image.
+there, offline, on Kaggle's own image. The one module of hms_train that also builds a store (the test
+store, with hms_prep's build), as Kaggle's notebook must.
 
     DIR/infer.py              the entry point: installs wheels/ with no index, builds the test store in a
                               scratch folder, predicts, writes submission.csv (`python DIR/infer.py --data
@@ -35,7 +36,7 @@ from hms_train.run.forward import predict_probabilities
 from hms_train.run.plan import plan_inputs
 
 PROJECT = "hms-cache"
-ROOT = Path(__file__).resolve().parents[2]  # the checkout (the export needs its uv.lock and sources)
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (the export needs its uv.lock and sources)
 # Kaggle's image (a notebook with no internet) already holds these: the export ships none of them, nor
 # what they depend on. Written to DIR/kaggle-image.txt, which an export reads back when given (--image).
 KAGGLE_IMAGE = ("pip", "torch", "torchaudio", "torchvision", "timm", "numpy", "scipy", "pandas", "pyarrow",

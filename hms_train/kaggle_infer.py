@@ -27,7 +27,7 @@ def main() -> int:
     wheels = HERE / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels),
                     "hms-cache"], check=True)
-    from hms_train.run.export import infer  # installed just now
+    from hms_train.export import infer  # installed just now
 
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         rows = infer(HERE, args.data, args.out, Path(scratch), args.device)

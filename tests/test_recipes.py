@@ -409,3 +409,72 @@ def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
                                       "--set", "folds=[0]", "--set", "stage2_epochs=0", "--set", "epochs=15"])
     lr = json.loads(result.output)["folds"][0]["stages"][0]["lr"]
     assert [round(x * 1e4, 2) for x in lr[:4]] == [2.00, 1.98, 1.91, 1.81]
+
+
+def ema_pytorch_reference(weights: list[torch.Tensor], beta: float, after: int, every: int) -> torch.Tensor:
+    """lucidrains' ema_pytorch EMA.update() (the version David_src used), transcribed: `step` counts the
+    calls; every `every`-th call, up to `after` it copies, then lerps with the warm-up decay
+    1 - (1 + epoch) ** -2/3 (inv_gamma 1, power 2/3), epoch = step - after - 1, capped at beta."""
+    ema = None
+    for step, w in enumerate(weights):
+        if step % every:
+            continue
+        if step <= after or ema is None:
+            ema = w.clone()
+            continue
+        epoch = max(step - after - 1, 0)
+        decay = 0.0 if epoch <= 0 else min(1 - (1 + epoch) ** (-2 / 3), beta)
+        ema = ema * decay + w * (1 - decay)
+    return ema
+
+
+def test_the_ema_follows_ema_pytorch_when_asked():
+    """David's EMA (D/trainer.py: EMA(model, beta=0.99, update_after_step=50, update_every=3))."""
+    import timm.utils
+
+    from hms_train.run.train import update_ema
+
+    config = load_config("smoke", ["ema_decay=0.99", "ema_warmup=true", "ema_update_after_step=5",
+                                   "ema_update_every=3"])
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=True,
+                                update_after_step=config.ema_update_after_step)
+    seen = []
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, 31):
+        with torch.no_grad():
+            model.weight.copy_(torch.randn(1, 2, generator=generator))
+        seen.append(model.weight.detach().clone())
+        update_ema(ema, model, step, config)
+    expected = ema_pytorch_reference(seen, 0.99, after=5, every=3)
+    torch.testing.assert_close(ema.module.weight, expected)
+
+
+def test_one_schedule_across_stages_carries_optimizer_and_lr(both_store, tmp_path):
+    """David: one cosine over 3 + 12 epochs, optimizer, schedule and EMA carried into stage 2
+    (D/train-mlflow.py); here 2 + 2 epochs, the learning rates the loop used are the plan's."""
+    sets = [f'store="{both_store}"', *TINY, "epochs=2", "stage2_epochs=2", "max_batches_per_epoch=2"]
+    config = load_config("seed_david_b0", [*sets, "schedule_across_stages=true", "weight_decay_all=true",
+                                           'optimizer="adamw"'])  # AdamW counts its steps (Lion keeps no count)
+    out = tmp_path / "run"
+    train(config, out, quiet=True)
+    from hms_train.run.plan import describe, plan_run
+
+    reader = StoreReader(both_store, config.inputs)
+    planned = describe(plan_run(dataclasses_replace(config, folds=[0]), reader), reader)
+    lrs = [lr for stage in planned["folds"][0]["stages"] for lr in stage["lr"]]
+    assert [round(x * 1e4, 4) for x in lrs] == [2.0, round(2e4 * (1 + math.cos(math.pi / 4)) / 2 * 1e-4, 4),
+                                                 1.0, round(2e4 * (1 + math.cos(3 * math.pi / 4)) / 2 * 1e-4, 4)]
+    last = torch.load(out / "fold0_last.pt", weights_only=True)
+    steps = sum(stage["steps_per_epoch"] * stage["epochs"] for stage in planned["folds"][0]["stages"])
+    assert last["position"]["step"] == steps  # the step count ran on through stage 2
+    assert next(iter(last["optimizer"]["state"].values()))["step"] == steps  # the same optimizer
+    assert len(last["optimizer"]["param_groups"]) == 1  # every parameter decayed, biases and norms too
+    with pytest.raises(ConfigError, match='schedule_across_stages: .* set schedule_unit = "epoch"'):
+        load_config("smoke", ["schedule_across_stages=true"])
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)

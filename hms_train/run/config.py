@@ -98,6 +98,13 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0 disables clipping
     ema_decay: float = field(default=0.995, metadata=PROBABILITY)  # 0 disables EMA
     ema_warmup: bool = False  # decay 1 - (1 + step)^(-2/3) capped at ema_decay (timm ModelEmaV3 use_warmup)
+    # ema_pytorch's schedule (David): the EMA copies the weights up to this step, then updates every N steps
+    ema_update_after_step: int = field(default=0, metadata=NON_NEGATIVE)
+    ema_update_every: int = field(default=1, metadata=POSITIVE)
+    weight_decay_all: bool = False  # decay biases and norms too (David's Lion); else timm leaves them out
+    # one schedule over every stage's epochs, the optimizer, schedule and EMA carried from stage to stage
+    # (David: CosineAnnealingLR(T_max=15) over 3 + 12 epochs); schedule_unit must be "epoch"
+    schedule_across_stages: bool = False
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = True
     compile: bool = False
@@ -354,6 +361,8 @@ def _check_together(config: TrainConfig) -> None:
         raise ConfigError(f"folds: expected distinct fold numbers, got {config.folds}")
     if config.pseudo_labels is not None and config.stage2_epochs == 0:
         raise ConfigError("pseudo_labels: used in stage 2, but stage2_epochs = 0")
+    if config.schedule_across_stages and config.schedule_unit != "epoch":
+        raise ConfigError('schedule_across_stages: one schedule over the stages counts epochs; set schedule_unit = "epoch"')
     below = config.stage2_val_to_train_below
     if below is not None and below > config.stage2_min_votes:
         raise ConfigError(f"stage2_val_to_train_below: {below} is above stage2_min_votes "

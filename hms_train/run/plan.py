@@ -72,6 +72,14 @@ class Stage:
     init: str = "continue"  # "best": start from the best checkpoint so far, and choose this stage's best
     steps_per_epoch: int = 0  # whole batches per rank and epoch
     file_target_rows: int = 0  # training rows whose targets come from a file (pseudo-labels)
+    # The schedule this stage runs in: its length in epochs and the epochs before this stage in it. A stage
+    # that shares the previous stage's schedule continues its optimizer, schedule and EMA (`carries`).
+    schedule_epochs: int = 0
+    schedule_offset: int = 0
+
+    @property
+    def carries(self) -> bool:
+        return self.schedule_offset > 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,7 +209,8 @@ def describe(plan: RunPlan, reader: StoreReader) -> dict:
             "name": stage.name, "train_rows": len(epoch_rows(config, reader, fold, stage, 0)),
             "val_rows": len(stage.val_rows), "file_target_rows": stage.file_target_rows, "epochs": stage.epochs,
             "steps_per_epoch": stage.steps_per_epoch,
-            "lr": epoch_learning_rates(config, stage.lr, stage.epochs, stage.steps_per_epoch),
+            "lr": epoch_learning_rates(config, stages[0].lr if stage.carries else stage.lr, stage.schedule_epochs,
+                                       stage.steps_per_epoch)[stage.schedule_offset:][:stage.epochs],
         } for stage in stages]})
     return {"image_shape": list(plan.inputs.image_shape) if plan.inputs.takes_image else None,
             "model": plan.inputs.model_spec["name"], "inputs": list(config.inputs), "folds": folds}
@@ -225,9 +234,15 @@ def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets: np
         stages.append(Stage("stage2", 1, config.stage2_epochs, config.stage2_lr or config.lr / 2, rows,
                             validation_rows(config, reader, val), targets, init=config.stage2_init,
                             file_target_rows=from_file))
-    return [dataclasses.replace(stage, steps_per_epoch=steps_per_epoch(config, len(epoch_rows(config, reader, fold,
-                                                                                               stage, 0)), world))
-            for stage in stages]
+    total = sum(stage.epochs for stage in stages)
+    planned, offset = [], 0
+    for stage in stages:
+        steps = steps_per_epoch(config, len(epoch_rows(config, reader, fold, stage, 0)), world)
+        shared = config.schedule_across_stages
+        planned.append(dataclasses.replace(stage, steps_per_epoch=steps, schedule_epochs=total if shared else stage.epochs,
+                                           schedule_offset=offset if shared else 0))
+        offset += stage.epochs
+    return planned
 
 
 def steps_per_epoch(config: TrainConfig, rows: int, world: int = 1) -> int:

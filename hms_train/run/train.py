@@ -138,6 +138,7 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
     saved = checkpoint.load(ctx.out / f"fold{fold}_last.pt", ctx.device)  # None unless resuming this fold
     at = checkpoint.position_of(saved) if saved else None
     best = saved["best_score"] if saved else math.inf
+    state = None  # the previous stage's, which a stage sharing its schedule continues
     for stage in stages:
         if at and stage.index < at.stage_index:
             continue  # finished before the interruption; its weights are in `saved`
@@ -145,7 +146,8 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
         if stage.init == STAGE_INITS_FROM_BEST and stage.index > 0 and resume_from is None:
             model.load_state_dict(_stage_start(ctx, fold, stages[stage.index - 1])["model"])
             best = math.inf  # the fold's model is this stage's best epoch
-        best = run_stage(ctx, plan, model, reader, fold, stage, best, resume_from)
+        state = _stage_state(ctx, plan, model, fold, stage, best, resume_from, state if stage.carries else None)
+        best = run_stage(ctx, plan, state, reader, fold, stage)
     model.load_state_dict(checkpoint.load(ctx.out / f"fold{fold}_best.pt", ctx.device)["model"])
     probs = predict_probabilities(model, reader, val_rows, plan.inputs, ctx.device, tta_hflip=config.tta_hflip)
     table = _oof_table(reader, val_rows, fold, probs)
@@ -165,24 +167,37 @@ def _stage_start(ctx: Context, fold: int, previous: Stage) -> dict:
     return checkpoint.load(kept, ctx.device)
 
 
-def run_stage(
-    ctx: Context, plan: RunPlan, model: torch.nn.Module, reader: StoreReader, fold: int, stage: Stage,
-    best: float, saved: dict | None = None,
-) -> float:
-    """Train `model` through `stage` (from `saved`'s position when resuming, inside an epoch or at its
-    end), validating and checkpointing after every epoch; returns the fold's best validation score so far."""
+def _stage_state(ctx: Context, plan: RunPlan, model: torch.nn.Module, fold: int, stage: Stage, best: float,
+                 saved: dict | None, carried: TrainingState | None) -> TrainingState:
+    """The stage's optimizer, schedule, EMA and augmentation generator: new ones, or those of the previous
+    stage (`carried`: one schedule over the stages), restored from `saved` when resuming this stage."""
     config = plan.config
-    optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=stage.lr, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(config, optimizer, stage.lr, stage.epochs, stage.steps_per_epoch)
-    ema = (timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup)
-           if config.ema_decay > 0 else None)
-    generator = torch.Generator(device=ctx.device).manual_seed(config.seed * 1000 + fold)
-    state = TrainingState(model, optimizer, scheduler, ema, generator)
+    if carried is not None:
+        state = carried
+    else:
+        optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=stage.lr,
+                                                   weight_decay=config.weight_decay,
+                                                   filter_bias_and_bn=not config.weight_decay_all)
+        scheduler = make_scheduler(config, optimizer, stage.lr, stage.schedule_epochs, stage.steps_per_epoch)
+        ema = (timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup,
+                                     update_after_step=config.ema_update_after_step)
+               if config.ema_decay > 0 else None)
+        generator = torch.Generator(device=ctx.device).manual_seed(config.seed * 1000 + fold)
+        state = TrainingState(model, optimizer, scheduler, ema, generator)
     state.best = best
+    step = state.position.step if carried is not None else 0  # a shared schedule counts on
+    state.position = Position(fold, stage.name, stage.index, epoch=0, step=step)
     if saved:
         state.load_state_dict(saved)
-    else:
-        state.position = Position(fold, stage.name, stage.index, epoch=0)
+    return state
+
+
+def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreReader, fold: int, stage: Stage) -> float:
+    """Train the state's model through `stage` (from the state's position: inside an epoch or at its end
+    when resuming), validating and checkpointing after every epoch; returns the fold's best validation
+    score so far."""
+    config = plan.config
+    model, optimizer, scheduler, ema, generator = state.model, state.optimizer, state.scheduler, state.ema, state.generator
     targets = torch.from_numpy(stage.targets).to(ctx.device)  # indexed on the device by each batch's rows
     step = TrainStep(plan, model, _parallel(ctx, model), optimizer, make_augmenter(plan, generator), ctx.device, targets)
 
@@ -208,8 +223,8 @@ def run_stage(
                                                step=state.position.step + 1)
                 state.position = position
                 scheduler.step_update(position.step)
-                if ema is not None:  # the step drives the EMA's warm-up (and only then: timm's decay at step 0 is 0)
-                    ema.update(model, step=position.step if config.ema_warmup else None)
+                if ema is not None:
+                    update_ema(ema, model, position.step, config)
                 progress.advance(state.steps, loss_sum)
                 every = config.checkpoint_every_steps
                 if every and position.step % every == 0 and state.steps < stage.steps_per_epoch and ctx.main:
@@ -218,7 +233,7 @@ def run_stage(
         if state.steps == 0:  # never an epoch of no training reported as done
             raise RuntimeError(f"fold {fold} {stage.name} epoch {epoch + 1}: the reader gave no batch "
                                f"(of {stage.steps_per_epoch} expected)")
-        scheduler.step(epoch + 1)  # per-epoch schedules move here (per-step ones ignore it)
+        scheduler.step(stage.schedule_offset + epoch + 1)  # per-epoch schedules move here (per-step ones ignore it)
         train_loss = loss_sum.item() / state.steps  # the epoch's one read of the loss from the device
         seconds = time.perf_counter() - started
         state.position = dataclasses.replace(state.position, epoch=epoch + 1, batch=0)
@@ -252,6 +267,17 @@ def run_stage(
         if ctx.world > 1:
             dist.barrier()
     return state.best
+
+
+def update_ema(ema, model: torch.nn.Module, step: int, config: TrainConfig) -> None:
+    """The EMA after optimizer step `step` (1, 2, ...), as ema_pytorch counts: its update number is
+    step - 1; every `ema_update_every`-th update counts, copying the weights up to
+    `ema_update_after_step` (timm's decay 0), then averaging with the warm-up decay or `ema_decay`."""
+    update = step - 1
+    if update % config.ema_update_every:
+        return
+    counted = config.ema_warmup or config.ema_update_after_step
+    ema.update(model, step=update if counted else None)
 
 
 # --- run directory ----------------------------------------------------------------------------------------

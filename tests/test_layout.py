@@ -260,3 +260,23 @@ def test_inputs_are_found_by_role(train_store, reader):
         inputs_of(spectrogram_config(train_store, model="1d", inputs=["eeg_10s", "raw"]), reader)
     plan = inputs_of(spectrogram_config(train_store, model="1d", inputs=["raw"]), reader)
     assert plan.signals == "raw" and plan.layout is None
+
+
+def test_davids_time_flip_reverses_each_part_in_place():
+    """D/data_loader.py: flip_data reverses the Kaggle crop and each EEG tile along time where they sit
+    (the Kaggle part stays left), not the whole image."""
+    from hms_train.image.augment import part_time_flip
+
+    davids = {**DAVID, "parts": [{**DAVID["parts"][4], "col": 0}, *[{**p, "col": p["col"] + 256} for p in DAVID["parts"][:4]]]}
+    layout = layout_of(davids)
+    parts = numbered_parts(2, DAVID_SOURCES)
+    image = compose(layout, parts, train=False)
+    flipped = part_time_flip(image, torch.tensor([True, False]), torch.from_numpy(layout.part_flip_columns()))
+    expected = image.clone()
+    for part in layout.parts:
+        rows, cols = slice(part.row, part.row + part.height), slice(part.col, part.col + part.width)
+        expected[0, :, rows, cols] = image[0, :, rows, cols].flip(-1)
+    assert torch.equal(flipped[0], expected[0]) and torch.equal(flipped[1], image[1])
+    assert not torch.equal(flipped[0], image[0].flip(-1))  # not the whole-image flip
+    with pytest.raises(LayoutError, match="in place needs the parts where the layout puts them"):
+        layout_of({**davids, "width": 700}).part_flip_columns()

@@ -68,6 +68,13 @@ def time_flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(_per_sample(mask), images.flip(-1), images)
 
 
+def part_time_flip(images: torch.Tensor, mask: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Reverse each part's columns in place where `mask` (B,) is True; `columns` (H, W) is the source
+    column of every pixel (`ImageLayout.part_flip_columns`)."""
+    flipped = torch.gather(images, -1, columns.to(images.device).expand_as(images))
+    return torch.where(_per_sample(mask), flipped, images)
+
+
 def vertical_flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Reverse the row order of the whole image where `mask` (B,) is True."""
     return torch.where(_per_sample(mask), images.flip(-2), images)
@@ -166,9 +173,10 @@ class Draws:
     """Per-sample random draws for one batch, from one generator (None: torch's default), on the images'
     device; and what the steps may need to know of the image (`mirror_rows`, from its layout)."""
 
-    def __init__(self, images: torch.Tensor, generator: torch.Generator | None, mirror_rows: torch.Tensor | None):
+    def __init__(self, images: torch.Tensor, generator: torch.Generator | None, mirror_rows: torch.Tensor | None,
+                 flip_columns: torch.Tensor | None = None):
         self.batch, self.device = images.shape[0], images.device
-        self.generator, self.mirror_rows = generator, mirror_rows
+        self.generator, self.mirror_rows, self.flip_columns = generator, mirror_rows, flip_columns
 
     def uniform(self, low: float, high: float) -> torch.Tensor:
         """(B,) uniform draws in [low, high)."""
@@ -220,6 +228,7 @@ class HemisphereSwapSettings:
 @dataclass
 class TimeFlipSettings:
     p: float = 0.5  # time reversal of the whole image
+    per_part: bool = False  # each part reversed in place instead (David's flip; needs the layout's map)
 
 
 @dataclass
@@ -263,7 +272,12 @@ def _hemisphere_swap(draws: Draws, images, targets, settings: HemisphereSwapSett
 
 @register_augmentation("time_flip", TimeFlipSettings, order=20, image_only=True)
 def _time_flip(draws: Draws, images, targets, settings: TimeFlipSettings):
-    return time_flip(images, draws.chosen(settings.p)), targets
+    chosen = draws.chosen(settings.p)
+    if not settings.per_part:
+        return time_flip(images, chosen), targets
+    if draws.flip_columns is None:
+        raise ValueError("augment.time_flip.per_part needs the layout's map of the parts (Augmenter(flip_columns=))")
+    return part_time_flip(images, chosen, draws.flip_columns), targets
 
 
 @register_augmentation("vertical_flip", VerticalFlipSettings, order=30, image_only=True)
@@ -401,23 +415,24 @@ class Augmenter:
     None = torch's default generator).
 
     `mirror_rows` is the hemisphere swap's map of the image's chain blocks, from the image layout
-    (`ImageLayout.mirror_rows`); None treats the whole image as one part of 4 equal blocks. Crops are
+    (`ImageLayout.mirror_rows`); None treats the whole image as one part of 4 equal blocks.
+    `flip_columns` is the map of a time flip of each part in place (`ImageLayout.part_flip_columns`). Crops are
     not here: they belong to the layout and happen when the image is composed (`hms_train.image.compose`).
     """
 
     def __init__(self, config: AugmentConfig, generator: torch.Generator | None = None,
-                 mirror_rows: torch.Tensor | None = None):
+                 mirror_rows: torch.Tensor | None = None, flip_columns: torch.Tensor | None = None):
         self.config = config
         self.steps = config.active()
         self.generator = generator
-        self.mirror_rows = mirror_rows
+        self.mirror_rows, self.flip_columns = mirror_rows, flip_columns
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, train: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented (images, targets) in train mode; the inputs unchanged when `train` is False."""
         if not train:
             return images, targets
-        draws = Draws(images, self.generator, self.mirror_rows)
+        draws = Draws(images, self.generator, self.mirror_rows, self.flip_columns)
         for augmentation, settings in self.steps:
             images, targets = augmentation.apply(draws, images, targets, settings)
         return images, targets

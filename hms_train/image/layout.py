@@ -273,6 +273,21 @@ class ImageLayout:
         return rows
 
 
+    def part_flip_columns(self) -> np.ndarray:
+        """(H, W) source column of each pixel when every part is time-flipped in place (David's flip: each
+        part reversed where it sits, the parts' places kept). Raises LayoutError where the parts move
+        (a whole-image crop or padding to layout.width)."""
+        if self.width != self.composed_width:
+            raise LayoutError("a time flip of each part in place needs the parts where the layout puts them; "
+                              "this layout crops or pads the image to layout.width: flip the whole image "
+                              "(augment.time_flip.per_part = false) or drop layout.width")
+        columns = np.repeat(np.arange(self.width)[None, :], self.height, axis=0)
+        for part in self.parts:
+            flipped = np.arange(part.col + part.width - 1, part.col - 1, -1)
+            columns[part.row : part.row + part.height, part.col : part.col + part.width] = flipped[None, :]
+        return columns
+
+
 def _chain_mirror(freqs: int) -> np.ndarray:
     """(4 * F,) source row of each row of one part when its chain blocks are mirrored."""
     blocks = np.arange(N_CHAINS * freqs).reshape(N_CHAINS, freqs)

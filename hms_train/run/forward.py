@@ -37,11 +37,13 @@ def autocast(config: TrainConfig, device: torch.device):
 def make_augmenter(plan: RunPlan, generator: torch.Generator | None) -> Augmenter:
     """The training augmenter of a planned run: its checked steps; the hemisphere swap mirrors each part
     of the layout."""
-    mirror_rows = None
-    if plan.inputs.takes_image and plan.augment.steps["hemisphere_swap"].p > 0:
-        device = generator.device if generator is not None else "cpu"
+    steps, device = plan.augment.steps, generator.device if generator is not None else "cpu"
+    mirror_rows = flip_columns = None
+    if plan.inputs.takes_image and steps["hemisphere_swap"].p > 0:
         mirror_rows = torch.from_numpy(plan.inputs.mirror_rows()).to(device)
-    return Augmenter(plan.augment, generator, mirror_rows=mirror_rows)
+    if plan.inputs.takes_image and steps["time_flip"].p > 0 and steps["time_flip"].per_part:
+        flip_columns = torch.from_numpy(plan.inputs.layout.part_flip_columns()).to(device)
+    return Augmenter(plan.augment, generator, mirror_rows=mirror_rows, flip_columns=flip_columns)
 
 
 def model_inputs(

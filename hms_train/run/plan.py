@@ -168,8 +168,10 @@ def check_augment(config: TrainConfig, inputs: InputPlan) -> AugmentConfig:
         if unsynced:
             raise ConfigError(f"model kind {config.model!r} takes the image and the signals together; {unsynced} "
                               "would change the image alone and desynchronise them: set them to 0")
-    if inputs.takes_image and augment.steps.get("hemisphere_swap") and augment.steps["hemisphere_swap"].p > 0:
+    if inputs.takes_image and augment.steps["hemisphere_swap"].p > 0:
         inputs.mirror_rows()  # a tiled, cropped layout has no fixed mirror map: refused here, naming the fix
+    if inputs.takes_image and augment.steps["time_flip"].p > 0 and augment.steps["time_flip"].per_part:
+        inputs.layout.part_flip_columns()  # likewise for a flip of each part in place
     return augment
 
 

@@ -1,8 +1,11 @@
 """Array kinds as plug-ins: the registry, names that follow from params, variants side by side in one
 store, stores of layout v1 unchanged, and a new kind added in one module (the worked example)."""
 
+import ast
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from hms_prep.kinds import (
 from hms_prep.kinds.base import EEG
 from hms_prep.show import show_row
 from hms_prep.store.format import StoreError, describe_arrays, digest, open_store, read_labels
+
+from conftest import ROOT
 
 V1_ARRAYS = Path(__file__).parent / "data" / "store_v1_arrays.json"  # written by the layout-v1 code
 
@@ -117,6 +122,21 @@ def test_variant_names_follow_from_params():
     for bad in (0, 601, 3.0):
         with pytest.raises(ValueError, match="positive multiple of 2 s"):
             KaggleParams(bad)
+
+
+def test_imports_run_one_way_and_info_and_verify_import_no_torch(default_store):
+    """The mel math (kinds/mel.py, torch) imports nothing of the kinds; the mel kind imports it only to
+    compute, so reading a store's description (info, verify) never loads torch."""
+    tree = ast.parse((ROOT / "hms_prep" / "kinds" / "mel.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "torch" in imported and not [m for m in imported if m.startswith("hms_prep.kinds")]
+    code = ("import sys; from hms_prep.audit import store_info, verify_store; "
+            f"store_info({str(default_store)!r}); assert verify_store({str(default_store)!r}) == []; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
 
 
 # --- stores -----------------------------------------------------------------------------------------

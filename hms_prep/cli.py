@@ -233,7 +233,8 @@ def info(
         typer.echo(f"  {name:{width}s} {a['kind']:8s} {str(tuple(a['shape'])):24s} chunks {tuple(a['chunks'])} "
                    f"{a['dtype']} {'/'.join(a['codec']) or 'raw'}; {a['chunks_done']}/{a['chunks_total']} chunks, "
                    f"{a['rows_failed']} failed rows")
-        typer.echo(f"  {'':{width}s} {detail}; digest {a['params_digest']}")
+        typer.echo(f"  {'':{width}s} role {a['role']}, normalise {a['normalise']}; {detail}; "
+                   f"digest {a['params_digest']}")
 
 
 @app.command()

@@ -35,7 +35,7 @@ from hms_prep.kinds import (
 )
 from hms_prep.kinds.base import EEG
 from hms_prep.show import show_row
-from hms_prep.store.format import StoreError, describe_arrays, digest, open_store, read_labels
+from hms_prep.store.format import READ_HALF_OF_V1_KINDS, StoreError, describe_arrays, digest, open_store, read_labels
 
 from conftest import ROOT
 
@@ -100,9 +100,9 @@ def test_each_default_kind_keeps_its_v1_name_digest_shape_and_codec(params, name
     assert (kind.name, kind.digest, kind.default_codec) == (name, digest_, codec)
     assert kind.digest == digest(kind.attrs()["params"])
     if shape is not None:
-        assert kind.per_row and kind.item_shape == shape
+        assert kind.role == "image" and kind.item_shape == shape
     else:
-        assert not kind.per_row and kind.signals[-2:] == ("Fz-Cz", "Cz-Pz")
+        assert kind.role == "signals" and kind.signals[-2:] == ("Fz-Cz", "Cz-Pz")
 
 
 def test_variant_names_follow_from_params():
@@ -141,17 +141,37 @@ def test_imports_run_one_way_and_info_and_verify_import_no_torch(default_store):
 
 # --- stores -----------------------------------------------------------------------------------------
 
-def test_default_arrays_are_the_layout_v1_arrays_literally(default_store):
-    """Stores built by the layout-v1 code open unchanged: same names, attributes, digests, codecs."""
+def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(default_store):
+    """Stores built by the layout-v1 code open unchanged: same names, digests, codecs and every v1
+    attribute literally (tests/data/store_v1_arrays.json, written by that code). A new build adds exactly
+    the kind's read half, `role` and `normalise`, with the values the v1 fallback gives (decisions.md)."""
     expected = json.loads(V1_ARRAYS.read_text())
     group, layout = open_store(str(default_store))
     assert layout.layout_version == 1
     assert sorted(describe_arrays(group)) == sorted(expected) == ["eeg_10s", "eeg_30s", "kaggle", "raw"]
     for name, v1 in expected.items():
         metadata = json.loads((default_store / name / "zarr.json").read_text())
-        assert metadata["attributes"] == v1["attributes"], name
+        attributes = metadata["attributes"]
+        assert {key: attributes[key] for key in v1["attributes"]} == v1["attributes"], name
+        added = {key: value for key, value in attributes.items() if key not in v1["attributes"]}
+        role, normalise = READ_HALF_OF_V1_KINDS[v1["attributes"]["kind"]]
+        assert added == {"role": role, "normalise": normalise}, name
         assert metadata["codecs"] == v1["codecs"], name
         assert (metadata["data_type"], metadata["fill_value"]) == (v1["data_type"], v1["fill_value"]), name
+
+
+def test_a_store_with_the_v1_metadata_reads_as_a_new_one(default_store, tmp_path):
+    """Arrays that carry exactly the v1 attributes (no role, normalise) are described, verified and
+    drawn as the new ones are."""
+    store = copy_of(default_store, tmp_path)
+    for name, v1 in json.loads(V1_ARRAYS.read_text()).items():
+        path = store / name / "zarr.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "attributes": v1["attributes"]}))
+    assert "role" not in zarr.open_array(str(store / "kaggle")).attrs
+    old, new = (describe_arrays(open_store(str(s))[0]) for s in (store, default_store))
+    assert old == new and new["kaggle"].normalise == "zscore" and not new["raw"].image
+    assert verify_store(str(store)) == []
+    assert show_row(str(store), row=3, out=tmp_path / "row3.png").is_file()
 
 
 def test_variants_are_added_beside_the_defaults_and_a_second_run_computes_nothing(default_store, small_data,

@@ -33,6 +33,7 @@ from hms_prep.store.lock import build_lock, is_local
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS, plan_raw_segments, plan_rows, planned_rows, rows_digest
 from hms_prep.sources.recordings import source_path
 from hms_prep.store.format import (
+    ROLE_SIGNALS,
     STATUS_FAILED,
     STATUS_OK,
     StoreError,
@@ -395,7 +396,7 @@ def _segment_margin(url: str, group, requested: dict[str, ArrayKind]) -> int | N
     """The margin_s of the store's raw segment layout (None: no array is stored in segments). Every
     raw array of a store shares one layout, so their margins must agree."""
     margins = {name: d.params.get("margin_s") for name, d in describe_arrays(group).items() if not d.image}
-    margins.update({name: k.params.margin_s for name, k in requested.items() if not k.per_row})
+    margins.update({name: k.params.margin_s for name, k in requested.items() if k.role == ROLE_SIGNALS})
     if len(set(margins.values())) > 1:
         listed = ", ".join(f"{name} margin_s={m}" for name, m in margins.items())
         raise StoreError(f"{url}: raw arrays of one store share one segment layout, so one margin_s ({listed}); "

@@ -142,6 +142,7 @@ class ArrayDescription:
 # How a reader uses an array (its `role` attribute): a per-row image part (rows, 4 chains, F, T), or
 # signals stored per recording segment (signals, samples) whose rows labels.parquet's raw_* columns index.
 ROLE_IMAGE, ROLE_SIGNALS = "image", "signals"
+ROLES = (ROLE_IMAGE, ROLE_SIGNALS)
 # What a reader does to each sample's values first (its `normalise` attribute): nothing (the values are
 # scaled already), or a z-score over the sample's whole block (log power: the Kaggle crops).
 NORMALISE_NONE, NORMALISE_ZSCORE = "none", "zscore"

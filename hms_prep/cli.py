@@ -156,7 +156,9 @@ def build(
     the build, or chunk tasks crashed (counted and named; their chunks are not done); 130 interrupted
     (Ctrl-C): the same command resumes where it stopped.
     """
-    from hms_prep.build.run import BuildConfig, BuildError, run_build
+    from hms_prep.build.config import BuildConfig
+    from hms_prep.build.execute import BuildError
+    from hms_prep.build.run import run_build
     from hms_prep.doctor import BrokenInstall
     from hms_prep.kinds import MelParams, RawParams
     from hms_prep.store.lock import StoreLocked

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from hms_prep.kinds import (
     variant_name,
 )
 from hms_prep.kinds.base import EEG
+from hms_prep.kinds.spec import parse_array_spec, parse_value
 from hms_prep.show import show_row
 from hms_prep.store.format import READ_HALF_OF_V1_KINDS, StoreError, describe_arrays, digest, open_store, read_labels
 
@@ -137,6 +139,34 @@ def test_imports_run_one_way_and_info_and_verify_import_no_torch(default_store):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False"]
+
+
+# --- --array KIND:key=value,... ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, params, name", [
+    ("eeg_mel:window_s=14,n_mels=50", MelParams(14, n_mels=50), "eeg_14s_m50"),  # = --windows 14 --n-mels 50
+    ("eeg_mel:window_s=10,hop_length=none,fmax=20", MelParams(10), "eeg_10s"),
+    ("eeg_mel: window_s=10, band_pass=0.5-20", MelParams(10, band_pass=(0.5, 20.0)), None),
+    ("kaggle:window_s=1200", KaggleParams(1200), "kaggle_1200s"),  # = --kaggle-window 1200
+    ("kaggle", KaggleParams(), "kaggle"),
+    ("raw:margin_s=10", RawParams(), "raw"),
+    ("raw:band_pass=none,midline=false,clip_uv=512", RawParams(None, 512.0, midline=False), None),
+])
+def test_an_array_spec_gives_the_kinds_params_by_their_declared_types(spec, params, name):
+    parsed = parse_array_spec(spec)
+    assert parsed == params and type(parsed) is type(params)
+    if name:
+        assert kind_for(parsed).name == name
+
+
+def test_array_spec_values_follow_the_field_types():
+    assert parse_value("-1--2.5", tuple[float, float]) == (-1.0, -2.5)  # a '-' after a digit separates
+    assert parse_value("1-2-3", tuple[int, ...]) == (1, 2, 3)
+    assert parse_value("none", int | None) is None and parse_value("7", int | None) == 7
+    assert parse_value("yes", bool) is True and parse_value("0", bool) is False
+    for text, declared in (("1.5", int), ("1-2-3", tuple[float, float]), ("x", Literal["a", "b"]), ("2", dict)):
+        with pytest.raises(ValueError):
+            parse_value(text, declared)
 
 
 # --- stores -----------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ class BuildConfig:
         if self.codec is not None:
             check_codec_choice(self.codec)
         if not self.arrays():
-            raise ValueError("nothing to build: no windows, --no-kaggle and --no-raw")
+            raise ValueError("nothing to build: no windows, --no-kaggle, --no-raw and no --array")
         if self.device is not None:
             from hms_prep.kinds.mel import check_device  # torch: only for a --device build
 

@@ -120,9 +120,9 @@ class OnDask(Executor):
         _announce_dashboard(self.client, self.say)
 
     def require_parts(self, kinds: Iterable[ArrayKind]) -> None:
-        """BrokenInstall unless every worker loads the compiled parts and the modules of the kinds (a
-        plug-in must be importable there too): a cluster's workers may have another environment than
-        this driver, which then imports none of them."""
+        """BrokenInstall unless every worker loads the compiled parts, and the workers and the scheduler
+        (it unpickles the tasks too) import the kinds' modules (a plug-in must be importable there): a
+        cluster may have another environment than this driver, which then imports none of the parts."""
         self.start()
         try:
             self.client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT_S)
@@ -130,8 +130,9 @@ class OnDask(Executor):
             raise BuildError(f"--scheduler {self.config.scheduler}: no Dask worker connected within "
                              f"{SCHEDULER_TIMEOUT_S} s; start `dask worker` processes there") from None
         modules = sorted({type(kind).__module__ for kind in kinds})
-        broken = self.client.run(_broken_lines, modules)
-        lines = [f"Dask worker {worker}: {line}" for worker, found in sorted(broken.items()) for line in found]
+        lines = [f"Dask scheduler: {line}" for line in self.client.run_on_scheduler(_broken_lines, modules, ())]
+        broken = self.client.run(_broken_lines, modules, doctor.BUILD_PARTS)
+        lines += [f"Dask worker {worker}: {line}" for worker, found in sorted(broken.items()) for line in found]
         if lines:
             raise doctor.BrokenInstall(lines)
 
@@ -203,17 +204,19 @@ def _report(job: ChunkJob, future) -> ChunkReport:
         return ChunkReport(job.chunk, {}, failures, {}, crashed=reason)
 
 
-def _broken_lines(modules: list[str]) -> list[str]:
-    """On a worker: one line per broken compiled part and per kind's module that does not import."""
+def _broken_lines(modules: list[str], parts) -> list[str]:
+    """Where it runs (a Dask worker, the scheduler): one line per compiled part of `parts` that does not
+    work and per kind's module that does not import."""
     import importlib
 
-    lines = doctor.broken_lines(doctor.BUILD_PARTS)
+    lines = doctor.broken_lines(parts) if parts else []
     for module in modules:
         try:
             importlib.import_module(module)
         except Exception as err:
             lines.append(f"cannot import {module}, which defines an array kind of this build "
-                         f"({type(err).__name__}: {err}); install it, or put it on the workers' PYTHONPATH")
+                         f"({type(err).__name__}: {err}); install it there, or put it on the PYTHONPATH of "
+                         "every Dask process")
     return lines
 
 

@@ -111,6 +111,11 @@ def read_part(group, described, row: int) -> np.ndarray:
     return standardise(part) if described.normalise == NORMALISE_ZSCORE else part
 
 
+def raw_window(raw, raw_start: int) -> np.ndarray:
+    """The row's 50 s label window of a signals array, float32 (signals, 10000), as stored."""
+    return raw[:, raw_start : raw_start + LABEL_SAMPLES].astype(np.float32)
+
+
 def stack_chains(part: np.ndarray) -> np.ndarray:
     """(4, F, T) -> (4F, T): chain c on rows c*F .. (c+1)*F - 1, as the trainer composes it."""
     chains, freqs, times = part.shape
@@ -166,8 +171,7 @@ def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
 
 def _draw_raw(fig, raw, label: dict) -> None:
     """The 50 s label window of every stored bipolar signal, offset vertically, first signal on top."""
-    start = int(label["raw_start"])
-    window = raw[:, start : start + LABEL_SAMPLES].astype(np.float32)
+    window = raw_window(raw, int(label["raw_start"]))
     names = raw.attrs["signals"]
     spacing = 2 * max(float(np.percentile(np.abs(window), 99)), 1e-3)
     time = np.arange(window.shape[1]) / SAMPLE_RATE - LABEL_WINDOW_S / 2

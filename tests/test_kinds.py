@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
+import xarray
 import zarr
 from typer.testing import CliRunner
 
@@ -37,7 +38,15 @@ from hms_prep.kinds import (
 from hms_prep.kinds.base import EEG
 from hms_prep.kinds.spec import parse_array_spec, parse_value
 from hms_prep.show import show_row
-from hms_prep.store.format import READ_HALF_OF_V1_KINDS, StoreError, describe_arrays, digest, open_store, read_labels
+from hms_prep.store.format import (
+    READ_HALF_OF_V1_KINDS,
+    StoreError,
+    describe_arrays,
+    digest,
+    dimension_names,
+    open_store,
+    read_labels,
+)
 
 from conftest import ROOT
 
@@ -174,7 +183,8 @@ def test_array_spec_values_follow_the_field_types():
 def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(default_store):
     """Stores built by the layout-v1 code open unchanged: same names, digests, codecs and every v1
     attribute literally (tests/data/store_v1_arrays.json, written by that code). A new build adds exactly
-    the kind's read half, `role` and `normalise`, with the values the v1 fallback gives (decisions.md)."""
+    the kind's read half, `role` and `normalise`, with the values the v1 fallback gives, and zarr's
+    `dimension_names` (decisions.md)."""
     expected = json.loads(V1_ARRAYS.read_text())
     group, layout = open_store(str(default_store))
     assert layout.layout_version == 1
@@ -186,22 +196,27 @@ def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(defa
         added = {key: value for key, value in attributes.items() if key not in v1["attributes"]}
         role, normalise = READ_HALF_OF_V1_KINDS[v1["attributes"]["kind"]]
         assert added == {"role": role, "normalise": normalise}, name
+        assert metadata["dimension_names"] == list(dimension_names(name, v1["attributes"]["axes"])), name
         assert metadata["codecs"] == v1["codecs"], name
         assert (metadata["data_type"], metadata["fill_value"]) == (v1["data_type"], v1["fill_value"]), name
 
 
 def test_a_store_with_the_v1_metadata_reads_as_a_new_one(default_store, tmp_path):
-    """Arrays that carry exactly the v1 attributes (no role, normalise) are described, verified and
-    drawn as the new ones are."""
+    """Arrays that carry exactly the v1 metadata (no role, normalise, dimension_names) are described,
+    verified and drawn as the new ones are; only xarray needs the dimension names."""
     store = copy_of(default_store, tmp_path)
     for name, v1 in json.loads(V1_ARRAYS.read_text()).items():
         path = store / name / "zarr.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "attributes": v1["attributes"]}))
+        metadata = {**json.loads(path.read_text()), "attributes": v1["attributes"]}
+        del metadata["dimension_names"]
+        path.write_text(json.dumps(metadata))
     assert "role" not in zarr.open_array(str(store / "kaggle")).attrs
     old, new = (describe_arrays(open_store(str(s))[0]) for s in (store, default_store))
     assert old == new and new["kaggle"].normalise == "zscore" and not new["raw"].image
     assert verify_store(str(store)) == []
     assert show_row(str(store), row=3, out=tmp_path / "row3.png").is_file()
+    with pytest.raises(KeyError, match="dimension_names"):
+        xarray.open_zarr(str(store), consolidated=False)
 
 
 def test_variants_are_added_beside_the_defaults_and_a_second_run_computes_nothing(default_store, small_data,

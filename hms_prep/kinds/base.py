@@ -25,7 +25,7 @@ from hms_prep.domain import CHAINS
 from hms_prep.sources.recordings import EEG, SOURCES, SPECTROGRAM  # noqa: F401 (a kind's `source`)
 from hms_prep.sources.rows import RawSegment
 from hms_prep.store.codecs import AUTO, CODECS, FAST, write_rows
-from hms_prep.store.format import IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, StoreLayout, digest
+from hms_prep.store.format import IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, StoreLayout, digest, dimension_names
 
 
 class KindParams:
@@ -108,11 +108,13 @@ class ArrayKind:
         return (layout.n_rows, *self.item_shape), (layout.chunk_rows, *self.item_shape)
 
     def create(self, group: zarr.Group, layout: StoreLayout, segments_length: int) -> zarr.Array:
-        """The empty, zero-filled float16 array with all its attributes in one metadata write: a build
-        killed meanwhile leaves either no array or a whole one (never params_digest without axes)."""
+        """The empty, zero-filled float16 array with all its attributes and its dimension names in one
+        metadata write: a build killed meanwhile leaves either no array or a whole one (never
+        params_digest without axes)."""
         shape, chunks = self.shape_and_chunks(layout, segments_length)
-        return group.create_array(self.name, shape=shape, chunks=chunks, attributes=self.attrs(),
-                                  **self.storage(layout))
+        attrs = self.attrs()
+        return group.create_array(self.name, shape=shape, chunks=chunks, attributes=attrs,
+                                  dimension_names=dimension_names(self.name, attrs["axes"]), **self.storage(layout))
 
     def storage(self, layout: StoreLayout) -> dict:
         """dtype, fill value and compressor (the kind's own codec when the store's choice is a policy)."""

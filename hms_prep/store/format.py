@@ -53,6 +53,16 @@ STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 
 IMAGE_AXES = ("row", "chain", "frequency", "time")  # a per-row image part: (rows, 4 chains, F, T)
 SIGNAL_AXES = ("signal", "sample")  # signals stored per recording segment (rows index them via labels)
+# Axes that index the same thing in every array of a store: their zarr dimension names are shared.
+SHARED_AXES = ("row", "chain", "sample")
+
+
+def dimension_names(name: str, axes: tuple[str, ...]) -> tuple[str, ...]:
+    """Array `name`'s zarr v3 `dimension_names` (xarray's dimensions): `row`, `chain` and `sample` as they
+    are (one row, chain order and segment layout for the whole store, so labels.parquet joins on `row`);
+    the other axes prefixed with the name (`eeg_10s_frequency`): their sizes and meanings differ between
+    arrays, and xarray allows one size per dimension name."""
+    return tuple(axis if axis in SHARED_AXES else f"{name}_{axis}" for axis in axes)
 
 
 class StoreError(RuntimeError):
@@ -264,9 +274,11 @@ def create_build_state(group: zarr.Group, name: str, layout: StoreLayout) -> Bui
     (`read_state`) and its chunk recomputed, never trusted."""
     sub = group.require_group(f"{BUILD_GROUP}/{name}")
     rows, chunk = (layout.n_rows,), (layout.chunk_rows,)
-    checked = dict(compressors=(ZstdCodec(level=0), Crc32cCodec()))
+    # named dimensions, so xarray's open_datatree opens the whole store (open_zarr skips the group)
+    checked = dict(compressors=(ZstdCodec(level=0), Crc32cCodec()), dimension_names=("row",))
     return BuildState(
-        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, **checked),
+        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0,
+                              **{**checked, "dimension_names": ("chunk",)}),
         status=sub.create_array("status", shape=rows, chunks=chunk, dtype="uint8", fill_value=STATUS_PENDING,
                                 **checked),
         error=sub.create_array("error", shape=rows, chunks=chunk, dtype=str, **checked),

@@ -273,22 +273,20 @@ def create_build_state(group: zarr.Group, name: str, layout: StoreLayout) -> Bui
     """The array's build state, checksummed like the data: a damaged flag or status chunk is found
     (`read_state`) and its chunk recomputed, never trusted."""
     sub = group.require_group(f"{BUILD_GROUP}/{name}")
-    rows, chunk = (layout.n_rows,), (layout.chunk_rows,)
-    # named dimensions, so xarray's open_datatree opens the whole store (open_zarr skips the group)
-    checked = dict(compressors=(ZstdCodec(level=0), Crc32cCodec()), dimension_names=("row",))
+    checked = dict(compressors=(ZstdCodec(level=0), Crc32cCodec()))
+    # dimensions named, so that xarray's open_datatree opens the whole store (open_zarr skips this group)
+    per_row = dict(shape=(layout.n_rows,), chunks=(layout.chunk_rows,), dimension_names=("row",), **checked)
     return BuildState(
-        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0,
-                              **{**checked, "dimension_names": ("chunk",)}),
-        status=sub.create_array("status", shape=rows, chunks=chunk, dtype="uint8", fill_value=STATUS_PENDING,
-                                **checked),
-        error=sub.create_array("error", shape=rows, chunks=chunk, dtype=str, **checked),
-        repaired=sub.create_array("repaired", shape=rows, chunks=chunk, dtype="float32", fill_value=0.0,
-                                  **checked),
+        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dimension_names=("chunk",),
+                              dtype="uint8", fill_value=0, **checked),
+        status=sub.create_array("status", dtype="uint8", fill_value=STATUS_PENDING, **per_row),
+        error=sub.create_array("error", dtype=str, **per_row),
+        repaired=sub.create_array("repaired", dtype="float32", fill_value=0.0, **per_row),
     )
 
 
 # Attribute of `_build/{name}`: when (unix seconds) the last build that computed rows of the array started.
-# A failed row is computed again only when a file it is cut from changed after that (hms_prep/build/run.py).
+# A failed row is computed again only when a file it is cut from changed after that (hms_prep/build/plan.py).
 FAILURES_TRIED_AT = "failures_tried_at"
 
 

@@ -5,7 +5,7 @@ has a train.csv), then builds it again with the same parameters, which must comp
 retries of the rows that failed (the exit status is 1 otherwise).
 
 What is printed, and how it is measured:
-  cluster start   the build's local Dask cluster (hms_prep.build.run._dask_client) is started here and
+  cluster start   the build's local Dask cluster (hms_prep.build.execute.OnDask) is started here and
                   handed to the build as its scheduler, so the build's seconds exclude worker start-up
   build           `run_build`'s wall seconds (plan, tasks, labels.parquet) and label rows/s from them
   stages          seconds summed over all tasks: worker-seconds, not wall time; divided by the
@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from hms_prep.build.run import BuildConfig, _dask_client, run_build
+from hms_prep.build.execute import OnDask
+from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.cli import ROWS_FAILED_EXIT
 from hms_prep.domain import CHAINS, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_WINDOW_S
 from hms_prep.sources.kaggle import EEG_COLUMNS, eeg_path, spectrogram_path
@@ -91,12 +92,16 @@ def run_benchmark(config: BuildConfig) -> dict:
             cluster_s, first, second = 0.0, run_build(config), run_build(config)
         else:
             # The build's own cluster set-up, started here so that its start-up is timed apart.
-            with _dask_client(config, say=lambda message: None) as lazy:
-                address = lazy.start().scheduler.address
+            dask = OnDask(config, say=lambda message: None)
+            try:
+                dask.start()
+                address = dask.client.scheduler.address
                 cluster_s = time.perf_counter() - began
                 built = replace(config, scheduler=address)
                 first = run_build(built)
                 second = run_build(built)
+            finally:
+                dask.close()
     rows = first.rows_computed
     rank = {stage: i for i, stage in enumerate(STAGE_ORDER)}
     stages = dict(sorted(first.stage_seconds.items(), key=lambda item: rank.get(item[0], len(rank))))

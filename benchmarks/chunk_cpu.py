@@ -27,7 +27,7 @@ import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from hms_prep.build.run import BuildConfig, _open_or_create  # noqa: E402
+from hms_prep.build.run import BuildConfig, open_or_create  # noqa: E402
 from hms_prep.build.task import ArrayJob, ChunkJob, build_chunk  # noqa: E402
 from hms_prep.sources.kaggle import read_labels  # noqa: E402
 from hms_prep.sources.rows import plan_raw_segments, plan_rows, planned_rows  # noqa: E402
@@ -37,7 +37,7 @@ from hms_prep.store.format import create_build_state  # noqa: E402
 def chunk_jobs(config: BuildConfig, n_chunks: int) -> list[ChunkJob]:
     """A new store for `config` and the jobs of its first `n_chunks` chunks, every array whole."""
     planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
-    group, layout, _ = _open_or_create(config, planned)
+    group, layout = open_or_create(config, planned)
     kinds = config.arrays()
     segments, _, raw_length = plan_raw_segments(planned, layout.chunk_rows, config.raw.margin_s,
                                                 layout.raw_chunk_samples)

@@ -1,6 +1,6 @@
 """What a user waits for before and around the work: `--help`, a repeated build, and where a small
 build is faster in this process than on a local Dask cluster (the crossover behind
-hms_prep.build.run.IN_PROCESS_ROWS).
+hms_prep.build.execute.IN_PROCESS_ROWS).
 
 Every figure is the wall time of a new Python process, as a user starts it:
   help            `python -m hms_prep.cli build --help` (median of --repeat)

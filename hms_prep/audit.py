@@ -9,14 +9,15 @@ import pyarrow.compute as pc
 
 from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of
 from hms_prep.domain import TARGET_COLUMNS
-from hms_prep.kinds import kind_named
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS
 from hms_prep.store.format import (
+    ROLES,
     STATUS_FAILED,
     STATUS_OK,
+    ArrayDescription,
     StoreLayout,
     digest,
-    data_array_names,
+    describe_arrays,
     open_build_state,
     open_store,
     read_labels,
@@ -94,14 +95,14 @@ def _read_chunk(array, source: ChunkSource, codec, coords, where: str) -> np.nda
 
 
 def store_info(url: str) -> dict:
-    """Rows, arrays (shape, chunks, codec, completeness, parameters) and size of a store, JSON-able."""
+    """Rows, arrays (shape, chunks, codec, completeness, what they are and how to read them) and size of
+    a store, JSON-able."""
     group, layout = open_store(url)
     arrays = {}
-    for name in data_array_names(group):
+    for name, described in describe_arrays(group).items():
         array = group[name]
         state = open_build_state(group, name)
         status, _ = read_state(state.status)
-        attrs = array.attrs.asdict()
         arrays[name] = {
             "shape": list(array.shape),
             "chunks": list(array.chunks),
@@ -111,9 +112,11 @@ def store_info(url: str) -> dict:
             "chunks_total": int(layout.n_chunks),
             "rows_ok": int((status == STATUS_OK).sum()),
             "rows_failed": int((status == STATUS_FAILED).sum()),
-            "kind": attrs.get("kind"),
-            "params": attrs.get("params", {}),
-            "params_digest": attrs.get("params_digest"),
+            "kind": described.kind,
+            "role": described.role,
+            "normalise": described.normalise,
+            "params": described.params,
+            "params_digest": described.params_digest,
         }
     return {
         "store": url,
@@ -149,14 +152,14 @@ def verify_store(url: str) -> list[str]:
         targets = np.stack([counted.column(c).to_numpy() for c in TARGET_COLUMNS], 1)
         if not np.allclose(targets.sum(1), 1.0, atol=1e-4):
             problems.append("targets do not sum to 1 on every row")
-    names = data_array_names(group)
-    if not names:
+    described = describe_arrays(group)
+    if not described:
         problems.append("the store holds no arrays")
     raw_bounds = None
     if all(c in labels.column_names for c in RAW_INDEX_COLUMNS) and labels.num_rows == layout.n_rows:
         raw_bounds = np.stack([labels.column(c).to_numpy() for c in RAW_INDEX_COLUMNS[1:]], 1)
-    for name in names:
-        problems += _verify_array(url, group, name, layout, raw_bounds)
+    for description in described.values():
+        problems += _verify_array(url, group, description, layout, raw_bounds)
     if "status" in labels.column_names:
         failed = int(np.sum(labels.column("status").to_numpy(zero_copy_only=False) == "failed"))
         if failed:
@@ -164,17 +167,16 @@ def verify_store(url: str) -> list[str]:
     return problems
 
 
-def _verify_array(url: str, group, name: str, layout, raw_bounds) -> list[str]:
-    array = group[name]
-    attrs = array.attrs.asdict()
-    try:
-        kind = kind_named(attrs.get("kind"))
-    except KeyError as err:
-        return [f"{name}: {err.args[0]}"]
+def _verify_array(url: str, group, described: ArrayDescription, layout, raw_bounds) -> list[str]:
+    """The array checked from what it says of itself (role, params): no kind's code is needed, so a
+    store with a plug-in kind verifies without the plug-in."""
+    name = described.name
+    if described.role not in ROLES:
+        return [f"{name}: role {described.role!r} is not one of {', '.join(ROLES)}; this hms-prep cannot read it"]
     problems = []
-    if attrs.get("params_digest") != digest(attrs.get("params")):
-        problems.append(f"{name}: params_digest {attrs.get('params_digest')} does not match its params "
-                        f"({digest(attrs.get('params'))}); the array was edited by hand")
+    if described.params_digest != digest(described.params):
+        problems.append(f"{name}: params_digest {described.params_digest} does not match its params "
+                        f"({digest(described.params)}); the array was edited by hand")
     state = open_build_state(group, name)
     for part in ("done", "status", "error", "repaired"):
         bad = read_state(getattr(state, part))[1]
@@ -185,15 +187,15 @@ def _verify_array(url: str, group, name: str, layout, raw_bounds) -> list[str]:
     missing = np.flatnonzero(done == 0)
     if missing.size:
         problems.append(f"{name}: {missing.size} of {layout.n_chunks} chunks not complete (first: {missing[0]})")
-    if kind.per_row and array.shape[0] != layout.n_rows:
-        problems.append(f"{name}: {array.shape[0]} rows, the store has {layout.n_rows}")
-    if not kind.per_row and raw_bounds is None:
+    if described.image and described.shape[0] != layout.n_rows:
+        problems.append(f"{name}: {described.shape[0]} rows, the store has {layout.n_rows}")
+    if not described.image and raw_bounds is None:
         return problems + [f"{name}: labels.parquet lacks {', '.join(RAW_INDEX_COLUMNS)}; its chunks cannot be "
                            "mapped to rows"]
 
     def finite(block):
         return None if np.isfinite(block).all() else "non-finite values"
 
-    bounds = None if kind.per_row else raw_bounds
+    bounds = None if described.image else raw_bounds
     problems += [f"{name}: {d.line()}" for d in damaged_chunks(url, group, name, layout, bounds, finite)]
     return problems

@@ -123,6 +123,13 @@ def build(
         600, "--kaggle-window", help="Kaggle crop length S in seconds (a multiple of 2), centred on the label's "
         "10-min window: 600 is the `kaggle` array, another S the `kaggle_{S}s` array."),
     raw: bool = typer.Option(True, "--raw/--no-raw", help="Store the raw bipolar signals for 1D models."),
+    array: Optional[list[str]] = typer.Option(
+        None, "--array", help="An array of any registered kind, KIND:key=value,... (repeatable), its params parsed "
+        "by their declared types: eeg_mel:window_s=14,n_mels=50, raw:band_pass=1-40, kaggle:window_s=1200; "
+        "none for None, LOW-HIGH for a pair."),
+    plugin: Optional[list[str]] = typer.Option(
+        None, "--plugin", help="Import MODULE first: a plug-in that registers array kinds (repeatable; installed "
+        "plug-ins, entry points of hms_cache.plugins, load by themselves)."),
     folds: int = typer.Option(5, "--folds", help="Patient-grouped folds."),
     chunk_rows: Optional[int] = typer.Option(
         None, "--chunk-rows", help="Rows per chunk (default 32; fixed when the store is created, refused if it differs)."),
@@ -147,6 +154,8 @@ def build(
       hms-prep build --data data/hms --windows 10,30,50        # adds only eeg_50s
       hms-prep build --data data/hms --windows 10,14,30,44 --n-mels 50   # adds eeg_{W}s_m50 beside them
       hms-prep build --data data/hms --kaggle-window 1200      # adds kaggle_1200s beside kaggle
+      hms-prep build --data data/hms --array eeg_mel:window_s=14,n_mels=50 --array raw:band_pass=1-40
+      hms-prep build --data data/hms --plugin my_kinds --array band_power:window_s=10   # a plug-in's kind
       hms-prep build --data data/hms --split test
       hms-prep build --data data/hms --scheduler tcp://10.0.0.5:8786
       hms-prep build --data data/hms --repair                  # recompute chunks that fail their checksum
@@ -156,21 +165,28 @@ def build(
     the build, or chunk tasks crashed (counted and named; their chunks are not done); 130 interrupted
     (Ctrl-C): the same command resumes where it stopped.
     """
-    from hms_prep.build.run import BuildConfig, BuildError, run_build
+    from hms_prep.build.config import BuildConfig
+    from hms_prep.build.execute import BuildError
+    from hms_prep.build.run import run_build
     from hms_prep.doctor import BrokenInstall
     from hms_prep.kinds import MelParams, RawParams
+    from hms_prep.kinds.plugins import load_plugins
+    from hms_prep.kinds.spec import parse_array_spec
     from hms_prep.store.lock import StoreLocked
 
     if split not in ("train", "test"):
         raise typer.BadParameter(f"--split must be train or test, got {split!r}")
     window_list = _int_list(windows)
     try:
+        load_plugins(plugin or ())  # before --array: a plug-in's kinds are then known
+        extra_arrays = tuple(parse_array_spec(spec) for spec in array or ())
         config = BuildConfig(
             data_dir=str(data), store=store, split=split, windows=window_list,
             # The template takes the first asked window: each window's params are checked in config.check().
             mel=MelParams(window_s=window_list[0], n_fft=n_fft, win_length=win_length, hop_length=hop_length,
                           n_mels=n_mels, fmin=fmin, fmax=fmax, frames=frames, band_pass=_band(band_pass)),
-            kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None, n_folds=folds,
+            kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None,
+            extra_arrays=extra_arrays, n_folds=folds,
             chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair,
             retry_failed=retry_failed, device=device,
         )
@@ -233,7 +249,8 @@ def info(
         typer.echo(f"  {name:{width}s} {a['kind']:8s} {str(tuple(a['shape'])):24s} chunks {tuple(a['chunks'])} "
                    f"{a['dtype']} {'/'.join(a['codec']) or 'raw'}; {a['chunks_done']}/{a['chunks_total']} chunks, "
                    f"{a['rows_failed']} failed rows")
-        typer.echo(f"  {'':{width}s} {detail}; digest {a['params_digest']}")
+        typer.echo(f"  {'':{width}s} role {a['role']}, normalise {a['normalise']}; {detail}; "
+                   f"digest {a['params_digest']}")
 
 
 @app.command()
@@ -264,6 +281,8 @@ def show(
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: row{I}.png in the current folder)."),
     arrays: Optional[str] = typer.Option(
         None, "--arrays", help="Arrays to draw, comma-separated (default: every image array, and raw if stored)."),
+    plugin: Optional[list[str]] = typer.Option(
+        None, "--plugin", help="Import MODULE first (repeatable): a plug-in kind's parts get its own titles."),
 ):
     """PNG of one row as the trainer sees it (every image array, raw traces below if stored).
 
@@ -274,9 +293,11 @@ def show(
       hms-prep show cache/specs.zarr --label-id 3342474395
       hms-prep show cache/specs.zarr --row 12 --arrays eeg_10s,eeg_10s_m50,kaggle
     """
+    from hms_prep.kinds.plugins import load_plugins
     from hms_prep.show import show_row
 
     try:
+        load_plugins(plugin or ())
         path = show_row(store, row=row, label_id=label_id, eeg_id=eeg_id, out=out, arrays=_names(arrays))
     except (StoreError, ValueError) as err:
         _fail(str(err))

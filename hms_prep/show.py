@@ -8,8 +8,9 @@ and the blocks read LL (bottom), RL, LP, RP (top). EEG parts are drawn as stored
 z-scored per sample as the trainer does, and shown whole (training crops it later, evaluation keeps its
 start). Each part has its own colour scale, its 1st to 99th percentile. Bottom panel (when the store
 has a raw array, or one is asked for): the 50 s label window of the raw bipolar signals, one trace per
-signal, first on top. Which arrays are images, their titles and which are z-scored come from the
-registry of array kinds (hms_prep/kinds/), never from their names.
+signal, first on top. Which arrays are images and which are z-scored come from the arrays' own
+attributes (`describe_arrays`: role, normalise), never from their names; titles from the kind's
+`title` when its kind is registered (a plug-in kind not loaded gets its kind's name).
 
 hms_prep must not import hms_train: the Kaggle normalisation comes from `domain.standardise`.
 """
@@ -28,9 +29,9 @@ import pyarrow as pa  # noqa: E402
 
 from hms_prep import domain  # noqa: E402
 from hms_prep.domain import CHAINS, CLASSES, LABEL_SAMPLES, LABEL_WINDOW_S, SAMPLE_RATE, VOTE_COLUMNS  # noqa: E402
-from hms_prep.kinds import kind_named  # noqa: E402
 from hms_prep.sources.montage import pair_names  # noqa: E402
-from hms_prep.store.format import describe_arrays, open_store, read_labels  # noqa: E402
+from hms_prep.kinds import KINDS  # noqa: E402
+from hms_prep.store.format import NORMALISE_ZSCORE, describe_arrays, open_store, read_labels  # noqa: E402
 
 # The PNG is always FIG_WIDTH x (SPECTROGRAM_HEIGHT [+ RAW_HEIGHT]) inches at DPI.
 FIG_WIDTH, SPECTROGRAM_HEIGHT, RAW_HEIGHT, DPI = 15.0, 5.5, 5.0, 100
@@ -69,14 +70,15 @@ def show_row(store: str, row: int | None = None, label_id: int | None = None, ee
     row = find_row(labels, row, label_id, eeg_id)
     label = labels.slice(row, 1).to_pylist()[0]
     out = Path(out) if out is not None else Path(f"row{row}.png")
-    images, raw = chosen_arrays(store, describe_arrays(group), arrays)
+    described = describe_arrays(group)
+    images, raw = chosen_arrays(store, described, arrays)
     fig = plt.figure(figsize=(FIG_WIDTH, SPECTROGRAM_HEIGHT + (RAW_HEIGHT if raw else 0)), dpi=DPI,
                      layout="constrained")
     fig.suptitle(row_title(label), fontsize=12)
     if label.get("status", "ok") != "ok":
         _draw_failure(fig, label)
     else:
-        parts = {name: group[name][row].astype(np.float32) for name in images}
+        parts = {name: read_part(group, described[name], row) for name in images}
         top, bottom = fig.subfigures(2, 1, height_ratios=(SPECTROGRAM_HEIGHT, RAW_HEIGHT)) if raw else (fig, None)
         if parts:
             _draw_image(top, parts, group)
@@ -102,6 +104,18 @@ def chosen_arrays(store: str, described: dict, arrays: list[str] | None) -> tupl
     return [name for name in arrays if described[name].image], (raws[0] if raws else None)
 
 
+def read_part(group, described, row: int) -> np.ndarray:
+    """One row of an image array as the trainer sees it before augmentation: float32 (4, F, T), z-scored
+    when the array says so (`normalise`)."""
+    part = group[described.name][row].astype(np.float32)
+    return standardise(part) if described.normalise == NORMALISE_ZSCORE else part
+
+
+def raw_window(raw, raw_start: int) -> np.ndarray:
+    """The row's 50 s label window of a signals array, float32 (signals, 10000), as stored."""
+    return raw[:, raw_start : raw_start + LABEL_SAMPLES].astype(np.float32)
+
+
 def stack_chains(part: np.ndarray) -> np.ndarray:
     """(4, F, T) -> (4F, T): chain c on rows c*F .. (c+1)*F - 1, as the trainer composes it."""
     chains, freqs, times = part.shape
@@ -125,7 +139,13 @@ def row_title(label: dict) -> str:
 
 def part_title(name: str, attrs: dict) -> str:
     """The array's name and what it holds, as its kind describes its stored params."""
-    return f"{name}: {kind_named(attrs['kind']).title(attrs.get('params', {}))}"
+    return f"{name}: {kind_title(attrs)}"
+
+
+def kind_title(attrs: dict) -> str:
+    """What an array holds, from its kind's `title` (a kind this process has not loaded: its name)."""
+    kind = KINDS.get(attrs.get("kind"))
+    return kind.title(attrs.get("params", {})) if kind else f"kind {attrs.get('kind')}"
 
 
 def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
@@ -134,24 +154,24 @@ def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
     axes = fig.subplots(1, len(names), width_ratios=[images[n].shape[-1] for n in names], squeeze=False)[0]
     for ax, name in zip(axes, names):
         attrs = group[name].attrs.asdict()
-        part = standardise(images[name]) if kind_named(attrs["kind"]).zscored else images[name]
-        seconds = attrs["params"]["window_s"]
-        chains, freqs, _ = part.shape
+        part = images[name]
+        chains, freqs, columns = part.shape
+        seconds = attrs["params"].get("window_s")  # a kind without a window: its columns, from 0
+        left, right = (-seconds / 2, seconds / 2) if seconds else (0, columns)
         low, high = np.percentile(part, [1, 99])
         shown = ax.imshow(stack_chains(part), origin="lower", aspect="auto", cmap=COLOR_MAP, vmin=low, vmax=high,
-                          interpolation="nearest", extent=(-seconds / 2, seconds / 2, 0, chains * freqs))
+                          interpolation="nearest", extent=(left, right, 0, chains * freqs))
         for boundary in range(1, chains):
             ax.axhline(boundary * freqs, color="white", linewidth=0.8)
         ax.set_yticks([(c + 0.5) * freqs for c in range(chains)], CHAINS)
         ax.set_title(part_title(name, attrs), fontsize=10)
-        ax.set_xlabel("seconds from label centre")
+        ax.set_xlabel("seconds from label centre" if seconds else "column")
         fig.colorbar(shown, ax=ax, location="bottom", shrink=0.5, aspect=50, pad=0.01)
 
 
 def _draw_raw(fig, raw, label: dict) -> None:
     """The 50 s label window of every stored bipolar signal, offset vertically, first signal on top."""
-    start = int(label["raw_start"])
-    window = raw[:, start : start + LABEL_SAMPLES].astype(np.float32)
+    window = raw_window(raw, int(label["raw_start"]))
     names = raw.attrs["signals"]
     spacing = 2 * max(float(np.percentile(np.abs(window), 99)), 1e-3)
     time = np.arange(window.shape[1]) / SAMPLE_RATE - LABEL_WINDOW_S / 2
@@ -163,7 +183,7 @@ def _draw_raw(fig, raw, label: dict) -> None:
     ax.set_xlim(time[0], time[-1])
     ax.set_ylim(offsets[-1] - spacing, spacing)
     ax.set_xlabel("seconds from label centre")
-    recipe = kind_named(raw.attrs["kind"]).title(raw.attrs["params"])
+    recipe = kind_title(raw.attrs.asdict())
     ax.set_title(f"{raw.basename}: raw bipolar signals, {LABEL_WINDOW_S} s label window, as stored ({recipe})",
                  fontsize=10)
     ax.grid(axis="x", alpha=0.3)

@@ -60,8 +60,8 @@ def test_unavailable_devices_are_refused_before_any_work(synth_data, tmp_path, d
 @pytest.mark.parametrize("window_s", [10, 30])
 def test_gpu_and_cpu_mel_windows_agree(window_s):
     windows = torch.randn(8, 16, window_s * 200, generator=torch.Generator().manual_seed(1)) * 30
-    on_cpu = mel_windows(windows, MelParams(window_s), "cpu")
-    on_gpu = mel_windows(windows, MelParams(window_s), "cuda")
+    on_cpu = mel_windows(windows, MelParams(window_s).recipe(), "cpu")
+    on_gpu = mel_windows(windows, MelParams(window_s).recipe(), "cuda")
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
 
 

@@ -1,13 +1,18 @@
 """Array kinds as plug-ins: the registry, names that follow from params, variants side by side in one
 store, stores of layout v1 unchanged, and a new kind added in one module (the worked example)."""
 
+import ast
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
+import xarray
 import zarr
 from typer.testing import CliRunner
 
@@ -31,8 +36,19 @@ from hms_prep.kinds import (
     variant_name,
 )
 from hms_prep.kinds.base import EEG
+from hms_prep.kinds.spec import parse_array_spec, parse_value
 from hms_prep.show import show_row
-from hms_prep.store.format import StoreError, describe_arrays, digest, open_store, read_labels
+from hms_prep.store.format import (
+    READ_HALF_OF_V1_KINDS,
+    StoreError,
+    describe_arrays,
+    digest,
+    dimension_names,
+    open_store,
+    read_labels,
+)
+
+from conftest import ROOT
 
 V1_ARRAYS = Path(__file__).parent / "data" / "store_v1_arrays.json"  # written by the layout-v1 code
 
@@ -95,9 +111,9 @@ def test_each_default_kind_keeps_its_v1_name_digest_shape_and_codec(params, name
     assert (kind.name, kind.digest, kind.default_codec) == (name, digest_, codec)
     assert kind.digest == digest(kind.attrs()["params"])
     if shape is not None:
-        assert kind.per_row and kind.item_shape == shape
+        assert kind.role == "image" and kind.item_shape == shape
     else:
-        assert not kind.per_row and kind.signals[-2:] == ("Fz-Cz", "Cz-Pz")
+        assert kind.role == "signals" and kind.signals[-2:] == ("Fz-Cz", "Cz-Pz")
 
 
 def test_variant_names_follow_from_params():
@@ -119,19 +135,88 @@ def test_variant_names_follow_from_params():
             KaggleParams(bad)
 
 
+def test_imports_run_one_way_and_info_and_verify_import_no_torch(default_store):
+    """The mel math (kinds/mel.py, torch) imports nothing of the kinds; the mel kind imports it only to
+    compute, so reading a store's description (info, verify) never loads torch."""
+    tree = ast.parse((ROOT / "hms_prep" / "kinds" / "mel.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "torch" in imported and not [m for m in imported if m.startswith("hms_prep.kinds")]
+    code = ("import sys; from hms_prep.audit import store_info, verify_store; "
+            f"store_info({str(default_store)!r}); assert verify_store({str(default_store)!r}) == []; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
+
+
+# --- --array KIND:key=value,... ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, params, name", [
+    ("eeg_mel:window_s=14,n_mels=50", MelParams(14, n_mels=50), "eeg_14s_m50"),  # = --windows 14 --n-mels 50
+    ("eeg_mel:window_s=10,hop_length=none,fmax=20", MelParams(10), "eeg_10s"),
+    ("eeg_mel: window_s=10, band_pass=0.5-20", MelParams(10, band_pass=(0.5, 20.0)), None),
+    ("kaggle:window_s=1200", KaggleParams(1200), "kaggle_1200s"),  # = --kaggle-window 1200
+    ("kaggle", KaggleParams(), "kaggle"),
+    ("raw:margin_s=10", RawParams(), "raw"),
+    ("raw:band_pass=none,midline=false,clip_uv=512", RawParams(None, 512.0, midline=False), None),
+])
+def test_an_array_spec_gives_the_kinds_params_by_their_declared_types(spec, params, name):
+    parsed = parse_array_spec(spec)
+    assert parsed == params and type(parsed) is type(params)
+    if name:
+        assert kind_for(parsed).name == name
+
+
+def test_array_spec_values_follow_the_field_types():
+    assert parse_value("-1--2.5", tuple[float, float]) == (-1.0, -2.5)  # a '-' after a digit separates
+    assert parse_value("1-2-3", tuple[int, ...]) == (1, 2, 3)
+    assert parse_value("none", int | None) is None and parse_value("7", int | None) == 7
+    assert parse_value("yes", bool) is True and parse_value("0", bool) is False
+    for text, declared in (("1.5", int), ("1-2-3", tuple[float, float]), ("x", Literal["a", "b"]), ("2", dict)):
+        with pytest.raises(ValueError):
+            parse_value(text, declared)
+
+
 # --- stores -----------------------------------------------------------------------------------------
 
-def test_default_arrays_are_the_layout_v1_arrays_literally(default_store):
-    """Stores built by the layout-v1 code open unchanged: same names, attributes, digests, codecs."""
+def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(default_store):
+    """Stores built by the layout-v1 code open unchanged: same names, digests, codecs and every v1
+    attribute literally (tests/data/store_v1_arrays.json, written by that code). A new build adds exactly
+    the kind's read half, `role` and `normalise`, with the values the v1 fallback gives, and zarr's
+    `dimension_names` (decisions.md)."""
     expected = json.loads(V1_ARRAYS.read_text())
     group, layout = open_store(str(default_store))
     assert layout.layout_version == 1
     assert sorted(describe_arrays(group)) == sorted(expected) == ["eeg_10s", "eeg_30s", "kaggle", "raw"]
     for name, v1 in expected.items():
         metadata = json.loads((default_store / name / "zarr.json").read_text())
-        assert metadata["attributes"] == v1["attributes"], name
+        attributes = metadata["attributes"]
+        assert {key: attributes[key] for key in v1["attributes"]} == v1["attributes"], name
+        added = {key: value for key, value in attributes.items() if key not in v1["attributes"]}
+        role, normalise = READ_HALF_OF_V1_KINDS[v1["attributes"]["kind"]]
+        assert added == {"role": role, "normalise": normalise}, name
+        assert metadata["dimension_names"] == list(dimension_names(name, v1["attributes"]["axes"])), name
         assert metadata["codecs"] == v1["codecs"], name
         assert (metadata["data_type"], metadata["fill_value"]) == (v1["data_type"], v1["fill_value"]), name
+
+
+def test_a_store_with_the_v1_metadata_reads_as_a_new_one(default_store, tmp_path):
+    """Arrays that carry exactly the v1 metadata (no role, normalise, dimension_names) are described,
+    verified and drawn as the new ones are; only xarray needs the dimension names."""
+    store = copy_of(default_store, tmp_path)
+    for name, v1 in json.loads(V1_ARRAYS.read_text()).items():
+        path = store / name / "zarr.json"
+        metadata = {**json.loads(path.read_text()), "attributes": v1["attributes"]}
+        del metadata["dimension_names"]
+        path.write_text(json.dumps(metadata))
+    assert "role" not in zarr.open_array(str(store / "kaggle")).attrs
+    old, new = (describe_arrays(open_store(str(s))[0]) for s in (store, default_store))
+    assert old == new and new["kaggle"].normalise == "zscore" and not new["raw"].image
+    assert verify_store(str(store)) == []
+    assert show_row(str(store), row=3, out=tmp_path / "row3.png").is_file()
+    with pytest.raises(KeyError, match="dimension_names"):
+        xarray.open_zarr(str(store), consolidated=False)
 
 
 def test_variants_are_added_beside_the_defaults_and_a_second_run_computes_nothing(default_store, small_data,

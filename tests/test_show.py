@@ -13,12 +13,15 @@ from hms_prep.show import (
     RAW_HEIGHT,
     SPECTROGRAM_HEIGHT,
     find_row,
+    raw_window,
+    read_part,
     row_title,
     show_row,
     stack_chains,
     standardise,
 )
-from hms_prep.store.format import describe_arrays, open_store, read_labels
+from hms_prep.domain import LABEL_SAMPLES
+from hms_prep.store.format import describe_arrays, dimension_names, open_store, read_labels
 from hms_train.image.compose import compose_image
 
 WITH_RAW = (round(FIG_WIDTH * DPI), round((SPECTROGRAM_HEIGHT + RAW_HEIGHT) * DPI))  # (width, height) pixels
@@ -125,3 +128,33 @@ def test_cli_default_name_and_errors(train_store, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "no row with label_id 12345" in result.output
     result = runner.invoke(app, ["show", train_store])
     assert result.exit_code == 1 and "exactly one" in result.output
+
+
+def test_xarray_opens_the_store_with_named_dimensions_and_reads_a_row_as_show_does(train_store):
+    """Every data array carries zarr v3 dimension_names: xarray opens the store as one Dataset (the
+    `_build` group is not one of its variables), labels.parquet joins on `row`, and a row holds what
+    `hms-prep show` reads for it (docs/store-format.md shows these lines)."""
+    import pandas as pd
+    import xarray as xr
+
+    ds = xr.open_zarr(train_store, consolidated=False)
+    ds = ds.merge(pd.read_parquet(f"{train_store}/labels.parquet").set_index("row").to_xarray())
+    group, _ = open_store(train_store)
+    described = describe_arrays(group)
+    assert sorted(described) == sorted(v for v in ds.data_vars if ds[v].ndim > 1) == ["eeg_10s", "eeg_30s", "kaggle",
+                                                                                       "raw"]
+    assert ds["eeg_10s"].dims == ("row", "chain", "eeg_10s_frequency", "eeg_10s_time")
+    assert ds["kaggle"].dims == ("row", "chain", "kaggle_frequency", "kaggle_time")
+    assert ds["raw"].dims == ("raw_signal", "sample")
+    assert all(ds[name].dims == dimension_names(name, d.axes) for name, d in described.items())
+    row = 5
+    labels = read_labels(train_store).slice(row, 1).to_pylist()[0]
+    assert int(ds["label_id"].sel(row=row)) == labels["label_id"]
+    for name in ("eeg_10s", "eeg_30s", "kaggle"):
+        part = ds[name].sel(row=row).values.astype(np.float32)
+        expected = read_part(group, described[name], row)  # z-scored where the array says normalise: zscore
+        np.testing.assert_array_equal(standardise(part) if described[name].normalise == "zscore" else part, expected)
+    start = int(ds["raw_start"].sel(row=row))
+    assert start == labels["raw_start"]
+    np.testing.assert_array_equal(ds["raw"].isel(sample=slice(start, start + LABEL_SAMPLES)).values.astype(np.float32),
+                                  raw_window(group["raw"], start))

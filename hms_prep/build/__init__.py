@@ -1,3 +1,4 @@
-"""`hms-prep build`: which arrays and chunks are missing, computing them on Dask or in this process,
-and recording status, failures and labels.parquet. run.py is the driver; task.py one chunk's task.
+"""`hms-prep build` in parts: config.py (the options, checked), plan.py (what to compute, read from the
+store), execute.py (where the chunk tasks run: this process or Dask), task.py (one chunk's task),
+record.py (labels.parquet, the summary); run.py is the driver that calls them in that order.
 """

@@ -6,8 +6,11 @@ frozen params dataclass (`to_dict`, `digest`) and an `ArrayKind` subclass regist
 `@register_kind`. The array's name follows from its params (`variant_name`), so variants of one kind
 live side by side in a store. The kind says which file it is cut from (`source`), how one file's rows
 become values (`cut`), what is done once per chunk on all of them (`finish`: the batched part), and how
-its array is created and written. Attributes written on the array (`kind`, `params`, `params_digest`,
-`axes`, ...) are the store format: hms_train reads them through `hms_prep.store.format.describe_arrays`.
+its array is created and written. A kind also writes its read half: the attributes a reader needs
+(`role`, `normalise`, `axes` and the geometry of its role) go onto the array when it is created, in the
+same metadata write as `kind`, `params` and `params_digest`. They are the store format: readers (hms_train,
+show, verify) learn what an array is from them through `hms_prep.store.format.describe_arrays`, never
+from its name or from this registry.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from hms_prep.domain import CHAINS
 from hms_prep.sources.recordings import EEG, SOURCES, SPECTROGRAM  # noqa: F401 (a kind's `source`)
 from hms_prep.sources.rows import RawSegment
 from hms_prep.store.codecs import AUTO, CODECS, FAST, write_rows
-from hms_prep.store.format import IMAGE_AXES, StoreLayout, digest
+from hms_prep.store.format import IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, StoreLayout, digest, dimension_names
 
 
 class KindParams:
@@ -66,9 +69,11 @@ class ArrayKind:
     default_codec: ClassVar[str]  # a name in hms_prep.store.codecs.CODECS, used when the store's codec is "auto"
     fast_codec: ClassVar[str | None] = None  # used when it is "fast" (None: the default codec)
     stage: ClassVar[str]  # the build's timing stage its computation counts under
-    per_row: ClassVar[bool] = True  # False: stored per recording segment along axis 1 (see plan.py)
-    # Values are not scaled (log power): the trainer, and `hms-prep show`, z-score each sample of it.
-    zscored: ClassVar[bool] = False
+    # ROLE_IMAGE: one (4 chains, F, T) item per row; ROLE_SIGNALS: (signals, samples) stored per recording
+    # segment along axis 1 (hms_prep/sources/rows.py lays the segments out; params need `margin_s`).
+    role: ClassVar[str] = ROLE_IMAGE
+    # NORMALISE_ZSCORE: the values are not scaled (log power): readers z-score each sample's block.
+    normalise: ClassVar[str] = NORMALISE_NONE
 
     @property
     def needs_midline(self) -> bool:
@@ -89,16 +94,27 @@ class ArrayKind:
         raise NotImplementedError
 
     def attrs(self) -> dict:
-        """The array's attributes: what made it and how to read it."""
+        """The array's attributes: what made it (kind, params, digest) and how to read it (role,
+        normalise, axes and the geometry of its role)."""
         return {"kind": self.kind, "params": self.params.to_dict(), "params_digest": self.digest,
-                "axes": list(IMAGE_AXES), "chains": list(CHAINS)}
+                "role": self.role, "normalise": self.normalise, **self.geometry()}
+
+    def geometry(self) -> dict:
+        """The attributes that say how the array's axes are laid out (a per-row image part's)."""
+        return {"axes": list(IMAGE_AXES), "chains": list(CHAINS)}
+
+    def shape_and_chunks(self, layout: StoreLayout, segments_length: int) -> tuple[tuple, tuple]:
+        """The array's shape and chunks: one item per row, one chunk per `layout.chunk_rows` rows."""
+        return (layout.n_rows, *self.item_shape), (layout.chunk_rows, *self.item_shape)
 
     def create(self, group: zarr.Group, layout: StoreLayout, segments_length: int) -> zarr.Array:
-        """An empty, zero-filled float16 array with one chunk per `layout.chunk_rows` rows."""
-        array = group.create_array(self.name, shape=(layout.n_rows, *self.item_shape),
-                                   chunks=(layout.chunk_rows, *self.item_shape), **self.storage(layout))
-        array.attrs.update(self.attrs())
-        return array
+        """The empty, zero-filled float16 array with all its attributes and its dimension names in one
+        metadata write: a build killed meanwhile leaves either no array or a whole one (never
+        params_digest without axes)."""
+        shape, chunks = self.shape_and_chunks(layout, segments_length)
+        attrs = self.attrs()
+        return group.create_array(self.name, shape=shape, chunks=chunks, attributes=attrs,
+                                  dimension_names=dimension_names(self.name, attrs["axes"]), **self.storage(layout))
 
     def storage(self, layout: StoreLayout) -> dict:
         """dtype, fill value and compressor (the kind's own codec when the store's choice is a policy)."""

@@ -66,6 +66,13 @@ class MelParams(KindParams):
             return self
         return replace(self, hop_length=self.window_s * SAMPLE_RATE // 256)
 
+    def recipe(self):
+        """The `MelRecipe` the math of kinds/mel.py computes with (imports torch: call it to compute)."""
+        from hms_prep.kinds.mel import MelRecipe
+
+        p = self.resolved()
+        return MelRecipe(p.window_s, p.n_fft, p.win_length, p.hop_length, p.n_mels, p.fmin, p.fmax, p.frames, TOP_DB)
+
     def to_dict(self) -> dict:
         """All fields (resolved) plus the fixed parts of the recipe; JSON-able."""
         return {
@@ -118,7 +125,7 @@ class EegMel(ArrayKind):
         from hms_prep.kinds.mel import mel_windows  # torch: imported where the work is
 
         rows = list(cut.values)
-        images = mel_windows(np.stack([cut.values[r] for r in rows]), self.params, device)
+        images = mel_windows(np.stack([cut.values[r] for r in rows]), self.params.recipe(), device)
         return Cut(dict(zip(rows, images)), cut.errors, cut.repaired)
 
     @staticmethod

@@ -12,6 +12,7 @@ from hms_prep.domain import CHAINS, SPEC_ROW_S, SPEC_WINDOW_S
 from hms_prep.sources.kaggle import SPEC_FREQ_NAMES
 from hms_prep.kinds.kaggle_crop import KAGGLE_TRANSFORM, kaggle_crop
 from hms_prep.kinds.base import KindParams, SPECTROGRAM, ArrayKind, Cut, register_kind, variant_name
+from hms_prep.store.format import NORMALISE_ZSCORE
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class KaggleCrop(ArrayKind):
     source = SPECTROGRAM
     default_codec = "zstd"
     stage = "kaggle"
-    zscored = True
+    normalise = NORMALISE_ZSCORE  # log1p power, unscaled: readers z-score each sample's crop
 
     @property
     def name(self) -> str:

@@ -18,13 +18,13 @@ transform and librosa.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torchaudio
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
-from hms_prep.kinds.eeg_mel import TOP_DB, MelParams
 from hms_prep.sources.montage import BIPOLAR_PAIRS
 
 AMIN = 1e-10  # librosa's floor on power before the log
@@ -34,18 +34,34 @@ SIGNALS_PER_CHAIN = len(BIPOLAR_PAIRS) // len(CHAINS)
 WINDOWS_PER_STEP = 2
 
 
-def mel_windows(windows: np.ndarray | torch.Tensor, params: MelParams, device: str = "cpu") -> np.ndarray:
+@dataclass(frozen=True)
+class MelRecipe:
+    """What the math reads of a mel array's params, made by `MelParams.recipe()` (kinds/eeg_mel.py). The
+    math needs nothing of the kind, so imports run one way: the kind imports this module (and torch)
+    only when it computes, and `info`/`verify` never do."""
+
+    window_s: int
+    n_fft: int
+    win_length: int
+    hop_length: int
+    n_mels: int
+    fmin: float
+    fmax: float
+    frames: int
+    top_db: float  # the dB floor below each signal's maximum
+
+
+def mel_windows(windows: np.ndarray | torch.Tensor, recipe: MelRecipe, device: str = "cpu") -> np.ndarray:
     """(B, 16, W*200) NaN-free bipolar windows, chain-major -> float32 (B, 4, n_mels, frames).
 
     Axis 1 is the chain (CHAINS order), axis 2 the mel band (low to high), axis 3 time. `device`: where
     the math runs ("cpu", "cuda", "cuda:1", ...); the values come back as numpy either way.
     """
-    params = params.resolved()
     x = torch.as_tensor(windows, dtype=torch.float32)
-    expected = (len(BIPOLAR_PAIRS), params.window_s * SAMPLE_RATE)
+    expected = (len(BIPOLAR_PAIRS), recipe.window_s * SAMPLE_RATE)
     if x.ndim != 3 or tuple(x.shape[1:]) != expected:
         raise ValueError(
-            f"windows must have shape (B, {expected[0]}, {expected[1]}) for a {params.window_s} s window, "
+            f"windows must have shape (B, {expected[0]}, {expected[1]}) for a {recipe.window_s} s window, "
             f"got {tuple(x.shape)}"
         )
     # A sum is finite when every value is (one pass, no mask); only then is the full check skipped.
@@ -54,10 +70,10 @@ def mel_windows(windows: np.ndarray | torch.Tensor, params: MelParams, device: s
     x = x.to(device)
     # A GPU takes the whole batch in one step; a CPU core is faster on a few windows at a time.
     step = WINDOWS_PER_STEP if x.device.type == "cpu" else max(len(x), 1)
-    out = torch.empty(len(x), len(CHAINS), params.n_mels, params.frames, device=x.device)
+    out = torch.empty(len(x), len(CHAINS), recipe.n_mels, recipe.frames, device=x.device)
     with torch.inference_mode():
         for start in range(0, len(x), step):
-            out[start : start + step] = _chain_mel_db(x[start : start + step], params)
+            out[start : start + step] = _chain_mel_db(x[start : start + step], recipe)
     return out.cpu().numpy()
 
 
@@ -75,23 +91,23 @@ def check_device(device: str) -> None:
         raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPUs")
 
 
-def _chain_mel_db(windows: torch.Tensor, params: MelParams) -> torch.Tensor:
+def _chain_mel_db(windows: torch.Tensor, recipe: MelRecipe) -> torch.Tensor:
     """(b, 16, T) windows -> (b, 4, n_mels, frames): scaled dB, each signal relative to its own maximum."""
-    cos_basis, sin_basis, fbank = _mel_kernels(params, str(windows.device))
-    symmetric, antisymmetric = _folded_frames(windows.reshape(-1, windows.shape[-1]), params)
+    cos_basis, sin_basis, fbank = _mel_kernels(recipe, str(windows.device))
+    symmetric, antisymmetric = _folded_frames(windows.reshape(-1, windows.shape[-1]), recipe)
     real = symmetric @ cos_basis  # (S, F, bins)
     imag = antisymmetric @ sin_basis
     power = real.square_().addcmul_(imag, imag)
     mel = power @ fbank  # (S, F, n_mels)
     # power_to_db(ref=max): the maximum over all frames, although only the first `frames` are kept
     ref_db = 10.0 * torch.log10(mel.amax(dim=(1, 2), keepdim=True).clamp_(min=AMIN))
-    db = torch.log10(mel[:, : params.frames].clamp(min=AMIN)).mul_(10.0).sub_(ref_db).clamp_(min=-TOP_DB)
+    db = torch.log10(mel[:, : recipe.frames].clamp(min=AMIN)).mul_(10.0).sub_(ref_db).clamp_(min=-recipe.top_db)
     # scaling and the chain average are linear, so average first and transpose the smaller array
-    chain_db = db.reshape(len(windows), len(CHAINS), SIGNALS_PER_CHAIN, params.frames, params.n_mels).mean(dim=2)
+    chain_db = db.reshape(len(windows), len(CHAINS), SIGNALS_PER_CHAIN, recipe.frames, recipe.n_mels).mean(dim=2)
     return chain_db.add_(40.0).div_(40.0).transpose(-1, -2).contiguous()
 
 
-def _folded_frames(signals: torch.Tensor, params: MelParams) -> tuple[torch.Tensor, torch.Tensor]:
+def _folded_frames(signals: torch.Tensor, recipe: MelRecipe) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, T) -> the windowed part of every centred n_fft frame, folded about the window's centre c:
     (S, F, ·) sums x[c+m] + x[c-m] (led by x[c] when win_length is even) and differences x[c+m] - x[c-m].
 
@@ -102,19 +118,19 @@ def _folded_frames(signals: torch.Tensor, params: MelParams) -> tuple[torch.Tens
     imaginary part only the differences: half the multiplications of a full DFT basis.
     """
     n_samples = signals.shape[-1]
-    n_frames = 1 + n_samples // params.hop_length
-    left = params.n_fft // 2 - (params.n_fft - params.win_length) // 2
-    right = max(0, (n_frames - 1) * params.hop_length - left + params.win_length - n_samples)
+    n_frames = 1 + n_samples // recipe.hop_length
+    left = recipe.n_fft // 2 - (recipe.n_fft - recipe.win_length) // 2
+    right = max(0, (n_frames - 1) * recipe.hop_length - left + recipe.win_length - n_samples)
     padded = torch.nn.functional.pad(signals, (left, right))
-    frames = padded.unfold(-1, params.win_length, params.hop_length)[:, :n_frames]
-    length, upper = params.win_length, params.win_length // 2 + 1
+    frames = padded.unfold(-1, recipe.win_length, recipe.hop_length)[:, :n_frames]
+    length, upper = recipe.win_length, recipe.win_length // 2 + 1
     high, low = frames[..., upper:], frames[..., 1 : length - upper + 1].flip(-1)  # pairs (n, length - n)
     centre = frames[..., length // 2 : length // 2 + 1] if length % 2 == 0 else frames[..., :0]
     return torch.cat([centre, high + low], dim=-1), high - low
 
 
 @functools.lru_cache(maxsize=16)
-def _mel_kernels(params: MelParams, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _mel_kernels(recipe: MelRecipe, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The window-weighted cosine and sine bases of the folded frames (see `_folded_frames`) and the
     mel filterbank (bins, n_mels).
 
@@ -122,20 +138,20 @@ def _mel_kernels(params: MelParams, device: str) -> tuple[torch.Tensor, torch.Te
     centre; its true position only changes the phase, not the power.
     """
     fbank = torchaudio.functional.melscale_fbanks(
-        n_freqs=params.n_fft // 2 + 1,
-        f_min=params.fmin,
-        f_max=params.fmax,
-        n_mels=params.n_mels,
+        n_freqs=recipe.n_fft // 2 + 1,
+        f_min=recipe.fmin,
+        f_max=recipe.fmax,
+        n_mels=recipe.n_mels,
         sample_rate=SAMPLE_RATE,
         norm="slaney",
         mel_scale="slaney",
     )
     bins = int(fbank.any(dim=1).nonzero().max()) + 1
-    length = params.win_length
+    length = recipe.win_length
     window = torch.hann_window(length, periodic=True, dtype=torch.float64)
     upper = torch.arange(length // 2 + 1, length)
     centre = torch.tensor([length // 2] if length % 2 == 0 else [], dtype=torch.long)
-    frequency = 2 * torch.pi * torch.arange(bins, dtype=torch.float64) / params.n_fft
+    frequency = 2 * torch.pi * torch.arange(bins, dtype=torch.float64) / recipe.n_fft
     sums = torch.cat([centre, upper])
     cos_basis = torch.cos(torch.outer(sums - length / 2, frequency)) * window[sums, None]
     sin_basis = torch.sin(torch.outer(upper - length / 2, frequency)) * window[upper, None]

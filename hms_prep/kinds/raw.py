@@ -17,7 +17,7 @@ from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, 
 from hms_prep.sources.montage import pair_names
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS, RawSegment
 from hms_prep.sources.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
-from hms_prep.store.format import SIGNAL_AXES, StoreLayout
+from hms_prep.store.format import ROLE_SIGNALS, SIGNAL_AXES, StoreLayout
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class RawSignals(ArrayKind):
     source = EEG
     default_codec = "lz4"
     stage = "montage"
-    per_row = False
+    role = ROLE_SIGNALS
 
     @property
     def name(self) -> str:
@@ -78,17 +78,13 @@ class RawSignals(ArrayKind):
     def signals(self) -> tuple[str, ...]:
         return pair_names(self.params.midline)
 
-    def attrs(self) -> dict:
-        return {"kind": self.kind, "params": self.params.to_dict(), "params_digest": self.digest,
-                "signals": list(self.signals), "axes": list(SIGNAL_AXES), "sample_rate": SAMPLE_RATE,
+    def geometry(self) -> dict:
+        return {"signals": list(self.signals), "axes": list(SIGNAL_AXES), "sample_rate": SAMPLE_RATE,
                 "index_columns": list(RAW_INDEX_COLUMNS)}
 
-    def create(self, group: zarr.Group, layout: StoreLayout, segments_length: int) -> zarr.Array:
-        n_signals = len(self.signals)
-        array = group.create_array(self.name, shape=(n_signals, segments_length),
-                                   chunks=(n_signals, layout.raw_chunk_samples), **self.storage(layout))
-        array.attrs.update(self.attrs())
-        return array
+    def shape_and_chunks(self, layout: StoreLayout, segments_length: int) -> tuple[tuple, tuple]:
+        """Every segment of the store's layout along axis 1, chunked by `layout.raw_chunk_samples`."""
+        return (len(self.signals), segments_length), (len(self.signals), layout.raw_chunk_samples)
 
     def cut(self, recording, rows: frozenset[int]) -> Cut:
         """Every segment of the recording, filtered and scaled (values keyed by segment position)."""

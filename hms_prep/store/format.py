@@ -56,6 +56,16 @@ RAW_INDEX_COLUMNS = ("raw_start", "raw_lo", "raw_hi")
 
 IMAGE_AXES = ("row", "chain", "frequency", "time")  # a per-row image part: (rows, 4 chains, F, T)
 SIGNAL_AXES = ("signal", "sample")  # signals stored per recording segment (rows index them via labels)
+# Axes that index the same thing in every array of a store: their zarr dimension names are shared.
+SHARED_AXES = ("row", "chain", "sample")
+
+
+def dimension_names(name: str, axes: tuple[str, ...]) -> tuple[str, ...]:
+    """Array `name`'s zarr v3 `dimension_names` (xarray's dimensions): `row`, `chain` and `sample` as they
+    are (one row, chain order and segment layout for the whole store, so labels.parquet joins on `row`);
+    the other axes prefixed with the name (`eeg_10s_frequency`): their sizes and meanings differ between
+    arrays, and xarray allows one size per dimension name."""
+    return tuple(axis if axis in SHARED_AXES else f"{name}_{axis}" for axis in axes)
 
 
 class StoreError(RuntimeError):
@@ -145,6 +155,7 @@ class ArrayDescription:
 # How a reader uses an array (its `role` attribute): a per-row image part (rows, 4 chains, F, T), or
 # signals stored per recording segment (signals, samples) whose rows labels.parquet's raw_* columns index.
 ROLE_IMAGE, ROLE_SIGNALS = "image", "signals"
+ROLES = (ROLE_IMAGE, ROLE_SIGNALS)
 # What a reader does to each sample's values first (its `normalise` attribute): nothing (the values are
 # scaled already), or a z-score over the sample's whole block (log power: the Kaggle crops).
 NORMALISE_NONE, NORMALISE_ZSCORE = "none", "zscore"
@@ -265,20 +276,20 @@ def create_build_state(group: zarr.Group, name: str, layout: StoreLayout) -> Bui
     """The array's build state, checksummed like the data: a damaged flag or status chunk is found
     (`read_state`) and its chunk recomputed, never trusted."""
     sub = group.require_group(f"{BUILD_GROUP}/{name}")
-    rows, chunk = (layout.n_rows,), (layout.chunk_rows,)
     checked = dict(compressors=(ZstdCodec(level=0), Crc32cCodec()))
+    # dimensions named, so that xarray's open_datatree opens the whole store (open_zarr skips this group)
+    per_row = dict(shape=(layout.n_rows,), chunks=(layout.chunk_rows,), dimension_names=("row",), **checked)
     return BuildState(
-        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, **checked),
-        status=sub.create_array("status", shape=rows, chunks=chunk, dtype="uint8", fill_value=STATUS_PENDING,
-                                **checked),
-        error=sub.create_array("error", shape=rows, chunks=chunk, dtype=str, **checked),
-        repaired=sub.create_array("repaired", shape=rows, chunks=chunk, dtype="float32", fill_value=0.0,
-                                  **checked),
+        done=sub.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dimension_names=("chunk",),
+                              dtype="uint8", fill_value=0, **checked),
+        status=sub.create_array("status", dtype="uint8", fill_value=STATUS_PENDING, **per_row),
+        error=sub.create_array("error", dtype=str, **per_row),
+        repaired=sub.create_array("repaired", dtype="float32", fill_value=0.0, **per_row),
     )
 
 
 # Attribute of `_build/{name}`: when (unix seconds) the last build that computed rows of the array started.
-# A failed row is computed again only when a file it is cut from changed after that (hms_prep/build/run.py).
+# A failed row is computed again only when a file it is cut from changed after that (hms_prep/build/plan.py).
 FAILURES_TRIED_AT = "failures_tried_at"
 
 

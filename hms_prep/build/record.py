@@ -1,0 +1,180 @@
+"""What a build leaves behind once its tasks are over: when each computed array's failures were tried,
+labels.parquet with every row's status per array, and the `BuildSummary` the CLI reports."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from hms_prep.build.config import BuildConfig
+from hms_prep.build.plan import BuildPlan
+from hms_prep.build.task import ChunkReport, Failure
+from hms_prep.sources.rows import RAW_INDEX_COLUMNS, planned_rows
+from hms_prep.store.format import (
+    STATUS_FAILED,
+    STATUS_OK,
+    data_array_names,
+    open_build_state,
+    read_errors,
+    read_labels_if_readable,
+    read_state,
+    record_failures_tried,
+    store_nbytes,
+    write_labels,
+)
+
+
+@dataclass(frozen=True)
+class FailedRow:
+    """A row that failed, with one reason and the arrays that failed for it."""
+
+    row: int
+    label_id: int
+    reason: str
+    arrays: tuple[str, ...]
+
+
+@dataclass
+class BuildSummary:
+    store: str
+    rows: int
+    computed: list[str]
+    reused: list[str]
+    rows_computed: int
+    failures: list[Failure]
+    seconds: float
+    stage_seconds: dict[str, float]
+    store_bytes: int
+    crashed: list[str] = field(default_factory=list)  # why each crashed chunk task raised: its chunk is not done
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.crashed
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk of every asked array is done (rows may have failed): the store is usable."""
+        return not self.crashed
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_computed / self.seconds if self.seconds > 0 else 0.0
+
+    def failed_rows(self) -> list[FailedRow]:
+        """The failures grouped by (row, reason), in row order."""
+        grouped: dict[tuple[int, int, str], list[str]] = defaultdict(list)
+        for failure in self.failures:
+            grouped[(failure.row, failure.label_id, failure.reason)].append(failure.array)
+        return [FailedRow(row, label_id, reason, tuple(arrays)) for (row, label_id, reason), arrays in grouped.items()]
+
+    def line(self) -> str:
+        what = f"computed {', '.join(self.computed)}" if self.computed else "nothing to compute"
+        reused = f"; reused {', '.join(self.reused)}" if self.reused else ""
+        return (
+            f"{self.store}: {self.rows} rows; {what}{reused}; {self.rows_computed} rows in "
+            f"{self.seconds:.1f} s ({self.rows_per_s:.1f} rows/s); {len(self.failed_rows())} rows failed; "
+            f"{self.store_bytes / 2**20:.1f} MiB on disk"
+        )
+
+    def crash_line(self) -> str | None:
+        """'3 chunk tasks crashed: OSError: ...' (the most frequent reason first), or None."""
+        if not self.crashed:
+            return None
+        reasons = sorted(set(self.crashed), key=lambda r: (-self.crashed.count(r), r))
+        others = len(reasons) - 1
+        more = f" (and {others} other reason{'s' if others > 1 else ''})" if others else ""
+        return f"{len(self.crashed)} chunk tasks crashed: {reasons[0]}{more}"
+
+
+def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan, reports: list[ChunkReport],
+                 started: float, started_at: float) -> BuildSummary:
+    """Record the finished build in the store (failures_tried_at, labels.parquet) and sum it up: every
+    row of the asked arrays that stands failed, retried or not, as the store records it."""
+    for name in plan.computed:  # not before the last chunk: a killed build leaves the older time
+        record_failures_tried(group, name, started_at)
+    label_failures = rows_without_votes(config, planned)
+    labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures)
+    write_labels_if_changed(config.store_url, labels)
+    stages: dict[str, float] = defaultdict(float)
+    for report in reports:
+        for stage, seconds in report.seconds.items():
+            stages[stage] += seconds
+
+    def label_id(row: int) -> int:
+        return planned_rows(planned, slice(row, row + 1))[0].label_id
+
+    return BuildSummary(
+        store=config.store_url,
+        rows=planned.num_rows,
+        computed=plan.computed,
+        reused=plan.reused,
+        rows_computed=sum(max(r.rows_computed.values(), default=0) for r in reports),
+        failures=sorted({*(Failure(row, label_id(row), name, reason)
+                           for name in plan.kinds for row, reason in failed.get(name, {}).items()),
+                         *label_failures, *(f for r in reports if r.crashed for f in r.failures)}),
+        seconds=time.perf_counter() - started,
+        stage_seconds=dict(stages),
+        store_bytes=store_nbytes(config.store_url),
+        crashed=[r.crashed for r in reports if r.crashed],
+    )
+
+
+def rows_without_votes(config: BuildConfig, planned: pa.Table) -> list[Failure]:
+    """Rows whose train.csv line cannot be a training target (no votes): failed alone, never the build."""
+    if "total_votes" not in planned.column_names:
+        return []
+    path = Path(config.data_dir) / f"{config.split}.csv"
+    total = planned.column("total_votes").to_numpy()
+    rows = planned.select(["row", "label_id", "source_index"]).to_pylist()
+    return [Failure(r["row"], r["label_id"], "labels",
+                    f"{path}: line {r['source_index'] + 2} (label_id {r['label_id']}) has no votes, so no target")
+            for r in (rows[i] for i in np.flatnonzero(total == 0))]
+
+
+def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
+                       label_failures: list[Failure] = ()) -> tuple[pa.Table, dict[str, dict[int, str]]]:
+    """planned + per array its status and repaired fraction, the label-level status (a row without votes
+    fails there), and the overall status and error, as labels.parquet; and each array's failed rows with
+    their reasons. Per-array statuses let a reader of some arrays use a row that failed only in another
+    (a 2D model needs no raw signal)."""
+    table = planned
+    if raw_index is not None:
+        for j, column in enumerate(RAW_INDEX_COLUMNS):
+            table = table.append_column(column, pa.array(raw_index[:, j]))
+    n = planned.num_rows
+    overall = np.full(n, STATUS_OK, dtype=np.uint8)
+    errors = [[] for _ in range(n)]
+    failed_rows: dict[str, dict[int, str]] = {}
+    names = ("pending", "ok", "failed")
+    for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
+        state = open_build_state(group, name)
+        status, _ = read_state(state.status)
+        overall = np.where(status == STATUS_FAILED, STATUS_FAILED,
+                           np.where((status != STATUS_OK) & (overall == STATUS_OK), 0, overall))
+        failed = np.flatnonzero(status == STATUS_FAILED)
+        if failed.size:
+            failed_rows[name] = read_errors(state, failed)
+            for row, reason in failed_rows[name].items():
+                errors[row].append(f"{name}: {reason}")
+        table = table.append_column(f"repaired_{name}", pa.array(read_state(state.repaired)[0]))
+        table = table.append_column(f"status_{name}", pa.array(np.array(names)[status]))
+    label_status = np.full(n, "ok", dtype=object)
+    for failure in label_failures:
+        overall[failure.row] = STATUS_FAILED
+        label_status[failure.row] = "failed"
+        errors[failure.row].append(failure.reason)
+    table = table.append_column("status_labels", pa.array(label_status.tolist(), pa.string()))
+    table = table.append_column("status", pa.array(np.array(names)[overall]))
+    return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string())), failed_rows
+
+
+def write_labels_if_changed(url: str, table: pa.Table) -> None:
+    """labels.parquet follows the build state: (re)written whenever it is missing, unreadable or differs
+    (a build killed after its last chunk, before this write, is completed by the next one)."""
+    if not table.equals(read_labels_if_readable(url) or pa.table({})):
+        write_labels(url, table)

@@ -1,0 +1,80 @@
+"""Each new idea is one file outside the packages (docs/architecture.md, "How to add"): a model kind and
+an augmentation registered by a plugin module that a config names, trained and predicted with through
+the CLI, with no edit of hms_train."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PLUGINS = Path(__file__).parent / "plugins"
+pytestmark = pytest.mark.slow
+
+
+def cli(*args, log: Path):
+    env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{ROOT}", "HMS_PLUGIN_LOG": str(log),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "hms_train.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_plugin_model_and_augmentation_train_and_predict(train_store, synth_data, tmp_path):
+    from hms_prep.build.run import BuildConfig, run_build
+
+    run, log = tmp_path / "run", tmp_path / "plugin.log"
+    sets = ['plugins=["extra_model"]', 'model="tiny_conv"', "augment.negate.p=0.5", 'inputs=["eeg_10s"]',
+            "epochs=1", "stage2_epochs=0", "folds=[0]", "max_batches_per_epoch=2", "batch_size=8"]
+    result = cli("train", "--store", train_store, "--config", "smoke", "--device", "cpu", "--out", run, "--quiet",
+                 *[f"--set={s}" for s in sets], log=log)
+    assert result.returncode == 0, result.stderr[-3000:]
+    used = log.read_text().splitlines()
+    assert "tiny_conv forward" in used and any(line.startswith("negate ") for line in used)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "tiny_conv" and config["augment"]["negate"] == {"p": 0.5}
+
+    test_store = tmp_path / "test.zarr"
+    run_build(BuildConfig(data_dir=str(synth_data), store=str(test_store), split="test", windows=(10,), workers=1))
+    result = cli("predict", "--store", test_store, "--run", run, "--device", "cpu", "--out", tmp_path / "sub.csv",
+                 log=log)
+    assert result.returncode == 0 and (tmp_path / "sub.csv").is_file(), result.stderr[-3000:]
+
+
+def test_an_unknown_plugin_or_kind_is_one_line(tmp_path):
+    result = cli("train", "--config", "smoke", "--set", 'plugins=["no_such_module"]', "--out", tmp_path / "r",
+                 log=tmp_path / "log")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: plugins: cannot import 'no_such_module' (ModuleNotFoundError: No module "
+                                     "named 'no_such_module'); is it on PYTHONPATH or installed?")
+    result = cli("train", "--config", "smoke", "--set", 'model="tiny_conv"', "--out", tmp_path / "r",
+                 log=tmp_path / "log")
+    assert result.returncode == 1 and "model: 'tiny_conv' is not allowed; expected one of" in result.stderr
+
+
+def test_a_plugin_kind_and_a_raw_variant_train_a_step(synth_data, tmp_path):
+    """The hms_prep plug-in kind (tests/plugins/extra_kind.py) and a raw variant built through --array
+    are read by role: the plug-in's z-scored image part by a plug-in model, the variant by the 1D model;
+    the trainer needs no kind plug-in (the arrays describe themselves)."""
+    store, log = tmp_path / "s.zarr", tmp_path / "plugin.log"
+    env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    built = subprocess.run([sys.executable, "-m", "hms_prep.cli", "build", "--data", str(synth_data), "--store",
+                            str(store), "--windows", "10", "--no-kaggle", "--no-raw", "--plugin", "extra_kind",
+                            "--array", "band_power:window_s=10,frames=20", "--array", "raw:band_pass=1-40",
+                            "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    from hms_prep.store.format import describe_arrays, open_store
+
+    variant = next(name for name in describe_arrays(open_store(str(store))[0]) if name.startswith("raw_"))
+    common = ["epochs=1", "stage2_epochs=0", "folds=[0]", "max_batches_per_epoch=1", "batch_size=8"]
+    for sets in (['plugins=["extra_model"]', 'model="tiny_conv"', 'inputs=["band_power_10s"]'],
+                 ['model="1d"', f'inputs=["{variant}"]']):
+        run = tmp_path / sets[1].split('"')[1]
+        result = cli("train", "--store", store, "--config", "smoke", "--device", "cpu", "--out", run, "--quiet",
+                     *[f"--set={s}" for s in [*common, *sets]], log=log)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (run / "fold0_best.pt").is_file()
+    assert "tiny_conv forward" in log.read_text()

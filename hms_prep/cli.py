@@ -170,7 +170,7 @@ def build(
     from hms_prep.build.run import run_build
     from hms_prep.doctor import BrokenInstall
     from hms_prep.kinds import MelParams, RawParams
-    from hms_prep.kinds.plugins import load_plugins
+    from hms_prep.plugins import load_plugins
     from hms_prep.kinds.spec import parse_array_spec
     from hms_prep.store.lock import StoreLocked
 
@@ -293,7 +293,7 @@ def show(
       hms-prep show cache/specs.zarr --label-id 3342474395
       hms-prep show cache/specs.zarr --row 12 --arrays eeg_10s,eeg_10s_m50,kaggle
     """
-    from hms_prep.kinds.plugins import load_plugins
+    from hms_prep.plugins import load_plugins
     from hms_prep.show import show_row
 
     try:

@@ -70,6 +70,20 @@ def _floats(text: Optional[str]) -> Optional[list[float]]:
     return None if text is None else [float(v) for v in text.split(",")]
 
 
+def _runs_and_weights(runs, weights: Optional[str], blend: Optional[Path], how: str):
+    """The runs and weights a command was given: run folders (and --weights), or a blend.json."""
+    from hms_train.run.blend import Blend
+
+    if blend is not None:
+        if runs or weights:
+            raise ValueError("--blend names the runs and their weights: give it without runs or --weights")
+        chosen = Blend.load(blend)
+        return [Path(r) for r in chosen.runs], chosen.weights
+    if not runs:
+        raise ValueError(f"give the runs: {how}, or --blend blend.json")
+    return list(runs), _floats(weights)
+
+
 @app.command()
 def train(
     store: Optional[str] = typer.Option(None, "--store", help="Train store built by hms-prep build [default: the config's, else cache/specs.zarr]."),
@@ -186,18 +200,9 @@ def predict(
       hms-train predict --store cache/test.zarr --blend runs/blend.json
     """
     with _user_errors():
-        from hms_train.run.blend import Blend
         from hms_train.run.predict import predict_submission
 
-        if blend is not None:
-            if run or weights:
-                raise ValueError("--blend names the runs and their weights: give it without --run or --weights")
-            chosen = Blend.load(blend)
-            run, run_weights = [Path(r) for r in chosen.runs], chosen.weights
-        elif not run:
-            raise ValueError("give the runs to predict with: --run RUN (repeatable) or --blend blend.json")
-        else:
-            run_weights = _floats(weights)
+        run, run_weights = _runs_and_weights(run, weights, blend, "--run RUN (repeatable)")
         table = predict_submission(store, run, out, run_weights, device, tta,
                                    say=lambda line: typer.echo(f"warning: {line}", err=True))
     typer.echo(f"{out}: {table.num_rows} rows from {len(run)} run(s)")
@@ -222,18 +227,9 @@ def export(
       hms-train export --blend seed/blend.json --out kaggle-export
     """
     with _user_errors():
-        from hms_train.run.blend import Blend
         from hms_train.export import Target, export as export_runs
 
-        if blend is not None:
-            if runs or weights:
-                raise ValueError("--blend names the runs and their weights: give it without runs or --weights")
-            chosen = Blend.load(blend)
-            runs, run_weights = [Path(r) for r in chosen.runs], chosen.weights
-        elif not runs:
-            raise ValueError("give the runs to export (RUN ...) or --blend blend.json")
-        else:
-            run_weights = _floats(weights)
+        runs, run_weights = _runs_and_weights(runs, weights, blend, "RUN ...")
         listed = None
         if image is not None:
             if not image.is_file():

@@ -200,7 +200,12 @@ def _wheels(folder: Path, lock: dict, image: list[str], target: Target) -> list[
     """This project's wheel, and each shipped package's wheel for the target, at its locked version."""
     folder.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
-    _pip(pip + ["wheel", "--no-deps", "--quiet", "--wheel-dir", str(folder), str(ROOT)])
+    leftover = not (ROOT / "build").exists()
+    try:
+        _pip(pip + ["wheel", "--no-deps", "--quiet", "--wheel-dir", str(folder), str(ROOT)])
+    finally:
+        if leftover:  # setuptools builds in the checkout's build/: leave the checkout as it was
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     shipped = shipped_packages(lock, image, target)
     if shipped:
         abi = f"cp{target.python.replace('.', '')}"

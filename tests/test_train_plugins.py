@@ -48,8 +48,9 @@ def test_an_unknown_plugin_or_kind_is_one_line(tmp_path):
     result = cli("train", "--config", "smoke", "--set", 'plugins=["no_such_module"]', "--out", tmp_path / "r",
                  log=tmp_path / "log")
     assert result.returncode == 1
-    assert result.stderr.strip() == ("error: plugins: cannot import 'no_such_module' (ModuleNotFoundError: No module "
-                                     "named 'no_such_module'); is it on PYTHONPATH or installed?")
+    assert result.stderr.strip() == ("error: plugins: no_such_module: cannot import it (ModuleNotFoundError: No module "
+                                     "named 'no_such_module'); give the name of a module on PYTHONPATH or installed, "
+                                     "e.g. my_package.band_power")
     result = cli("train", "--config", "smoke", "--set", 'model="tiny_conv"', "--out", tmp_path / "r",
                  log=tmp_path / "log")
     assert result.returncode == 1 and "model: 'tiny_conv' is not allowed; expected one of" in result.stderr

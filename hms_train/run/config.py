@@ -23,6 +23,7 @@ from hms_train.image.augment import AugmentConfig, AugmentError
 from hms_train.image.layout import LayoutConfig
 from hms_train.model.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
 from hms_train.model.models import MODEL_KINDS, POOLS
+from hms_prep.plugins import load_plugins
 from hms_train.run.tracking import TRACKERS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # hms_train/configs
@@ -166,33 +167,14 @@ class TrainConfig:
         for key, how in REMOVED_KEYS.items():
             if values.pop(key, None) is not None:
                 raise ConfigError(f"{key} was removed: {how}")
-        load_plugins(values.get("plugins") or ())  # before the checks: plugins add model kinds and augmentations
-        return _build(cls, values, prefix="")
-
-
-def load_plugins(modules) -> None:
-    """Import the `hms_cache.plugins` entry points (once) and the named modules; ConfigError naming one
-    that cannot be imported."""
-    import importlib
-    from importlib.metadata import entry_points
-
-    global _ENTRY_POINTS_LOADED
-    if not _ENTRY_POINTS_LOADED:
-        _ENTRY_POINTS_LOADED = True
-        for entry in entry_points(group=PLUGIN_GROUP):
-            entry.load()
-    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
-        raise ConfigError(f"plugins: expected a list of module names, got {modules!r}")
-    for module in modules:
+        plugins = values.get("plugins") or ()
+        if isinstance(plugins, str) or not all(isinstance(m, str) for m in plugins):
+            raise ConfigError(f"plugins: expected a list of module names, got {plugins!r}")
         try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ConfigError(f"plugins: cannot import {module!r} ({type(err).__name__}: {err}); is it on "
-                              "PYTHONPATH or installed?") from None
-
-
-PLUGIN_GROUP = "hms_cache.plugins"  # entry points whose modules register kinds, models and augmentations
-_ENTRY_POINTS_LOADED = False
+            load_plugins(plugins, option="plugins:")  # before the checks: plugins add model kinds and augmentations
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        return _build(cls, values, prefix="")
 
 
 def bundled_configs() -> list[str]:

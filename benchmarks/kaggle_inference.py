@@ -30,7 +30,6 @@ from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.kinds import MelParams
 from hms_prep.store.format import describe_arrays, open_store
 from hms_prep.synth import synthesize
-from hms_train.model.models import create_model
 from hms_train.run.checkpoint import predictable, save
 from hms_train.run.config import load_config
 from hms_train.run.plan import plan_inputs
@@ -88,7 +87,7 @@ def measure(args, work: Path) -> dict:
     run = work / "run"
     run.mkdir()
     for fold in range(args.folds):
-        model = create_model(inputs.model_spec["name"], **inputs.model_spec["kwargs"])
+        model = inputs.build_model()
         save(run / f"fold{fold}_best.pt", predictable(inputs.model_spec, model, config))
     started = time.perf_counter()
     predict_submission(str(store), [run], work / "submission.csv", device="cpu")

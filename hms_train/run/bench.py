@@ -27,7 +27,7 @@ import torch
 
 from hms_prep.store.format import ROLE_SIGNALS, describe_arrays, open_store
 from hms_train.data.reader import Selection, StoreReader, to_device
-from hms_train.model.models import IMAGE, create_model
+from hms_train.model.models import IMAGE
 from hms_train.run.config import TrainConfig, load_config
 from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
 from hms_train.run.plan import SIGNAL_WINDOW, RunPlan, check_augment, loss_of, plan_inputs
@@ -142,7 +142,7 @@ def run_train_bench(
     reader = StoreReader(store, config.inputs, threads=threads)
     plan = bench_plan(config, reader)
     takes_image = plan.inputs.takes_image
-    model = create_model(plan.inputs.model_spec["name"], **plan.inputs.model_spec["kwargs"]).to(torch_device)
+    model = plan.inputs.build_model().to(torch_device)
     if config.channels_last and takes_image:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_model else model

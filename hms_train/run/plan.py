@@ -27,7 +27,7 @@ from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group, 
 from hms_train.image.augment import AugmentConfig
 from hms_train.image.layout import ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
 from hms_train.model.losses import Loss
-from hms_train.model.models import IMAGE, SIGNALS, model_kind
+from hms_train.model.models import IMAGE, SIGNALS, create_model, model_kind
 from hms_train.run.config import ConfigError, TrainConfig
 from hms_train.run.metric import VOTE_COLUMNS
 
@@ -52,6 +52,10 @@ class InputPlan:
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
         return (1, *self.layout.image_size) if self.layout is not None else None
+
+    def build_model(self):
+        """A new model of the spec (random weights, or the pretrained backbone the config asks for)."""
+        return create_model(self.model_spec["name"], **self.model_spec["kwargs"])
 
     def mirror_rows(self) -> np.ndarray | None:
         """The hemisphere swap's map of the image (None without an image)."""

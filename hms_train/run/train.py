@@ -46,7 +46,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hms_prep.store.format import open_store
 from hms_train.data.reader import Selection, StoreReader
-from hms_train.model.models import create_model
 from hms_train.run import checkpoint
 from hms_train.run.checkpoint import Position, TrainingState
 from hms_train.run.config import TrainConfig, check_device, check_folds
@@ -131,7 +130,7 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
         return pq.read_table(finished)
     config, stages = plan.config, plan.folds[fold]
     torch.manual_seed(config.seed * 1000 + fold)  # each fold from its own seed: a fold resumes alone
-    model = create_model(plan.inputs.model_spec["name"], **plan.inputs.model_spec["kwargs"]).to(ctx.device)
+    model = plan.inputs.build_model().to(ctx.device)
     if config.channels_last and plan.inputs.takes_image:
         model = model.to(memory_format=torch.channels_last)
     val_rows = reader.select(Selection(folds=[fold]))  # the out-of-fold predictions cover the whole fold

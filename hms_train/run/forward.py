@@ -99,7 +99,8 @@ def model_spec(config: TrainConfig, reader: StoreReader) -> dict:
     the arguments its kind takes, the image size from the layout, the raw channels from the store."""
     kind = model_kind(config.model)
     values = {"backbone": config.backbone, "pool": config.pool, "drop_rate": config.drop_rate,
-              "drop_path_rate": config.drop_path_rate, "pretrained": config.pretrained, "weights": config.weights}
+              "drop_path_rate": config.drop_path_rate, "pretrained": config.pretrained, "weights": config.weights,
+              "dropout_at": config.dropout_at, "conv_head": config.conv_head}
     if IMAGE_INPUT in kind.inputs:
         values["image_size"] = list(image_layout(config, reader).image_size)
     if RAW_INPUT in kind.inputs:

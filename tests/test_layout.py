@@ -239,4 +239,4 @@ def test_multimodal_models_refuse_augmentations_of_the_image_alone(train_store, 
     spec = model_spec(synced, reader)
     assert spec["kwargs"]["raw_channels"] == reader.arrays["raw"].shape[0]
     assert set(spec["kwargs"]) == {"image_size", "backbone", "pool", "drop_rate", "drop_path_rate", "pretrained",
-                                   "weights", "raw_channels", "raw_samples"}
+                                   "weights", "conv_head", "raw_channels", "raw_samples"}  # no dropout_at: one head

@@ -248,14 +248,17 @@ def export(
 def blend(
     runs: List[Path] = RUNS,
     store: Optional[str] = TARGETS_STORE,
+    weights: Optional[str] = typer.Option(None, "--weights", help="Fixed run weights, e.g. .1,.1,.1,.2,.5 (divided by their sum): written to --out, scored beside the learned ones."),
     out: Path = typer.Option(Path("blend.json"), "--out", help="Where the runs and their weights go."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON instead."),
 ):
     """Learn blend weights (non-negative, summing to 1) minimising the out-of-fold KL on the rows the runs
-    share; print each run, the blend and the training prior (all rows and high-vote rows).
+    share, or with --weights score fixed ones beside them; print each run, the blends and the training
+    prior (all rows and high-vote rows). --out gets the fixed weights when given, else the learned ones.
 
     Examples:
       hms-train blend runs/richard_b0 runs/david_b0 runs/raw1d --out runs/blend.json
+      hms-train blend runs/david_b0 runs/david_mnv3 --weights 1.2,1 --out runs/david.json   (the seed's)
       hms-train predict --store cache/test.zarr --blend runs/blend.json
     """
     from rich import box
@@ -266,19 +269,23 @@ def blend(
 
     with _user_errors():
         _writable(out)
-        chosen, rows = blend_runs(runs, store)
+        chosen, rows = blend_runs(runs, store, _floats(weights))
         chosen.save(out)
     if as_json:
-        typer.echo(json.dumps([{k: r[k] for k in ("name", "weight", "kl", "kl_10plus", "n", "n_10plus")} for r in rows], indent=2))
+        keys = ("name", "rows", "weight", "fixed_weight", "kl", "kl_10plus", "n", "n_10plus")
+        typer.echo(json.dumps([{k: (None if r[k] != r[k] else r[k]) for k in keys} for r in rows], indent=2))
         return
-    table = Table(title=f"out-of-fold KL on the {chosen.rows} rows every run predicted", box=box.SIMPLE_HEAD)
-    for column in ("run", "weight", "KL", "KL high-vote", "high-vote rows"):
+    predicted = [r["rows"] for r in rows[:len(runs)]]
+    table = Table(title=f"out-of-fold KL on the {chosen.rows} rows all {len(runs)} runs predicted "
+                        f"(each predicted {', '.join(map(str, predicted))})", box=box.SIMPLE_HEAD)
+    for column in ("run", "fixed", "learned", "KL", "KL high-vote", "high-vote rows"):
         table.add_column(column, justify="left" if column == "run" else "right", overflow="fold")
     for r in rows:
-        weight = "" if r["weight"] != r["weight"] else f"{r['weight']:.3f}"  # NaN: the prior has none
-        table.add_row(r["name"], weight, f"{r['kl']:.4f}", f"{r['kl_10plus']:.4f}", str(r["n_10plus"]))
+        fixed, learned = ("" if w != w else f"{w:.3f}" for w in (r["fixed_weight"], r["weight"]))  # NaN: none
+        table.add_row(r["name"], fixed, learned, f"{r['kl']:.4f}", f"{r['kl_10plus']:.4f}", str(r["n_10plus"]))
     Console().print(table)
-    typer.echo(f"{out}: weights {', '.join(f'{w:.3f}' for w in chosen.weights)}; blend KL {chosen.kl:.4f}")
+    typer.echo(f"{out}: {chosen.weights_from} weights {', '.join(f'{w:.3f}' for w in chosen.weights)}; "
+               f"blend KL {chosen.kl:.4f} on {chosen.rows} shared rows")
 
 
 def _writable(out: Path) -> None:

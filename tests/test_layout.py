@@ -248,7 +248,7 @@ def test_multimodal_models_refuse_augmentations_of_the_image_alone(train_store, 
     spec = inputs_of(synced, reader).model_spec
     assert spec["kwargs"]["raw_channels"] == reader.arrays["raw"].shape[0]
     assert set(spec["kwargs"]) == {"image_size", "backbone", "pool", "drop_rate", "drop_path_rate", "pretrained",
-                                   "weights", "raw_channels", "raw_samples"}
+                                   "weights", "conv_head", "raw_channels", "raw_samples"}  # no dropout_at: one head
 
 
 def test_inputs_are_found_by_role(train_store, reader):
@@ -280,3 +280,4 @@ def test_davids_time_flip_reverses_each_part_in_place():
     assert not torch.equal(flipped[0], image[0].flip(-1))  # not the whole-image flip
     with pytest.raises(LayoutError, match="in place needs the parts where the layout puts them"):
         layout_of({**davids, "width": 700}).part_flip_columns()
+

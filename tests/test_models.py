@@ -14,6 +14,7 @@ import timm
 import torch
 
 from hms_train.model.models import (
+    DROPOUT_PLACES,
     AttentionPool,
     GeM,
     MultimodalNet,
@@ -64,6 +65,74 @@ def test_large_backbones_construct(backbone, channels):
     assert model.num_features == channels
     assert model.pool.width == 5
     assert model.training  # the dry forward pass at build restores train mode
+
+
+def test_mobilenet_without_conv_head_ends_at_960_channels(image, tmp_path):
+    # David_src/model.py:85-87: torchvision's mobilenet_v3_large features, cnn_ch = 960
+    model = create_model("2d", backbone="mobilenetv3_large_100", pool="avg", conv_head=False,
+                         image_size=IMAGE_SIZE).eval()
+    assert model.num_features == 960 and model.head.in_features == 960
+    with torch.no_grad():
+        assert model.backbone(image).shape == (2, 960, 4, 5)
+    assert not any(name.startswith("conv_head") for name, _ in model.backbone.named_parameters())
+    # a full timm state dict loads first, then the conv_head goes
+    torch.manual_seed(5)
+    state = timm.create_model("mobilenetv3_large_100", pretrained=False).state_dict()
+    torch.save(state, tmp_path / "mnv3.pth")
+    loaded = create_model("2d", backbone="mobilenetv3_large_100", pool="avg", conv_head=False,
+                          image_size=IMAGE_SIZE, weights=str(tmp_path / "mnv3.pth"))
+    assert torch.equal(loaded.backbone.blocks[6][0].conv.weight, state["blocks.6.0.conv.weight"])
+    with pytest.raises(ValueError, match="efficientnet_b0 has none outside its features"):
+        create_model("2d", backbone="efficientnet_b0", conv_head=False, image_size=IMAGE_SIZE)
+
+
+def test_efficientnet_drop_path_ramps_like_torchvision():
+    # David_src/model.py:67 keeps torchvision efficientnet_b0's stochastic_depth_prob 0.2: 0.2 * i / 16
+    import torchvision
+
+    model = create_model("2d", backbone="efficientnet_b0", pool="avg", drop_path_rate=0.2, image_size=IMAGE_SIZE)
+    ours = [block.drop_path.drop_prob if hasattr(block.drop_path, "drop_prob") else 0.0
+            for stage in model.backbone.blocks for block in stage]
+    theirs = [block.stochastic_depth.p for stage in torchvision.models.efficientnet_b0().features[1:8] for block in stage]
+    assert ours == pytest.approx(theirs) and theirs[-1] == pytest.approx(0.1875)
+
+
+@pytest.mark.parametrize("dropout_at", DROPOUT_PLACES)
+def test_dropout_acts_where_asked(dropout_at, image):
+    model = create_model("2d", backbone="efficientnet_b0", pool="attention", drop_rate=0.5, dropout_at=dropout_at,
+                         image_size=IMAGE_SIZE).train()
+    seen = {}
+    model.backbone.register_forward_hook(lambda module, args, out: seen.update(map=out))
+    model.pool.register_forward_hook(lambda module, args, out: seen.update(pool_in=args[0], pooled=out))
+    model.head.register_forward_hook(lambda module, args, out: seen.update(head_in=args[0]))
+    model(image)
+    map_dropped = not torch.equal(seen["pool_in"], seen["map"])
+    pooled_dropped = not torch.equal(seen["head_in"], seen["pooled"])
+    assert (map_dropped, pooled_dropped) == (dropout_at == "map", dropout_at == "pooled")
+    before, after = ("map", "pool_in") if dropout_at == "map" else ("pooled", "head_in")
+    kept = seen[after] != 0
+    assert 0.3 < kept.float().mean() < 0.7  # element-wise, p 0.5 (Richard's F.dropout on the 4-D map)
+    assert torch.allclose(seen[after][kept], 2 * seen[before][kept])
+    model.eval()
+    with torch.no_grad():
+        model(image)
+    assert torch.equal(seen["pool_in"], seen["map"]) and torch.equal(seen["head_in"], seen["pooled"])
+
+
+def test_checkpoints_written_before_the_new_model_options_still_load(tmp_path, image):
+    from hms_train.run.checkpoint import load_fold_model
+    from hms_train.run.config import TrainConfig
+
+    old_spec = {"name": "2d", "kwargs": {"backbone": "mobilenetv3_large_100", "pool": "avg", "drop_rate": 0.2,
+                                         "drop_path_rate": 0.0, "pretrained": False, "weights": None,
+                                         "image_size": list(IMAGE_SIZE)}}
+    model = create_model(old_spec["name"], **old_spec["kwargs"]).eval()
+    assert model.num_features == 1280 and model.dropout_at == "pooled"  # timm's conv_head, as before
+    old_config = {k: v for k, v in TrainConfig(inputs=["eeg_10s"]).to_dict().items() if k not in ("dropout_at", "conv_head")}
+    torch.save({"model_spec": old_spec, "model": model.state_dict(), "config": old_config}, tmp_path / "fold0_best.pt")
+    loaded = load_fold_model(tmp_path / "fold0_best.pt", torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(image), model(image))
 
 
 def test_build_leaves_batchnorm_statistics_untouched():

@@ -28,13 +28,14 @@ from hms_train.run.train import train
 
 SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
 
-# R/ = Richard_src/Easy_2D_CLS_REG_Pipeline-main/, V4 = R/Train_V4_Pseudo_Label.ipynb (cN: code cell N),
+# R/ = Richard_src/Easy_2D_CLS_REG_Pipeline-main/, V4 = R/Train_V4_Pseudo_Label.ipynb (cN: cell N, markdown counted),
 # D/ = David_src/ (RichardLiu083/Kaggle-HMS-Harmful-Brain-Activity-Classification @ 2223b40).
 RICHARD = {
     "backbone": "tf_efficientnet_b0_ns",  # V4 c9 'model_name'
     "pretrained": True,  # V4 c1 pretrained=True
     "pool": "attention",  # V4 c1 WidthAttention
     "drop_rate": 0.3,  # V4 c9 'drop_out'
+    "dropout_at": "map",  # V4 c1: timm's forward_head dropout with global_pool = Identity, before WidthAttention
     "drop_path_rate": 0.2,  # V4 c9 'drop_path'
     "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.0,  # V4 c9, c14
     "schedule": "constant", "warmup_epochs": 0.0,  # V4 c14: no scheduler
@@ -65,7 +66,8 @@ RICHARD_AUGMENT = {  # V4 c2, c3
 DAVID = {
     "backbone": "efficientnet_b0",  # D/model.py models.efficientnet_b0
     "pretrained": True,  # D/model.py weights='IMAGENET1K_V1'
-    "pool": "avg", "drop_rate": 0.1, "drop_path_rate": 0.0,  # D/model.py AdaptiveAvgPool, Dropout(0.1)
+    "pool": "avg", "drop_rate": 0.1, "dropout_at": "pooled",  # D/model.py:102-105 AdaptiveAvgPool, Dropout(0.1)
+    "drop_path_rate": 0.2, "conv_head": True,  # D/model.py:67 torchvision efficientnet_b0: stochastic depth 0.2
     "optimizer": "lion", "lr": 2e-4, "weight_decay": 1e-3,  # train-mlflow.py Lion(lr=args.lr / 5)
     "schedule": "cosine", "schedule_unit": "epoch", "warmup_epochs": 0.0, "lr_min_factor": 0.0,  # CosineAnnealingLR
     "batch_size": 32,  # train-mlflow.py
@@ -85,11 +87,12 @@ EXPECTED = {
     # README.md names V2-S and ConvNeXt-Base; the repo names no weights (our tags)
     "seed_richard_v2s": ({**RICHARD, "backbone": "tf_efficientnetv2_s.in21k_ft_in1k"}, RICHARD_AUGMENT),
     # R/Valid.ipynb c1: a plain wrapper, no width attention
-    "seed_richard_convnext": ({**RICHARD, "backbone": "convnext_base.fb_in22k_ft_in1k", "pool": "avg"}, RICHARD_AUGMENT),
+    "seed_richard_convnext": ({**RICHARD, "backbone": "convnext_base.fb_in22k_ft_in1k", "pool": "avg",
+                               "dropout_at": "pooled"}, RICHARD_AUGMENT),  # timm ConvNeXt's head: pool, norm, drop, fc
     "seed_david_b0": (DAVID, DAVID_AUGMENT),
-    # D/model.py mobilenet_v3_large; run_pseudo_pipeline.py 'use-mean'
-    "seed_david_mnv3": ({**DAVID, "backbone": "mobilenetv3_large_100", "pseudo_mode": "blend", "pseudo_blend": 0.5},
-                        DAVID_AUGMENT),
+    # D/model.py:85-87 mobilenet_v3_large .features (960 channels, no stochastic depth); run_pseudo_pipeline.py 'use-mean'
+    "seed_david_mnv3": ({**DAVID, "backbone": "mobilenetv3_large_100", "conv_head": False, "drop_path_rate": 0.0,
+                         "pseudo_mode": "blend", "pseudo_blend": 0.5}, DAVID_AUGMENT),
     "top": ({**RICHARD, "sample_per_eeg": True, "val_per_eeg": True, "select_min_votes": 10,
              "stage2_val_to_train_below": 0}, RICHARD_AUGMENT),
 }
@@ -144,8 +147,11 @@ def both_store(synth_data, tmp_path_factory):
                                         ("seed_david_b0", (400, 768)), ("seed_david_mnv3", (400, 768))])
 def test_recipe_images_on_one_store(name, size, both_store):
     config = load_config(name, [f'store="{both_store}"'])
-    layout = plan_inputs(config, StoreReader(both_store, config.inputs).descriptions).layout
+    reader = StoreReader(both_store, config.inputs)
+    layout = plan_inputs(config, reader.descriptions).layout
     assert layout.image_size == size
+    kwargs = plan_inputs(config, reader.descriptions).model_spec["kwargs"]  # the model options reach the model
+    assert (kwargs["dropout_at"], kwargs["conv_head"]) == (config.dropout_at, config.conv_head)
     if size[1] == 912:  # the label's 600 s Kaggle crop: 812 columns, centred in 912 and one window
         assert layout.composed_width == 812 and layout.pad_left == 50 and layout.window_starts() == [0]
 
@@ -376,7 +382,9 @@ def test_each_recipes_own_backbone_builds_at_its_image_size(name):
     config = load_config(name)
     size = (400, 912) if name.startswith("seed_richard") else (400, 768)
     model = create_model("2d", image_size=size, backbone=config.backbone, pool=config.pool, drop_rate=config.drop_rate,
-                         drop_path_rate=config.drop_path_rate)
+                         drop_path_rate=config.drop_path_rate, dropout_at=config.dropout_at, conv_head=config.conv_head)
+    # David's MobileNetV3 pools torchvision's 960-channel features (D/model.py:87 cnn_ch = 960)
+    assert model.num_features == {"seed_david_mnv3": 960, "seed_richard_convnext": 1024}.get(name, 1280)
     if config.pool == "attention":
         assert model.pool.width == 29, "Richard's WidthAttention(C, 29): 912 / 32 columns"
     model.eval()

@@ -24,6 +24,9 @@ from torch import nn
 
 NUM_CLASSES = 6
 POOLS = ("avg", "gem", "attention")
+# Where a SpectrogramNet's dropout acts: on the pooled features before the head (the default), or on the
+# backbone's 4-D feature map before the pool (Richard's: timm's forward_head dropout with an identity pool).
+DROPOUT_PLACES = ("pooled", "map")
 # The 1D net halves the time axis until at most this many steps are left for its GRU.
 GRU_MAX_STEPS = 400
 
@@ -89,9 +92,22 @@ def create_pool(pool: str, channels: int, width: int) -> nn.Module:
 
 def timm_backbone(name: str, pretrained: bool = False, drop_path_rate: float = 0.0) -> nn.Module:
     """A timm model for 1-channel images that returns its unpooled feature map (B, C, H, W);
-    `drop_path_rate` is timm's stochastic depth (Richard's 0.2)."""
+    `drop_path_rate` is timm's stochastic depth, ramped linearly over the blocks from 0 (Richard's 0.2;
+    for efficientnet_b0 it gives torchvision's per-block rates 0 ... 0.1875 of stochastic_depth_prob 0.2)."""
     extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}  # not every timm model takes it
     return timm.create_model(name, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="", **extra)
+
+
+def drop_conv_head(backbone: nn.Module, name: str) -> None:
+    """End a MobileNetV3 at its last stage: without timm's conv_head (960 -> 1280 channels for
+    mobilenetv3_large_100, and its activation), which timm's forward_head runs on the unpooled map.
+    torchvision's MobileNetV3 has that layer in its classifier, after the pool, so its `.features` end at
+    960 channels: the map David's model pooled (David_src/model.py: `list(network.children())[0]`, cnn_ch
+    960). EfficientNet's conv_head belongs to its features in both libraries: there is nothing to drop."""
+    if not isinstance(backbone, timm.models.MobileNetV3):
+        raise ValueError(f"conv_head = false drops a MobileNetV3's conv_head; {name} has none outside its "
+                         "features")
+    backbone.prune_intermediate_layers(prune_head=True)  # the last stage kept; conv_head and act2 -> Identity
 
 
 def feature_map_shape(backbone: nn.Module, image_size: tuple[int, int]) -> tuple[int, int, int]:
@@ -109,11 +125,17 @@ def feature_map_shape(backbone: nn.Module, image_size: tuple[int, int]) -> tuple
 
 
 class SpectrogramNet(nn.Module):
-    """timm backbone on a (B, 1, H, W) spectrogram image -> pool -> dropout -> Linear(C -> 6).
+    """timm backbone on a (B, 1, H, W) spectrogram image -> pool -> dropout -> Linear(C -> 6), or with
+    `dropout_at="map"` backbone -> dropout -> pool -> Linear.
 
     `backbone` must return its unpooled feature map (see `timm_backbone`). `image_size` (H, W) is the
     size the model will see; it fixes the attention pool's width. With num_classes=0 the head is an
     identity and forward returns the pooled features (timm's convention).
+
+    Richard's model (Train_V4_Pseudo_Label.ipynb cell 1) built timm's model with `drop_rate` and replaced
+    its global_pool and classifier by identities, so timm's forward_head dropped elements of the 4-D map
+    (`F.dropout` after the identity pool) before his attention and pool: `dropout_at="map"` (element-wise,
+    as nn.Dropout on any tensor).
     """
 
     def __init__(
@@ -123,21 +145,31 @@ class SpectrogramNet(nn.Module):
         pool: str = "attention",
         drop_rate: float = 0.2,
         num_classes: int = NUM_CLASSES,
+        dropout_at: str = "pooled",
     ):
         super().__init__()
+        if dropout_at not in DROPOUT_PLACES:
+            raise ValueError(f"unknown dropout_at {dropout_at!r}; expected one of {DROPOUT_PLACES}")
         self.backbone = backbone
         channels, _, width = feature_map_shape(backbone, image_size)
         self.num_features = channels
         self.pool = create_pool(pool, channels, width)
+        self.dropout_at = dropout_at
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) -> (B, C) pooled backbone features."""
-        return self.pool(self.backbone(image))
+        """(B, 1, H, W) -> (B, C) pooled backbone features (the map dropped out first with dropout_at="map")."""
+        feature_map = self.backbone(image)
+        if self.dropout_at == "map":
+            feature_map = self.dropout(feature_map)
+        return self.pool(feature_map)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(image)))
+        features = self.features(image)
+        if self.dropout_at == "pooled":
+            features = self.dropout(features)
+        return self.head(features)
 
 
 class ResidualBlock1d(nn.Module):
@@ -333,17 +365,22 @@ def cached_pretrained_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Mod
 
 
 def create_backbone(
-    name: str, pretrained: bool = False, weights: str | Path | None = None, drop_path_rate: float = 0.0
+    name: str, pretrained: bool = False, weights: str | Path | None = None, drop_path_rate: float = 0.0,
+    conv_head: bool = True,
 ) -> nn.Module:
     """A 1-channel timm feature extractor: weights from `weights` if given, else timm's pretrained ones
-    (local cache, else downloaded) if `pretrained`, else random initialisation."""
+    (local cache, else downloaded) if `pretrained`, else random initialisation; without its conv_head
+    (`drop_conv_head`) when `conv_head` is false, once the weights are in."""
     if weights is not None:
         backbone = timm_backbone(name, drop_path_rate=drop_path_rate)
         load_backbone_weights(backbone, weights)
-        return backbone
-    if pretrained:
-        return cached_pretrained_backbone(name, drop_path_rate)
-    return timm_backbone(name, drop_path_rate=drop_path_rate)
+    elif pretrained:
+        backbone = cached_pretrained_backbone(name, drop_path_rate)
+    else:
+        backbone = timm_backbone(name, drop_path_rate=drop_path_rate)
+    if not conv_head:
+        drop_conv_head(backbone, name)
+    return backbone
 
 
 # --- model kinds: each declares the batch inputs it consumes and builds itself from its own arguments ---
@@ -417,11 +454,14 @@ def spectrogram_model(
     pretrained: bool = False,
     weights: str | None = None,
     drop_path_rate: float = 0.0,
+    dropout_at: str = "pooled",
+    conv_head: bool = True,
 ) -> SpectrogramNet:
     """SpectrogramNet on (H, W) = `image_size` images (the layout's); `weights` is a local pretrained
-    file for the backbone and takes precedence over `pretrained` (timm's cache, else a download)."""
-    backbone_net = create_backbone(backbone, pretrained, weights, drop_path_rate)
-    return SpectrogramNet(backbone_net, tuple(image_size), pool, drop_rate)
+    file for the backbone and takes precedence over `pretrained` (timm's cache, else a download).
+    `dropout_at` and `conv_head` default to the models built before they existed (old model specs)."""
+    backbone_net = create_backbone(backbone, pretrained, weights, drop_path_rate, conv_head)
+    return SpectrogramNet(backbone_net, tuple(image_size), pool, drop_rate, dropout_at=dropout_at)
 
 
 @register_model("1d", inputs=(SIGNALS,))
@@ -434,11 +474,12 @@ def raw_model(raw_channels: int = 18, raw_samples: int = 10000, drop_rate: float
 def multimodal_model(
     image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: str = "attention",
     pretrained: bool = False, weights: str | None = None, drop_path_rate: float = 0.0,  # the 2D branch
+    conv_head: bool = True,
     raw_channels: int = 18, raw_samples: int = 10000,  # the 1D branch, as for "1d"
     drop_rate: float = 0.2,
 ) -> MultimodalNet:
     """The 2D and 1D branches (their own heads off) joined in one head."""
-    image_backbone = create_backbone(backbone, pretrained, weights, drop_path_rate)
+    image_backbone = create_backbone(backbone, pretrained, weights, drop_path_rate, conv_head)
     spectrogram = SpectrogramNet(image_backbone, tuple(image_size), pool, drop_rate, num_classes=0)
     raw = RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate, num_classes=0)
     return MultimodalNet(spectrogram, raw, drop_rate)

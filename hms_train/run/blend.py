@@ -1,9 +1,12 @@
-"""A learned blend of runs: non-negative weights summing to 1 that minimise the out-of-fold KL.
+"""Blends of runs: the weighted mean of their probabilities, with weights learned or fixed.
 
-The seed solution weighted its model groups by hand (.1/.1/.1/.2/.5); the 3rd place learned its weights
-on out-of-fold predictions. Here the weights minimise the Kaggle metric of the weighted mean of the runs'
-out-of-fold probabilities, over the label rows every run predicted (scipy's SLSQP on the simplex, with
-the analytic gradient). `hms-train predict --blend blend.json` applies them to the test set.
+The 3rd place learned its weights on out-of-fold predictions: here learned weights are non-negative,
+sum to 1 and minimise the Kaggle metric of the weighted mean of the runs' out-of-fold probabilities, over
+the label rows every run predicted (scipy's SLSQP on the simplex, with the analytic gradient). The seed
+solution fixed its weights by hand (`SEED_BLEND`); fixed weights are scored on the same rows, beside the
+learned ones. Runs trained on different row tables (hms_train.data.tables) are compared on the rows their
+out-of-fold predictions share. `hms-train predict --blend blend.json` applies the chosen weights to the
+test set.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Blend:
     rows: int  # label rows shared by every run's out-of-fold predictions
     kl: float
     kl_10plus: float
+    weights_from: str = "learned"  # "learned" on those rows, or "fixed" (given: `hms-train blend --weights`)
 
     def save(self, path: Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +62,7 @@ class SharedPredictions:
     probs: np.ndarray  # (runs, rows, 6)
     targets: np.ndarray  # (rows, 6)
     votes: np.ndarray  # (rows,)
+    run_rows: tuple[int, ...]  # how many rows each run predicted (the shared ones and its own)
 
 
 def shared_predictions(runs: list[Path], store: str | None = None) -> tuple[SharedPredictions, str]:
@@ -87,7 +92,8 @@ def shared_predictions(runs: list[Path], store: str | None = None) -> tuple[Shar
         probs.append(by_row[position[shared]])
     targets = np.stack([labels.column(c).to_numpy()[shared] for c in TARGET_COLUMNS], 1).astype(np.float64)
     votes = labels.column("total_votes").to_numpy()[shared]
-    return SharedPredictions(np.stack(probs), targets, votes), url
+    run_rows = tuple(table.num_rows for table in tables)
+    return SharedPredictions(np.stack(probs), targets, votes, run_rows), url
 
 
 def blend_weights(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -109,19 +115,94 @@ def blend_weights(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return min(candidates, key=lambda w: objective(w)[0])
 
 
-def blend_runs(runs: list[Path], store: str | None = None) -> tuple[Blend, list[dict]]:
-    """Learn the blend; returns it and a score table (each run, the blend, the training prior), each row
-    a `cv_report` on the shared rows plus its "name" and "weight"."""
+def fixed_weights(weights: list[float], count: int) -> np.ndarray:
+    """Given run weights divided by their sum: the weighted mean of probabilities, as the seed computed
+    it (its weights sum to 1, or are divided by their sum: see `SEED_BLEND`)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (count,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"--weights needs {count} non-negative values (one per run) with a positive sum, got {weights}")
+    return w / w.sum()
+
+
+def mixture(weights: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The weighted mean of the runs' probabilities (K, N, 6), rows renormalised (float32 files)."""
+    mixed = np.tensordot(weights, probs, axes=1)
+    return mixed / mixed.sum(1, keepdims=True)
+
+
+def blend_runs(runs: list[Path], store: str | None = None, weights: list[float] | None = None,
+               ) -> tuple[Blend, list[dict]]:
+    """Learn the blend, and score `weights` (fixed) beside it when given; returns the chosen blend (the
+    fixed one when given) and a score table on the shared rows: each run, then "blend (fixed)",
+    "blend (learned)" and the training prior, each a `cv_report` plus its "name", "rows" (the rows it
+    predicted), "weight" (learned) and "fixed_weight" (NaN where there is none)."""
     data, url = shared_predictions(runs, store)
-    weights = blend_weights(data.probs, data.targets)
-    table = [{"name": str(run), "weight": float(w), **cv_report(data.targets, p, data.votes)}
-             for run, w, p in zip(runs, weights, data.probs)]
-    mixed = np.tensordot(weights, data.probs, axes=1)
-    blended = cv_report(data.targets, mixed / mixed.sum(1, keepdims=True), data.votes)
-    table.append({"name": "blend", "weight": 1.0, **blended})
-    prior = np.repeat(data.targets.mean(0, keepdims=True), len(data.targets), 0)
-    table.append({"name": "prior (mean target)", "weight": float("nan"), **cv_report(data.targets, prior, data.votes)})
-    blend = Blend(runs=[str(r) for r in runs], weights=[float(w) for w in weights], store=url,
-                  rows=int(len(data.targets)), kl=blended["kl"], kl_10plus=blended["kl_10plus"])
+    blends = {"learned": blend_weights(data.probs, data.targets)}
+    if weights is not None:
+        blends = {"fixed": fixed_weights(weights, len(runs)), **blends}  # first: the chosen one
+    shared, nan = len(data.targets), float("nan")
+
+    def scored(name: str, rows: int, weight: float, fixed_weight: float, probs: np.ndarray) -> dict:
+        return {"name": name, "rows": rows, "weight": float(weight), "fixed_weight": float(fixed_weight),
+                **cv_report(data.targets, probs, data.votes)}
+
+    fixed = blends.get("fixed", np.full(len(runs), nan))
+    table = [scored(str(run), count, w, f, p)
+             for run, count, w, f, p in zip(runs, data.run_rows, blends["learned"], fixed, data.probs)]
+    for how, w in blends.items():
+        table.append(scored(f"blend ({how})", shared, 1.0 if how == "learned" else nan,
+                            1.0 if how == "fixed" else nan, mixture(w, data.probs)))
+    prior = np.repeat(data.targets.mean(0, keepdims=True), shared, 0)
+    table.append(scored("prior (mean target)", shared, nan, nan, prior))
+    chosen, score = next(iter(blends)), table[len(runs)]
+    blend = Blend(runs=[str(r) for r in runs], weights=[float(w) for w in blends[chosen]], store=url, rows=shared,
+                  kl=score["kl"], kl_10plus=score["kl_10plus"], weights_from=chosen)
     return blend, table
+
+
+# --- the seed solution's own blend ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedBlend:
+    """One weighted mean of probabilities in the seed's final submission: its members (a model group, a
+    fold model, or another SeedBlend) with their weights, and the file that computes it.
+
+    Every level averages softmax probabilities, never logits, and its weights either sum to 1 or are
+    divided by their sum, so a member's share is its weight over the level's sum (`leaf_weights`). Inside
+    a Richard group the fold models are averaged equally (HMS_Richard_LB31 cell 8: `preds / len(model)`).
+    """
+
+    name: str
+    source: str
+    members: tuple[tuple[str | SeedBlend, float], ...]
+
+    def leaf_weights(self) -> dict[str, float]:
+        """Each model group's or model's share of the final probabilities (they sum to 1)."""
+        total = sum(weight for _, weight in self.members)
+        shares: dict[str, float] = {}
+        for member, weight in self.members:
+            inner = member.leaf_weights() if isinstance(member, SeedBlend) else {member: 1.0}
+            for name, share in inner.items():
+                shares[name] = shares.get(name, 0.0) + share * weight / total
+        return shares
+
+
+# Ensemble_Notebook/ of RichardLiu083/Kaggle-HMS-Harmful-Brain-Activity-Classification @ 2223b40.
+RICHARD_BLEND = SeedBlend(
+    "richard", "Ensemble_Notebook/HMS_Richard_LB31.ipynb cell 4 'model_weight'; cell 9: pred += prob * weight",
+    (("effb0-lb33", 0.1), ("effb0-kd-lb32", 0.1), ("cvnxt-kd-lb32", 0.1), ("effv2s-kd-lb31", 0.2), ("effb0-1", 0.5)),
+)
+DAVID_BLEND = SeedBlend(
+    "david", "Ensemble_Notebook/HMS_David_LB31.ipynb cell 12 model_weights = [1.2, 1.2, 1.2, 1, 1, 1]; "
+             "cell 13: pred_m / sum(model_weights)",
+    (("efficientb0-wo-pl/f0", 1.2), ("efficientb0-wo-pl/f2", 1.2), ("efficientb0-wo-pl/f3", 1.2),
+     ("mobilenetv3/f0", 1.0), ("mobilenetv3/f2", 1.0), ("mobilenetv3/f3", 1.0)),
+)
+SEED_BLEND = SeedBlend(
+    "final", "hms-ensemble.ipynb cell 2: pred_1*0.25 + pred_2*0.25 + pred_3*0.25 + pred_4*0.25",
+    ((RICHARD_BLEND, 0.25), (DAVID_BLEND, 0.25),
+     ("public TensorFlow EfficientNet-B0, LB 0.31: Ensemble_Notebook/HMS_LB31.ipynb", 0.25),
+     ("public ResNet1D-GRU with two 2D models, .334/.333/.333: Ensemble_Notebook/HMS_balance.py", 0.25)),
+)
 

@@ -22,7 +22,7 @@ from typing import Any, Literal, get_type_hints
 from hms_train.image.augment import AugmentConfig, AugmentError
 from hms_train.image.layout import LayoutConfig
 from hms_train.model.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
-from hms_train.model.models import MODEL_KINDS, POOLS
+from hms_train.model.models import DROPOUT_PLACES, MODEL_KINDS, POOLS
 from hms_prep.plugins import load_plugins
 from hms_train.run.tracking import TRACKERS
 
@@ -85,6 +85,8 @@ class TrainConfig:
     pool: Literal[POOLS] = "attention"
     drop_rate: float = field(default=0.2, metadata=PROBABILITY)
     drop_path_rate: float = field(default=0.0, metadata=PROBABILITY)  # timm's stochastic depth
+    dropout_at: Literal[DROPOUT_PLACES] = "pooled"  # drop_rate on the pooled features, or on the map (Richard)
+    conv_head: bool = True  # false: a MobileNetV3 ends at its last stage (960 channels, David's torchvision)
     pretrained: bool = False  # timm's weights: the local Hugging Face cache, else a download when online
     weights: str | None = None  # a local backbone state dict
     # optimisation

@@ -150,7 +150,8 @@ def _model_spec(config: TrainConfig, kind, layout: ImageLayout | None, signals: 
     """The model as JSON-able data: only the arguments its kind takes, the image size from the layout,
     the signal channels from the store."""
     values = {"backbone": config.backbone, "pool": config.pool, "drop_rate": config.drop_rate,
-              "drop_path_rate": config.drop_path_rate, "pretrained": config.pretrained, "weights": config.weights}
+              "drop_path_rate": config.drop_path_rate, "pretrained": config.pretrained, "weights": config.weights,
+              "dropout_at": config.dropout_at, "conv_head": config.conv_head}
     if layout is not None:
         values["image_size"] = list(layout.image_size)
     if signals is not None:

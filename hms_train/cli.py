@@ -174,7 +174,8 @@ def plan(
         typer.echo(json.dumps(planned, indent=2))
         return
     shape = "x".join(map(str, planned["image_shape"])) if planned["image_shape"] else "no image"
-    typer.echo(f"{cfg.store}: model {planned['model']} on {', '.join(planned['inputs'])} ({shape})")
+    typer.echo(f"{cfg.store}: model {planned['model']} on {', '.join(planned['inputs'])} ({shape}); "
+               f"row table {planned['row_table']!r}: {planned['table_rows']} rows")
     for fold in planned["folds"]:
         for stage in fold["stages"]:
             rates = ", ".join(f"{lr:.2e}" for lr in stage["lr"])
@@ -299,18 +300,24 @@ def pseudo_label(
     store: str = typer.Option("cache/specs.zarr", "--store"),
     out: Path = typer.Option(Path("runs/pseudo.parquet"), "--out"),
     min_votes: int = typer.Option(10, "--min-votes", help="Rows with fewer votes get pseudo-labels."),
+    all_rows: bool = typer.Option(False, "--all-rows", help="Every row the runs predicted: a teacher's targets "
+                                  "for distillation (teacher_targets)."),
     weights: Optional[str] = typer.Option(None, "--weights"),
 ):
     """Write pseudo-labels for low-vote rows from an ensemble's out-of-fold predictions.
 
-    Example: hms-train pseudo-label --runs runs/b0 --runs runs/raw --out runs/pseudo.parquet
-    then:    hms-train --config seed_richard_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
+    Examples:
+      hms-train pseudo-label --runs runs/b0 --runs runs/raw --out runs/pseudo.parquet
+      then: hms-train --config seed_richard_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
+      hms-train pseudo-label --runs runs/b0 --runs runs/david_b0 --all-rows --out runs/teacher.parquet
+      then: hms-train --config seed_richard_b0_kd --set teacher_targets='"runs/teacher.parquet"' --out runs/b0_kd
     """
     with _user_errors():
         from hms_train.run.predict import pseudo_labels
 
-        table = pseudo_labels(runs, store, out, min_votes, _floats(weights))
-    typer.echo(f"{out}: pseudo-labels for {table.num_rows} rows with < {min_votes} votes")
+        table = pseudo_labels(runs, store, out, None if all_rows else min_votes, _floats(weights))
+    rows = "rows" if all_rows else f"rows with < {min_votes} votes"
+    typer.echo(f"{out}: {'targets' if all_rows else 'pseudo-labels'} for {table.num_rows} {rows}")
 
 
 @app.command()

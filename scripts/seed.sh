@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The seed solution end to end (docs/recipes.md): one cache for both pipelines, every seed recipe, the
-# pseudo-label round, a learned blend, submission.csv and the CV table.
+# second round (Richard's pseudo-label fine-tuning, David's pseudo-label runs, Richard's distilled runs
+# from this project's round-1 blend as the teacher), the learned blend beside the seed's own weights,
+# submission.csv and the CV table.
 #   DATA=/path/to/hms   the Kaggle folder (required)
 #   SEED=seed           where everything goes (stores, runs, blend.json, submission.csv)
 #   FOLDS=5             patient-grouped folds of the train store
@@ -31,6 +33,21 @@ for split in train test; do
   prep_build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,14,30,44 --n-mels 50
 done
 
+python_weights() {  # the weights of a blend.json, comma-separated
+  "$BIN/python" -c 'import json, sys; print(",".join(str(w) for w in json.load(open(sys.argv[1]))["weights"]))' "$1"
+}
+
+seed_blend() {  # the seed's own final blend (docs/recipes.md) over the runs that stand for its groups
+  local runs=() weights=() run weight
+  for pair in seed_richard_b0:.025 seed_richard_b0_kd:.025 seed_richard_convnext_kd:.025 \
+              seed_richard_v2s_kd:.05 seed_richard_b0_pl:.125 seed_david_b0_pl:.13636 seed_david_mnv3_pl:.11364; do
+    run=${pair%%:*} weight=${pair#*:}
+    if [ -d "$RUNS/$run" ]; then runs+=("$RUNS/$run"); weights+=("$weight"); fi
+  done
+  [ ${#runs[@]} -gt 1 ] || return 0
+  "$BIN/hms-train" blend "${runs[@]}" --weights "$(IFS=,; echo "${weights[*]}")" --out "$SEED/seed_blend.json"
+}
+
 train() {  # train RECIPE RUN [extra args]
   local recipe=$1 run=$2; shift 2
   # shellcheck disable=SC2086  # TRAIN_SET is a list of --set options
@@ -41,25 +58,46 @@ echo "== round 1: every seed recipe"
 for recipe in $RECIPES; do
   train "$recipe" "$recipe"
 done
+has() { [ -d "$RUNS/$1" ]; }  # a run of round 1 (RECIPES may name fewer)
 
-echo "== round 2: pseudo-labels from the round-1 ensemble's out-of-fold predictions"
-round1=()
-for recipe in $RECIPES; do round1+=(--runs "$RUNS/$recipe"); done
-"$BIN/hms-train" pseudo-label "${round1[@]}" --store "$STORE" --out "$SEED/pseudo.parquet" --min-votes 10
+echo "== round 2: pseudo-labels, and distillation from the round-1 blend"
+round1=() round1_runs=()
+for recipe in $RECIPES; do round1+=(--runs "$RUNS/$recipe"); round1_runs+=("$RUNS/$recipe"); done
 round2=()
-for recipe in $RECIPES; do
-  case $recipe in
-    seed_richard_b0|seed_david_mnv3)  # the seed's pseudo-label runs (Train_V4_Pseudo_Label; David's PL2 runs)
-      train "$recipe" "${recipe}_pl" --set "pseudo_labels=\"$SEED/pseudo.parquet\""
-      round2+=("$RUNS/${recipe}_pl") ;;
-  esac
+# Richard's V4 fine-tuning: stage 2's low-vote rows (<= 7 votes) on the round-1 ensemble's predictions
+"$BIN/hms-train" pseudo-label "${round1[@]}" --store "$STORE" --out "$SEED/pseudo.parquet" --min-votes 10
+if has seed_richard_b0; then
+  train seed_richard_b0 seed_richard_b0_pl --set "pseudo_labels=\"$SEED/pseudo.parquet\""
+  round2+=("$RUNS/seed_richard_b0_pl")
+fi
+# David's PL runs: one 15-epoch stage whose low-vote rows train on the mean of his B0 and MobileNetV3
+if has seed_david_b0 && has seed_david_mnv3; then
+  "$BIN/hms-train" pseudo-label --runs "$RUNS/seed_david_b0" --runs "$RUNS/seed_david_mnv3" --store "$STORE" \
+    --out "$SEED/pseudo_david.parquet" --min-votes 10
+  for base in seed_david_b0 seed_david_mnv3; do
+    train "${base}_pl" "${base}_pl" --set "pseudo_labels=\"$SEED/pseudo_david.parquet\""
+    round2+=("$RUNS/${base}_pl")
+  done
+fi
+# Richard's KD runs: the seed's teacher (Data/Kaggle_KD.csv) is not public; the teacher here is this
+# project's round-1 blend, its out-of-fold predictions of every row
+"$BIN/hms-train" blend "${round1_runs[@]}" --out "$SEED/teacher_blend.json" > /dev/null
+"$BIN/hms-train" pseudo-label "${round1[@]}" --weights "$(python_weights "$SEED/teacher_blend.json")" \
+  --store "$STORE" --out "$SEED/teacher.parquet" --all-rows
+for base in seed_richard_b0 seed_richard_v2s seed_richard_convnext; do
+  if has "$base"; then
+    train "${base}_kd" "${base}_kd" --set "teacher_targets=\"$SEED/teacher.parquet\""
+    round2+=("$RUNS/${base}_kd")
+  fi
 done
 
-echo "== blend, submission and the CV table"
+echo "== blend (learned, and the seed's fixed weights on the same rows), submission and the CV table"
 all=()
 for recipe in $RECIPES; do all+=("$RUNS/$recipe"); done
 all+=("${round2[@]}")
 "$BIN/hms-train" blend "${all[@]}" --out "$SEED/blend.json"
+seed_blend
 "$BIN/hms-train" predict --store "$TEST" --blend "$SEED/blend.json" --device "$DEVICE" --out "$SEED/submission.csv"
 "$BIN/hms-train" compare "${all[@]}" --out "$SEED/compare.png"
-echo "done: $SEED/submission.csv (blend weights in $SEED/blend.json, learning curves in $SEED/compare.png)"
+echo "done: $SEED/submission.csv (blend weights in $SEED/blend.json, the seed's own in $SEED/seed_blend.json,"
+echo "      learning curves in $SEED/compare.png)"

@@ -31,6 +31,7 @@ SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_d
 # R/ = Richard_src/Easy_2D_CLS_REG_Pipeline-main/, V4 = R/Train_V4_Pseudo_Label.ipynb (cN: cell N, markdown counted),
 # D/ = David_src/ (RichardLiu083/Kaggle-HMS-Harmful-Brain-Activity-Classification @ 2223b40).
 RICHARD = {
+    "rows": "richard",  # toolbox.ipynb c7 first line per eeg_id; V4 c11 drop_duplicates(spectrogram_id)
     "backbone": "tf_efficientnet_b0_ns",  # V4 c9 'model_name'
     "pretrained": True,  # V4 c1 pretrained=True
     "pool": "attention",  # V4 c1 WidthAttention
@@ -61,17 +62,21 @@ RICHARD_AUGMENT = {  # V4 c2, c3
     "hflip_p": 0.5, "vflip_p": 0.5, "hemisphere_swap_p": 0.0,
     "xy_mask_p": 0.5, "mask_axes": "time", "mask_stripes": (1, 10), "mask_width": (5, 10),
     "ssr_p": 0.7, "shift": 0.15, "scale": 0.05, "rotate_deg": 15.0,
-    "mixup_p": 0.3, "mixup_alpha": 0.5,
+    "mixup_p": 0.0, "mixup_alpha": 0.5,  # c3 mixes only images <= 656 wide; his are 812
 }
 DAVID = {
+    "rows": "david",  # D/data_loader.py:340-385 pick_max_vote, one row per spectrogram
     "backbone": "efficientnet_b0",  # D/model.py models.efficientnet_b0
     "pretrained": True,  # D/model.py weights='IMAGENET1K_V1'
     "pool": "avg", "drop_rate": 0.1, "dropout_at": "pooled",  # D/model.py:102-105 AdaptiveAvgPool, Dropout(0.1)
     "drop_path_rate": 0.2, "conv_head": True,  # D/model.py:67 torchvision efficientnet_b0: stochastic depth 0.2
     "optimizer": "lion", "lr": 2e-4, "weight_decay": 1e-3,  # train-mlflow.py Lion(lr=args.lr / 5)
+    "weight_decay_all": True,  # train-mlflow.py:161-162 Lion(model.parameters())
+    "schedule_across_stages": True,  # train-mlflow.py:168, 201-220 one Trainer, T_max = 15
     "schedule": "cosine", "schedule_unit": "epoch", "warmup_epochs": 0.0, "lr_min_factor": 0.0,  # CosineAnnealingLR
     "batch_size": 32,  # train-mlflow.py
     "ema_decay": 0.99, "ema_warmup": True,  # D/trainer.py EMA(beta=0.99)
+    "ema_update_after_step": 50, "ema_update_every": 3,  # D/trainer.py:36
     "kl_reduction": "mean", "kl_weight": 2.0, "ce_weight": 2.0, "mse_weight": 0.0,  # D/trainer.py ce*2 + kl*2
     "epochs": 3, "stage2_epochs": 12, "stage2_min_votes": 10,  # train-mlflow.py two-stage, data_loader.py
     "stage2_init": "continue", "select_min_votes": 10,
@@ -92,8 +97,8 @@ EXPECTED = {
     "seed_david_b0": (DAVID, DAVID_AUGMENT),
     # D/model.py:85-87 mobilenet_v3_large .features (960 channels, no stochastic depth); run_pseudo_pipeline.py 'use-mean'
     "seed_david_mnv3": ({**DAVID, "backbone": "mobilenetv3_large_100", "conv_head": False, "drop_path_rate": 0.0,
-                         "pseudo_mode": "blend", "pseudo_blend": 0.5}, DAVID_AUGMENT),
-    "top": ({**RICHARD, "sample_per_eeg": True, "val_per_eeg": True, "select_min_votes": 10,
+                         "pseudo_mode": "replace"}, DAVID_AUGMENT),  # 'use-mean' made the file, it replaces
+    "top": ({**RICHARD, "rows": "all", "sample_per_eeg": True, "val_per_eeg": True, "select_min_votes": 10,
              "stage2_val_to_train_below": 0}, RICHARD_AUGMENT),
 }
 TINY = ["pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1", "folds=[0]",
@@ -183,7 +188,8 @@ def test_richards_stage2_with_pseudo_labels_starts_from_the_best_stage1_weights(
 
 
 def test_richards_stage_rows(both_store):
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"'])
+    """His vote rules, on every label row (rows = "all")."""
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"', 'rows="all"'])
     reader = StoreReader(both_store, config.inputs)
     votes, fold = reader.votes, reader.column("fold")
     stage1, stage2 = fold_stages(config, reader, 0, reader.targets)
@@ -194,14 +200,33 @@ def test_richards_stage_rows(both_store):
     assert len(moved) and np.array_equal(stage2.rows, np.union1d(others, moved))  # pseudo-labels: all rows
     assert np.array_equal(stage2.val_rows, fold_rows[votes[fold_rows] > 7])  # 7-vote rows are used nowhere
     assert stage2.init == "best" and set(fold[stage2.rows]) >= {0, 1}
-    plain = load_config("seed_richard_b0", [f'store="{both_store}"'])
+    plain = load_config("seed_richard_b0", [f'store="{both_store}"', 'rows="all"'])
     _, without = fold_stages(plain, reader, 0, reader.targets)
     assert np.array_equal(without.rows, others[votes[others] > 7]), "no pseudo-labels: > 7 votes only"
 
 
+def test_richards_stages_draw_from_his_tables(both_store):
+    """Stage 1 on his one row per spectrogram (toolbox c7, V4 c11); stage 2's table drops the validation
+    fold's 7-vote rows before drop_duplicates (V4 c11), so a spectrogram can keep another eeg_id's row."""
+    from hms_train.data.tables import richard_rows
+
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"'])
+    reader = StoreReader(both_store, config.inputs)
+    votes, fold = reader.votes, reader.column("fold")
+    stage1, stage2 = fold_stages(config, reader, 0, reader.targets)
+    table = richard_rows(reader.labels).rows
+    assert np.array_equal(stage1.rows, table[fold[table] != 0]) and np.array_equal(stage1.val_rows, table[fold[table] == 0])
+    eligible = ~((fold == 0) & (votes == 7))
+    table2 = richard_rows(reader.labels, eligible).rows
+    moved = table2[(fold[table2] == 0) & (votes[table2] < 7)]
+    assert len(moved) and np.array_equal(stage2.rows, np.union1d(table2[fold[table2] != 0], moved))
+    assert np.array_equal(stage2.val_rows, table2[(fold[table2] == 0) & (votes[table2] > 7)])
+    assert len(stage1.rows) < len(reader.select(Selection(exclude_folds=[0])))  # a table, not every row
+
+
 def test_pseudo_labels_must_cover_every_low_vote_training_row(both_store, tmp_path):
     path = tmp_path / "pl.parquet"
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{path}"'])
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{path}"', 'rows="all"'])
     reader = StoreReader(both_store, config.inputs)
     low = reader.select(Selection())
     low = low[reader.votes[low] < 8]
@@ -402,19 +427,24 @@ def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
 
     missing = tmp_path / "not-yet.parquet"
     result = CliRunner().invoke(app, ["plan", "--config", "seed_richard_b0", "--store", both_store, "--json",
-                                      "--set", "folds=[0]", "--set", f'pseudo_labels="{missing}"'])
+                                      "--set", "folds=[0]", "--set", f'pseudo_labels="{missing}"',
+                                      "--set", "batch_size=4"])
     assert result.exit_code == 0, result.output
     planned = json.loads(result.output)
     assert planned["image_shape"] == [1, 400, 912] and [f["fold"] for f in planned["folds"]] == [0]
+    from hms_train.data.tables import richard_rows
+
+    assert (planned["row_table"], planned["table_rows"]) == ("richard", len(richard_rows(StoreReader(both_store, ["eeg_10s"]).labels)))
     stage1, stage2 = planned["folds"][0]["stages"]
     reader = StoreReader(both_store, ["eeg_10s"])
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{missing}"'])
+    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{missing}"', "batch_size=4"])
     stages = fold_stages(config, reader, 0, reader.targets)
     assert (stage1["train_rows"], stage1["val_rows"]) == (len(stages[0].rows), len(stages[0].val_rows))
     assert stage2["file_target_rows"] == int((reader.votes[stages[1].rows] < 8).sum()) > 0
-    assert stage1["steps_per_epoch"] == len(stages[0].rows) // 16 and stage1["lr"] == [3e-4] * 25
+    assert stage1["steps_per_epoch"] == len(stages[0].rows) // 4 and stage1["lr"] == [3e-4] * 25
     result = CliRunner().invoke(app, ["plan", "--config", "seed_david_b0", "--store", both_store, "--json",
-                                      "--set", "folds=[0]", "--set", "stage2_epochs=0", "--set", "epochs=15"])
+                                      "--set", "folds=[0]", "--set", "stage2_epochs=0", "--set", "epochs=15",
+                                      "--set", "batch_size=4"])
     lr = json.loads(result.output)["folds"][0]["stages"][0]["lr"]
     assert [round(x * 1e4, 2) for x in lr[:4]] == [2.00, 1.98, 1.91, 1.81]
 
@@ -486,3 +516,79 @@ def dataclasses_replace(config, **changes):
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def uniform_targets(reader: StoreReader, rows: np.ndarray, path) -> None:
+    uniform_pseudo_labels(reader, rows, path)
+
+
+def test_distillation_trains_every_row_on_the_teacher_and_validates_on_the_truth(both_store, tmp_path):
+    """Richard's KD runs (R/Train_V4_Kaggle_KD.ipynb c3, c9): one stage, every training row on the
+    teacher's probabilities, validation and checkpoint choice on the true labels."""
+    from hms_train.run.plan import plan_run
+
+    teacher = tmp_path / "teacher.parquet"
+    config = load_config("seed_richard_b0_kd", [f'store="{both_store}"', f'teacher_targets="{teacher}"', "folds=[0]",
+                                                "batch_size=2"])
+    reader = StoreReader(both_store, config.inputs)
+    with pytest.raises(FileNotFoundError, match="teacher_targets: .*not found"):
+        plan_run(config, reader)
+    assert plan_run(config, reader, read_files=False).folds[0][0].file_target_rows > 0  # `hms-train plan` before the file
+    everything = reader.select(Selection())
+    training = plan_run(config, reader, read_files=False).folds[0][0].rows
+    uniform_targets(reader, np.setdiff1d(everything, training[:1]), teacher)
+    with pytest.raises(ValueError, match=r"no target for 1 of the \d+ rows that training uses"):
+        plan_run(config, reader)
+    uniform_targets(reader, everything, teacher)
+    plan = plan_run(config, reader)
+    (stage,) = plan.folds[0]
+    assert stage.file_target_rows == len(stage.rows) and stage.epochs == 25
+    np.testing.assert_allclose(stage.targets[stage.rows], 1 / 6)
+    np.testing.assert_array_equal(plan.scope.targets[stage.val_rows], reader.targets[stage.val_rows])
+    assert not np.allclose(reader.targets[stage.val_rows], 1 / 6)
+    with pytest.raises(ConfigError, match="teacher_targets: .*drop pseudo_labels"):
+        load_config("seed_richard_b0_kd", ['pseudo_labels="pl.parquet"', 'pseudo_stage="stage1"'])
+
+
+def test_davids_pseudo_labels_replace_targets_below_ten_votes_of_the_target_line_in_one_stage(both_store, tmp_path):
+    """David's PL runs (D/script/run_commands.py:23-28, data_loader.py:381-385): one 15-epoch stage on his
+    table, a row's target replaced when the line it is read from has fewer than 10 votes."""
+    from hms_train.data.tables import david_rows
+    from hms_train.run.plan import plan_run
+
+    path = tmp_path / "pseudo_david.parquet"
+    config = load_config("seed_david_b0_pl", [f'store="{both_store}"', f'pseudo_labels="{path}"', "folds=[0]", "batch_size=2"])
+    reader = StoreReader(both_store, config.inputs)
+    uniform_pseudo_labels(reader, reader.select(Selection()), path)
+    plan = plan_run(config, reader)
+    (stage,) = plan.folds[0]
+    table = david_rows(reader.labels)
+    fold = reader.column("fold")
+    training = fold[table.rows] != 0
+    assert np.array_equal(stage.rows, table.rows[training]) and stage.epochs == 15
+    low = reader.votes[table.target_rows[training]] < 10
+    assert stage.file_target_rows == int(low.sum()) > 0
+    np.testing.assert_allclose(stage.targets[stage.rows[low]], 1 / 6)
+    np.testing.assert_array_equal(stage.targets[stage.rows[~low]], reader.targets[table.target_rows[training][~low]])
+    with pytest.raises(ConfigError, match="pseudo_labels: used in stage 2, but stage2_epochs = 0"):
+        load_config("seed_david_b0_pl", ['pseudo_stage="stage2"'])
+
+
+@pytest.mark.parametrize("name, base", [("seed_richard_b0_kd", "seed_richard_b0"), ("seed_richard_v2s_kd", "seed_richard_v2s"),
+                                        ("seed_richard_convnext_kd", "seed_richard_convnext"),
+                                        ("seed_david_b0_pl", "seed_david_b0"), ("seed_david_mnv3_pl", "seed_david_mnv3")])
+def test_second_round_recipes_change_only_what_the_seed_changed(name, base):
+    import dataclasses
+
+    changed = {key: value for key, value in dataclasses.asdict(load_config(name)).items()
+               if value != dataclasses.asdict(load_config(base))[key]}
+    if name.endswith("_kd"):
+        assert changed == {"teacher_targets": "teacher.parquet", "stage2_epochs": 0}
+    else:
+        assert changed == {"pseudo_labels": "pseudo_david.parquet", "pseudo_stage": "stage1", "epochs": 15,
+                           "stage2_epochs": 0}
+
+
+def test_david_flips_each_part_in_place_and_richard_the_whole_image():
+    assert load_config("seed_david_b0").augment.steps["time_flip"].per_part
+    assert not load_config("seed_richard_b0").augment.steps["time_flip"].per_part

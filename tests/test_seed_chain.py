@@ -1,5 +1,5 @@
 """`make seed` at toy size: the whole seed chain (both pipelines' cache, every seed recipe, the pseudo-label
-round, the learned blend, submission.csv and the CV table) on synthetic data, with tiny backbones and
+and distillation round, the learned blend beside the seed's own weights, submission.csv and the CV table) on synthetic data, with tiny backbones and
 single steps so that it runs on a CPU in CI. The real chain is the same script with no overrides."""
 
 import csv
@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOY = " ".join(f"--set {item}" for item in (
     "pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1",
-    "max_batches_per_epoch=1", "batch_size=4", "reader_threads=2",
+    "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2",
 ))
 
 
@@ -20,15 +20,24 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path):
     from hms_prep.synth import synthesize
 
     synth_data = tmp_path / "data"
-    synthesize(synth_data, n_eegs=8, seed=3, n_test=2)  # the smallest set every fold and stage can use
+    # 24 EEGs: every fold and stage keeps a batch of the seed's one-row-per-spectrogram tables
+    synthesize(synth_data, n_eegs=24, seed=3, n_test=2)
     seed = tmp_path / "seed"
     env = {**os.environ, "DATA": str(synth_data), "SEED": str(seed), "BIN": str(Path(sys.executable).parent),
            "FOLDS": "2", "DEVICE": "cpu", "TRAIN_SET": TOY, "COLUMNS": "200"}
     result = subprocess.run(["bash", "scripts/seed.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     blend = json.loads((seed / "blend.json").read_text())
-    assert len(blend["runs"]) == 7  # five seed recipes and the two pseudo-label runs
+    # five seed recipes; Richard's and David's two pseudo-label runs; Richard's three distilled runs
+    assert [Path(run).name for run in blend["runs"]] == [
+        "seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3",
+        "seed_richard_b0_pl", "seed_david_b0_pl", "seed_david_mnv3_pl",
+        "seed_richard_b0_kd", "seed_richard_v2s_kd", "seed_richard_convnext_kd"]
     assert abs(sum(blend["weights"]) - 1) < 1e-6
+    seed_blend = json.loads((seed / "seed_blend.json").read_text())  # the seed's fixed weights, as data
+    assert [Path(run).name for run in seed_blend["runs"]] == [
+        "seed_richard_b0", "seed_richard_b0_kd", "seed_richard_convnext_kd", "seed_richard_v2s_kd",
+        "seed_richard_b0_pl", "seed_david_b0_pl", "seed_david_mnv3_pl"]
     with open(seed / "submission.csv") as f:
         rows = list(csv.DictReader(f))
     test_ids = {row["eeg_id"] for row in csv.DictReader(open(synth_data / "test.csv"))}
@@ -36,4 +45,9 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path):
     for row in rows:
         assert abs(sum(float(v) for k, v in row.items() if k != "eeg_id") - 1) < 1e-5
     assert "out-of-fold KL" in result.stdout + result.stderr  # the CV table
+    import pyarrow.parquet as pq
+
+    oof = pq.read_table(seed / "runs" / "seed_richard_b0" / "oof.parquet")  # every row, its table marked
+    assert oof.num_rows == pq.read_metadata(seed / "specs.zarr" / "labels.parquet").num_rows
+    assert 0 < sum(oof.column("in_table").to_pylist()) < oof.num_rows
     assert (seed / "compare.png").stat().st_size > 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 from hms_train.image.augment import AugmentConfig, AugmentError
+from hms_train.data.tables import TABLES
 from hms_train.image.layout import LayoutConfig
 from hms_train.model.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
 from hms_train.model.models import DROPOUT_PLACES, MODEL_KINDS, POOLS
@@ -30,6 +31,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # hms_train/config
 EXTENDS = "extends"  # TOML key: the bundled config (or TOML path) whose values this file changes
 OPTIMIZERS = ("adamw", "lion")  # timm implementations the recipes use
 PSEUDO_MODES = ("replace", "blend")
+PSEUDO_STAGES = ("stage1", "stage2")  # the stage whose low-vote rows take the pseudo-labels
 SCHEDULES = ("cosine", "constant")  # constant: Richard's AdamW without a scheduler
 SCHEDULE_UNITS = ("step", "epoch")  # epoch: the lr changes once per epoch (David's CosineAnnealingLR)
 STAGE2_INITS = ("continue", "best")  # best: from the best stage-1 checkpoint's (EMA) weights, as Richard
@@ -75,6 +77,9 @@ class TrainConfig:
     inputs: list[str] = field(default_factory=list)  # the store arrays to read; the recipes name them
     folds: list[int] | None = field(default=None, metadata=NON_NEGATIVE)  # folds to train; None = all
     reader_threads: int = field(default=4, metadata=POSITIVE)
+    # the row table the stages draw from (hms_train/data/tables.py): every label row, or the seed's one
+    # row per spectrogram by Richard's or David's rule
+    rows: str = field(default="all", metadata={"registry": TABLES})
     raw_jitter_s: float = field(default=0.0, metadata=NON_NEGATIVE)  # random shift of the raw window (1D)
     # model
     # modules to import before the rest is checked: they register model kinds and augmentations (and
@@ -129,7 +134,11 @@ class TrainConfig:
     # Richard's V4: the validation fold's rows with fewer votes join stage-2 training (with pseudo-labels:
     # they are below stage2_min_votes); its rows between this and stage2_min_votes are used nowhere
     stage2_val_to_train_below: int | None = field(default=None, metadata=NON_NEGATIVE)
-    pseudo_labels: str | None = None  # parquet from `hms-train pseudo-label`, used in stage 2
+    pseudo_labels: str | None = None  # parquet from `hms-train pseudo-label`, used in `pseudo_stage`
+    pseudo_stage: Literal[PSEUDO_STAGES] = "stage2"  # stage1: a single stage takes them (David's PL runs)
+    # distillation: a parquet of label_id and the six *_vote columns (a teacher's probabilities) that every
+    # training row of every stage trains on; validation keeps the true labels (Richard's KD runs)
+    teacher_targets: str | None = None
     pseudo_mode: Literal[PSEUDO_MODES] = "replace"  # low-vote rows' targets
     pseudo_blend: float = field(default=0.5, metadata=PROBABILITY)  # weight of the pseudo label in blend mode
     # what won (HMS.md section 5)
@@ -343,8 +352,10 @@ def _check_together(config: TrainConfig) -> None:
         raise ConfigError("inputs: empty; name the store arrays to train on")
     if config.folds is not None and (not config.folds or len(set(config.folds)) != len(config.folds)):
         raise ConfigError(f"folds: expected distinct fold numbers, got {config.folds}")
-    if config.pseudo_labels is not None and config.stage2_epochs == 0:
-        raise ConfigError("pseudo_labels: used in stage 2, but stage2_epochs = 0")
+    if config.pseudo_labels is not None and config.pseudo_stage == "stage2" and config.stage2_epochs == 0:
+        raise ConfigError("pseudo_labels: used in stage 2, but stage2_epochs = 0 (pseudo_stage = \"stage1\" for one stage)")
+    if config.pseudo_labels is not None and config.teacher_targets is not None:
+        raise ConfigError("teacher_targets: every training row already takes the teacher's targets; drop pseudo_labels")
     if config.schedule_across_stages and config.schedule_unit != "epoch":
         raise ConfigError('schedule_across_stages: one schedule over the stages counts epochs; set schedule_unit = "epoch"')
     below = config.stage2_val_to_train_below

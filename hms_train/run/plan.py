@@ -24,11 +24,12 @@ from hms_prep.domain import LABEL_SAMPLES
 from hms_prep.store.format import ROLE_SIGNALS, ArrayDescription
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group, rows_per_rank
+from hms_train.data.tables import richard_rows, row_table
 from hms_train.image.augment import AugmentConfig
 from hms_train.image.layout import ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
 from hms_train.model.losses import Loss
 from hms_train.model.models import IMAGE, SIGNALS, create_model, model_kind
-from hms_train.run.config import ConfigError, TrainConfig
+from hms_train.run.config import PSEUDO_STAGES, ConfigError, TrainConfig
 from hms_train.run.metric import VOTE_COLUMNS
 
 SIGNAL_WINDOW = LABEL_SAMPLES  # 50 s at 200 Hz: the label window a model of the signals sees
@@ -87,6 +88,38 @@ class Stage:
 
 
 @dataclass(frozen=True, eq=False)
+class RowScope:
+    """The rows a run may train and validate on (its row table, `rows`: hms_train/data/tables.py), the
+    targets the table reads for them, and the votes its vote filters compare (David's: the largest
+    per-line total of the row's spectrogram). Indexed by store row."""
+
+    in_table: np.ndarray = field(repr=False)  # (n_rows,) bool
+    targets: np.ndarray = field(repr=False)  # (n_rows, 6)
+    votes: np.ndarray = field(repr=False)  # (n_rows,) what the `>= N votes` filters compare
+    # (n_rows,) the total of the line the target is read from: pseudo-labels replace a target below
+    # stage2_min_votes (David's data_loader.py 385 `vote_sum < 10` reads the target line, not the filter's)
+    target_votes: np.ndarray = field(repr=False)
+    table: str = "all"
+
+    @classmethod
+    def of(cls, config: TrainConfig, reader: StoreReader, eligible: np.ndarray | None = None) -> RowScope:
+        """`eligible` (a bool per store row) drops rows before Richard's per-spectrogram choice."""
+        table = richard_rows(reader.labels, eligible) if eligible is not None else row_table(config.rows, reader.labels)
+        in_table = np.zeros(reader.n_rows, dtype=bool)
+        in_table[table.rows] = True
+        votes = reader.votes.copy()
+        votes[table.rows] = table.filter_votes
+        target_votes = reader.votes.copy()
+        target_votes[table.rows] = reader.votes[table.target_rows]
+        return cls(in_table, table.targets(reader.targets), votes, target_votes, table.name)
+
+    def select(self, reader: StoreReader, folds=None, exclude_folds=None) -> np.ndarray:
+        """The table's rows built ok (ascending) of `folds`, or of every fold but `exclude_folds`."""
+        rows = reader.select(Selection(folds=folds, exclude_folds=exclude_folds))
+        return rows[self.in_table[rows]]
+
+
+@dataclass(frozen=True, eq=False)
 class RunPlan:
     """A checked run: its inputs and model, loss, augmentations, and every fold's stages."""
 
@@ -95,6 +128,7 @@ class RunPlan:
     augment: AugmentConfig  # the steps the image gets in training (checked against the model's inputs)
     folds: dict[int, list[Stage]]
     world: int = 1  # data-parallel ranks the steps per epoch are counted for
+    scope: RowScope | None = None  # the rows, targets and votes of the run's row table
 
     @property
     def config(self) -> TrainConfig:
@@ -195,10 +229,10 @@ def plan_run(config: TrainConfig, reader: StoreReader, world: int = 1, read_file
     (`hms-train plan` before the files exist)."""
     inputs = plan_inputs(config, reader.descriptions)
     augment = check_augment(config, inputs)
-    needed = pseudo_label_rows(config, reader, config.folds)
-    targets = train_targets(reader, config, needed) if read_files else reader.targets
-    folds = {fold: fold_stages(config, reader, fold, targets, world) for fold in config.folds}
-    plan = RunPlan(inputs, loss_of(config), augment, folds, world)
+    scope = RowScope.of(config, reader)
+    targets = stage_targets(config, reader, scope, read_files)
+    folds = {fold: fold_stages(config, reader, fold, targets, world, scope) for fold in config.folds}
+    plan = RunPlan(inputs, loss_of(config), augment, folds, world, scope)
     _check_rows(plan, reader)
     return plan
 
@@ -220,27 +254,32 @@ def describe(plan: RunPlan, reader: StoreReader) -> dict:
                                        stage.steps_per_epoch)[stage.schedule_offset:][:stage.epochs],
         } for stage in stages]})
     return {"image_shape": list(plan.inputs.image_shape) if plan.inputs.takes_image else None,
-            "model": plan.inputs.model_spec["name"], "inputs": list(config.inputs), "folds": folds}
+            "model": plan.inputs.model_spec["name"], "inputs": list(config.inputs),
+            "row_table": plan.scope.table, "table_rows": int(plan.scope.in_table.sum()), "folds": folds}
 
 
-def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets: np.ndarray,
-                world: int = 1) -> list[Stage]:
-    """Stage 1 on all rows of the other folds, validated on the fold's rows; stage 2 on their rows with
-    >= stage2_min_votes votes, or on all of them with pseudo-labels (`targets`) for the low-vote ones,
-    validated on the fold's rows with >= stage2_val_min_votes (all when None) that stayed in validation."""
-    fold_rows = reader.select(Selection(folds=[fold]))
-    training = reader.select(Selection(exclude_folds=[fold]))
-    stages = [Stage("stage1", 0, config.epochs, config.lr, training, validation_rows(config, reader, fold_rows),
-                    reader.targets)]
+def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets, world: int = 1,
+                scope: RowScope | None = None) -> list[Stage]:
+    """Stage 1 on the scope's rows of the other folds, validated on the fold's; stage 2 on their rows with
+    >= stage2_min_votes votes, or on all of them with pseudo-labels for the low-vote ones, validated on the
+    fold's rows with >= stage2_val_min_votes (all when None) that stayed in validation. `targets`: each
+    stage's training targets (`stage_targets`), or one table for every stage."""
+    scope = scope or RowScope.of(config, reader)
+    targets = targets if isinstance(targets, dict) else {0: targets, 1: targets}
+    fold_rows = scope.select(reader, folds=[fold])
+    training = scope.select(reader, exclude_folds=[fold])
+    stages = [Stage("stage1", 0, config.epochs, config.lr, training, validation_rows(config, reader, fold_rows, scope),
+                    targets[0], file_target_rows=len(from_file(config, 0, training, scope)))]
     if config.stage2_epochs > 0:
-        val = np.setdiff1d(fold_rows, moved_validation_rows(config, reader, fold_rows))
+        scope = _stage2_scope(config, reader, fold, scope)
+        fold_rows = scope.select(reader, folds=[fold])
+        val = np.setdiff1d(fold_rows, moved_validation_rows(config, fold_rows, scope))
         if config.stage2_val_min_votes is not None:
-            val = val[reader.votes[val] >= config.stage2_val_min_votes]
-        rows = stage2_training_rows(config, reader, fold)
-        from_file = int(np.sum(reader.votes[rows] < config.stage2_min_votes)) if config.pseudo_labels else 0
+            val = val[scope.votes[val] >= config.stage2_val_min_votes]
+        rows = stage2_training_rows(config, reader, fold, scope)
         stages.append(Stage("stage2", 1, config.stage2_epochs, config.stage2_lr or config.lr / 2, rows,
-                            validation_rows(config, reader, val), targets, init=config.stage2_init,
-                            file_target_rows=from_file))
+                            validation_rows(config, reader, val, scope), targets[1], init=config.stage2_init,
+                            file_target_rows=len(from_file(config, 1, rows, scope))))
     total = sum(stage.epochs for stage in stages)
     planned, offset = [], 0
     for stage in stages:
@@ -252,6 +291,20 @@ def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets: np
     return planned
 
 
+def _stage2_scope(config: TrainConfig, reader: StoreReader, fold: int, scope: RowScope) -> RowScope:
+    """Richard's fine-tuning table (V4 cell 11): the validation fold's rows that stage 2 neither trains on
+    (votes < stage2_val_to_train_below) nor validates on (>= stage2_val_min_votes: the 7-vote rows) are
+    dropped before `drop_duplicates`, so their spectrograms keep another eeg_id's row."""
+    if config.rows != "richard" or config.stage2_val_to_train_below is None or config.stage2_val_min_votes is None:
+        return scope
+    fold_rows = reader.select(Selection(folds=[fold], only_ok=False))
+    votes = reader.votes[fold_rows]
+    unused = (votes >= config.stage2_val_to_train_below) & (votes < config.stage2_val_min_votes)
+    eligible = np.ones(reader.n_rows, dtype=bool)
+    eligible[fold_rows[unused]] = False
+    return RowScope.of(config, reader, eligible)
+
+
 def steps_per_epoch(config: TrainConfig, rows: int, world: int = 1) -> int:
     """Whole batches per rank, equal on every rank (the smallest shard decides), at least one."""
     steps = rows_per_rank(rows, world) // config.batch_size
@@ -260,36 +313,56 @@ def steps_per_epoch(config: TrainConfig, rows: int, world: int = 1) -> int:
     return max(steps, 1)
 
 
-def stage2_training_rows(config: TrainConfig, reader: StoreReader, fold: int) -> np.ndarray:
+def stage2_training_rows(config: TrainConfig, reader: StoreReader, fold: int, scope: RowScope) -> np.ndarray:
     """The other folds' rows and the fold's moved low-vote rows; without pseudo-labels only those with
     >= stage2_min_votes votes."""
-    rows = np.union1d(reader.select(Selection(exclude_folds=[fold])),
-                      moved_validation_rows(config, reader, reader.select(Selection(folds=[fold]))))
+    rows = np.union1d(scope.select(reader, exclude_folds=[fold]),
+                      moved_validation_rows(config, scope.select(reader, folds=[fold]), scope))
     if config.pseudo_labels is None:
-        rows = rows[reader.votes[rows] >= config.stage2_min_votes]
+        rows = rows[scope.votes[rows] >= config.stage2_min_votes]
     return rows
 
 
-def moved_validation_rows(config: TrainConfig, reader: StoreReader, fold_rows: np.ndarray) -> np.ndarray:
+def moved_validation_rows(config: TrainConfig, fold_rows: np.ndarray, scope: RowScope) -> np.ndarray:
     """The validation fold's rows that join stage-2 training: fewer than stage2_val_to_train_below votes."""
     if config.stage2_val_to_train_below is None:
         return np.empty(0, dtype=np.int64)
-    return fold_rows[reader.votes[fold_rows] < config.stage2_val_to_train_below]
+    return fold_rows[scope.votes[fold_rows] < config.stage2_val_to_train_below]
 
 
-def pseudo_label_rows(config: TrainConfig, reader: StoreReader, folds: list[int]) -> np.ndarray:
-    """Every row some fold's stage 2 trains on with a pseudo-label: fewer than stage2_min_votes votes."""
-    if config.pseudo_labels is None or config.stage2_epochs == 0:
+def from_file(config: TrainConfig, stage: int, rows: np.ndarray, scope: RowScope) -> np.ndarray:
+    """Which of a stage's training `rows` take their targets from a file: every one with a teacher's
+    targets (distillation), the low-vote ones (< stage2_min_votes) in the pseudo-labels' stage."""
+    if config.teacher_targets is not None:
+        return rows
+    if config.pseudo_labels is not None and stage == PSEUDO_STAGES.index(config.pseudo_stage):
+        return rows[scope.target_votes[rows] < config.stage2_min_votes]
+    return rows[:0]
+
+
+def file_rows(config: TrainConfig, reader: StoreReader, scope: RowScope) -> dict[int, np.ndarray]:
+    """Per stage, every training row of some fold that takes its target from a file."""
+    needed: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    for fold in config.folds:
+        needed[0].append(from_file(config, 0, scope.select(reader, exclude_folds=[fold]), scope))
+        if config.stage2_epochs > 0:
+            fold_scope = _stage2_scope(config, reader, fold, scope)
+            needed[1].append(from_file(config, 1, stage2_training_rows(config, reader, fold, fold_scope), scope))
+    return {stage: np.unique(np.concatenate(rows)) if rows else np.empty(0, np.int64) for stage, rows in needed.items()}
+
+
+def pseudo_label_rows(config: TrainConfig, reader: StoreReader, folds: list[int], scope: RowScope) -> np.ndarray:
+    """Every row some fold trains on with a pseudo-label: fewer than stage2_min_votes votes."""
+    if config.pseudo_labels is None:
         return np.empty(0, dtype=np.int64)
-    rows = np.unique(np.concatenate([stage2_training_rows(config, reader, fold) for fold in folds]))
-    return rows[reader.votes[rows] < config.stage2_min_votes]
+    return file_rows(dataclasses.replace(config, folds=folds), reader, scope)[PSEUDO_STAGES.index(config.pseudo_stage)]
 
 
-def validation_rows(config: TrainConfig, reader: StoreReader, rows: np.ndarray) -> np.ndarray:
+def validation_rows(config: TrainConfig, reader: StoreReader, rows: np.ndarray, scope: RowScope) -> np.ndarray:
     """`rows`, or with `val_per_eeg` each eeg_id's most-voted row among them (fixed, ties: the first)."""
     if not config.val_per_eeg:
         return rows
-    return most_voted_row_per_group(rows, reader.column("eeg_id"), reader.votes)
+    return most_voted_row_per_group(rows, reader.column("eeg_id"), scope.votes)
 
 
 def epoch_rows(config: TrainConfig, reader: StoreReader, fold: int, stage: Stage, epoch: int) -> np.ndarray:
@@ -301,44 +374,86 @@ def epoch_rows(config: TrainConfig, reader: StoreReader, fold: int, stage: Stage
     return one_row_per_group(stage.rows, reader.column("eeg_id"), rng)
 
 
-def train_targets(reader: StoreReader, config: TrainConfig, needed: np.ndarray | None = None) -> np.ndarray:
-    """The targets of the last stage: the store's, with pseudo-labels applied when configured (and
-    checked to cover the `needed` rows)."""
+def stage_targets(config: TrainConfig, reader: StoreReader, scope: RowScope, read_files: bool = True
+                  ) -> dict[int, np.ndarray]:
+    """Each stage's training targets: the row table's, with a file's where a stage takes them (checked
+    to cover every row that needs one). Without `read_files`: the table's (the plan only counts rows)."""
+    needed = file_rows(config, reader, scope)
+    targets = {0: scope.targets, 1: scope.targets}
+    if not read_files:
+        return targets
+    if config.teacher_targets is not None:
+        rows = np.union1d(needed[0], needed[1])
+        teacher = read_targets_file(reader, config.teacher_targets, "teacher_targets", rows, "that training uses")
+        return {stage: apply_file_targets(scope.targets, teacher, 1.0) for stage in targets}
+    if config.pseudo_labels is not None:
+        stage = PSEUDO_STAGES.index(config.pseudo_stage)
+        targets[stage] = train_targets(reader, config, needed[stage], scope)
+    return targets
+
+
+def train_targets(reader: StoreReader, config: TrainConfig, needed: np.ndarray | None = None,
+                  scope: RowScope | None = None) -> np.ndarray:
+    """The targets of the pseudo-labels' stage: the table's, the low-vote rows' replaced (or blended) by
+    the pseudo-labels, which must cover the `needed` rows."""
+    scope = scope or RowScope.of(config, reader)
     if config.pseudo_labels is None:
-        return reader.targets
-    return apply_pseudo_labels(reader, reader.targets, config, needed)
+        return scope.targets
+    # every low-vote row, not only the table's: Richard's stage-2 table can keep rows the run's table does not
+    low = np.flatnonzero(scope.target_votes < config.stage2_min_votes)
+    pseudo = read_targets_file(reader, config.pseudo_labels, "pseudo_labels",
+                               np.empty(0, np.int64) if needed is None else needed,
+                               f"with fewer than stage2_min_votes = {config.stage2_min_votes} votes that "
+                               f"{config.pseudo_stage} trains on", only=low)
+    weight = config.pseudo_blend if config.pseudo_mode == "blend" else 1.0  # "replace": the pseudo label alone
+    return apply_file_targets(scope.targets, pseudo, weight)
 
 
-def apply_pseudo_labels(
-    reader: StoreReader, targets: np.ndarray, config: TrainConfig, needed: np.ndarray | None = None
-) -> np.ndarray:
-    """Replace (or blend) the targets of low-vote rows with an ensemble's out-of-fold predictions.
-    Raises ValueError when the file misses any of the `needed` rows (naming how many, and the first)."""
-    path = Path(config.pseudo_labels)
+@dataclass(frozen=True, eq=False)
+class FileTargets:
+    """Probabilities by store row, from a targets file (pseudo-labels, a teacher's predictions)."""
+
+    rows: np.ndarray
+    probs: np.ndarray  # (len(rows), 6)
+
+
+def read_targets_file(reader: StoreReader, path: str, key: str, needed: np.ndarray, needed_what: str,
+                      only: np.ndarray | None = None) -> FileTargets:
+    """A parquet of label_id and the six *_vote columns (from `hms-train pseudo-label`) as store rows (those
+    in `only`, when given); ValueError when it misses any of the `needed` rows (how many, the first), or
+    names label_ids of another store."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pseudo_labels: {path} not found (write it with `hms-train pseudo-label`)")
+        raise FileNotFoundError(f"{key}: {path} not found (write it with `hms-train pseudo-label`)")
     table = pq.read_table(path)
     missing = [c for c in ("label_id", *VOTE_COLUMNS) if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: no column(s) {missing}; pseudo-labels have label_id and {list(VOTE_COLUMNS)}")
+        raise ValueError(f"{path}: no column(s) {missing}; a targets file has label_id and {list(VOTE_COLUMNS)}")
     label_rows = {int(l): i for i, l in enumerate(reader.column("label_id"))}
     probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float32)
-    unknown = [int(l) for l in table.column("label_id").to_numpy() if int(l) not in label_rows]
+    labels = table.column("label_id").to_numpy()
+    unknown = [int(l) for l in labels if int(l) not in label_rows]
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} label_ids are not in {config.store} "
-                         f"(first: {unknown[0]}); pseudo-labels must come from runs on this store")
-    rows = np.array([label_rows[int(l)] for l in table.column("label_id").to_numpy()], dtype=np.int64)
-    low = reader.votes[rows] < config.stage2_min_votes
-    rows, probs = rows[low], probs[low]
-    missing = np.setdiff1d(needed if needed is not None else [], rows)
+        raise ValueError(f"{path}: {len(unknown)} label_ids are not in {reader.url} "
+                         f"(first: {unknown[0]}); {key.replace('_', ' ').replace('pseudo labels', 'pseudo-labels')} "
+                         "must come from runs on this store")
+    rows = np.array([label_rows[int(l)] for l in labels], dtype=np.int64)
+    if only is not None:
+        keep = np.isin(rows, only)
+        rows, probs = rows[keep], probs[keep]
+    missing = np.setdiff1d(needed, rows)
     if len(missing):
         first = [int(label) for label in reader.column("label_id")[missing[:5]]]
-        raise ValueError(f"{path}: no pseudo-label for {len(missing)} of the {len(needed)} rows with fewer than "
-                         f"stage2_min_votes = {config.stage2_min_votes} votes that stage 2 trains on (first "
-                         f"label_ids: {first}); write pseudo-labels from runs over every fold of {config.store}")
+        what = "pseudo-label" if key == "pseudo_labels" else "target"
+        raise ValueError(f"{path}: no {what} for {len(missing)} of the {len(needed)} rows {needed_what} (first "
+                         f"label_ids: {first}); write it from runs over every fold of {reader.url}")
+    return FileTargets(rows, probs)
+
+
+def apply_file_targets(targets: np.ndarray, found: FileTargets, weight: float) -> np.ndarray:
+    """`targets` with the file's rows replaced (weight 1) or mixed with the file's probabilities."""
     out = targets.copy()
-    weight = config.pseudo_blend if config.pseudo_mode == "blend" else 1.0  # "replace": the pseudo label alone
-    out[rows] = weight * probs + (1 - weight) * out[rows]
+    out[found.rows] = weight * found.probs + (1 - weight) * out[found.rows]
     return out
 
 
@@ -346,7 +461,7 @@ def _check_rows(plan: RunPlan, reader: StoreReader) -> None:
     """Every fold has rows to validate on and every stage at least one batch to train on."""
     config = plan.config
     for fold, stages in plan.folds.items():
-        if len(reader.select(Selection(folds=[fold]))) == 0:
+        if len(plan.scope.select(reader, folds=[fold])) == 0:
             raise ConfigError(f"folds: fold {fold} has no rows to validate on in {config.store}")
         for stage in stages:
             if len(stage.val_rows) == 0:

@@ -97,14 +97,17 @@ def _test_reader(store: str, config: TrainConfig) -> StoreReader:
 
 
 def pseudo_labels(
-    runs: list[Path], store: str, out: Path, min_votes: int = 10, weights: list[float] | None = None
+    runs: list[Path], store: str, out: Path, min_votes: int | None = 10, weights: list[float] | None = None
 ) -> pa.Table:
     """The runs' out-of-fold predictions averaged per label row, for the rows of `store` with fewer
-    than `min_votes` votes: the targets stage 2 uses for them."""
+    than `min_votes` votes (the targets a stage's pseudo-labels replace), or for every row the runs
+    predicted when `min_votes` is None (a teacher's targets, for distillation)."""
     from hms_prep.store.format import read_labels
 
     labels = read_labels(store)
-    low_vote = set(np.asarray(labels.column("label_id"))[np.asarray(labels.column("total_votes")) < min_votes].tolist())
+    votes = np.asarray(labels.column("total_votes"))
+    chosen = votes < min_votes if min_votes is not None else np.ones(len(votes), dtype=bool)
+    low_vote = set(np.asarray(labels.column("label_id"))[chosen].tolist())
     w = _weights(runs, weights)
     merged: dict[int, np.ndarray] = {}
     seen: dict[int, float] = {}
@@ -120,7 +123,8 @@ def pseudo_labels(
             merged[label_id] = merged.get(label_id, 0) + run_weight * p
             seen[label_id] = seen.get(label_id, 0) + run_weight
     if not merged:
-        raise ValueError(f"the runs' out-of-fold predictions cover no row with fewer than {min_votes} votes")
+        what = f"row with fewer than {min_votes} votes" if min_votes is not None else "row of the store"
+        raise ValueError(f"the runs' out-of-fold predictions cover no {what}")
     label_ids = np.array(sorted(merged), dtype=np.int64)
     probs = np.stack([merged[l] / seen[l] for l in label_ids])
     probs /= probs.sum(1, keepdims=True)

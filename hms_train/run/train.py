@@ -133,7 +133,9 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
     model = plan.inputs.build_model().to(ctx.device)
     if config.channels_last and plan.inputs.takes_image:
         model = model.to(memory_format=torch.channels_last)
-    val_rows = reader.select(Selection(folds=[fold]))  # the out-of-fold predictions cover the whole fold
+    # The out-of-fold predictions cover every row of the fold, in the row table or not: pseudo-labels and a
+    # teacher's targets are made from them for rows another table (or stage 2's) chooses.
+    val_rows = reader.select(Selection(folds=[fold]))
     saved = checkpoint.load(ctx.out / f"fold{fold}_last.pt", ctx.device)  # None unless resuming this fold
     at = checkpoint.position_of(saved) if saved else None
     best = saved["best_score"] if saved else math.inf
@@ -149,7 +151,7 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
         best = run_stage(ctx, plan, state, reader, fold, stage)
     model.load_state_dict(checkpoint.load(ctx.out / f"fold{fold}_best.pt", ctx.device)["model"])
     probs = predict_probabilities(model, reader, val_rows, plan.inputs, ctx.device, tta_hflip=config.tta_hflip)
-    table = _oof_table(reader, val_rows, fold, probs)
+    table = _oof_table(reader, val_rows, fold, probs, plan.scope.in_table[val_rows])
     if ctx.main:
         checkpoint.atomic(finished, lambda path: pq.write_table(table, path))
     return table
@@ -241,9 +243,9 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
         if ctx.main:
             evaluated = ema.module if ema is not None else model
             probs = predict_probabilities(evaluated, reader, stage.val_rows, plan.inputs, ctx.device)
-            report = cv_report(reader.targets[stage.val_rows], probs, reader.votes[stage.val_rows])
-            score = selection_kl(reader.targets[stage.val_rows], probs, reader.votes[stage.val_rows],
-                                 config.select_min_votes)
+            truth, votes = plan.scope.targets[stage.val_rows], plan.scope.votes[stage.val_rows]
+            report = cv_report(truth, probs, votes)
+            score = selection_kl(truth, probs, votes, config.select_min_votes)
             record = {
                 "fold": fold, "stage": stage.name, "epoch": epoch + 1, "train_loss": train_loss,
                 "val_kl": report["kl"], "val_kl_10plus": report["kl_10plus"], "val_kl_select": score,
@@ -350,19 +352,22 @@ def _parallel(ctx: Context, model: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def _oof_table(reader: StoreReader, rows: np.ndarray, fold: int, probs: np.ndarray) -> pa.Table:
+def _oof_table(reader: StoreReader, rows: np.ndarray, fold: int, probs: np.ndarray, in_table: np.ndarray) -> pa.Table:
     columns = {
         "label_id": pa.array(reader.column("label_id")[rows]),
         "eeg_id": pa.array(reader.column("eeg_id")[rows]),
         "row": pa.array(rows),
         "fold": pa.array(np.full(len(rows), fold, dtype=np.int8)),
         "total_votes": pa.array(reader.votes[rows].astype(np.int64)),
+        "in_table": pa.array(in_table),  # a row of the run's row table (its own CV is scored on these)
     }
     columns.update({c: pa.array(probs[:, j]) for j, c in enumerate(VOTE_COLUMNS)})
     return pa.table(columns)
 
 
 def _oof_summary(reader: StoreReader, table: pa.Table) -> dict:
+    """The run's CV: its out-of-fold predictions of its row table's rows."""
+    table = table.filter(table.column("in_table")) if "in_table" in table.column_names else table
     rows = table.column("row").to_numpy()
     probs = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
     report = cv_report(reader.targets[rows], probs, reader.votes[rows])

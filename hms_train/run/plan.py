@@ -351,13 +351,6 @@ def file_rows(config: TrainConfig, reader: StoreReader, scope: RowScope) -> dict
     return {stage: np.unique(np.concatenate(rows)) if rows else np.empty(0, np.int64) for stage, rows in needed.items()}
 
 
-def pseudo_label_rows(config: TrainConfig, reader: StoreReader, folds: list[int], scope: RowScope) -> np.ndarray:
-    """Every row some fold trains on with a pseudo-label: fewer than stage2_min_votes votes."""
-    if config.pseudo_labels is None:
-        return np.empty(0, dtype=np.int64)
-    return file_rows(dataclasses.replace(config, folds=folds), reader, scope)[PSEUDO_STAGES.index(config.pseudo_stage)]
-
-
 def validation_rows(config: TrainConfig, reader: StoreReader, rows: np.ndarray, scope: RowScope) -> np.ndarray:
     """`rows`, or with `val_per_eeg` each eeg_id's most-voted row among them (fixed, ties: the first)."""
     if not config.val_per_eeg:

@@ -452,3 +452,66 @@ def test_an_all_nan_fz_fails_the_raw_row_and_the_restored_file_recomputes_it(tin
     again = build(data, store, cluster)
     assert again.ok and again.rows_computed == len(rows)
     assert_same_store(store, reference)
+
+
+# --- one value per (row, array, parameters), whatever the build's history ------------------------------
+
+
+@pytest.fixture(scope="module")
+def nan_data(tiny_data, tmp_path_factory):
+    """tiny_data with NaN spans planted inside label windows of the recording with the most rows (its rows
+    fill several chunks), in a chain's channel, in another, and in the midline (the raw array's)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hms_prep.sources import kaggle
+
+    data = tmp_path_factory.mktemp("nan") / "data"
+    shutil.copytree(tiny_data, data)
+    eeg_ids = kaggle.read_labels(data, "train").column("eeg_id").to_pylist()
+    path = kaggle.eeg_path(data, "train", max(set(eeg_ids), key=eeg_ids.count))
+    table = pq.read_table(path)
+    for channel, (start_s, stop_s) in (("Fp1", (30, 35)), ("C3", (5, 9)), ("T4", (60, 80)), ("Cz", (40, 42))):
+        values = table.column(channel).to_numpy(zero_copy_only=False).copy()
+        values[start_s * 200 : stop_s * 200] = np.nan
+        table = table.set_column(table.column_names.index(channel), channel,
+                                 pa.array(values, table.schema.field(channel).type))
+    pq.write_table(table, path)
+    return data
+
+
+def test_values_are_a_function_of_file_row_and_params_whatever_the_build_history(nan_data, tmp_path, cluster):
+    """Issue 19, finding 1: NaN repair and the band-pass span depended on what a task computed together (the
+    raw array's margin, the rows to compute), so a store built array by array, a chunk repaired alone or a
+    failed row retried alone held other values than the store built at once (87,371 of eeg_10s here)."""
+    from hms_prep.kinds import MelParams
+
+    band_passed = MelParams(10, band_pass=(0.5, 20.0))  # a band-pass runs over a span fixed by the row
+    asked = dict(windows=(10, 30), extra_arrays=(band_passed,))
+    whole = tmp_path / "whole.zarr"
+    assert build(nan_data, whole, cluster, **asked).ok
+    names = [n for n in zarr.open_group(str(whole)).array_keys() if not n.startswith("_")]
+    assert len(names) == 5
+
+    by_array = tmp_path / "by_array.zarr"  # each array alone, raw last: the EEG arrays never saw its margin
+    for step in (dict(windows=(10,), kaggle=False, raw=None), dict(windows=(10, 30), kaggle=False, raw=None),
+                 dict(windows=(10, 30), raw=None, extra_arrays=(band_passed,)), asked):
+        assert build(nan_data, by_array, cluster, **step).ok
+    assert_same_store(by_array, whole, names)
+
+    repaired = tmp_path / "repaired.zarr"  # one chunk of each EEG window array damaged and repaired alone
+    shutil.copytree(whole, repaired)
+    for name in names:
+        if name.startswith("eeg_"):
+            chunk_path(repaired, name, 1).unlink()
+    summary = build(nan_data, repaired, cluster, repair=True, **asked)
+    assert sorted(summary.computed) == sorted(n for n in names if n.startswith("eeg_")) and summary.rows_computed == 8
+    assert_same_store(repaired, whole, names)
+
+    group = zarr.open_group(str(repaired), mode="r+")  # a failed row retried alone, in a partial chunk
+    for name in ("eeg_30s", "raw"):
+        group[f"_build/{name}/status"][9] = 2
+        group[f"_build/{name}/error"][9] = "x.parquet: unexpected error: OSError(5)"
+    summary = build(nan_data, repaired, cluster, **asked)
+    assert summary.computed == ["eeg_30s", "raw"] and summary.rows_computed == 1
+    assert_same_store(repaired, whole, names)

@@ -251,6 +251,9 @@ def info(
                    f"{a['rows_failed']} failed rows")
         typer.echo(f"  {'':{width}s} role {a['role']}, normalise {a['normalise']}; {detail}; "
                    f"digest {a['params_digest']}")
+    for line in facts["damaged"]:  # arrays whose metadata cannot be read: named, not described
+        console.print(f"[red]damaged:[/red] {escape(line)} (hms-prep build --repair rewrites it)", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -266,7 +269,7 @@ def verify(store: str = typer.Argument(..., help="Store path or URL.")):
     except StoreError as err:
         _fail(str(err))
     for problem in problems:
-        console.print(f"[red]problem:[/red] {escape(problem)}", highlight=False)
+        console.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{store}: ok")

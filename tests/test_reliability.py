@@ -515,3 +515,130 @@ def test_values_are_a_function_of_file_row_and_params_whatever_the_build_history
     summary = build(nan_data, repaired, cluster, **asked)
     assert summary.computed == ["eeg_30s", "raw"] and summary.rows_computed == 1
     assert_same_store(repaired, whole, names)
+
+
+# --- every read path checks every chunk; damaged metadata is named and rewritten ------------------------
+
+
+def test_a_damaged_raw_chunk_is_an_error_naming_array_chunk_rows_and_file_never_zeros(reference, tmp_path):
+    """Issue 19, finding 3: the trainer read a deleted raw chunk as zeros (exit 0, 21 of 67 windows wrong)
+    and a flipped one failed with zarr's bare 'Stored and computed checksum do not match'."""
+    from typer.testing import CliRunner
+
+    from hms_prep.cli import app
+    from hms_train.data.reader import StoreReader
+
+    store = tmp_path / "raw.zarr"
+    shutil.copytree(reference, store)
+    chunk_path(store, "raw", 1).unlink()
+    reader = StoreReader(str(store), ["raw"], threads=1)
+    with pytest.raises(ChunkError, match=rf"raw: chunk \(0, 1\) is damaged: chunk is missing .*\(rows \d+-\d+; "
+                                         rf"blosc frame, file {store}/raw/c/0/1\)"):
+        list(reader.batches(reader.select(), 4, shuffle=False))
+    path = chunk_path(store, "raw", 0)
+    path.write_bytes(_flip(path.read_bytes(), 60))
+    reader = StoreReader(str(store), ["raw", "eeg_10s"], threads=1)
+    with pytest.raises(ChunkError, match=rf"raw: chunk \(0, 0\) is damaged: chunk fails its checksum .*rows 0-\d+; "
+                                         rf"blosc frame, file {store}/raw/c/0/0"):
+        list(reader.batches(reader.select(), 4, shuffle=False))
+    shown = CliRunner().invoke(app, ["show", str(store), "--row", "0", "--out", str(tmp_path / "r.png")])
+    assert shown.exit_code == 1 and "raw: chunk (0, 0) is damaged" in shown.output and f"{store}/raw/c/0/0" in shown.output
+    assert shown.exception is None or isinstance(shown.exception, SystemExit)
+
+
+METADATA_DAMAGE = {  # what is done to a copy of the reference store, and the file the damage is named by
+    "truncated array metadata": (lambda s: _truncate(s / "kaggle" / "zarr.json", 600), "kaggle/zarr.json"),
+    "deleted array metadata": (lambda s: (s / "eeg_10s" / "zarr.json").unlink(), "eeg_10s/zarr.json"),
+    "build state metadata": (lambda s: (s / "_build" / "raw" / "status" / "zarr.json").write_text("{"),
+                             "_build/raw/status/zarr.json"),
+    "the build group's metadata": (lambda s: (s / "_build" / "zarr.json").write_bytes(b"\x00"), "_build/zarr.json"),
+    "attributes cut short (an older hms-prep)": (lambda s: _drop_attribute(s / "raw" / "zarr.json", "signals"),
+                                                 "raw/zarr.json"),
+}
+
+
+def _truncate(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def _drop_attribute(path: Path, key: str) -> None:
+    metadata = json.loads(path.read_text())
+    del metadata["attributes"][key]
+    path.write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize("damage", list(METADATA_DAMAGE))
+def test_damaged_metadata_is_named_in_one_line_and_repair_rewrites_it_losing_nothing(tiny_data, reference, tmp_path,
+                                                                                     damage):
+    """Issue 19, finding 4: a truncated kaggle/zarr.json was a 103-line traceback in verify and info and an
+    unnamed one-liner in build --repair, which left it broken; a deleted eeg_10s/zarr.json made verify say
+    ok (the array had gone). Now: one line naming the file everywhere, the trainer refuses the store in
+    one line, a plain build refuses, and --repair rewrites it from the params and computes nothing."""
+    from typer.testing import CliRunner
+
+    from hms_prep.cli import app
+    from hms_train.data.reader import StoreReader
+
+    harm, file = METADATA_DAMAGE[damage]
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    harm(store)
+    runner = CliRunner()
+    for command in (["verify", str(store)], ["info", str(store)]):
+        result = runner.invoke(app, command)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        [line] = [line for line in result.output.splitlines() if file in line]
+        assert line.startswith(("problem:", "damaged:")) and "--repair" in line, line
+    assert runner.invoke(app, ["verify", str(store)]).exit_code == 1
+    if not file.startswith("_build/zarr.json"):  # that one the readers never open
+        with pytest.raises(StoreError, match=rf"{file}: .*build --repair"):
+            StoreReader(str(store), list(ARRAYS))
+    build_command = ["build", "--data", str(tiny_data), "--store", str(store), "--windows", "10", "--quiet"]
+    plain = runner.invoke(app, build_command)
+    assert plain.exit_code == 1 and f"{file}: " in plain.output and "with --repair" in plain.output, plain.output
+    repaired = runner.invoke(app, [*build_command, "--repair"])
+    assert repaired.exit_code == 0 and f"rewrote {file} from" in repaired.output, repaired.output
+    assert "nothing to compute" in repaired.output  # every chunk was kept, read back and found sound
+    assert_same_store(store, reference)
+
+
+def test_repair_refuses_to_rewrite_metadata_whose_remains_name_other_params(tiny_data, reference, tmp_path, cluster):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    path = store / "kaggle" / "zarr.json"
+    text = path.read_text()
+    digest = json.loads(text)["attributes"]["params_digest"]
+    path.write_text(text.replace(digest, "0123456789abcdef")[: text.index('"axes"') + 100])
+    with pytest.raises(StoreError, match="what is left of it names params_digest 0123456789abcdef"):
+        build(tiny_data, store, cluster, repair=True)
+    assert path.read_text() == text.replace(digest, "0123456789abcdef")[: text.index('"axes"') + 100]
+
+
+def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny_data, reference, tmp_path, cluster):
+    """Issue 19, findings 4 and 9: a garbage labels.parquet was a 49-line traceback in verify; a flipped byte
+    in _build/raw/error was named by verify ("a build recomputes it") while every build said "nothing to
+    compute", so verify failed for ever; verify on an unfinished store said only that labels.parquet was
+    missing."""
+    from typer.testing import CliRunner
+
+    from hms_prep.cli import app
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    (store / "labels.parquet").write_bytes(b"not parquet")
+    path = store / "_build" / "raw" / "error" / "c" / "1"
+    path.write_bytes(_flip(path.read_bytes(), 5))
+    result = CliRunner().invoke(app, ["verify", str(store)])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.splitlines()
+    assert any(line.startswith("problem: labels.parquet: unreadable (") for line in lines), lines
+    assert any("_build/raw/error chunks [1] damaged" in line for line in lines), lines
+    summary = build(tiny_data, store, cluster)
+    assert summary.computed == ["raw"] and summary.rows_computed == 8
+    assert_same_store(store, reference)
+
+    (store / "labels.parquet").unlink()  # an unfinished build: labels not written, a chunk not done
+    zarr.open_array(str(store / "_build" / "eeg_10s" / "done"), mode="r+")[1] = 0
+    problems = verify_store(str(store))
+    assert any(p.startswith("labels.parquet is missing") for p in problems), problems
+    assert any(p.startswith("eeg_10s: 1 of 3 chunks not complete") for p in problems), problems

@@ -642,3 +642,34 @@ def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny
     problems = verify_store(str(store))
     assert any(p.startswith("labels.parquet is missing") for p in problems), problems
     assert any(p.startswith("eeg_10s: 1 of 3 chunks not complete") for p in problems), problems
+
+
+def test_an_all_nan_kaggle_spectrogram_fails_its_rows_and_the_fixed_file_recomputes_them(tiny_data, reference,
+                                                                                         tmp_path, cluster):
+    """Issue 19, finding 6: an all-NaN spectrogram was stored as all-zero crops marked ok, and the fixed file
+    was never read again (the EEG side fails such rows and retries them once the file changes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hms_prep.sources import kaggle
+
+    data = copy_data(tiny_data, tmp_path)
+    labels = kaggle.read_labels(data, "train").to_pylist()
+    spectrogram_id = labels[0]["spectrogram_id"]
+    path = kaggle.spectrogram_path(data, "train", spectrogram_id)
+    original = path.read_bytes()
+    table = pq.read_table(path)
+    for index, field in enumerate(table.schema):
+        if field.name != "time":
+            table = table.set_column(index, field, pa.nulls(table.num_rows, field.type))  # NaN, as pandas writes it
+    pq.write_table(table, path)
+
+    store = tmp_path / "s.zarr"
+    failed = build(data, store, cluster).failed_rows()
+    rows = {r["label_id"] for r in labels if r["spectrogram_id"] == spectrogram_id}
+    assert {f.label_id for f in failed} == rows and all(f.arrays == ("kaggle",) for f in failed)
+    assert all(f"{spectrogram_id}.parquet: spectrogram is all NaN in [" in f.reason for f in failed), failed
+    path.write_bytes(original)
+    again = build(data, store, cluster)
+    assert again.ok and again.computed == ["kaggle"] and again.rows_computed == len(rows)
+    assert_same_store(store, reference)

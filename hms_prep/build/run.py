@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-import threading
 import time
 from contextlib import contextmanager, suppress
 
@@ -23,6 +21,7 @@ import zarr
 
 from hms_prep.build.config import DEFAULT_CHUNK_ROWS, BuildConfig
 from hms_prep.build.execute import Executor, Executors
+from hms_prep.build.interrupts import interrupt_deferred
 from hms_prep.build.plan import BuildPlan, check_params, plan_build
 from hms_prep.build.record import BuildSummary, record_build
 from hms_prep.build.task import ChunkReport
@@ -71,7 +70,7 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
                 os.makedirs(url, exist_ok=True)  # the lock file lives in the store
         with build_lock(url):
             with _removed_on_failure(url, fresh):
-                with _interrupt_deferred():
+                with interrupt_deferred():
                     group, layout = open_or_create(config, planned)
                     rewrite_damaged_metadata(config, group, layout, requested, planned, say)
                 plan = plan_build(config, group, layout, requested, planned, say)
@@ -137,7 +136,7 @@ def create_arrays(group, layout: StoreLayout, plan: BuildPlan) -> None:
     """Each array to create: build state first, the array (with all its attributes) last, so that a
     reader lists it only once it is whole; an unfinished creation (a killed build) is redone."""
     for name in plan.create:
-        with _interrupt_deferred():
+        with interrupt_deferred():
             remove_array(group, name)
             create_build_state(group, name, layout)
             plan.kinds[name].create(group, layout, plan.raw_length)
@@ -205,23 +204,3 @@ def _removed_on_failure(url: str, fresh: bool):
                 if fs.exists(path):
                     fs.rm(path, recursive=True)
         raise
-
-
-@contextmanager
-def _interrupt_deferred():
-    """A Ctrl-C during the block takes effect when it ends. Creating the store or an array is a few
-    metadata writes that zarr's own IO thread goes on with after the main thread is interrupted: cleaning
-    up meanwhile raced it and left a root without its attributes, which the next build refused (found by
-    tests/test_reliability.py under load). A kill is safe anyway: the next build redoes an unfinished
-    creation."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread; Ctrl-C reaches only it
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt

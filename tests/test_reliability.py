@@ -212,6 +212,56 @@ def test_bad_options_are_refused_before_the_store_is_touched(tiny_data, tmp_path
     assert "Traceback" not in result.stderr and not store.exists()
 
 
+@pytest.fixture
+def odd_peers():
+    """Three things at a TCP address that are not Dask schedulers: an HTTP server (waits for a request:
+    Dask waited with it for ever), a server that answers at once with text (an HTTP/1.0 400 read as a
+    message length made Dask allocate 3.07 EiB), and one that accepts and closes."""
+    import socket
+    import socketserver
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Blurt(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    class Hang(socketserver.BaseRequestHandler):
+        def handle(self):
+            pass
+
+    servers = [HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler),
+               socketserver.TCPServer(("127.0.0.1", 0), Blurt), socketserver.TCPServer(("127.0.0.1", 0), Hang)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {name: f"tcp://127.0.0.1:{server.server_address[1]}" for name, server in zip(("http", "blurt", "closes"), servers)}
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("peer, message", [
+    ("http", "not a Dask scheduler (it accepted the connection but sent no Dask handshake in 10 s"),
+    ("blurt", "not a Dask scheduler (its first 8 bytes announce a message of"),
+    ("closes", "not a Dask scheduler (it closed the connection after 0 bytes)"),
+    ("unroutable", "cannot reach the Dask scheduler within 10 s"),
+])
+def test_a_scheduler_address_where_no_dask_scheduler_answers_is_one_line_naming_it(tiny_data, tmp_path, odd_peers,
+                                                                                     peer, message):
+    """Refused by the probe in at most 10 s (the subprocess's own limit, 120 s, would end a hang: an HTTP
+    server held a build for more than 400 s), one line naming the address, nothing created."""
+    address = odd_peers.get(peer, "tcp://10.255.255.1:8786")  # unroutable: no answer, or no route
+    store = tmp_path / "s.zarr"
+    result = cli("build", "--data", tiny_data, "--store", store, "--quiet", "--scheduler", address, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and f"--scheduler {address}: " in lines[0], result.stderr
+    if peer == "unroutable":  # no route here gives an OSError at once; elsewhere, the connect times out
+        assert "cannot reach the Dask scheduler" in lines[0], lines
+    else:
+        assert message in lines[0], lines
+    assert not store.exists()
+
+
 def test_hop_length_is_checked_against_the_asked_windows():
     from hms_prep.kinds import MelParams
 

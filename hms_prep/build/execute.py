@@ -256,8 +256,9 @@ HANDSHAKE_MAX_BYTES = 1 << 20
 def _probe_scheduler(address: str) -> None:
     """At a tcp:// address, the start of a Dask conversation, within SCHEDULER_TIMEOUT_S in all: a scheduler
     sends its handshake as soon as a connection opens (distributed.comm.core), an 8-byte little-endian
-    length and that many bytes. OSError when nothing listens or nothing arrives in time (an HTTP server waits
-    for a request, and Dask would wait with it, for ever); NotAScheduler for any other answer."""
+    length and that many bytes. OSError when nothing listens (or no connection is made in time);
+    NotAScheduler for any other answer, or none in time (an HTTP server waits for a request, and Dask would
+    wait with it, for ever)."""
     import socket
     import time
     from urllib.parse import urlsplit
@@ -274,9 +275,9 @@ def _probe_scheduler(address: str) -> None:
                 connection.settimeout(max(deadline - time.monotonic(), 0.001))
                 try:
                     more = connection.recv(n - len(data))
-                except socket.timeout:
-                    raise socket.timeout(f"no Dask handshake in {SCHEDULER_TIMEOUT_S} s (it sent {len(data)} "
-                                         "bytes)") from None
+                except socket.timeout:  # it listens, but says nothing: an HTTP server awaits a request
+                    raise NotAScheduler(f"it accepted the connection but sent no Dask handshake in "
+                                        f"{SCHEDULER_TIMEOUT_S} s ({len(data)} bytes)") from None
                 if not more:
                     raise NotAScheduler(f"it closed the connection after {len(data)} bytes")
                 data += more

@@ -193,6 +193,27 @@ def test_richards_stage_rows(both_store):
     assert np.array_equal(without.rows, others[votes[others] > 7]), "no pseudo-labels: > 7 votes only"
 
 
+@pytest.mark.parametrize("mode, weight", [("blend", 0.25), ("blend", 0.5), ("replace", 1.0)])
+def test_pseudo_mode_sets_the_low_vote_targets_by_value(both_store, tmp_path, mode, weight):
+    """pseudo_mode="blend": a low-vote row's target is pseudo_blend x its pseudo-label + the rest x its own
+    votes; "replace": the pseudo-label alone; rows with enough votes keep their own targets."""
+    path = tmp_path / "pl.parquet"
+    config = load_config("seed_david_mnv3", [f'store="{both_store}"', f'pseudo_labels="{path}"',
+                                             f'pseudo_mode="{mode}"', f"pseudo_blend={weight if mode == 'blend' else 0.5}"])
+    reader = StoreReader(both_store, config.inputs)
+    rows = reader.select(Selection())
+    pseudo = np.zeros((len(rows), 6))
+    pseudo[np.arange(len(rows)), np.arange(len(rows)) % 6] = 1.0  # a one-hot pseudo-label, unlike any vote
+    pq.write_table(pa.table({"label_id": reader.column("label_id")[rows],
+                             **{c: pseudo[:, j] for j, c in enumerate(VOTE_COLUMNS)}}), path)
+    targets = train_targets(reader, config)
+    low = reader.votes[rows] < config.stage2_min_votes
+    assert low.any() and (~low).any()
+    own = reader.targets[rows]
+    np.testing.assert_allclose(targets[rows[low]], weight * pseudo[low] + (1 - weight) * own[low], atol=1e-6)
+    np.testing.assert_array_equal(targets[rows[~low]], own[~low])
+
+
 def test_pseudo_labels_must_cover_every_low_vote_training_row(both_store, tmp_path):
     path = tmp_path / "pl.parquet"
     config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{path}"'])

@@ -166,19 +166,29 @@ def _flip(data: bytes, at: int) -> bytes:
 
 
 def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_leaves_none(tiny_data, tmp_path):
-    store = tmp_path / "locked.zarr"
-    store.mkdir()
+    """The holder is a real build, caught by the write hook right after its first data chunk (the store
+    created, its arrays made, computing): a build that let go of the lock once the store existed would let
+    the second one in."""
+    store, log = tmp_path / "locked.zarr", tmp_path / "log"
+    log.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from hms_prep.store.lock import build_lock\n"
-         f"with build_lock({str(store)!r}):\n    print('held', flush=True); time.sleep(600)"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "hms_prep.cli", "build", "--data", str(tiny_data), "--store", str(store),
+         "--windows", "10", "--chunk-rows", "8", "--workers", "1", "--quiet"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}", "HMS_KILL_LOG": str(log),
+                       "HMS_PAUSE_ON": "/eeg_10s/c/"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    paused = tmp_path / "log.paused"
     try:
-        assert holder.stdout.readline().strip() == "held"
-        result = cli("build", "--data", tiny_data, "--store", store, "--windows", "10", "--no-kaggle", "--no-raw",
-                     "--workers", "1", "--quiet")
+        deadline = time.monotonic() + 240
+        while not paused.exists() and holder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the holder is at its moment (the marker), not for a set time
+        assert paused.exists(), "the holding build never reached its first data chunk"
+        before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
+        result = cli("build", "--data", tiny_data, "--store", store, "--windows", "10", "--workers", "1", "--quiet")
         assert result.returncode == 1, result.stderr
         assert f"another build is running on this store (pid {holder.pid} on" in result.stderr
-        assert "Traceback" not in result.stderr and not (store / "zarr.json").exists()
+        assert "Traceback" not in result.stderr
+        assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before
         with pytest.raises(StoreLocked, match="another build is running"):  # in-process too
             with build_lock(str(store)):
                 pass

@@ -10,6 +10,9 @@ HMS_KILL_LOG names, and right after the write numbered
 and, independently,
   HMS_FAIL_ON         raises OSError (EIO) from the first write whose path contains this text, once per
                       build, as a failing disk would: the task that made it crashes;
+  HMS_PAUSE_ON        pauses the process that makes the first write whose path contains this text, right
+                      after it, until it is killed (the file LOG.paused, holding its pid, says it is there):
+                      a build caught holding its lock at a known moment;
   HMS_INTERRUPT_ON_SPAWN  sends the process group SIGINT from the first Dask worker process as it starts
                       (while the build's LocalCluster is starting up), once per build.
 The settings are read at each write, not at start, so one process can serve several builds
@@ -60,6 +63,15 @@ if os.environ.get("HMS_KILL_LOG"):
         os.close(fd)
         if index == at or (kill_on and kill_on in str(path) and _once("killed-on")):
             os.killpg(os.getpgid(0), getattr(signal, f"SIG{os.environ.get('HMS_KILL_SIGNAL', 'KILL')}"))
+        pause_on = os.environ.get("HMS_PAUSE_ON")
+        if pause_on and pause_on in str(path) and _once("paused-once"):
+            marker = log.parent / f"{log.name}.paused"
+            marker.with_suffix(".tmp").write_text(str(os.getpid()))
+            os.replace(marker.with_suffix(".tmp"), marker)
+            while True:
+                import time
+
+                time.sleep(3600)
         if 0 <= worker_at <= index and _in_worker() and _once("worker-killed"):
             os.kill(os.getpid(), signal.SIGKILL)
         if fail_on and fail_on in str(path) and _once("failed"):

@@ -176,6 +176,28 @@ def test_richards_stage2_with_pseudo_labels_starts_from_the_best_stage1_weights(
     assert stage1["stage"] == "stage1" and best["stage"] == "stage2", "the fold's model is stage 2's best"
 
 
+@pytest.mark.slow
+def test_stage2_starts_from_the_best_stage1_epoch_not_the_last(both_store, tmp_path):
+    """Stage 1 over 4 epochs whose best is not its last (checked: the test's premise), then stage 2 with a
+    learning rate too small to move a float32 weight: stage 2's weights are stage 1's best epoch's, which
+    the epochs after it changed. Starting from the last epoch's weights fails this test."""
+    overrides = [f'store="{both_store}"', *TINY, "epochs=4", "stage2_epochs=1", "lr=3e-2", "stage2_lr=1e-12",
+                 "ema_decay=0", 'schedule="constant"', "max_batches_per_epoch=2", 'stage2_init="best"']
+    out = tmp_path / "run"
+    train(load_config("seed_richard_b0", overrides), out, quiet=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    stage1 = [r for r in records if r["stage"] == "stage1"]
+    best = min(stage1, key=lambda r: r["val_kl_select"])
+    assert len(stage1) == 4 and best["epoch"] < 4, ("premise: stage 1's best epoch is not its last", stage1)
+    kept = torch.load(out / "fold0_stage1_best.pt", weights_only=True)
+    final = torch.load(out / "fold0_best.pt", weights_only=True)
+    assert kept["stage"] == "stage1" and kept["score"] == pytest.approx(best["val_kl_select"])
+    assert final["stage"] == "stage2"
+    weights = [k for k, v in kept["model"].items() if v.is_floating_point() and "running_" not in k]
+    moved = max((final["model"][k] - kept["model"][k]).abs().max().item() for k in weights)
+    assert weights and moved < 1e-9, moved  # started from the last epoch instead: 0.17 (checked)
+
+
 def test_richards_stage_rows(both_store):
     config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"'])
     reader = StoreReader(both_store, config.inputs)

@@ -199,6 +199,40 @@ def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_lea
         pass
 
 
+def test_the_object_store_lock_refuses_while_held_is_taken_over_when_stale_and_refuses_another_hosts(tmp_path):
+    """The lock of stores behind a URL (s3://, gs://: the file is the lock), through fsspec's `local://`,
+    which takes that path (file:// URLs become plain paths and get the flock). A process holding it is
+    named; once killed (SIGKILL), its lock file stays, but its pid is gone on this host, so the next
+    locker takes over and removes it at its end; a lock written from another host is refused, naming it.
+    The build holds this lock as it holds the flock (run_build: one `build_lock(url)` for every store)."""
+    import socket
+
+    store = tmp_path / "remote.zarr"
+    store.mkdir()
+    url = f"local://{store}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from hms_prep.store.lock import build_lock\n"
+         f"with build_lock({url!r}):\n    print('held', flush=True); time.sleep(600)"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLocked, match=rf"pid {holder.pid} on .*; if no build runs there, delete"):
+            with build_lock(url):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (store / "build.lock").exists()  # left behind by the killed holder: stale
+    with build_lock(url):
+        assert json.loads((store / "build.lock").read_text())["pid"] == os.getpid()
+    assert not (store / "build.lock").exists()
+    (store / "build.lock").write_text(json.dumps({"pid": 1, "host": f"not-{socket.gethostname()}",
+                                                  "started": "2026-01-01 00:00:00"}))
+    with pytest.raises(StoreLocked, match=f"pid 1 on not-{socket.gethostname()}"):
+        with build_lock(url):
+            pass
+
+
 # --- refuse before touching ---------------------------------------------------------------------------
 
 

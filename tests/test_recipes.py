@@ -315,6 +315,24 @@ def test_constant_and_per_epoch_cosine_schedules():
     assert len(set(steps)) == len(steps)
 
 
+@pytest.mark.slow
+def test_a_real_run_steps_the_per_epoch_cosine_as_torchs_cosine_annealing(both_store, tmp_path):
+    """The lr that run_stage itself leaves after each epoch (metrics.jsonl), not a copy of its stepping:
+    David's CosineAnnealingLR(T_max=epochs), stepped once per epoch."""
+    config = load_config("seed_david_b0", [f'store="{both_store}"', *TINY, "epochs=3", "stage2_epochs=0"])
+    train(config, tmp_path / "run", quiet=True)
+    seen = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
+    expected = []
+    for _ in range(3):
+        optimizer.step()  # no gradient: nothing moves, but torch sees the usual order
+        cosine.step()
+        expected.append(optimizer.param_groups[0]["lr"])
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+    assert len(set(seen)) == 3
+
+
 def test_ema_warm_up_follows_the_step():
     from timm.utils import ModelEmaV3
 

@@ -4,7 +4,6 @@ damage is detected and named and repaired, one builder at a time, options refuse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from hms_prep.audit import store_info, verify_store
+from hms_prep.audit import verify_store
 from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
 from hms_prep.store.lock import StoreLocked, build_lock

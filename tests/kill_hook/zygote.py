@@ -11,6 +11,7 @@ hook (tests/kill_hook) on PYTHONPATH and HMS_KILL_LOG set, so every child number
 
 import json
 import os
+import signal
 import sys
 
 # Everything a build imports, loaded once here.
@@ -48,6 +49,7 @@ def serve() -> None:
         pid = os.fork()
         if pid == 0:
             os.setsid()
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, whatever this inherited
             os.environ.update(request["env"])
             out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             os.dup2(out, 1)

@@ -179,8 +179,9 @@ def test_a_build_killed_while_adding_an_array_to_a_finished_store_hides_it_and_c
 
 # Moments of a build on a LocalCluster of two worker processes, by the file written (the two workers'
 # writes interleave in no fixed order, so a moment is named by its file, not its number): a worker's
-# first data chunk, a worker's done flag, the driver's metadata write after the workers finished.
-CLUSTER_MOMENTS = ["/eeg_10s/c/", "/_build/raw/done/c/", "labels.parquet.tmp"]
+# first data chunk, and the driver's metadata write after the workers finished (a worker's done flag was
+# a third, dropped for time: 30 s a moment on the 2-core machine, where the in-process test covers it).
+CLUSTER_MOMENTS = ["/eeg_10s/c/", "labels.parquet.tmp"]
 
 
 @pytest.mark.parametrize("kill_on", CLUSTER_MOMENTS)

@@ -28,7 +28,7 @@ ARRAYS = ("eeg_10s", "kaggle", "raw")
 INTERRUPTED = "interrupted; run the same command again to resume"
 # Every write of a build is a moment to kill it at: HMS_KILL_EVERY_WRITE=1 kills at each one (72 builds
 # killed and resumed, 109 s on the 2-core machine); by default, every metadata write and every write of the
-# first chunk of rows (each kind of data write of each array) and the last done flag: 42, about 65 s.
+# first chunk of rows (each kind of data write of each array) and the last done flag: 42, 62 s.
 EVERY_WRITE = os.environ.get("HMS_KILL_EVERY_WRITE") == "1"
 
 

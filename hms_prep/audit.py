@@ -15,7 +15,10 @@ from hms_prep.store.format import (
     STATUS_FAILED,
     STATUS_OK,
     ArrayDescription,
+    StoreError,
     StoreLayout,
+    damaged_state_chunks,
+    data_array_order,
     digest,
     describe_arrays,
     open_build_state,
@@ -23,6 +26,8 @@ from hms_prep.store.format import (
     read_labels,
     read_state,
     store_nbytes,
+    store_problems,
+    survey_arrays,
 )
 
 
@@ -96,10 +101,12 @@ def _read_chunk(array, source: ChunkSource, codec, coords, where: str) -> np.nda
 
 def store_info(url: str) -> dict:
     """Rows, arrays (shape, chunks, codec, completeness, what they are and how to read them) and size of
-    a store, JSON-able."""
+    a store, JSON-able; arrays whose metadata is damaged are listed apart, each with its problems."""
     group, layout = open_store(url)
+    states = survey_arrays(group)
+    complete = [name for name in data_array_order(states) if states[name].complete]
     arrays = {}
-    for name, described in describe_arrays(group).items():
+    for name, described in describe_arrays(group, complete).items():
         array = group[name]
         state = open_build_state(group, name)
         status, _ = read_state(state.status)
@@ -127,6 +134,7 @@ def store_info(url: str) -> dict:
         "folds": layout.n_folds,
         "bytes": store_nbytes(url),
         "arrays": arrays,
+        "damaged": [problem.line() for problem in metadata_problems(group, states)],
     }
 
 
@@ -139,31 +147,52 @@ def _codec_detail(codec) -> str:
 
 
 def verify_store(url: str) -> list[str]:
-    """Problems found (empty when the store is complete and consistent)."""
+    """Problems found, one line each naming the file or array, chunk and rows (empty when the store is
+    complete and consistent). Everything is checked whatever else is wrong: a store whose build was
+    stopped lists what is not done."""
     group, layout = open_store(url)
-    problems = []
-    labels = read_labels(url)
-    if labels.num_rows != layout.n_rows:
-        problems.append(f"labels.parquet has {labels.num_rows} rows, the store {layout.n_rows}")
-    elif not np.array_equal(labels.column("row").to_numpy(), np.arange(layout.n_rows)):
-        problems.append("labels.parquet column 'row' is not 0..n-1 in order")
-    counted = labels.filter(pc.greater(labels["total_votes"], 0)) if "total_votes" in labels.column_names else labels
-    if layout.split == "train" and counted.num_rows:  # rows without votes are failed rows, reported below
-        targets = np.stack([counted.column(c).to_numpy() for c in TARGET_COLUMNS], 1)
-        if not np.allclose(targets.sum(1), 1.0, atol=1e-4):
-            problems.append("targets do not sum to 1 on every row")
-    described = describe_arrays(group)
-    if not described:
+    states = survey_arrays(group)
+    problems = [f"{problem.line()}; hms-prep build --repair rewrites it" for problem in metadata_problems(group, states)]
+    try:
+        labels = read_labels(url)
+    except StoreError as err:
+        labels = None
+        problems.append(str(err).removeprefix(f"{url}: ").removeprefix(f"{url}/"))
+    if labels is not None:
+        problems += _verify_labels(labels, layout)
+    complete = [name for name in data_array_order(states) if states[name].complete]
+    described = describe_arrays(group, complete)
+    if not described and not any(state.damaged for state in states.values()):
         problems.append("the store holds no arrays")
     raw_bounds = None
-    if all(c in labels.column_names for c in RAW_INDEX_COLUMNS) and labels.num_rows == layout.n_rows:
+    if labels is not None and all(c in labels.column_names for c in RAW_INDEX_COLUMNS) and labels.num_rows == layout.n_rows:
         raw_bounds = np.stack([labels.column(c).to_numpy() for c in RAW_INDEX_COLUMNS[1:]], 1)
     for description in described.values():
         problems += _verify_array(url, group, description, layout, raw_bounds)
-    if "status" in labels.column_names:
+    if labels is not None and "status" in labels.column_names:
         failed = int(np.sum(labels.column("status").to_numpy(zero_copy_only=False) == "failed"))
         if failed:
             problems.append(f"{failed} rows failed to build (see the 'error' column of labels.parquet)")
+    return problems
+
+
+def metadata_problems(group, states: dict) -> list:
+    """The damaged metadata files of the store (an array's, its build state's, the `_build` group's)."""
+    return [*store_problems(group), *(p for state in states.values() if state.damaged for p in state.problems)]
+
+
+def _verify_labels(labels, layout: StoreLayout) -> list[str]:
+    problems = []
+    if labels.num_rows != layout.n_rows:
+        problems.append(f"labels.parquet has {labels.num_rows} rows, the store {layout.n_rows}")
+    elif "row" not in labels.column_names or not np.array_equal(labels.column("row").to_numpy(),
+                                                                np.arange(layout.n_rows)):
+        problems.append("labels.parquet column 'row' is not 0..n-1 in order")
+    counted = labels.filter(pc.greater(labels["total_votes"], 0)) if "total_votes" in labels.column_names else labels
+    if layout.split == "train" and counted.num_rows and all(c in labels.column_names for c in TARGET_COLUMNS):
+        targets = np.stack([counted.column(c).to_numpy() for c in TARGET_COLUMNS], 1)
+        if not np.allclose(targets.sum(1), 1.0, atol=1e-4):
+            problems.append("targets do not sum to 1 on every row")
     return problems
 
 
@@ -179,7 +208,7 @@ def _verify_array(url: str, group, described: ArrayDescription, layout, raw_boun
                         f"({digest(described.params)}); the array was edited by hand")
     state = open_build_state(group, name)
     for part in ("done", "status", "error", "repaired"):
-        bad = read_state(getattr(state, part))[1]
+        bad = damaged_state_chunks(getattr(state, part))
         if bad:
             problems.append(f"{name}: build state _build/{name}/{part} chunks {bad} damaged "
                             "(checksum mismatch); hms-prep build recomputes them")

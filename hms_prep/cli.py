@@ -138,6 +138,8 @@ def build(
         "EEG windows uncompressed, ~15 % more disk) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
+    on_dask: bool = typer.Option(False, "--on-dask", help="Run the tasks on Dask worker processes even when the build "
+                                 "is small (default: at most 400 rows to compute run in this process)."),
     repair: bool = typer.Option(False, "--repair", help="Also read back every chunk and recompute damaged ones."),
     retry_failed: bool = typer.Option(False, "--retry-failed",
                                       help="Compute failed rows again even if none of their files changed "
@@ -188,7 +190,7 @@ def build(
             kaggle=kaggle, kaggle_window_s=kaggle_window, raw=RawParams() if raw else None,
             extra_arrays=extra_arrays, n_folds=folds,
             chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair,
-            retry_failed=retry_failed, device=device,
+            retry_failed=retry_failed, device=device, in_process=False if on_dask else None,
         )
         config.check()  # every option checked before any work
     except ValueError as err:
@@ -251,6 +253,9 @@ def info(
                    f"{a['rows_failed']} failed rows")
         typer.echo(f"  {'':{width}s} role {a['role']}, normalise {a['normalise']}; {detail}; "
                    f"digest {a['params_digest']}")
+    for line in facts["damaged"]:  # arrays whose metadata cannot be read: named, not described
+        console.print(f"[red]damaged:[/red] {escape(line)} (hms-prep build --repair rewrites it)", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -266,7 +271,7 @@ def verify(store: str = typer.Argument(..., help="Store path or URL.")):
     except StoreError as err:
         _fail(str(err))
     for problem in problems:
-        console.print(f"[red]problem:[/red] {escape(problem)}", highlight=False)
+        console.print(f"[red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{store}: ok")

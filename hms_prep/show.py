@@ -31,6 +31,7 @@ from hms_prep import domain  # noqa: E402
 from hms_prep.domain import CHAINS, CLASSES, LABEL_SAMPLES, LABEL_WINDOW_S, SAMPLE_RATE, VOTE_COLUMNS  # noqa: E402
 from hms_prep.sources.montage import pair_names  # noqa: E402
 from hms_prep.kinds import KINDS  # noqa: E402
+from hms_prep.store.codecs import read_region  # noqa: E402
 from hms_prep.store.format import NORMALISE_ZSCORE, describe_arrays, open_store, read_labels  # noqa: E402
 
 # The PNG is always FIG_WIDTH x (SPECTROGRAM_HEIGHT [+ RAW_HEIGHT]) inches at DPI.
@@ -78,12 +79,12 @@ def show_row(store: str, row: int | None = None, label_id: int | None = None, ee
     if label.get("status", "ok") != "ok":
         _draw_failure(fig, label)
     else:
-        parts = {name: read_part(group, described[name], row) for name in images}
+        parts = {name: read_part(store, group, described[name], row) for name in images}
         top, bottom = fig.subfigures(2, 1, height_ratios=(SPECTROGRAM_HEIGHT, RAW_HEIGHT)) if raw else (fig, None)
         if parts:
             _draw_image(top, parts, group)
         if raw:
-            _draw_raw(bottom, group[raw], label)
+            _draw_raw(bottom, store, group[raw], label)
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
     return out
@@ -104,16 +105,19 @@ def chosen_arrays(store: str, described: dict, arrays: list[str] | None) -> tupl
     return [name for name in arrays if described[name].image], (raws[0] if raws else None)
 
 
-def read_part(group, described, row: int) -> np.ndarray:
+def read_part(store: str, group, described, row: int) -> np.ndarray:
     """One row of an image array as the trainer sees it before augmentation: float32 (4, F, T), z-scored
-    when the array says so (`normalise`)."""
-    part = group[described.name][row].astype(np.float32)
+    when the array says so (`normalise`). Read as the trainer reads it: a damaged or deleted chunk is a
+    ChunkError naming it, never zeros drawn."""
+    part = read_region(store, group[described.name], (slice(row, row + 1),), lambda _: f"row {row}")[0]
+    part = part.astype(np.float32)
     return standardise(part) if described.normalise == NORMALISE_ZSCORE else part
 
 
-def raw_window(raw, raw_start: int) -> np.ndarray:
-    """The row's 50 s label window of a signals array, float32 (signals, 10000), as stored."""
-    return raw[:, raw_start : raw_start + LABEL_SAMPLES].astype(np.float32)
+def raw_window(store: str, raw, raw_start: int) -> np.ndarray:
+    """The row's 50 s label window of a signals array, float32 (signals, 10000), as stored (checked)."""
+    window = (slice(None), slice(raw_start, raw_start + LABEL_SAMPLES))
+    return read_region(store, raw, window, lambda _: f"the row's window at sample {raw_start}").astype(np.float32)
 
 
 def stack_chains(part: np.ndarray) -> np.ndarray:
@@ -169,9 +173,9 @@ def _draw_image(fig, images: dict[str, np.ndarray], group) -> None:
         fig.colorbar(shown, ax=ax, location="bottom", shrink=0.5, aspect=50, pad=0.01)
 
 
-def _draw_raw(fig, raw, label: dict) -> None:
+def _draw_raw(fig, store: str, raw, label: dict) -> None:
     """The 50 s label window of every stored bipolar signal, offset vertically, first signal on top."""
-    window = raw_window(raw, int(label["raw_start"]))
+    window = raw_window(store, raw, int(label["raw_start"]))
     names = raw.attrs["signals"]
     spacing = 2 * max(float(np.percentile(np.abs(window), 99)), 1e-3)
     time = np.arange(window.shape[1]) / SAMPLE_RATE - LABEL_WINDOW_S / 2

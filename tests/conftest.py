@@ -27,6 +27,17 @@ def synth_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Three EEGs (21 rows): three chunks of rows at chunk_rows 8, so every kind of moment of a build happens
+    and few repeat (the kill, interruption and damage tests)."""
+    from hms_prep.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    synthesize(out, n_eegs=3, seed=3, n_test=1)
+    return out
+
+
+@pytest.fixture(scope="session")
 def train_store(synth_data, tmp_path_factory):
     """A train store (eeg_10s, eeg_30s, kaggle, raw) built from `synth_data` on a real LocalCluster."""
     from hms_prep.build.run import BuildConfig, run_build

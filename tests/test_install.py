@@ -24,16 +24,6 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Three EEGs: two chunks of rows at --chunk-rows 8."""
-    from hms_prep.synth import synthesize
-
-    out = tmp_path_factory.mktemp("tiny") / "data"
-    synthesize(out, n_eegs=3, seed=3, n_test=1)
-    return out
-
-
-@pytest.fixture(scope="module")
 def broken_torchaudio(tmp_path_factory):
     """A folder that, first on PYTHONPATH, makes `import torchaudio` fail the way torchaudio 2.11.1 did
     beside torch 2.11.0: its compiled library does not load."""

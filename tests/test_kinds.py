@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -100,11 +100,13 @@ def test_registry_holds_the_three_kinds_by_attrs_kind():
         kind_for({"window_s": 10})
 
 
+# The EEG kinds' digests changed once since v1 (e15fd0a0fe19f562, dea12b7f27fb7616, 31480938405ef1fc), when
+# their params began to record the NaN repair fixed per recording (decisions.md); the Kaggle crop's did not.
 @pytest.mark.parametrize("params, name, digest_, shape, codec", [
-    (MelParams(10), "eeg_10s", "e15fd0a0fe19f562", (4, 100, 256), "lz4"),
-    (MelParams(30), "eeg_30s", "dea12b7f27fb7616", (4, 100, 256), "lz4"),
+    (MelParams(10), "eeg_10s", "616d89cfed41175a", (4, 100, 256), "lz4"),
+    (MelParams(30), "eeg_30s", "d615f474868fb4aa", (4, 100, 256), "lz4"),
     (KaggleParams(), "kaggle", "67a786224bdc37c0", (4, 100, 300), "zstd"),
-    (RawParams(), "raw", "31480938405ef1fc", None, "lz4"),
+    (RawParams(), "raw", "32c43f65ecacb839", None, "lz4"),
 ])
 def test_each_default_kind_keeps_its_v1_name_digest_shape_and_codec(params, name, digest_, shape, codec):
     kind = kind_for(params)
@@ -181,18 +183,27 @@ def test_array_spec_values_follow_the_field_types():
 # --- stores -----------------------------------------------------------------------------------------
 
 def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(default_store):
-    """Stores built by the layout-v1 code open unchanged: same names, digests, codecs and every v1
-    attribute literally (tests/data/store_v1_arrays.json, written by that code). A new build adds exactly
-    the kind's read half, `role` and `normalise`, with the values the v1 fallback gives, and zarr's
-    `dimension_names` (decisions.md)."""
+    """Stores built by the layout-v1 code open unchanged: same names, codecs and every v1 attribute
+    literally (tests/data/store_v1_arrays.json, written by that code), but for the EEG kinds' params,
+    which record exactly their NaN repair and band-pass span besides (their digest follows: decisions.md).
+    A new build adds exactly the kind's read half, `role` and `normalise`, with the values the v1 fallback
+    gives, and zarr's `dimension_names` (decisions.md)."""
+    from hms_prep.sources.montage import NAN_REPAIR
+    from hms_prep.sources.recordings import SEGMENTS_SPAN
+
     expected = json.loads(V1_ARRAYS.read_text())
     group, layout = open_store(str(default_store))
     assert layout.layout_version == 1
     assert sorted(describe_arrays(group)) == sorted(expected) == ["eeg_10s", "eeg_30s", "kaggle", "raw"]
+    recorded_since_v1 = {"eeg_mel": {"nan_repair": NAN_REPAIR, "band_pass_span": None},  # no band-pass
+                         "raw": {"nan_repair": NAN_REPAIR, "band_pass_span": SEGMENTS_SPAN}, "kaggle": {}}
     for name, v1 in expected.items():
         metadata = json.loads((default_store / name / "zarr.json").read_text())
         attributes = metadata["attributes"]
-        assert {key: attributes[key] for key in v1["attributes"]} == v1["attributes"], name
+        v1_params = {**v1["attributes"]["params"], **recorded_since_v1[v1["attributes"]["kind"]]}
+        assert attributes["params"] == v1_params and attributes["params_digest"] == digest(v1_params), name
+        same = [key for key in v1["attributes"] if key not in ("params", "params_digest")]
+        assert {key: attributes[key] for key in same} == {key: v1["attributes"][key] for key in same}, name
         added = {key: value for key, value in attributes.items() if key not in v1["attributes"]}
         role, normalise = READ_HALF_OF_V1_KINDS[v1["attributes"]["kind"]]
         assert added == {"role": role, "normalise": normalise}, name
@@ -212,11 +223,35 @@ def test_a_store_with_the_v1_metadata_reads_as_a_new_one(default_store, tmp_path
         path.write_text(json.dumps(metadata))
     assert "role" not in zarr.open_array(str(store / "kaggle")).attrs
     old, new = (describe_arrays(open_store(str(s))[0]) for s in (store, default_store))
-    assert old == new and new["kaggle"].normalise == "zscore" and not new["raw"].image
+
+    def read_half(described):  # the EEG kinds' params record their NaN repair since (the next test)
+        return {name: replace(d, params={}, params_digest="") for name, d in described.items()}
+
+    assert read_half(old) == read_half(new) and new["kaggle"].normalise == "zscore" and not new["raw"].image
     assert verify_store(str(store)) == []
     assert show_row(str(store), row=3, out=tmp_path / "row3.png").is_file()
     with pytest.raises(KeyError, match="dimension_names"):
         xarray.open_zarr(str(store), consolidated=False)
+
+
+def test_arrays_whose_nan_repair_depended_on_the_build_are_refused_by_a_build_never_mixed(
+        default_store, small_data, tmp_path):
+    """The v1 code repaired NaN with the mean of the span a task read, which depended on what it
+    computed together: its EEG arrays (params without nan_repair) still read, verify and train, but a
+    build that would add to them is refused with one line saying how to go on; the Kaggle crop, whose
+    recipe did not change, is still built into."""
+    store = copy_of(default_store, tmp_path)
+    v1 = json.loads(V1_ARRAYS.read_text())
+    path = store / "eeg_10s" / "zarr.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "attributes": v1["eeg_10s"]["attributes"]}))
+    assert verify_store(str(store)) == []
+    before = chunk_files(store, ["eeg_10s", "kaggle"])
+    result = CliRunner().invoke(app, ["build", "--data", str(small_data), "--store", str(store), "--windows", "10",
+                                      "--kaggle-window", "1200", "--no-raw", "--quiet"])
+    assert result.exit_code == 1 and "array eeg_10s exists with other parameters" in result.output, result.output
+    assert "nan_repair None -> each bipolar signal's NaNs -> its mean over the whole recording" in result.output
+    assert "Traceback" not in result.output and chunk_files(store, ["eeg_10s", "kaggle"]) == before
+    assert not (store / "kaggle_1200s").exists()
 
 
 def test_variants_are_added_beside_the_defaults_and_a_second_run_computes_nothing(default_store, small_data,
@@ -284,7 +319,7 @@ def test_verify_flags_params_edited_by_hand(default_store, tmp_path):
     array = zarr.open_array(str(store / "eeg_30s"), mode="r+")
     array.attrs["params"] = {**array.attrs["params"], "n_mels": 64}
     problems = verify_store(str(store))
-    assert len(problems) == 1 and "eeg_30s: params_digest dea12b7f27fb7616 does not match" in problems[0]
+    assert len(problems) == 1 and "eeg_30s: params_digest d615f474868fb4aa does not match" in problems[0]
 
 
 # --- the worked example: a new kind in one module ---------------------------------------------------
@@ -322,13 +357,10 @@ class EegEnvelope(ArrayKind):
         return (len(CHAINS), 4, self.params.frames)
 
     def cut(self, recording, rows) -> Cut:
-        half = self.params.window_s * SAMPLE_RATE // 2
-        signals = recording.filtered(None)[:16]
         values = {}
         for row in recording.good:
             if row.row in rows:
-                centre = recording.label_centre(row)
-                window = np.abs(signals[:, centre - half : centre + half])
+                window = np.abs(recording.centred_window(row, self.params.window_s)[:16])
                 values[row.row] = np.log1p(window.reshape(4, 4, self.params.frames, -1).mean(-1))
         return Cut(values=values)
 

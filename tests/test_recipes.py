@@ -187,6 +187,29 @@ def test_richards_stage2_with_pseudo_labels_starts_from_the_best_stage1_weights(
     assert stage1["stage"] == "stage1" and best["stage"] == "stage2", "the fold's model is stage 2's best"
 
 
+@pytest.mark.slow
+def test_stage2_starts_from_the_best_stage1_epoch_not_the_last(both_store, tmp_path):
+    """Stage 1 over 4 epochs whose best is not its last (checked: the test's premise), then stage 2 with a
+    learning rate too small to move a float32 weight: stage 2's weights are stage 1's best epoch's, which
+    the epochs after it changed. Starting from the last epoch's weights fails this test."""
+    overrides = [f'store="{both_store}"', *TINY, "epochs=4", "stage2_epochs=1", "lr=3e-2", "stage2_lr=1e-12",
+                 "ema_decay=0", 'schedule="constant"', "max_batches_per_epoch=2", 'stage2_init="best"',
+                 'rows="all"']
+    out = tmp_path / "run"
+    train(load_config("seed_richard_b0", overrides), out, quiet=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    stage1 = [r for r in records if r["stage"] == "stage1"]
+    best = min(stage1, key=lambda r: r["val_kl_select"])
+    assert len(stage1) == 4 and best["epoch"] < 4, ("premise: stage 1's best epoch is not its last", stage1)
+    kept = torch.load(out / "fold0_stage1_best.pt", weights_only=True)
+    final = torch.load(out / "fold0_best.pt", weights_only=True)
+    assert kept["stage"] == "stage1" and kept["score"] == pytest.approx(best["val_kl_select"])
+    assert final["stage"] == "stage2"
+    weights = [k for k, v in kept["model"].items() if v.is_floating_point() and "running_" not in k]
+    moved = max((final["model"][k] - kept["model"][k]).abs().max().item() for k in weights)
+    assert weights and moved < 1e-9, moved  # started from the last epoch instead: 0.17 (checked)
+
+
 def test_richards_stage_rows(both_store):
     """His vote rules, on every label row (rows = "all")."""
     config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"', 'rows="all"'])
@@ -222,6 +245,27 @@ def test_richards_stages_draw_from_his_tables(both_store):
     assert len(moved) and np.array_equal(stage2.rows, np.union1d(table2[fold[table2] != 0], moved))
     assert np.array_equal(stage2.val_rows, table2[(fold[table2] == 0) & (votes[table2] > 7)])
     assert len(stage1.rows) < len(reader.select(Selection(exclude_folds=[0])))  # a table, not every row
+
+
+@pytest.mark.parametrize("mode, weight", [("blend", 0.25), ("blend", 0.5), ("replace", 1.0)])
+def test_pseudo_mode_sets_the_low_vote_targets_by_value(both_store, tmp_path, mode, weight):
+    """pseudo_mode="blend": a low-vote row's target is pseudo_blend x its pseudo-label + the rest x its own
+    votes; "replace": the pseudo-label alone; rows with enough votes keep their own targets."""
+    path = tmp_path / "pl.parquet"
+    config = load_config("seed_david_mnv3", [f'store="{both_store}"', f'pseudo_labels="{path}"', 'rows="all"',
+                                             f'pseudo_mode="{mode}"', f"pseudo_blend={weight if mode == 'blend' else 0.5}"])
+    reader = StoreReader(both_store, config.inputs)
+    rows = reader.select(Selection())
+    pseudo = np.zeros((len(rows), 6))
+    pseudo[np.arange(len(rows)), np.arange(len(rows)) % 6] = 1.0  # a one-hot pseudo-label, unlike any vote
+    pq.write_table(pa.table({"label_id": reader.column("label_id")[rows],
+                             **{c: pseudo[:, j] for j, c in enumerate(VOTE_COLUMNS)}}), path)
+    targets = train_targets(reader, config)
+    low = reader.votes[rows] < config.stage2_min_votes
+    assert low.any() and (~low).any()
+    own = reader.targets[rows]
+    np.testing.assert_allclose(targets[rows[low]], weight * pseudo[low] + (1 - weight) * own[low], atol=1e-6)
+    np.testing.assert_array_equal(targets[rows[~low]], own[~low])
 
 
 def test_pseudo_labels_must_cover_every_low_vote_training_row(both_store, tmp_path):
@@ -301,6 +345,24 @@ def test_constant_and_per_epoch_cosine_schedules():
     np.testing.assert_allclose(lrs(david, 5, 3), expected, rtol=1e-6)
     steps = lrs(load_config("smoke", ["warmup_epochs=0"]), 2, 4)  # the default: per step
     assert len(set(steps)) == len(steps)
+
+
+@pytest.mark.slow
+def test_a_real_run_steps_the_per_epoch_cosine_as_torchs_cosine_annealing(both_store, tmp_path):
+    """The lr that run_stage itself leaves after each epoch (metrics.jsonl), not a copy of its stepping:
+    David's CosineAnnealingLR(T_max=epochs), stepped once per epoch."""
+    config = load_config("seed_david_b0", [f'store="{both_store}"', *TINY, "epochs=3", "stage2_epochs=0"])
+    train(config, tmp_path / "run", quiet=True)
+    seen = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
+    expected = []
+    for _ in range(3):
+        optimizer.step()  # no gradient: nothing moves, but torch sees the usual order
+        cosine.step()
+        expected.append(optimizer.param_groups[0]["lr"])
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+    assert len(set(seen)) == 3
 
 
 def test_ema_warm_up_follows_the_step():

@@ -4,7 +4,6 @@ damage is detected and named and repaired, one builder at a time, options refuse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from hms_prep.audit import store_info, verify_store
+from hms_prep.audit import verify_store
 from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
 from hms_prep.store.lock import StoreLocked, build_lock
@@ -32,16 +31,6 @@ def cluster():
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
         yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Three EEGs: two chunks of rows at chunk_rows 8, so every kind of moment happens and few repeat."""
-    from hms_prep.synth import synthesize
-
-    out = tmp_path_factory.mktemp("tiny") / "data"
-    synthesize(out, n_eegs=3, seed=3, n_test=1)
-    return out
 
 
 def build(data, store, cluster, **kwargs):
@@ -67,66 +56,6 @@ def assert_same_store(store: Path, reference: Path, names=ARRAYS):
 def cli(*args, env=None, **kwargs):
     return subprocess.run([sys.executable, "-m", "hms_prep.cli", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, **kwargs)
-
-
-def killed_build(data, store, log: Path, at: int, windows="10"):
-    """The CLI build, killed (whole process group, SIGKILL) right after its write number `at`; returns
-    the store paths written, in order (all of them when `at` is -1: the build runs to its end)."""
-    log.mkdir()
-    env = {"PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}", "HMS_KILL_LOG": str(log), "HMS_KILL_AT": str(at)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hms_prep.cli", "build", "--data", str(data), "--store", str(store), "--windows",
-         windows, "--chunk-rows", "8", "--workers", "1", "--quiet"],
-        cwd=ROOT, env={**os.environ, **env}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    code = process.wait(timeout=300)
-    assert (code == -signal.SIGKILL) == (at >= 0), code
-    return [p.read_text() for p in sorted(log.iterdir())]
-
-
-def moment(path: str, store: Path) -> str:
-    """The kind of moment a write is: which file of the store was just written."""
-    rel = Path(path).relative_to(store).as_posix()
-    parts = rel.split("/")
-    if rel in ("zarr.json", "labels.parquet", "labels.parquet.tmp"):
-        return rel
-    if parts[0] == "_build":
-        return "_build/" + ("/".join(["*"] + parts[2:3] + (["zarr.json"] if parts[-1] == "zarr.json" else ["chunk"]))
-                            if len(parts) > 2 else "zarr.json")
-    return "array " + ("zarr.json" if parts[-1] == "zarr.json" else "chunk")
-
-
-def test_a_build_killed_at_each_kind_of_moment_resumes_to_the_same_store(tiny_data, reference, tmp_path, cluster):
-    """Freeze-and-kill at each file the build writes, in order: the first write of each kind of moment
-    (store and array creation, build state, data, status, error, repaired, done flag, labels.parquet
-    before and after its rename), and right after the last done flag (labels.parquet not yet written).
-    Measured: 72 writes in a build of this dataset, 16 moments killed, every one resumed identical."""
-    writes = killed_build(tiny_data, tmp_path / "full.zarr", tmp_path / "log-full", -1)
-    store = tmp_path / "full.zarr"
-    kinds = [moment(w, store) for w in writes]
-    # Each array's metadata is one write (its attributes with it: no moment with params_digest but no axes)
-    array_metadata = [w for w in writes if moment(w, store) == "array zarr.json"]
-    assert sorted(array_metadata) == sorted(str(store / name / "zarr.json") for name in ARRAYS)
-    last_done = kinds.index("labels.parquet.tmp") - 1  # every chunk done, labels.parquet not yet written
-    chosen = sorted({kinds.index(k) for k in kinds} | {last_done})
-    assert len(chosen) >= 10, kinds
-    for at in chosen:
-        store = tmp_path / f"killed-{at}.zarr"
-        killed_build(tiny_data, store, tmp_path / f"log-{at}", at)
-        if (store / "zarr.json").exists():  # what a reader sees meanwhile: no traceback, at most "pending"
-            assert all(name in ARRAYS for name in store_info(str(store))["arrays"])
-        resumed = build(tiny_data, store, cluster)
-        assert resumed.ok, (at, kinds[at])
-        assert_same_store(store, reference)
-
-    # Killed while adding an array to a good store: readers never see the half-made array.
-    store = tmp_path / "added.zarr"
-    shutil.copytree(reference, store)
-    (store / "build.lock").unlink(missing_ok=True)
-    writes = killed_build(tiny_data, store, tmp_path / "log-added", 1, windows="10,30")
-    assert "eeg_30s" in writes[0] or "eeg_30s" in writes[1]
-    assert "eeg_30s" not in store_info(str(store))["arrays"] and verify_store(str(store)) == []
-    assert build(tiny_data, store, cluster, windows=(10, 30)).computed == ["eeg_30s"]
 
 
 def test_labels_parquet_is_rewritten_when_missing_or_stale(tiny_data, reference, tmp_path, cluster):
@@ -236,19 +165,29 @@ def _flip(data: bytes, at: int) -> bytes:
 
 
 def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_leaves_none(tiny_data, tmp_path):
-    store = tmp_path / "locked.zarr"
-    store.mkdir()
+    """The holder is a real build, caught by the write hook right after its first data chunk (the store
+    created, its arrays made, computing): a build that let go of the lock once the store existed would let
+    the second one in."""
+    store, log = tmp_path / "locked.zarr", tmp_path / "log"
+    log.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from hms_prep.store.lock import build_lock\n"
-         f"with build_lock({str(store)!r}):\n    print('held', flush=True); time.sleep(600)"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "hms_prep.cli", "build", "--data", str(tiny_data), "--store", str(store),
+         "--windows", "10", "--chunk-rows", "8", "--workers", "1", "--quiet"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}", "HMS_KILL_LOG": str(log),
+                       "HMS_PAUSE_ON": "/eeg_10s/c/"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    paused = tmp_path / "log.paused"
     try:
-        assert holder.stdout.readline().strip() == "held"
-        result = cli("build", "--data", tiny_data, "--store", store, "--windows", "10", "--no-kaggle", "--no-raw",
-                     "--workers", "1", "--quiet")
+        deadline = time.monotonic() + 240
+        while not paused.exists() and holder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the holder is at its moment (the marker), not for a set time
+        assert paused.exists(), "the holding build never reached its first data chunk"
+        before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
+        result = cli("build", "--data", tiny_data, "--store", store, "--windows", "10", "--workers", "1", "--quiet")
         assert result.returncode == 1, result.stderr
         assert f"another build is running on this store (pid {holder.pid} on" in result.stderr
-        assert "Traceback" not in result.stderr and not (store / "zarr.json").exists()
+        assert "Traceback" not in result.stderr
+        assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before
         with pytest.raises(StoreLocked, match="another build is running"):  # in-process too
             with build_lock(str(store)):
                 pass
@@ -257,6 +196,40 @@ def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_lea
         holder.wait()
     with build_lock(str(store)):
         pass
+
+
+def test_the_object_store_lock_refuses_while_held_is_taken_over_when_stale_and_refuses_another_hosts(tmp_path):
+    """The lock of stores behind a URL (s3://, gs://: the file is the lock), through fsspec's `local://`,
+    which takes that path (file:// URLs become plain paths and get the flock). A process holding it is
+    named; once killed (SIGKILL), its lock file stays, but its pid is gone on this host, so the next
+    locker takes over and removes it at its end; a lock written from another host is refused, naming it.
+    The build holds this lock as it holds the flock (run_build: one `build_lock(url)` for every store)."""
+    import socket
+
+    store = tmp_path / "remote.zarr"
+    store.mkdir()
+    url = f"local://{store}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from hms_prep.store.lock import build_lock\n"
+         f"with build_lock({url!r}):\n    print('held', flush=True); time.sleep(600)"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLocked, match=rf"pid {holder.pid} on .*; if no build runs there, delete"):
+            with build_lock(url):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (store / "build.lock").exists()  # left behind by the killed holder: stale
+    with build_lock(url):
+        assert json.loads((store / "build.lock").read_text())["pid"] == os.getpid()
+    assert not (store / "build.lock").exists()
+    (store / "build.lock").write_text(json.dumps({"pid": 1, "host": f"not-{socket.gethostname()}",
+                                                  "started": "2026-01-01 00:00:00"}))
+    with pytest.raises(StoreLocked, match=f"pid 1 on not-{socket.gethostname()}"):
+        with build_lock(url):
+            pass
 
 
 # --- refuse before touching ---------------------------------------------------------------------------
@@ -268,6 +241,7 @@ def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_lea
     (["--windows", "10", "--hop-length", "20"], "a 10 s window with hop 20 gives 101 frames"),
     (["--codec", "snappy"], "unknown codec 'snappy'"),
     (["--chunk-rows", "0"], "--chunk-rows must be an integer >= 1"),
+    (["--on-dask", "--device", "cpu"], "--on-dask and --device exclude each other"),
     (["--store", "memory://x.zarr", "--scheduler", "tcp://127.0.0.1:1"], "cannot be reached by the workers"),
     (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler tcp://127.0.0.1:1: cannot reach the Dask scheduler"),
     (["--data", "/no/such[dir]"], "/no/such[dir]/train.csv: file not found"),  # brackets are text, not styles
@@ -279,6 +253,56 @@ def test_bad_options_are_refused_before_the_store_is_touched(tiny_data, tmp_path
     result = cli(*full)
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not store.exists()
+
+
+@pytest.fixture
+def odd_peers():
+    """Three things at a TCP address that are not Dask schedulers: an HTTP server (waits for a request:
+    Dask waited with it for ever), a server that answers at once with text (an HTTP/1.0 400 read as a
+    message length made Dask allocate 3.07 EiB), and one that accepts and closes."""
+    import socket
+    import socketserver
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Blurt(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    class Hang(socketserver.BaseRequestHandler):
+        def handle(self):
+            pass
+
+    servers = [HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler),
+               socketserver.TCPServer(("127.0.0.1", 0), Blurt), socketserver.TCPServer(("127.0.0.1", 0), Hang)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {name: f"tcp://127.0.0.1:{server.server_address[1]}" for name, server in zip(("http", "blurt", "closes"), servers)}
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("peer, message", [
+    ("http", "not a Dask scheduler (it accepted the connection but sent no Dask handshake in 10 s"),
+    ("blurt", "not a Dask scheduler (its first 8 bytes announce a message of"),
+    ("closes", "not a Dask scheduler (it closed the connection after 0 bytes)"),
+    ("unroutable", "cannot reach the Dask scheduler within 10 s"),
+])
+def test_a_scheduler_address_where_no_dask_scheduler_answers_is_one_line_naming_it(tiny_data, tmp_path, odd_peers,
+                                                                                     peer, message):
+    """Refused by the probe in at most 10 s (the subprocess's own limit, 120 s, would end a hang: an HTTP
+    server held a build for more than 400 s), one line naming the address, nothing created."""
+    address = odd_peers.get(peer, "tcp://10.255.255.1:8786")  # unroutable: no answer, or no route
+    store = tmp_path / "s.zarr"
+    result = cli("build", "--data", tiny_data, "--store", store, "--quiet", "--scheduler", address, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and f"--scheduler {address}: " in lines[0], result.stderr
+    if peer == "unroutable":  # no route here gives an OSError at once; elsewhere, the connect times out
+        assert "cannot reach the Dask scheduler" in lines[0], lines
+    else:
+        assert message in lines[0], lines
+    assert not store.exists()
 
 
 def test_hop_length_is_checked_against_the_asked_windows():
@@ -340,24 +364,6 @@ def test_help_version_and_log_progress(tiny_data, tmp_path):
     run_build(BuildConfig(data_dir=str(tiny_data), store=str(tmp_path / "c.zarr"), windows=(10,), kaggle=False,
                           raw=None, workers=1, in_process=False), say=said.append)
     assert any(line.startswith("Dask dashboard:") for line in said), said
-
-
-def test_ctrl_c_is_one_line_exit_130_and_resumable(tiny_data, tmp_path, cluster, reference):
-    store = tmp_path / "int.zarr"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hms_prep.cli", "build", "--data", str(tiny_data), "--store", str(store),
-         "--windows", "10", "--chunk-rows", "8", "--workers", "1"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (store / "_build" / "raw" / "done" / "zarr.json").exists():
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal sends it: the whole process group
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err and "CancelledError" not in err, err
-    assert build(tiny_data, store, cluster).ok
-    assert_same_store(store, reference)
 
 
 # --- bad inputs: each fails its own rows, named; the rerun after the fix computes only them ---------------
@@ -451,4 +457,225 @@ def test_an_all_nan_fz_fails_the_raw_row_and_the_restored_file_recomputes_it(tin
     path.write_bytes(original)
     again = build(data, store, cluster)
     assert again.ok and again.rows_computed == len(rows)
+    assert_same_store(store, reference)
+
+
+# --- one value per (row, array, parameters), whatever the build's history ------------------------------
+
+
+@pytest.fixture(scope="module")
+def nan_data(tiny_data, tmp_path_factory):
+    """tiny_data with NaN spans planted inside label windows of the recording with the most rows (its rows
+    fill several chunks), in a chain's channel, in another, and in the midline (the raw array's)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hms_prep.sources import kaggle
+
+    data = tmp_path_factory.mktemp("nan") / "data"
+    shutil.copytree(tiny_data, data)
+    eeg_ids = kaggle.read_labels(data, "train").column("eeg_id").to_pylist()
+    path = kaggle.eeg_path(data, "train", max(set(eeg_ids), key=eeg_ids.count))
+    table = pq.read_table(path)
+    for channel, (start_s, stop_s) in (("Fp1", (30, 35)), ("C3", (5, 9)), ("T4", (60, 80)), ("Cz", (40, 42))):
+        values = table.column(channel).to_numpy(zero_copy_only=False).copy()
+        values[start_s * 200 : stop_s * 200] = np.nan
+        table = table.set_column(table.column_names.index(channel), channel,
+                                 pa.array(values, table.schema.field(channel).type))
+    pq.write_table(table, path)
+    return data
+
+
+def test_values_are_a_function_of_file_row_and_params_whatever_the_build_history(nan_data, tmp_path, cluster):
+    """Issue 19, finding 1: NaN repair and the band-pass span depended on what a task computed together (the
+    raw array's margin, the rows to compute), so a store built array by array, a chunk repaired alone or a
+    failed row retried alone held other values than the store built at once (87,371 of eeg_10s here)."""
+    from hms_prep.kinds import MelParams
+
+    band_passed = MelParams(10, band_pass=(0.5, 20.0))  # a band-pass runs over a span fixed by the row
+    asked = dict(windows=(10, 30), extra_arrays=(band_passed,))
+    whole = tmp_path / "whole.zarr"
+    assert build(nan_data, whole, cluster, **asked).ok
+    names = [n for n in zarr.open_group(str(whole)).array_keys() if not n.startswith("_")]
+    assert len(names) == 5
+
+    by_array = tmp_path / "by_array.zarr"  # each array alone, raw last: the EEG arrays never saw its margin
+    for step in (dict(windows=(10,), kaggle=False, raw=None), dict(windows=(10, 30), kaggle=False, raw=None),
+                 dict(windows=(10, 30), raw=None, extra_arrays=(band_passed,)), asked):
+        assert build(nan_data, by_array, cluster, **step).ok
+    assert_same_store(by_array, whole, names)
+
+    repaired = tmp_path / "repaired.zarr"  # one chunk of each EEG window array damaged and repaired alone
+    shutil.copytree(whole, repaired)
+    for name in names:
+        if name.startswith("eeg_"):
+            chunk_path(repaired, name, 1).unlink()
+    summary = build(nan_data, repaired, cluster, repair=True, **asked)
+    assert sorted(summary.computed) == sorted(n for n in names if n.startswith("eeg_")) and summary.rows_computed == 8
+    assert_same_store(repaired, whole, names)
+
+    group = zarr.open_group(str(repaired), mode="r+")  # a failed row retried alone, in a partial chunk
+    for name in ("eeg_30s", "raw"):
+        group[f"_build/{name}/status"][9] = 2
+        group[f"_build/{name}/error"][9] = "x.parquet: unexpected error: OSError(5)"
+    summary = build(nan_data, repaired, cluster, **asked)
+    assert summary.computed == ["eeg_30s", "raw"] and summary.rows_computed == 1
+    assert_same_store(repaired, whole, names)
+
+
+# --- every read path checks every chunk; damaged metadata is named and rewritten ------------------------
+
+
+def test_a_damaged_raw_chunk_is_an_error_naming_array_chunk_rows_and_file_never_zeros(reference, tmp_path):
+    """Issue 19, finding 3: the trainer read a deleted raw chunk as zeros (exit 0, 21 of 67 windows wrong)
+    and a flipped one failed with zarr's bare 'Stored and computed checksum do not match'."""
+    from typer.testing import CliRunner
+
+    from hms_prep.cli import app
+    from hms_train.data.reader import StoreReader
+
+    store = tmp_path / "raw.zarr"
+    shutil.copytree(reference, store)
+    chunk_path(store, "raw", 1).unlink()
+    reader = StoreReader(str(store), ["raw"], threads=1)
+    with pytest.raises(ChunkError, match=rf"raw: chunk \(0, 1\) is damaged: chunk is missing .*\(rows \d+-\d+; "
+                                         rf"blosc frame, file {store}/raw/c/0/1\)"):
+        list(reader.batches(reader.select(), 4, shuffle=False))
+    path = chunk_path(store, "raw", 0)
+    path.write_bytes(_flip(path.read_bytes(), 60))
+    reader = StoreReader(str(store), ["raw", "eeg_10s"], threads=1)
+    with pytest.raises(ChunkError, match=rf"raw: chunk \(0, 0\) is damaged: chunk fails its checksum .*rows 0-\d+; "
+                                         rf"blosc frame, file {store}/raw/c/0/0"):
+        list(reader.batches(reader.select(), 4, shuffle=False))
+    shown = CliRunner().invoke(app, ["show", str(store), "--row", "0", "--out", str(tmp_path / "r.png")])
+    assert shown.exit_code == 1 and "raw: chunk (0, 0) is damaged" in shown.output and f"{store}/raw/c/0/0" in shown.output
+    assert shown.exception is None or isinstance(shown.exception, SystemExit)
+
+
+METADATA_DAMAGE = {  # what is done to a copy of the reference store, and the file the damage is named by
+    "truncated array metadata": (lambda s: _truncate(s / "kaggle" / "zarr.json", 600), "kaggle/zarr.json"),
+    "deleted array metadata": (lambda s: (s / "eeg_10s" / "zarr.json").unlink(), "eeg_10s/zarr.json"),
+    "build state metadata": (lambda s: (s / "_build" / "raw" / "status" / "zarr.json").write_text("{"),
+                             "_build/raw/status/zarr.json"),
+    "the build group's metadata": (lambda s: (s / "_build" / "zarr.json").write_bytes(b"\x00"), "_build/zarr.json"),
+    "attributes cut short (an older hms-prep)": (lambda s: _drop_attribute(s / "raw" / "zarr.json", "signals"),
+                                                 "raw/zarr.json"),
+}
+
+
+def _truncate(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def _drop_attribute(path: Path, key: str) -> None:
+    metadata = json.loads(path.read_text())
+    del metadata["attributes"][key]
+    path.write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize("damage", list(METADATA_DAMAGE))
+def test_damaged_metadata_is_named_in_one_line_and_repair_rewrites_it_losing_nothing(tiny_data, reference, tmp_path,
+                                                                                     damage):
+    """Issue 19, finding 4: a truncated kaggle/zarr.json was a 103-line traceback in verify and info and an
+    unnamed one-liner in build --repair, which left it broken; a deleted eeg_10s/zarr.json made verify say
+    ok (the array had gone). Now: one line naming the file everywhere, the trainer refuses the store in
+    one line, a plain build refuses, and --repair rewrites it from the params and computes nothing."""
+    from typer.testing import CliRunner
+
+    from hms_prep.cli import app
+    from hms_train.data.reader import StoreReader
+
+    harm, file = METADATA_DAMAGE[damage]
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    harm(store)
+    runner = CliRunner()
+    for command in (["verify", str(store)], ["info", str(store)]):
+        result = runner.invoke(app, command)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        [line] = [line for line in result.output.splitlines() if file in line]
+        assert line.startswith(("problem:", "damaged:")) and "--repair" in line, line
+    assert runner.invoke(app, ["verify", str(store)]).exit_code == 1
+    if not file.startswith("_build/zarr.json"):  # that one the readers never open
+        with pytest.raises(StoreError, match=rf"{file}: .*build --repair"):
+            StoreReader(str(store), list(ARRAYS))
+    build_command = ["build", "--data", str(tiny_data), "--store", str(store), "--windows", "10", "--quiet"]
+    plain = runner.invoke(app, build_command)
+    assert plain.exit_code == 1 and f"{file}: " in plain.output and "with --repair" in plain.output, plain.output
+    repaired = runner.invoke(app, [*build_command, "--repair"])
+    assert repaired.exit_code == 0 and f"rewrote {file} from" in repaired.output, repaired.output
+    assert "nothing to compute" in repaired.output  # every chunk was kept, read back and found sound
+    assert_same_store(store, reference)
+
+
+def test_repair_refuses_to_rewrite_metadata_whose_remains_name_other_params(tiny_data, reference, tmp_path, cluster):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    path = store / "kaggle" / "zarr.json"
+    text = path.read_text()
+    digest = json.loads(text)["attributes"]["params_digest"]
+    path.write_text(text.replace(digest, "0123456789abcdef")[: text.index('"axes"') + 100])
+    with pytest.raises(StoreError, match="what is left of it names params_digest 0123456789abcdef"):
+        build(tiny_data, store, cluster, repair=True)
+    assert path.read_text() == text.replace(digest, "0123456789abcdef")[: text.index('"axes"') + 100]
+
+
+def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny_data, reference, tmp_path, cluster):
+    """Issue 19, findings 4 and 9: a garbage labels.parquet was a 49-line traceback in verify; a flipped byte
+    in _build/raw/error was named by verify ("a build recomputes it") while every build said "nothing to
+    compute", so verify failed for ever; verify on an unfinished store said only that labels.parquet was
+    missing."""
+    from typer.testing import CliRunner
+
+    from hms_prep.cli import app
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    (store / "labels.parquet").write_bytes(b"not parquet")
+    path = store / "_build" / "raw" / "error" / "c" / "1"
+    path.write_bytes(_flip(path.read_bytes(), 5))
+    result = CliRunner().invoke(app, ["verify", str(store)])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.splitlines()
+    assert any(line.startswith("problem: labels.parquet: unreadable (") for line in lines), lines
+    assert any("_build/raw/error chunks [1] damaged" in line for line in lines), lines
+    summary = build(tiny_data, store, cluster)
+    assert summary.computed == ["raw"] and summary.rows_computed == 8
+    assert_same_store(store, reference)
+
+    (store / "labels.parquet").unlink()  # an unfinished build: labels not written, a chunk not done
+    zarr.open_array(str(store / "_build" / "eeg_10s" / "done"), mode="r+")[1] = 0
+    problems = verify_store(str(store))
+    assert any(p.startswith("labels.parquet is missing") for p in problems), problems
+    assert any(p.startswith("eeg_10s: 1 of 3 chunks not complete") for p in problems), problems
+
+
+def test_an_all_nan_kaggle_spectrogram_fails_its_rows_and_the_fixed_file_recomputes_them(tiny_data, reference,
+                                                                                         tmp_path, cluster):
+    """Issue 19, finding 6: an all-NaN spectrogram was stored as all-zero crops marked ok, and the fixed file
+    was never read again (the EEG side fails such rows and retries them once the file changes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hms_prep.sources import kaggle
+
+    data = copy_data(tiny_data, tmp_path)
+    labels = kaggle.read_labels(data, "train").to_pylist()
+    spectrogram_id = labels[0]["spectrogram_id"]
+    path = kaggle.spectrogram_path(data, "train", spectrogram_id)
+    original = path.read_bytes()
+    table = pq.read_table(path)
+    for index, field in enumerate(table.schema):
+        if field.name != "time":
+            table = table.set_column(index, field, pa.nulls(table.num_rows, field.type))  # NaN, as pandas writes it
+    pq.write_table(table, path)
+
+    store = tmp_path / "s.zarr"
+    failed = build(data, store, cluster).failed_rows()
+    rows = {r["label_id"] for r in labels if r["spectrogram_id"] == spectrogram_id}
+    assert {f.label_id for f in failed} == rows and all(f.arrays == ("kaggle",) for f in failed)
+    assert all(f"{spectrogram_id}.parquet: spectrogram is all NaN in [" in f.reason for f in failed), failed
+    path.write_bytes(original)
+    again = build(data, store, cluster)
+    assert again.ok and again.computed == ["kaggle"] and again.rows_computed == len(rows)
     assert_same_store(store, reference)

@@ -152,9 +152,9 @@ def test_xarray_opens_the_store_with_named_dimensions_and_reads_a_row_as_show_do
     assert int(ds["label_id"].sel(row=row)) == labels["label_id"]
     for name in ("eeg_10s", "eeg_30s", "kaggle"):
         part = ds[name].sel(row=row).values.astype(np.float32)
-        expected = read_part(group, described[name], row)  # z-scored where the array says normalise: zscore
+        expected = read_part(train_store, group, described[name], row)  # z-scored where the array says normalise: zscore
         np.testing.assert_array_equal(standardise(part) if described[name].normalise == "zscore" else part, expected)
     start = int(ds["raw_start"].sel(row=row))
     assert start == labels["raw_start"]
     np.testing.assert_array_equal(ds["raw"].isel(sample=slice(start, start + LABEL_SAMPLES)).values.astype(np.float32),
-                                  raw_window(group["raw"], start))
+                                  raw_window(train_store, group["raw"], start))

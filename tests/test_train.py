@@ -146,6 +146,27 @@ def test_predict_rebuilds_models_from_checkpoints_alone(smoke_run, stores, tmp_p
     assert rebuilt.equals(expected)
 
 
+def test_weighted_predict_of_two_different_runs_is_their_weighted_mean(smoke_run, stores, tmp_path):
+    """Two runs that predict differently (the smoke run's two folds, and its fold 1 alone): the weights
+    matter, and each weighting gives the weighted mean of the runs' own predictions."""
+    out, _ = smoke_run
+    other = tmp_path / "fold1_only"
+    other.mkdir()
+    shutil.copy(out / "fold1_best.pt", other / "fold1_best.pt")
+
+    def probs(table):
+        return np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
+
+    a = probs(predict_submission(stores[1], [out], tmp_path / "a.csv", device="cpu"))
+    b = probs(predict_submission(stores[1], [other], tmp_path / "b.csv", device="cpu"))
+    assert np.abs(a - b).max() > 1e-3, "the two runs must differ for the weights to matter"
+    for weights in ([0.8, 0.2], [0.2, 0.8], [1.0, 0.0]):
+        mixed = probs(predict_submission(stores[1], [out, other], tmp_path / "m.csv", weights=weights, device="cpu"))
+        np.testing.assert_allclose(mixed, weights[0] * a + weights[1] * b, atol=1e-6)
+    heavy_a = probs(predict_submission(stores[1], [out, other], tmp_path / "m.csv", weights=[0.8, 0.2], device="cpu"))
+    assert np.abs(heavy_a - a).max() < np.abs(heavy_a - b).max()
+
+
 def test_predict_refuses_a_store_with_several_rows_per_eeg_id(smoke_run, stores, tmp_path):
     from typer.testing import CliRunner
 

@@ -64,6 +64,8 @@ class BuildConfig:
             check_codec_choice(self.codec)
         if not self.arrays():
             raise ValueError("nothing to build: no windows, --no-kaggle, --no-raw and no --array")
+        if self.device is not None and self.in_process is False:
+            raise ValueError("--on-dask and --device exclude each other: a --device build computes in this process")
         if self.device is not None:
             from hms_prep.kinds.mel import check_device  # torch: only for a --device build
 

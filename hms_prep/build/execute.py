@@ -14,12 +14,14 @@ LocalCluster starts only when first used, so a build with nothing to compute sta
 from __future__ import annotations
 
 import logging
+import multiprocessing.resource_tracker
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from hms_prep import doctor
 from hms_prep.build.config import BuildConfig
+from hms_prep.build.interrupts import interrupt_deferred
 from hms_prep.build.task import ChunkJob, ChunkReport, Failure, build_chunk
 from hms_prep.kinds import ArrayKind
 
@@ -91,11 +93,17 @@ class OnDask(Executor):
         address = self.config.scheduler
         try:
             _probe_scheduler(address)  # a closed port answers at once; Dask would retry until its timeout
-            self.client = Client(address, timeout=f"{SCHEDULER_TIMEOUT_S}s")
-        except (OSError, TimeoutError, ValueError) as err:
+        except (OSError, ValueError) as err:  # socket.timeout is an OSError
             raise BuildError(f"--scheduler {address}: cannot reach the Dask scheduler within {SCHEDULER_TIMEOUT_S} s "
                              f"({type(err).__name__}: {err}); is `dask scheduler` running there, and is the port "
                              "open?") from None
+        except NotAScheduler as err:
+            raise BuildError(f"--scheduler {address}: not a Dask scheduler ({err}); give the address `dask "
+                             "scheduler` prints (tcp://HOST:8786)") from None
+        try:
+            self.client = Client(address, timeout=f"{SCHEDULER_TIMEOUT_S}s")
+        except Exception as err:  # whatever Dask makes of an odd peer: one line, never its traceback
+            raise BuildError(f"--scheduler {address}: connecting failed ({type(err).__name__}: {err})") from None
         _announce_dashboard(self.client, self.say)
         return self
 
@@ -113,10 +121,16 @@ class OnDask(Executor):
         # The nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers by default, which sends every large
         # numpy/torch allocation through mmap: the build ran 3x slower with it (docs/performance.md).
         allocator = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-        with dask.config.set(allocator):
+        # Ctrl-C held until the cluster is up, and never seen by its workers (build/interrupts.py): one line
+        # from this driver, which then closes them, instead of a traceback from every process. The workers
+        # inherit a blocked SIGINT from the threads that spawn them, so multiprocessing's resource tracker must
+        # be running first: starting it, it blocks and then unblocks SIGINT in the thread that asked for it.
+        if processes:
+            multiprocessing.resource_tracker.ensure_running()
+        with dask.config.set(allocator), interrupt_deferred(from_children=True):
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
                                         dashboard_address=":8787", silence_logs=logging.CRITICAL)
-        self.client = Client(self.cluster)
+            self.client = Client(self.cluster)
         _announce_dashboard(self.client, self.say)
 
     def require_parts(self, kinds: Iterable[ArrayKind]) -> None:
@@ -150,10 +164,11 @@ class OnDask(Executor):
             self.client.cancel(self.futures, force=True)
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        with interrupt_deferred():  # a second Ctrl-C must not leave the workers half closed
+            if self.client is not None:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
 
 
 class Executors:
@@ -229,11 +244,46 @@ def _announce_dashboard(client, say) -> None:
         say(f"Dask dashboard: {client.dashboard_link}")
 
 
+class NotAScheduler(Exception):
+    """Something answers at the address, but not as a Dask scheduler does."""
+
+
+# A Dask scheduler's first message on a connection (its handshake) is a few hundred bytes; anything that
+# announces more is not one (an HTTP server's "HTTP/1.0 400" read as a length made Dask allocate 3.07 EiB).
+HANDSHAKE_MAX_BYTES = 1 << 20
+
+
 def _probe_scheduler(address: str) -> None:
-    """Open (and close) a TCP connection to a tcp:// scheduler address; OSError when nothing listens."""
+    """At a tcp:// address, the start of a Dask conversation, within SCHEDULER_TIMEOUT_S in all: a scheduler
+    sends its handshake as soon as a connection opens (distributed.comm.core), an 8-byte little-endian
+    length and that many bytes. OSError when nothing listens (or no connection is made in time);
+    NotAScheduler for any other answer, or none in time (an HTTP server waits for a request, and Dask would
+    wait with it, for ever)."""
     import socket
+    import time
     from urllib.parse import urlsplit
 
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    if parts.scheme == "tcp" and parts.hostname and parts.port:
-        socket.create_connection((parts.hostname, parts.port), timeout=SCHEDULER_TIMEOUT_S).close()
+    if parts.scheme != "tcp" or not parts.hostname or not parts.port:
+        return  # other transports (tls://, ucx://): Dask's own timeout
+    deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
+    with socket.create_connection((parts.hostname, parts.port), timeout=SCHEDULER_TIMEOUT_S) as connection:
+
+        def received(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                connection.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    more = connection.recv(n - len(data))
+                except socket.timeout:  # it listens, but says nothing: an HTTP server awaits a request
+                    raise NotAScheduler(f"it accepted the connection but sent no Dask handshake in "
+                                        f"{SCHEDULER_TIMEOUT_S} s ({len(data)} bytes)") from None
+                if not more:
+                    raise NotAScheduler(f"it closed the connection after {len(data)} bytes")
+                data += more
+            return data
+
+        size = int.from_bytes(received(8), "little")
+        if not 0 < size <= HANDSHAKE_MAX_BYTES:
+            raise NotAScheduler(f"its first 8 bytes announce a message of {size} bytes")
+        received(size)

@@ -26,6 +26,7 @@ from hms_prep.store.format import (
     StoreError,
     StoreLayout,
     array_complete,
+    damaged_state_chunks,
     describe_arrays,
     failures_tried_at,
     open_build_state,
@@ -83,9 +84,7 @@ def plan_build(config: BuildConfig, group, layout: StoreLayout, requested: dict[
     array exists with other params or the raw arrays would disagree on their segment layout. `say` gets
     a line per array whose chunks are found damaged."""
     url = config.store_url
-    for name, kind in requested.items():
-        if name in group and array_complete(group, name):
-            check_same_params(url, group[name], kind)
+    check_params(url, group, requested)
     margin = segment_margin(url, group, requested)
     segments, raw_index, raw_length = plan_raw_segments(planned, layout.chunk_rows, margin or 0,
                                                         layout.raw_chunk_samples)
@@ -105,6 +104,13 @@ def plan_build(config: BuildConfig, group, layout: StoreLayout, requested: dict[
 def _whole(layout: StoreLayout, chunk: int) -> tuple[tuple[int, ...], bool]:
     rows = layout.chunk_slice(chunk)
     return tuple(range(rows.start, rows.stop)), True
+
+
+def check_params(url: str, group, requested: dict[str, ArrayKind]) -> None:
+    """`check_same_params` for every asked array the store holds whole."""
+    for name, kind in requested.items():
+        if array_complete(group, name):
+            check_same_params(url, group[name], kind)
 
 
 def check_same_params(url: str, array, kind: ArrayKind) -> None:
@@ -163,10 +169,12 @@ def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
     state = open_build_state(group, name)
     done, bad_done = read_state(state.done)
     status, bad_status = read_state(state.status)
-    for what, chunks in (("done flag", bad_done), ("status", bad_status), ("data", sorted(damaged))):
+    bad_error, bad_repaired = damaged_state_chunks(state.error), damaged_state_chunks(state.repaired)
+    for what, chunks in (("done flag", bad_done), ("status", bad_status), ("error", bad_error),
+                         ("repaired fraction", bad_repaired), ("data", sorted(damaged))):
         if chunks:
             say(f"{name}: {what} of chunks {', '.join(map(str, chunks))} damaged; recomputing them")
-    redo = set(bad_done) | set(bad_status) | damaged
+    redo = set(bad_done) | set(bad_status) | set(bad_error) | set(bad_repaired) | damaged
     reasons = read_errors(state, np.flatnonzero(status == STATUS_FAILED))
     pending = {}
     for chunk in range(layout.n_chunks):

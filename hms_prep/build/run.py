@@ -11,31 +11,37 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
+import re
 import time
 from contextlib import contextmanager, suppress
 
 import fsspec
 import pyarrow as pa
+import zarr
 
 from hms_prep.build.config import DEFAULT_CHUNK_ROWS, BuildConfig
 from hms_prep.build.execute import Executor, Executors
-from hms_prep.build.plan import BuildPlan, plan_build
+from hms_prep.build.interrupts import interrupt_deferred
+from hms_prep.build.plan import BuildPlan, check_params, plan_build
 from hms_prep.build.record import BuildSummary, record_build
 from hms_prep.build.task import ChunkReport
 from hms_prep.sources.kaggle import read_labels
-from hms_prep.sources.rows import plan_rows, rows_digest
+from hms_prep.sources.rows import plan_raw_segments, plan_rows, rows_digest
 from hms_prep.store.codecs import AUTO
 from hms_prep.store.format import (
+    ROLE_SIGNALS,
     StoreError,
     StoreLayout,
     create_build_state,
     create_store,
     open_store,
+    read_metadata_bytes,
     remove_array,
     store_exists,
+    store_problems,
+    survey_arrays,
     unfinished_store,
+    write_metadata,
 )
 from hms_prep.store.lock import build_lock, is_local
 
@@ -64,8 +70,9 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
                 os.makedirs(url, exist_ok=True)  # the lock file lives in the store
         with build_lock(url):
             with _removed_on_failure(url, fresh):
-                with _interrupt_deferred():
+                with interrupt_deferred():
                     group, layout = open_or_create(config, planned)
+                    rewrite_damaged_metadata(config, group, layout, requested, planned, say)
                 plan = plan_build(config, group, layout, requested, planned, say)
                 executor = executors.for_rows(plan.rows_to_compute)
                 if plan.rows_to_compute:
@@ -129,10 +136,58 @@ def create_arrays(group, layout: StoreLayout, plan: BuildPlan) -> None:
     """Each array to create: build state first, the array (with all its attributes) last, so that a
     reader lists it only once it is whole; an unfinished creation (a killed build) is redone."""
     for name in plan.create:
-        with _interrupt_deferred():
+        with interrupt_deferred():
             remove_array(group, name)
             create_build_state(group, name, layout)
             plan.kinds[name].create(group, layout, plan.raw_length)
+
+
+def rewrite_damaged_metadata(config: BuildConfig, group, layout: StoreLayout, requested: dict, planned: pa.Table,
+                             say) -> None:
+    """With --repair, every damaged metadata file of the asked arrays (their own, their build state's, the
+    `_build` group's) rewritten as their creation writes it, from their params; their chunks are then read
+    back by the repair, the damaged ones recomputed. StoreError naming the files otherwise (a plain build,
+    or an array not asked for, whose params only its name hints at)."""
+    states = survey_arrays(group)
+    damaged = {name: state for name, state in states.items() if state.damaged}
+    problems = [*store_problems(group), *(p for state in damaged.values() for p in state.problems)]
+    if not problems:
+        return
+    check_params(config.store_url, group, requested)  # before anything is written
+    listed = "; ".join(problem.line() for problem in problems)
+    if not config.repair:
+        raise StoreError(f"{config.store_url}: {listed}; run the same build with --repair to rewrite it")
+    unknown = sorted(set(damaged) - set(requested))
+    if unknown:
+        raise StoreError(f"{config.store_url}: {listed}; --repair rewrites an array's metadata from its parameters, "
+                         f"so ask for {', '.join(unknown)} too (the options or --array that made it)")
+    files = {}
+    for name in damaged or requested:  # `_build/zarr.json` alone: any asked array's creation writes it
+        files.update(expected_metadata(group, requested[name], layout, planned, damaged.get(name)))
+    for problem in problems:
+        write_metadata(group, problem.file, files[problem.file])
+    say(f"rewrote {', '.join(p.file for p in problems)} from the arrays' parameters; their chunks are read back "
+        "and the damaged ones recomputed")
+
+
+def expected_metadata(group, kind, layout: StoreLayout, planned: pa.Table, state) -> dict[str, bytes]:
+    """Each metadata file (by its path in the store) that creating `kind`'s array and its build state writes,
+    made by the same calls in memory. StoreError when what is left of a damaged one shows other params."""
+    for problem in state.problems if state is not None else ():
+        left = read_metadata_bytes(group, problem.file) or b""
+        found = re.search(rb'"params_digest"\s*:\s*"([0-9a-f]{16})"', left)
+        if found and found.group(1).decode() != kind.digest:
+            raise StoreError(f"{problem.file}: {problem.reason}, and what is left of it names params_digest "
+                             f"{found.group(1).decode()}, not {kind.digest} ({kind.name}'s): build into another --store, "
+                             f"or delete {kind.name} and _build/{kind.name} to recompute it")
+    raw_length = 0
+    if kind.role == ROLE_SIGNALS:
+        raw_length = plan_raw_segments(planned, layout.chunk_rows, kind.params.margin_s, layout.raw_chunk_samples)[2]
+    written: dict = {}
+    memory = zarr.open_group(zarr.storage.MemoryStore(written), mode="w")
+    create_build_state(memory, kind.name, layout)
+    kind.create(memory, layout, raw_length)
+    return {key: value.to_bytes() for key, value in written.items() if key.endswith("/zarr.json")}
 
 
 @contextmanager
@@ -149,23 +204,3 @@ def _removed_on_failure(url: str, fresh: bool):
                 if fs.exists(path):
                     fs.rm(path, recursive=True)
         raise
-
-
-@contextmanager
-def _interrupt_deferred():
-    """A Ctrl-C during the block takes effect when it ends. Creating the store or an array is a few
-    metadata writes that zarr's own IO thread goes on with after the main thread is interrupted: cleaning
-    up meanwhile raced it and left a root without its attributes, which the next build refused (found by
-    tests/test_reliability.py under load). A kill is safe anyway: the next build redoes an unfinished
-    creation."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread; Ctrl-C reaches only it
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt

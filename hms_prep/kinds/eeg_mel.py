@@ -13,7 +13,8 @@ import numpy as np
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
-from hms_prep.sources.montage import BIPOLAR_PAIRS
+from hms_prep.sources.montage import BIPOLAR_PAIRS, NAN_REPAIR
+from hms_prep.sources.recordings import LABEL_WINDOW_SPAN
 from hms_prep.sources.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos
 
 TOP_DB = 80.0  # the dB floor below each signal's maximum (librosa's power_to_db top_db)
@@ -79,6 +80,8 @@ class MelParams(KindParams):
             **asdict(self.resolved()),
             "band_pass": list(self.band_pass) if self.band_pass is not None else None,
             "band_pass_filter": BAND_PASS_FILTER if self.band_pass is not None else None,
+            "band_pass_span": LABEL_WINDOW_SPAN if self.band_pass is not None else None,
+            "nan_repair": NAN_REPAIR,
             "sample_rate": SAMPLE_RATE,
             "mel_scale": "slaney",
             "norm": "slaney",
@@ -112,10 +115,9 @@ class EegMel(ArrayKind):
         return (len(CHAINS), self.params.n_mels, self.params.frames)
 
     def cut(self, recording, rows: frozenset[int]) -> Cut:
-        """The (16, W*200) window of every usable row, centred on its label window."""
-        filtered = recording.filtered(self.params.band_pass)[: len(BIPOLAR_PAIRS)]
-        half = self.params.window_s * SAMPLE_RATE // 2
-        return Cut(values={r.row: filtered[:, recording.label_centre(r) - half : recording.label_centre(r) + half]
+        """The (16, W*200) window of every usable row: the middle of its label window."""
+        window_s, band = self.params.window_s, self.params.band_pass
+        return Cut(values={r.row: recording.centred_window(r, window_s, band)[: len(BIPOLAR_PAIRS)]
                            for r in recording.good if r.row in rows})
 
     def finish(self, cut: Cut, device: str) -> Cut:

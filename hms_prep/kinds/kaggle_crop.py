@@ -25,7 +25,9 @@ def kaggle_crop(time: np.ndarray, power: np.ndarray, offset_s: float,
     `time` (rows,) seconds and `power` (rows, 400) as returned by `read_spectrogram`.
     `crop` is float32 (4, 100, window_s / 2): chain (LL, RL, LP, RP) x frequency ascending x time, with
     row `time` at column (time - start) // 2. `n_rows` counts the real rows found (window_s / 2 when
-    complete); `nan_fraction` is the fraction of NaN values among them.
+    complete); `nan_fraction` is the fraction of NaN values among them. ValueError when no row falls in
+    the window or every value of those that do is NaN: the row fails, and is computed again once its file
+    changes.
     """
     start = offset_s + (SPEC_WINDOW_S - window_s) // 2
     columns_total = window_s // SPEC_ROW_S
@@ -35,6 +37,9 @@ def kaggle_crop(time: np.ndarray, power: np.ndarray, offset_s: float,
         raise ValueError(_no_rows_message(time, offset_s, start, window_s))
     found = power[inside]
     nan = np.isnan(found)
+    if nan.all():  # nothing to crop: all zeros would pass for a quiet recording (the EEG kinds fail it too)
+        raise ValueError(f"spectrogram is all NaN in [{start}, {start + window_s}) s ({n_rows} rows): nothing to "
+                         "crop")
     columns = ((time[inside] - start) // SPEC_ROW_S).astype(np.int64)
     by_time = np.zeros((columns_total, power.shape[1]), dtype=np.float32)
     by_time[columns] = np.log1p(np.where(nan, np.float32(0), found))

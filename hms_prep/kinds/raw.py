@@ -14,7 +14,8 @@ import zarr
 
 from hms_prep.domain import SAMPLE_RATE
 from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
-from hms_prep.sources.montage import pair_names
+from hms_prep.sources.montage import NAN_REPAIR, pair_names
+from hms_prep.sources.recordings import SEGMENTS_SPAN
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS, RawSegment
 from hms_prep.sources.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
 from hms_prep.store.format import ROLE_SIGNALS, SIGNAL_AXES, StoreLayout
@@ -49,6 +50,8 @@ class RawParams(KindParams):
             **asdict(self),
             "band_pass": list(self.band_pass) if self.band_pass is not None else None,
             "band_pass_filter": BAND_PASS_FILTER,
+            "band_pass_span": SEGMENTS_SPAN if self.band_pass is not None else None,
+            "nan_repair": NAN_REPAIR,
             "sample_rate": SAMPLE_RATE,
             "pairs": list(pair_names(self.midline)),
             "scaling": "clip(x, -clip_uv, clip_uv) / divide_by",
@@ -87,12 +90,15 @@ class RawSignals(ArrayKind):
         return (len(self.signals), segments_length), (len(self.signals), layout.raw_chunk_samples)
 
     def cut(self, recording, rows: frozenset[int]) -> Cut:
-        """Every segment of the recording, filtered and scaled (values keyed by segment position)."""
-        signals = recording.filtered(self.params.band_pass)[: len(self.signals)]
-        raw = scale_raw(signals, self.params)
+        """Every segment of the recording, filtered and scaled (values keyed by segment position; zeros
+        where a segment leaves the recording)."""
         errors = {r: reason for r, reason in recording.midline_errors.items() if r in rows and self.params.midline}
-        return Cut(values={s.position: _cut(raw, s.file_start - recording.first_sample, s.length)
-                           for s in recording.span.segments}, errors=errors)
+        first, signals = recording.segments(self.params.band_pass)
+        if signals is None:
+            return Cut(errors=errors)
+        raw = scale_raw(signals[: len(self.signals)], self.params)
+        return Cut(values={s.position: _cut(raw, s.file_start - first, s.length) for s in recording.span.segments},
+                   errors=errors)
 
     def write(self, target: zarr.Array, rows: tuple[int, ...], whole: bool, cut: Cut,
               segments: tuple[RawSegment, ...]) -> None:

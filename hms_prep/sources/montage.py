@@ -38,18 +38,29 @@ def bipolar_signals(eeg: np.ndarray, midline: bool = False) -> np.ndarray:
     return np.ascontiguousarray((eeg[:, first] - eeg[:, second]).T, dtype=np.float32)
 
 
-def fill_nan(signals: np.ndarray) -> np.ndarray:
-    """Replace NaNs of each signal by the mean of its finite samples (0 when none are finite).
+# How NaN samples are repaired, recorded in the params of every array cut from EEG recordings.
+NAN_REPAIR = "each bipolar signal's NaNs -> its mean over the whole recording (0 when none is finite)"
 
-    This is the public notebooks' rule, applied once per recording so that filtering can then run
-    over the whole recording. Returns a new array; the input is not modified.
+
+def finite_means(signals: np.ndarray) -> np.ndarray:
+    """(C, 1) float64: each signal's mean over its finite samples (0 when none are finite)."""
+    nan = np.isnan(signals)
+    finite_count = (~nan).sum(axis=-1, keepdims=True)
+    sums = np.where(nan, 0.0, signals).sum(axis=-1, keepdims=True, dtype=np.float64)
+    return np.divide(sums, finite_count, out=np.zeros_like(sums), where=finite_count > 0)
+
+
+def fill_nan(signals: np.ndarray, means: np.ndarray | None = None) -> np.ndarray:
+    """Replace NaNs of each signal by `means` ((C, 1), default: the signal's own finite mean).
+
+    The build passes the means of the whole recording (NAN_REPAIR), so a repaired sample's value is a
+    function of its file alone, never of the span a build task happens to read. Returns a new array;
+    the input is not modified.
     """
     out = np.array(signals, dtype=np.float32, copy=True)
     nan = np.isnan(out)
     if not nan.any():
         return out
-    finite_count = (~nan).sum(axis=-1, keepdims=True)
-    sums = np.where(nan, 0.0, out).sum(axis=-1, keepdims=True, dtype=np.float64)
-    means = np.divide(sums, finite_count, out=np.zeros_like(sums), where=finite_count > 0)
+    means = finite_means(out) if means is None else means
     np.copyto(out, np.broadcast_to(means, out.shape).astype(np.float32), where=nan)
     return out

@@ -1,8 +1,13 @@
 """The files array kinds are cut from, opened once per chunk: one EEG recording around the chunk's rows
-(bipolar, label windows checked, NaN repaired, band-passed once per band), or one Kaggle spectrogram.
+(bipolar, label windows checked, NaN repaired), or one Kaggle spectrogram.
 
 A build task groups its rows by file (`spans`), opens each file once (`open_file`) and hands the
 opened file to every kind of that source.
+
+A value must never depend on what else a task computes (which arrays, which rows: a repair of one
+chunk, an array added later): NaNs are repaired with each signal's mean over the whole recording, and
+a band-pass runs over a span fixed by what is cut (`band_passed`): a row's label window
+(`label_window`), or the raw segments of the recording in the chunk, the store's layout (`segments`).
 """
 
 from __future__ import annotations
@@ -15,14 +20,18 @@ import numpy as np
 
 from hms_prep.domain import LABEL_SAMPLES, LABEL_WINDOW_S, SAMPLE_RATE
 from hms_prep.sources.kaggle import eeg_path, read_eeg, read_spectrogram, spectrogram_path
-from hms_prep.sources.montage import BIPOLAR_PAIRS, bipolar_signals, fill_nan, pair_names
+from hms_prep.sources.montage import BIPOLAR_PAIRS, bipolar_signals, fill_nan, finite_means, pair_names
 from hms_prep.sources.rows import PlannedRow, RawSegment
 from hms_prep.sources.signal_filter import band_pass
 
 EEG, SPECTROGRAM = "eeg", "spectrogram"  # the Kaggle file an array kind's values are cut from
 SOURCES = (EEG, SPECTROGRAM)
 
-FILTER_CONTEXT = 10 * SAMPLE_RATE  # samples read beyond the needed span so filter edges settle
+FILTER_CONTEXT = 10 * SAMPLE_RATE  # samples filtered beyond a span either side, so its edges settle
+# The span a band-pass of an EEG kind runs over, recorded in its params.
+LABEL_WINDOW_SPAN = f"each row's 50 s label window and {FILTER_CONTEXT // SAMPLE_RATE} s either side"
+SEGMENTS_SPAN = (f"a chunk's raw segments of a recording, first to last, and {FILTER_CONTEXT // SAMPLE_RATE} s "
+                 "either side")
 
 
 @dataclass(frozen=True)
@@ -68,26 +77,46 @@ class EegRecording:
 
     span: RecordingSpan
     first_sample: int  # the recording's sample held in column 0 of `signals`
-    signals: np.ndarray | None  # (16 or 18, samples) float32, NaN repaired
+    n_samples: int  # the recording's length
+    signals: np.ndarray | None  # (16 or 18, samples) float32, NaN repaired with the recording's means
     good: tuple[PlannedRow, ...]  # rows whose label window is usable
     errors: dict[int, str]  # row -> why its label window is unusable
     repaired: dict[int, float]  # row -> NaN fraction of its label window
     midline_errors: dict[int, str] = field(default_factory=dict)  # row -> Fz-Cz/Cz-Pz all NaN (fails raw only)
-    _filtered: dict = field(default_factory=dict, repr=False)
+    _band_passed: dict = field(default_factory=dict, repr=False)
 
     @property
     def usable(self) -> bool:
         return self.signals is not None
 
-    def filtered(self, band: tuple[float, float] | None) -> np.ndarray:
-        """The signals band-passed (None: as they are), once per band for every kind that asks."""
-        if band not in self._filtered:
-            self._filtered[band] = band_pass(self.signals, band, SAMPLE_RATE)
-        return self._filtered[band]
+    def band_passed(self, band: tuple[float, float] | None, start: int, stop: int) -> np.ndarray:
+        """Recording samples [start, stop) (inside the recording and the span read) band-passed (None: as
+        they are), filtered over exactly them and FILTER_CONTEXT either side: equal requests give equal
+        values, whatever else the task reads. Once per (band, span) for every kind that asks."""
+        key = (band, start, stop)
+        if key not in self._band_passed:
+            lo, hi = max(0, start - FILTER_CONTEXT), min(self.n_samples, stop + FILTER_CONTEXT)
+            span = self.signals[:, lo - self.first_sample : hi - self.first_sample]
+            self._band_passed[key] = band_pass(span, band, SAMPLE_RATE)[:, start - lo : stop - lo]
+        return self._band_passed[key]
 
-    def label_centre(self, row: PlannedRow) -> int:
-        """Column of `signals` at the centre of the row's 50 s label window."""
-        return _label_start(row) - self.first_sample + LABEL_SAMPLES // 2
+    def label_window(self, row: PlannedRow, band: tuple[float, float] | None = None) -> np.ndarray:
+        """(16 or 18, LABEL_SAMPLES): the row's 50 s label window (a row of `good`), band-passed over
+        LABEL_WINDOW_SPAN; a W-second window centred on the label is its middle W seconds."""
+        start = _label_start(row)
+        return self.band_passed(band, start, start + LABEL_SAMPLES)
+
+    def centred_window(self, row: PlannedRow, window_s: int, band: tuple[float, float] | None = None) -> np.ndarray:
+        """(16 or 18, window_s * 200): the middle window_s seconds of the row's label window."""
+        first = LABEL_SAMPLES // 2 - window_s * SAMPLE_RATE // 2
+        return self.label_window(row, band)[:, first : first + window_s * SAMPLE_RATE]
+
+    def segments(self, band: tuple[float, float] | None) -> tuple[int, np.ndarray | None]:
+        """(first recording sample, signals) of the part of the recording that the span's raw segments
+        cover, first to last, band-passed over SEGMENTS_SPAN; signals None when no segment overlaps it."""
+        start = max(0, min(s.file_start for s in self.span.segments))
+        stop = min(self.n_samples, max(s.file_start + s.length for s in self.span.segments))
+        return start, self.band_passed(band, start, stop) if stop > start else None
 
 
 @dataclass(frozen=True)
@@ -101,7 +130,8 @@ class SpectrogramFile:
 
 
 def open_eeg(span: RecordingSpan, midline: bool, timer) -> EegRecording:
-    """Read the recording, check each row's label window, repair NaN over the needed span."""
+    """Read the recording, check each row's label window, repair NaN over the needed span with the means
+    of the whole recording (montage.NAN_REPAIR)."""
     with timer("read"):
         eeg = read_eeg(span.path)
     with timer("montage"):
@@ -129,8 +159,11 @@ def open_eeg(span: RecordingSpan, midline: bool, timer) -> EegRecording:
                                                f"label window at {row.eeg_offset_s:g} s")
         good = tuple(r for r in span.rows if r.row not in errors)
         usable = good or any(s.file_start < hi and s.file_start + s.length > lo for s in span.segments)
-        filled = fill_nan(signals) if usable else None
-    return EegRecording(span, lo, filled, good, errors, repaired, midline_errors)
+        filled = None
+        if usable:  # the means of the whole recording only when there is anything to repair
+            means = finite_means(bipolar_signals(eeg, midline=midline)) if np.isnan(signals).any() else None
+            filled = fill_nan(signals, means)
+    return EegRecording(span, lo, len(eeg), filled, good, errors, repaired, midline_errors)
 
 
 def open_spectrogram(span: RecordingSpan, midline: bool, timer) -> SpectrogramFile:

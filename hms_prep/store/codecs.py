@@ -20,6 +20,7 @@ Blosc's blocks cannot.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import uuid
 from collections.abc import Callable
@@ -209,7 +210,7 @@ class ChunkSource:
         where = where or self.where(coords)
         if codec.family == "bytes" and self.local:
             return self._read_into(coords, codec, out, where)
-        encoded = self(coords)
+        encoded = self(coords, where)
         return None if encoded is None else decode_chunk(codec, encoded, out, where)
 
     def _read_into(self, coords: tuple[int, ...], codec: Codec, out: np.ndarray, where: str) -> np.ndarray | None:
@@ -231,16 +232,67 @@ class ChunkSource:
             raise ChunkError(f"{where} fails its checksum (its bytes changed after it was written)")
         return out
 
-    def __call__(self, coords: tuple[int, ...]) -> np.ndarray | None:
+    def __call__(self, coords: tuple[int, ...], where: str | None = None) -> np.ndarray | None:
         """The chunk's bytes as uint8, or None when it was never written (zarr reads the fill value) in
-        a store without checksums; ChunkError when a chunk of a store with checksums is missing."""
+        a store without checksums; ChunkError (naming the chunk as `where`) when a chunk of a store with
+        checksums is missing."""
         try:
             data = self.fs.cat_file(self.prefix + self.metadata.encode_chunk_key(coords))
         except FileNotFoundError:
             if self.every_chunk_stored:
-                raise ChunkError(f"{self.where(coords)} is missing (deleted, or its rows were never built)") from None
+                raise ChunkError(f"{where or self.where(coords)} is missing (deleted, or its rows were never "
+                                 "built)") from None
             return None
         return np.frombuffer(data, dtype=np.uint8)
+
+
+def read_checked_chunk(source: ChunkSource, codec: Codec, coords: tuple[int, ...], out: np.ndarray, name: str,
+                       chunk, rows: str, location: str) -> np.ndarray | None:
+    """Chunk `coords` decoded into `out` (None: never written, in a store without checksums); ChunkError
+    naming the array (`name`), the chunk (`chunk`), `rows` (whose values it holds) and its file under
+    `location` (the array's folder) otherwise."""
+    try:
+        return source.read(coords, codec, out, where="chunk")  # named below
+    except (ValueError, RuntimeError) as err:  # numcodecs reports a bad frame as RuntimeError
+        key = source.metadata.encode_chunk_key(coords)
+        raise ChunkError(f"{name}: chunk {chunk} is damaged: {err} ({rows}; {codec.family} frame, "
+                         f"file {location}/{key})") from err
+
+
+def read_with_zarr(array: zarr.Array, index: tuple, name: str, what: str, location: str) -> np.ndarray:
+    """array[index] for a codec chain not declared here; any failure of zarr's (its own checksum codec's
+    among them) a ChunkError naming `what` (chunk or samples, and rows) and the array's folder."""
+    try:
+        return array[index]
+    except Exception as err:
+        raise ChunkError(f"{name}: {what} cannot be read ({type(err).__name__}: {err}; folder {location})") from err
+
+
+def read_region(store_url: str, array: zarr.Array, region: tuple[slice, ...], rows_of) -> np.ndarray:
+    """array[region] (one slice of int bounds per axis, None for a whole axis), read chunk by chunk through
+    the declared codecs, so each chunk's checksum and presence are checked (zarr reads a deleted chunk as
+    its fill value); `rows_of(coords)` says which rows a chunk holds ("rows 8-15"), for the ChunkError.
+    Other codec chains are read through zarr."""
+    location = "/".join(part for part in (store_url.rstrip("/"), array.path) if part)
+    name = array.path or location
+    region = (*region, *(slice(None),) * (array.ndim - len(region)))
+    bounds = [(s.start or 0, array.shape[axis] if s.stop is None else s.stop) for axis, s in enumerate(region)]
+    codec = codec_of(array)
+    source = ChunkSource(store_url, array) if codec is not None else None
+    if source is None or not source.fs.exists(source.prefix + "zarr.json"):  # fsspec resolves it elsewhere
+        return read_with_zarr(array, tuple(slice(a, b) for a, b in bounds), name,
+                              f"{[f'{a}-{b - 1}' for a, b in bounds]} ({rows_of(None)})", location)
+    out = np.empty([b - a for a, b in bounds], dtype=array.dtype)
+    chunk = np.empty(array.chunks, dtype=array.dtype)
+    grid = [range(a // n, -(-b // n)) for (a, b), n in zip(bounds, array.chunks)]
+    for coords in itertools.product(*grid):
+        decoded = read_checked_chunk(source, codec, coords, chunk, name, coords, rows_of(coords), location)
+        if decoded is None:  # never written, in a store without checksums: the fill value, as zarr reads it
+            decoded = np.full(array.chunks, array.fill_value, dtype=array.dtype)
+        inside = [(max(a, c * n), min(b, (c + 1) * n)) for (a, b), c, n in zip(bounds, coords, array.chunks)]
+        out[tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(inside, bounds))] = \
+            decoded[tuple(slice(lo - c * n, hi - c * n) for (lo, hi), c, n in zip(inside, coords, array.chunks))]
+    return out
 
 
 def read_whole(array: zarr.Array, threads: int = 8) -> tuple[np.ndarray, list[int]] | None:
@@ -270,6 +322,29 @@ def read_whole(array: zarr.Array, threads: int = 8) -> tuple[np.ndarray, list[in
     with ThreadPoolExecutor(min(threads, len(chunks)) or 1) as pool:
         fine = list(pool.map(read, chunks))
     return values, [c for c, ok in zip(chunks, fine) if not ok]
+
+
+def checksum_failures(array: zarr.Array, threads: int = 8) -> list[int] | None:
+    """The chunks of a 1-D array of a local store whose stored bytes fail their checksum (any data type:
+    the build state's error strings too, which `read_whole` cannot decode); None where this does not apply
+    (another store, no checksum): read those with zarr. A chunk never written is not a failure."""
+    codec = codec_of(array)
+    if codec is None or not codec.checksum or array.ndim != 1 or not isinstance(array.store, LocalStore):
+        return None
+    source = ChunkSource(str(array.store.root), array, every_chunk_stored=False)
+
+    def fails(chunk: int) -> bool:
+        try:
+            encoded = source((chunk,))
+            if encoded is not None:
+                verify_checksum(encoded)
+            return False
+        except ChunkError:
+            return True
+
+    chunks = range(-(-array.shape[0] // array.chunks[0]))
+    with ThreadPoolExecutor(min(threads, len(chunks)) or 1) as pool:
+        return [chunk for chunk, failed in zip(chunks, pool.map(fails, chunks)) if failed]
 
 
 class ChunkSink:

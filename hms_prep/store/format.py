@@ -37,8 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync  # zarr's own bridge to its async stores: the one way to reach any store's files
 
-from hms_prep.store.codecs import read_whole
+from hms_prep.store.codecs import checksum_failures, read_whole
 from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.data.reader's import; new code: hms_prep.domain)
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
@@ -103,28 +105,171 @@ BUILD_STATE_ARRAYS = ("done", "status", "error", "repaired")
 
 
 def data_array_names(group: zarr.Group) -> list[str]:
-    """The data arrays whose creation is complete (eeg_{W}s and their variants by window, then kaggle*,
-    raw*), in a stable order: array_keys() follows the filesystem."""
-    names = [n for n in group.array_keys() if not n.startswith("_") and array_complete(group, n)]
+    """The data arrays whose creation is complete, in `data_array_order`. StoreError naming every metadata file that is
+    damaged (`survey_arrays`): an array never silently disappears from its readers."""
+    states = survey_arrays(group)
+    damaged = [problem.line() for state in states.values() if state.damaged for problem in state.problems]
+    if damaged:
+        raise StoreError(f"{store_label(group)}: {'; '.join(damaged)}; `hms-prep build --repair` with the "
+                         "arrays asked for rewrites their metadata from their parameters")
+    return data_array_order(name for name, state in states.items() if state.complete)
+
+
+def data_array_order(names) -> list[str]:
+    """eeg_{W}s and their variants by window, then kaggle*, raw*: a stable order (the filesystem's is not)."""
     return sorted(names, key=lambda n: (not n.startswith("eeg_"), _window_of(n), n))
 
 
 def array_complete(group: zarr.Group, name: str) -> bool:
     """Whether the creation of array `name` finished: its build state exists (created first) and its
-    attributes were written (last)."""
-    try:
-        state = group[f"{BUILD_GROUP}/{name}"]
-        have = set(state.array_keys())
-        return set(BUILD_STATE_ARRAYS) <= have and "params_digest" in group[name].attrs
-    except (KeyError, ValueError, OSError):
-        return False
+    attributes were written (last), every metadata file readable."""
+    state = _array_state(group, name)
+    return state is not None and state.complete
 
 
 def remove_array(group: zarr.Group, name: str) -> None:
-    """Delete an array and its build state (an unfinished creation, to be redone)."""
+    """Delete an array and its build state (an unfinished creation, to be redone), whatever their metadata
+    holds (zarr's own `del` parses it first)."""
     for path in (name, f"{BUILD_GROUP}/{name}"):
-        if path in group:
-            del group[path]
+        sync(group.store.delete_dir(_key(group, path)))
+
+
+# --- which arrays a store holds, each metadata file read on its own --------------------------------------
+# zarr parses every member's zarr.json when it lists or indexes a group, so one damaged file raised from
+# deep inside zarr (a 103-line traceback) or, deleted, made its array vanish without a word.
+
+# Attributes every data array has (since the one-write creation, all or none); signals arrays also these:
+REQUIRED_ATTRIBUTES = ("kind", "params", "params_digest", "axes")
+REQUIRED_SIGNAL_ATTRIBUTES = ("signals",)
+NOT_ARRAYS = ("zarr.json", LABELS_FILE, f"{LABELS_FILE}.tmp", "build.lock")  # files beside the arrays
+
+
+@dataclass(frozen=True)
+class MetadataProblem:
+    """A metadata file of the store (`file`, relative to it) that is missing, unreadable or incomplete."""
+
+    file: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ArrayState:
+    """What the metadata of one array and its build state says: complete (no problems), an unfinished
+    creation (problems, nothing of it written yet: a build redoes it), or damaged (problems, though chunks
+    were written: its creation had finished)."""
+
+    name: str
+    problems: tuple[MetadataProblem, ...]
+    created: bool  # its creation finished once: complete now, or a chunk of it or of its build state exists
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.problems) and self.created
+
+
+def survey_arrays(group: zarr.Group) -> dict[str, ArrayState]:
+    """Every array the store has a metadata file of (its own or its build state's), by name."""
+    names = {n for n in _entries(group, "") if not n.startswith("_") and _is_node_name(n)}
+    names |= {n for n in _entries(group, BUILD_GROUP) if _is_node_name(n)}
+    states = (_array_state(group, name) for name in sorted(names))
+    return {state.name: state for state in states if state is not None}
+
+
+def store_problems(group: zarr.Group) -> list[MetadataProblem]:
+    """Metadata of the store itself beyond the root: the `_build` group's (xarray's open_datatree reads it)."""
+    if not _entries(group, BUILD_GROUP):
+        return []
+    problems: list[MetadataProblem] = []
+    _read_metadata(group, f"{BUILD_GROUP}/zarr.json", "group", problems)
+    if [p.reason for p in problems] == ["missing"] and not any(s.created for s in survey_arrays(group).values()):
+        # An unfinished creation: zarr writes the group's metadata and its first array's build state group's
+        # in no fixed order, and a build killed between them left the latter alone. The next build creates
+        # the arrays again, and the group with them.
+        return []
+    return problems
+
+
+def _array_state(group: zarr.Group, name: str) -> ArrayState | None:
+    """None when the store has no metadata file of the name (nothing of ours)."""
+    problems: list[MetadataProblem] = []
+    attrs = _read_metadata(group, f"{name}/zarr.json", "array", problems)
+    if attrs is not None:
+        required = REQUIRED_ATTRIBUTES + (REQUIRED_SIGNAL_ATTRIBUTES if tuple(attrs.get("axes", ())) == SIGNAL_AXES
+                                          else ())
+        missing = [key for key in required if key not in attrs]
+        if missing:
+            problems.append(MetadataProblem(f"{name}/zarr.json", f"lacks the attributes {', '.join(missing)}"))
+    _read_metadata(group, f"{BUILD_GROUP}/{name}/zarr.json", "group", problems)
+    for part in BUILD_STATE_ARRAYS:
+        _read_metadata(group, f"{BUILD_GROUP}/{name}/{part}/zarr.json", "array", problems)
+    if not problems:
+        return ArrayState(name, (), True)
+    chunk_folders = (name, *(f"{BUILD_GROUP}/{name}/{part}" for part in BUILD_STATE_ARRAYS))
+    created = any(_entries(group, f"{path}/c") for path in chunk_folders)
+    if not created and all(problem.reason == "missing" for problem in problems):
+        return None
+    return ArrayState(name, tuple(problems), created)
+
+
+def _read_metadata(group: zarr.Group, path: str, node_type: str, problems: list) -> dict | None:
+    """The attributes of the zarr v3 `node_type` whose metadata is `path`; None, with a problem added, when
+    it is missing, not JSON, or not such a node that zarr can open."""
+    data = read_metadata_bytes(group, path)
+    if data is None:
+        problems.append(MetadataProblem(path, "missing"))
+        return None
+    try:
+        metadata = json.loads(data)
+        if not isinstance(metadata, dict) or metadata.get("node_type") != node_type or metadata.get("zarr_format") != 3:
+            raise ValueError(f"not the metadata of a zarr v3 {node_type}")
+        group[path.rsplit("/", 1)[0]]  # what zarr makes of it: codecs, shape, data type
+    except Exception as err:  # JSON, zarr's own checks: any reason is the file's
+        problems.append(MetadataProblem(path, f"unreadable ({type(err).__name__}: {err})"))
+        return None
+    attributes = metadata.get("attributes", {})
+    return attributes if isinstance(attributes, dict) else {}
+
+
+def read_metadata_bytes(group: zarr.Group, path: str) -> bytes | None:
+    """The bytes of a file of the store (a `zarr.json`), None when it is missing."""
+    data = sync(group.store.get(_key(group, path), prototype=default_buffer_prototype()))
+    return None if data is None else data.to_bytes()
+
+
+def write_metadata(group: zarr.Group, path: str, data: bytes) -> None:
+    """Replace a metadata file of the store (`build --repair`), atomically where the store allows (local
+    stores: a temporary file, then a rename, as zarr writes its own)."""
+    sync(group.store.set(_key(group, path), default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def _entries(group: zarr.Group, path: str) -> list[str]:
+    """Names directly under `path` (files and folders), without parsing anything."""
+
+    async def listed():
+        return [entry async for entry in group.store.list_dir(_key(group, path))]
+
+    return sync(listed())
+
+
+def _key(group: zarr.Group, path: str) -> str:
+    return "/".join(part for part in (group.path, path) if part)
+
+
+def _is_node_name(name: str) -> bool:
+    return name not in NOT_ARRAYS and not name.endswith(".partial")  # zarr's temporary files of a write
+
+
+def store_label(group: zarr.Group) -> str:
+    """How messages name a store: its path (a local folder, or a path behind fsspec)."""
+    store = group.store
+    return str(getattr(store, "root", None) or getattr(store, "path", None) or store)
 
 
 def _window_of(name: str) -> int:
@@ -164,10 +309,11 @@ READ_HALF_OF_V1_KINDS = {"eeg_mel": (ROLE_IMAGE, NORMALISE_NONE), "kaggle": (ROL
                          "raw": (ROLE_SIGNALS, NORMALISE_NONE)}
 
 
-def describe_arrays(group: zarr.Group) -> dict[str, ArrayDescription]:
-    """Every data array of the store by name, in `data_array_names` order."""
+def describe_arrays(group: zarr.Group, names: list[str] | None = None) -> dict[str, ArrayDescription]:
+    """Every data array of the store by name, in `data_array_names` order (or those of `names`, complete
+    arrays: `survey_arrays`)."""
     described = {}
-    for name in data_array_names(group):
+    for name in data_array_names(group) if names is None else names:
         array = group[name]
         attrs = array.attrs.asdict()
         axes = tuple(attrs.get("axes", ()))
@@ -213,16 +359,22 @@ def open_store(url: str, mode: str = "r") -> tuple[zarr.Group, StoreLayout]:
         group = zarr.open_group(normalize_url(url), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise StoreError(f"{url}: no store here ({err})") from None
+    except Exception as err:  # JSON or zarr's own checks of the root metadata: the file's fault
+        raise StoreError(f"{url}/zarr.json: unreadable ({type(err).__name__}: {err}); the store's layout is lost "
+                         "with it") from None
     attrs = group.attrs.asdict().get(ROOT_KEY)
     if attrs is None:
         raise StoreError(f"{url}: a Zarr group, but not an hms cache store (no '{ROOT_KEY}' attributes)")
-    version = attrs.get("layout_version")
+    version = attrs.get("layout_version") if isinstance(attrs, dict) else None
     if version != LAYOUT_VERSION:
         raise StoreError(
             f"{url}: store layout version {version}, this program reads version {LAYOUT_VERSION}; "
             "rebuild the store with this version of hms-prep"
         )
-    return group, StoreLayout(**attrs)
+    try:
+        return group, StoreLayout(**attrs)
+    except TypeError as err:
+        raise StoreError(f"{url}/zarr.json: its '{ROOT_KEY}' attributes are not a store layout ({err})") from None
 
 
 def store_exists(url: str) -> bool:
@@ -244,17 +396,22 @@ def read_labels_if_readable(url: str) -> pa.Table | None:
     """labels.parquet, or None when it is missing or unreadable (a build rewrites it then)."""
     try:
         return read_labels(url)
-    except (StoreError, OSError, pa.ArrowException):
+    except StoreError:
         return None
 
 
 def read_labels(url: str) -> pa.Table:
+    """labels.parquet; StoreError naming it when it is missing or unreadable (every build rewrites it from
+    train.csv and the build state)."""
     fs, path = fsspec.core.url_to_fs(url)
     target = f"{path.rstrip('/')}/{LABELS_FILE}"
     if not fs.exists(target):
-        raise StoreError(f"{url}: {LABELS_FILE} is missing; run hms-prep build")
-    with fs.open(target, "rb") as f:
-        return pq.read_table(f)
+        raise StoreError(f"{url}: {LABELS_FILE} is missing (the build has not finished); run hms-prep build")
+    try:
+        with fs.open(target, "rb") as f:
+            return pq.read_table(f)
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"{url}/{LABELS_FILE}: unreadable ({err}); hms-prep build rewrites it") from None
 
 
 def store_nbytes(url: str) -> int:
@@ -343,6 +500,14 @@ def read_errors(state: BuildState, rows) -> dict[int, str]:
             value = None if values is None else values[row - chunk * step]
             reasons[row] = "" if value is None else str(value)
     return reasons
+
+
+def damaged_state_chunks(array: zarr.Array) -> list[int]:
+    """The chunks of a build-state array that cannot be trusted (checksum, truncation): by their checksums
+    alone where the store allows, which the error strings need (read whole through zarr, they would cost a
+    no-op build of the real data seconds)."""
+    damaged = checksum_failures(array)
+    return read_state(array)[1] if damaged is None else damaged
 
 
 def read_state(array: zarr.Array) -> tuple[np.ndarray, list[int]]:

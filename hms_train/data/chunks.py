@@ -7,8 +7,10 @@ store is read straight into the buffer), into a decode buffer reused from chunks
 samples/s for the buffer reuse alone, docs/performance.md). Arrays the declaration does not cover (another codec chain, sharding, zarr v2,
 chunks that are not whole rows) are read with `array[...]`.
 
-A chunk that cannot be decoded (truncated, overwritten) raises `ChunkError` naming the array, the chunk
-and its file; the codecs check the frame sizes first, so damaged bytes never reach the decompressor.
+A chunk that cannot be decoded (truncated, overwritten, deleted) raises `ChunkError` naming the array, the
+chunk, the rows it holds and its file; the codecs check the checksum and the frame sizes first, so damaged
+bytes never reach the decompressor. Signals arrays (the raw signals) are read the same way, chunk by chunk
+of their segments, never through `array[...]`, which reads a deleted chunk as zeros.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of  # noqa: F401 (ChunkError: part of this API)
+from hms_prep.store.codecs import ChunkError  # noqa: F401 (part of this API)
+from hms_prep.store.codecs import ChunkSource, codec_of, read_checked_chunk, read_region, read_with_zarr
 from hms_prep.domain import LABEL_SAMPLES
 
 RAW_WINDOW = LABEL_SAMPLES  # 50 s at 200 Hz: the label window a 1D model sees
@@ -60,22 +63,24 @@ class ChunkDecoder:
         """Chunk `chunk`, decoded into a buffer taken from `spare` when it has one."""
         rows = self.chunk_shape[0]
         if self.codec is None:
-            return self.array[chunk * rows : (chunk + 1) * rows]
+            return read_with_zarr(self.array, (slice(chunk * rows, (chunk + 1) * rows),), self.name,
+                                  f"chunk {chunk} (rows {chunk * rows}-{(chunk + 1) * rows - 1})", self.location)
         coords = (chunk,) + (0,) * (self.array.ndim - 1)
         out = _pop(spare) if spare is not None else None
         if out is None:
             out = np.empty(self.chunk_shape, dtype=self.array.dtype)
-        try:
-            decoded = self.source.read(coords, self.codec, out, where="chunk")  # named below
-        except (ValueError, RuntimeError) as err:  # numcodecs reports a bad frame as RuntimeError
-            key = self.array.metadata.encode_chunk_key(coords)
-            raise ChunkError(f"{self.name}: chunk {chunk} is damaged: {err} "
-                             f"({self.codec.family} frame, file {self.location}/{key})") from err
+        first = chunk * rows
+        decoded = read_checked_chunk(self.source, self.codec, coords, out, self.name, chunk,
+                             f"rows {first}-{min(first + rows, self.array.shape[0]) - 1}", self.location)
         if decoded is None:  # never written: zarr reads it as the fill value
             if spare is not None:
                 spare.append(out)
             return np.full(self.chunk_shape, self.array.fill_value, dtype=self.array.dtype)
         return decoded
+
+
+def _span(rows: np.ndarray) -> str:
+    return f"{int(rows.min())}-{int(rows.max())}" if len(rows) else "none"
 
 
 def _pop(spare: list[np.ndarray]) -> np.ndarray | None:
@@ -87,15 +92,17 @@ def _pop(spare: list[np.ndarray]) -> np.ndarray | None:
 
 class RawWindows:
     """Label windows of a signals array (the raw bipolar signals), cut from one read of a chunk's stored
-    segment.
+    segment: its chunks decoded through the declared codecs and checked (checksum, presence) like the
+    image arrays', or through zarr for other codec chains.
 
     `index` holds each row's (raw_start, raw_lo, raw_hi): its window's start and the bounds of its
     recording's stored segment, which a jittered window never leaves."""
 
-    def __init__(self, array: zarr.Array, index: np.ndarray, chunk_rows: int):
+    def __init__(self, array: zarr.Array, index: np.ndarray, chunk_rows: int, store_url: str):
         self.array = array
         self.index = index
         self.chunk_rows = chunk_rows
+        self.store_url = store_url
 
     def __call__(self, chunk: int, rows: np.ndarray, max_shift: int, key: tuple[int, int]) -> np.ndarray:
         """(chunk_rows, signals, RAW_WINDOW) windows for the chunk's `rows`, each shifted by a random
@@ -105,11 +112,22 @@ class RawWindows:
             shift = np.random.default_rng([*key, chunk]).integers(-max_shift, max_shift + 1, len(rows))
             start = np.clip(start + shift, lo, hi - RAW_WINDOW)
         first, last = int(start.min()), int(start.max()) + RAW_WINDOW
-        region = self.array[:, first:last]
+        region = self._region(first, last, rows, start)
         windows = np.empty((self.chunk_rows, region.shape[0], RAW_WINDOW), dtype=region.dtype)
         for local, begin in zip(rows - chunk * self.chunk_rows, start - first):
             windows[local] = region[:, begin : begin + RAW_WINDOW]
         return windows
+
+    def _region(self, first: int, last: int, rows: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """array[:, first:last], checked chunk by chunk; `rows` and their windows' `start`s name the rows
+        a damaged chunk holds."""
+        step = self.array.chunks[1]
+
+        def held(coords) -> str:
+            j = coords[1]
+            return f"rows {_span(rows[(start < (j + 1) * step) & (start + RAW_WINDOW > j * step)])}"
+
+        return read_region(self.store_url, self.array, (slice(None), slice(first, last)), held)
 
 
 class ChunkReader:

@@ -72,7 +72,7 @@ class StoreReader:
         for name, array in self.arrays.items():
             if self.descriptions[name].role == ROLE_SIGNALS:  # stored per segment: windows cut per row
                 index = np.stack([self.column(c) for c in RAW_INDEX_COLUMNS], 1)
-                signals[name] = RawWindows(array, index, chunk_rows)
+                signals[name] = RawWindows(array, index, chunk_rows, url)
             else:
                 decoders[name] = ChunkDecoder(array, chunk_rows, url)
         self.read_chunk = ChunkReader(decoders, signals, chunk_rows)

@@ -26,7 +26,7 @@ from hms_prep.build.plan import BuildPlan, check_params, plan_build
 from hms_prep.build.record import BuildSummary, record_build
 from hms_prep.build.task import ChunkReport
 from hms_prep.sources.kaggle import read_labels
-from hms_prep.sources.rows import plan_raw_segments, plan_rows, rows_digest
+from hms_prep.sources.rows import plan_raw_segments, plan_rows, rows_changes, rows_digest
 from hms_prep.store.codecs import AUTO
 from hms_prep.store.format import (
     ROLE_SIGNALS,
@@ -35,6 +35,7 @@ from hms_prep.store.format import (
     create_build_state,
     create_store,
     open_store,
+    read_labels_if_readable,
     read_metadata_bytes,
     remove_array,
     store_exists,
@@ -107,11 +108,14 @@ def open_or_create(config: BuildConfig, planned: pa.Table) -> tuple:
     digest = rows_digest(planned)
     if store_exists(url) and not unfinished_store(url):
         group, layout = open_store(url, mode="r+")
-        if layout.split != config.split or layout.rows_digest != digest:
-            raise StoreError(
-                f"{url}: built from a different {layout.split}.csv (other rows or offsets); "
-                "use a new --store path for this data"
-            )
+        if layout.split != config.split:
+            raise StoreError(f"{url}: a {layout.split} store, asked for --split {config.split}; use a new --store path")
+        if layout.rows_digest != digest:
+            stored = read_labels_if_readable(url)
+            what = rows_changes(stored, planned) if stored is not None and "label_id" in stored.column_names \
+                else "other rows or offsets"
+            raise StoreError(f"{url}: built from a different {layout.split}.csv: {what}; a store's rows are fixed "
+                             "when it is created (docs/reliability.md): use a new --store path for this data")
         if layout.n_folds != config.n_folds:
             raise StoreError(f"{url}: built with {layout.n_folds} folds, asked for {config.n_folds}")
         for option, have, asked in (("--chunk-rows", layout.chunk_rows, config.chunk_rows),

@@ -94,6 +94,21 @@ def rows_digest(planned: pa.Table) -> str:
     return digest([planned.column(c).to_pylist() for c in cols])
 
 
+def rows_changes(stored: pa.Table, planned: pa.Table) -> str:
+    """What differs between a store's label rows and a new plan, by label_id: "2 rows changed (first
+    label_ids [...]), 1 removed (...), 3 added (...)"; "the row order" when only that differs."""
+    cols = ["eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET]
+    def by_label(table: pa.Table) -> dict:
+        values = zip(*(table.column(c).to_pylist() for c in cols))
+        return dict(zip(table.column("label_id").to_pylist(), values))
+
+    old, new = by_label(stored), by_label(planned)
+    groups = (("changed", [l for l in new if l in old and new[l] != old[l]]),
+              ("removed", [l for l in old if l not in new]), ("added", [l for l in new if l not in old]))
+    parts = [f"{len(ids)} {what} (first label_ids {ids[:3]})" for what, ids in groups if ids]
+    return ", ".join(parts) if parts else "the row order"
+
+
 @dataclass(frozen=True)
 class RawSegment:
     """Samples [file_start, file_start + length) of one EEG, stored at raw[:, position:position+length]."""

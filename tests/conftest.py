@@ -16,6 +16,18 @@ needs_real_sample = pytest.mark.skipif(
 )
 
 
+# The longest files first (each took over a minute on the 2-core machine, longest first): `make test`'s
+# two workers take whole files in collection order (--dist loadfile), so starting with the longest keeps
+# one worker from running a long file alone at the end.
+LONGEST_FIRST = ("test_seed_chain.py", "test_train.py", "test_kill.py", "test_recipes.py", "test_export.py",
+                 "test_reliability.py", "test_benchmarks.py", "test_resume.py", "test_install.py", "test_build.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's order is kept
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """A small synthetic Kaggle-layout dataset shared by the tests of a session."""

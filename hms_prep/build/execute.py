@@ -129,7 +129,7 @@ class OnDask(Executor):
             multiprocessing.resource_tracker.ensure_running()
         with dask.config.set(allocator), interrupt_deferred(from_children=True):
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                                        dashboard_address=":8787", silence_logs=logging.CRITICAL)
+                                        dashboard_address=_dashboard_address(), silence_logs=logging.CRITICAL)
             self.client = Client(self.cluster)
         _announce_dashboard(self.client, self.say)
 
@@ -233,6 +233,23 @@ def _broken_lines(modules: list[str], parts) -> list[str]:
                          f"({type(err).__name__}: {err}); install it there, or put it on the PYTHONPATH of "
                          "every Dask process")
     return lines
+
+
+def _dashboard_address() -> str:
+    """Dask's usual :8787 for the dashboard when bokeh can serve it and the port is free; else any free
+    port (the scheduler serves its HTTP routes even without a dashboard): on a taken port Dask would say
+    so in a warning, a second line on a quiet interruption, whenever two builds run at once."""
+    import importlib.util
+    import socket
+
+    if importlib.util.find_spec("bokeh") is None:
+        return ":0"
+    with socket.socket() as probe:
+        try:
+            probe.bind(("", 8787))
+        except OSError:
+            return ":0"
+    return ":8787"
 
 
 def _announce_dashboard(client, say) -> None:

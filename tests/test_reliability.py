@@ -487,7 +487,7 @@ def nan_data(tiny_data, tmp_path_factory):
 
 
 def test_values_are_a_function_of_file_row_and_params_whatever_the_build_history(nan_data, tmp_path, cluster):
-    """Issue 19, finding 1: NaN repair and the band-pass span depended on what a task computed together (the
+    """Issue 20, finding 1: NaN repair and the band-pass span depended on what a task computed together (the
     raw array's margin, the rows to compute), so a store built array by array, a chunk repaired alone or a
     failed row retried alone held other values than the store built at once (87,371 of eeg_10s here)."""
     from hms_prep.kinds import MelParams
@@ -527,7 +527,7 @@ def test_values_are_a_function_of_file_row_and_params_whatever_the_build_history
 
 
 def test_a_damaged_raw_chunk_is_an_error_naming_array_chunk_rows_and_file_never_zeros(reference, tmp_path):
-    """Issue 19, finding 3: the trainer read a deleted raw chunk as zeros (exit 0, 21 of 67 windows wrong)
+    """Issue 20, finding 3: the trainer read a deleted raw chunk as zeros (exit 0, 21 of 67 windows wrong)
     and a flipped one failed with zarr's bare 'Stored and computed checksum do not match'."""
     from typer.testing import CliRunner
 
@@ -576,7 +576,7 @@ def _drop_attribute(path: Path, key: str) -> None:
 @pytest.mark.parametrize("damage", list(METADATA_DAMAGE))
 def test_damaged_metadata_is_named_in_one_line_and_repair_rewrites_it_losing_nothing(tiny_data, reference, tmp_path,
                                                                                      damage):
-    """Issue 19, finding 4: a truncated kaggle/zarr.json was a 103-line traceback in verify and info and an
+    """Issue 20, finding 4: a truncated kaggle/zarr.json was a 103-line traceback in verify and info and an
     unnamed one-liner in build --repair, which left it broken; a deleted eeg_10s/zarr.json made verify say
     ok (the array had gone). Now: one line naming the file everywhere, the trainer refuses the store in
     one line, a plain build refuses, and --repair rewrites it from the params and computes nothing."""
@@ -621,7 +621,7 @@ def test_repair_refuses_to_rewrite_metadata_whose_remains_name_other_params(tiny
 
 
 def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny_data, reference, tmp_path, cluster):
-    """Issue 19, findings 4 and 9: a garbage labels.parquet was a 49-line traceback in verify; a flipped byte
+    """Issue 20, findings 4 and 9: a garbage labels.parquet was a 49-line traceback in verify; a flipped byte
     in _build/raw/error was named by verify ("a build recomputes it") while every build said "nothing to
     compute", so verify failed for ever; verify on an unfinished store said only that labels.parquet was
     missing."""
@@ -652,7 +652,7 @@ def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny
 
 def test_an_all_nan_kaggle_spectrogram_fails_its_rows_and_the_fixed_file_recomputes_them(tiny_data, reference,
                                                                                          tmp_path, cluster):
-    """Issue 19, finding 6: an all-NaN spectrogram was stored as all-zero crops marked ok, and the fixed file
+    """Issue 20, finding 6: an all-NaN spectrogram was stored as all-zero crops marked ok, and the fixed file
     was never read again (the EEG side fails such rows and retries them once the file changes)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -296,7 +296,8 @@ def _writable(out: Path) -> None:
 
 @app.command("pseudo-label")
 def pseudo_label(
-    runs: List[Path] = typer.Option(..., "--runs", help="Run directories whose OOF predictions to average."),
+    runs: List[Path] = typer.Option([], "--runs", help="Run directories whose OOF predictions to average."),
+    blend: Optional[Path] = typer.Option(None, "--blend", help="blend.json from `hms-train blend`: its runs and weights."),
     store: str = typer.Option("cache/specs.zarr", "--store"),
     out: Path = typer.Option(Path("runs/pseudo.parquet"), "--out"),
     min_votes: int = typer.Option(10, "--min-votes", help="Rows with fewer votes get pseudo-labels."),
@@ -309,13 +310,14 @@ def pseudo_label(
     Examples:
       hms-train pseudo-label --runs runs/b0 --runs runs/raw --out runs/pseudo.parquet
       then: hms-train --config seed_richard_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
-      hms-train pseudo-label --runs runs/b0 --runs runs/david_b0 --all-rows --out runs/teacher.parquet
+      hms-train pseudo-label --blend runs/blend.json --all-rows --out runs/teacher.parquet
       then: hms-train --config seed_richard_b0_kd --set teacher_targets='"runs/teacher.parquet"' --out runs/b0_kd
     """
     with _user_errors():
         from hms_train.run.predict import pseudo_labels
 
-        table = pseudo_labels(runs, store, out, None if all_rows else min_votes, _floats(weights))
+        runs, run_weights = _runs_and_weights(runs, weights, blend, "--runs RUN ...")
+        table = pseudo_labels(runs, store, out, None if all_rows else min_votes, run_weights)
     rows = "rows" if all_rows else f"rows with < {min_votes} votes"
     typer.echo(f"{out}: {'targets' if all_rows else 'pseudo-labels'} for {table.num_rows} {rows}")
 

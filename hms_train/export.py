@@ -17,6 +17,7 @@ The wheels are the exact versions of uv.lock (the tested set), for the target Py
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -139,7 +140,7 @@ def _export_fold(source: Path, target: Path) -> bool:
     plan = plan_inputs(fold.config, reader.descriptions)
     rows = reader.select(Selection())[:PROBE_ROWS]
     exact = predict_probabilities(fold.model, reader, rows, plan, torch.device("cpu"))
-    rounded = load_fold_model(source, torch.device("cpu")).model
+    rounded = copy.deepcopy(fold.model)
     rounded.load_state_dict(half)  # float16 values in the float32 model, as predict will load them
     moved = float(np.abs(predict_probabilities(rounded, reader, rows, plan, torch.device("cpu")) - exact).max())
     use_half = moved <= HALF_TOLERANCE

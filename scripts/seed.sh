@@ -33,10 +33,6 @@ for split in train test; do
   prep_build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,14,30,44 --n-mels 50
 done
 
-python_weights() {  # the weights of a blend.json, comma-separated
-  "$BIN/python" -c 'import json, sys; print(",".join(str(w) for w in json.load(open(sys.argv[1]))["weights"]))' "$1"
-}
-
 seed_blend() {  # the seed's own final blend (docs/recipes.md) over the runs that stand for its groups
   local runs=() weights=() run weight
   for pair in seed_richard_b0:.025 seed_richard_b0_kd:.025 seed_richard_convnext_kd:.025 \
@@ -82,8 +78,8 @@ fi
 # Richard's KD runs: the seed's teacher (Data/Kaggle_KD.csv) is not public; the teacher here is this
 # project's round-1 blend, its out-of-fold predictions of every row
 "$BIN/hms-train" blend "${round1_runs[@]}" --out "$SEED/teacher_blend.json" > /dev/null
-"$BIN/hms-train" pseudo-label "${round1[@]}" --weights "$(python_weights "$SEED/teacher_blend.json")" \
-  --store "$STORE" --out "$SEED/teacher.parquet" --all-rows
+"$BIN/hms-train" pseudo-label --blend "$SEED/teacher_blend.json" --store "$STORE" --out "$SEED/teacher.parquet" \
+  --all-rows
 for base in seed_richard_b0 seed_richard_v2s seed_richard_convnext; do
   if has "$base"; then
     train "${base}_kd" "${base}_kd" --set "teacher_targets=\"$SEED/teacher.parquet\""
@@ -92,9 +88,7 @@ for base in seed_richard_b0 seed_richard_v2s seed_richard_convnext; do
 done
 
 echo "== blend (learned, and the seed's fixed weights on the same rows), submission and the CV table"
-all=()
-for recipe in $RECIPES; do all+=("$RUNS/$recipe"); done
-all+=("${round2[@]}")
+all=("${round1_runs[@]}" "${round2[@]}")
 "$BIN/hms-train" blend "${all[@]}" --out "$SEED/blend.json"
 seed_blend
 "$BIN/hms-train" predict --store "$TEST" --blend "$SEED/blend.json" --device "$DEVICE" --out "$SEED/submission.csv"

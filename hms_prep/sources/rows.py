@@ -88,18 +88,19 @@ def planned_rows(planned: pa.Table, rows: slice) -> tuple[PlannedRow, ...]:
                  in zip(label_ids, zip(*columns)))
 
 
+ROW_IDENTITY = ("eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET)  # what a store's rows are fixed by
+
+
 def rows_digest(planned: pa.Table) -> str:
     """Identity of the row plan: the ids and offsets of every row in store order."""
-    cols = ["eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET]
-    return digest([planned.column(c).to_pylist() for c in cols])
+    return digest([planned.column(c).to_pylist() for c in ROW_IDENTITY])
 
 
 def rows_changes(stored: pa.Table, planned: pa.Table) -> str:
     """What differs between a store's label rows and a new plan, by label_id: "2 rows changed (first
     label_ids [...]), 1 removed (...), 3 added (...)"; "the row order" when only that differs."""
-    cols = ["eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET]
     def by_label(table: pa.Table) -> dict:
-        values = zip(*(table.column(c).to_pylist() for c in cols))
+        values = zip(*(table.column(c).to_pylist() for c in ROW_IDENTITY))
         return dict(zip(table.column("label_id").to_pylist(), values))
 
     old, new = by_label(stored), by_label(planned)

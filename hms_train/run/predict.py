@@ -83,9 +83,10 @@ def _test_reader(store: str, config: TrainConfig) -> StoreReader:
     from hms_prep.store.format import data_array_names, open_store
 
     group, _ = open_store(store)
-    missing = [name for name in config.inputs if name not in data_array_names(group)]
+    present = data_array_names(group)  # surveys every array's metadata: once
+    missing = [name for name in config.inputs if name not in present]
     if missing:
-        raise ValueError(f"{store}: the model reads {missing}, which the store lacks; it has {data_array_names(group)} "
+        raise ValueError(f"{store}: the model reads {missing}, which the store lacks; it has {present} "
                          "(build them with hms-prep build --split test and the train store's options)")
     reader = StoreReader(store, config.inputs, threads=config.reader_threads)
     eeg_ids = reader.column("eeg_id")

@@ -299,10 +299,9 @@ def _prepare_run_directory(ctx: Context, plan: RunPlan, resume: bool) -> int:
         return 0
     done = {}  # fold -> (stage index, complete epochs) its checkpoints cover
     for fold in plan.folds:
-        last = checkpoint.load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"))
-        if (ctx.out / f"fold{fold}_oof.parquet").is_file():
+        if (ctx.out / f"fold{fold}_oof.parquet").is_file():  # finished: its last checkpoint is not read
             done[fold] = (math.inf, math.inf)
-        elif last is not None:
+        elif (last := checkpoint.load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"))) is not None:
             checkpoint.check_format(last)
             at = checkpoint.position_of(last)
             done[fold] = (at.stage_index, at.epoch)

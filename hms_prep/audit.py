@@ -13,6 +13,7 @@ from hms_prep.sources.rows import RAW_INDEX_COLUMNS
 from hms_prep.store.format import (
     ROLES,
     STATUS_FAILED,
+    STATUS_PENDING,
     STATUS_OK,
     ArrayDescription,
     StoreError,
@@ -24,6 +25,8 @@ from hms_prep.store.format import (
     open_build_state,
     open_store,
     read_labels,
+    read_row_table,
+    row_table_file,
     read_state,
     store_nbytes,
     store_problems,
@@ -160,6 +163,9 @@ def verify_store(url: str) -> list[str]:
         problems.append(str(err).removeprefix(f"{url}: ").removeprefix(f"{url}/"))
     if labels is not None:
         problems += _verify_labels(labels, layout)
+    if layout.layout_version >= 2 and layout.n_rows and read_row_table(url, layout.rows_digest) is None:
+        problems.append(f"{row_table_file(layout.rows_digest)}: missing or unreadable; hms-prep build rewrites it from "
+                        "labels.parquet")
     complete = [name for name in data_array_order(states) if states[name].complete]
     described = describe_arrays(group, complete)
     if not described and not any(state.damaged for state in states.values()):
@@ -216,6 +222,12 @@ def _verify_array(url: str, group, described: ArrayDescription, layout, raw_boun
     missing = np.flatnonzero(done == 0)
     if missing.size:
         problems.append(f"{name}: {missing.size} of {layout.n_chunks} chunks not complete (first: {missing[0]})")
+    status, _ = read_state(state.status)
+    in_done = np.repeat(done, layout.chunk_rows)[: layout.n_rows].astype(bool)
+    pending = np.flatnonzero(in_done & (status[: layout.n_rows] == STATUS_PENDING))
+    if pending.size:
+        problems.append(f"{name}: {pending.size} rows not computed (first: row {pending[0]}); hms-prep build "
+                        "computes them")
     if described.image and described.shape[0] != layout.n_rows:
         problems.append(f"{name}: {described.shape[0]} rows, the store has {layout.n_rows}")
     if not described.image and raw_bounds is None:

@@ -125,36 +125,6 @@ def test_different_parameters_under_one_name_are_refused(synth_data, tmp_path, c
     assert sorted(p.name for p in store.iterdir()) == before, "no eeg_30s_m64 was created"
 
 
-def test_a_changed_train_csv_is_refused_naming_the_rows_by_label_id(synth_data, tmp_path, cluster):
-    """Rows are fixed when a store is created (docs/reliability.md): a train.csv with a corrected offset, a
-    removed line and a new one is refused, before any write, saying which label_ids differ."""
-    import csv
-
-    data = tmp_path / "data"
-    shutil.copytree(synth_data, data)
-    store = tmp_path / "specs.zarr"
-    build(data, store, cluster, windows=(10,), kaggle=False, raw=None)
-    with open(data / "train.csv") as f:
-        lines = list(csv.DictReader(f))
-    fields = list(lines[0])
-    changed, removed = lines[0]["label_id"], lines[1]["label_id"]
-    lines[0]["eeg_label_offset_seconds"] = str(float(lines[0]["eeg_label_offset_seconds"]) + 2)
-    added = dict(lines[2], label_id="1", eeg_label_offset_seconds="0.0")
-    lines = [lines[0], *lines[2:], added]
-    with open(data / "train.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(lines)
-    def files():  # the lock file is taken and let go by the refused build; nothing else is touched
-        return {str(p): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file() and p.name != "build.lock"}
-
-    before = files()
-    with pytest.raises(StoreError, match=rf"different train.csv: 1 changed \(first label_ids \[{changed}\]\), "
-                                         rf"1 removed \(first label_ids \[{removed}\]\), 1 added \(first label_ids \[1\]\)"):
-        build(data, store, cluster, windows=(10,), kaggle=False, raw=None)
-    assert files() == before
-
-
 def test_bad_input_fails_alone_and_is_retried_after_the_fix(synth_data, tmp_path, cluster):
     data = tmp_path / "data"
     shutil.copytree(synth_data, data)

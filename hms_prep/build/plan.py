@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -19,10 +20,11 @@ from hms_prep.build.config import BuildConfig
 from hms_prep.build.task import UNEXPECTED, ArrayJob, ChunkJob
 from hms_prep.kinds import ArrayKind
 from hms_prep.sources.recordings import source_path
-from hms_prep.sources.rows import RawSegment, plan_raw_segments, planned_rows
+from hms_prep.sources.rows import RawSegment, planned_rows
 from hms_prep.store.format import (
     ROLE_SIGNALS,
     STATUS_FAILED,
+    STATUS_PENDING,
     StoreError,
     StoreLayout,
     array_complete,
@@ -34,6 +36,9 @@ from hms_prep.store.format import (
     read_state,
 )
 from hms_prep.store.lock import is_local
+
+if TYPE_CHECKING:
+    from hms_prep.build.rows import RowPlan
 
 
 @dataclass(frozen=True)
@@ -79,26 +84,21 @@ class BuildPlan:
 
 
 def plan_build(config: BuildConfig, group, layout: StoreLayout, requested: dict[str, ArrayKind],
-               planned: pa.Table, say) -> BuildPlan:
-    """The plan for `requested` on the opened store; StoreError before anything is written when an
-    array exists with other params or the raw arrays would disagree on their segment layout. `say` gets
-    a line per array whose chunks are found damaged."""
-    url = config.store_url
-    check_params(url, group, requested)
-    margin = segment_margin(url, group, requested)
-    segments, raw_index, raw_length = plan_raw_segments(planned, layout.chunk_rows, margin or 0,
-                                                        layout.raw_chunk_samples)
-    damaged = damaged_data_chunks(url, group, layout, raw_index) if config.repair else {}
+               rows: RowPlan, say) -> BuildPlan:
+    """The plan for `requested` on the opened store, its rows placed (`rows`, whose placing checked the
+    params). `say` gets a line per array whose chunks are found damaged."""
+    url, planned = config.store_url, rows.planned
+    damaged = damaged_data_chunks(url, group, layout, rows.raw_index) if config.repair else {}
     create = tuple(name for name in requested if not array_complete(group, name))
     pending = {}
     for name, kind in requested.items():
         if name in create:
-            rows = {chunk: _whole(layout, chunk) for chunk in range(layout.n_chunks)}
+            jobs = {chunk: _whole(layout, chunk) for chunk in range(layout.n_chunks)}
         else:
             retry = changed_rows(config, planned, kind, failures_tried_at(group, name))
-            rows = pending_rows(group, name, layout, damaged.get(name, set()), say, retry)
-        pending[name] = {chunk: ArrayJob(kind, chunk_rows, whole) for chunk, (chunk_rows, whole) in rows.items()}
-    return BuildPlan(dict(requested), create, pending, margin, segments, raw_index, raw_length)
+            jobs = pending_rows(group, name, layout, damaged.get(name, set()), say, retry)
+        pending[name] = {chunk: ArrayJob(kind, chunk_rows, whole) for chunk, (chunk_rows, whole) in jobs.items()}
+    return BuildPlan(dict(requested), create, pending, rows.margin, rows.segments, rows.raw_index, rows.raw_length)
 
 
 def _whole(layout: StoreLayout, chunk: int) -> tuple[tuple[int, ...], bool]:
@@ -163,9 +163,10 @@ def changed_rows(config: BuildConfig, planned: pa.Table, kind: ArrayKind, tried_
 def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
                  retry=lambda rows, reasons: rows) -> dict[int, tuple[tuple[int, ...], bool]]:
     """chunk -> (rows to compute, whether that is the whole chunk). A chunk is recomputed whole when its
-    done flag is unset, or its build state or (with --repair) its data is damaged; failed rows of a done
-    chunk are computed again when `retry` (a filter of row numbers, given every row's failure reason)
-    keeps them."""
+    done flag is unset, or its build state or (with --repair) its data is damaged. Of a done chunk, the
+    rows not computed (a changed or new row of train.csv: hms_prep/build/rows.py) are computed alone, and
+    its failed rows again when `retry` (a filter of row numbers, given every row's failure reason) keeps
+    them."""
     state = open_build_state(group, name)
     done, bad_done = read_state(state.done)
     status, bad_status = read_state(state.status)
@@ -179,12 +180,13 @@ def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
     pending = {}
     for chunk in range(layout.n_chunks):
         rows = layout.chunk_slice(chunk)
-        if not done[chunk] or chunk in redo or (status[rows] == 0).any():  # a done chunk has no pending row
+        if not done[chunk] or chunk in redo:
             pending[chunk] = _whole(layout, chunk)
         else:
             failed = retry([int(r) for r in np.flatnonzero(status[rows] == STATUS_FAILED) + rows.start], reasons)
-            if failed:
-                pending[chunk] = (tuple(failed), False)
+            alone = sorted({*failed, *(np.flatnonzero(status[rows] == STATUS_PENDING) + rows.start).tolist()})
+            if alone:
+                pending[chunk] = (tuple(alone), len(alone) == rows.stop - rows.start)
     return pending
 
 

@@ -14,11 +14,12 @@ import pyarrow as pa
 from hms_prep.build.config import BuildConfig
 from hms_prep.build.plan import BuildPlan
 from hms_prep.build.task import ChunkReport, Failure
-from hms_prep.sources.rows import RAW_INDEX_COLUMNS, planned_rows
+from hms_prep.sources.rows import RAW_INDEX_COLUMNS, ROW_KEY, planned_rows
 from hms_prep.store.format import (
     STATUS_FAILED,
     STATUS_OK,
     data_array_names,
+    live_rows,
     open_build_state,
     read_errors,
     read_labels_if_readable,
@@ -110,7 +111,7 @@ def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan,
 
     return BuildSummary(
         store=config.store_url,
-        rows=planned.num_rows,
+        rows=int(live_rows(planned).sum()),
         computed=plan.computed,
         reused=plan.reused,
         rows_computed=sum(max(r.rows_computed.values(), default=0) for r in reports),
@@ -130,10 +131,11 @@ def rows_without_votes(config: BuildConfig, planned: pa.Table) -> list[Failure]:
         return []
     path = Path(config.data_dir) / f"{config.split}.csv"
     total = planned.column("total_votes").to_numpy()
+    live = live_rows(planned)
     rows = planned.select(["row", "label_id", "source_index"]).to_pylist()
     return [Failure(r["row"], r["label_id"], "labels",
                     f"{path}: line {r['source_index'] + 2} (label_id {r['label_id']}) has no votes, so no target")
-            for r in (rows[i] for i in np.flatnonzero(total == 0))]
+            for r in (rows[i] for i in np.flatnonzero((total == 0) & live))]
 
 
 def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
@@ -141,7 +143,8 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
     """planned + per array its status and repaired fraction, the label-level status (a row without votes
     fails there), and the overall status and error, as labels.parquet; and each array's failed rows with
     their reasons. Per-array statuses let a reader of some arrays use a row that failed only in another
-    (a 2D model needs no raw signal)."""
+    (a 2D model needs no raw signal). A dropped row (its key left the CSV) stands `dropped` in
+    `status_labels` and `status`, whatever its arrays hold: no reader uses it."""
     table = planned
     if raw_index is not None:
         for j, column in enumerate(RAW_INDEX_COLUMNS):
@@ -168,8 +171,15 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
         overall[failure.row] = STATUS_FAILED
         label_status[failure.row] = "failed"
         errors[failure.row].append(failure.reason)
+    overall_names = np.array(names, dtype=object)[overall]
+    key = next(k for k in ROW_KEY.values() if k in planned.column_names)
+    for row in np.flatnonzero(~live_rows(planned)).tolist():
+        label_status[row] = overall_names[row] = "dropped"
+        errors[row] = [f"{key} {planned.column(key)[row].as_py()} is no longer in the CSV"]
+        for name in failed_rows:
+            failed_rows[name].pop(row, None)
     table = table.append_column("status_labels", pa.array(label_status.tolist(), pa.string()))
-    table = table.append_column("status", pa.array(np.array(names)[overall]))
+    table = table.append_column("status", pa.array(overall_names.tolist(), pa.string()))
     return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string())), failed_rows
 
 

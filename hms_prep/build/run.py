@@ -24,18 +24,19 @@ from hms_prep.build.execute import Executor, Executors
 from hms_prep.build.interrupts import interrupt_deferred
 from hms_prep.build.plan import BuildPlan, check_params, plan_build
 from hms_prep.build.record import BuildSummary, record_build
+from hms_prep.build.rows import commit_rows, fit_arrays, place_rows, stored_raw_index, stored_row_table
 from hms_prep.build.task import ChunkReport
 from hms_prep.sources.kaggle import read_labels
-from hms_prep.sources.rows import plan_raw_segments, plan_rows, rows_changes, rows_digest
+from hms_prep.sources.rows import csv_rows, plan_raw_segments
 from hms_prep.store.codecs import AUTO
 from hms_prep.store.format import (
+    DROPPED,
     ROLE_SIGNALS,
     StoreError,
     StoreLayout,
     create_build_state,
     create_store,
     open_store,
-    read_labels_if_readable,
     read_metadata_bytes,
     remove_array,
     store_exists,
@@ -62,23 +63,38 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
     say = say or log.info
     config.check()
     url, requested = config.store_url, config.arrays()
-    planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
+    csv = csv_rows(read_labels(config.data_dir, config.split), config.split)
     with Executors(config, say) as executors:  # a remote scheduler is reached first (in seconds) or refused
         fresh = not store_exists(url) or unfinished_store(url)
         if fresh:
-            executors.for_rows(planned.num_rows).require_parts(requested.values())  # else nothing is created
+            executors.for_rows(csv.num_rows).require_parts(requested.values())  # else nothing is created
             if is_local(url):
                 os.makedirs(url, exist_ok=True)  # the lock file lives in the store
         with build_lock(url):
             with _removed_on_failure(url, fresh):
                 with interrupt_deferred():
-                    group, layout = open_or_create(config, planned)
-                    rewrite_damaged_metadata(config, group, layout, requested, planned, say)
-                plan = plan_build(config, group, layout, requested, planned, say)
+                    group, layout = open_or_create(config)
+                    stored = stored_row_table(url, layout, csv, say)
+                    rewrite_damaged_metadata(config, group, layout, requested, stored, say)
+                rows = place_rows(url, group, layout, csv, stored, requested, config.n_folds)
+                if rows.commit:
+                    if stored is not None and rows.assignment.changes:
+                        executors.for_rows(csv.num_rows).require_parts(requested.values())  # before any change
+                        say(f"{url}: {config.split}.csv changed since the store was built: "
+                            f"{rows.assignment.line(config.split)}; computing those rows, reusing the rest")
+                    with interrupt_deferred():
+                        layout = commit_rows(url, group, layout, rows)
+                else:
+                    with interrupt_deferred():
+                        fit_arrays(group, layout, rows.raw_length, grow=False)
+                plan = plan_build(config, group, layout, requested, rows, say)
                 executor = executors.for_rows(plan.rows_to_compute)
                 if plan.rows_to_compute:
                     executor.require_parts(requested.values())  # before this build changes the store
                 create_arrays(group, layout, plan)
+            planned = rows.planned
+            if layout.layout_version < 2:  # its labels.parquet as that layout wrote it: no `dropped` column
+                planned = planned.drop_columns([DROPPED])
             reports = _computed(executor, plan.chunk_jobs(config, planned, layout), plan.rows_to_compute, progress)
             return record_build(config, group, planned, plan, reports, started, started_at)
 
@@ -102,20 +118,14 @@ def _computed(executor: Executor, jobs, total: int, progress) -> list[ChunkRepor
 
 # --- the store's creation: the build's only metadata writes ---------------------------------------------
 
-def open_or_create(config: BuildConfig, planned: pa.Table) -> tuple:
-    """(group, layout) of the existing store, checked against the config, or of a new one."""
+def open_or_create(config: BuildConfig) -> tuple:
+    """(group, layout) of the existing store, checked against the config, or of a new one without rows
+    (`commit_rows` gives it its rows)."""
     url = config.store_url
-    digest = rows_digest(planned)
     if store_exists(url) and not unfinished_store(url):
         group, layout = open_store(url, mode="r+")
         if layout.split != config.split:
             raise StoreError(f"{url}: a {layout.split} store, asked for --split {config.split}; use a new --store path")
-        if layout.rows_digest != digest:
-            stored = read_labels_if_readable(url)
-            what = rows_changes(stored, planned) if stored is not None and "label_id" in stored.column_names \
-                else "other rows or offsets"
-            raise StoreError(f"{url}: built from a different {layout.split}.csv: {what}; a store's rows are fixed "
-                             "when it is created (docs/reliability.md): use a new --store path for this data")
         if layout.n_folds != config.n_folds:
             raise StoreError(f"{url}: built with {layout.n_folds} folds, asked for {config.n_folds}")
         for option, have, asked in (("--chunk-rows", layout.chunk_rows, config.chunk_rows),
@@ -127,8 +137,8 @@ def open_or_create(config: BuildConfig, planned: pa.Table) -> tuple:
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path, exist_ok=True)  # any fsspec URL: local paths, file://, memory://, s3://, ...
     layout = StoreLayout(
-        split=config.split, n_rows=planned.num_rows, chunk_rows=config.chunk_rows or DEFAULT_CHUNK_ROWS,
-        rows_digest=digest, n_folds=config.n_folds, codec=config.codec or AUTO,
+        split=config.split, n_rows=0, chunk_rows=config.chunk_rows or DEFAULT_CHUNK_ROWS,
+        rows_digest="", n_folds=config.n_folds, codec=config.codec or AUTO,
         raw_chunk_samples=config.raw_chunk_samples,
     )
     if store_exists(url):  # an unfinished creation: only its root zarr.json exists
@@ -146,8 +156,8 @@ def create_arrays(group, layout: StoreLayout, plan: BuildPlan) -> None:
             plan.kinds[name].create(group, layout, plan.raw_length)
 
 
-def rewrite_damaged_metadata(config: BuildConfig, group, layout: StoreLayout, requested: dict, planned: pa.Table,
-                             say) -> None:
+def rewrite_damaged_metadata(config: BuildConfig, group, layout: StoreLayout, requested: dict,
+                             stored: pa.Table | None, say) -> None:
     """With --repair, every damaged metadata file of the asked arrays (their own, their build state's, the
     `_build` group's) rewritten as their creation writes it, from their params; their chunks are then read
     back by the repair, the damaged ones recomputed. StoreError naming the files otherwise (a plain build,
@@ -167,14 +177,14 @@ def rewrite_damaged_metadata(config: BuildConfig, group, layout: StoreLayout, re
                          f"so ask for {', '.join(unknown)} too (the options or --array that made it)")
     files = {}
     for name in damaged or requested:  # `_build/zarr.json` alone: any asked array's creation writes it
-        files.update(expected_metadata(group, requested[name], layout, planned, damaged.get(name)))
+        files.update(expected_metadata(group, requested[name], layout, stored, damaged.get(name)))
     for problem in problems:
         write_metadata(group, problem.file, files[problem.file])
     say(f"rewrote {', '.join(p.file for p in problems)} from the arrays' parameters; their chunks are read back "
         "and the damaged ones recomputed")
 
 
-def expected_metadata(group, kind, layout: StoreLayout, planned: pa.Table, state) -> dict[str, bytes]:
+def expected_metadata(group, kind, layout: StoreLayout, stored: pa.Table | None, state) -> dict[str, bytes]:
     """Each metadata file (by its path in the store) that creating `kind`'s array and its build state writes,
     made by the same calls in memory. StoreError when what is left of a damaged one shows other params."""
     for problem in state.problems if state is not None else ():
@@ -185,8 +195,10 @@ def expected_metadata(group, kind, layout: StoreLayout, planned: pa.Table, state
                              f"{found.group(1).decode()}, not {kind.digest} ({kind.name}'s): build into another --store, "
                              f"or delete {kind.name} and _build/{kind.name} to recompute it")
     raw_length = 0
-    if kind.role == ROLE_SIGNALS:
-        raw_length = plan_raw_segments(planned, layout.chunk_rows, kind.params.margin_s, layout.raw_chunk_samples)[2]
+    if kind.role == ROLE_SIGNALS and stored is not None:  # the length the store's row table lays out
+        margin = kind.params.margin_s
+        raw_length = plan_raw_segments(stored, layout.chunk_rows, margin, layout.raw_chunk_samples,
+                                       stored_raw_index(stored, layout, margin))[2]
     written: dict = {}
     memory = zarr.open_group(zarr.storage.MemoryStore(written), mode="w")
     create_build_state(memory, kind.name, layout)

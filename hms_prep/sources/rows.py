@@ -1,7 +1,9 @@
 """The row plan: which label row goes where in the store, its fold and targets, and its raw segment.
 
-Pure functions of train.csv / test.csv. Rows are sorted by (eeg_id, offset, label_id) so rows sharing
-an EEG are adjacent: a Dask task owns whole chunks of rows and reads each parquet file it needs once.
+Pure functions of train.csv / test.csv and the store's row table. A new store sorts its rows by
+(eeg_id, offset, label_id) so rows sharing an EEG are adjacent: a Dask task owns whole chunks of rows and
+reads each parquet file it needs once. After that a row keeps its position by its label_id, whatever the
+CSV becomes: changed rows are computed again in place, new rows appended, removed rows kept as dropped.
 """
 
 from __future__ import annotations
@@ -13,17 +15,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE, TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.store.format import RAW_INDEX_COLUMNS, digest  # noqa: F401 (the build's import)
+from hms_prep.store.format import DROPPED, RAW_INDEX_COLUMNS, digest, live_rows  # noqa: F401 (the build's import)
 
 EEG_OFFSET = "eeg_label_offset_seconds"
 SPEC_OFFSET = "spectrogram_label_offset_seconds"
 
 
-def plan_rows(labels: pa.Table, split: str, n_folds: int) -> pa.Table:
-    """The label table in store order with `row`, `source_index` and, for train, votes, targets, fold.
+# The column a split's rows are identified by: a store keeps each row where it first put it, by this.
+ROW_KEY = {"train": "label_id", "test": "eeg_id"}
+ROW_IDENTITY = ("eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET)  # what a row's values are computed from
+# Columns the build derives from the CSV on every build; the row table stores the rest (the CSV's line).
+DERIVED_COLUMNS = ("source_index", "total_votes", *TARGET_COLUMNS, "fold")
 
-    Test rows get offset 0 (test EEGs are exactly 50 s and test spectrograms exactly 10 min).
-    """
+
+def plan_rows(labels: pa.Table, split: str, n_folds: int, stored: pa.Table | None = None) -> pa.Table:
+    """The label table in store order with `row`, `source_index`, `dropped` and, for train, votes,
+    targets, fold: `assign_rows` then `with_targets`."""
+    return with_targets(assign_rows(csv_rows(labels, split), split, stored).table, split, n_folds)
+
+
+def csv_rows(labels: pa.Table, split: str) -> pa.Table:
+    """The CSV's lines with `source_index` (the line's position), in the order a new store puts them:
+    by (eeg_id, offset, label_id), so rows sharing an EEG are adjacent and a build task reads each file
+    once (test: by eeg_id, then test.csv order; test rows get offset 0, test EEGs being exactly 50 s and
+    test spectrograms exactly 10 min)."""
     table = labels.append_column("source_index", pa.array(np.arange(labels.num_rows), pa.int64()))
     if split == "test":
         zeros = pa.array(np.zeros(labels.num_rows), pa.float64())
@@ -33,19 +48,104 @@ def plan_rows(labels: pa.Table, split: str, n_folds: int) -> pa.Table:
         order = pc.sort_indices(
             table, [("eeg_id", "ascending"), (EEG_OFFSET, "ascending"), ("label_id", "ascending")]
         )
-    table = table.take(order)
-    table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
-    if split == "train":
-        votes = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float64)
-        total = votes.sum(1)
-        table = table.append_column("total_votes", pa.array(total.astype(np.int64)))
-        for j, name in enumerate(TARGET_COLUMNS):
-            # A row without votes has no target (NaN); it is reported failed in labels.parquet.
-            share = np.divide(votes[:, j], total, out=np.full_like(total, np.nan), where=total > 0)
-            table = table.append_column(name, pa.array(share.astype(np.float32)))
-        folds = patient_folds(table.column("patient_id").to_numpy(), n_folds)
-        table = table.append_column("fold", pa.array(folds.astype(np.int8)))
-    return table
+    return table.take(order)
+
+
+@dataclass(frozen=True)
+class RowAssignment:
+    """Where each row of the CSV goes in a store that may hold rows already, and what that changes.
+
+    A row keeps the position it was first given, found by its key (label_id; test: eeg_id): `changed`
+    rows (the same key, another EEG, spectrogram or offset) are computed again in place, `added` ones
+    appended in `csv_rows` order, and rows whose key left the CSV stay where they are, `dropped` (their
+    last line kept, never read)."""
+
+    table: pa.Table  # store order: the CSV's columns (dropped rows: their last line), row, source_index, dropped
+    changed: np.ndarray  # rows whose identity changed
+    added: np.ndarray  # rows new to the store
+    dropped: np.ndarray  # rows newly dropped
+    undropped: np.ndarray  # dropped rows whose key is back, as it was
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.changed.size or self.added.size or self.dropped.size or self.undropped.size)
+
+    def line(self, split: str) -> str:
+        """'2 changed (first label_ids [...]), 1 removed (...), 3 added (...)'."""
+        key = self.table.column(ROW_KEY[split]).to_numpy()
+        groups = (("changed", self.changed), ("removed", self.dropped), ("added", self.added),
+                  ("back", self.undropped))
+        return ", ".join(f"{len(rows)} {what} (first {ROW_KEY[split]}s {key[rows[:3]].tolist()})"
+                         for what, rows in groups if len(rows))
+
+
+def assign_rows(csv: pa.Table, split: str, stored: pa.Table | None = None) -> RowAssignment:
+    """`csv` (`csv_rows`) placed in a store whose row table is `stored` (None: a new store)."""
+    key = ROW_KEY[split]
+    _check_unique(csv, key, split)
+    none = np.empty(0, dtype=np.int64)
+    if stored is None:
+        table = csv.append_column("row", pa.array(np.arange(csv.num_rows), pa.int64()))
+        table = table.append_column(DROPPED, pa.array(np.zeros(csv.num_rows, dtype=bool)))
+        return RowAssignment(table, none, none, none, none)
+    old_keys = stored.column(key).to_numpy()
+    position = dict(zip(old_keys.tolist(), stored.column("row").to_numpy().tolist()))
+    new_keys = csv.column(key).to_numpy()
+    known = np.array([k in position for k in new_keys.tolist()], dtype=bool)
+    rows = np.empty(csv.num_rows, dtype=np.int64)
+    rows[known] = [position[k] for k in new_keys[known].tolist()]
+    rows[~known] = stored.num_rows + np.arange(int((~known).sum()))
+    live = csv.append_column("row", pa.array(rows)).append_column(
+        DROPPED, pa.array(np.zeros(csv.num_rows, dtype=bool)))
+    gone = stored.filter(pa.array(~np.isin(old_keys, new_keys)))
+    gone = pa.table({field.name: gone.column(field.name).cast(field.type) if field.name in gone.column_names
+                     else pa.nulls(gone.num_rows, field.type) for field in live.schema})
+    gone = gone.set_column(gone.schema.get_field_index("source_index"), "source_index",
+                           pa.array(np.full(gone.num_rows, -1, dtype=np.int64)))
+    gone = gone.set_column(gone.schema.get_field_index(DROPPED), DROPPED, pa.array(np.ones(gone.num_rows, dtype=bool)))
+    table = pa.concat_tables([live, gone]).sort_by("row")
+    was_dropped = ~live_rows(stored)
+    kept = rows[known]
+    same = np.ones(len(kept), dtype=bool)
+    for column in ROW_IDENTITY:
+        same &= _values(stored, column)[kept] == _values(csv, column)[known]
+    gone_rows = gone.column("row").to_numpy()
+    return RowAssignment(table, changed=np.sort(kept[~same]), added=np.sort(rows[~known]),
+                         dropped=np.sort(gone_rows[~was_dropped[gone_rows]]),
+                         undropped=np.sort(kept[same & was_dropped[kept]]))
+
+
+def _values(table: pa.Table, column: str) -> np.ndarray:
+    return table.column(column).to_numpy(zero_copy_only=False)
+
+
+def _check_unique(csv: pa.Table, key: str, split: str) -> None:
+    ids = csv.column(key).to_numpy()
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = unique[counts > 1]
+        lines = csv.column("source_index").to_numpy()[np.isin(ids, dup)] + 2
+        raise ValueError(f"{split}.csv: {key} {', '.join(map(str, dup[:5]))} appears more than once (lines "
+                         f"{', '.join(map(str, sorted(lines.tolist())[:10]))}); a store identifies its rows by {key}")
+
+
+def with_targets(table: pa.Table, split: str, n_folds: int) -> pa.Table:
+    """A store-ordered row table with, for train, `total_votes`, the targets (votes / total) and the
+    patient-grouped `fold` over the rows still in the CSV (-1 for dropped ones): functions of the CSV
+    alone, so a store built in steps gets the folds of one built at once."""
+    if split != "train":
+        return table
+    votes = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float64)
+    total = votes.sum(1)
+    table = table.append_column("total_votes", pa.array(total.astype(np.int64)))
+    for j, name in enumerate(TARGET_COLUMNS):
+        # A row without votes has no target (NaN); it is reported failed in labels.parquet.
+        share = np.divide(votes[:, j], total, out=np.full_like(total, np.nan), where=total > 0)
+        table = table.append_column(name, pa.array(share.astype(np.float32)))
+    live = live_rows(table)
+    folds = np.full(table.num_rows, -1, dtype=np.int8)
+    folds[live] = patient_folds(table.column("patient_id").to_numpy()[live], n_folds)
+    return table.append_column("fold", pa.array(folds))
 
 
 def patient_folds(patient_ids: np.ndarray, n_folds: int) -> np.ndarray:
@@ -88,26 +188,16 @@ def planned_rows(planned: pa.Table, rows: slice) -> tuple[PlannedRow, ...]:
                  in zip(label_ids, zip(*columns)))
 
 
-ROW_IDENTITY = ("eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET)  # what a store's rows are fixed by
+def rows_digest(table: pa.Table, split: str) -> str:
+    """Identity of a store's row table (layout 2): every row's key, ids, offsets, whether it is dropped and
+    its raw index (when laid out), in store order. The root names it; the table is `_rows/{digest}.parquet`."""
+    columns = (ROW_KEY[split], *ROW_IDENTITY, DROPPED, *(c for c in RAW_INDEX_COLUMNS if c in table.column_names))
+    return digest([table.column(c).to_pylist() for c in columns])
 
 
-def rows_digest(planned: pa.Table) -> str:
-    """Identity of the row plan: the ids and offsets of every row in store order."""
-    return digest([planned.column(c).to_pylist() for c in ROW_IDENTITY])
-
-
-def rows_changes(stored: pa.Table, planned: pa.Table) -> str:
-    """What differs between a store's label rows and a new plan, by label_id: "2 rows changed (first
-    label_ids [...]), 1 removed (...), 3 added (...)"; "the row order" when only that differs."""
-    def by_label(table: pa.Table) -> dict:
-        values = zip(*(table.column(c).to_pylist() for c in ROW_IDENTITY))
-        return dict(zip(table.column("label_id").to_pylist(), values))
-
-    old, new = by_label(stored), by_label(planned)
-    groups = (("changed", [l for l in new if l in old and new[l] != old[l]]),
-              ("removed", [l for l in old if l not in new]), ("added", [l for l in new if l not in old]))
-    parts = [f"{len(ids)} {what} (first label_ids {ids[:3]})" for what, ids in groups if ids]
-    return ", ".join(parts) if parts else "the row order"
+def legacy_rows_digest(table: pa.Table) -> str:
+    """A layout-1 store's `rows_digest`: the ids and offsets of every row in store order."""
+    return digest([table.column(c).to_pylist() for c in ROW_IDENTITY])
 
 
 @dataclass(frozen=True)
@@ -121,7 +211,8 @@ class RawSegment:
 
 
 def plan_raw_segments(
-    planned: pa.Table, chunk_rows: int, margin_s: int, raw_chunk_samples: int
+    planned: pa.Table, chunk_rows: int, margin_s: int, raw_chunk_samples: int,
+    stored_index: np.ndarray | None = None, relocate=(),
 ) -> tuple[list[list[RawSegment]], np.ndarray, int]:
     """Lay out the raw signal segments chunk by chunk.
 
@@ -129,29 +220,58 @@ def plan_raw_segments(
     on each side (room for jitter); label windows further apart than a window plus both margins get
     separate segments, so sparse labels on a long recording (or a wild offset) cost only what they
     cover. A chunk's segments start on a raw-chunk boundary so that no two tasks ever write into the
-    same raw chunk. Returns the segments per row chunk, the per-row index
-    (raw_start, raw_lo, raw_hi) as an (n_rows, 3) int64 array, and the total raw length.
+    same raw chunk. With `stored_index` (the per-row index a store holds), a chunk keeps its segments
+    unless it is in `relocate` or new: those are laid out after the last stored segment (a chunk whose
+    rows changed never overwrites what the others read). Returns the segments per row chunk, the per-row
+    index (raw_start, raw_lo, raw_hi) as an (n_rows, 3) int64 array, and the total raw length.
     """
     eeg_ids = planned.column("eeg_id").to_numpy()
     starts = np.round(planned.column(EEG_OFFSET).to_numpy() * SAMPLE_RATE).astype(np.int64)
-    margin, window = margin_s * SAMPLE_RATE, LABEL_WINDOW_S * SAMPLE_RATE
+    margin = margin_s * SAMPLE_RATE
     index = np.zeros((len(eeg_ids), 3), dtype=np.int64)
+    kept = stored_index if stored_index is not None else np.zeros((0, 3), dtype=np.int64)
+    position = _aligned(int(kept[:, 2].max()) if len(kept) else 0, raw_chunk_samples)
     segments: list[list[RawSegment]] = []
-    position = 0
-    for lo in range(0, len(eeg_ids), chunk_rows):
-        hi = min(lo + chunk_rows, len(eeg_ids))
-        chunk_segments = []
-        new_eeg = np.diff(eeg_ids[lo:hi]) != 0
-        far_apart = np.diff(starts[lo:hi]) > window + 2 * margin  # rows are sorted by offset per EEG
-        boundaries = np.flatnonzero(new_eeg | far_apart) + 1
-        for group in np.split(np.arange(lo, hi), boundaries):
-            file_start = int(starts[group].min()) - margin
-            length = int(starts[group].max()) + window + margin - file_start
-            chunk_segments.append(RawSegment(int(eeg_ids[group[0]]), file_start, length, position))
-            index[group, 0] = position + starts[group] - file_start
-            index[group, 1] = position
-            index[group, 2] = position + length
-            position += length
+    for chunk, lo in enumerate(range(0, len(eeg_ids), chunk_rows)):
+        rows = np.arange(lo, min(lo + chunk_rows, len(eeg_ids)))
+        if rows[-1] < len(kept) and chunk not in relocate:
+            index[rows] = kept[rows]
+            segments.append(_stored_segments(eeg_ids, starts, index, rows))
+            continue
+        chunk_segments, position = _lay_out(eeg_ids, starts, rows, margin, position, index)
         segments.append(chunk_segments)
-        position = -(-position // raw_chunk_samples) * raw_chunk_samples  # next task starts aligned
-    return segments, index, max(position, raw_chunk_samples)
+        position = _aligned(position, raw_chunk_samples)  # the next task starts on a raw-chunk boundary
+    end = max([int(index[:, 2].max())] if len(index) else [0])
+    return segments, index, max(_aligned(max(end, position), raw_chunk_samples), raw_chunk_samples)
+
+
+def _aligned(position: int, step: int) -> int:
+    return -(-position // step) * step
+
+
+def _lay_out(eeg_ids: np.ndarray, starts: np.ndarray, rows: np.ndarray, margin: int, position: int,
+             index: np.ndarray) -> tuple[list[RawSegment], int]:
+    """The segments of one chunk's `rows` from `position` on (their index filled in), and where they end."""
+    window = LABEL_WINDOW_S * SAMPLE_RATE
+    rows = rows[np.lexsort((starts[rows], eeg_ids[rows]))]  # by recording, then offset
+    new_eeg = np.diff(eeg_ids[rows]) != 0
+    far_apart = np.diff(starts[rows]) > window + 2 * margin
+    segments = []
+    for group in np.split(rows, np.flatnonzero(new_eeg | far_apart) + 1):
+        file_start = int(starts[group].min()) - margin
+        length = int(starts[group].max()) + window + margin - file_start
+        segments.append(RawSegment(int(eeg_ids[group[0]]), file_start, length, position))
+        index[group] = np.stack([position + starts[group] - file_start, np.full(len(group), position),
+                                 np.full(len(group), position + length)], 1)
+        position += length
+    return segments, position
+
+
+def _stored_segments(eeg_ids: np.ndarray, starts: np.ndarray, index: np.ndarray, rows: np.ndarray) -> list[RawSegment]:
+    """A chunk's segments as its rows' stored index places them (one per distinct raw_lo)."""
+    segments = {}
+    for row in rows.tolist():
+        raw_start, raw_lo, raw_hi = index[row].tolist()
+        segments.setdefault(raw_lo, RawSegment(int(eeg_ids[row]), int(starts[row]) - (raw_start - raw_lo),
+                                               raw_hi - raw_lo, raw_lo))
+    return [segments[lo] for lo in sorted(segments)]

@@ -5,6 +5,7 @@ reader may import it. See docs/store-format.md for the format in prose.
 
     STORE/zarr.json                 root attributes["hms_cache"]: layout version, split, rows, chunking
     STORE/labels.parquet            one row per label row, in array order (column `row`)
+    STORE/_rows/{digest}.parquet    the row table: each row's last CSV line, whether it is dropped, its raw index
     STORE/eeg_{W}s[_variant]        (rows, 4, n_mels, frames) float16  EEG mel spectrogram windows
     STORE/kaggle[_{S}s]             (rows, 4, 100, S/2) float16        Kaggle spectrogram crops, log1p
     STORE/raw[_variant]             (signals, samples) float16         bipolar signals, segments per chunk
@@ -44,17 +45,24 @@ from hms_prep.store.codecs import checksum_failures, read_whole
 from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.data.reader's import; new code: hms_prep.domain)
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
-warnings.filterwarnings("ignore", message=r"Object at (labels\.parquet(\.tmp)?|build\.lock) is not recognized")
+warnings.filterwarnings("ignore", message=r"Object at (labels\.parquet(\.tmp)?|build\.lock|_rows) is not recognized")
 
-LAYOUT_VERSION = 1
+# 2: rows keep their position by label_id across train.csv changes (the row table in _rows/). Version 1
+# stores (rows fixed at creation) are read as they are, and become version 2 when their rows change.
+LAYOUT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ROOT_KEY = "hms_cache"
 LABELS_FILE = "labels.parquet"
+ROWS_FOLDER = "_rows"
 BUILD_GROUP = "_build"
 
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 # labels.parquet's index of each row into the arrays stored per segment: its label window's first sample,
 # and the bounds of its recording's stored segment (a jittered window never leaves them).
 RAW_INDEX_COLUMNS = ("raw_start", "raw_lo", "raw_hi")
+# labels.parquet: true for a row whose key (label_id; test: eeg_id) has left the CSV since the store took it.
+# The row keeps its place and values; no reader uses it (`live_rows`). Absent in older stores: none is.
+DROPPED = "dropped"
 
 IMAGE_AXES = ("row", "chain", "frequency", "time")  # a per-row image part: (rows, 4 chains, F, T)
 SIGNAL_AXES = ("signal", "sample")  # signals stored per recording segment (rows index them via labels)
@@ -81,7 +89,7 @@ class StoreLayout:
     split: str
     n_rows: int
     chunk_rows: int
-    rows_digest: str  # hash of the label rows in array order: a different train.csv is refused
+    rows_digest: str  # names the row table (_rows/{rows_digest}.parquet); "" while the store has no rows
     n_folds: int
     codec: str
     raw_chunk_samples: int
@@ -366,15 +374,63 @@ def open_store(url: str, mode: str = "r") -> tuple[zarr.Group, StoreLayout]:
     if attrs is None:
         raise StoreError(f"{url}: a Zarr group, but not an hms cache store (no '{ROOT_KEY}' attributes)")
     version = attrs.get("layout_version") if isinstance(attrs, dict) else None
-    if version != LAYOUT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise StoreError(
-            f"{url}: store layout version {version}, this program reads version {LAYOUT_VERSION}; "
-            "rebuild the store with this version of hms-prep"
+            f"{url}: store layout version {version}, this program reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild the store with this version of hms-prep"
         )
     try:
         return group, StoreLayout(**attrs)
     except TypeError as err:
         raise StoreError(f"{url}/zarr.json: its '{ROOT_KEY}' attributes are not a store layout ({err})") from None
+
+
+def commit_layout(group: zarr.Group, layout: StoreLayout) -> None:
+    """Replace the root's layout attributes in one metadata write: the moment a change of rows takes effect."""
+    group.update_attributes({ROOT_KEY: asdict(layout)})
+
+
+def row_table_file(digest: str) -> str:
+    return f"{ROWS_FOLDER}/{digest}.parquet"
+
+
+def write_row_table(url: str, table: pa.Table, digest: str) -> None:
+    """The row table under the name its digest gives, atomically where the filesystem allows; the root
+    names it only afterwards (`commit_layout`), so a reader never sees a table half written."""
+    fs, path = fsspec.core.url_to_fs(url)
+    final = f"{path.rstrip('/')}/{row_table_file(digest)}"
+    fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(final + ".tmp", "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    fs.mv(final + ".tmp", final)
+
+
+def read_row_table(url: str, digest: str) -> pa.Table | None:
+    """The row table named `digest`; None when it is missing or unreadable."""
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        with fs.open(f"{path.rstrip('/')}/{row_table_file(digest)}", "rb") as f:
+            return pq.read_table(f)
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def remove_other_row_tables(url: str, digest: str) -> None:
+    """Every row table but the one the root names (left by earlier row changes, or a killed one)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    folder = f"{path.rstrip('/')}/{ROWS_FOLDER}"
+    if fs.exists(folder):
+        for file in fs.ls(folder, detail=False):
+            if file.rstrip("/").rsplit("/", 1)[-1] != f"{digest}.parquet":
+                fs.rm_file(file)
+
+
+def remove_labels(url: str) -> None:
+    """labels.parquet gone until the build that changes the rows has written it again from them."""
+    fs, path = fsspec.core.url_to_fs(url)
+    target = f"{path.rstrip('/')}/{LABELS_FILE}"
+    if fs.exists(target):
+        fs.rm_file(target)
 
 
 def store_exists(url: str) -> bool:
@@ -390,6 +446,13 @@ def write_labels(url: str, table: pa.Table) -> None:
     with fs.open(temp, "wb") as f:
         pq.write_table(table, f, compression="zstd")
     fs.mv(temp, final)
+
+
+def live_rows(labels: pa.Table) -> np.ndarray:
+    """(rows,) bool: the rows of labels.parquet still in the CSV (not `dropped`)."""
+    if DROPPED not in labels.column_names:
+        return np.ones(labels.num_rows, dtype=bool)
+    return ~labels.column(DROPPED).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def read_labels_if_readable(url: str) -> pa.Table | None:

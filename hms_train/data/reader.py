@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_prep.store.format import (RAW_INDEX_COLUMNS, ROLE_SIGNALS, TARGET_COLUMNS, StoreError, data_array_names, describe_arrays, open_store,
-                                  read_labels, require_finished)
+from hms_prep.store.format import (RAW_INDEX_COLUMNS, ROLE_SIGNALS, TARGET_COLUMNS, StoreError, data_array_names, describe_arrays,
+                                  live_rows, open_store, read_labels, require_finished)
 from hms_train.data.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
 from hms_train.data.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
 from hms_train.data.prefetch import in_background
@@ -64,6 +64,7 @@ class StoreReader:
         self.descriptions = {name: described[name] for name in self.inputs}  # role, normalisation, shape
         self.threads = threads
         self.n_rows = self.layout.n_rows
+        self.live = live_rows(self.labels)  # rows still in the CSV: the only ones ever selected
         self.targets = self._targets()
         self.votes = (self.labels.column("total_votes").to_numpy().astype(np.float32)
                       if "total_votes" in self.labels.column_names else np.zeros(self.n_rows, np.float32))
@@ -92,8 +93,9 @@ class StoreReader:
         return np.ones(self.n_rows, dtype=bool)
 
     def select(self, selection: Selection = Selection()) -> np.ndarray:
-        """Row indices (ascending) that satisfy the selection."""
-        keep = np.ones(self.n_rows, dtype=bool)
+        """Row indices (ascending) that satisfy the selection; never a dropped row (one whose label_id
+        has left the CSV: hms_prep/build/rows.py)."""
+        keep = self.live.copy()
         if selection.only_ok:
             keep &= self.usable()
         if selection.folds is not None:

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from hms_prep.domain import VOTE_COLUMNS
+from hms_prep.store.format import live_rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +75,7 @@ class _Labels:
     spectrogram_id: np.ndarray
     patient_id: np.ndarray
     votes: np.ndarray  # (n, 6) the *_vote columns
+    live: np.ndarray  # (n,) bool: the row is still in train.csv (not dropped)
 
     @classmethod
     def of(cls, labels: pa.Table) -> _Labels:
@@ -88,22 +90,23 @@ class _Labels:
             return labels.column(name).to_numpy()
 
         return cls(column("source_index"), column("eeg_id"), column("spectrogram_id"), column("patient_id"),
-                   np.stack([column(name) for name in VOTE_COLUMNS], 1).astype(np.int64))
+                   np.stack([column(name) for name in VOTE_COLUMNS], 1).astype(np.int64), live_rows(labels))
 
     @property
     def total_votes(self) -> np.ndarray:
         return self.votes.sum(1)
 
     def csv_order(self) -> np.ndarray:
-        """Store rows in train.csv order."""
-        return np.argsort(self.source_index, kind="stable")
+        """Store rows in train.csv order (the rows still in it)."""
+        order = np.argsort(self.source_index, kind="stable")
+        return order[self.live[order]]
 
 
 def all_rows(labels: pa.Table) -> RowTable:
     """Every label row, its own target and votes."""
     table = _Labels.of(labels)
-    rows = np.arange(len(table.eeg_id))
-    return RowTable("all", rows, rows, table.total_votes)
+    rows = np.flatnonzero(table.live)
+    return RowTable("all", rows, rows, table.total_votes[rows])
 
 
 def richard_rows(labels: pa.Table, eligible: np.ndarray | None = None) -> RowTable:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from scipy.optimize import minimize
 
 from hms_prep.domain import TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.store.format import read_labels
+from hms_prep.store.format import live_rows, read_labels
 from hms_train.run.compare import OOF_FILE, run_file, run_store
 from hms_train.run.metric import EPSILON, cv_report
 
@@ -75,7 +75,7 @@ def shared_predictions(runs: list[Path], store: str | None = None) -> tuple[Shar
     labels = read_labels(url)
     if "total_votes" not in labels.column_names:
         raise ValueError(f"{url} has no votes (a test store?); give the train store with --store")
-    shared = np.arange(labels.num_rows)
+    shared = np.flatnonzero(live_rows(labels))  # a row dropped from train.csv since a run is not scored
     for run, table in zip(runs, tables):
         rows = table.column("row").to_numpy()
         if rows.size and (rows.max() >= labels.num_rows or not np.array_equal(

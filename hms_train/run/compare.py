@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hms_prep.store.format import TARGET_COLUMNS, read_labels
+from hms_prep.store.format import TARGET_COLUMNS, live_rows, read_labels
 from hms_train.run.metric import VOTE_COLUMNS, cv_report
 from hms_train.run.plots import plot_runs, read_metrics
 
@@ -63,11 +63,13 @@ def score_run(run: Path, labels: pa.Table) -> dict:
     store_ids = labels.column("label_id").to_numpy()[rows]
     if not np.array_equal(store_ids, oof.column("label_id").to_numpy()):
         raise ValueError(f"{run}: the label_ids of {OOF_FILE} differ from the store's rows; wrong --store?")
+    scored = live_rows(labels)[rows]  # a row dropped from train.csv since the run is not scored
+    rows = rows[scored]
     targets = np.stack([labels.column(c).to_numpy()[rows] for c in TARGET_COLUMNS], 1)
-    predictions = np.stack([oof.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
+    predictions = np.stack([oof.column(c).to_numpy()[scored] for c in VOTE_COLUMNS], 1)
     votes = labels.column("total_votes").to_numpy()[rows]
     report = cv_report(targets, predictions, votes)
-    report["folds"] = sorted(int(f) for f in set(oof.column("fold").to_pylist()))
+    report["folds"] = sorted(int(f) for f in set(oof.column("fold").to_numpy()[scored].tolist()))
     return report
 
 

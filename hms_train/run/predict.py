@@ -60,15 +60,16 @@ def predict_submission(
                 probs = np.zeros((reader.n_rows, 6), dtype=np.float64)
             probs[rows] += predict_probabilities(fold.model, reader, rows, plan, torch_device, tta_hflip=tta_hflip)
         probs[rows] /= len(models[run])
-        failed = np.setdiff1d(np.arange(reader.n_rows), rows)
+        failed = np.setdiff1d(np.flatnonzero(reader.live), rows)
         probs[failed] = 1 / 6  # a test row whose EEG could not be read gets the uniform guess
         if len(failed) and inputs not in warned:
             warned.add(inputs)
-            say(f"{run}: {len(failed)} of {reader.n_rows} test rows failed to build (hms-prep info lists why); "
+            say(f"{run}: {len(failed)} of {int(reader.live.sum())} test rows failed to build (hms-prep info lists why); "
                 "they are predicted as the uniform 1/6")
         blend = run_weight * probs if blend is None else blend + run_weight * probs
     blend /= blend.sum(1, keepdims=True)
-    order = np.argsort(reader.column("source_index"))  # back to test.csv order
+    live = np.flatnonzero(reader.live)  # a dropped row's eeg_id has left test.csv
+    order = live[np.argsort(reader.column("source_index")[live])]  # back to test.csv order
     table = pa.table({"eeg_id": pa.array(reader.column("eeg_id")[order]),
                       **{c: pa.array(blend[order, j]) for j, c in enumerate(VOTE_COLUMNS)}})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,11 +104,11 @@ def pseudo_labels(
     """The runs' out-of-fold predictions averaged per label row, for the rows of `store` with fewer
     than `min_votes` votes (the targets a stage's pseudo-labels replace), or for every row the runs
     predicted when `min_votes` is None (a teacher's targets, for distillation)."""
-    from hms_prep.store.format import read_labels
+    from hms_prep.store.format import live_rows, read_labels
 
     labels = read_labels(store)
     votes = np.asarray(labels.column("total_votes"))
-    chosen = votes < min_votes if min_votes is not None else np.ones(len(votes), dtype=bool)
+    chosen = (votes < min_votes if min_votes is not None else np.ones(len(votes), dtype=bool)) & live_rows(labels)
     low_vote = set(np.asarray(labels.column("label_id"))[chosen].tolist())
     w = _weights(runs, weights)
     merged: dict[int, np.ndarray] = {}

@@ -24,7 +24,9 @@ from hms_prep.store.format import (
     describe_arrays,
     open_build_state,
     open_store,
+    live_rows,
     read_labels,
+    read_labels_if_readable,
     read_row_table,
     row_table_file,
     read_state,
@@ -133,12 +135,19 @@ def store_info(url: str) -> dict:
         "layout_version": layout.layout_version,
         "split": layout.split,
         "rows": layout.n_rows,
+        "rows_dropped": _dropped(url),
         "chunk_rows": layout.chunk_rows,
         "folds": layout.n_folds,
         "bytes": store_nbytes(url),
         "arrays": arrays,
         "damaged": [problem.line() for problem in metadata_problems(group, states)],
     }
+
+
+def _dropped(url: str) -> int:
+    """Rows kept as dropped (their label_id left the CSV), by labels.parquet; 0 when it cannot be read."""
+    labels = read_labels_if_readable(url)
+    return 0 if labels is None else int((~live_rows(labels)).sum())
 
 
 def _codec_detail(codec) -> str:

@@ -242,7 +242,8 @@ def info(
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return
-    typer.echo(f"{facts['store']}: {facts['rows']} rows ({facts['split']}), layout v{facts['layout_version']}, "
+    dropped = f" ({facts['rows_dropped']} dropped: no longer in the CSV)" if facts["rows_dropped"] else ""
+    typer.echo(f"{facts['store']}: {facts['rows']} rows{dropped} ({facts['split']}), layout v{facts['layout_version']}, "
                f"{facts['folds']} folds, {facts['bytes'] / 2**20:.1f} MiB")
     width = max((len(name) for name in facts["arrays"]), default=0)
     for name, a in facts["arrays"].items():

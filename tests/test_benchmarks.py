@@ -66,3 +66,9 @@ def test_growth_and_startup_benchmarks_run(tmp_path):
 def test_kaggle_inference_benchmark_runs():
     figures = run("kaggle_inference.py", "--recipe", "seed_david_b0", "--eegs", 2, "--folds", 1, "--json")
     assert figures["seconds_per_eeg"]["build"] > 0 and figures["seconds_per_eeg"]["predict"] > 0
+
+
+def test_row_change_benchmark_runs():
+    figures = run("row_change.py", "--eegs", 4, "--json")
+    assert figures["change"]["rows_computed"] < figures["rebuild"]["rows_computed"] == figures["rows"]
+    assert figures["rebuild_over_change"] > 0

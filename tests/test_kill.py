@@ -177,6 +177,49 @@ def test_a_build_killed_while_adding_an_array_to_a_finished_store_hides_it_and_c
         shutil.rmtree(store)
 
 
+def test_a_build_applying_a_corrected_train_csv_killed_at_every_write_of_the_change_resumes(
+        zygote, tiny_data, uninterrupted, tmp_path):
+    """Issue 20, finding 5: a corrected train.csv changes a store's rows in place (hms_prep/build/rows.py). Killed
+    at every write of the change (the row table, each array's growth and marks, labels.parquet's removal, the
+    root's layout) and at the first chunk: resumed with the new train.csv, the store the uninterrupted change
+    gives; resumed with the old one before the change took effect, the store as it was."""
+    from test_row_changes import corrected, rewrite_csv
+
+    reference, _ = uninterrupted
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    rewrite_csv(data, corrected)
+    changed = tmp_path / "changed.zarr"
+    shutil.copytree(reference, changed)
+    code, writes, out = zygote.build(data, changed)
+    assert code == 0, out
+    commit = writes.index(str(changed / "zarr.json"))
+    first_chunk = next(i for i, w in enumerate(writes) if i > commit and "/c/" in w)  # the first task's
+    assert any("/_rows/" in w for w in writes[:commit]) and any("/_build/" in w for w in writes[:commit]), writes
+    # Each kind of write once (an image array's and a signal array's growth and marks, which repeat per array),
+    # every write with HMS_KILL_EVERY_WRITE=1; the old train.csv after the table, the growth and the marks.
+    def kind(i: int) -> str:
+        path = moment(writes[i], changed)
+        return path.replace("kaggle", "eeg_10s") if i <= first_chunk else path
+
+    kinds = [kind(i) for i in range(first_chunk + 1)]
+    chosen = range(first_chunk + 1) if EVERY_WRITE else sorted({kinds.index(k) for k in kinds})
+    before_commit = [i for i in chosen if i < commit]
+    reverted = set(before_commit) if EVERY_WRITE else {before_commit[1], commit - 2, commit - 1}
+    for at in chosen:
+        for csv_data, expected in ((data, changed), (tiny_data, reference)):
+            if csv_data is tiny_data and at not in reverted:
+                continue  # after the root's write the old train.csv is another change
+            store = tmp_path / f"changing-{at}.zarr"
+            shutil.copytree(reference, store)
+            code, _, _ = zygote.build(data, store, env={"HMS_KILL_AT": str(at)})
+            assert code == -signal.SIGKILL, (at, writes[at])
+            code, _, out = zygote.build(csv_data, store)
+            assert code == 0, (at, writes[at], out)
+            assert_same_store(store, expected)
+            shutil.rmtree(store)
+
+
 # Moments of a build on a LocalCluster of two worker processes, by the file written (the two workers'
 # writes interleave in no fixed order, so a moment is named by its file, not its number): a worker's
 # first data chunk, and the driver's metadata write after the workers finished (a worker's done flag was

@@ -32,6 +32,7 @@ import torch
 
 from hms_prep.store.format import describe_arrays, open_store
 from hms_train.data.reader import Selection, StoreReader
+from hms_train.run.blend import fixed_weights
 from hms_train.run.checkpoint import fold_checkpoints, load_fold_model, predictable
 from hms_train.run.forward import predict_probabilities
 from hms_train.run.plan import plan_inputs
@@ -80,8 +81,10 @@ def export(runs: list[Path], out: Path, weights: list[float] | None = None, imag
                           "were trained from")
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"--out {out}: exists and is not empty; export into a new folder")
-    if weights is not None and len(weights) != len(runs):
-        raise ExportError(f"{len(runs)} runs but {len(weights)} weights")
+    try:
+        w = fixed_weights(weights, len(runs))
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     names = _run_names(runs)
     checkpoints = {run: fold_checkpoints(run) for run in runs}  # FileNotFoundError for a run without folds
     arrays = _arrays(runs, checkpoints)

@@ -230,3 +230,13 @@ def test_blend_falls_back_to_the_best_single_run_when_the_optimiser_stops_short(
     assert optimiser > min(singles) + 1e-7, "the case no longer makes the optimiser stop short"
     assert np.array_equal(weights, np.eye(3)[int(np.argmin(singles))])
     assert kaggle_kl(targets, np.tensordot(weights, probs, axes=1)) <= min(singles)
+
+
+def test_export_checks_run_weights_as_predict_does_before_writing(tmp_path):
+    """One check of run weights (`fixed_weights`) for blend, predict, pseudo-label and export: export took
+    negative weights into its blend.json."""
+    from hms_train.export import ExportError, export
+
+    with pytest.raises(ExportError, match="--weights needs 2 non-negative values"):
+        export([tmp_path / "a", tmp_path / "b"], tmp_path / "out", weights=[1.0, -0.5])
+    assert not (tmp_path / "out").exists()

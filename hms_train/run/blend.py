@@ -115,10 +115,11 @@ def blend_weights(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return min(candidates, key=lambda w: objective(w)[0])
 
 
-def fixed_weights(weights: list[float], count: int) -> np.ndarray:
-    """Given run weights divided by their sum: the weighted mean of probabilities, as the seed computed
-    it (its weights sum to 1, or are divided by their sum: see `SEED_BLEND`)."""
-    w = np.asarray(weights, dtype=np.float64)
+def fixed_weights(weights: list[float] | None, count: int) -> np.ndarray:
+    """Given run weights divided by their sum (None: equal): the weighted mean of probabilities, as the seed
+    computed it (its weights sum to 1, or are divided by their sum: see `SEED_BLEND`). The one check of run
+    weights, for blend, predict, pseudo-label and export."""
+    w = np.ones(count) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (count,) or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"--weights needs {count} non-negative values (one per run) with a positive sum, got {weights}")
     return w / w.sum()

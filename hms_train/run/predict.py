@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import torch
 
 from hms_train.data.reader import Selection, StoreReader
+from hms_train.run.blend import fixed_weights
 from hms_train.run.checkpoint import fold_checkpoints, load_fold_model
 from hms_train.run.config import TrainConfig
 from hms_train.run.forward import predict_probabilities, resolve_device
@@ -20,12 +21,6 @@ from hms_train.run.metric import VOTE_COLUMNS
 from hms_train.run.plan import plan_inputs
 
 log = logging.getLogger("hms_train")
-
-def _weights(runs, weights) -> np.ndarray:
-    w = np.ones(len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if len(w) != len(runs) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"--weights needs {len(runs)} non-negative values with a positive sum, got {weights}")
-    return w / w.sum()
 
 
 def predict_submission(
@@ -39,7 +34,7 @@ def predict_submission(
     A store with chunks not done is refused (the reader). A row that failed to build gets the uniform
     1/6, and `say` gets one line counting them; when no row is usable, nothing is written (ValueError).
     """
-    w = _weights(runs, weights)
+    w = fixed_weights(weights, len(runs))
     torch_device = resolve_device(device)
     models = {run: [load_fold_model(path, torch_device) for path in fold_checkpoints(run)] for run in runs}
     readers: dict[tuple[str, ...], StoreReader] = {}  # one per set of inputs, shared by the runs using it
@@ -110,7 +105,7 @@ def pseudo_labels(
     votes = np.asarray(labels.column("total_votes"))
     chosen = (votes < min_votes if min_votes is not None else np.ones(len(votes), dtype=bool)) & live_rows(labels)
     low_vote = set(np.asarray(labels.column("label_id"))[chosen].tolist())
-    w = _weights(runs, weights)
+    w = fixed_weights(weights, len(runs))
     merged: dict[int, np.ndarray] = {}
     seen: dict[int, float] = {}
     for run, run_weight in zip(runs, w):

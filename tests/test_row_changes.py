@@ -222,3 +222,45 @@ def test_placing_rows_by_label_id():
     assert third.undropped.tolist() == [0] and not third.changed.size and not third.added.size
     with pytest.raises(ValueError, match=r"label_id 11 appears more than once \(lines 2, 3\)"):
         assign_rows(csv_rows(lines((11, 1, 0.0), (11, 1, 8.0)), "train"), "train")
+
+
+def test_a_test_eeg_gone_from_test_csv_leaves_the_submission_and_the_others_predict_the_same(tiny_data, tmp_path,
+                                                                                             cluster):
+    """Test stores identify rows by eeg_id: an EEG removed from test.csv is dropped, and `hms-train predict`
+    writes one line per EEG still in test.csv, in its order, each predicted as before."""
+    from typer.testing import CliRunner
+
+    from hms_prep.synth import synthesize
+    from hms_train.cli import app
+
+    data = tmp_path / "data"
+    synthesize(data, n_eegs=3, seed=3, n_test=3)
+    train_store, test_store, run = tmp_path / "train.zarr", tmp_path / "test.zarr", tmp_path / "run"
+    assert build(data, train_store, cluster, kaggle=False, raw=None).ok
+    trained = CliRunner().invoke(app, ["train", "--store", str(train_store), "--config", "smoke", "--device", "cpu",
+                                       "--out", str(run), "--quiet", "--set", 'inputs=["eeg_10s"]', "--set", "epochs=1",
+                                       "--set", "stage2_epochs=0", "--set", "max_batches_per_epoch=1",
+                                       "--set", "batch_size=2", "--set", "folds=[0]"])
+    assert trained.exit_code == 0, trained.output
+
+    def predict(out: Path) -> list[list[str]]:
+        assert build(data, test_store, cluster, split="test", kaggle=False, raw=None).ok
+        result = CliRunner().invoke(app, ["predict", "--store", str(test_store), "--run", str(run), "--device", "cpu",
+                                          "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return list(csv.reader(out.open()))
+
+    before = predict(tmp_path / "before.csv")
+    with open(data / "test.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 3 and [row[0] for row in before[1:]] == [line["eeg_id"] for line in lines]
+    with open(data / "test.csv", "w", newline="") as f:  # the first EEG gone, the others in another order
+        writer = csv.DictWriter(f, fieldnames=list(lines[0]))
+        writer.writeheader()
+        writer.writerows([lines[2], lines[1]])
+    after = predict(tmp_path / "after.csv")
+    assert after[0] == before[0] and [row[0] for row in after[1:]] == [lines[2]["eeg_id"], lines[1]["eeg_id"]]
+    by_eeg = {row[0]: row for row in before[1:]}
+    assert all(row == by_eeg[row[0]] for row in after[1:])
+    labels = read_labels(str(test_store))
+    assert labels.column("dropped").to_pylist() == [str(e) == lines[0]["eeg_id"] for e in labels.column("eeg_id").to_pylist()]

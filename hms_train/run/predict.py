@@ -62,11 +62,11 @@ def predict_submission(
             say(f"{run}: {len(failed)} of {int(reader.live.sum())} test rows failed to build (hms-prep info lists why); "
                 "they are predicted as the uniform 1/6")
         blend = run_weight * probs if blend is None else blend + run_weight * probs
-    blend /= blend.sum(1, keepdims=True)
-    live = np.flatnonzero(reader.live)  # a dropped row's eeg_id has left test.csv
+    live = np.flatnonzero(reader.live)  # a dropped row's eeg_id has left test.csv: never predicted
     order = live[np.argsort(reader.column("source_index")[live])]  # back to test.csv order
+    blend = blend[order] / blend[order].sum(1, keepdims=True)
     table = pa.table({"eeg_id": pa.array(reader.column("eeg_id")[order]),
-                      **{c: pa.array(blend[order, j]) for j, c in enumerate(VOTE_COLUMNS)}})
+                      **{c: pa.array(blend[:, j]) for j, c in enumerate(VOTE_COLUMNS)}})
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:  # an unquoted header, exactly like Kaggle's sample_submission.csv
         f.write((",".join(table.column_names) + "\n").encode())

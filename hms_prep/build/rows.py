@@ -73,7 +73,7 @@ def stored_row_table(url: str, layout: StoreLayout, csv: pa.Table, say) -> pa.Ta
         return None
     if layout.layout_version >= 2:
         table = read_row_table(url, layout.rows_digest)
-        if table is not None and table.num_rows == layout.n_rows:
+        if table is not None and np.array_equal(table.column("row").to_numpy(), np.arange(layout.n_rows)):
             return table
         labels = read_labels_if_readable(url)
         if labels is not None and rows_digest(row_table_of(labels), layout.split) == layout.rows_digest:
@@ -117,7 +117,8 @@ def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, 
     segments, raw_index, raw_length = [[] for _ in range(-(-n_rows // layout.chunk_rows))], \
         np.zeros((n_rows, 3), dtype=np.int64), layout.raw_chunk_samples
     if margin is not None:
-        stored_index = stored_raw_index(stored, layout, margin)
+        has_segments = any(not d.image for d in describe_arrays(group).values())
+        stored_index = stored_raw_index(stored, layout, margin) if has_segments else None
         if stored_index is not None:
             touched = np.concatenate([assignment.changed, assignment.added])
             relocated = tuple(sorted(set((touched // layout.chunk_rows).tolist())))
@@ -136,8 +137,9 @@ def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, 
 
 
 def stored_raw_index(stored: pa.Table | None, layout: StoreLayout, margin: int) -> np.ndarray | None:
-    """The raw index the store's segments were written with: its row table's, or for a store that never
-    recorded one (layout 1), the one-pass layout of its rows that it was built with."""
+    """The raw index the store's segments were written with (it has an array stored in segments): its row
+    table's, or for a store that never recorded one (layout 1), the one-pass layout of its rows that it
+    was built with."""
     if stored is None:
         return None
     if all(c in stored.column_names for c in RAW_INDEX_COLUMNS):
@@ -178,7 +180,8 @@ def commit_rows(url: str, group: zarr.Group, old: StoreLayout, rows: RowPlan) ->
                 state.done[old.n_chunks:] = 0
             if not description.image and rows.relocated:
                 state.done.oindex[np.asarray(rows.relocated)] = 0
-    remove_labels(url)
+    if rows.assignment.changes:
+        remove_labels(url)  # it lists the old rows
     commit_layout(group, new)
     remove_other_row_tables(url, new.rows_digest)
     return new

@@ -28,10 +28,10 @@ ROW_IDENTITY = ("eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET)  # what a r
 DERIVED_COLUMNS = ("source_index", "total_votes", *TARGET_COLUMNS, "fold")
 
 
-def plan_rows(labels: pa.Table, split: str, n_folds: int, stored: pa.Table | None = None) -> pa.Table:
-    """The label table in store order with `row`, `source_index`, `dropped` and, for train, votes,
-    targets, fold: `assign_rows` then `with_targets`."""
-    return with_targets(assign_rows(csv_rows(labels, split), split, stored).table, split, n_folds)
+def plan_rows(labels: pa.Table, split: str, n_folds: int) -> pa.Table:
+    """The label table in a new store's order with `row`, `source_index`, `dropped` and, for train, votes,
+    targets, fold."""
+    return with_targets(assign_rows(csv_rows(labels, split), split).table, split, n_folds)
 
 
 def csv_rows(labels: pa.Table, split: str) -> pa.Table:
@@ -241,8 +241,8 @@ def plan_raw_segments(
         chunk_segments, position = _lay_out(eeg_ids, starts, rows, margin, position, index)
         segments.append(chunk_segments)
         position = _aligned(position, raw_chunk_samples)  # the next task starts on a raw-chunk boundary
-    end = max([int(index[:, 2].max())] if len(index) else [0])
-    return segments, index, max(_aligned(max(end, position), raw_chunk_samples), raw_chunk_samples)
+    end = max(int(index[:, 2].max(initial=0)), position)
+    return segments, index, max(_aligned(end, raw_chunk_samples), raw_chunk_samples)
 
 
 def _aligned(position: int, step: int) -> int:

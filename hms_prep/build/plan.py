@@ -128,10 +128,10 @@ def check_same_params(url: str, array, kind: ArrayKind) -> None:
     )
 
 
-def segment_margin(url: str, group, requested: dict[str, ArrayKind]) -> int | None:
-    """The margin_s of the store's raw segment layout (None: no array is stored in segments). Every
-    raw array of a store shares one layout, so their margins must agree."""
-    margins = {name: d.params.get("margin_s") for name, d in describe_arrays(group).items() if not d.image}
+def segment_margin(url: str, described: dict, requested: dict[str, ArrayKind]) -> int | None:
+    """The margin_s of the store's raw segment layout (None: no array is stored in segments), given its
+    arrays (`describe_arrays`). Every raw array of a store shares one layout, so their margins must agree."""
+    margins = {name: d.params.get("margin_s") for name, d in described.items() if not d.image}
     margins.update({name: k.params.margin_s for name, k in requested.items() if k.role == ROLE_SIGNALS})
     if len(set(margins.values())) > 1:
         listed = ", ".join(f"{name} margin_s={m}" for name, m in margins.items())

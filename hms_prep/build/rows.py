@@ -108,7 +108,8 @@ def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, 
     """Where the CSV's rows go and what that changes; reads only. StoreError before anything is written
     when an asked array exists with other params, or the raw arrays would disagree on their segments."""
     check_params(url, group, requested)
-    margin = segment_margin(url, group, requested)
+    described = describe_arrays(group)
+    margin = segment_margin(url, described, requested)
     assignment = assign_rows(csv, layout.split, stored)
     planned = with_targets(assignment.table, layout.split, n_folds)
     n_rows = planned.num_rows
@@ -117,7 +118,7 @@ def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, 
     segments, raw_index, raw_length = [[] for _ in range(-(-n_rows // layout.chunk_rows))], \
         np.zeros((n_rows, 3), dtype=np.int64), layout.raw_chunk_samples
     if margin is not None:
-        has_segments = any(not d.image for d in describe_arrays(group).values())
+        has_segments = any(not d.image for d in described.values())
         stored_index = stored_raw_index(stored, layout, margin) if has_segments else None
         if stored_index is not None:
             touched = np.concatenate([assignment.changed, assignment.added])

@@ -1,12 +1,12 @@
-"""`hms-train` as a script sees it, without its 5 s of imports each time: a server process imports the
-CLI's modules once (torch, timm, zarr, pyarrow...), then forks a child per call that runs the installed
-`hms-train` entry point with the caller's arguments, working directory, environment and standard
-streams, and hands back its exit status. Each call is still a process of its own (its own globals, exit,
-crash); only the imports are shared. tests/test_seed_chain.py puts `hms-train` commands of this kind on
-scripts/seed.sh's BIN.
+"""`hms-train` and `hms-prep` as a script sees them, without their 3-5 s of imports each time: a server
+process imports the CLIs' modules once (torch, timm, zarr, pyarrow...), then forks a child per call that
+runs the installed entry point (pyproject's [project.scripts]) with the caller's arguments, working
+directory, environment and standard streams, and hands back its exit status. Each call is still a
+process of its own (its own globals, exit, crash); only the imports are shared (as tests/kill_hook/zygote.py
+does for builds). tests/test_seed_chain.py puts commands of this kind on scripts/seed.sh's BIN.
 
-    python tests/preloaded.py serve SOCKET        # the server (until killed)
-    python -S tests/preloaded.py call SOCKET ARGS...  # one `hms-train ARGS...`, as a process would run it
+    python tests/preloaded.py serve SOCKET                # the server (until killed)
+    python -S tests/preloaded.py call SOCKET NAME ARGS... # one `NAME ARGS...`, as a process would run it
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        sys.argv = ["hms-train", *request["args"]]
+        sys.argv = [request["name"], *request["args"]]
         try:
-            ENTRY_POINT()
+            ENTRY_POINTS[request["name"]]()
             code = 0
         except SystemExit as done:
             if done.code is None or isinstance(done.code, int):
@@ -65,14 +65,22 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
+ENTRY_POINTS = {}
+NAMES = ("hms-train", "hms-prep")
+
+
 def serve(path: str) -> None:
-    global ENTRY_POINT
     from importlib.metadata import entry_points
 
-    # the installed console script (pyproject's [project.scripts]), as .venv/bin/hms-train runs it
-    (script,) = entry_points(group="console_scripts", name="hms-train")
-    ENTRY_POINT = script.load()
+    for name in NAMES:  # the installed console scripts, as .venv/bin/NAME runs them
+        (script,) = entry_points(group="console_scripts", name=name)
+        ENTRY_POINTS[name] = script.load()
     # What the commands import: loaded once here, without running anything (no threads before a fork).
+    import hms_prep.build.run  # noqa: F401
+    import hms_prep.build.task  # noqa: F401
+    import hms_prep.kinds.mel  # noqa: F401
+    import scipy.signal  # noqa: F401
+    import torchaudio  # noqa: F401
     import hms_train.cli  # noqa: F401
     import hms_train.run.blend  # noqa: F401
     import hms_train.run.compare  # noqa: F401
@@ -102,16 +110,16 @@ def serve(path: str) -> None:
             connection.sendall(STATUS.pack(128 - code if code < 0 else code))  # killed by a signal: 128 + N
 
 
-def call(path: str, args: list[str]) -> int:
+def call(path: str, name: str, args: list[str]) -> int:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.connect(path)
-        request = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode() + b"\n"
+        request = json.dumps({"name": name, "args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode() + b"\n"
         socket.send_fds(connection, [request], [0, 1, 2])
         data = b""
         while len(data) < STATUS.size:
             chunk = connection.recv(STATUS.size - len(data))
             if not chunk:
-                print("error: the preloaded hms-train server went away", file=sys.stderr)
+                print(f"error: the preloaded {name} server went away", file=sys.stderr)
                 return 1
             data += chunk
     return STATUS.unpack(data)[0]
@@ -121,4 +129,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2])
     else:
-        sys.exit(call(sys.argv[2], sys.argv[3:]))
+        sys.exit(call(sys.argv[2], sys.argv[3], sys.argv[4:]))

@@ -43,9 +43,9 @@ def keep_first_lines(train_csv: Path, per_eeg: int) -> None:
 
 @pytest.fixture
 def preloaded_bin(tmp_path):
-    """A BIN for scripts/seed.sh: the installed `hms-prep`, and an `hms-train` whose every call is a process
-    forked from one that has imported the CLI's modules already (tests/preloaded.py): the chain's 15 calls
-    pay those 5 s of imports once."""
+    """A BIN for scripts/seed.sh whose `hms-prep` and `hms-train` calls are each a process forked from one
+    that has imported the CLIs' modules already (tests/preloaded.py): the chain's 19 calls pay those
+    3-5 s of imports once."""
     folder = Path(tempfile.mkdtemp(prefix="hms-"))  # a short path: a Unix socket's is limited to 107 bytes
     sock = folder / "hms-train.sock"
     server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preloaded.py"), "serve", str(sock)],
@@ -54,10 +54,10 @@ def preloaded_bin(tmp_path):
         assert server.stdout.readline().strip() == "ready", "the preloaded hms-train server did not start"
         bin_ = tmp_path / "bin"
         bin_.mkdir()
-        (bin_ / "hms-prep").symlink_to(Path(sys.executable).parent / "hms-prep")
-        (bin_ / "hms-train").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{ROOT / "tests" / "preloaded.py"}" '
-                                        f'call "{sock}" "$@"\n')
-        (bin_ / "hms-train").chmod(0o755)
+        for name in ("hms-prep", "hms-train"):
+            (bin_ / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{ROOT / "tests" / "preloaded.py"}" '
+                                     f'call "{sock}" {name} "$@"\n')
+            (bin_ / name).chmod(0o755)
         yield bin_
     finally:
         server.terminate()

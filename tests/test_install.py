@@ -157,15 +157,15 @@ def _scheduler_address(path: Path) -> str:
     raise TimeoutError(f"no Dask scheduler wrote {path}")
 
 
-def hooked_build(data, store: Path, log: Path, env: dict, in_process: bool, workers: int = 2):
+def hooked_build(data, store: Path, log: Path, env: dict, in_process: bool):
     """run_build in a child process with the write-numbering hook (tests/kill_hook), on a LocalCluster of
-    `workers` worker processes or in process; returns the CompletedProcess (its stdout: the summary as JSON)."""
+    two worker processes or in process; returns the CompletedProcess (its stdout: the summary as JSON)."""
     log.mkdir()
     script = (
         "import json, sys\n"
         "from hms_prep.build.run import BuildConfig, run_build\n"
         f"s = run_build(BuildConfig(data_dir={str(data)!r}, store={str(store)!r}, windows=(10,), chunk_rows=8,\n"
-        f"              workers={workers}, in_process={in_process}))\n"
+        f"              workers=2, in_process={in_process}))\n"
         "print(json.dumps({'ok': s.ok, 'crashed': s.crashed, 'line': s.crash_line(), 'rows': s.rows_computed,\n"
         "                  'failed': len(s.failed_rows())}))\n"
     )
@@ -194,17 +194,15 @@ def test_a_task_that_raises_in_process_is_counted_and_its_chunk_redone(tiny_data
 
 def test_a_worker_killed_mid_build_is_retried_by_dask_or_reported(tiny_data, tmp_path):
     # Dask reruns the task of a worker that died (the nanny starts a new one): the build ends complete.
-    # One worker process (each start imports torch): its death leaves none until the nanny's new one.
     store = tmp_path / "retried.zarr"
     summary = _summary(hooked_build(tiny_data, store, tmp_path / "log", {"HMS_KILL_WORKER_AT": "0"},
-                                    in_process=False, workers=1))
+                                    in_process=False))
     assert (tmp_path / "log.worker-killed").exists()  # a worker really died
     assert summary["ok"] and verify_store(str(store)) == []
     # With no retry allowed, the task fails with KilledWorker: counted, named, never a silent success.
     store = tmp_path / "reported.zarr"
     summary = _summary(hooked_build(tiny_data, store, tmp_path / "log2", {
-        "HMS_KILL_WORKER_AT": "0", "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}, in_process=False,
-        workers=1))
+        "HMS_KILL_WORKER_AT": "0", "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}, in_process=False))
     assert (tmp_path / "log2.worker-killed").exists()
     assert not summary["ok"] and re.match(r"\d+ chunk tasks crashed: KilledWorker", summary["line"]), summary
     assert verify_store(str(store))

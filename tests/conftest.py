@@ -16,11 +16,11 @@ needs_real_sample = pytest.mark.skipif(
 )
 
 
-# The longest files first (each took over a minute on the 2-core machine, longest first): `make test`'s
-# two workers take whole files in collection order (--dist loadfile), so starting with the longest keeps
-# one worker from running a long file alone at the end.
-LONGEST_FIRST = ("test_seed_chain.py", "test_train.py", "test_kill.py", "test_recipes.py", "test_export.py",
-                 "test_reliability.py", "test_benchmarks.py", "test_resume.py", "test_install.py", "test_build.py")
+# The longest files first (about a minute or more each on the 2-core machine, longest first, as measured
+# 2026-12-06: docs/performance.md): `make test`'s two workers take whole files in collection order
+# (--dist loadfile), so starting with the longest keeps one worker from running a long file alone at the end.
+LONGEST_FIRST = ("test_kill.py", "test_train.py", "test_reliability.py", "test_benchmarks.py", "test_install.py",
+                 "test_build.py", "test_seed_chain.py", "test_export.py", "test_recipes.py", "test_resume.py")
 
 
 def pytest_collection_modifyitems(items):

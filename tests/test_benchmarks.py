@@ -2,6 +2,8 @@
 
 No timing is asserted: the figures are only checked to be there. What this catches is a benchmark that
 no longer runs against today's code (two did, after the lazy cluster and the optional --chunk-rows).
+Each runs at its smallest size: a cluster of one worker process (each worker's start imports torch and
+scipy; the builds' two-worker cluster is tests/conftest.py's train_store), one repeat, a few EEGs.
 """
 
 import json
@@ -30,7 +32,7 @@ def built(tmp_path_factory):
     """A toy store built by build_throughput.py itself (with its notebook baseline), and its figures."""
     folder = tmp_path_factory.mktemp("bench")
     figures = run("build_throughput.py", "--eegs", 4, "--data", folder / "data", "--store", folder / "specs.zarr",
-                  "--baseline", 2, "--json")
+                  "--baseline", 2, "--workers", 1, "--json")
     return folder, figures
 
 
@@ -57,9 +59,9 @@ def test_chunk_cpu_codecs_and_reader_benchmarks_run_on_that_store(built, tmp_pat
 
 
 def test_growth_and_startup_benchmarks_run(tmp_path):
-    growth = run("growth.py", "--eegs", 4, "--data", tmp_path / "growth" / "data", "--json")
+    growth = run("growth.py", "--eegs", 4, "--data", tmp_path / "growth" / "data", "--workers", 1, "--json")
     assert growth["rows"] > 0 and growth["driver_peak_bytes"] > 0 and growth["verify_problems"] == 0
-    startup = run("startup.py", "--eegs", 3, "--folder", tmp_path / "startup", "--repeat", 1, "--json")
+    startup = run("startup.py", "--eegs", 3, "--folder", tmp_path / "startup", "--repeat", 1, "--workers", 1, "--json")
     assert startup["startup_s"] > 0 and startup["sizes"][0]["noop_s"] > 0
 
 

@@ -23,6 +23,18 @@ def hms(*args, **kwargs):
                           text=True, timeout=600, **kwargs)
 
 
+def hms_here(*args) -> str:
+    """The same command in this process (typer's CliRunner), for the steps around the one under test:
+    no second interpreter's imports."""
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output[-3000:]
+    return result.output
+
+
 def submission(path: Path) -> tuple[list[str], np.ndarray]:
     rows = list(csv.reader(path.open()))
     return [r[0] for r in rows], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
@@ -33,9 +45,8 @@ def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_st
     from hms_prep.build.run import BuildConfig, run_build
 
     run = tmp_path / "smoke"
-    result = hms("train", "--store", train_store, "--config", "smoke", "--device", "cpu", "--out", run, "--quiet",
-                 *[f"--set={s}" for s in TINY])
-    assert result.returncode == 0, result.stderr[-3000:]
+    hms_here("train", "--store", train_store, "--config", "smoke", "--device", "cpu", "--out", run, "--quiet",
+             *[f"--set={s}" for s in TINY])
     export = tmp_path / "export"
     result = hms("export", run, "--out", export)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -64,8 +75,7 @@ def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_st
 
     test_store = tmp_path / "test.zarr"
     run_build(BuildConfig(data_dir=str(synth_data), store=str(test_store), split="test", windows=(10,), workers=1))
-    result = hms("predict", "--store", test_store, "--run", run, "--device", "cpu", "--out", tmp_path / "predict.csv")
-    assert result.returncode == 0, result.stderr[-3000:]
+    hms_here("predict", "--store", test_store, "--run", run, "--device", "cpu", "--out", tmp_path / "predict.csv")
     ids, probs = submission(tmp_path / "submission.csv")
     expected_ids, expected = submission(tmp_path / "predict.csv")
     assert ids == expected_ids

@@ -45,6 +45,17 @@ def run(args: list[str]) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
+def run_here(args: list[str]) -> None:
+    """The same command in this process (typer's CliRunner): the uninterrupted run a killed one is held
+    against, without a second interpreter's imports. The killed and resumed runs stay processes of their own."""
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output[-4000:]
+
+
 def kill_when(path, args: list[str], timeout: float = 240) -> None:
     """Start training in its own session and SIGKILL the whole group as soon as `path` exists."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -73,7 +84,7 @@ def predictions(run) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("switches", [RECIPE_SWITCHES], ids=["recipe_switches"])
 def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path, switches):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run(train_args(train_store, full, switches))
+    run_here(train_args(train_store, full, switches))
     # Killed in fold 1's second epoch: fold 0 is finished, fold 1 has one complete epoch.
     kill_when(killed / "fold1_last.pt", train_args(train_store, killed, switches))
     assert not (killed / "oof.parquet").exists()
@@ -99,7 +110,7 @@ def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_the_same(train_stor
     uninterrupted run's predictions and metrics."""
     switches = [*RECIPE_SWITCHES, "checkpoint_every_steps=1", "max_batches_per_epoch=4", "batch_size=4", "folds=[0]"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run(train_args(train_store, full, switches))
+    run_here(train_args(train_store, full, switches))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}",
            "HMS_KILL_AFTER_MID_SAVE": "6"}
     process = subprocess.run(command(*train_args(train_store, killed, switches)), cwd=ROOT, env=env,

@@ -7,9 +7,13 @@ are built in tests/test_recipes.py), so the toy chain trains B0 for Richard and 
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = " ".join(f"--set {item}" for item in (
@@ -37,7 +41,31 @@ def keep_first_lines(train_csv: Path, per_eeg: int) -> None:
     train_csv.write_text("\n".join(kept) + "\n")
 
 
-def test_toy_seed_chain_writes_a_blended_submission(tmp_path):
+@pytest.fixture
+def preloaded_bin(tmp_path):
+    """A BIN for scripts/seed.sh whose `hms-prep` and `hms-train` calls are each a process forked from one
+    that has imported the CLIs' modules already (tests/preloaded.py): the chain's 19 calls pay those
+    3-5 s of imports once."""
+    folder = Path(tempfile.mkdtemp(prefix="hms-"))  # a short path: a Unix socket's is limited to 107 bytes
+    sock = folder / "hms-train.sock"
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preloaded.py"), "serve", str(sock)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", "the preloaded hms-train server did not start"
+        bin_ = tmp_path / "bin"
+        bin_.mkdir()
+        for name in ("hms-prep", "hms-train"):
+            (bin_ / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{ROOT / "tests" / "preloaded.py"}" '
+                                     f'call "{sock}" {name} "$@"\n')
+            (bin_ / name).chmod(0o755)
+        yield bin_
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     from hms_prep.synth import synthesize
 
     synth_data = tmp_path / "data"
@@ -45,7 +73,7 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path):
     synthesize(synth_data, n_eegs=24, seed=3, n_test=2)
     keep_first_lines(synth_data / "train.csv", per_eeg=2)
     seed = tmp_path / "seed"
-    env = {**os.environ, "DATA": str(synth_data), "SEED": str(seed), "BIN": str(Path(sys.executable).parent),
+    env = {**os.environ, "DATA": str(synth_data), "SEED": str(seed), "BIN": str(preloaded_bin),
            "FOLDS": "2", "DEVICE": "cpu", "TRAIN_SET": TOY, "COLUMNS": "200", "RECIPES": " ".join(RECIPES)}
     result = subprocess.run(["bash", "scripts/seed.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -44,10 +44,16 @@ def stores(learn_data, tmp_path_factory):
     return str(root / "specs.zarr"), str(root / "test.zarr")
 
 
+# The smoke recipe at about half its compute: 7 epochs of batches of 8 at lr 2e-3 (smoke.toml: 12 epochs
+# of 16 at 1e-3), one stage-2 epoch. Measured on the 2-core machine, out-of-fold KL / prior KL for training
+# seeds 0 and 1: 0.57 and 0.76 (smoke.toml's own: 0.63 and 0.77), against the 0.8 asserted below.
+LEARN = ["epochs=7", "batch_size=8", "lr=2e-3", "stage2_epochs=1"]
+
+
 @pytest.fixture(scope="module")
 def smoke_run(stores, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "smoke"
-    config = load_config("smoke", [f'store="{stores[0]}"', 'device="cpu"'])
+    config = load_config("smoke", [f'store="{stores[0]}"', 'device="cpu"', *LEARN])
     summary = train(config, out, quiet=True)
     return out, summary
 

@@ -29,7 +29,7 @@ HOOK = Path(__file__).parent / "kill_hook"
 def cluster():
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
         yield cluster.scheduler_address
 
 

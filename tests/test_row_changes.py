@@ -25,7 +25,7 @@ IMAGES = ("eeg_10s", "kaggle")
 def cluster():
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
         yield cluster.scheduler_address
 
 

@@ -27,22 +27,24 @@ import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from hms_prep.build.rows import commit_rows, place_rows  # noqa: E402
 from hms_prep.build.run import BuildConfig, open_or_create  # noqa: E402
 from hms_prep.build.task import ArrayJob, ChunkJob, build_chunk  # noqa: E402
 from hms_prep.sources.kaggle import read_labels  # noqa: E402
-from hms_prep.sources.rows import plan_raw_segments, plan_rows, planned_rows  # noqa: E402
+from hms_prep.sources.rows import csv_rows, planned_rows  # noqa: E402
 from hms_prep.store.format import create_build_state  # noqa: E402
 
 
 def chunk_jobs(config: BuildConfig, n_chunks: int) -> list[ChunkJob]:
     """A new store for `config` and the jobs of its first `n_chunks` chunks, every array whole."""
-    planned = plan_rows(read_labels(config.data_dir, config.split), config.split, config.n_folds)
-    group, layout = open_or_create(config, planned)
+    csv = csv_rows(read_labels(config.data_dir, config.split), config.split)
+    group, layout = open_or_create(config)
     kinds = config.arrays()
-    segments, _, raw_length = plan_raw_segments(planned, layout.chunk_rows, config.raw.margin_s,
-                                                layout.raw_chunk_samples)
+    rows = place_rows(config.store_url, group, layout, csv, None, kinds, config.n_folds)  # as a build places them
+    layout = commit_rows(config.store_url, group, layout, rows)
+    planned, segments = rows.planned, rows.segments
     for name, kind in kinds.items():
-        kind.create(group, layout, raw_length)
+        kind.create(group, layout, rows.raw_length)
         create_build_state(group, name, layout)
     jobs = []
     for chunk in range(min(n_chunks, layout.n_chunks)):

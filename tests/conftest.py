@@ -58,3 +58,33 @@ def train_store(synth_data, tmp_path_factory):
     run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), chunk_rows=8, workers=2,
                           in_process=False))  # small enough to run in process otherwise
     return url
+
+
+@pytest.fixture(scope="module")
+def preloaded():
+    """`run(name, *args, env=None, timeout=None)`: `hms-prep` / `hms-train` as a process of its own, forked
+    from one that imported the CLIs' modules once (tests/preloaded.py), so each call skips their 3-5 s of
+    imports; a CompletedProcess with its exit status and text output, as `subprocess.run` gives. Not for
+    what the interpreter's own start or exit decides (Ctrl-C, PYTHONPATH plug-ins): those run `python -m`."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="hms-"))  # a short path: a Unix socket's is limited to 107 bytes
+    sock = folder / "cli.sock"
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preloaded.py"), "serve", str(sock)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", "the preloaded CLI server did not start"
+
+        def run(name: str, *args, env=None, timeout=None) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-S", str(ROOT / "tests" / "preloaded.py"), "call", str(sock), name,
+                                   *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                                  env={**os.environ, **(env or {})})
+
+        yield run
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -53,9 +53,10 @@ def assert_same_store(store: Path, reference: Path, names=ARRAYS):
     assert verify_store(str(store)) == []
 
 
-def cli(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "hms_prep.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, **kwargs)
+@pytest.fixture(scope="module")
+def cli(preloaded):
+    """`hms-prep ARGS` as a process of its own (forked from a preloaded one: conftest.preloaded)."""
+    return lambda *args, **kwargs: preloaded("hms-prep", *args, **kwargs)
 
 
 def test_labels_parquet_is_rewritten_when_missing_or_stale(tiny_data, reference, tmp_path, cluster):
@@ -164,7 +165,7 @@ def _flip(data: bytes, at: int) -> bytes:
 # --- one builder at a time ----------------------------------------------------------------------------
 
 
-def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_leaves_none(tiny_data, tmp_path):
+def test_a_second_build_is_refused_while_one_holds_the_lock_and_a_killed_one_leaves_none(cli, tiny_data, tmp_path):
     """The holder is a real build, caught by the write hook right after its first data chunk (the store
     created, its arrays made, computing): a build that let go of the lock once the store existed would let
     the second one in."""
@@ -246,7 +247,7 @@ def test_the_object_store_lock_refuses_while_held_is_taken_over_when_stale_and_r
     (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler tcp://127.0.0.1:1: cannot reach the Dask scheduler"),
     (["--data", "/no/such[dir]"], "/no/such[dir]/train.csv: file not found"),  # brackets are text, not styles
 ])
-def test_bad_options_are_refused_before_the_store_is_touched(tiny_data, tmp_path, args, message):
+def test_bad_options_are_refused_before_the_store_is_touched(cli, tiny_data, tmp_path, args, message):
     store = tmp_path / "s.zarr"
     full = ["build", *([] if "--data" in args else ["--data", tiny_data]), "--quiet",
             *(args if "--store" in args else ["--store", store, *args])]
@@ -289,7 +290,7 @@ def odd_peers():
     ("closes", "not a Dask scheduler (it closed the connection after 0 bytes)"),
     ("unroutable", "cannot reach the Dask scheduler within 10 s"),
 ])
-def test_a_scheduler_address_where_no_dask_scheduler_answers_is_one_line_naming_it(tiny_data, tmp_path, odd_peers,
+def test_a_scheduler_address_where_no_dask_scheduler_answers_is_one_line_naming_it(cli, tiny_data, tmp_path, odd_peers,
                                                                                      peer, message):
     """Refused by the probe in at most 10 s (the subprocess's own limit, 120 s, would end a hang: an HTTP
     server held a build for more than 400 s), one line naming the address, nothing created."""
@@ -325,7 +326,7 @@ def test_options_fixed_at_creation_are_refused_on_an_existing_store(tiny_data, r
     assert build(tiny_data, store, cluster, chunk_rows=None).computed == []  # left out: the store's own
 
 
-def test_store_paths_that_cannot_hold_a_store_are_named(tiny_data, tmp_path, cluster):
+def test_store_paths_that_cannot_hold_a_store_are_named(cli, tiny_data, tmp_path, cluster):
     a_file = tmp_path / "file.zarr"
     a_file.write_text("not a store")
     with pytest.raises(ValueError, match=f"{a_file}: --store is a file"):
@@ -352,7 +353,7 @@ def test_relative_paths_reach_the_workers_absolute(tiny_data, tmp_path, cluster,
 # --- the command line ---------------------------------------------------------------------------------
 
 
-def test_help_version_and_log_progress(tiny_data, tmp_path):
+def test_help_version_and_log_progress(cli, tiny_data, tmp_path):
     assert cli("-h").returncode == 0 and "build" in cli("-h").stdout
     version = cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("hms-prep ")
@@ -386,7 +387,7 @@ def edit_csv(data: Path, change) -> str:
     return original
 
 
-def test_a_duplicate_label_id_is_refused_up_front_naming_the_lines(tiny_data, tmp_path, cluster):
+def test_a_duplicate_label_id_is_refused_up_front_naming_the_lines(cli, tiny_data, tmp_path, cluster):
     data = copy_data(tiny_data, tmp_path)
 
     def duplicate(header, lines):

@@ -1,6 +1,11 @@
 """Shared test fixtures: the genuine Kaggle sample and small synthetic datasets and stores."""
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -9,6 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real-sample"
+PRELOADED = ROOT / "tests" / "preloaded.py"
 # The genuine Kaggle files (../shared beside the checkout); tests that read them skip, saying why,
 # when they are missing, so that every other test still runs.
 needs_real_sample = pytest.mark.skipif(
@@ -60,31 +66,33 @@ def train_store(synth_data, tmp_path_factory):
     return url
 
 
-@pytest.fixture(scope="module")
-def preloaded():
-    """`run(name, *args, env=None, timeout=None)`: `hms-prep` / `hms-train` as a process of its own, forked
-    from one that imported the CLIs' modules once (tests/preloaded.py), so each call skips their 3-5 s of
-    imports; a CompletedProcess with its exit status and text output, as `subprocess.run` gives. Not for
-    what the interpreter's own start or exit decides (Ctrl-C, PYTHONPATH plug-ins): those run `python -m`."""
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
+@contextmanager
+def preloaded_server():
+    """The path of a socket where tests/preloaded.py serves `hms-prep` / `hms-train` calls, each a process
+    forked from one that imported the CLIs' modules once (3-5 s of imports saved per call)."""
     folder = Path(tempfile.mkdtemp(prefix="hms-"))  # a short path: a Unix socket's is limited to 107 bytes
     sock = folder / "cli.sock"
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preloaded.py"), "serve", str(sock)],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, str(PRELOADED), "serve", str(sock)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert server.stdout.readline().strip() == "ready", "the preloaded CLI server did not start"
-
-        def run(name: str, *args, env=None, timeout=None) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-S", str(ROOT / "tests" / "preloaded.py"), "call", str(sock), name,
-                                   *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                                  env={**os.environ, **(env or {})})
-
-        yield run
+        yield sock
     finally:
         server.terminate()
         server.wait(timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def preloaded():
+    """`run(name, *args, env=None, timeout=None)`: `hms-prep` / `hms-train` as a process of its own, forked
+    from a preloaded one (`preloaded_server`); a CompletedProcess with its exit status and text output, as
+    `subprocess.run` gives. Not for what the interpreter's own start or exit decides (Ctrl-C, PYTHONPATH
+    plug-ins): those run `python -m`."""
+    with preloaded_server() as sock:
+        def run(name: str, *args, env=None, timeout=None) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-S", str(PRELOADED), "call", str(sock), name, *map(str, args)],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                                  env={**os.environ, **(env or {})})
+
+        yield run

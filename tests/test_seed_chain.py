@@ -7,15 +7,13 @@ are built in tests/test_recipes.py), so the toy chain trains B0 for Richard and 
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import PRELOADED, ROOT, preloaded_server
 TOY = " ".join(f"--set {item}" for item in (
     "pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1",
     "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2",
@@ -46,23 +44,13 @@ def preloaded_bin(tmp_path):
     """A BIN for scripts/seed.sh whose `hms-prep` and `hms-train` calls are each a process forked from one
     that has imported the CLIs' modules already (tests/preloaded.py): the chain's 19 calls pay those
     3-5 s of imports once."""
-    folder = Path(tempfile.mkdtemp(prefix="hms-"))  # a short path: a Unix socket's is limited to 107 bytes
-    sock = folder / "hms-train.sock"
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preloaded.py"), "serve", str(sock)],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline().strip() == "ready", "the preloaded hms-train server did not start"
+    with preloaded_server() as sock:
         bin_ = tmp_path / "bin"
         bin_.mkdir()
         for name in ("hms-prep", "hms-train"):
-            (bin_ / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{ROOT / "tests" / "preloaded.py"}" '
-                                     f'call "{sock}" {name} "$@"\n')
+            (bin_ / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{PRELOADED}" call "{sock}" {name} "$@"\n')
             (bin_ / name).chmod(0o755)
         yield bin_
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):

@@ -99,7 +99,7 @@ def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan,
     for name in plan.computed:  # not before the last chunk: a killed build leaves the older time
         record_failures_tried(group, name, started_at)
     label_failures = rows_without_votes(config, planned)
-    labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures)
+    labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures, ROW_KEY[config.split])
     write_labels_if_changed(config.store_url, labels)
     stages: dict[str, float] = defaultdict(float)
     for report in reports:
@@ -138,8 +138,8 @@ def rows_without_votes(config: BuildConfig, planned: pa.Table) -> list[Failure]:
             for r in (rows[i] for i in np.flatnonzero((total == 0) & live))]
 
 
-def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
-                       label_failures: list[Failure] = ()) -> tuple[pa.Table, dict[str, dict[int, str]]]:
+def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, label_failures: list[Failure],
+                       key: str) -> tuple[pa.Table, dict[str, dict[int, str]]]:
     """planned + per array its status and repaired fraction, the label-level status (a row without votes
     fails there), and the overall status and error, as labels.parquet; and each array's failed rows with
     their reasons. Per-array statuses let a reader of some arrays use a row that failed only in another
@@ -172,7 +172,6 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None,
         label_status[failure.row] = "failed"
         errors[failure.row].append(failure.reason)
     overall_names = np.array(names, dtype=object)[overall]
-    key = next(k for k in ROW_KEY.values() if k in planned.column_names)
     for row in np.flatnonzero(~live_rows(planned)).tolist():
         label_status[row] = overall_names[row] = "dropped"
         errors[row] = [f"{key} {planned.column(key)[row].as_py()} is no longer in the CSV"]

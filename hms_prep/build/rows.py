@@ -12,7 +12,7 @@ marked that the old rows need, and the next build makes the same change again.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +63,7 @@ class RowPlan:
     raw_length: int  # samples along axis 1 of an array stored in segments
     relocated: tuple[int, ...]  # chunks whose raw segments are laid out anew (their rows changed)
     commit: bool  # the row table differs from the one the root names
+    described: dict = field(repr=False)  # the store's arrays as placing found them (`describe_arrays`)
 
 
 def stored_row_table(url: str, layout: StoreLayout, csv: pa.Table, say) -> pa.Table | None:
@@ -134,7 +135,8 @@ def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, 
         commit = digest != layout.rows_digest
     new_layout = dataclasses.replace(layout, n_rows=n_rows, rows_digest=digest, layout_version=LAYOUT_VERSION) \
         if commit else layout
-    return RowPlan(new_layout, planned, table, assignment, margin, segments, raw_index, raw_length, relocated, commit)
+    return RowPlan(new_layout, planned, table, assignment, margin, segments, raw_index, raw_length, relocated, commit,
+                   described)
 
 
 def stored_raw_index(stored: pa.Table | None, layout: StoreLayout, margin: int) -> np.ndarray | None:
@@ -148,11 +150,10 @@ def stored_raw_index(stored: pa.Table | None, layout: StoreLayout, margin: int) 
     return plan_raw_segments(stored, layout.chunk_rows, margin, layout.raw_chunk_samples)[1]
 
 
-def fit_arrays(group: zarr.Group, layout: StoreLayout, raw_length: int, grow: bool = True) -> dict:
-    """Every complete array and its build state resized to `layout`'s rows and chunks (`raw_length` samples
-    for signal arrays), only shrunk when not `grow`: a change of rows killed before it took effect grew
-    them, and a build with the old rows fits them back. Returns the arrays' descriptions."""
-    described = describe_arrays(group)
+def fit_arrays(group: zarr.Group, described: dict, layout: StoreLayout, raw_length: int, grow: bool = True) -> None:
+    """Every complete array (`described`) and its build state resized to `layout`'s rows and chunks
+    (`raw_length` samples for signal arrays), only shrunk when not `grow`: a change of rows killed before it
+    took effect grew them, and a build with the old rows fits them back."""
     for name, description in described.items():
         array, state = group[name], open_build_state(group, name)
         wanted = [(array, (layout.n_rows, *array.shape[1:]) if description.image else (array.shape[0], raw_length)),
@@ -161,7 +162,6 @@ def fit_arrays(group: zarr.Group, layout: StoreLayout, raw_length: int, grow: bo
         for part, shape in wanted:
             if tuple(part.shape) != shape and (grow or all(a <= b for a, b in zip(shape, part.shape))):
                 part.resize(shape)
-    return described
 
 
 def commit_rows(url: str, group: zarr.Group, old: StoreLayout, rows: RowPlan) -> StoreLayout:
@@ -173,7 +173,8 @@ def commit_rows(url: str, group: zarr.Group, old: StoreLayout, rows: RowPlan) ->
     write_row_table(url, rows.table, new.rows_digest)
     pending_rows = np.concatenate([rows.assignment.changed, np.arange(old.n_rows, new.n_rows)]).astype(np.int64)
     with zarr.config.set({"array.write_empty_chunks": True}):  # state chunks stay stored (codecs.py)
-        for name, description in fit_arrays(group, new, rows.raw_length).items():
+        fit_arrays(group, rows.described, new, rows.raw_length)
+        for name, description in rows.described.items():
             state = open_build_state(group, name)
             if len(pending_rows):
                 state.status.oindex[pending_rows] = STATUS_PENDING

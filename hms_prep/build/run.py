@@ -86,7 +86,7 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
                         layout = commit_rows(url, group, layout, rows)
                 else:
                     with interrupt_deferred():
-                        fit_arrays(group, layout, rows.raw_length, grow=False)
+                        fit_arrays(group, rows.described, layout, rows.raw_length, grow=False)
                 plan = plan_build(config, group, layout, requested, rows, say)
                 executor = executors.for_rows(plan.rows_to_compute)
                 if plan.rows_to_compute:

@@ -5,7 +5,7 @@ hms_prep.build.execute.IN_PROCESS_ROWS).
 Every figure is the wall time of a new Python process, as a user starts it:
   help            `python -m hms_prep.cli build --help` (median of --repeat)
   start-up        a process importing what a build that computes imports (the CLI, the build, torch,
-                  torchaudio, scipy.signal): the fixed cost of an in-process build (median of --repeat)
+                  scipy.signal): the fixed cost of an in-process build (median of --repeat)
   build, N rows   a whole first build of N label rows (default arrays: --windows 10,30, Kaggle, raw),
                   forced in this process (serially, one core) and forced onto a local cluster of
                   --workers processes, side by side on the same data, alternating
@@ -38,7 +38,7 @@ print(summary.rows_computed)
 """
 
 
-COMPUTING_IMPORTS = "import hms_prep.cli, hms_prep.build.run, hms_prep.build.task, torch, torchaudio, scipy.signal"
+COMPUTING_IMPORTS = "import hms_prep.cli, hms_prep.build.run, hms_prep.build.task, torch, scipy.signal"
 
 
 def wall(command: list[str]) -> tuple[float, str]:

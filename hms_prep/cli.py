@@ -312,7 +312,7 @@ def show(
 
 @app.command()
 def doctor():
-    """Load every compiled part the project relies on (torch, torchaudio's library, torchvision and timm,
+    """Load every compiled part the project relies on (torch, torchvision's operators and timm,
     the Blosc and zstd codecs, CRC-32C, scipy, pyarrow) and run one small operation through each; one
     line per broken part naming the package, its versions and the fix (exit 1). `make setup` runs it.
 

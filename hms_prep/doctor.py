@@ -1,10 +1,12 @@
 """`hms-prep doctor`: does every compiled part the project relies on load and work in this environment?
 
 A Python package can install cleanly and still fail when its compiled library loads: torchaudio 2.11.1
-beside torch 2.11.0 did (`undefined symbol`), and every build task crashed. Each `Part` here loads one
-such library and runs one tiny operation through it; a broken part is one line naming the package, the
-versions installed and the fix. `make setup` runs the whole check, `hms-prep build` the parts a build
-computes with (before it creates or changes a store), `hms-train` the parts training needs.
+beside torch 2.11.0 did (`undefined symbol`), and every build task crashed (the project has since
+dropped torchaudio; torchvision's operators are built against one torch release the same way). Each
+`Part` here loads one such library and runs one tiny operation through it; a broken part is one line
+naming the package, the versions installed and the fix. `make setup` runs the whole check,
+`hms-prep build` the parts a build computes with (before it creates or changes a store), `hms-train`
+the parts training needs.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Broken:
 
 
 def installed(packages: tuple[str, ...]) -> str:
-    """'torch 2.11.0, torchaudio 2.11.1' (or 'not installed')."""
+    """'torchvision 0.30.0, torch 2.15.0' (or 'not installed')."""
     found = []
     for package in packages:
         try:
@@ -52,12 +54,6 @@ def _torch() -> None:
 
     frames = torch.stft(torch.ones(256), n_fft=64, window=torch.hann_window(64), return_complex=True)
     assert frames.abs().sum() > 0
-
-
-def _torchaudio() -> None:
-    import torchaudio  # loads its compiled library, which must match torch's release
-
-    torchaudio.functional.melscale_fbanks(n_freqs=33, f_min=0.0, f_max=20.0, n_mels=4, sample_rate=200)
 
 
 def _torchvision() -> None:
@@ -124,8 +120,6 @@ def _pyarrow() -> None:
 
 PARTS = {
     "torch": Part("torch", ("torch",), _torch),
-    "torchaudio": Part("torchaudio's library", ("torchaudio", "torch"), _torchaudio,
-                       fix=f"{REINSTALL}, or pip install the torchaudio built for torch's release"),
     "torchvision": Part("torchvision's operators", ("torchvision", "torch"), _torchvision,
                         fix=f"{REINSTALL}, or pip install the torchvision built for torch's release"),
     "timm": Part("timm", ("timm",), _timm),
@@ -137,7 +131,7 @@ PARTS = {
 }
 # What each command computes with (a subset of PARTS, checked before it starts work). scipy.signal is left
 # to `make setup`'s full check: its import alone takes 2 s, which a build's driver would otherwise not pay.
-BUILD_PARTS = ("torch", "torchaudio", "blosc", "zstd", "crc32c", "pyarrow")
+BUILD_PARTS = ("torch", "blosc", "zstd", "crc32c", "pyarrow")
 TRAIN_PARTS = ("torch", "torchvision", "timm", "blosc", "zstd", "crc32c", "pyarrow")
 
 

@@ -41,7 +41,7 @@ PROJECT = "hms-cache"
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (the export needs its uv.lock and sources)
 # Kaggle's image (a notebook with no internet) already holds these: the export ships none of them, nor
 # what they depend on. Written to DIR/kaggle-image.txt, which an export reads back when given (--image).
-KAGGLE_IMAGE = ("pip", "torch", "torchaudio", "torchvision", "timm", "numpy", "scipy", "pandas", "pyarrow",
+KAGGLE_IMAGE = ("pip", "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "pyarrow",
                 "matplotlib")
 HALF_TOLERANCE = 1e-4  # a fold is stored in float16 only if no probability moves by more than this
 PROBE_ROWS = 64  # rows of the run's store the float16 weights are checked on

@@ -80,7 +80,7 @@ def serve(path: str) -> None:
     import hms_prep.build.task  # noqa: F401
     import hms_prep.kinds.mel  # noqa: F401
     import scipy.signal  # noqa: F401
-    import torchaudio  # noqa: F401
+    import torch  # noqa: F401
     import hms_train.cli  # noqa: F401
     import hms_train.run.blend  # noqa: F401
     import hms_train.run.compare  # noqa: F401

@@ -9,10 +9,11 @@ Why not `torchaudio.transforms.MelSpectrogram` directly: it computes a full n_ff
 frame and applies the filterbank to all n_fft/2+1 bins, although the window has only win_length
 non-zero samples and the mel filters end at fmax (20 Hz = bin 102 of 513). Here the same numbers come
 from matrix products of the win_length-sample frames, folded about the symmetric window's centre, with
-the window-weighted cosine and sine bases of just the bins under fmax, then torchaudio's own filterbank
-(`melscale_fbanks`). On one CPU thread that is about 18 times faster than the transform (10 s
-windows: about 280 vs 15 windows/s; docs/performance.md); tests check it against both torchaudio's
-transform and librosa.
+the window-weighted cosine and sine bases of just the bins under fmax, then the slaney mel filterbank
+(`mel_filterbank`, a transcription of torchaudio's `melscale_fbanks`: torchaudio itself is no longer
+installed, docs/decisions.md). On one CPU thread that is about 18 times faster than the transform (10 s
+windows: about 280 vs 15 windows/s; docs/performance.md); tests check it against librosa, torch.stft and
+torchaudio's recorded filterbanks.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import math
+
 import torch
-import torchaudio
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.sources.montage import BIPOLAR_PAIRS
@@ -137,15 +139,7 @@ def _mel_kernels(recipe: MelRecipe, device: str) -> tuple[torch.Tensor, torch.Te
     `bins` stops after the last FFT bin any mel filter uses. The DFT is taken relative to the window's
     centre; its true position only changes the phase, not the power.
     """
-    fbank = torchaudio.functional.melscale_fbanks(
-        n_freqs=recipe.n_fft // 2 + 1,
-        f_min=recipe.fmin,
-        f_max=recipe.fmax,
-        n_mels=recipe.n_mels,
-        sample_rate=SAMPLE_RATE,
-        norm="slaney",
-        mel_scale="slaney",
-    )
+    fbank = mel_filterbank(recipe.n_fft // 2 + 1, recipe.fmin, recipe.fmax, recipe.n_mels, SAMPLE_RATE)
     bins = int(fbank.any(dim=1).nonzero().max()) + 1
     length = recipe.win_length
     window = torch.hann_window(length, periodic=True, dtype=torch.float64)
@@ -156,3 +150,46 @@ def _mel_kernels(recipe: MelRecipe, device: str) -> tuple[torch.Tensor, torch.Te
     cos_basis = torch.cos(torch.outer(sums - length / 2, frequency)) * window[sums, None]
     sin_basis = torch.sin(torch.outer(upper - length / 2, frequency)) * window[upper, None]
     return tuple(k.float().contiguous().to(device) for k in (cos_basis, sin_basis, fbank[:bins]))
+
+
+# The slaney mel scale (Slaney's Auditory Toolbox, librosa's and torchaudio's "slaney"): linear below
+# 1 kHz, logarithmic above it.
+SLANEY_HZ_PER_MEL = 200.0 / 3
+SLANEY_LOG_HZ = 1000.0
+SLANEY_LOG_MEL = SLANEY_LOG_HZ / SLANEY_HZ_PER_MEL
+SLANEY_LOG_STEP = math.log(6.4) / 27.0
+
+
+def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """Triangular mel filters, slaney scale and slaney (area) norm: float32 (n_freqs, n_mels), the columns
+    that `power @ fbank` sums the n_freqs = n_fft//2 + 1 FFT bins into.
+
+    A line-by-line transcription of torchaudio 2.11's `functional.melscale_fbanks(..., norm="slaney",
+    mel_scale="slaney")`, in the same float32 operations and order, so a store built with torchaudio's
+    filterbank keeps its values (tests/test_mel_filterbank.py compares it with torchaudio's recorded
+    output and with librosa's `filters.mel`).
+    """
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    m_pts = torch.linspace(_hz_to_slaney_mel(f_min), _hz_to_slaney_mel(f_max), n_mels + 2)
+    f_pts = _slaney_mel_to_hz(m_pts)
+    # each filter rises from its left neighbour's centre to its own and falls to its right neighbour's
+    f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1)
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # (n_freqs, n_mels + 2)
+    down_slopes = (-1.0 * slopes[:, :-2]) / f_diff[:-1]
+    up_slopes = slopes[:, 2:] / f_diff[1:]
+    fb = torch.max(torch.zeros(1), torch.min(down_slopes, up_slopes))
+    # slaney norm: each triangle divided by its width, so every band holds about the same energy
+    return fb * (2.0 / (f_pts[2 : n_mels + 2] - f_pts[:n_mels])).unsqueeze(0)
+
+
+def _hz_to_slaney_mel(freq: float) -> float:
+    if freq >= SLANEY_LOG_HZ:
+        return SLANEY_LOG_MEL + math.log(freq / SLANEY_LOG_HZ) / SLANEY_LOG_STEP
+    return freq / SLANEY_HZ_PER_MEL
+
+
+def _slaney_mel_to_hz(mels: torch.Tensor) -> torch.Tensor:
+    freqs = SLANEY_HZ_PER_MEL * mels
+    log_part = mels >= SLANEY_LOG_MEL
+    freqs[log_part] = SLANEY_LOG_HZ * torch.exp(SLANEY_LOG_STEP * (mels[log_part] - SLANEY_LOG_MEL))
+    return freqs

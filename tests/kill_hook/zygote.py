@@ -18,7 +18,6 @@ import sys
 import distributed  # noqa: F401
 import scipy.signal  # noqa: F401
 import torch  # noqa: F401
-import torchaudio  # noqa: F401
 
 import hms_prep.audit  # noqa: F401
 import hms_prep.build.run  # noqa: F401

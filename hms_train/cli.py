@@ -309,7 +309,7 @@ def pseudo_label(
 
     Examples:
       hms-train pseudo-label --runs runs/b0 --runs runs/raw --out runs/pseudo.parquet
-      then: hms-train --config seed_richard_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
+      then: hms-train --config seed_richard_b0_pl --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
       hms-train pseudo-label --blend runs/blend.json --all-rows --out runs/teacher.parquet
       then: hms-train --config seed_richard_b0_kd --set teacher_targets='"runs/teacher.parquet"' --out runs/b0_kd
     """

@@ -63,7 +63,7 @@ round2=()
 # Richard's V4 fine-tuning: stage 2's low-vote rows (<= 7 votes) on the round-1 ensemble's predictions
 "$BIN/hms-train" pseudo-label "${round1[@]}" --store "$STORE" --out "$SEED/pseudo.parquet" --min-votes 10
 if has seed_richard_b0; then
-  train seed_richard_b0 seed_richard_b0_pl --set "pseudo_labels=\"$SEED/pseudo.parquet\""
+  train seed_richard_b0_pl seed_richard_b0_pl --set "pseudo_labels=\"$SEED/pseudo.parquet\""
   round2+=("$RUNS/seed_richard_b0_pl")
 fi
 # David's PL runs: one 15-epoch stage whose low-vote rows train on the mean of his B0 and MobileNetV3

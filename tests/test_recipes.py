@@ -10,6 +10,7 @@ import math
 import re
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,6 +26,7 @@ from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
 from hms_train.run.schedule import make_scheduler
 from hms_train.run.train import train
+from hms_prep.store.format import live_rows
 
 SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
 
@@ -43,10 +45,10 @@ RICHARD = {
     "batch_size": 16,  # V4 c9
     "ema_decay": 0.995, "ema_warmup": False,  # V4 c14 ModelEmaV3(decay=CFG['EMA'])
     "kl_reduction": "mean", "kl_weight": 1.0, "mse_weight": 1.0, "ce_weight": 0.0,  # V4 c4
-    "epochs": 25, "stage2_epochs": 20, "stage2_lr": 3e-4,  # V4 c9
-    "stage2_init": "best",  # V4 c9 load_model cv{fold}_best.pth
+    "epochs": 25, "stage2_epochs": 15, "stage2_lr": 3e-4,  # V4 c9; round 1's stage 2: V3 c9 CFG['epoch']= 15
+    "stage2_init": "best",  # V3/V4 c9 load_model cv{fold}_best.pth
     "stage2_min_votes": 8, "stage2_val_min_votes": 8,  # V3/V4 c11 voter > 7
-    "stage2_val_to_train_below": 7,  # V4 c11 voter < 7 -> fold -1
+    "stage2_rows": "richard_finetune", "stage2_val_to_train_below": None,  # V3 c11: filter, then drop_duplicates
     "pseudo_mode": "replace",  # V4 c3 label*0. + pl_label*1.0
     "select_min_votes": 0,  # V4 c14 KL over all validation rows
     "sample_per_eeg": False, "val_per_eeg": False,
@@ -98,8 +100,11 @@ EXPECTED = {
     # D/model.py:85-87 mobilenet_v3_large .features (960 channels, no stochastic depth); run_pseudo_pipeline.py 'use-mean'
     "seed_david_mnv3": ({**DAVID, "backbone": "mobilenetv3_large_100", "conv_head": False, "drop_path_rate": 0.0,
                          "pseudo_mode": "replace"}, DAVID_AUGMENT),  # 'use-mean' made the file, it replaces
+    # R/Train_V4_Pseudo_Label.ipynb c9 CFG['epoch']= 20; c11 voter < 7 -> fold -1, then drop_duplicates
+    "seed_richard_b0_pl": ({**RICHARD, "stage2_epochs": 20, "stage2_rows": "richard",
+                            "stage2_val_to_train_below": 7, "pseudo_labels": "pseudo.parquet"}, RICHARD_AUGMENT),
     "top": ({**RICHARD, "rows": "all", "sample_per_eeg": True, "val_per_eeg": True, "select_min_votes": 10,
-             "stage2_val_to_train_below": 0}, RICHARD_AUGMENT),
+             "stage2_val_to_train_below": 0, "stage2_rows": "all", "stage2_epochs": 20}, RICHARD_AUGMENT),
 }
 TINY = ["pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1", "folds=[0]",
         "max_batches_per_epoch=1", "batch_size=4", 'device="cpu"', "reader_threads=2"]
@@ -212,7 +217,8 @@ def test_stage2_starts_from_the_best_stage1_epoch_not_the_last(both_store, tmp_p
 
 def test_richards_stage_rows(both_store):
     """His vote rules, on every label row (rows = "all")."""
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"', 'rows="all"'])
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"', 'rows="all"',
+                                                'stage2_rows="all"'])
     reader = StoreReader(both_store, config.inputs)
     votes, fold = reader.votes, reader.column("fold")
     stage1, stage2 = fold_stages(config, reader, 0, reader.targets)
@@ -223,7 +229,7 @@ def test_richards_stage_rows(both_store):
     assert len(moved) and np.array_equal(stage2.rows, np.union1d(others, moved))  # pseudo-labels: all rows
     assert np.array_equal(stage2.val_rows, fold_rows[votes[fold_rows] > 7])  # 7-vote rows are used nowhere
     assert stage2.init == "best" and set(fold[stage2.rows]) >= {0, 1}
-    plain = load_config("seed_richard_b0", [f'store="{both_store}"', 'rows="all"'])
+    plain = load_config("seed_richard_b0", [f'store="{both_store}"', 'rows="all"', 'stage2_rows="all"'])
     _, without = fold_stages(plain, reader, 0, reader.targets)
     assert np.array_equal(without.rows, others[votes[others] > 7]), "no pseudo-labels: > 7 votes only"
 
@@ -233,7 +239,7 @@ def test_richards_stages_draw_from_his_tables(both_store):
     fold's 7-vote rows before drop_duplicates (V4 c11), so a spectrogram can keep another eeg_id's row."""
     from hms_train.data.tables import richard_rows
 
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"'])
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"'])
     reader = StoreReader(both_store, config.inputs)
     votes, fold = reader.votes, reader.column("fold")
     stage1, stage2 = fold_stages(config, reader, 0, reader.targets)
@@ -245,6 +251,70 @@ def test_richards_stages_draw_from_his_tables(both_store):
     assert len(moved) and np.array_equal(stage2.rows, np.union1d(table2[fold[table2] != 0], moved))
     assert np.array_equal(stage2.val_rows, table2[(fold[table2] == 0) & (votes[table2] > 7)])
     assert len(stage1.rows) < len(reader.select(Selection(exclude_folds=[0])))  # a table, not every row
+
+
+def seed_train_npy(reader: StoreReader) -> pd.DataFrame:
+    """Richard_src/toolbox.ipynb cell 7 ("Make Train_eeg csv", his ../Data/train_npy.csv) on the store's
+    train.csv lines, transcribed; `row` is the store row of the line it keeps:
+
+        for i,_id in enumerate(tqdm(df['eeg_id'].unique().tolist())):
+            temp_df= df[df['eeg_id']==_id].reset_index(drop=True)
+            soft_label= temp_df.loc[0, temp_df.columns[-8:-2] ].values
+            voter= soft_label.sum()
+            spec_id= temp_df.loc[0,'spectrogram_id']
+    """
+    labels = reader.labels
+    df = pd.DataFrame({"row": labels.column("row").to_numpy(), "source_index": labels.column("source_index").to_numpy(),
+                       "eeg_id": reader.column("eeg_id"), "spectrogram_id": reader.column("spectrogram_id"),
+                       "voter": reader.votes, "fold": reader.column("fold")})
+    df = df[live_rows(labels)].sort_values("source_index")  # Data/train.csv in its own order
+    rows = []
+    for _id in df["eeg_id"].unique().tolist():
+        temp_df = df[df["eeg_id"] == _id].reset_index(drop=True)
+        rows.append(temp_df.loc[0, ["row", "spectrogram_id", "voter", "fold"]])
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def split_rows(df: pd.DataFrame, fold: int, built: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """His cells' last lines, `train_df= df[df['fold']!=CFG['fold']]`, `valid_df= df[df['fold']==CFG['fold']]`,
+    as sorted store rows (those that built: a failed row is nobody's)."""
+    train_rows = np.intersect1d(df[df["fold"] != fold]["row"].to_numpy(np.int64), built)
+    valid_rows = np.intersect1d(df[df["fold"] == fold]["row"].to_numpy(np.int64), built)
+    return train_rows, valid_rows
+
+
+def test_richards_stage2_tables_are_his_v3_and_v4_cells(both_store):
+    """Round 1's stage 2 (seed_richard_b0, no pseudo-labels) against R/Train_V3_Attention_Module.ipynb c11,
+    the pseudo-label fine-tuning (seed_richard_b0_pl) against R/Train_V4_Pseudo_Label.ipynb c11, each cell
+    run on his per-eeg table (toolbox c7) for every fold; and their epochs (V3 c9: 15, V4 c9: 20)."""
+    v3 = load_config("seed_richard_b0", [f'store="{both_store}"'])
+    v4 = load_config("seed_richard_b0_pl", [f'store="{both_store}"'])
+    reader = StoreReader(both_store, v3.inputs)
+    built = reader.select(Selection())
+    train_npy = seed_train_npy(reader)
+    n_folds = int(reader.column("fold").max()) + 1
+    lost_by_filtering_after = 0
+    for fold in range(n_folds):
+        # V3 c11
+        df = train_npy.copy()
+        df = df[df['voter'] > 7]  # if CFG['finetune']: df= df[df['voter']>7]
+        df = df.drop_duplicates(subset=['spectrogram_id'])  # df= df.drop_duplicates(subset=['spectrogram_id'])
+        train_rows, valid_rows = split_rows(df, fold, built)
+        _, stage2 = fold_stages(v3, reader, fold, reader.targets)
+        assert (stage2.epochs, stage2.init) == (15, "best")  # V3 c9: CFG['epoch']= 15, load_model cv{fold}_best
+        assert np.array_equal(stage2.rows, train_rows) and np.array_equal(stage2.val_rows, valid_rows), fold
+        after = train_npy.drop_duplicates(subset=['spectrogram_id'])  # the order this project had before
+        lost_by_filtering_after += len(set(valid_rows) - set(after[after['voter'] > 7]['row']))
+        # V4 c11
+        df = train_npy.copy()
+        df.loc[(df['voter'] < 7) & (df['fold'] == fold), 'fold'] = -1
+        df = df[(df['voter'] > 7) | (df['fold'] != fold)]
+        df = df.drop_duplicates(subset=['spectrogram_id'])
+        train_rows, valid_rows = split_rows(df, fold, built)
+        _, stage2 = fold_stages(v4, reader, fold, reader.targets)
+        assert stage2.epochs == 20  # V4 c9: CFG['epoch']= 20
+        assert np.array_equal(stage2.rows, train_rows) and np.array_equal(stage2.val_rows, valid_rows), fold
+    assert lost_by_filtering_after > 0, "premise: the store has spectrograms whose first eeg_id has <= 7 votes"
 
 
 @pytest.mark.parametrize("mode, weight", [("blend", 0.25), ("blend", 0.5), ("replace", 1.0)])

@@ -104,6 +104,9 @@ class TrainConfig:
     warmup_epochs: float = field(default=1.0, metadata=NON_NEGATIVE)  # whole epochs when schedule_unit = "epoch"
     lr_min_factor: float = field(default=0.01, metadata=PROBABILITY)  # the cosine's end (and warm-up start) / lr
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0 disables clipping
+    # clip as David's fp16 loop did, on GradScaler-scaled gradients (D/trainer.py: clip_grad_norm_ before
+    # scaler.unscale_): the norm limit is grad_clip / the scaler's scale (hms_train/run/step.py)
+    grad_clip_scaled: bool = False
     ema_decay: float = field(default=0.995, metadata=PROBABILITY)  # 0 disables EMA
     ema_warmup: bool = False  # decay 1 - (1 + step)^(-2/3) capped at ema_decay (timm ModelEmaV3 use_warmup)
     # ema_pytorch's schedule (David): the EMA copies the weights up to this step, then updates every N steps

@@ -24,7 +24,7 @@ from hms_train.model.losses import Loss
 from hms_train.run.metric import VOTE_COLUMNS, kaggle_kl, selection_kl
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
-from hms_train.run.schedule import make_scheduler
+from hms_train.run.schedule import describe_rates, make_scheduler
 from hms_train.run.train import train
 from hms_prep.store.format import live_rows
 
@@ -559,7 +559,7 @@ def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
     from hms_train.cli import app
 
     missing = tmp_path / "not-yet.parquet"
-    result = CliRunner().invoke(app, ["plan", "--config", "seed_richard_b0", "--store", both_store, "--json",
+    result = CliRunner().invoke(app, ["plan", "--config", "seed_richard_b0_pl", "--store", both_store, "--json",
                                       "--set", "folds=[0]", "--set", f'pseudo_labels="{missing}"',
                                       "--set", "batch_size=4"])
     assert result.exit_code == 0, result.output
@@ -570,7 +570,7 @@ def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
     assert (planned["row_table"], planned["table_rows"]) == ("richard", len(richard_rows(StoreReader(both_store, ["eeg_10s"]).labels)))
     stage1, stage2 = planned["folds"][0]["stages"]
     reader = StoreReader(both_store, ["eeg_10s"])
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{missing}"', "batch_size=4"])
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', f'pseudo_labels="{missing}"', "batch_size=4"])
     stages = fold_stages(config, reader, 0, reader.targets)
     assert (stage1["train_rows"], stage1["val_rows"]) == (len(stages[0].rows), len(stages[0].val_rows))
     assert stage2["file_target_rows"] == int((reader.votes[stages[1].rows] < 8).sum()) > 0
@@ -580,6 +580,12 @@ def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
                                       "--set", "batch_size=4"])
     lr = json.loads(result.output)["folds"][0]["stages"][0]["lr"]
     assert [round(x * 1e4, 2) for x in lr[:4]] == [2.00, 1.98, 1.91, 1.81]
+    # the text form: a constant rate once, with its count; a cosine epoch by epoch
+    result = CliRunner().invoke(app, ["plan", "--config", "seed_richard_b0", "--store", both_store,
+                                      "--set", "folds=[0]", "--set", "batch_size=4"])
+    assert result.exit_code == 0, result.output
+    assert "lr per epoch 3.00e-04 x 25\n" in result.output and "lr per epoch 3.00e-04 x 15\n" in result.output
+    assert describe_rates([2e-4, 1.98e-4, 1.98e-4, 3e-4]) == "2.00e-04, 1.98e-04 x 2, 3.00e-04"
 
 
 @pytest.mark.parametrize("after, every, steps", [(5, 3, 30), (50, 3, 90), (0, 1, 12)])

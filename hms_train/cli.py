@@ -164,6 +164,7 @@ def plan(
 
         from hms_train.run.config import load_config
         from hms_train.run.plan import describe, plan_run
+        from hms_train.run.schedule import describe_rates
         from hms_train.run.train import open_train_reader
 
         cfg = load_config(config, overrides + set_)
@@ -178,7 +179,7 @@ def plan(
                f"row table {planned['row_table']!r}: {planned['table_rows']} rows")
     for fold in planned["folds"]:
         for stage in fold["stages"]:
-            rates = ", ".join(f"{lr:.2e}" for lr in stage["lr"])
+            rates = describe_rates(stage["lr"])
             typer.echo(f"  fold {fold['fold']} {stage['name']}: {stage['train_rows']} training rows "
                        f"({stage['file_target_rows']} with targets from a file), {stage['val_rows']} validation rows, "
                        f"{stage['epochs']} epochs x {stage['steps_per_epoch']} steps; lr per epoch {rates}")
@@ -309,7 +310,7 @@ def pseudo_label(
 
     Examples:
       hms-train pseudo-label --runs runs/b0 --runs runs/raw --out runs/pseudo.parquet
-      then: hms-train --config seed_richard_b0 --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
+      then: hms-train --config seed_richard_b0_pl --set pseudo_labels='"runs/pseudo.parquet"' --out runs/b0_pl
       hms-train pseudo-label --blend runs/blend.json --all-rows --out runs/teacher.parquet
       then: hms-train --config seed_richard_b0_kd --set teacher_targets='"runs/teacher.parquet"' --out runs/b0_kd
     """

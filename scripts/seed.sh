@@ -63,13 +63,15 @@ round2=()
 # Richard's V4 fine-tuning: stage 2's low-vote rows (<= 7 votes) on the round-1 ensemble's predictions
 "$BIN/hms-train" pseudo-label "${round1[@]}" --store "$STORE" --out "$SEED/pseudo.parquet" --min-votes 10
 if has seed_richard_b0; then
-  train seed_richard_b0 seed_richard_b0_pl --set "pseudo_labels=\"$SEED/pseudo.parquet\""
+  train seed_richard_b0_pl seed_richard_b0_pl --set "pseudo_labels=\"$SEED/pseudo.parquet\""
   round2+=("$RUNS/seed_richard_b0_pl")
 fi
-# David's PL runs: one 15-epoch stage whose low-vote rows train on the mean of his B0 and MobileNetV3
+# David's PL runs: one 15-epoch stage whose low-vote rows train on the mean of his B0 and MobileNetV3.
+# Every row is labelled (his gen_pseudo_label.py --gen-all): a row of his table can take its image from a
+# line with >= 10 votes and its target from one with < 10, and needs a label that --min-votes would skip
 if has seed_david_b0 && has seed_david_mnv3; then
   "$BIN/hms-train" pseudo-label --runs "$RUNS/seed_david_b0" --runs "$RUNS/seed_david_mnv3" --store "$STORE" \
-    --out "$SEED/pseudo_david.parquet" --min-votes 10
+    --out "$SEED/pseudo_david.parquet" --all-rows
   for base in seed_david_b0 seed_david_mnv3; do
     train "${base}_pl" "${base}_pl" --set "pseudo_labels=\"$SEED/pseudo_david.parquet\""
     round2+=("$RUNS/${base}_pl")

@@ -22,6 +22,7 @@ from hms_train.model.models import (
     SpectrogramNet,
     create_model,
     model_inputs,
+    timm_backbone,
 )
 
 IMAGE_SIZE = (128, 160)  # feature map 4 x 5 for stride-32 backbones
@@ -325,3 +326,26 @@ def test_a_registered_kind_declares_its_inputs_and_runs_by_keyword(image):
             register_model("test_mean", inputs=("image",))(mean_model)
     finally:
         del MODEL_KINDS["test_mean"]
+
+
+def test_convnext_pools_then_normalises_as_timms_own_model():
+    """seed_richard_convnext is "a plain timm ConvNeXt" (R/Valid.ipynb c1: `x = self.model(image)` on
+    timm.create_model(..., num_classes=6, drop_rate=...)): its head pools, then LayerNorms the vector,
+    drops out and applies fc. With the same weights, ours gives timm's logits; normalising every position
+    of the map before the pool (the head this project had) gives others."""
+    torch.manual_seed(0)
+    ours = SpectrogramNet(timm_backbone("convnext_atto"), (64, 96), pool="avg", drop_rate=0.3, dropout_at="pooled")
+    with torch.no_grad():  # a head norm unlike the identity it starts as, so that its place shows
+        ours.backbone.head.norm.weight.uniform_(0.5, 2.0)
+        ours.backbone.head.norm.bias.uniform_(-1.0, 1.0)
+    theirs = timm.create_model("convnext_atto", in_chans=1, num_classes=6, drop_rate=0.3)
+    state = {k: v for k, v in ours.backbone.state_dict().items()}
+    state.update({"head.fc.weight": ours.head.weight, "head.fc.bias": ours.head.bias})
+    theirs.load_state_dict(state)
+    ours.eval(), theirs.eval()
+    image = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(image), theirs(image), rtol=1e-5, atol=1e-5)
+        per_position = ours.head(ours.backbone(image).mean(dim=(2, 3)))  # norm, then pool
+        assert (per_position - theirs(image)).abs().max() > 1e-2
+    assert ours.norm_after_pool and not SpectrogramNet(timm_backbone("efficientnet_b0"), (64, 96)).norm_after_pool

@@ -10,6 +10,7 @@ import math
 import re
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,8 +24,9 @@ from hms_train.model.losses import Loss
 from hms_train.run.metric import VOTE_COLUMNS, kaggle_kl, selection_kl
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
-from hms_train.run.schedule import make_scheduler
+from hms_train.run.schedule import describe_rates, make_scheduler
 from hms_train.run.train import train
+from hms_prep.store.format import live_rows
 
 SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
 
@@ -43,10 +45,10 @@ RICHARD = {
     "batch_size": 16,  # V4 c9
     "ema_decay": 0.995, "ema_warmup": False,  # V4 c14 ModelEmaV3(decay=CFG['EMA'])
     "kl_reduction": "mean", "kl_weight": 1.0, "mse_weight": 1.0, "ce_weight": 0.0,  # V4 c4
-    "epochs": 25, "stage2_epochs": 20, "stage2_lr": 3e-4,  # V4 c9
-    "stage2_init": "best",  # V4 c9 load_model cv{fold}_best.pth
+    "epochs": 25, "stage2_epochs": 15, "stage2_lr": 3e-4,  # V4 c9; round 1's stage 2: V3 c9 CFG['epoch']= 15
+    "stage2_init": "best",  # V3/V4 c9 load_model cv{fold}_best.pth
     "stage2_min_votes": 8, "stage2_val_min_votes": 8,  # V3/V4 c11 voter > 7
-    "stage2_val_to_train_below": 7,  # V4 c11 voter < 7 -> fold -1
+    "stage2_rows": "richard_finetune", "stage2_val_to_train_below": None,  # V3 c11: filter, then drop_duplicates
     "pseudo_mode": "replace",  # V4 c3 label*0. + pl_label*1.0
     "select_min_votes": 0,  # V4 c14 KL over all validation rows
     "sample_per_eeg": False, "val_per_eeg": False,
@@ -77,6 +79,7 @@ DAVID = {
     "batch_size": 32,  # train-mlflow.py
     "ema_decay": 0.99, "ema_warmup": True,  # D/trainer.py EMA(beta=0.99)
     "ema_update_after_step": 50, "ema_update_every": 3,  # D/trainer.py:36
+    "grad_clip": 10.0, "grad_clip_scaled": True,  # D/trainer.py: clip_grad_norm_(max_norm=10.0) before unscale_
     "kl_reduction": "mean", "kl_weight": 2.0, "ce_weight": 2.0, "mse_weight": 0.0,  # D/trainer.py ce*2 + kl*2
     "epochs": 3, "stage2_epochs": 12, "stage2_min_votes": 10,  # train-mlflow.py two-stage, data_loader.py
     "stage2_init": "continue", "select_min_votes": 10,
@@ -98,8 +101,11 @@ EXPECTED = {
     # D/model.py:85-87 mobilenet_v3_large .features (960 channels, no stochastic depth); run_pseudo_pipeline.py 'use-mean'
     "seed_david_mnv3": ({**DAVID, "backbone": "mobilenetv3_large_100", "conv_head": False, "drop_path_rate": 0.0,
                          "pseudo_mode": "replace"}, DAVID_AUGMENT),  # 'use-mean' made the file, it replaces
+    # R/Train_V4_Pseudo_Label.ipynb c9 CFG['epoch']= 20; c11 voter < 7 -> fold -1, then drop_duplicates
+    "seed_richard_b0_pl": ({**RICHARD, "stage2_epochs": 20, "stage2_rows": "richard",
+                            "stage2_val_to_train_below": 7, "pseudo_labels": "pseudo.parquet"}, RICHARD_AUGMENT),
     "top": ({**RICHARD, "rows": "all", "sample_per_eeg": True, "val_per_eeg": True, "select_min_votes": 10,
-             "stage2_val_to_train_below": 0}, RICHARD_AUGMENT),
+             "stage2_val_to_train_below": 0, "stage2_rows": "all", "stage2_epochs": 20}, RICHARD_AUGMENT),
 }
 TINY = ["pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1", "folds=[0]",
         "max_batches_per_epoch=1", "batch_size=4", 'device="cpu"', "reader_threads=2"]
@@ -212,7 +218,8 @@ def test_stage2_starts_from_the_best_stage1_epoch_not_the_last(both_store, tmp_p
 
 def test_richards_stage_rows(both_store):
     """His vote rules, on every label row (rows = "all")."""
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"', 'rows="all"'])
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"', 'rows="all"',
+                                                'stage2_rows="all"'])
     reader = StoreReader(both_store, config.inputs)
     votes, fold = reader.votes, reader.column("fold")
     stage1, stage2 = fold_stages(config, reader, 0, reader.targets)
@@ -223,7 +230,7 @@ def test_richards_stage_rows(both_store):
     assert len(moved) and np.array_equal(stage2.rows, np.union1d(others, moved))  # pseudo-labels: all rows
     assert np.array_equal(stage2.val_rows, fold_rows[votes[fold_rows] > 7])  # 7-vote rows are used nowhere
     assert stage2.init == "best" and set(fold[stage2.rows]) >= {0, 1}
-    plain = load_config("seed_richard_b0", [f'store="{both_store}"', 'rows="all"'])
+    plain = load_config("seed_richard_b0", [f'store="{both_store}"', 'rows="all"', 'stage2_rows="all"'])
     _, without = fold_stages(plain, reader, 0, reader.targets)
     assert np.array_equal(without.rows, others[votes[others] > 7]), "no pseudo-labels: > 7 votes only"
 
@@ -233,7 +240,7 @@ def test_richards_stages_draw_from_his_tables(both_store):
     fold's 7-vote rows before drop_duplicates (V4 c11), so a spectrogram can keep another eeg_id's row."""
     from hms_train.data.tables import richard_rows
 
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"'])
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"'])
     reader = StoreReader(both_store, config.inputs)
     votes, fold = reader.votes, reader.column("fold")
     stage1, stage2 = fold_stages(config, reader, 0, reader.targets)
@@ -245,6 +252,70 @@ def test_richards_stages_draw_from_his_tables(both_store):
     assert len(moved) and np.array_equal(stage2.rows, np.union1d(table2[fold[table2] != 0], moved))
     assert np.array_equal(stage2.val_rows, table2[(fold[table2] == 0) & (votes[table2] > 7)])
     assert len(stage1.rows) < len(reader.select(Selection(exclude_folds=[0])))  # a table, not every row
+
+
+def seed_train_npy(reader: StoreReader) -> pd.DataFrame:
+    """Richard_src/toolbox.ipynb cell 7 ("Make Train_eeg csv", his ../Data/train_npy.csv) on the store's
+    train.csv lines, transcribed; `row` is the store row of the line it keeps:
+
+        for i,_id in enumerate(tqdm(df['eeg_id'].unique().tolist())):
+            temp_df= df[df['eeg_id']==_id].reset_index(drop=True)
+            soft_label= temp_df.loc[0, temp_df.columns[-8:-2] ].values
+            voter= soft_label.sum()
+            spec_id= temp_df.loc[0,'spectrogram_id']
+    """
+    labels = reader.labels
+    df = pd.DataFrame({"row": labels.column("row").to_numpy(), "source_index": labels.column("source_index").to_numpy(),
+                       "eeg_id": reader.column("eeg_id"), "spectrogram_id": reader.column("spectrogram_id"),
+                       "voter": reader.votes, "fold": reader.column("fold")})
+    df = df[live_rows(labels)].sort_values("source_index")  # Data/train.csv in its own order
+    rows = []
+    for _id in df["eeg_id"].unique().tolist():
+        temp_df = df[df["eeg_id"] == _id].reset_index(drop=True)
+        rows.append(temp_df.loc[0, ["row", "spectrogram_id", "voter", "fold"]])
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def split_rows(df: pd.DataFrame, fold: int, built: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """His cells' last lines, `train_df= df[df['fold']!=CFG['fold']]`, `valid_df= df[df['fold']==CFG['fold']]`,
+    as sorted store rows (those that built: a failed row is nobody's)."""
+    train_rows = np.intersect1d(df[df["fold"] != fold]["row"].to_numpy(np.int64), built)
+    valid_rows = np.intersect1d(df[df["fold"] == fold]["row"].to_numpy(np.int64), built)
+    return train_rows, valid_rows
+
+
+def test_richards_stage2_tables_are_his_v3_and_v4_cells(both_store):
+    """Round 1's stage 2 (seed_richard_b0, no pseudo-labels) against R/Train_V3_Attention_Module.ipynb c11,
+    the pseudo-label fine-tuning (seed_richard_b0_pl) against R/Train_V4_Pseudo_Label.ipynb c11, each cell
+    run on his per-eeg table (toolbox c7) for every fold; and their epochs (V3 c9: 15, V4 c9: 20)."""
+    v3 = load_config("seed_richard_b0", [f'store="{both_store}"'])
+    v4 = load_config("seed_richard_b0_pl", [f'store="{both_store}"'])
+    reader = StoreReader(both_store, v3.inputs)
+    built = reader.select(Selection())
+    train_npy = seed_train_npy(reader)
+    n_folds = int(reader.column("fold").max()) + 1
+    lost_by_filtering_after = 0
+    for fold in range(n_folds):
+        # V3 c11
+        df = train_npy.copy()
+        df = df[df['voter'] > 7]  # if CFG['finetune']: df= df[df['voter']>7]
+        df = df.drop_duplicates(subset=['spectrogram_id'])  # df= df.drop_duplicates(subset=['spectrogram_id'])
+        train_rows, valid_rows = split_rows(df, fold, built)
+        _, stage2 = fold_stages(v3, reader, fold, reader.targets)
+        assert (stage2.epochs, stage2.init) == (15, "best")  # V3 c9: CFG['epoch']= 15, load_model cv{fold}_best
+        assert np.array_equal(stage2.rows, train_rows) and np.array_equal(stage2.val_rows, valid_rows), fold
+        after = train_npy.drop_duplicates(subset=['spectrogram_id'])  # the order this project had before
+        lost_by_filtering_after += len(set(valid_rows) - set(after[after['voter'] > 7]['row']))
+        # V4 c11
+        df = train_npy.copy()
+        df.loc[(df['voter'] < 7) & (df['fold'] == fold), 'fold'] = -1
+        df = df[(df['voter'] > 7) | (df['fold'] != fold)]
+        df = df.drop_duplicates(subset=['spectrogram_id'])
+        train_rows, valid_rows = split_rows(df, fold, built)
+        _, stage2 = fold_stages(v4, reader, fold, reader.targets)
+        assert stage2.epochs == 20  # V4 c9: CFG['epoch']= 20
+        assert np.array_equal(stage2.rows, train_rows) and np.array_equal(stage2.val_rows, valid_rows), fold
+    assert lost_by_filtering_after > 0, "premise: the store has spectrograms whose first eeg_id has <= 7 votes"
 
 
 @pytest.mark.parametrize("mode, weight", [("blend", 0.25), ("blend", 0.5), ("replace", 1.0)])
@@ -488,7 +559,7 @@ def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
     from hms_train.cli import app
 
     missing = tmp_path / "not-yet.parquet"
-    result = CliRunner().invoke(app, ["plan", "--config", "seed_richard_b0", "--store", both_store, "--json",
+    result = CliRunner().invoke(app, ["plan", "--config", "seed_richard_b0_pl", "--store", both_store, "--json",
                                       "--set", "folds=[0]", "--set", f'pseudo_labels="{missing}"',
                                       "--set", "batch_size=4"])
     assert result.exit_code == 0, result.output
@@ -499,7 +570,7 @@ def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
     assert (planned["row_table"], planned["table_rows"]) == ("richard", len(richard_rows(StoreReader(both_store, ["eeg_10s"]).labels)))
     stage1, stage2 = planned["folds"][0]["stages"]
     reader = StoreReader(both_store, ["eeg_10s"])
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{missing}"', "batch_size=4"])
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', f'pseudo_labels="{missing}"', "batch_size=4"])
     stages = fold_stages(config, reader, 0, reader.targets)
     assert (stage1["train_rows"], stage1["val_rows"]) == (len(stages[0].rows), len(stages[0].val_rows))
     assert stage2["file_target_rows"] == int((reader.votes[stages[1].rows] < 8).sum()) > 0
@@ -509,45 +580,69 @@ def test_plan_shows_each_stage_before_anything_runs(both_store, tmp_path):
                                       "--set", "batch_size=4"])
     lr = json.loads(result.output)["folds"][0]["stages"][0]["lr"]
     assert [round(x * 1e4, 2) for x in lr[:4]] == [2.00, 1.98, 1.91, 1.81]
+    # the text form: a constant rate once, with its count; a cosine epoch by epoch
+    result = CliRunner().invoke(app, ["plan", "--config", "seed_richard_b0", "--store", both_store,
+                                      "--set", "folds=[0]", "--set", "batch_size=4"])
+    assert result.exit_code == 0, result.output
+    assert "lr per epoch 3.00e-04 x 25\n" in result.output and "lr per epoch 3.00e-04 x 15\n" in result.output
+    assert describe_rates([2e-4, 1.98e-4, 1.98e-4, 3e-4]) == "2.00e-04, 1.98e-04 x 2, 3.00e-04"
 
 
-def ema_pytorch_reference(weights: list[torch.Tensor], beta: float, after: int, every: int) -> torch.Tensor:
-    """lucidrains' ema_pytorch EMA.update() (the version David_src used), transcribed: `step` counts the
-    calls; every `every`-th call, up to `after` it copies, then lerps with the warm-up decay
-    1 - (1 + epoch) ** -2/3 (inv_gamma 1, power 2/3), epoch = step - after - 1, capped at beta."""
-    ema = None
-    for step, w in enumerate(weights):
-        if step % every:
-            continue
-        if step <= after or ema is None:
-            ema = w.clone()
-            continue
-        epoch = max(step - after - 1, 0)
-        decay = 0.0 if epoch <= 0 else min(1 - (1 + epoch) ** (-2 / 3), beta)
-        ema = ema * decay + w * (1 - decay)
-    return ema
-
-
-def test_the_ema_follows_ema_pytorch_when_asked():
-    """David's EMA (D/trainer.py: EMA(model, beta=0.99, update_after_step=50, update_every=3))."""
+@pytest.mark.parametrize("after, every, steps", [(5, 3, 30), (50, 3, 90), (0, 1, 12)])
+def test_the_ema_equals_ema_pytorch_step_for_step(after, every, steps):
+    """David's EMA (D/trainer.py: EMA(model, update_after_step=50, update_every=3, beta=0.99), its
+    update() after every optimizer step) against ema_pytorch itself, weights and BatchNorm statistics
+    compared after every step. (Passing timm the call number instead of the step, the warm-up lags by one
+    step: checked, it fails here.)"""
     import timm.utils
+    from ema_pytorch import EMA
 
     from hms_train.run.train import update_ema
 
-    config = load_config("smoke", ["ema_decay=0.99", "ema_warmup=true", "ema_update_after_step=5",
-                                   "ema_update_every=3"])
-    model = torch.nn.Linear(2, 1, bias=False)
-    ema = timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=True,
-                                update_after_step=config.ema_update_after_step)
-    seen = []
-    generator = torch.Generator().manual_seed(0)
-    for step in range(1, 31):
+    config = load_config("smoke", ["ema_decay=0.99", "ema_warmup=true", f"ema_update_after_step={after}",
+                                   f"ema_update_every={every}"])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    theirs = EMA(model, beta=0.99, update_after_step=after, update_every=every)
+    ours = timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=True, update_after_step=after)
+    for step in range(1, steps + 1):
         with torch.no_grad():
-            model.weight.copy_(torch.randn(1, 2, generator=generator))
-        seen.append(model.weight.detach().clone())
-        update_ema(ema, model, step, config)
-    expected = ema_pytorch_reference(seen, 0.99, after=5, every=3)
-    torch.testing.assert_close(ema.module.weight, expected)
+            for parameter in model.parameters():
+                parameter.copy_(torch.randn_like(parameter))
+            model(torch.randn(8, 3))  # new running statistics
+        theirs.update()
+        update_ema(ours, model, step, config)
+        for (name, mine), (_, reference) in zip(ours.module.state_dict().items(), theirs.ema_model.state_dict().items()):
+            if mine.is_floating_point():  # ema_pytorch leaves integer buffers (num_batches_tracked) alone
+                torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-7, msg=f"step {step}: {name}")
+
+
+def test_one_lion_step_equals_lion_pytorch():
+    """David's optimizer (D/train-mlflow.py:161-162: Lion(model.parameters(), lr=args.lr / 5,
+    weight_decay=args.weight_decay), lion_pytorch) against ours (timm's Lion, one parameter group as
+    weight_decay_all gives), from the same weights and gradients: the first step exactly, then three more."""
+    from lion_pytorch import Lion
+    import timm.optim
+
+    config = load_config("seed_david_b0")
+    torch.manual_seed(0)
+    ours_model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
+    theirs_model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
+    theirs_model.load_state_dict(ours_model.state_dict())
+    ours = timm.optim.create_optimizer_v2(ours_model, opt=config.optimizer, lr=config.lr,
+                                          weight_decay=config.weight_decay,
+                                          filter_bias_and_bn=not config.weight_decay_all)
+    theirs = Lion(theirs_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    for step in range(4):
+        for mine, reference in zip(ours_model.parameters(), theirs_model.parameters()):
+            mine.grad = torch.randn_like(mine)
+            reference.grad = mine.grad.clone()
+        ours.step(), theirs.step()
+        for mine, reference in zip(ours_model.parameters(), theirs_model.parameters()):
+            if step == 0:
+                assert torch.equal(mine, reference)
+            torch.testing.assert_close(mine, reference, rtol=0, atol=1e-7)
+    assert not torch.equal(ours_model[0].weight, ours_model[0].weight.new_zeros(4, 5))
 
 
 def test_one_schedule_across_stages_carries_optimizer_and_lr(both_store, tmp_path):
@@ -654,3 +749,42 @@ def test_second_round_recipes_change_only_what_the_seed_changed(name, base):
 def test_david_flips_each_part_in_place_and_richard_the_whole_image():
     assert load_config("seed_david_b0").augment.steps["time_flip"].per_part
     assert not load_config("seed_richard_b0").augment.steps["time_flip"].per_part
+
+
+def test_scaled_gradient_clipping_is_davids_clip_before_unscale():
+    """D/trainer.py (fp16, 'use-amp'): scaler.scale(loss).backward(); clip_grad_norm_(..., max_norm=10.0);
+    scaler.unscale_(optimizer). `grad_clip_scaled` gives the same unscaled gradients without a scaler,
+    at the first step and after the scaler's first growth (2000 steps); plain clipping at 10 does not."""
+    from hms_train.run.step import GRAD_SCALER_GROWTH_INTERVAL, clip_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the scaler's steps leave the weights
+    scaler = torch.amp.GradScaler("cpu")
+    x = torch.randn(4, 6)
+    for steps_done in range(GRAD_SCALER_GROWTH_INTERVAL + 1):
+        if steps_done in (0, GRAD_SCALER_GROWTH_INTERVAL):
+            optimizer.zero_grad()
+            scaler.scale(model(x).square().mean()).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+            scaler.unscale_(optimizer)
+            theirs = [p.grad.clone() for p in model.parameters()]
+            scale = scaler.get_scale()
+            scaler.step(optimizer), scaler.update()
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            clip_gradients(model.parameters(), 10.0, True, steps_done)
+            for mine, reference in zip((p.grad for p in model.parameters()), theirs):
+                torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-12)
+            norm = torch.cat([g.flatten() for g in theirs]).norm()
+            assert scale == 2.0 ** (16 + steps_done // GRAD_SCALER_GROWTH_INTERVAL)  # premise: it grew
+            assert norm == pytest.approx(10.0 / scale, rel=1e-4)  # the clip acted
+        else:  # a cheap step the scaler counts towards its growth
+            optimizer.zero_grad()
+            scaler.scale(model(x[:1]).sum()).backward()
+            scaler.step(optimizer), scaler.update()
+    optimizer.zero_grad()
+    model(x).square().mean().backward()
+    before = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    clip_gradients(model.parameters(), 10.0, False, 0)
+    assert torch.cat([p.grad.flatten() for p in model.parameters()]).norm() == before < 10

@@ -23,9 +23,10 @@ TOY = " ".join(f"--set {item}" for item in (
 RECIPES = ["seed_richard_b0", "seed_david_b0", "seed_david_mnv3"]
 
 
-def keep_first_lines(train_csv: Path, per_eeg: int) -> None:
-    """train.csv with each eeg_id's first `per_eeg` lines: the seed's tables keep their sizes (one row per
-    eeg_id, then per spectrogram), and every run predicts fewer rows out of fold."""
+def keep_first_lines(train_csv: Path, per_eeg: int, keep: dict[str, int] = {}) -> None:
+    """train.csv with each eeg_id's first `per_eeg` lines (`keep`: eeg_id -> its own count): the seed's
+    tables keep their sizes (one row per eeg_id, then per spectrogram), and every run predicts fewer rows
+    out of fold."""
     with open(train_csv) as f:
         lines = f.read().splitlines()
     eeg = lines[0].split(",").index("eeg_id")
@@ -34,9 +35,30 @@ def keep_first_lines(train_csv: Path, per_eeg: int) -> None:
     for line in lines[1:]:
         key = line.split(",")[eeg]
         seen[key] = seen.get(key, 0) + 1
-        if seen[key] <= per_eeg:
+        if seen[key] <= keep.get(key, per_eeg):
             kept.append(line)
     train_csv.write_text("\n".join(kept) + "\n")
+
+
+C_A_A_B_A = [[0, 0, 0, 0, 0, 2], [12, 0, 0, 0, 0, 0], [12, 0, 0, 0, 0, 0], [0, 3, 0, 0, 0, 0], [12, 0, 0, 0, 0, 0]]
+
+
+def write_c_a_a_b_a(train_csv: Path) -> tuple[str, int]:
+    """One spectrogram of one EEG whose first five lines get the votes C A A B A (A = 12 votes, B = 3):
+    David's pick_max_vote (D/data_loader.py:340-385) takes its image from the middle A (12 votes) and its
+    target from B (3 votes < 10), so its pseudo-label is needed for a row that has 12 votes of its own.
+    Returns the eeg_id and that image line's label_id."""
+    import pandas as pd
+
+    df = pd.read_csv(train_csv)
+    alone = df.groupby("spectrogram_id")["eeg_id"].transform("nunique") == 1
+    lines = df[alone].groupby("eeg_id").size()
+    eeg_id = int(lines[lines >= 5].index[0])
+    first = df.index[df["eeg_id"] == eeg_id][:5]
+    votes = ["seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
+    df.loc[first, votes] = C_A_A_B_A
+    df.to_csv(train_csv, index=False)
+    return str(eeg_id), int(df.loc[first[2], "label_id"])
 
 
 @pytest.fixture
@@ -59,7 +81,8 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     synth_data = tmp_path / "data"
     # 24 EEGs: every fold and stage keeps a batch of the seed's one-row-per-spectrogram tables
     synthesize(synth_data, n_eegs=24, seed=3, n_test=2)
-    keep_first_lines(synth_data / "train.csv", per_eeg=2)
+    eeg_id, image_label = write_c_a_a_b_a(synth_data / "train.csv")
+    keep_first_lines(synth_data / "train.csv", per_eeg=2, keep={eeg_id: 5})
     seed = tmp_path / "seed"
     env = {**os.environ, "DATA": str(synth_data), "SEED": str(seed), "BIN": str(preloaded_bin),
            "FOLDS": "2", "DEVICE": "cpu", "TRAIN_SET": TOY, "COLUMNS": "200", "RECIPES": " ".join(RECIPES)}
@@ -86,3 +109,5 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     assert oof.num_rows == pq.read_metadata(seed / "specs.zarr" / "labels.parquet").num_rows
     assert 0 < sum(oof.column("in_table").to_pylist()) < oof.num_rows
     assert (seed / "compare.png").stat().st_size > 0
+    # David's pseudo-labels cover the C A A B A spectrogram's row (12 votes of its own, its target 3)
+    assert image_label in pq.read_table(seed / "pseudo_david.parquet").column("label_id").to_pylist()

@@ -225,7 +225,7 @@ def test_both_rules_match_the_seed_code_on_random_tables(seed):
 
 def test_registry_and_refusals():
     labels = labels_of([line(1, 10, 3), line(2, 20, 12)])
-    assert sorted(TABLES) == ["all", "david", "richard"]
+    assert sorted(TABLES) == ["all", "david", "richard", "richard_finetune"]
     assert len(row_table("all", labels)) == 2
     with pytest.raises(ValueError, match="unknown row table 'first'"):
         row_table("first", labels)

@@ -8,6 +8,10 @@ per spectrogram). The seed's two pipelines trained on one row per spectrogram, e
     richard   Richard_src/toolbox.ipynb cell 7 ("Make Train_eeg csv"): each eeg_id's first train.csv line;
               then Train_V4_Pseudo_Label.ipynb cell 11 `drop_duplicates(subset=['spectrogram_id'])`: the
               first of those per spectrogram. 11,138 of the real 106,800 rows (every EEG has one spectrogram).
+    richard_finetune
+              Richard's round-1 fine-tuning (Train_V3_Attention_Module.ipynb cell 11): the per-eeg lines with
+              more than 7 votes, then drop_duplicates(spectrogram_id), so a spectrogram keeps its first
+              eeg_id with > 7 votes (stage 2's table: `stage2_rows`).
     david     David_src/data_loader.py `pick_max_vote` (lines 340-363) called by `_get_item` (365-385): per
               spectrogram, the most-voted line and the middle of its run of equal votes; one row per
               spectrogram (David_src/train_spectrogram.csv: 11,138 lines).
@@ -22,6 +26,7 @@ caller to drop (no other row replaces it).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -130,6 +135,24 @@ def richard_rows(labels: pa.Table, eligible: np.ndarray | None = None) -> RowTab
     return RowTable("richard", rows, rows, table.total_votes[rows])
 
 
+RICHARD_FINETUNE_MIN_VOTES = 8  # R/Train_V3_Attention_Module.ipynb cell 11: `df[df['voter']>7]`
+
+
+def richard_finetune_rows(labels: pa.Table) -> RowTable:
+    """Richard's round-1 fine-tuning table, as V3 wrote it (Train_V3_Attention_Module.ipynb cell 11):
+
+        if CFG['finetune']: df= df[df['voter']>7]
+        df= df.drop_duplicates(subset=['spectrogram_id'])
+
+    the per-eeg lines with > 7 votes first, then the first of those per spectrogram; the fold split comes
+    after (`train_df= df[df['fold']!=CFG['fold']]`, `valid_df= df[df['fold']==CFG['fold']]`), so training
+    and validation both read this one table. (V4's pseudo-label runs drop only the validation fold's 7-vote
+    lines first: that rule is per fold, `hms_train.run.plan`.)
+    """
+    eligible = _Labels.of(labels).total_votes >= RICHARD_FINETUNE_MIN_VOTES
+    return dataclasses.replace(richard_rows(labels, eligible), name="richard_finetune")
+
+
 def david_rows(labels: pa.Table) -> RowTable:
     """David's table: one row per spectrogram_id, read exactly as `LabelHMSDataset._get_item` reads it.
 
@@ -179,11 +202,12 @@ def _pick_max_vote(votes: np.ndarray, eeg_ids: np.ndarray) -> tuple[int, int]:
     return differs // 2, most_voted
 
 
-TABLES: dict[str, Callable[[pa.Table], RowTable]] = {"all": all_rows, "richard": richard_rows, "david": david_rows}
+TABLES: dict[str, Callable[[pa.Table], RowTable]] = {"all": all_rows, "richard": richard_rows,
+                                                    "richard_finetune": richard_finetune_rows, "david": david_rows}
 
 
 def row_table(name: str, labels: pa.Table) -> RowTable:
-    """The table `name` ("all", "richard", "david") of a train store's labels."""
+    """The table `name` (a key of TABLES) of a train store's labels."""
     if name not in TABLES:
         raise ValueError(f"unknown row table {name!r}; expected one of {sorted(TABLES)}")
     return TABLES[name](labels)

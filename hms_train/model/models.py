@@ -18,7 +18,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import timm
 import torch
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import NormMlpClassifierHead, SelectAdaptivePool2d
 from timm.models import adapt_input_conv, load_state_dict
 from torch import nn
 
@@ -136,6 +136,12 @@ class SpectrogramNet(nn.Module):
     its global_pool and classifier by identities, so timm's forward_head dropped elements of the 4-D map
     (`F.dropout` after the identity pool) before his attention and pool: `dropout_at="map"` (element-wise,
     as nn.Dropout on any tensor).
+
+    A backbone whose timm head normalises the pooled vector (ConvNeXt's NormMlpClassifierHead: pool,
+    LayerNorm, dropout, fc) keeps that order: the map is its `forward_features`, pooled, then the head's
+    own norm (its weights stay at `backbone.head.norm`), so a "plain timm ConvNeXt" (Richard's
+    seed_richard_convnext, R/Valid.ipynb c1) is timm's model. (timm's forward with global_pool="" would
+    normalise every position of the map before the pool instead.)
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class SpectrogramNet(nn.Module):
         if dropout_at not in DROPOUT_PLACES:
             raise ValueError(f"unknown dropout_at {dropout_at!r}; expected one of {DROPOUT_PLACES}")
         self.backbone = backbone
+        self.norm_after_pool = isinstance(getattr(backbone, "head", None), NormMlpClassifierHead)
         channels, _, width = feature_map_shape(backbone, image_size)
         self.num_features = channels
         self.pool = create_pool(pool, channels, width)
@@ -160,10 +167,16 @@ class SpectrogramNet(nn.Module):
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, C) pooled backbone features (the map dropped out first with dropout_at="map")."""
-        feature_map = self.backbone(image)
+        if self.norm_after_pool:  # timm's order: pool, then the head's LayerNorm (per channel of the vector)
+            feature_map = self.backbone.forward_features(image)
+        else:
+            feature_map = self.backbone(image)
         if self.dropout_at == "map":
             feature_map = self.dropout(feature_map)
-        return self.pool(feature_map)
+        pooled = self.pool(feature_map)
+        if self.norm_after_pool:
+            pooled = self.backbone.head.norm(pooled[:, :, None, None].float()).flatten(1).to(pooled.dtype)
+        return pooled
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = self.features(image)

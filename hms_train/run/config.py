@@ -104,6 +104,9 @@ class TrainConfig:
     warmup_epochs: float = field(default=1.0, metadata=NON_NEGATIVE)  # whole epochs when schedule_unit = "epoch"
     lr_min_factor: float = field(default=0.01, metadata=PROBABILITY)  # the cosine's end (and warm-up start) / lr
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0 disables clipping
+    # clip as David's fp16 loop did, on GradScaler-scaled gradients (D/trainer.py: clip_grad_norm_ before
+    # scaler.unscale_): the norm limit is grad_clip / the scaler's scale (hms_train/run/step.py)
+    grad_clip_scaled: bool = False
     ema_decay: float = field(default=0.995, metadata=PROBABILITY)  # 0 disables EMA
     ema_warmup: bool = False  # decay 1 - (1 + step)^(-2/3) capped at ema_decay (timm ModelEmaV3 use_warmup)
     # ema_pytorch's schedule (David): the EMA copies the weights up to this step, then updates every N steps
@@ -134,6 +137,9 @@ class TrainConfig:
     # Richard's V4: the validation fold's rows with fewer votes join stage-2 training (with pseudo-labels:
     # they are below stage2_min_votes); its rows between this and stage2_min_votes are used nowhere
     stage2_val_to_train_below: int | None = field(default=None, metadata=NON_NEGATIVE)
+    # the row table stage 2 trains and validates on (None: the run's `rows`); Richard's round 1 fine-tuned
+    # on "richard_finetune" (V3: > 7 votes before the spectrogram de-duplication)
+    stage2_rows: str | None = field(default=None, metadata={"registry": TABLES})
     pseudo_labels: str | None = None  # parquet from `hms-train pseudo-label`, used in `pseudo_stage`
     pseudo_stage: Literal[PSEUDO_STAGES] = "stage2"  # stage1: a single stage takes them (David's PL runs)
     # distillation: a parquet of label_id and the six *_vote columns (a teacher's probabilities) that every
@@ -282,7 +288,7 @@ def _build(cls, values: Any, prefix: str):
             if limits is not None and number not in limits:
                 raise ConfigError(f"{key}: {number!r} is out of range; allowed {limits}")
         registry = fields[name].metadata.get("registry")
-        if registry is not None and value not in registry:
+        if registry is not None and value is not None and value not in registry:
             raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {list(registry)}")
         pattern, allowed = fields[name].metadata.get("pattern", (None, None))
         if pattern and not re.fullmatch(pattern, value):

@@ -102,9 +102,14 @@ class RowScope:
     table: str = "all"
 
     @classmethod
-    def of(cls, config: TrainConfig, reader: StoreReader, eligible: np.ndarray | None = None) -> RowScope:
-        """`eligible` (a bool per store row) drops rows before Richard's per-spectrogram choice."""
-        table = richard_rows(reader.labels, eligible) if eligible is not None else row_table(config.rows, reader.labels)
+    def of(cls, config: TrainConfig, reader: StoreReader, eligible: np.ndarray | None = None,
+           table: str | None = None) -> RowScope:
+        """The table `table` (default: the run's `rows`); `eligible` (a bool per store row) drops rows
+        before Richard's per-spectrogram choice."""
+        if eligible is not None:
+            table = richard_rows(reader.labels, eligible)
+        else:
+            table = row_table(table or config.rows, reader.labels)
         in_table = np.zeros(reader.n_rows, dtype=bool)
         in_table[table.rows] = True
         votes = reader.votes.copy()
@@ -292,11 +297,13 @@ def fold_stages(config: TrainConfig, reader: StoreReader, fold: int, targets, wo
 
 
 def _stage2_scope(config: TrainConfig, reader: StoreReader, fold: int, scope: RowScope) -> RowScope:
-    """Richard's fine-tuning table (V4 cell 11): the validation fold's rows that stage 2 neither trains on
-    (votes < stage2_val_to_train_below) nor validates on (>= stage2_val_min_votes: the 7-vote rows) are
-    dropped before `drop_duplicates`, so their spectrograms keep another eeg_id's row."""
-    if config.rows != "richard" or config.stage2_val_to_train_below is None or config.stage2_val_min_votes is None:
-        return scope
+    """Stage 2's table: `stage2_rows` (V3's fine-tuning table, the same for every fold) or the run's. On
+    Richard's table with pseudo-labels' moved rows (V4 cell 11), the validation fold's rows that stage 2
+    neither trains on (votes < stage2_val_to_train_below) nor validates on (>= stage2_val_min_votes: the
+    7-vote rows) are dropped before `drop_duplicates`, so their spectrograms keep another eeg_id's row."""
+    name = config.stage2_rows or config.rows
+    if name != "richard" or config.stage2_val_to_train_below is None or config.stage2_val_min_votes is None:
+        return scope if name == scope.table else RowScope.of(config, reader, table=name)
     fold_rows = reader.select(Selection(folds=[fold], only_ok=False))
     votes = reader.votes[fold_rows]
     unused = (votes >= config.stage2_val_to_train_below) & (votes < config.stage2_val_min_votes)

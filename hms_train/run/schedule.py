@@ -36,3 +36,11 @@ def epoch_learning_rates(config: TrainConfig, lr: float, epochs: int, steps_per_
         scheduler.step_update(step)
         scheduler.step(epoch + 1)
     return rates
+
+
+def describe_rates(rates) -> str:
+    """Learning rates per epoch in words, runs of equal ones once: "3.00e-04 x 25", "2.00e-04, 1.98e-04"."""
+    import itertools
+
+    runs = [(text, len(list(group))) for text, group in itertools.groupby(f"{lr:.2e}" for lr in rates)]
+    return ", ".join(text if count == 1 else f"{text} x {count}" for text, count in runs)

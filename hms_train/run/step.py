@@ -19,14 +19,40 @@ from hms_train.run.forward import autocast, model_inputs, run_model
 from hms_train.run.plan import RunPlan
 
 
+# torch.amp.GradScaler()'s defaults: the scale starts at 2^16 and doubles after 2000 steps without overflow
+GRAD_SCALER_INIT_SCALE = 2.0**16
+GRAD_SCALER_GROWTH_INTERVAL = 2000
+
+
+def grad_scaler_scale(steps_done: int) -> float:
+    """The scale a default GradScaler has after `steps_done` optimizer steps without an overflow (bf16 and
+    float32 gradients here have none to halve it)."""
+    return GRAD_SCALER_INIT_SCALE * 2.0 ** (steps_done // GRAD_SCALER_GROWTH_INTERVAL)
+
+
+def clip_gradients(parameters, grad_clip: float, scaled: bool, steps_done: int) -> None:
+    """Clip the gradients' total norm at `grad_clip` (0: not at all); `scaled`: as David's fp16 loop clipped
+    them, scaled by a GradScaler (D/trainer.py: `scaler.scale(loss).backward()`, `clip_grad_norm_(...,
+    max_norm=10.0)`, then `scaler.unscale_`): at grad_clip / scale on the unscaled gradients. At a scale of
+    2^16 that limit is 1.5e-4, so it acts on nearly every step: each gradient enters the optimizer (Lion's
+    momentum) normalised to that norm."""
+    if not grad_clip:
+        return
+    limit = grad_clip / grad_scaler_scale(steps_done) if scaled else grad_clip
+    torch.nn.utils.clip_grad_norm_(parameters, limit)
+
+
 class TrainStep:
     def __init__(self, plan: RunPlan, model: torch.nn.Module, net: torch.nn.Module, optimizer,
-                 augmenter: Augmenter, device: torch.device, targets: torch.Tensor | None = None):
+                 augmenter: Augmenter, device: torch.device, targets: torch.Tensor | None = None,
+                 steps_done: int = 0):
         """`net` is what the step calls (`model` DDP-wrapped or compiled, or `model` itself); `targets`
-        (rows, 6) on the device replaces the batch's own (a stage's pseudo-labels), None keeps them."""
+        (rows, 6) on the device replaces the batch's own (a stage's pseudo-labels), None keeps them;
+        `steps_done`: the optimizer's steps before this one (a GradScaler's scale grows with them)."""
         self.plan, self.model, self.net, self.optimizer = plan, model, net, optimizer
         self.augmenter, self.device, self.targets = augmenter, device, targets
         self.loss_fn = plan.loss
+        self.steps_done = steps_done
 
     def prepare(self, batch: dict[str, torch.Tensor]):
         batch = to_device(batch, self.device)
@@ -43,9 +69,9 @@ class TrainStep:
         loss = self.loss_fn(logits.float(), targets, votes)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        clip_gradients(self.model.parameters(), config.grad_clip, config.grad_clip_scaled, self.steps_done)
         self.optimizer.step()
+        self.steps_done += 1
         return loss.detach()
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -200,7 +200,8 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
     config = plan.config
     model, optimizer, scheduler, ema, generator = state.model, state.optimizer, state.scheduler, state.ema, state.generator
     targets = torch.from_numpy(stage.targets).to(ctx.device)  # indexed on the device by each batch's rows
-    step = TrainStep(plan, model, _parallel(ctx, model), optimizer, make_augmenter(plan, generator), ctx.device, targets)
+    step = TrainStep(plan, model, _parallel(ctx, model), optimizer, make_augmenter(plan, generator), ctx.device, targets,
+                     steps_done=state.position.step)
 
     for epoch in range(state.position.epoch, stage.epochs):
         started = time.perf_counter()
@@ -271,14 +272,17 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
 
 
 def update_ema(ema, model: torch.nn.Module, step: int, config: TrainConfig) -> None:
-    """The EMA after optimizer step `step` (1, 2, ...), as ema_pytorch counts: its update number is
-    step - 1; every `ema_update_every`-th update counts, copying the weights up to
-    `ema_update_after_step` (timm's decay 0), then averaging with the warm-up decay or `ema_decay`."""
-    update = step - 1
-    if update % config.ema_update_every:
+    """The EMA after optimizer step `step` (1, 2, ...), as ema_pytorch's `EMA.update()` after each step
+    (D/trainer.py): its call number is step - 1; every `ema_update_every`-th call counts, copying the
+    weights up to call `ema_update_after_step`, then averaging with the warm-up decay or `ema_decay`.
+    ema_pytorch reads its counter after incrementing it (`get_current_decay`: epoch = (call + 1) - after - 1),
+    and timm's `get_decay(step)` computes step - after - 1: so timm gets the step, not the call number
+    (tests/test_recipes.py holds it to ema_pytorch itself)."""
+    call = step - 1
+    if call % config.ema_update_every:
         return
     counted = config.ema_warmup or config.ema_update_after_step
-    ema.update(model, step=update if counted else None)
+    ema.update(model, step=step if counted else None)
 
 
 # --- run directory ----------------------------------------------------------------------------------------

@@ -182,13 +182,33 @@ def verify_store(url: str) -> list[str]:
     raw_bounds = None
     if labels is not None and all(c in labels.column_names for c in RAW_INDEX_COLUMNS) and labels.num_rows == layout.n_rows:
         raw_bounds = np.stack([labels.column(c).to_numpy() for c in RAW_INDEX_COLUMNS[1:]], 1)
+    changing = _rows_in_change(group, described, layout)
+    if changing:  # resized for other rows than the layout names: chunks cannot be mapped to rows yet
+        problems.append(f"{', '.join(changing)}: resized for a change of rows that stopped before it took effect "
+                        f"(the store's layout names {layout.n_rows} rows); hms-prep build finishes the change, or "
+                        "with the old train.csv rolls it back")
     for description in described.values():
-        problems += _verify_array(url, group, description, layout, raw_bounds)
+        if description.name not in changing:
+            problems += _verify_array(url, group, description, layout, raw_bounds, labels is not None)
     if labels is not None and "status" in labels.column_names:
         failed = int(np.sum(labels.column("status").to_numpy(zero_copy_only=False) == "failed"))
         if failed:
             problems.append(f"{failed} rows failed to build (see the 'error' column of labels.parquet)")
     return problems
+
+
+def _rows_in_change(group, described: dict, layout: StoreLayout) -> list[str]:
+    """The arrays whose rows or build state were resized by a change of rows (hms_prep/build/rows.py
+    `commit_rows`) that was stopped before the root's layout named the new rows."""
+    changing = []
+    for name, description in described.items():
+        state = open_build_state(group, name)
+        sizes = [state.done.shape[0] == layout.n_chunks, state.status.shape[0] == layout.n_rows]
+        if description.image:
+            sizes.append(description.shape[0] == layout.n_rows)
+        if not all(sizes):
+            changing.append(name)
+    return changing
 
 
 def metadata_problems(group, states: dict) -> list:
@@ -211,7 +231,7 @@ def _verify_labels(labels, layout: StoreLayout) -> list[str]:
     return problems
 
 
-def _verify_array(url: str, group, described: ArrayDescription, layout, raw_bounds) -> list[str]:
+def _verify_array(url: str, group, described: ArrayDescription, layout, raw_bounds, has_labels: bool) -> list[str]:
     """The array checked from what it says of itself (role, params): no kind's code is needed, so a
     store with a plug-in kind verifies without the plug-in."""
     name = described.name
@@ -237,9 +257,9 @@ def _verify_array(url: str, group, described: ArrayDescription, layout, raw_boun
     if pending.size:
         problems.append(f"{name}: {pending.size} rows not computed (first: row {pending[0]}); hms-prep build "
                         "computes them")
-    if described.image and described.shape[0] != layout.n_rows:
-        problems.append(f"{name}: {described.shape[0]} rows, the store has {layout.n_rows}")
     if not described.image and raw_bounds is None:
+        if not has_labels:  # labels.parquet itself is named missing: an unfinished build, not damage
+            return problems + [f"{name}: its chunks are checked once hms-prep build has rewritten labels.parquet"]
         return problems + [f"{name}: labels.parquet lacks {', '.join(RAW_INDEX_COLUMNS)}; its chunks cannot be "
                            "mapped to rows"]
 

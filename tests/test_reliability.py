@@ -108,10 +108,17 @@ def test_every_damaged_chunk_is_named_by_verify_and_the_reader_and_repaired(tiny
     }
     for name, harm in damage.items():
         harm(chunk_path(store, name))
+    # and the raw chunk at the end of chunk 0's region, which its last segment fills only in part (its
+    # margin): before, --repair decoded it to merge the segment into it, and crashed on every rerun
+    step = zarr.open_array(str(store / "raw")).chunks[1]
+    tail = (int(read_labels(str(store)).column("raw_hi").to_numpy()[:8].max()) - 1) // step
+    assert tail > 0 and (int(read_labels(str(store)).column("raw_hi").to_numpy()[:8].max()) % step), "a partial chunk"
+    (store / "raw" / "c" / "0" / str(tail)).write_bytes(_flip((store / "raw" / "c" / "0" / str(tail)).read_bytes(), 60))
     problems = verify_store(str(store))
     for name, what in (("eeg_10s", "fails its checksum"), ("kaggle", "fails its checksum"), ("raw", "is missing")):
         assert any(p.startswith(f"{name}: {name} chunk (0, 0") and what in p and "rows 0-" in p for p in problems), \
             (name, problems)
+    assert any(p.startswith(f"raw: raw chunk (0, {tail}) fails its checksum") for p in problems), problems
     group, _ = open_store(str(store))
     for name in ("eeg_10s", "kaggle"):  # the trainer's fast path raises, naming array and chunk
         array = group[name]

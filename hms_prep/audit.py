@@ -172,7 +172,8 @@ def verify_store(url: str) -> list[str]:
         problems.append(str(err).removeprefix(f"{url}: ").removeprefix(f"{url}/"))
     if labels is not None:
         problems += _verify_labels(labels, layout)
-    if layout.layout_version >= 2 and layout.n_rows and read_row_table(url, layout.rows_digest) is None:
+    row_table = read_row_table(url, layout.rows_digest) if layout.layout_version >= 2 and layout.n_rows else None
+    if layout.layout_version >= 2 and layout.n_rows and row_table is None:
         problems.append(f"{row_table_file(layout.rows_digest)}: missing or unreadable; hms-prep build rewrites it from "
                         "labels.parquet")
     complete = [name for name in data_array_order(states) if states[name].complete]
@@ -182,6 +183,8 @@ def verify_store(url: str) -> list[str]:
     raw_bounds = None
     if labels is not None and all(c in labels.column_names for c in RAW_INDEX_COLUMNS) and labels.num_rows == layout.n_rows:
         raw_bounds = np.stack([labels.column(c).to_numpy() for c in RAW_INDEX_COLUMNS[1:]], 1)
+    if labels is not None and row_table is not None and labels.num_rows == layout.n_rows:
+        problems += labels_against_store(labels, row_table, layout, group, list(described))
     changing = _rows_in_change(group, described, layout)
     if changing:  # resized for other rows than the layout names: chunks cannot be mapped to rows yet
         problems.append(f"{', '.join(changing)}: resized for a change of rows that stopped before it took effect "
@@ -229,6 +232,41 @@ def _verify_labels(labels, layout: StoreLayout) -> list[str]:
         if not np.allclose(targets.sum(1), 1.0, atol=1e-4):
             problems.append("targets do not sum to 1 on every row")
     return problems
+
+
+def labels_against_store(labels, row_table, layout: StoreLayout, group=None, arrays=()) -> list[str]:
+    """labels.parquet held against what the store says: the CSV's lines as its row table keeps them, the
+    targets and folds those give (`with_targets`), and with `group`, each array's row statuses in its
+    build state (of `arrays`, those whose metadata is whole). One line per column that differs, naming its first
+    differing row."""
+    from hms_prep.sources.rows import with_targets
+
+    expected = with_targets(row_table, layout.split, layout.n_folds)
+    columns = {name: expected.column(name).to_numpy(zero_copy_only=False) for name in expected.column_names}
+    if group is not None:
+        names = np.array(["pending", "ok", "failed"], dtype=object)
+        for name in arrays:
+            status, _ = read_state(open_build_state(group, name).status)
+            if status.shape[0] == layout.n_rows:  # else a change of rows in progress, named apart
+                columns[f"status_{name}"] = names[status]
+    problems = []
+    for name, want in columns.items():
+        if name not in labels.column_names:
+            problems.append(f"labels.parquet lacks column {name!r} that the store's rows give; hms-prep build "
+                            "rewrites it")
+            continue
+        have = labels.column(name).to_numpy(zero_copy_only=False)
+        same = (have == want) | (_isnan(have) & _isnan(want)) if have.dtype.kind == "f" else have == want
+        if not np.all(same):
+            row = int(np.flatnonzero(~same)[0])
+            problems.append(f"labels.parquet column {name!r} differs from what the store's rows and build state "
+                            f"give (first at row {row}: {have[row]!r}, expected {want[row]!r}); hms-prep build "
+                            "rewrites it")
+    return problems
+
+
+def _isnan(values: np.ndarray) -> np.ndarray:
+    return np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, dtype=bool)
 
 
 def _verify_array(url: str, group, described: ArrayDescription, layout, raw_bounds, has_labels: bool) -> list[str]:

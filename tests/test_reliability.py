@@ -643,7 +643,7 @@ def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny
     path = store / "_build" / "raw" / "error" / "c" / "1"
     path.write_bytes(_flip(path.read_bytes(), 5))
     result = CliRunner().invoke(app, ["verify", str(store)])
-    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
     lines = result.output.splitlines()
     assert any(line.startswith("problem: labels.parquet: unreadable (") for line in lines), lines
     assert any("_build/raw/error chunks [1] damaged" in line for line in lines), lines
@@ -656,6 +656,29 @@ def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny
     problems = verify_store(str(store))
     assert any(p.startswith("labels.parquet is missing") for p in problems), problems
     assert any(p.startswith("eeg_10s: 1 of 3 chunks not complete") for p in problems), problems
+    # issue 29 G: the raw array's line says it waits for labels.parquet, not that labels.parquet is damaged
+    assert "raw: its chunks are checked once hms-prep build has rewritten labels.parquet" in problems, problems
+    assert not any("lacks raw_start" in p for p in problems), problems
+
+    # issue 29 E: a tampered but valid labels.parquet (two targets swapped, written back by pyarrow) is named
+    # by verify and, by a plain build, rewritten with a line saying so (before: verify ok, rewritten silently)
+    import pyarrow.parquet as pq
+
+    assert build(tiny_data, store, cluster).ok
+    labels = read_labels(str(store))
+    names = labels.column_names
+    a, b = names.index("seizure_target"), names.index("lpd_target")
+    swapped = labels.set_column(a, "seizure_target", labels.column(b)).set_column(b, "lpd_target", labels.column(a))
+    pq.write_table(swapped, store / "labels.parquet")
+    problems = verify_store(str(store))
+    assert any(p.startswith("labels.parquet column 'seizure_target' differs from what the store's rows") for p in problems), \
+        problems
+    said = []
+    again = run_build(BuildConfig(data_dir=str(tiny_data), store=str(store), scheduler=cluster, windows=(10,),
+                                  chunk_rows=8), say=said.append)
+    assert again.computed == []
+    assert any("labels.parquet: seizure_target, lpd_target differed from the store's rows" in line for line in said), said
+    assert_same_store(store, reference)
 
 
 def test_an_all_nan_kaggle_spectrogram_fails_its_rows_and_the_fixed_file_recomputes_them(tiny_data, reference,

@@ -710,3 +710,14 @@ def test_an_all_nan_kaggle_spectrogram_fails_its_rows_and_the_fixed_file_recompu
     again = build(data, store, cluster)
     assert again.ok and again.computed == ["kaggle"] and again.rows_computed == len(rows)
     assert_same_store(store, reference)
+
+
+@pytest.mark.parametrize("script, module", [("hms-prep", "zarr"), ("hms-train", "typer")])
+def test_ctrl_c_while_a_console_script_imports_is_one_line_exit_130(script, module):
+    """Issue 29 G: a Ctrl-C while the interpreter is still importing was an 8-line KeyboardInterrupt
+    traceback. The console script itself, a fresh process (its start-up and exit are what is tested), sent
+    SIGINT as it starts importing `module`."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "import_hook"), "HMS_INTERRUPT_ON_IMPORT": module}
+    result = subprocess.run([str(Path(sys.executable).parent / script), "--version"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr, result.stdout) == (130, "interrupted\n", ""), result.stderr

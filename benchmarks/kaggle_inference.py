@@ -88,7 +88,7 @@ def measure(args, work: Path) -> dict:
     run.mkdir()
     for fold in range(args.folds):
         model = inputs.build_model()
-        save(run / f"fold{fold}_best.pt", predictable(inputs.model_spec, model, config))
+        save(run / f"fold{fold}_best.pt", predictable(inputs.model_spec, model, config), config)
     started = time.perf_counter()
     predict_submission(str(store), [run], work / "submission.csv", device="cpu")
     predict_s = time.perf_counter() - started

@@ -172,7 +172,8 @@ def verify_store(url: str) -> list[str]:
         problems.append(str(err).removeprefix(f"{url}: ").removeprefix(f"{url}/"))
     if labels is not None:
         problems += _verify_labels(labels, layout)
-    if layout.layout_version >= 2 and layout.n_rows and read_row_table(url, layout.rows_digest) is None:
+    row_table = read_row_table(url, layout.rows_digest) if layout.layout_version >= 2 and layout.n_rows else None
+    if layout.layout_version >= 2 and layout.n_rows and row_table is None:
         problems.append(f"{row_table_file(layout.rows_digest)}: missing or unreadable; hms-prep build rewrites it from "
                         "labels.parquet")
     complete = [name for name in data_array_order(states) if states[name].complete]
@@ -182,13 +183,35 @@ def verify_store(url: str) -> list[str]:
     raw_bounds = None
     if labels is not None and all(c in labels.column_names for c in RAW_INDEX_COLUMNS) and labels.num_rows == layout.n_rows:
         raw_bounds = np.stack([labels.column(c).to_numpy() for c in RAW_INDEX_COLUMNS[1:]], 1)
+    if labels is not None and row_table is not None and labels.num_rows == layout.n_rows:
+        problems += labels_against_store(labels, row_table, layout, group, list(described))
+    changing = _rows_in_change(group, described, layout)
+    if changing:  # resized for other rows than the layout names: chunks cannot be mapped to rows yet
+        problems.append(f"{', '.join(changing)}: resized for a change of rows that stopped before it took effect "
+                        f"(the store's layout names {layout.n_rows} rows); hms-prep build finishes the change, or "
+                        "with the old train.csv rolls it back")
     for description in described.values():
-        problems += _verify_array(url, group, description, layout, raw_bounds)
+        if description.name not in changing:
+            problems += _verify_array(url, group, description, layout, raw_bounds, labels is not None)
     if labels is not None and "status" in labels.column_names:
         failed = int(np.sum(labels.column("status").to_numpy(zero_copy_only=False) == "failed"))
         if failed:
             problems.append(f"{failed} rows failed to build (see the 'error' column of labels.parquet)")
     return problems
+
+
+def _rows_in_change(group, described: dict, layout: StoreLayout) -> list[str]:
+    """The arrays whose rows or build state were resized by a change of rows (hms_prep/build/rows.py
+    `commit_rows`) that was stopped before the root's layout named the new rows."""
+    changing = []
+    for name, description in described.items():
+        state = open_build_state(group, name)
+        sizes = [state.done.shape[0] == layout.n_chunks, state.status.shape[0] == layout.n_rows]
+        if description.image:
+            sizes.append(description.shape[0] == layout.n_rows)
+        if not all(sizes):
+            changing.append(name)
+    return changing
 
 
 def metadata_problems(group, states: dict) -> list:
@@ -211,7 +234,42 @@ def _verify_labels(labels, layout: StoreLayout) -> list[str]:
     return problems
 
 
-def _verify_array(url: str, group, described: ArrayDescription, layout, raw_bounds) -> list[str]:
+def labels_against_store(labels, row_table, layout: StoreLayout, group=None, arrays=()) -> list[str]:
+    """labels.parquet held against what the store says: the CSV's lines as its row table keeps them, the
+    targets and folds those give (`with_targets`), and with `group`, each array's row statuses in its
+    build state (of `arrays`, those whose metadata is whole). One line per column that differs, naming its first
+    differing row."""
+    from hms_prep.sources.rows import with_targets
+
+    expected = with_targets(row_table, layout.split, layout.n_folds)
+    columns = {name: expected.column(name).to_numpy(zero_copy_only=False) for name in expected.column_names}
+    if group is not None:
+        names = np.array(["pending", "ok", "failed"], dtype=object)
+        for name in arrays:
+            status, _ = read_state(open_build_state(group, name).status)
+            if status.shape[0] == layout.n_rows:  # else a change of rows in progress, named apart
+                columns[f"status_{name}"] = names[status]
+    problems = []
+    for name, want in columns.items():
+        if name not in labels.column_names:
+            problems.append(f"labels.parquet lacks column {name!r} that the store's rows give; hms-prep build "
+                            "rewrites it")
+            continue
+        have = labels.column(name).to_numpy(zero_copy_only=False)
+        same = (have == want) | (_isnan(have) & _isnan(want)) if have.dtype.kind == "f" else have == want
+        if not np.all(same):
+            row = int(np.flatnonzero(~same)[0])
+            problems.append(f"labels.parquet column {name!r} differs from what the store's rows and build state "
+                            f"give (first at row {row}: {have[row]!r}, expected {want[row]!r}); hms-prep build "
+                            "rewrites it")
+    return problems
+
+
+def _isnan(values: np.ndarray) -> np.ndarray:
+    return np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, dtype=bool)
+
+
+def _verify_array(url: str, group, described: ArrayDescription, layout, raw_bounds, has_labels: bool) -> list[str]:
     """The array checked from what it says of itself (role, params): no kind's code is needed, so a
     store with a plug-in kind verifies without the plug-in."""
     name = described.name
@@ -237,9 +295,9 @@ def _verify_array(url: str, group, described: ArrayDescription, layout, raw_boun
     if pending.size:
         problems.append(f"{name}: {pending.size} rows not computed (first: row {pending[0]}); hms-prep build "
                         "computes them")
-    if described.image and described.shape[0] != layout.n_rows:
-        problems.append(f"{name}: {described.shape[0]} rows, the store has {layout.n_rows}")
     if not described.image and raw_bounds is None:
+        if not has_labels:  # labels.parquet itself is named missing: an unfinished build, not damage
+            return problems + [f"{name}: its chunks are checked once hms-prep build has rewritten labels.parquet"]
         return problems + [f"{name}: labels.parquet lacks {', '.join(RAW_INDEX_COLUMNS)}; its chunks cannot be "
                            "mapped to rows"]
 

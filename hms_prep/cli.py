@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from hms_prep import startup
+
+startup.quiet_interrupts()  # before the slow imports: a Ctrl-C meanwhile is one line
+
 import json
 import signal
 import sys
@@ -392,6 +396,8 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
+
+startup.imported()  # Ctrl-C is KeyboardInterrupt again, which the commands handle
 
 if __name__ == "__main__":
     app()

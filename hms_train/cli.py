@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from hms_prep import startup
+
+startup.quiet_interrupts()  # before the slow imports: a Ctrl-C meanwhile is one line
+
 import json
 import sys
 from contextlib import contextmanager
@@ -411,6 +415,8 @@ def bench(
             report = format_report(result, store, result["inputs"])
     typer.echo(json.dumps(result) if as_json else report)
 
+
+startup.imported()  # Ctrl-C is KeyboardInterrupt again, which the commands handle
 
 if __name__ == "__main__":
     main()

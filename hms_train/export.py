@@ -8,6 +8,7 @@ store, with hms_prep's build), as Kaggle's notebook must.
     DIR/runs/<run>/fold*_best.pt   each fold's weights (half precision where that changes no probability by
                               more than HALF_TOLERANCE on rows of the run's own store), model spec, config
     DIR/blend.json            the runs and their weights
+    DIR/checkpoints.json      every fold checkpoint's path and checksum: infer checks each before building
     DIR/arrays.json           the store arrays the runs read, with the parameters that made them
     DIR/kaggle-image.txt      the packages Kaggle's image provides (editable; the export leaves them out)
     DIR/wheels/               this project's wheel and every locked dependency the image lacks
@@ -33,6 +34,7 @@ import torch
 from hms_prep.store.format import describe_arrays, open_store
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.run.blend import fixed_weights
+from hms_train.run import checkpoint as checkpoint_file
 from hms_train.run.checkpoint import fold_checkpoints, load_fold_model, predictable
 from hms_train.run.forward import predict_probabilities
 from hms_train.run.plan import plan_inputs
@@ -46,6 +48,7 @@ KAGGLE_IMAGE = ("pip", "torch", "torchvision", "timm", "numpy", "scipy", "pandas
 HALF_TOLERANCE = 1e-4  # a fold is stored in float16 only if no probability moves by more than this
 PROBE_ROWS = 64  # rows of the run's store the float16 weights are checked on
 INFER_SCRIPT = Path(__file__).with_name("kaggle_infer.py")
+CHECKPOINT_LIST = "checkpoints.json"
 
 
 class ExportError(ValueError):
@@ -87,14 +90,18 @@ def export(runs: list[Path], out: Path, weights: list[float] | None = None, imag
         raise ExportError(str(err)) from None
     names = _run_names(runs)
     checkpoints = {run: fold_checkpoints(run) for run in runs}  # FileNotFoundError for a run without folds
+    _verify_all(sum(checkpoints.values(), []))  # a damaged one: one line, and nothing written
     arrays = _arrays(runs, checkpoints)
     out.mkdir(parents=True, exist_ok=True)
     folds = half = 0
+    listed = {}
     for run, name in zip(runs, names):
         (out / "runs" / name).mkdir(parents=True)
         for path in checkpoints[run]:
             half += _export_fold(path, out / "runs" / name / path.name)
+            listed[f"runs/{name}/{path.name}"] = checkpoint_file.verify(out / "runs" / name / path.name)[1]["sha256"]
             folds += 1
+    (out / CHECKPOINT_LIST).write_text(json.dumps(listed, indent=2) + "\n")
     w = np.ones(len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
     (out / "blend.json").write_text(json.dumps({"runs": [f"runs/{n}" for n in names],
                                                 "weights": (w / w.sum()).tolist()}, indent=2) + "\n")
@@ -147,11 +154,27 @@ def _export_fold(source: Path, target: Path) -> bool:
     rounded.load_state_dict(half)  # float16 values in the float32 model, as predict will load them
     moved = float(np.abs(predict_probabilities(rounded, reader, rows, plan, torch.device("cpu")) - exact).max())
     use_half = moved <= HALF_TOLERANCE
-    checkpoint = predictable(torch.load(source, weights_only=True)["model_spec"], fold.model, fold.config)
+    checkpoint = predictable(checkpoint_file.load(source, torch.device("cpu"))["model_spec"], fold.model, fold.config)
     if use_half:
         checkpoint["model"] = half
-    torch.save(checkpoint, target)
+    checkpoint_file.save(target, checkpoint, fold.config)
     return use_half
+
+
+def _check_listed(export_dir: Path) -> None:
+    """Every checkpoint the export listed is there, whole, and the one it wrote (CheckpointError or
+    FileNotFoundError: one line naming the file)."""
+    for name, expected in json.loads((export_dir / CHECKPOINT_LIST).read_text()).items():
+        found = checkpoint_file.verify(export_dir / name)[1]
+        if found is None or found["sha256"] != expected:
+            raise checkpoint_file.CheckpointError(f"{export_dir / name}: not the checkpoint exported (expected sha256 "
+                                                    f"{expected}, found {found and found['sha256']})")
+
+
+def _verify_all(paths: list[Path]) -> None:
+    """Every checkpoint's checksum, before anything is written or built (CheckpointError: one line)."""
+    for path in paths:
+        checkpoint_file.verify(path)
 
 
 # --- wheels ---------------------------------------------------------------------------------------------------
@@ -240,6 +263,7 @@ def infer(export_dir: Path, data: Path, out: Path, scratch: Path, device: str = 
 
     arrays = json.loads((export_dir / "arrays.json").read_text())
     blend = json.loads((export_dir / "blend.json").read_text())
+    _check_listed(export_dir)
     store = scratch / "test.zarr"
     config = BuildConfig(data_dir=str(data), store=str(store), split="test", windows=(), kaggle=False, raw=None,
                          extra_arrays=tuple(kind_of_stored(a["kind"], a["params"]).params for a in arrays))

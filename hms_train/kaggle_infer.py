@@ -29,8 +29,12 @@ def main() -> int:
                     "hms-cache"], check=True)
     from hms_train.export import infer  # installed just now
 
-    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        rows = infer(HERE, args.data, args.out, Path(scratch), args.device)
+    try:
+        with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+            rows = infer(HERE, args.data, args.out, Path(scratch), args.device)
+    except (FileNotFoundError, ValueError) as err:  # a missing or damaged checkpoint, a bad input: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"{args.out}: {rows} rows")
     return 0
 

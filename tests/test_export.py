@@ -72,6 +72,8 @@ def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_st
                             cwd=tmp_path, env={**kaggle_env, "PIP_NO_INDEX": "1"}, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    damaged_export_is_refused(export, [str(image / "bin" / "python"), str(export / "infer.py"), "--data",
+                                       str(synth_data), "--device", "cpu"], {**kaggle_env, "PIP_NO_INDEX": "1"}, tmp_path)
 
     test_store = tmp_path / "test.zarr"
     run_build(BuildConfig(data_dir=str(synth_data), store=str(test_store), split="test", windows=(10,), workers=1))
@@ -80,6 +82,25 @@ def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_st
     expected_ids, expected = submission(tmp_path / "predict.csv")
     assert ids == expected_ids
     np.testing.assert_allclose(probs, expected, atol=1e-4)  # float16 weights move no probability by more
+
+
+def damaged_export_is_refused(export: Path, infer: list[str], env: dict, tmp_path: Path) -> None:
+    """infer.py on an export whose checkpoint has a flipped byte, then is missing: one line naming the file,
+    exit 1, no submission (and no test store built: the checks come first)."""
+    checkpoint = next((export / "runs").glob("*/fold0_best.pt"))
+    intact = checkpoint.read_bytes()
+    damaged = bytearray(intact)
+    damaged[len(damaged) // 2] ^= 0x10
+    checkpoint.write_bytes(bytes(damaged))
+    for why in ("damaged checkpoint (expected sha256 ", "no such checkpoint"):
+        out = tmp_path / "refused.csv"
+        result = subprocess.run([*infer, "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {checkpoint}: {why}"), result.stderr
+        assert not out.exists()
+        checkpoint.unlink(missing_ok=True)
+    checkpoint.write_bytes(intact)
 
 
 def hms_locked_versions(names: list[str]) -> list[str]:

@@ -194,6 +194,7 @@ def test_a_build_applying_a_corrected_train_csv_killed_at_every_write_of_the_cha
     code, writes, out = zygote.build(data, changed)
     assert code == 0, out
     commit = writes.index(str(changed / "zarr.json"))
+    first_resize = next(i for i, w in enumerate(writes) if w.endswith("zarr.json") and "/_rows/" not in w)
     first_chunk = next(i for i, w in enumerate(writes) if i > commit and "/c/" in w)  # the first task's
     assert any("/_rows/" in w for w in writes[:commit]) and any("/_build/" in w for w in writes[:commit]), writes
     # Each kind of write once (an image array's and a signal array's growth and marks, which repeat per array),
@@ -214,6 +215,9 @@ def test_a_build_applying_a_corrected_train_csv_killed_at_every_write_of_the_cha
             shutil.copytree(reference, store)
             code, _, _ = zygote.build(data, store, env={"HMS_KILL_AT": str(at)})
             assert code == -signal.SIGKILL, (at, writes[at])
+            if csv_data is data:  # verify names a change caught between the first resize and the commit
+                caught = any("a change of rows that stopped" in line for line in verify_store(str(store)))
+                assert caught == (first_resize <= at < commit), (at, writes[at])
             code, _, out = zygote.build(csv_data, store)
             assert code == 0, (at, writes[at], out)
             assert_same_store(store, expected)

@@ -108,10 +108,17 @@ def test_every_damaged_chunk_is_named_by_verify_and_the_reader_and_repaired(tiny
     }
     for name, harm in damage.items():
         harm(chunk_path(store, name))
+    # and the raw chunk at the end of chunk 0's region, which its last segment fills only in part (its
+    # margin): before, --repair decoded it to merge the segment into it, and crashed on every rerun
+    step = zarr.open_array(str(store / "raw")).chunks[1]
+    tail = (int(read_labels(str(store)).column("raw_hi").to_numpy()[:8].max()) - 1) // step
+    assert tail > 0 and (int(read_labels(str(store)).column("raw_hi").to_numpy()[:8].max()) % step), "a partial chunk"
+    (store / "raw" / "c" / "0" / str(tail)).write_bytes(_flip((store / "raw" / "c" / "0" / str(tail)).read_bytes(), 60))
     problems = verify_store(str(store))
     for name, what in (("eeg_10s", "fails its checksum"), ("kaggle", "fails its checksum"), ("raw", "is missing")):
         assert any(p.startswith(f"{name}: {name} chunk (0, 0") and what in p and "rows 0-" in p for p in problems), \
             (name, problems)
+    assert any(p.startswith(f"raw: raw chunk (0, {tail}) fails its checksum") for p in problems), problems
     group, _ = open_store(str(store))
     for name in ("eeg_10s", "kaggle"):  # the trainer's fast path raises, naming array and chunk
         array = group[name]
@@ -636,7 +643,7 @@ def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny
     path = store / "_build" / "raw" / "error" / "c" / "1"
     path.write_bytes(_flip(path.read_bytes(), 5))
     result = CliRunner().invoke(app, ["verify", str(store)])
-    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
     lines = result.output.splitlines()
     assert any(line.startswith("problem: labels.parquet: unreadable (") for line in lines), lines
     assert any("_build/raw/error chunks [1] damaged" in line for line in lines), lines
@@ -649,6 +656,29 @@ def test_labels_and_build_state_damage_is_named_and_mended_by_a_plain_build(tiny
     problems = verify_store(str(store))
     assert any(p.startswith("labels.parquet is missing") for p in problems), problems
     assert any(p.startswith("eeg_10s: 1 of 3 chunks not complete") for p in problems), problems
+    # issue 29 G: the raw array's line says it waits for labels.parquet, not that labels.parquet is damaged
+    assert "raw: its chunks are checked once hms-prep build has rewritten labels.parquet" in problems, problems
+    assert not any("lacks raw_start" in p for p in problems), problems
+
+    # issue 29 E: a tampered but valid labels.parquet (two targets swapped, written back by pyarrow) is named
+    # by verify and, by a plain build, rewritten with a line saying so (before: verify ok, rewritten silently)
+    import pyarrow.parquet as pq
+
+    assert build(tiny_data, store, cluster).ok
+    labels = read_labels(str(store))
+    names = labels.column_names
+    a, b = names.index("seizure_target"), names.index("lpd_target")
+    swapped = labels.set_column(a, "seizure_target", labels.column(b)).set_column(b, "lpd_target", labels.column(a))
+    pq.write_table(swapped, store / "labels.parquet")
+    problems = verify_store(str(store))
+    assert any(p.startswith("labels.parquet column 'seizure_target' differs from what the store's rows") for p in problems), \
+        problems
+    said = []
+    again = run_build(BuildConfig(data_dir=str(tiny_data), store=str(store), scheduler=cluster, windows=(10,),
+                                  chunk_rows=8), say=said.append)
+    assert again.computed == []
+    assert any("labels.parquet: seizure_target, lpd_target differed from the store's rows" in line for line in said), said
+    assert_same_store(store, reference)
 
 
 def test_an_all_nan_kaggle_spectrogram_fails_its_rows_and_the_fixed_file_recomputes_them(tiny_data, reference,
@@ -680,3 +710,14 @@ def test_an_all_nan_kaggle_spectrogram_fails_its_rows_and_the_fixed_file_recompu
     again = build(data, store, cluster)
     assert again.ok and again.computed == ["kaggle"] and again.rows_computed == len(rows)
     assert_same_store(store, reference)
+
+
+@pytest.mark.parametrize("script, module", [("hms-prep", "zarr"), ("hms-train", "typer")])
+def test_ctrl_c_while_a_console_script_imports_is_one_line_exit_130(script, module):
+    """Issue 29 G: a Ctrl-C while the interpreter is still importing was an 8-line KeyboardInterrupt
+    traceback. The console script itself, a fresh process (its start-up and exit are what is tested), sent
+    SIGINT as it starts importing `module`."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "import_hook"), "HMS_INTERRUPT_ON_IMPORT": module}
+    result = subprocess.run([str(Path(sys.executable).parent / script), "--version"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr, result.stdout) == (130, "interrupted\n", ""), result.stderr

@@ -336,3 +336,56 @@ def test_cli_pretrained_without_local_weights_is_a_clear_error(stores, tmp_path,
     assert result.exit_code == 1 and "missing.safetensors" in result.output
     result = CliRunner().invoke(app, [*args, "--pretrained"])
     assert result.exit_code == 1 and "no pretrained weights for mobilenetv3_small_050" in result.output
+
+
+def flip_a_byte(path) -> None:
+    """One bit of the byte in the middle of the file: inside the weights, where torch reads on regardless."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_refused_in_one_line_by_predict_export_and_resume(smoke_run, stores, tmp_path):
+    """A flipped byte in a checkpoint (which torch loads without complaint): predict, export and resume each
+    exit 1 with one line naming the file and both checksums, and write nothing; a truncated one and a
+    run whose config.json changed under its checkpoints are refused the same way."""
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    out, _ = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    runner = CliRunner()
+
+    def refused(args, path, why):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 1 and result.output.startswith(f"error: {path}: {why}"), result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+    flip_a_byte(run / "fold1_best.pt")
+    predict = ["predict", "--store", stores[1], "--run", run, "--device", "cpu", "--out", tmp_path / "sub.csv"]
+    refused(predict, run / "fold1_best.pt", "damaged checkpoint (expected sha256 ")
+    assert not (tmp_path / "sub.csv").exists()
+    refused(["export", run, "--out", tmp_path / "export"], run / "fold1_best.pt", "damaged checkpoint (expected sha256 ")
+    assert not (tmp_path / "export").exists()
+
+    shutil.copy(out / "fold1_best.pt", run / "fold1_best.pt")
+    (run / "fold1_best.pt").write_bytes((out / "fold1_best.pt").read_bytes()[:-1000])
+    refused(predict, run / "fold1_best.pt", "truncated or damaged checkpoint")
+    assert not (tmp_path / "sub.csv").exists()
+
+    # Resume: fold 1 made unfinished again, its last checkpoint damaged; nothing in the run folder moves.
+    shutil.copy(out / "fold1_best.pt", run / "fold1_best.pt")
+    for name in ("fold1_oof.parquet", "oof.parquet", "summary.json"):
+        (run / name).unlink()
+    flip_a_byte(run / "fold1_last.pt")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    refused(["train", "--resume", run], run / "fold1_last.pt", "damaged checkpoint (expected sha256 ")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    shutil.copy(out / "fold1_last.pt", run / "fold1_last.pt")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "lr": config["lr"] * 2}))
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    refused(["train", "--resume", run], run / "fold1_last.pt", "written under another config (expected config digest")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before

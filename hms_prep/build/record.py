@@ -93,14 +93,14 @@ class BuildSummary:
 
 
 def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan, reports: list[ChunkReport],
-                 started: float, started_at: float) -> BuildSummary:
+                 started: float, started_at: float, say=None) -> BuildSummary:
     """Record the finished build in the store (failures_tried_at, labels.parquet) and sum it up: every
     row of the asked arrays that stands failed, retried or not, as the store records it."""
     for name in plan.computed:  # not before the last chunk: a killed build leaves the older time
         record_failures_tried(group, name, started_at)
     label_failures = rows_without_votes(config, planned)
     labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures, ROW_KEY[config.split])
-    write_labels_if_changed(config.store_url, labels)
+    write_labels_if_changed(config.store_url, labels, planned.column_names, say)
     stages: dict[str, float] = defaultdict(float)
     for report in reports:
         for stage, seconds in report.seconds.items():
@@ -182,8 +182,24 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
     return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string())), failed_rows
 
 
-def write_labels_if_changed(url: str, table: pa.Table) -> None:
+def write_labels_if_changed(url: str, table: pa.Table, planned_columns=(), say=None) -> None:
     """labels.parquet follows the build state: (re)written whenever it is missing, unreadable or differs
-    (a build killed after its last chunk, before this write, is completed by the next one)."""
-    if not table.equals(read_labels_if_readable(url) or pa.table({})):
-        write_labels(url, table)
+    (a build killed after its last chunk, before this write, is completed by the next one). `say` gets a
+    line when what it held of `planned_columns` (the CSV's lines, targets, folds: no build changes those
+    for rows it keeps) differed: an edited file, not a build moving on."""
+    old = read_labels_if_readable(url)
+    if old is not None and table.equals(old):
+        return
+    if say is not None and old is not None and old.num_rows == table.num_rows:
+        edited = [c for c in planned_columns if c in old.column_names and not _same(old.column(c), table.column(c))]
+        if edited:
+            say(f"{url}/labels.parquet: {', '.join(edited)} differed from the store's rows (edited by hand?); "
+                "rewritten")
+    write_labels(url, table)
+
+
+def _same(a, b) -> bool:
+    a, b = a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False)
+    if a.dtype.kind == "f" and b.dtype.kind == "f":
+        return bool(np.all((a == b) | (np.isnan(a) & np.isnan(b))))
+    return bool(np.array_equal(a, b))

@@ -96,7 +96,7 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
             if layout.layout_version < 2:  # its labels.parquet as that layout wrote it: no `dropped` column
                 planned = planned.drop_columns([DROPPED])
             reports = _computed(executor, plan.chunk_jobs(config, planned, layout), plan.rows_to_compute, progress)
-            return record_build(config, group, planned, plan, reports, started, started_at)
+            return record_build(config, group, planned, plan, reports, started, started_at, say)
 
 
 def _computed(executor: Executor, jobs, total: int, progress) -> list[ChunkReport]:

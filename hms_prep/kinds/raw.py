@@ -105,12 +105,16 @@ class RawSignals(ArrayKind):
         """The chunk's whole aligned region in one write; a retry rewrites only its rows' segments.
         Segments of unreadable recordings keep zeros (their rows are marked failed)."""
         if whole and segments:
-            # One write of the whole region: no read-modify-write of partial chunks.
+            # One write of the whole region, to the end of its last chunk (zeros past the last segment, as a
+            # fresh store holds; the next task's region starts on the next chunk): no read-modify-write of a
+            # partial chunk, so --repair rewrites a damaged one instead of failing to decode it.
             first, last = segments[0], segments[-1]
-            region = np.zeros((target.shape[0], last.position + last.length - first.position), np.float16)
+            step = target.chunks[1]
+            end = min(-(-(last.position + last.length) // step) * step, target.shape[1])
+            region = np.zeros((target.shape[0], end - first.position), np.float16)
             for position, values in cut.values.items():
                 region[:, position - first.position : position - first.position + values.shape[1]] = values
-            target[:, first.position : first.position + region.shape[1]] = region
+            target[:, first.position : end] = region
             return
         for position, values in cut.values.items():
             target[:, position : position + values.shape[1]] = values

@@ -5,6 +5,12 @@
     fold{k}_last.pt   a `TrainingState`: everything to continue the fold exactly where it stopped, at
                       an epoch's end or inside an epoch (every `checkpoint_every_steps` steps)
 
+Every checkpoint ends with a record of its checksum (SHA-256 of the bytes before it) and of the run's config
+(`config_digest`), appended after torch's zip (which torch.load ignores): `load` and `verify` check it, and
+damage is one line naming the file, the expected and the found checksum (`CheckpointError`). A checkpoint
+written before these records (the file ends with the zip's own end record) still loads, unchecked, like a
+store written before chunk checksums.
+
 `TrainingState` gathers the objects a stage trains with (model, optimizer, schedule, EMA, the
 augmentations' generator) and where the fold is (`Position`), with the usual `state_dict` /
 `load_state_dict` pair. Format 1 checkpoints (before positions inside an epoch) still load: they were
@@ -13,7 +19,11 @@ written at epoch ends only.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +36,15 @@ FORMAT = 2  # bump when the contents change incompatibly; FORMATS are those this
 FORMATS = (1, 2)
 # The checkpoint holds every weight: where the backbone's pretrained weights came from is not needed again.
 TRAINING_ONLY_KWARGS = ("pretrained", "weights")
+# The record after the zip: its JSON, the JSON's length (8 bytes, little-endian), then this tag.
+RECORD_TAG = b"HMSCKPT1"
+ZIP_END = b"PK\x05\x06"  # a zip's end-of-central-directory record: the last 22 bytes of a file without a record
+# Config keys a resumed run may change (--device): not part of the config digest.
+RUNTIME_KEYS = ("device",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is damaged, truncated or from another run's config; one line naming the file."""
 
 
 @dataclass(frozen=True)
@@ -128,12 +147,71 @@ def fold_checkpoints(run: Path) -> list[Path]:
     return found
 
 
-def save(path: Path, checkpoint: dict) -> None:
-    atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+def config_digest(config: TrainConfig | dict) -> str:
+    """What a run was trained under, as 16 hex digits (the keys a resume may change left out)."""
+    values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    kept = {k: v for k, v in values.items() if k not in RUNTIME_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load(path: Path, device: torch.device) -> dict | None:
-    return torch.load(path, map_location=device, weights_only=True) if path.is_file() else None
+def save(path: Path, checkpoint: dict, config: TrainConfig) -> None:
+    """Write `checkpoint` atomically with its checksum and the digest of the run's `config` after it."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    body = buffer.getvalue()
+    record = json.dumps({"sha256": hashlib.sha256(body).hexdigest(), "config_digest": config_digest(config)}).encode()
+    atomic(path, lambda tmp: Path(tmp).write_bytes(body + record + len(record).to_bytes(8, "little") + RECORD_TAG))
+
+
+def verify(path: Path) -> tuple[bytes, dict | None]:
+    """The checkpoint's bytes (torch's zip) and its record, checked; None for a checkpoint written before
+    records. Raises CheckpointError (a ValueError) naming the file for a damaged or truncated one,
+    FileNotFoundError for a missing one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    data = path.read_bytes()
+    if data[-len(RECORD_TAG):] != RECORD_TAG:
+        if data[-22:-18] == ZIP_END:
+            return data, None  # written before checksums: nothing to check against
+        raise CheckpointError(f"{path}: truncated or damaged checkpoint (expected a checksum record at its end, "
+                              f"found {data[-8:]!r}); copy it again or retrain the fold")
+    size = int.from_bytes(data[-16:-8], "little")
+    try:
+        record = json.loads(data[-16 - size:-16])
+        expected = record["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{path}: damaged checkpoint (its checksum record cannot be read); copy it again "
+                              "or retrain the fold") from None
+    body = data[:-16 - size]
+    found = hashlib.sha256(body).hexdigest()
+    if found != expected:
+        raise CheckpointError(f"{path}: damaged checkpoint (expected sha256 {expected}, found {found}); copy it "
+                              "again or retrain the fold")
+    return body, record
+
+
+def load(path: Path, device: torch.device, config: TrainConfig | None = None) -> dict | None:
+    """The checkpoint at `path` after its checksum is checked (None when there is none); with `config`,
+    also refused when it was written under another config than the run's."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    body, record = verify(path)
+    if config is not None and record is not None and record.get("config_digest") != (digest := config_digest(config)):
+        raise CheckpointError(f"{path}: written under another config (expected config digest {digest} of the "
+                              f"run's config.json, found {record.get('config_digest')}); resume needs the run's own "
+                              "checkpoints")
+    try:
+        return torch.load(io.BytesIO(body), map_location=device, weights_only=True)
+    except Exception as err:  # a checkpoint written before checksums, damaged: torch's reader names no file
+        raise CheckpointError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def copy(source: Path, target: Path) -> None:
+    """`source` verified, then copied atomically (its record with it)."""
+    verify(source)
+    atomic(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def atomic(path: Path, write) -> None:

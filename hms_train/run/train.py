@@ -136,7 +136,7 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
     # The out-of-fold predictions cover every row of the fold, in the row table or not: pseudo-labels and a
     # teacher's targets are made from them for rows another table (or stage 2's) chooses.
     val_rows = reader.select(Selection(folds=[fold]))
-    saved = checkpoint.load(ctx.out / f"fold{fold}_last.pt", ctx.device)  # None unless resuming this fold
+    saved = checkpoint.load(ctx.out / f"fold{fold}_last.pt", ctx.device, ctx.config)  # None unless resuming this fold
     at = checkpoint.position_of(saved) if saved else None
     best = saved["best_score"] if saved else math.inf
     state = None  # the previous stage's, which a stage sharing its schedule continues
@@ -149,7 +149,7 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
             best = math.inf  # the fold's model is this stage's best epoch
         state = _stage_state(ctx, plan, model, fold, stage, best, resume_from, state if stage.carries else None)
         best = run_stage(ctx, plan, state, reader, fold, stage)
-    model.load_state_dict(checkpoint.load(ctx.out / f"fold{fold}_best.pt", ctx.device)["model"])
+    model.load_state_dict(checkpoint.load(ctx.out / f"fold{fold}_best.pt", ctx.device, ctx.config)["model"])
     probs = predict_probabilities(model, reader, val_rows, plan.inputs, ctx.device, tta_hflip=config.tta_hflip)
     table = _oof_table(reader, val_rows, fold, probs, plan.scope.in_table[val_rows])
     if ctx.main:
@@ -162,10 +162,10 @@ def _stage_start(ctx: Context, fold: int, previous: Stage) -> dict:
     overwrites fold{k}_best.pt, so that a run killed early in this stage resumes from the same weights."""
     kept = ctx.out / f"fold{fold}_{previous.name}_best.pt"
     if ctx.main and not kept.is_file():
-        checkpoint.atomic(kept, lambda tmp: shutil.copyfile(ctx.out / f"fold{fold}_best.pt", tmp))
+        checkpoint.copy(ctx.out / f"fold{fold}_best.pt", kept)
     if ctx.world > 1:
         dist.barrier()  # rank 0 has written it
-    return checkpoint.load(kept, ctx.device)
+    return checkpoint.load(kept, ctx.device, ctx.config)
 
 
 def _stage_state(ctx: Context, plan: RunPlan, model: torch.nn.Module, fold: int, stage: Stage, best: float,
@@ -231,7 +231,7 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
                 every = config.checkpoint_every_steps
                 if every and position.step % every == 0 and state.steps < stage.steps_per_epoch and ctx.main:
                     state.loss_sum = loss_sum.item()  # a mid-epoch checkpoint: resumes at the next batch
-                    checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict())
+                    checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict(), ctx.config)
         if state.steps == 0:  # never an epoch of no training reported as done
             raise RuntimeError(f"fold {fold} {stage.name} epoch {epoch + 1}: the reader gave no batch "
                                f"(of {stage.steps_per_epoch} expected)")
@@ -260,9 +260,10 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
                 best_checkpoint = checkpoint.predictable(plan.inputs.model_spec, evaluated, config)
                 checkpoint.save(ctx.out / f"fold{fold}_best.pt", {**best_checkpoint, **dataclasses.asdict(state.position),
                                                                   "val_kl": report["kl"],
-                                                                  "val_kl_10plus": report["kl_10plus"], "score": score})
+                                                                  "val_kl_10plus": report["kl_10plus"], "score": score},
+                                ctx.config)
             # After the metrics line and the best weights: a kill between them only repeats this epoch.
-            checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict())
+            checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict(), ctx.config)
             if not ctx.quiet:
                 print(f"fold {fold} {stage.name} epoch {epoch + 1}: loss {train_loss:.4f} val KL {report['kl']:.4f}"
                       f" (>=10 votes {report['kl_10plus']:.4f}) {record['samples_per_s']:.0f} samples/s", flush=True)
@@ -305,7 +306,7 @@ def _prepare_run_directory(ctx: Context, plan: RunPlan, resume: bool) -> int:
     for fold in plan.folds:
         if (ctx.out / f"fold{fold}_oof.parquet").is_file():  # finished: its last checkpoint is not read
             done[fold] = (math.inf, math.inf)
-        elif (last := checkpoint.load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"))) is not None:
+        elif (last := checkpoint.load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"), ctx.config)) is not None:
             checkpoint.check_format(last)
             at = checkpoint.position_of(last)
             done[fold] = (at.stage_index, at.epoch)

@@ -10,8 +10,8 @@ if os.environ.get("HMS_KILL_AFTER_MID_SAVE"):
 
     AFTER, _save, _count = int(os.environ["HMS_KILL_AFTER_MID_SAVE"]), checkpoint.save, [0]
 
-    def save(path, state):
-        _save(path, state)
+    def save(path, state, *args):
+        _save(path, state, *args)
         if path.name.endswith("_last.pt") and state.get("position", {}).get("batch", 0) > 0:
             _count[0] += 1
             if _count[0] == AFTER:

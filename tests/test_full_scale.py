@@ -100,7 +100,7 @@ def test_one_percent_build_plan_and_a_training_step(data, tmp_path, preloaded):
         shown = preloaded("hms-train", "plan", "--config", recipe, "--store", store, "--json")
         assert shown.returncode == 0, shown.stdout + shown.stderr
         plan = json.loads(shown.stdout)
-        assert plan["table_rows"]["stage1"] == spectrograms, (recipe, plan["table_rows"])
+        assert plan["table_rows"] == spectrograms, (recipe, plan["row_table"], plan["table_rows"])
     trained = preloaded("hms-train", "train", "--store", store, "--config", "smoke", "--out", tmp_path / "run",
                         "--folds", 0, "--epochs", 1, "--device", "cpu", "-q", "--set", "max_steps=1")
     assert trained.returncode == 0, trained.stdout + trained.stderr

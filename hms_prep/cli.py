@@ -89,20 +89,40 @@ def _band(text: str) -> tuple[float, float] | None:
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the Kaggle-layout dataset into."),
-    eegs: int = typer.Option(200, "--eegs", help="Number of train EEG recordings."),
+    eegs: Optional[int] = typer.Option(None, "--eegs", help="Number of train EEG recordings (default 200)."),
     test_eegs: Optional[int] = typer.Option(None, "--test-eegs", help="Number of test EEGs (default eegs/20)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the output is deterministic for a seed."),
+    like: Optional[str] = typer.Option(
+        None, "--like", help="competition: train.csv laid out like the real table (106,800 rows at --fraction 1)."
+    ),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="With --like competition: share of its EEGs, in (0, 1]."),
+    jobs: int = typer.Option(1, "--jobs", help="Processes writing the signal files (the output is the same for any)."),
 ):
     """Write a synthetic dataset in the exact Kaggle layout, with learnable class patterns.
 
     Example: hms-prep synth data/synth --eegs 200
+    Example: hms-prep synth data/full --like competition --fraction 0.02 --jobs 2
     """
-    from hms_prep.synth import synthesize
+    from hms_prep.synth import synthesize, synthesize_like_competition
 
-    summary = synthesize(out, n_eegs=eegs, seed=seed, n_test=test_eegs)
+    if like not in (None, "competition"):
+        raise typer.BadParameter(f"--like must be 'competition', got {like!r}")
+    if like is None and fraction is not None:
+        raise typer.BadParameter("--fraction needs --like competition")
+    if like is not None and eegs is not None:
+        raise typer.BadParameter("--eegs and --like competition exclude each other; scale with --fraction")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise typer.BadParameter(f"--fraction must be in (0, 1], got {fraction}")
+    if jobs < 1:
+        raise typer.BadParameter(f"--jobs must be at least 1, got {jobs}")
+    if like is None:
+        summary = synthesize(out, n_eegs=200 if eegs is None else eegs, seed=seed, n_test=test_eegs, jobs=jobs)
+    else:
+        summary = synthesize_like_competition(out, 1.0 if fraction is None else fraction, seed, test_eegs, jobs)
     typer.echo(
         f"{summary.out_dir}: {summary.train_rows} label rows from {summary.train_eegs} train EEGs "
-        f"({summary.patients} patients), {summary.test_eegs} test EEGs in {summary.seconds:.1f} s"
+        f"({summary.patients} patients, {summary.train_spectrograms} spectrograms), {summary.test_eegs} test EEGs, "
+        f"{summary.eeg_seconds / 3600:.1f} h of EEG in {summary.seconds:.1f} s"
     )
 
 

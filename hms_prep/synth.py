@@ -112,31 +112,67 @@ class _Spectrogram:
 
 
 def synthesize(
-    out_dir: str | Path, n_eegs: int = 200, seed: int = 0, n_test: int | None = None
+    out_dir: str | Path, n_eegs: int = 200, seed: int = 0, n_test: int | None = None, jobs: int = 1
 ) -> SynthSummary:
     """Write a Kaggle-layout dataset with `n_eegs` train EEGs and `n_test` test EEGs into `out_dir`.
 
     `n_test` defaults to max(2, n_eegs // 20). The output is deterministic for a seed (identical
-    CSV bytes and parquet contents). `out_dir` must be empty or absent, so stale files of an
-    earlier run can never be mistaken for part of this one.
+    CSV bytes and parquet contents), whatever `jobs` (processes writing files). `out_dir` must be
+    empty or absent, so stale files of an earlier run can never be mistaken for part of this one.
     """
     began = time.perf_counter()
     n_test = max(2, n_eegs // 20) if n_test is None else n_test
     if n_eegs < 1 or n_test < 1:
         raise ValueError(f"need at least one train and one test EEG, got n_eegs={n_eegs}, n_test={n_test}")
+    out = _empty_folder(out_dir)
+    train, test, label_rows = _plan(np.random.default_rng([seed, 0]), n_eegs, n_test)
+    return _write_dataset(out, seed, train, test, label_rows, began, jobs)
+
+
+def synthesize_like_competition(
+    out_dir: str | Path, fraction: float = 1.0, seed: int = 0, n_test: int | None = None, jobs: int = 1
+) -> SynthSummary:
+    """A Kaggle-layout dataset whose train.csv has the real table's structure (COMPETITION) at `fraction`.
+
+    `fraction` scales the number of EEGs, spectrograms, patients and rows (1.0: the full 106,800 rows);
+    see `competition_plan` for how the distributions are kept. Signals, classes and votes are planted
+    as in `synthesize`; every EEG is just long enough for its offsets (last offset + 50 s).
+    """
+    began = time.perf_counter()
+    plan = competition_plan(fraction, seed)
+    n_test = max(2, len(plan.rows_per_eeg) // 20) if n_test is None else n_test
+    if n_test < 1:
+        raise ValueError(f"need at least one test EEG, got n_test={n_test}")
+    out = _empty_folder(out_dir)
+    train, test, label_rows = _plan(np.random.default_rng([seed, 0]), len(plan.rows_per_eeg), n_test, plan)
+    return _write_dataset(out, seed, train, test, label_rows, began, jobs)
+
+
+def _empty_folder(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: not empty; synthesize writes into an empty or new folder")
     for folder in ("train_eegs", "train_spectrograms", "test_eegs", "test_spectrograms"):
         (out / folder).mkdir(parents=True, exist_ok=True)
+    return out
 
-    plan = np.random.default_rng([seed, 0])
-    train, test, label_rows = _plan(plan, n_eegs, n_test)
-    for split, spectrograms in (("train", train), ("test", test)):
-        for spectrogram in spectrograms:
-            # one generator per file, keyed by its id: a file's content does not depend on the others
-            rng = np.random.default_rng([seed, 1, spectrogram.spectrogram_id])
-            _write_spectrogram_and_eegs(out, split, spectrogram, rng)
+
+def _write_dataset(out: Path, seed: int, train, test, label_rows, began: float, jobs: int) -> SynthSummary:
+    """Write every file of the plan: signal files (in `jobs` processes when > 1), then the CSVs."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    work = [(out, split, spectrogram, seed) for split, group in (("train", train), ("test", test)) for spectrogram in group]
+    if jobs == 1:
+        for item in work:
+            _write_file_group(item)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        # the longest groups first, so no worker is left with a big one at the end
+        work.sort(key=lambda item: -item[2].rows)
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for _ in pool.map(_write_file_group, work, chunksize=max(1, len(work) // (32 * jobs))):
+                pass
     test_recordings = [r for s in test for r in s.recordings]
     _write_csv(out / "train.csv", TRAIN_COLUMNS, label_rows)
     test_rows = [(s.spectrogram_id, r.eeg_id, r.patient_id) for s in test for r in s.recordings]
@@ -158,22 +194,153 @@ def synthesize(
     )
 
 
+def _write_file_group(item) -> None:
+    out, split, spectrogram, seed = item
+    # one generator per file, keyed by its id: a file's content does not depend on the others
+    rng = np.random.default_rng([seed, 1, spectrogram.spectrogram_id])
+    _write_spectrogram_and_eegs(out, split, spectrogram, rng)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The competition's table structure, at a fraction.
+
+
+@dataclass(frozen=True)
+class TableStructure:
+    """The real train.csv's structure (issue 27: measured from a public copy of the competition's ids)."""
+
+    rows: int
+    eegs: int
+    spectrograms: int
+    patients: int
+    max_rows_per_eeg: int  # median 3, mean 6.25
+    max_eegs_per_spectrogram: int  # three quarters of the spectrograms hold one EEG
+
+
+COMPETITION = TableStructure(
+    rows=106_800, eegs=17_089, spectrograms=11_138, patients=1_950, max_rows_per_eeg=743, max_eegs_per_spectrogram=107
+)
+SINGLE_EEG_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class CompetitionPlan:
+    """Counts at a fraction: rows of each EEG, EEG count of each spectrogram, patient of each spectrogram.
+
+    EEG i belongs to spectrogram `owner[i]`; the EEGs of one spectrogram are consecutive.
+    """
+
+    rows_per_eeg: np.ndarray
+    eegs_per_spectrogram: np.ndarray
+    patient_of_spectrogram: np.ndarray  # patient index, 0..patients-1
+
+    @property
+    def owner(self) -> np.ndarray:
+        return np.repeat(np.arange(self.eegs_per_spectrogram.size), self.eegs_per_spectrogram)
+
+
+def _tail_profile(count: int, low: int, scale: float, power: float, cap: int) -> np.ndarray:
+    """`count` sorted integers >= low: a power-law quantile function low + scale((1-u)^-power - 1), capped."""
+    u = (np.arange(count) + 0.5) / count
+    return np.minimum(low + np.floor(scale * ((1 - u) ** -power - 1)), cap).astype(np.int64)
+
+
+def _full_rows_per_eeg() -> np.ndarray:
+    """17,089 sorted row counts with median 3 and maximum 743, summing to 106,858 (`competition_plan` makes
+    it exactly 106,800, mean 6.25): scale 5.55 and power 0.51 were fitted to the three together."""
+    return _tail_profile(COMPETITION.eegs, 1, 5.55, 0.51, COMPETITION.max_rows_per_eeg)
+
+
+def _full_eegs_per_spectrogram() -> np.ndarray:
+    """11,138 sorted EEG counts: three quarters 1, the rest 2..107 (scale 0.8 and power 0.675 fitted to the
+    maximum and the sum), summing to 17,086 (`competition_plan` makes it 17,089)."""
+    singles = round(SINGLE_EEG_SHARE * COMPETITION.spectrograms)
+    shared = _tail_profile(COMPETITION.spectrograms - singles, 2, 0.8, 0.675, COMPETITION.max_eegs_per_spectrogram)
+    return np.concatenate([np.ones(singles, np.int64), shared])
+
+
+def _exact_sum(values: np.ndarray, total: int) -> np.ndarray:
+    """Sorted `values` with +-1 on the largest ones strictly between the median and the maximum, to sum to `total`.
+
+    The median and the maximum stay as they are (where there are enough values between them).
+    """
+    values = values.copy()
+    missing = int(total - values.sum())
+    between = np.flatnonzero((values > np.median(values)) & (values < values.max()))[::-1]
+    if between.size == 0:
+        between = np.arange(values.size)[::-1]
+    step = 1 if missing > 0 else -1
+    for k in range(abs(missing)):
+        i = between[k % between.size]
+        if values[i] + step >= 1:
+            values[i] += step
+    return np.sort(values)
+
+
+def _quantile_sample(full: np.ndarray, count: int) -> np.ndarray:
+    """`count` values of a sorted full-size profile at evenly spaced quantiles (all of it at full count)."""
+    return full[((np.arange(count) + 0.5) / count * full.size).astype(np.int64)]
+
+
+def competition_plan(fraction: float, seed: int = 0) -> CompetitionPlan:
+    """The real table's structure at `fraction` of its EEGs.
+
+    At fraction F the spectrograms' EEG counts and the EEGs' row counts are the full-size profiles'
+    values at round(F * 11,138) and round(F * 17,089) evenly spaced quantiles, summed to exactly
+    round(F * 17,089) EEGs and round(F * 106,800) rows: medians and the share of single-EEG
+    spectrograms hold at every F, and each maximum is the profile's top quantile at that count, so it
+    reaches 743 rows and 107 EEGs at F = 1. EEGs are dealt to spectrograms and row counts to EEGs at
+    random (seeded); each spectrogram belongs to one patient.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
+    n_spectrograms = max(1, round(fraction * COMPETITION.spectrograms))
+    n_eegs = max(n_spectrograms, round(fraction * COMPETITION.eegs))
+    n_rows = max(n_eegs, round(fraction * COMPETITION.rows))
+    n_patients = max(min(n_spectrograms, 6), round(fraction * COMPETITION.patients))  # enough for 5 folds
+    rng = np.random.default_rng([seed, 2])
+    per_spectrogram = _exact_sum(_quantile_sample(_full_eegs_per_spectrogram(), n_spectrograms), n_eegs)
+    per_eeg = _exact_sum(_quantile_sample(_full_rows_per_eeg(), n_eegs), n_rows)
+    return CompetitionPlan(
+        rows_per_eeg=rng.permutation(per_eeg),
+        eegs_per_spectrogram=rng.permutation(per_spectrogram),
+        patient_of_spectrogram=_assign_patients(rng, n_spectrograms, n_patients),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # The plan: ids, patients, classes, label offsets, geometry, votes. Drawn from one generator, in order.
 
 
-def _plan(rng, n_eegs: int, n_test: int):
-    """Train and test spectrograms (with their recordings) and the train.csv rows."""
+def _plan(rng, n_eegs: int, n_test: int, structure: CompetitionPlan | None = None):
+    """Train and test spectrograms (with their recordings) and the train.csv rows.
+
+    Without `structure`, each EEG has a geometric number of rows and spectrograms hold one or two
+    EEGs; with it, the counts and groups are the structure's.
+    """
     eeg_ids = _unique_ids(rng, n_eegs + n_test, 10**6, 2**32)
     spectrogram_ids = _unique_ids(rng, n_eegs + n_test, 10**5, 2**31)
-    n_patients = max(min(n_eegs, 6), n_eegs // 6)  # about 6 EEGs each; enough patients for 5 folds
+    if structure is None:
+        n_patients = max(min(n_eegs, 6), n_eegs // 6)  # about 6 EEGs each; enough patients for 5 folds
+    else:
+        n_patients = int(structure.patient_of_spectrogram.max()) + 1
     patient_ids = _unique_ids(rng, n_patients + n_test, 1000, 66000)
-    owners = _assign_patients(rng, n_eegs, n_patients)
+    if structure is None:
+        owners = _assign_patients(rng, n_eegs, n_patients)
+    else:
+        owners = structure.patient_of_spectrogram[structure.owner]
     classes = rng.permutation(np.arange(n_eegs) % len(CLASSES))  # every class present, balanced
-    offsets = [_label_offsets(rng) for _ in range(n_eegs)]
+    if structure is None:
+        offsets = [_label_offsets(rng) for _ in range(n_eegs)]
+    else:
+        offsets = [_spaced_offsets(rng, int(count)) for count in structure.rows_per_eeg]
     with_nans = _pick(rng, n_eegs)
 
-    groups = _spectrogram_groups(rng, owners)
+    if structure is None:
+        groups = _spectrogram_groups(rng, owners)
+    else:
+        ends = np.cumsum(structure.eegs_per_spectrogram)
+        groups = [list(range(end - count, end)) for end, count in zip(ends, structure.eegs_per_spectrogram)]
     spectrogram_nans = _pick(rng, len(groups))
     train = []
     placed = {}  # draw index -> (recording, spectrogram id, its first spectrogram_sub_id)
@@ -233,10 +400,20 @@ def _label_offsets(rng) -> np.ndarray:
     a tail of a few minutes.
     """
     count = min(int(rng.geometric(0.2)), MAX_ROWS_PER_EEG)
-    steps = rng.choice([2, 4, 6, 8, 10, 20, 40], size=count - 1, p=[0.7, 0.1, 0.06, 0.05, 0.04, 0.03, 0.02])
+    return _spaced_offsets(rng, count, MAX_EEG_S - LABEL_WINDOW_S)
+
+
+def _spaced_offsets(rng, count: int, last: float | None = None) -> np.ndarray:
+    """`count` increasing offsets (s) from 0, mostly 2 s apart (mean step 4.36 s); those past `last` dropped."""
+    steps = rng.choice(_OFFSET_STEPS, size=count - 1, p=_OFFSET_STEP_WEIGHTS)
     offsets = np.concatenate([[0], np.cumsum(steps)])
-    offsets = offsets[offsets <= MAX_EEG_S - LABEL_WINDOW_S]
+    if last is not None:
+        offsets = offsets[offsets <= last]
     return offsets + (rng.random(offsets.size) < 0.05)  # +1 s keeps them distinct and ordered
+
+
+_OFFSET_STEPS = [2, 4, 6, 8, 10, 20, 40]
+_OFFSET_STEP_WEIGHTS = [0.7, 0.1, 0.06, 0.05, 0.04, 0.03, 0.02]
 
 
 def _spectrogram_groups(rng, owners: np.ndarray) -> list[list[int]]:
@@ -548,9 +725,14 @@ def _with_nan_rows(rng, power: np.ndarray) -> np.ndarray:
 # Writers: pyarrow parquet with snappy, NaN stored as null (as pandas writes it), plain CSV.
 
 
+# Dictionary pages on noise-like floats cost a third of the writing time and save nothing; readers
+# cannot tell the difference (values, types and nulls are the same).
+_DICTIONARY = False
+
+
 def _write_eeg(path: Path, eeg: np.ndarray) -> None:
     table = pa.Table.from_arrays(_float_columns(eeg), names=list(EEG_COLUMNS))
-    pq.write_table(table, path, compression="snappy")
+    pq.write_table(table, path, compression="snappy", use_dictionary=_DICTIONARY)
 
 
 def _write_spectrogram(path: Path, power: np.ndarray, split: str) -> None:
@@ -558,13 +740,22 @@ def _write_spectrogram(path: Path, power: np.ndarray, split: str) -> None:
     time_type = pa.int64() if split == "train" else pa.int16()
     times = pa.array(np.arange(power.shape[0]) * SPEC_ROW_S + 1, type=time_type)
     table = pa.Table.from_arrays([times, *_float_columns(power)], names=list(SPEC_COLUMNS))
-    pq.write_table(table, path, compression="snappy")
+    pq.write_table(table, path, compression="snappy", use_dictionary=_DICTIONARY)
 
 
 def _float_columns(matrix: np.ndarray) -> list[pa.Array]:
     """The columns of a (rows, columns) matrix as float32 arrays, NaN turned into null."""
-    columns = np.ascontiguousarray(matrix.T)
-    return [pa.array(column, type=pa.float32(), from_pandas=True) for column in columns]
+    columns = np.ascontiguousarray(matrix.T, dtype=np.float32)
+    return [_float_array(column) for column in columns]
+
+
+def _float_array(column: np.ndarray) -> pa.Array:
+    """A float32 arrow array over the column's own buffer, with a validity bitmap only where NaNs are."""
+    missing = np.isnan(column)
+    if not missing.any():
+        return pa.Array.from_buffers(pa.float32(), column.size, [None, pa.py_buffer(column)])
+    valid = pa.py_buffer(np.packbits(~missing, bitorder="little"))
+    return pa.Array.from_buffers(pa.float32(), column.size, [valid, pa.py_buffer(column)], null_count=int(missing.sum()))
 
 
 def _write_csv(path: Path, header, rows) -> None:

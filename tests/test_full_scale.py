@@ -1,0 +1,106 @@
+"""The competition's table structure (`hms-prep synth --like competition`), and a 1 % rehearsal of the
+user's path on it: build, plan, one training step. The full rehearsal is benchmarks/full_scale.py."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE
+from hms_prep.sources.kaggle import eeg_path, read_labels, spectrogram_path
+from hms_prep.synth import COMPETITION, _full_eegs_per_spectrogram, _full_rows_per_eeg, competition_plan
+
+FRACTION = 0.01
+
+
+def _quantile_top(full: np.ndarray, count: int) -> int:
+    """The full-size profile's value at the top of `count` evenly spaced quantiles: the maximum at that count."""
+    return int(full[int((count - 0.5) / count * full.size)])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, preloaded):
+    out = tmp_path_factory.mktemp("competition") / "data"
+    result = preloaded("hms-prep", "synth", out, "--like", "competition", "--fraction", FRACTION, "--seed", 4)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def labels(data):
+    table = read_labels(data, "train")
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def test_full_size_plan_has_the_real_structure():
+    plan = competition_plan(1.0, seed=0)
+    rows, per_spectrogram = plan.rows_per_eeg, plan.eegs_per_spectrogram
+    assert (rows.sum(), rows.size, per_spectrogram.size) == (106_800, 17_089, 11_138)
+    assert plan.patient_of_spectrogram.max() + 1 == 1_950
+    assert (np.median(rows), rows.max()) == (3, 743)
+    assert (per_spectrogram.min(), per_spectrogram.max()) == (1, 107)
+    assert (per_spectrogram == 1).mean() == pytest.approx(0.75, abs=0.001)
+    spectrogram_rows = np.bincount(plan.owner, weights=rows)
+    assert np.median(spectrogram_rows) == 4 and spectrogram_rows.mean() == pytest.approx(9.59, abs=0.01)
+
+
+def test_plan_is_deterministic_for_a_seed():
+    first, again, other = competition_plan(0.02, 5), competition_plan(0.02, 5), competition_plan(0.02, 6)
+    assert np.array_equal(first.rows_per_eeg, again.rows_per_eeg)
+    assert np.array_equal(first.eegs_per_spectrogram, again.eegs_per_spectrogram)
+    assert not np.array_equal(first.rows_per_eeg, other.rows_per_eeg)
+    assert (first.rows_per_eeg.size, first.rows_per_eeg.sum()) == (342, 2_136)  # the issue's 0.02
+
+
+def test_a_fraction_follows_the_real_statistics(labels):
+    eegs, counts = np.unique(labels["eeg_id"], return_counts=True)
+    spectrograms, spectrogram_rows = np.unique(labels["spectrogram_id"], return_counts=True)
+    # counts scale with the fraction
+    assert len(labels["eeg_id"]) == round(FRACTION * COMPETITION.rows)
+    assert eegs.size == round(FRACTION * COMPETITION.eegs)
+    assert spectrograms.size == round(FRACTION * COMPETITION.spectrograms)
+    assert np.unique(labels["patient_id"]).size == round(FRACTION * COMPETITION.patients)
+    # medians hold, maxima are the full profile's top quantile at this count (743 and 107 at fraction 1)
+    assert np.median(counts) == 3 and np.median(spectrogram_rows) == 4
+    assert counts.max() == _quantile_top(_full_rows_per_eeg(), eegs.size) < COMPETITION.max_rows_per_eeg
+    eegs_of = {s: np.unique(labels["eeg_id"][labels["spectrogram_id"] == s]) for s in spectrograms}
+    sizes = np.array([len(e) for e in eegs_of.values()])
+    assert sizes.max() == _quantile_top(_full_eegs_per_spectrogram(), spectrograms.size)
+    assert (sizes == 1).mean() == pytest.approx(0.75, abs=0.02) and (sizes >= 3).any()  # shared spectrograms
+    # each EEG in one spectrogram, one patient per spectrogram
+    assert sum(sizes) == eegs.size
+    for s in spectrograms:
+        assert np.unique(labels["patient_id"][labels["spectrogram_id"] == s]).size == 1
+
+
+def test_sub_ids_and_offsets_run_like_the_real_table(labels, data):
+    for eeg in np.unique(labels["eeg_id"])[:40]:
+        rows = labels["eeg_id"] == eeg
+        assert np.array_equal(labels["eeg_sub_id"][rows], np.arange(rows.sum()))
+        assert np.all(np.diff(labels["eeg_label_offset_seconds"][rows]) > 0)
+        # the length rule: the recording ends 50 s after its last label offset
+        length = pq.ParquetFile(eeg_path(data, "train", eeg)).metadata.num_rows
+        assert length == (labels["eeg_label_offset_seconds"][rows][-1] + LABEL_WINDOW_S) * SAMPLE_RATE
+    for s in np.unique(labels["spectrogram_id"]):
+        rows = labels["spectrogram_id"] == s
+        assert np.array_equal(np.sort(labels["spectrogram_sub_id"][rows]), np.arange(rows.sum()))
+        assert spectrogram_path(data, "train", s).exists()
+    test_ids = (data / "test.csv").read_text().splitlines()[1:]
+    assert len(test_ids) == max(2, round(FRACTION * COMPETITION.eegs) // 20)
+
+
+def test_one_percent_build_plan_and_a_training_step(data, tmp_path, preloaded):
+    """The user's path at 1 % of the real structure: build, the seed's stage-1 tables, a training step."""
+    store = tmp_path / "specs.zarr"
+    built = preloaded("hms-prep", "build", "--data", data, "--store", store, "--windows", "10,30", "--workers", 1, "-q")
+    assert built.returncode == 0, built.stdout + built.stderr
+    spectrograms = round(FRACTION * COMPETITION.spectrograms)
+    for recipe in ("seed_richard_b0", "seed_david_b0"):
+        shown = preloaded("hms-train", "plan", "--config", recipe, "--store", store, "--json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        plan = json.loads(shown.stdout)
+        assert plan["table_rows"] == spectrograms, (recipe, plan["row_table"], plan["table_rows"])
+    trained = preloaded("hms-train", "train", "--store", store, "--config", "smoke", "--out", tmp_path / "run",
+                        "--folds", 0, "--epochs", 1, "--device", "cpu", "-q", "--set", "max_steps=1")
+    assert trained.returncode == 0, trained.stdout + trained.stderr

@@ -107,7 +107,7 @@ EXPECTED = {
     "top": ({**RICHARD, "rows": "all", "sample_per_eeg": True, "val_per_eeg": True, "select_min_votes": 10,
              "stage2_val_to_train_below": 0, "stage2_rows": "all", "stage2_epochs": 20}, RICHARD_AUGMENT),
 }
-TINY = ["pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1", "folds=[0]",
+TINY = ["model.pretrained=false", 'model.backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1", "folds=[0]",
         "max_batches_per_epoch=1", "batch_size=4", 'device="cpu"', "reader_threads=2"]
 
 
@@ -115,7 +115,8 @@ TINY = ["pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "sta
 def test_bundled_recipes_hold_the_seed_values(name):
     values, augment = EXPECTED[name]
     config = load_config(name)
-    assert {key: getattr(config, key) for key in values} == values
+    model = config.model.kwargs()  # the [model] table's settings, the others fields of their own
+    assert {key: model[key] if key in model else getattr(config, key) for key in values} == values
     assert {key: flat(config.augment)[key] for key in augment} == augment
 
 

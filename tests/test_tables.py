@@ -241,6 +241,7 @@ def test_table_sizes_on_a_synthetic_store(train_store):
     sizes = {name: len(table) for name, table in tables.items()}
     print(f"\n{labels.num_rows} label rows, {eegs} eeg_ids, {spectrograms} spectrograms; table sizes {sizes}; "
           f"david >= 10 votes {len(tables['david'].at_least(10))}, richard >= 8 {len(tables['richard'].at_least(8))}")
+    assert 0 < sizes.pop("richard_finetune") < spectrograms  # V3's stage 2: the > 7-vote rows, one per spectrogram
     assert sizes == {"all": labels.num_rows, "richard": spectrograms, "david": spectrograms}
     assert spectrograms < eegs < labels.num_rows  # the synthetic set shares spectrograms, as the real one
     for table in tables.values():

@@ -14,7 +14,8 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, help="Train HMS models from a cache store and predict.")
+app = typer.Typer(add_completion=False, help="Train HMS models from a cache store and predict.",
+                  context_settings={"help_option_names": ["-h", "--help"]})  # every command: -h as --help
 SUBCOMMANDS = ("train", "plan", "predict", "pseudo-label", "blend", "bench", "compare", "export", "list")
 
 
@@ -102,7 +103,7 @@ def train(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file (.pth or .safetensors)."),
     set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup_p=0."),
     track: List[str] = typer.Option([], "--track", help="Record the run for mlflow or tensorboard (repeatable; each an extra: pip install 'hms-cache[mlflow]')."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory after its last complete epoch (its own config; --device may change)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint, at the batch after it, mid-epoch too (its own config; --device may change)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
     """Train every selected fold (two stages), write RUN/ with checkpoints, metrics, OOF and curves.

@@ -272,6 +272,7 @@ def test_codec_fast_stores_the_eeg_windows_uncompressed_and_the_same_values(trai
     zstd, raw in lz4); the values are those of the default store, and the reader reads them alike."""
     from hms_prep.store.codecs import codec_of
     from hms_train.data.reader import Selection, StoreReader
+    from hms_train.data.sampler import SamplerState
 
     store = tmp_path / "fast.zarr"
     assert build(synth_data, store, cluster, codec="fast").ok
@@ -282,7 +283,7 @@ def test_codec_fast_stores_the_eeg_windows_uncompressed_and_the_same_values(trai
         np.testing.assert_array_equal(group[name][:], reference[name][:])
     fast, default = (StoreReader(url, ["eeg_10s", "eeg_30s", "kaggle"], threads=2) for url in (str(store), train_store))
     rows = fast.select(Selection())
-    for a, b in zip(fast.batches(rows, 8, seed=1), default.batches(rows, 8, seed=1)):
+    for a, b in zip(fast.batches(rows, 8, SamplerState(seed=1)), default.batches(rows, 8, SamplerState(seed=1))):
         for key in ("row", "eeg_10s", "eeg_30s", "kaggle"):
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
     with pytest.raises(StoreError, match="created with --codec fast, asked for auto"):

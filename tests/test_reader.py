@@ -1,6 +1,7 @@
 """The store reader: row selection, exact-once shuffled epochs, batch contents against the store, raw
 windows and jitter, shards, refusals and errors, the chunk decoder's fast path, and `run_bench`."""
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from hms_train.run.bench import run_bench
 from hms_train.image.compose import compose_image
 from hms_train.data.chunks import ChunkError
 from hms_train.data.reader import RAW_WINDOW, ChunkDecoder, Selection, StoreReader
+from hms_train.data.sampler import SamplerState
 
 SPECTROGRAMS = ["eeg_10s", "eeg_30s", "kaggle"]
 
@@ -28,9 +30,11 @@ def labels(url: str) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
-def epoch_rows(reader: StoreReader, rows, batch_size=5, **options) -> np.ndarray:
+def epoch_rows(reader: StoreReader, rows, batch_size=5, buffer_chunks=8, **state) -> np.ndarray:
+    """Every row of one epoch's batches, in order; `state`: the SamplerState's fields."""
     """The rows of one epoch, in the order the batches yield them."""
-    return np.concatenate([batch["row"].numpy() for batch in reader.batches(rows, batch_size, **options)])
+    return np.concatenate([batch["row"].numpy() for batch in reader.batches(rows, batch_size, SamplerState(**state),
+                                                                            buffer_chunks=buffer_chunks)])
 
 
 def shallow_copy(url: str, out: Path) -> str:
@@ -78,7 +82,7 @@ def test_a_subset_of_rows_and_drop_last(train_store):
     reader = StoreReader(train_store, ["eeg_10s"], threads=2)
     rows = reader.select(Selection())[::3]  # a sparse subset: chunks with few selected rows
     np.testing.assert_array_equal(np.sort(epoch_rows(reader, rows, batch_size=4, seed=1)), rows)
-    sizes = [len(b["row"]) for b in reader.batches(rows, 4, seed=1, drop_last=True)]
+    sizes = [len(b["row"]) for b in reader.batches(rows, 4, SamplerState(seed=1), drop_last=True)]
     assert sizes == [4] * (len(rows) // 4)
 
 
@@ -133,7 +137,7 @@ def test_batch_targets_votes_and_rows_match_labels(train_store):
     reader = StoreReader(train_store, ["eeg_10s"], threads=2)
     table = labels(train_store)
     targets = np.stack([table[c] for c in TARGET_COLUMNS], 1).astype(np.float32)
-    for batch in reader.batches(reader.select(Selection()), 6, seed=2):
+    for batch in reader.batches(reader.select(Selection()), 6, SamplerState(seed=2)):
         rows = batch["row"].numpy()
         np.testing.assert_array_equal(table["row"][rows], rows)
         np.testing.assert_array_equal(batch["targets"].numpy(), targets[rows])
@@ -147,7 +151,7 @@ def test_batch_targets_votes_and_rows_match_labels(train_store):
 def test_composed_image_is_the_stored_arrays_side_by_side(train_store):
     reader = StoreReader(train_store, SPECTROGRAMS, threads=2)
     group = zarr.open_group(train_store, mode="r")
-    batch = next(iter(reader.batches(reader.select(Selection()), 6, seed=5)))
+    batch = next(iter(reader.batches(reader.select(Selection()), 6, SamplerState(seed=5))))
     rows = batch["row"].numpy()
     stored = {name: group[name].get_orthogonal_selection((rows,)) for name in SPECTROGRAMS}
     for name in SPECTROGRAMS:
@@ -186,7 +190,7 @@ def test_raw_windows_are_cut_at_the_label_and_jittered_within_the_segment(train_
     table = labels(train_store)
     rows = reader.select(Selection())[:20]
 
-    for batch in reader.batches(rows, 8, seed=1):
+    for batch in reader.batches(rows, 8, SamplerState(seed=1)):
         assert batch["raw"].shape[1:] == (raw.shape[0], RAW_WINDOW)
         for row, window in zip(batch["row"].tolist(), batch["raw"].numpy()):
             start = table["raw_start"][row]
@@ -194,7 +198,7 @@ def test_raw_windows_are_cut_at_the_label_and_jittered_within_the_segment(train_
 
     jitter = 3000  # more than the stored margin (10 s = 2000 samples), so some shifts must be clipped
     windows = [
-        {int(r): w for b in reader.batches(rows, 8, seed=1, epoch=epoch, raw_jitter=jitter)
+        {int(r): w for b in reader.batches(rows, 8, SamplerState(seed=1, epoch=epoch), raw_jitter=jitter)
          for r, w in zip(b["row"].tolist(), b["raw"].numpy())}
         for epoch in range(2)
     ]
@@ -217,7 +221,7 @@ def test_shards_are_equal_disjoint_and_cover_the_rows(train_store):
         share = reader.min_shard_rows(rows, world)
         assert share == -(-len(rows) // world) >= len(rows) // world
         for epoch in range(3):
-            shards = [epoch_rows(reader, rows, seed=0, epoch=epoch, shard=(rank, world)) for rank in range(world)]
+            shards = [epoch_rows(reader, rows, seed=0, epoch=epoch, rank=rank, world=world) for rank in range(world)]
             assert [len(s) for s in shards] == [share] * world  # equal: every rank takes the same steps
             distinct = [np.unique(s) for s in shards]
             assert all(len(s) - len(d) <= 1 for s, d in zip(shards, distinct))  # padding repeats one row at most
@@ -225,7 +229,8 @@ def test_shards_are_equal_disjoint_and_cover_the_rows(train_store):
             assert len(np.unique(together)) == len(together)  # disjoint
             np.testing.assert_array_equal(np.sort(together), rows)  # covering
             steps = share // 5
-            assert all(len(list(reader.batches(rows, 5, epoch=epoch, drop_last=True, shard=(rank, world)))) == steps
+            assert all(len(list(reader.batches(rows, 5, SamplerState(epoch=epoch, rank=rank, world=world),
+                                               drop_last=True))) == steps
                        for rank in range(world))
     assert reader.min_shard_rows(rows, 1) == len(rows)
 
@@ -252,7 +257,7 @@ def test_an_error_in_the_reading_threads_reaches_the_consumer(train_store, tmp_p
     first_chunk.write_bytes(b"not a blosc chunk" * 64)
     reader = StoreReader(copy, ["eeg_10s"], threads=2)
     with pytest.raises(ValueError, match=r"eeg_10s: chunk 0 is damaged: chunk fails its checksum"):
-        for _ in reader.batches(reader.select(Selection()), 4, seed=0):
+        for _ in reader.batches(reader.select(Selection()), 4):
             pass
 
 
@@ -267,20 +272,20 @@ def test_a_truncated_chunk_is_a_clear_error_naming_array_chunk_and_file(train_st
     rows = reader.select(Selection(only_ok=False))
     chunk_rows = reader.layout.chunk_rows
     with pytest.raises(ChunkError, match=rf"{name}: chunk 2 is damaged: .* file {re.escape(copy)}/{name}/c/2/0/0/0"):
-        for _ in reader.batches(rows, 4, seed=0):
+        for _ in reader.batches(rows, 4):
             pass
     # the other chunks still read as before
     intact = rows[(rows // chunk_rows) != 2]
-    batch = next(iter(reader.batches(intact, 4, seed=0)))
+    batch = next(iter(reader.batches(intact, 4)))
     np.testing.assert_array_equal(batch[name].numpy(), group[name].get_orthogonal_selection((batch["row"].numpy(),)))
 
 
 def test_a_resumed_epoch_yields_the_rest_of_the_same_batches(train_store):
     reader = StoreReader(train_store, ["eeg_10s", "raw"], threads=2)
     rows = reader.select(Selection())
-    options = dict(seed=4, epoch=1, buffer_chunks=2, raw_jitter=500, shard=(1, 2))
-    full = list(reader.batches(rows, 6, **options))
-    tail = list(reader.batches(rows, 6, start_batch=3, **options))
+    state, options = SamplerState(seed=4, epoch=1, rank=1, world=2, fold=2, stage=1), dict(buffer_chunks=2, raw_jitter=500)
+    full = list(reader.batches(rows, 6, state, **options))
+    tail = list(reader.batches(rows, 6, dataclasses.replace(state, batch=3), **options))
     assert len(tail) == len(full) - 3
     for resumed, original in zip(tail, full[3:]):
         for key in ("row", "eeg_10s", "raw", "targets"):

@@ -301,6 +301,15 @@ def test_two_process_gloo_ddp(stores, tmp_path):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert (tmp_path / "ddp" / "fold0_best.pt").is_file() and (tmp_path / "ddp" / "oof.parquet").is_file()
+    # killed before the fold's predictions: its last state is of 2 processes, and one may not resume it
+    (tmp_path / "ddp" / "fold0_oof.parquet").unlink()
+    metrics = (tmp_path / "ddp" / "metrics.jsonl").read_text()
+    resumed = subprocess.run([sys.executable, "-m", "hms_train.cli", "--resume", str(tmp_path / "ddp"), "--device",
+                              "cpu", "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 1
+    assert resumed.stderr.strip() == (f"error: {tmp_path / 'ddp' / 'fold0_last.pt'}: written by a run of 2 process(es), "
+                                      "resumed with 1; resume it with 2 (torchrun --nproc-per-node 2, or no torchrun for 1)")
+    assert (tmp_path / "ddp" / "metrics.jsonl").read_text() == metrics, "refused before anything is touched"
 
 
 def test_cli_predict_pseudo_label_and_help(smoke_run, stores, tmp_path):

@@ -110,29 +110,26 @@ class StoreReader:
         self,
         rows: np.ndarray,
         batch_size: int,
+        state: SamplerState = SamplerState(),
         shuffle: bool = True,
-        seed: int = 0,
-        epoch: int = 0,
         drop_last: bool = False,
         buffer_chunks: int = 8,
         raw_jitter: int = 0,
         pin_memory: bool = False,
-        shard: tuple[int, int] = (0, 1),
-        start_batch: int = 0,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches as dicts of CPU tensors: each input (float16), `targets`, `votes`, `row`.
 
-        Every row comes once per epoch, in an order fixed by (seed, epoch) (sampler.py). With
-        `shard=(rank, world)` each data-parallel rank gets an equal share of the epoch's rows,
-        `min_shard_rows(rows, world)` of them: disjoint pieces that together hold every row, a short
-        piece repeating one of its rows. `start_batch` resumes the epoch after that many batches.
+        Every row comes once per epoch, in an order fixed by the `state`'s seed, fold, stage and epoch
+        (sampler.py). Each data-parallel rank (`state.rank` of `state.world`) gets an equal share of the
+        epoch's rows, `min_shard_rows(rows, world)` of them: disjoint pieces that together hold every row,
+        a short piece repeating one of its rows. `state.batch` resumes the epoch after that many batches.
         `raw_jitter` (samples) shifts each row's raw window by a random amount within +-raw_jitter,
         kept inside the recording's stored segment. With `pin_memory` the batch tensors are allocated
         in pinned memory, ready for `to_device`'s asynchronous copy.
         """
         self._check_rows(rows)
         sampler = ChunkSampler(self.layout.chunk_rows, batch_size, shuffle, drop_last, buffer_chunks)
-        plan = sampler.plan(rows, SamplerState(seed, epoch, *shard, batch=start_batch))
+        plan = sampler.plan(rows, state)
         assemble = BatchAssembler(self.inputs, self.layout.chunk_rows, self.targets, self.votes, pin_memory)
         return in_background(lambda: self._produce(plan, assemble, 2 * buffer_chunks, raw_jitter))
 
@@ -152,7 +149,7 @@ class StoreReader:
     def _produce(self, plan: EpochPlan, assemble: BatchAssembler, ahead: int, raw_jitter: int):
         """The plan's batches, its chunks decoded `ahead` chunks ahead on the pool."""
         pool = ThreadPoolExecutor(self.threads)
-        key = (plan.state.seed, plan.state.epoch)
+        key = plan.state.plan_key  # the raw windows' jitter: a function of the epoch's identity
         try:
             upcoming = iter(plan.visits)
             reading: deque = deque()  # (chunk, future), in the plan's reading order

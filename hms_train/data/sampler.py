@@ -6,8 +6,8 @@ recording per epoch, HMS.md section 5) and `most_voted_row_per_group` (a fixed o
 Chunk-aware shuffle: an epoch visits the chunks holding selected rows in a fresh random order and
 draws its batches at random from the rows of `buffer_chunks` chunks at a time (a partial batch's rows
 wait for the next chunks), so the reader decodes each chunk once and never holds more than a buffer's
-worth. Every selected row comes exactly once per epoch; the plan is a function of (seed, epoch, rank,
-world) alone.
+worth. Every selected row comes exactly once per epoch; the plan is a function of the `SamplerState`
+(seed, fold, stage, epoch, rank, world) alone.
 
 Equal shares for data-parallel ranks: the epoch's rows, chunk after chunk in the epoch's order, are cut
 into `world` contiguous pieces whose sizes differ by at most one row, and a short piece repeats its
@@ -23,21 +23,46 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 
+# The sampler's identity of a fold and a stage, kept from the loop of before so that runs draw as they did:
+FOLD_SEED_STRIDE = 7919  # a prime: the folds' seeds never meet for seeds below it
+STAGE_EPOCH_STRIDE = 100  # beyond any stage's epochs: the stages' epochs never meet
+
+
 @dataclass(frozen=True)
 class SamplerState:
-    """Where one rank stands: enough to reproduce its batches, or resume them after `batch` of them."""
+    """Where one rank of a run stands, and in what world: the run's seed, the fold and the stage (by index)
+    and the epoch inside it, this process's rank among `world`, and `batch` batches of the epoch consumed.
+    Enough to reproduce one rank's batches or resume them; a checkpoint saves it, and a resumed run is
+    compared with it (hms_train/run/checkpoint.py: the world must be the same)."""
 
     seed: int = 0
     epoch: int = 0
     rank: int = 0
     world: int = 1
     batch: int = 0  # batches of this epoch already consumed
+    fold: int = field(default=0, kw_only=True)
+    stage: int = field(default=0, kw_only=True)
 
     def __post_init__(self):
         if self.world < 1 or not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} of world {self.world}: need world >= 1 and 0 <= rank < world")
         if self.batch < 0:
             raise ValueError(f"batch {self.batch}: the number of consumed batches cannot be negative")
+
+    @property
+    def plan_key(self) -> tuple[int, int]:
+        """The (seed, epoch) an epoch's order is drawn from: each fold and each stage its own."""
+        return self.seed + FOLD_SEED_STRIDE * self.fold, self.epoch + STAGE_EPOCH_STRIDE * self.stage
+
+    @property
+    def augment_seed(self) -> int:
+        """The seed of this rank's augmentation generator in the fold: rank 0 keeps `seed * 1000 + fold`
+        (what every rank used before, so one-process runs draw as they did), every other rank its own, so
+        that data-parallel ranks draw different augmentation parameters for their samples."""
+        fold_seed = self.seed * 1000 + self.fold
+        if self.rank == 0:
+            return fold_seed
+        return int(np.random.SeedSequence([fold_seed, self.rank]).generate_state(1)[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,11 +104,11 @@ class ChunkSampler:
         rows = np.asarray(rows, dtype=np.int64)
         if len(np.unique(rows)) != len(rows):
             raise ValueError(f"rows must be distinct; {len(rows) - len(np.unique(rows))} of {len(rows)} repeat")
-        rng = np.random.default_rng([state.seed, state.epoch])
+        rng = np.random.default_rng(list(state.plan_key))
         sequence = self._epoch_sequence(rows, rng)
         share = rank_share(sequence, state.rank, state.world)
         visits = _visits(share, self.chunk_rows)
-        batches = self._batches(visits, np.random.default_rng([state.seed, state.epoch, state.rank]))
+        batches = self._batches(visits, np.random.default_rng([*state.plan_key, state.rank]))
         return _from_batch(EpochPlan(state, visits, batches), state.batch, self.chunk_rows)
 
     def _epoch_sequence(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -22,13 +22,14 @@ import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import timm.optim
 import torch
 
 from hms_prep.store.format import ROLE_SIGNALS, describe_arrays, open_store
 from hms_train.data.reader import Selection, StoreReader, to_device
+from hms_train.data.sampler import SamplerState
 from hms_train.model.models import IMAGE
 from hms_train.model.settings import ModelConfig
+from hms_train.run.parts import build_model, training_parts
 from hms_train.run.config import TrainConfig, load_config
 from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
 from hms_train.run.plan import SIGNAL_WINDOW, RunPlan, check_augment, loss_of, plan_inputs
@@ -145,11 +146,9 @@ def run_train_bench(
     reader = StoreReader(store, config.inputs, threads=threads)
     plan = bench_plan(config, reader)
     takes_image = plan.inputs.takes_image
-    model = plan.inputs.build_model().to(torch_device)
-    if config.channels_last and takes_image:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(plan.inputs, torch_device)
     net = torch.compile(model) if compile_model else model
-    optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = training_parts(config, model, config.lr, 1, batches, with_ema=False).optimizer  # the recipe's, as the loop's
     generator = torch.Generator(device=torch_device).manual_seed(config.seed)
     step = TrainStep(plan, model, net, optimizer, make_augmenter(plan, generator), torch_device)  # the loop's step
 
@@ -198,7 +197,8 @@ def _stream(reader: StoreReader, batch_size: int, pin_memory: bool) -> Iterator[
         raise ValueError(f"{reader.url}: {len(rows)} usable rows, fewer than one batch of {batch_size}")
     epoch = 0
     while True:
-        yield from reader.batches(rows, batch_size, shuffle=True, epoch=epoch, drop_last=True, pin_memory=pin_memory)
+        yield from reader.batches(rows, batch_size, SamplerState(epoch=epoch), shuffle=True, drop_last=True,
+                                  pin_memory=pin_memory)
         epoch += 1
 
 

@@ -24,11 +24,12 @@ import io
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from hms_train.data.sampler import SamplerState
 from hms_train.model.models import create_model
 from hms_train.run.config import TrainConfig
 
@@ -73,20 +74,26 @@ class TrainingState:
     """The state of a fold's training at a step: the stage's objects and the fold's position, the best
     validation score so far, and the running loss of the epoch in progress (summed on the device)."""
 
-    def __init__(self, model, optimizer, scheduler, ema, generator: torch.Generator):
+    def __init__(self, model, optimizer, scheduler, ema, generator: torch.Generator,
+                 sampler: SamplerState = SamplerState()):
         self.model, self.optimizer, self.scheduler, self.ema, self.generator = model, optimizer, scheduler, ema, generator
+        self.sampler = sampler  # who this process is: seed, fold, stage, rank, world (epoch, batch: `position`)
         self.position: Position | None = None
         self.best = float("inf")
         self.loss_sum = 0.0
         self.steps = 0  # steps of the epoch in progress
 
-    def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "augment": self.generator.get_state()}
+    def state_dict(self, generators: list[torch.Tensor] | None = None) -> dict:
+        """The state to save; `generators`: every rank's augmentation generator state by rank (this
+        process's alone when None)."""
+        generators = generators if generators is not None else [self.generator.get_state()]
+        rng = {"torch": torch.get_rng_state(), "augment": generators[0], "augment_by_rank": list(generators)}
         if self.generator.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.generator.device)
+        sampler = replace(self.sampler, epoch=self.position.epoch, batch=self.position.batch)
         return {"format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
-                "rng": rng, "best_score": self.best, "position": asdict(self.position),
+                "rng": rng, "best_score": self.best, "position": asdict(self.position), "sampler": asdict(sampler),
                 "epoch_loss_sum": float(self.loss_sum), "epoch_steps": self.steps}
 
     def load_state_dict(self, saved: dict) -> None:
@@ -97,7 +104,8 @@ class TrainingState:
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"])
         torch.set_rng_state(saved["rng"]["torch"].cpu())
-        self.generator.set_state(saved["rng"]["augment"].cpu())
+        by_rank = saved["rng"].get("augment_by_rank") or [saved["rng"]["augment"]]  # before: one, rank 0's
+        self.generator.set_state(by_rank[self.sampler.rank if len(by_rank) > 1 else 0].cpu())
         if "cuda" in saved["rng"] and self.generator.device.type == "cuda":
             torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), self.generator.device)
         self.position = position_of(saved)
@@ -111,6 +119,16 @@ def position_of(saved: dict) -> Position:
     if "position" in saved:
         return Position(**saved["position"])
     return Position(saved["fold"], saved["stage"], saved["stage_index"], saved["epoch"], 0, saved["step"])
+
+
+def check_world(saved: dict, world: int, path: Path) -> None:
+    """A fold's state resumes only in the world it was written in: the rows each rank has seen of the
+    epoch in progress and each rank's augmentation draws belong to that many processes. A checkpoint
+    written before the sampler state was saved comes from a run of one process or of unknown size."""
+    recorded = saved.get("sampler", {}).get("world", 1)
+    if recorded != world:
+        raise ValueError(f"{path}: written by a run of {recorded} process(es), resumed with {world}; resume it "
+                         f"with {recorded} (torchrun --nproc-per-node {recorded}, or no torchrun for 1)")
 
 
 def check_format(saved: dict) -> None:

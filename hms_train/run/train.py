@@ -37,8 +37,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import timm.optim
-import timm.utils
 import torch
 import torch.distributed as dist
 from rich.console import Console
@@ -46,13 +44,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hms_prep.store.format import open_store
 from hms_train.data.reader import Selection, StoreReader
+from hms_train.data.sampler import SamplerState
 from hms_train.run import checkpoint
 from hms_train.run.checkpoint import Position, TrainingState
 from hms_train.run.config import TrainConfig, check_device, check_folds
 from hms_train.run.forward import make_augmenter, predict_probabilities, resolve_device
 from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
 from hms_train.run.plan import STAGE_INITS_FROM_BEST, RunPlan, Stage, epoch_rows, plan_run
-from hms_train.run.schedule import make_scheduler
+from hms_train.run.parts import build_model, training_parts
 from hms_train.run.step import TrainStep
 from hms_train.run.tracking import EpochRecord, Trackers, check_trackers
 
@@ -130,9 +129,7 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
         return pq.read_table(finished)
     config, stages = plan.config, plan.folds[fold]
     torch.manual_seed(config.seed * 1000 + fold)  # each fold from its own seed: a fold resumes alone
-    model = plan.inputs.build_model().to(ctx.device)
-    if config.channels_last and plan.inputs.takes_image:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(plan.inputs, ctx.device)
     # The out-of-fold predictions cover every row of the fold, in the row table or not: pseudo-labels and a
     # teacher's targets are made from them for rows another table (or stage 2's) chooses.
     val_rows = reader.select(Selection(folds=[fold]))
@@ -173,18 +170,14 @@ def _stage_state(ctx: Context, plan: RunPlan, model: torch.nn.Module, fold: int,
     """The stage's optimizer, schedule, EMA and augmentation generator: new ones, or those of the previous
     stage (`carried`: one schedule over the stages), restored from `saved` when resuming this stage."""
     config = plan.config
+    sampler = SamplerState(config.seed, rank=ctx.rank, world=ctx.world, fold=fold, stage=stage.index)
     if carried is not None:
         state = carried
     else:
-        optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=stage.lr,
-                                                   weight_decay=config.weight_decay,
-                                                   filter_bias_and_bn=not config.weight_decay_all)
-        scheduler = make_scheduler(config, optimizer, stage.lr, stage.schedule_epochs, stage.steps_per_epoch)
-        ema = (timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup,
-                                     update_after_step=config.ema_update_after_step)
-               if config.ema_decay > 0 else None)
-        generator = torch.Generator(device=ctx.device).manual_seed(config.seed * 1000 + fold)
-        state = TrainingState(model, optimizer, scheduler, ema, generator)
+        parts = training_parts(config, model, stage.lr, stage.schedule_epochs, stage.steps_per_epoch)
+        generator = torch.Generator(device=ctx.device).manual_seed(sampler.augment_seed)  # this rank's own
+        state = TrainingState(parts.model, parts.optimizer, parts.scheduler, parts.ema, generator, sampler)
+    state.sampler = sampler
     state.best = best
     step = state.position.step if carried is not None else 0  # a shared schedule counts on
     state.position = Position(fold, stage.name, stage.index, epoch=0, step=step)
@@ -209,12 +202,10 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
         first = state.position.batch  # > 0: resumed inside this epoch
         loss_sum = torch.tensor(state.loss_sum if first else 0.0, device=ctx.device)
         state.steps = state.steps if first else 0
-        batches = reader.batches(
-            epoch_rows(config, reader, fold, stage, epoch), config.batch_size, shuffle=True,
-            seed=config.seed + 7919 * fold, epoch=epoch + 100 * stage.index,
-            drop_last=True, raw_jitter=int(config.raw_jitter_s * 200), pin_memory=ctx.device.type == "cuda",
-            shard=(ctx.rank, ctx.world), start_batch=first,
-        )
+        sampler = dataclasses.replace(state.sampler, epoch=epoch, batch=first)
+        batches = reader.batches(epoch_rows(config, reader, fold, stage, epoch), config.batch_size, sampler,
+                                 shuffle=True, drop_last=True, raw_jitter=int(config.raw_jitter_s * 200),
+                                 pin_memory=ctx.device.type == "cuda")
         label = f"fold {fold} {stage.name} epoch {epoch + 1}/{stage.epochs}"
         # closing(): the reader's threads stop here, even when a step raises
         with closing(batches), _progress(ctx, label, stage.steps_per_epoch, config.log_every, first) as progress:
@@ -229,9 +220,11 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
                     update_ema(ema, model, position.step, config)
                 progress.advance(state.steps, loss_sum)
                 every = config.checkpoint_every_steps
-                if every and position.step % every == 0 and state.steps < stage.steps_per_epoch and ctx.main:
+                if every and position.step % every == 0 and state.steps < stage.steps_per_epoch:
+                    generators = _rank_generators(ctx, generator)  # every rank: a collective
                     state.loss_sum = loss_sum.item()  # a mid-epoch checkpoint: resumes at the next batch
-                    checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict(), ctx.config)
+                    if ctx.main:
+                        checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict(generators), ctx.config)
         if state.steps == 0:  # never an epoch of no training reported as done
             raise RuntimeError(f"fold {fold} {stage.name} epoch {epoch + 1}: the reader gave no batch "
                                f"(of {stage.steps_per_epoch} expected)")
@@ -240,6 +233,7 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
         seconds = time.perf_counter() - started
         state.position = dataclasses.replace(state.position, epoch=epoch + 1, batch=0)
         state.loss_sum, state.steps = 0.0, 0
+        generators = _rank_generators(ctx, generator)
 
         if ctx.main:
             evaluated = ema.module if ema is not None else model
@@ -263,7 +257,7 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
                                                                   "val_kl_10plus": report["kl_10plus"], "score": score},
                                 ctx.config)
             # After the metrics line and the best weights: a kill between them only repeats this epoch.
-            checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict(), ctx.config)
+            checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict(generators), ctx.config)
             if not ctx.quiet:
                 print(f"fold {fold} {stage.name} epoch {epoch + 1}: loss {train_loss:.4f} val KL {report['kl']:.4f}"
                       f" (>=10 votes {report['kl_10plus']:.4f}) {record['samples_per_s']:.0f} samples/s", flush=True)
@@ -308,6 +302,7 @@ def _prepare_run_directory(ctx: Context, plan: RunPlan, resume: bool) -> int:
             done[fold] = (math.inf, math.inf)
         elif (last := checkpoint.load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"), ctx.config)) is not None:
             checkpoint.check_format(last)
+            checkpoint.check_world(last, ctx.world, ctx.out / f"fold{fold}_last.pt")
             at = checkpoint.position_of(last)
             done[fold] = (at.stage_index, at.epoch)
     index = {stage.name: stage.index for stages in plan.folds.values() for stage in stages}
@@ -338,6 +333,16 @@ def _read_records(path: Path) -> list[dict]:
 
 
 # --- small helpers of the loop ----------------------------------------------------------------------------
+
+
+def _rank_generators(ctx: Context, generator: torch.Generator) -> list[torch.Tensor]:
+    """Every rank's augmentation generator state, by rank (a collective under DDP): a checkpoint holds
+    them all, so that each rank of a resumed run draws what it would have drawn."""
+    if ctx.world == 1:
+        return [generator.get_state()]
+    states = [None] * ctx.world
+    dist.all_gather_object(states, generator.get_state())
+    return states
 
 
 def _take(batches, n: int):

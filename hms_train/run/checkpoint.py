@@ -13,6 +13,7 @@ written at epoch ends only.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,11 +122,28 @@ def load_fold_model(path: Path, device: torch.device) -> FoldModel:
 
 
 def fold_checkpoints(run: Path) -> list[Path]:
-    """The best checkpoint of every finished fold of a run folder."""
-    found = sorted(Path(run).glob("fold*_best.pt"))
+    """The best checkpoint of every fold of a finished run folder. A training run's folder (its config.json
+    names the planned folds) is refused, naming the folds, while any planned fold has not finished (no
+    fold{k}_oof.parquet): fold{k}_best.pt exists from a fold's first epoch on, so a run stopped early would
+    otherwise predict with half-trained folds and without the others. An export's run folder holds the
+    best checkpoints of a finished run only."""
+    run = Path(run)
+    found = sorted(run.glob("fold*_best.pt"))
     if not found:
         raise FileNotFoundError(f"{run}: not a run directory, or no fold finished (no fold*_best.pt checkpoints)")
+    config = run / "config.json"
+    if config.is_file():
+        planned = json.loads(config.read_text()).get("folds") or []
+        unfinished = [fold for fold in planned if not (run / f"fold{fold}_oof.parquet").is_file()]
+        if unfinished:
+            raise RunNotFinished(
+                f"{run}: fold {', '.join(map(str, unfinished))} of the planned {', '.join(map(str, planned))} "
+                f"not finished (no fold{{k}}_oof.parquet); finish it first: hms-train --resume {run}")
     return found
+
+
+class RunNotFinished(FileNotFoundError):
+    """A training run with a planned fold not finished; the message names the folds and the resume command."""
 
 
 def save(path: Path, checkpoint: dict) -> None:

@@ -203,6 +203,11 @@ def build(
     if split not in ("train", "test"):
         raise typer.BadParameter(f"--split must be train or test, got {split!r}")
     window_list = _int_list(windows)
+    from hms_prep.kinds.eeg_mel import WINDOW_S
+
+    outside = [w for w in window_list if not WINDOW_S[0] <= w <= WINDOW_S[1]]
+    if outside:  # named by the flag the user typed, not by the params' field
+        _fail(f"--windows {windows}: each window must be {WINDOW_S[0]}..{WINDOW_S[1]} seconds, got {outside[0]}")
     try:
         load_plugins(plugin or ())  # before --array: a plug-in's kinds are then known
         extra_arrays = tuple(parse_array_spec(spec) for spec in array or ())

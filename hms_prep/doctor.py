@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Callable
 
+PROJECT = "hms-cache"  # the distribution whose declared requirements (pyproject.toml) `supported` checks
 # What a user types to get the tested set back (uv.lock); outside a checkout, the matching pip command.
 REINSTALL = "run `make setup` in the checkout (installs uv.lock's tested set)"
+# The packages Kaggle's image brings itself (hms-train export ships none of them): the start-up line names them.
+IMAGE_CORE = ("torch", "torchvision", "timm")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,34 @@ def installed(packages: tuple[str, ...]) -> str:
         except metadata.PackageNotFoundError:
             found.append(f"{package} not installed")
     return ", ".join(found)
+
+
+def unmet_requirements(project: str = PROJECT) -> list[str]:
+    """'torch 2.7.1 (hms-cache supports >=2.8,<2.16)' or 'zarr not installed (...)' for each run-time
+    requirement the project declares (pyproject.toml, as installed) that this environment does not meet.
+    The export's infer.py runs it on Kaggle's image, whose packages it never replaces."""
+    from packaging.requirements import Requirement
+
+    unmet = []
+    for text in metadata.requires(project) or []:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an extra's requirement, or another platform's
+        wanted = str(requirement.specifier) or "any version"
+        try:
+            found = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            unmet.append(f"{requirement.name} not installed ({project} needs {wanted})")
+            continue
+        if not requirement.specifier.contains(found, prereleases=True):
+            unmet.append(f"{requirement.name} {found} ({project} supports {wanted})")
+    return unmet
+
+
+def _ranges() -> None:
+    unmet = unmet_requirements()
+    if unmet:
+        raise RuntimeError("; ".join(unmet))
 
 
 def _torch() -> None:
@@ -119,6 +150,8 @@ def _pyarrow() -> None:
 
 
 PARTS = {
+    "ranges": Part(f"{PROJECT}'s supported versions", IMAGE_CORE, _ranges,
+                   fix=f"{REINSTALL}, or install versions within the ranges named"),
     "torch": Part("torch", ("torch",), _torch),
     "torchvision": Part("torchvision's operators", ("torchvision", "torch"), _torchvision,
                         fix=f"{REINSTALL}, or pip install the torchvision built for torch's release"),

@@ -67,7 +67,21 @@ def _user_errors():
 
 
 # Arguments shared by the commands that score finished runs (blend, compare).
-RUNS = typer.Argument(..., help="Run directories (each with oof.parquet and config.json).")
+RUNS = typer.Argument(..., help="Run directories (each with oof.parquet and config.json); files among them "
+                      "(runs/* matching runs/blend.json) are skipped with a note.")
+
+
+def _run_directories(paths: list[Path]) -> list[Path]:
+    """The directories among `paths`: `runs/*` also matches the files written beside the runs (blend.json,
+    compare.png), which are skipped with one note each. A directory that is not a finished run is still
+    refused by the command, by name."""
+    for path in paths:
+        if path.is_file():
+            typer.echo(f"note: skipped {path} (a file, not a run directory)", err=True)
+    runs = [path for path in paths if not path.is_file()]
+    if not runs:
+        raise FileNotFoundError(f"{', '.join(map(str, paths))}: no run directory among them")
+    return runs
 TARGETS_STORE = typer.Option(None, "--store", help="Train store for the targets (default: the one the runs trained on).")
 
 
@@ -241,8 +255,9 @@ def export(
         if image is not None:
             if not image.is_file():
                 raise FileNotFoundError(f"--image {image}: no such file")
-            listed = [line.split("#")[0].strip() for line in image.read_text().splitlines()]
-            listed = [name for name in listed if name]
+            from hms_train.export import image_names
+
+            listed = image_names(image.read_text().splitlines())
         summary = export_runs(runs, out, run_weights, listed, Target(python=python),
                               say=lambda line: typer.echo(line, err=True))
     typer.echo(f"{summary.out}: {summary.runs} runs, {summary.folds} folds ({summary.half_folds} in float16), "
@@ -276,6 +291,7 @@ def blend(
 
     with _user_errors():
         _writable(out)
+        runs = _run_directories(runs)
         chosen, rows = blend_runs(runs, store, _floats(weights))
         chosen.save(out)
     if as_json:
@@ -354,6 +370,7 @@ def compare(
     with _user_errors():
         if not out.parent.is_dir():  # checked before any scoring, not after
             raise FileNotFoundError(f"--out {out}: folder {out.parent} does not exist")
+        runs = _run_directories(runs)
         results = compare_runs(runs, store)
         plot_learning_curves(runs, out)
     if as_json:

@@ -10,10 +10,14 @@ store, with hms_prep's build), as Kaggle's notebook must.
     DIR/blend.json            the runs and their weights
     DIR/checkpoints.json      every fold checkpoint's path and checksum: infer checks each before building
     DIR/arrays.json           the store arrays the runs read, with the parameters that made them
-    DIR/kaggle-image.txt      the packages Kaggle's image provides (editable; the export leaves them out)
+    DIR/kaggle-image.txt      the packages Kaggle's image provides (editable; the export leaves them out),
+                              at the versions the export was tested against
     DIR/wheels/               this project's wheel and every locked dependency the image lacks
 
-The wheels are the exact versions of uv.lock (the tested set), for the target Python and platform.
+The wheels are the exact versions of uv.lock (the tested set), for the target Python and platform
+(`uv export`). infer.py installs them with --no-deps and only where the image lacks the package: the
+image's torch, torchvision, timm... stay as they are, and one line at start says whether they are
+within the ranges hms-cache supports (hms_prep.doctor.unmet_requirements).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hms_prep.doctor import PROJECT
 from hms_prep.store.format import describe_arrays, open_store
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.run.blend import fixed_weights
@@ -39,7 +45,6 @@ from hms_train.run.checkpoint import fold_checkpoints, load_fold_model, predicta
 from hms_train.run.forward import predict_probabilities
 from hms_train.run.plan import plan_inputs
 
-PROJECT = "hms-cache"
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (the export needs its uv.lock and sources)
 # Kaggle's image (a notebook with no internet) already holds these: the export ships none of them, nor
 # what they depend on. Written to DIR/kaggle-image.txt, which an export reads back when given (--image).
@@ -106,12 +111,16 @@ def export(runs: list[Path], out: Path, weights: list[float] | None = None, imag
     (out / "blend.json").write_text(json.dumps({"runs": [f"runs/{n}" for n in names],
                                                 "weights": (w / w.sum()).tolist()}, indent=2) + "\n")
     (out / "arrays.json").write_text(json.dumps(arrays, indent=2) + "\n")
-    (out / "kaggle-image.txt").write_text("# packages Kaggle's image provides: the export ships none of them\n"
-                                          + "".join(f"{name}\n" for name in image))
+    locked = {p["name"]: p["version"] for p in tomllib.loads(lock.read_text())["package"]}
+    (out / "kaggle-image.txt").write_text(
+        "# Packages Kaggle's image provides: the export ships none of them and infer.py never replaces them; it\n"
+        "# checks at start that the image's versions are within hms-cache's supported ranges (pyproject.toml).\n"
+        "# The versions are those this export was tested against (uv.lock: tests/test_export.py).\n"
+        + "".join(f"{name}=={locked[name]}\n" if name in locked else f"{name}\n" for name in image))
     shutil.copyfile(INFER_SCRIPT, out / "infer.py")
     say(f"{out}: {folds} folds of {len(runs)} runs ({half} in float16); collecting wheels for Python "
         f"{target.python}")
-    wheels = _wheels(out / "wheels", tomllib.loads(lock.read_text()), image, target)
+    wheels = _wheels(out / "wheels", image, target)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return ExportSummary(out, len(runs), folds, half, wheels, size)
 
@@ -180,37 +189,32 @@ def _verify_all(paths: list[Path]) -> None:
 # --- wheels ---------------------------------------------------------------------------------------------------
 
 
-def shipped_packages(lock: dict, image: list[str], target: Target) -> dict[str, str]:
-    """name -> locked version of every package the project needs at run time on `target` that the image
-    neither has nor brings with what it has."""
-    packages = {p["name"]: p for p in lock["package"]}
+def shipped_packages(image: list[str], target: Target) -> dict[str, str]:
+    """name -> locked version of every package the project needs at run time on `target`, less the
+    image's packages and what only they bring: `uv export --prune` of the lock, its markers evaluated for
+    the target. A shipped package the image also has (fsspec, which torch brings too) is left to the
+    image's own version by infer.py, which installs only what the image lacks."""
+    from packaging.requirements import Requirement
+
+    uv = ROOT / ".uv" / "bin" / "uv"
+    uv = str(uv) if uv.is_file() else shutil.which("uv")
+    if uv is None:
+        raise ExportError("no uv (`make setup` installs it into .uv/): the export reads the lock with `uv export`")
+    pruned = [arg for name in image for arg in ("--prune", name)]
+    result = subprocess.run([uv, "export", "--frozen", "--no-emit-project", "--no-hashes", "--no-header",
+                             "--no-annotate", "--format", "requirements.txt", "--project", str(ROOT), *pruned],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ExportError(f"uv export failed: {(result.stderr.strip().splitlines() or ['(no output)'])[-1]}")
     environment = _marker_environment(target)
-    needed = _closure([PROJECT], packages, environment) - {PROJECT}
-    provided = _closure([_normal(name) for name in image if _normal(name) in packages], packages, environment)
-    return {name: packages[name]["version"] for name in sorted(needed - provided)}
-
-
-def _closure(roots: list[str], packages: dict, environment: dict) -> set[str]:
-    """`roots` and everything they depend on (their main dependencies and the extras asked for), on the
-    target's environment markers."""
-    from packaging.markers import Marker
-
-    seen, todo = set(), [(root, ()) for root in roots]
-    while todo:
-        name, extras = todo.pop()
-        key = (name, tuple(sorted(extras)))
-        if key in seen:
-            continue
-        seen.add(key)
-        package = packages[name]
-        deps = list(package.get("dependencies", []))
-        for extra in extras:
-            deps += package.get("optional-dependencies", {}).get(extra, [])
-        for dep in deps:
-            if "marker" in dep and not Marker(dep["marker"]).evaluate(environment):
-                continue
-            todo.append((dep["name"], tuple(dep.get("extra", ()))))
-    return {name for name, _ in seen}
+    shipped = {}
+    for line in result.stdout.splitlines():
+        if line.strip() and not line.lstrip().startswith(("#", "-")):
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                (pin,) = requirement.specifier  # the lock's exact version: name==version
+                shipped[requirement.name] = pin.version
+    return dict(sorted(shipped.items()))
 
 
 def _marker_environment(target: Target) -> dict[str, str]:
@@ -219,11 +223,13 @@ def _marker_environment(target: Target) -> dict[str, str]:
             "python_version": target.python, "python_full_version": f"{target.python}.0", "extra": ""}
 
 
-def _normal(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
+def image_names(lines: list[str]) -> list[str]:
+    """The package names of a kaggle-image.txt (`torch==2.15.0  # tested`, or a bare name)."""
+    names = [re.split(r"[=<>!~ ;\[]", line.split("#")[0].strip())[0] for line in lines]
+    return [name for name in names if name]
 
 
-def _wheels(folder: Path, lock: dict, image: list[str], target: Target) -> list[str]:
+def _wheels(folder: Path, image: list[str], target: Target) -> list[str]:
     """This project's wheel, and each shipped package's wheel for the target, at its locked version."""
     folder.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
@@ -233,7 +239,7 @@ def _wheels(folder: Path, lock: dict, image: list[str], target: Target) -> list[
     finally:
         if leftover:  # setuptools builds in the checkout's build/: leave the checkout as it was
             shutil.rmtree(ROOT / "build", ignore_errors=True)
-    shipped = shipped_packages(lock, image, target)
+    shipped = shipped_packages(image, target)
     if shipped:
         abi = f"cp{target.python.replace('.', '')}"
         platforms = [arg for platform in target.platforms for arg in ("--platform", platform)]

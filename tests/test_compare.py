@@ -146,3 +146,21 @@ def test_out_in_a_missing_folder_is_a_clear_error_before_scoring(runs):
     result = CliRunner().invoke(app, ["compare", str(root / "perfect"), "--out", "/nonexistent/x.png"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "error: --out /nonexistent/x.png: folder /nonexistent does not exist" in result.output
+
+
+def test_the_readmes_sequence_blend_into_runs_then_compare_runs_star(runs, tmp_path):
+    """README: `hms-train blend ... --out runs/blend.json`, then `hms-train compare runs/*`: the glob also
+    matches blend.json (and a compare.png written there), which are skipped with a note each."""
+    import shutil
+
+    root = shutil.copytree(runs[0], tmp_path / "runs")
+    blended = CliRunner().invoke(app, ["blend", str(root / "perfect"), str(root / "halfway"), "--out",
+                                       str(root / "blend.json")])
+    assert blended.exit_code == 0, blended.output
+    (root / "compare.png").write_bytes(b"")
+    star = sorted(str(p) for p in root.iterdir())  # what the shell makes of runs/*
+    result = CliRunner().invoke(app, ["compare", *star, "--out", str(tmp_path / "curves.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["run"] for r in json.loads(result.stdout)] == [str(root / n) for n in ("perfect", "halfway", "uniform")]
+    assert f"note: skipped {root / 'blend.json'} (a file, not a run directory)" in result.stderr
+    assert f"note: skipped {root / 'compare.png'} (a file, not a run directory)" in result.stderr

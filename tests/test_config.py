@@ -145,3 +145,14 @@ def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
         with pytest.raises(type(unexpected)):
             with _user_errors():
                 raise unexpected
+
+
+def test_a_mistyped_recipe_or_key_gets_a_did_you_mean():
+    from hms_train.run.config import ConfigError, load_config
+
+    with pytest.raises(FileNotFoundError, match=r"^no config 'smok' \(did you mean 'smoke'\?\): not a file"):
+        load_config("smok")
+    with pytest.raises(ConfigError, match=r"unknown TrainConfig field\(s\) \['lrr'\] \(did you mean 'lr'\?\); known"):
+        load_config("smoke", ["lrr=1e-3"])
+    with pytest.raises(ConfigError, match=r"\['zzzz'\]; known"):  # nothing close: no guess
+        load_config("smoke", ["zzzz=1"])

@@ -4,6 +4,7 @@ the synthetic test split; its submission is `hms-train predict`'s."""
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +55,9 @@ def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_st
     wheels = sorted(p.name for p in (export / "wheels").glob("*.whl"))
     shipped = {name.split("-")[0].lower() for name in wheels}
     assert {"hms_cache", "zarr", "numcodecs", "crc32c", "typer", "dask"} <= shipped
-    assert not shipped & {"torch", "timm", "numpy", "scipy", "pandas", "pyarrow", "fsspec"}, "the image has them"
-    assert "torch" in (export / "kaggle-image.txt").read_text().split()
+    assert not shipped & {"torch", "torchvision", "timm", "numpy", "scipy", "pandas", "pyarrow"}, "the image has them"
+    tested = [line for line in (export / "kaggle-image.txt").read_text().splitlines() if not line.startswith("#")]
+    assert "torch==" + hms_locked_versions(["torch"])[0].split("==")[1] in tested and "pandas" in tested
     again = hms("export", run, "--out", export)
     assert again.returncode == 1 and again.stderr.strip() == f"error: --out {export}: exists and is not empty; export into a new folder"
 
@@ -67,11 +69,19 @@ def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_st
     subprocess.run([str(UV), "pip", "install", "-q", "--python", str(image / "bin" / "python"), *locked, "pandas"],
                    check=True, env=env, timeout=600)
     kaggle_env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    image_before = subprocess.run([str(image / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True,
+                                  text=True, env=kaggle_env).stdout.split()
     result = subprocess.run([str(image / "bin" / "python"), str(export / "infer.py"), "--data", str(synth_data),
                              "--out", str(tmp_path / "submission.csv"), "--device", "cpu"],
                             cwd=tmp_path, env={**kaggle_env, "PIP_NO_INDEX": "1"}, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    # The image's packages are never replaced; one line says they are within the supported ranges.
+    assert re.search(r"^image: torch 2\.\d+\.\d+\S*, torchvision \S+, timm \S+: within hms-cache's supported ranges$",
+                     result.stdout, re.M), result.stdout
+    after = subprocess.run([str(image / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True,
+                           env=kaggle_env).stdout.split()
+    assert set(image_before) <= set(after), set(image_before) - set(after)
     damaged_export_is_refused(export, [str(image / "bin" / "python"), str(export / "infer.py"), "--data",
                                        str(synth_data), "--device", "cpu"], {**kaggle_env, "PIP_NO_INDEX": "1"}, tmp_path)
 
@@ -82,6 +92,15 @@ def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_st
     expected_ids, expected = submission(tmp_path / "predict.csv")
     assert ids == expected_ids
     np.testing.assert_allclose(probs, expected, atol=1e-4)  # float16 weights move no probability by more
+
+    # A run with a planned fold not finished (its OOF never written): export and predict refuse, naming it.
+    (run / "fold1_oof.parquet").unlink()
+    for refused in (hms("export", run, "--out", tmp_path / "partial"),
+                    hms("predict", "--store", test_store, "--run", run, "--out", tmp_path / "partial.csv")):
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.startswith(f"error: {run}: fold 1 of the planned 0, 1") and "not finished" in refused.stderr
+        assert f"hms-train --resume {run}" in refused.stderr
+    assert not (tmp_path / "partial").exists() and not (tmp_path / "partial.csv").exists()
 
 
 def damaged_export_is_refused(export: Path, infer: list[str], env: dict, tmp_path: Path) -> None:

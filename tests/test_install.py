@@ -103,6 +103,16 @@ def test_a_torchvision_that_cannot_load_is_one_line_naming_it(broken_torchvision
     assert "Traceback" not in result.stderr
 
 
+def test_versions_outside_the_declared_ranges_are_one_line_naming_them(tmp_path):
+    """What the export's infer.py checks on Kaggle's image: here a torch 2.7.1 first on the path."""
+    (tmp_path / "torch-2.7.1.dist-info").mkdir()
+    (tmp_path / "torch-2.7.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.7.1\n")
+    result = prep("doctor", pythonpath=[tmp_path])
+    assert result.returncode == 1
+    (line,) = errors(result)
+    assert line.startswith("error: hms-cache's supported versions: RuntimeError: torch 2.7.1 (hms-cache supports <2.16,>=2.8)")
+
+
 def test_a_build_that_cannot_compute_creates_and_changes_nothing(broken_torch, tiny_data, tmp_path):
     store = tmp_path / "new.zarr"
     result = prep("build", "--data", tiny_data, "--store", store, "--windows", "10", "--quiet",

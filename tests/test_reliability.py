@@ -244,7 +244,7 @@ def test_the_object_store_lock_refuses_while_held_is_taken_over_when_stale_and_r
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--windows", "60"], "window_s must be 1..50 seconds, got 60"),
+    (["--windows", "10,60"], "error: --windows 10,60: each window must be 1..50 seconds, got 60"),
     (["--band-pass", "20,0.5"], "band-pass band (20.0, 0.5) Hz is invalid"),
     (["--windows", "10", "--hop-length", "20"], "a 10 s window with hop 20 gives 101 frames"),
     (["--codec", "snappy"], "unknown codec 'snappy'"),

@@ -20,6 +20,9 @@ from hms_prep.sources.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, ba
 TOP_DB = 80.0  # the dB floor below each signal's maximum (librosa's power_to_db top_db)
 
 
+WINDOW_S = (1, 50)  # the window lengths a mel array may have, seconds (an EEG label's record is 50 s)
+
+
 @dataclass(frozen=True)
 class MelParams(KindParams):
     """Everything that defines one mel-spectrogram array of the store."""
@@ -46,8 +49,8 @@ class MelParams(KindParams):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"MelParams.{name} must be a positive integer, got {value!r}")
-        if not 1 <= self.window_s <= 50:
-            raise ValueError(f"MelParams.window_s must be 1..50 seconds, got {self.window_s}")
+        if not WINDOW_S[0] <= self.window_s <= WINDOW_S[1]:
+            raise ValueError(f"MelParams.window_s must be {WINDOW_S[0]}..{WINDOW_S[1]} seconds, got {self.window_s}")
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
         if not 0 <= self.fmin < self.fmax <= SAMPLE_RATE / 2:

@@ -157,11 +157,28 @@ def load_fold_model(path: Path, device: torch.device) -> FoldModel:
     return FoldModel(Path(path), model.to(device).eval(), config)
 
 
+class RunNotFinished(FileNotFoundError):
+    """A training run with a planned fold not finished; the message names the folds and the resume command."""
+
+
 def fold_checkpoints(run: Path) -> list[Path]:
-    """The best checkpoint of every finished fold of a run folder."""
-    found = sorted(Path(run).glob("fold*_best.pt"))
+    """The best checkpoint of every fold of a finished run folder. A training run's folder (its config.json
+    names the planned folds) is refused, naming the folds, while any planned fold has not finished (no
+    fold{k}_oof.parquet): fold{k}_best.pt exists from a fold's first epoch on, so a run stopped early would
+    otherwise predict with half-trained folds and without the others. An export's run folder holds the
+    best checkpoints of a finished run only."""
+    run = Path(run)
+    found = sorted(run.glob("fold*_best.pt"))
     if not found:
         raise FileNotFoundError(f"{run}: not a run directory, or no fold finished (no fold*_best.pt checkpoints)")
+    config = run / "config.json"
+    if config.is_file():
+        planned = json.loads(config.read_text()).get("folds") or []
+        unfinished = [fold for fold in planned if not (run / f"fold{fold}_oof.parquet").is_file()]
+        if unfinished:
+            raise RunNotFinished(
+                f"{run}: fold {', '.join(map(str, unfinished))} of the planned {', '.join(map(str, planned))} "
+                f"not finished (no fold{{k}}_oof.parquet); finish it first: hms-train --resume {run}")
     return found
 
 
@@ -170,6 +187,7 @@ def config_digest(config: TrainConfig | dict) -> str:
     values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
     kept = {k: v for k, v in values.items() if k not in RUNTIME_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 
 def save(path: Path, checkpoint: dict, config: TrainConfig) -> None:

@@ -241,7 +241,8 @@ def _read_toml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if not path.suffix and (CONFIG_DIR / f"{name_or_path}.toml").is_file():
         path = CONFIG_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        raise FileNotFoundError(f"no config {name_or_path!r}: not a file and not one of {bundled_configs()}")
+        hint = did_you_mean(str(name_or_path), bundled_configs())
+        raise FileNotFoundError(f"no config {name_or_path!r}{hint}: not a file and not one of {bundled_configs()}")
     if str(path) in seen:
         raise ConfigError(f"{path}: extends itself through {list(seen)}")
     try:
@@ -287,6 +288,14 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def did_you_mean(name: str, known, prefix: str = "") -> str:
+    """' (did you mean 'lr'?)' for the known name closest to a mistyped one, or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
 def _build(cls, values: Any, prefix: str):
     """An instance of dataclass `cls` from a dict, every field checked against its declaration."""
     if not isinstance(values, dict):
@@ -294,7 +303,8 @@ def _build(cls, values: Any, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {[prefix + k for k in unknown]}; known: {sorted(fields)}")
+        hints = "".join(did_you_mean(k, fields, prefix) for k in unknown)
+        raise ConfigError(f"unknown {cls.__name__} field(s) {[prefix + k for k in unknown]}{hints}; known: {sorted(fields)}")
     hints = get_type_hints(cls)
     checked = {}
     for name, value in values.items():

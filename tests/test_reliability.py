@@ -738,3 +738,7 @@ def test_ctrl_c_while_a_console_script_imports_is_one_line_exit_130(script, modu
     result = subprocess.run([str(Path(sys.executable).parent / script), "--version"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stderr, result.stdout) == (130, "interrupted\n", ""), result.stderr
+    # and left alone, the same console script starts, prints its version, exits 0 with nothing else said
+    result = subprocess.run([str(Path(sys.executable).parent / script), "--version"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, "") and result.stdout.startswith(f"{script} "), result

@@ -235,14 +235,24 @@ def _verify_labels(labels, layout: StoreLayout) -> list[str]:
 
 
 def labels_against_store(labels, row_table, layout: StoreLayout, group=None, arrays=()) -> list[str]:
-    """labels.parquet held against what the store says: the CSV's lines as its row table keeps them, the
-    targets and folds those give (`with_targets`), and with `group`, each array's row statuses in its
-    build state (of `arrays`, those whose metadata is whole). One line per column that differs, naming its first
-    differing row."""
-    from hms_prep.sources.rows import with_targets
+    """labels.parquet held against what the store says: the rows' keys, ids, offsets, dropped flags and raw
+    index as its row table places them; the totals, targets and folds its own vote and patient columns give
+    (`with_targets`: votes may be corrected in train.csv without moving a row, so the row table's are not
+    the reference); with `group`, each array's row statuses in its build state (of `arrays`, those whose
+    metadata is whole). One line per column that differs, naming its first differing row."""
+    from hms_prep.build.rows import row_table_of
+    from hms_prep.sources.rows import ROW_IDENTITY, ROW_KEY, with_targets
 
-    expected = with_targets(row_table, layout.split, layout.n_folds)
-    columns = {name: expected.column(name).to_numpy(zero_copy_only=False) for name in expected.column_names}
+    placed = ("row", ROW_KEY[layout.split], *ROW_IDENTITY, "dropped", *RAW_INDEX_COLUMNS)
+    columns = {name: row_table.column(name).to_numpy(zero_copy_only=False) for name in placed
+               if name in row_table.column_names}
+    if layout.split == "train":
+        try:
+            derived = with_targets(row_table_of(labels), layout.split, layout.n_folds)
+        except KeyError as err:  # a vote or patient column missing
+            return [f"labels.parquet lacks column {err}; hms-prep build rewrites it"]
+        for name in ("total_votes", *TARGET_COLUMNS, "fold"):
+            columns[name] = derived.column(name).to_numpy(zero_copy_only=False)
     if group is not None:
         names = np.array(["pending", "ok", "failed"], dtype=object)
         for name in arrays:

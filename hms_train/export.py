@@ -173,6 +173,9 @@ def _export_fold(source: Path, target: Path) -> bool:
 def _check_listed(export_dir: Path) -> None:
     """Every checkpoint the export listed is there, whole, and the one it wrote (CheckpointError or
     FileNotFoundError: one line naming the file)."""
+    if not (export_dir / CHECKPOINT_LIST).is_file():
+        raise FileNotFoundError(f"{export_dir / CHECKPOINT_LIST}: missing (an export made before checkpoint "
+                                "checksums, or damaged); export the runs again")
     for name, expected in json.loads((export_dir / CHECKPOINT_LIST).read_text()).items():
         found = checkpoint_file.verify(export_dir / name)[1]
         if found is None or found["sha256"] != expected:

@@ -200,15 +200,17 @@ def _summary(result) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_a_task_that_raises_in_process_is_counted_and_its_chunk_redone(tiny_data, tmp_path):
+# Issue 29: an ordinary exception raised inside a Dask worker's task, not only in process.
+@pytest.mark.parametrize("in_process", [True, False], ids=["in_process", "in_a_dask_worker"])
+def test_a_task_that_raises_is_counted_and_its_chunk_redone(tiny_data, tmp_path, in_process):
     store = tmp_path / "s.zarr"
     # The disk fails writing the first data chunk of eeg_10s.
     summary = _summary(hooked_build(tiny_data, store, tmp_path / "log", {"HMS_FAIL_ON": "eeg_10s/c/"},
-                                    in_process=True))
+                                    in_process=in_process))
     assert not summary["ok"] and len(summary["crashed"]) == 1 and summary["failed"] > 0
     assert summary["line"].startswith("1 chunk tasks crashed: OSError: [Errno 5] Input/output error"), summary
-    assert verify_store(str(store))  # not done, and said so
-    resumed = _summary(hooked_build(tiny_data, store, tmp_path / "log2", {}, in_process=True))
+    assert any(p.startswith("eeg_10s: 1 of 3 chunks not complete") for p in verify_store(str(store)))  # and named
+    resumed = _summary(hooked_build(tiny_data, store, tmp_path / "log2", {}, in_process=in_process))
     assert resumed["ok"] and resumed["rows"] == 8 and verify_store(str(store)) == []
 
 

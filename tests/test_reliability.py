@@ -285,10 +285,22 @@ def odd_peers():
                socketserver.TCPServer(("127.0.0.1", 0), Blurt), socketserver.TCPServer(("127.0.0.1", 0), Hang)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {name: f"tcp://127.0.0.1:{server.server_address[1]}" for name, server in zip(("http", "blurt", "closes"), servers)}
+    # A listener that never accepts, its backlog filled: a further connect gets no answer at all, so the
+    # probe's connect itself must time out (an unroutable address fails at once on some machines).
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    filling = [socket.socket() for _ in range(3)]
+    for client in filling:
+        client.setblocking(False)
+        client.connect_ex(full.getsockname())
+    peers = {name: f"tcp://127.0.0.1:{server.server_address[1]}" for name, server in zip(("http", "blurt", "closes"), servers)}
+    yield {**peers, "silent": f"tcp://127.0.0.1:{full.getsockname()[1]}"}
     for server in servers:
         server.shutdown()
         server.server_close()
+    for sock in (full, *filling):
+        sock.close()
 
 
 @pytest.mark.parametrize("peer, message", [
@@ -296,6 +308,7 @@ def odd_peers():
     ("blurt", "not a Dask scheduler (its first 8 bytes announce a message of"),
     ("closes", "not a Dask scheduler (it closed the connection after 0 bytes)"),
     ("unroutable", "cannot reach the Dask scheduler within 10 s"),
+    ("silent", "cannot reach the Dask scheduler within 10 s"),
 ])
 def test_a_scheduler_address_where_no_dask_scheduler_answers_is_one_line_naming_it(cli, tiny_data, tmp_path, odd_peers,
                                                                                      peer, message):
@@ -303,7 +316,11 @@ def test_a_scheduler_address_where_no_dask_scheduler_answers_is_one_line_naming_
     server held a build for more than 400 s), one line naming the address, nothing created."""
     address = odd_peers.get(peer, "tcp://10.255.255.1:8786")  # unroutable: no answer, or no route
     store = tmp_path / "s.zarr"
+    started = time.monotonic()
     result = cli("build", "--data", tiny_data, "--store", store, "--quiet", "--scheduler", address, timeout=120)
+    took = time.monotonic() - started
+    if peer in ("http", "silent"):  # the probe's 10 s waited out, not a hang (the command's start, under
+        assert 10 <= took < 30, took  # load, adds seconds; Dask's own connect timeout is 30 s)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and f"--scheduler {address}: " in lines[0], result.stderr
     if peer == "unroutable":  # no route here gives an OSError at once; elsewhere, the connect times out
@@ -721,3 +738,7 @@ def test_ctrl_c_while_a_console_script_imports_is_one_line_exit_130(script, modu
     result = subprocess.run([str(Path(sys.executable).parent / script), "--version"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stderr, result.stdout) == (130, "interrupted\n", ""), result.stderr
+    # and left alone, the same console script starts, prints its version, exits 0 with nothing else said
+    result = subprocess.run([str(Path(sys.executable).parent / script), "--version"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, "") and result.stdout.startswith(f"{script} "), result

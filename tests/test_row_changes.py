@@ -118,9 +118,20 @@ def test_a_corrected_train_csv_recomputes_only_the_changed_rows_and_reuses_the_r
     dropped_row = first[removed]
     assert labels.column("dropped")[dropped_row].as_py() and labels.column("status")[dropped_row].as_py() == "dropped"
     assert labels.column("fold")[dropped_row].as_py() == -1
-    # Only the changed and new rows were computed for the image arrays; the untouched chunk was not rewritten.
+    # Only the changed and new rows were computed for the image arrays (the row chunks holding them whole for
+    # raw, whose segments are laid out anew), and no chunk file holding none of them was rewritten; raw's new
+    # segments went after the stored ones, which stay as they were.
+    touched = sorted({after[changed], after[1], after[2]})
+    touched_chunks = sorted({row // 8 for row in touched})
+    whole = sum(min(8, len(new_lines) + 1 - 8 * c) for c in touched_chunks)  # + 1: the dropped row stays
+    assert summary.rows_by_array == {"eeg_10s": 3, "kaggle": 3, "raw": whole}, (summary.rows_by_array, touched)
     for name in IMAGES:
-        assert chunk_mtimes(store, name)[f"{name}/{untouched_chunk}"] == before_files[name][f"{name}/{untouched_chunk}"]
+        files = chunk_mtimes(store, name)
+        assert untouched_chunk in {k.removeprefix(f"{name}/") for k in files}
+        for key, mtime in before_files[name].items():
+            if int(key.split("/")[2]) not in touched_chunks:
+                assert files[key] == mtime, key
+    assert all(chunk_mtimes(store, "raw")[key] == mtime for key, mtime in before_files["raw"].items())
     assert verify_store(str(store)) == [] and store_info(str(store))["rows_dropped"] == 1
     group, layout = open_store(str(store))
     assert layout.layout_version == LAYOUT_VERSION and layout.n_rows == len(old_lines) + 2

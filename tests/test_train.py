@@ -228,6 +228,11 @@ def test_predict_counts_failed_rows_and_refuses_when_none_is_usable(smoke_run, l
                                       "--out", str(tmp_path / "sub.csv")])
     assert result.exit_code == 0, result.output
     assert f"1 of {len(test_eegs)} test rows failed to build" in result.output and "uniform 1/6" in result.output
+    written = pacsv.read_csv(tmp_path / "sub.csv")
+    probs = np.stack([written.column(c).to_numpy() for c in VOTE_COLUMNS], 1)
+    broken = written.column("eeg_id").to_numpy() == int(test_eegs[0].stem)
+    assert broken.sum() == 1 and np.allclose(probs[broken], 1 / 6)  # the failed row: the uniform guess
+    assert not np.allclose(probs[~broken], 1 / 6, atol=1e-3)  # the others: the models' own predictions
 
     for path in test_eegs:
         path.write_bytes(b"not a parquet file")

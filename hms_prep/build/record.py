@@ -52,6 +52,9 @@ class BuildSummary:
     stage_seconds: dict[str, float]
     store_bytes: int
     crashed: list[str] = field(default_factory=list)  # why each crashed chunk task raised: its chunk is not done
+    # rows each array computed (`rows_computed` counts a chunk's rows once, by its busiest array): a change of
+    # rows computes the changed rows of an image array alone, and whole chunks of a segment-stored one
+    rows_by_array: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -122,6 +125,7 @@ def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan,
         stage_seconds=dict(stages),
         store_bytes=store_nbytes(config.store_url),
         crashed=[r.crashed for r in reports if r.crashed],
+        rows_by_array={name: sum(r.rows_computed.get(name, 0) for r in reports) for name in plan.computed},
     )
 
 

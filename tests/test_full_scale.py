@@ -2,6 +2,8 @@
 user's path on it: build, plan, one training step. The full rehearsal is benchmarks/full_scale.py."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -102,5 +104,29 @@ def test_one_percent_build_plan_and_a_training_step(data, tmp_path, preloaded):
         plan = json.loads(shown.stdout)
         assert plan["table_rows"] == spectrograms, (recipe, plan["row_table"], plan["table_rows"])
     trained = preloaded("hms-train", "train", "--store", store, "--config", "smoke", "--out", tmp_path / "run",
-                        "--folds", 0, "--epochs", 1, "--device", "cpu", "-q", "--set", "max_steps=1")
+                        "--folds", 0, "--epochs", 1, "--device", "cpu", "-q", "--set", "max_batches_per_epoch=1",
+                        "--set", "stage2_epochs=0")
     assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert '"epoch": 1' in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_reading_train_csv_does_not_import_pandas(data):
+    """pyarrow's to_numpy imports pandas on its first call (about 0.5 s of a no-op build's start); the label
+    reader takes the columns' buffers instead (hms_prep/sources/columns.py)."""
+    code = ("import sys; from hms_prep.sources.kaggle import read_labels; read_labels(sys.argv[1], 'train'); "
+            "assert 'pandas' not in sys.modules, 'pandas imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-800:]
+
+
+def test_numpy_column_gives_what_to_numpy_gives():
+    import pyarrow as pa
+
+    from hms_prep.sources.columns import numpy_column
+
+    values = pa.array(np.arange(10, dtype=np.int64))
+    cases = [values, values.slice(3, 4), pa.chunked_array([values.slice(0, 5), values.slice(5)]),
+             pa.chunked_array([values.slice(2, 3)]), pa.array([1.5, None, 2.5]), pa.array(["a", "b"])]
+    for column in cases:
+        got, want = numpy_column(column), column.to_numpy(zero_copy_only=False)
+        assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=got.dtype.kind == "f"), column

@@ -1,6 +1,7 @@
-"""Loaded by a `hms-train train` process that benchmarks/full_scale.py starts (PYTHONPATH): appends the wall
-clock (time.time()) after every training step to the file HMS_STEP_TIMES names, so the benchmark can tell
-the trainer's start to its first batch and the steady samples/s. It only records; the run is unchanged."""
+"""Loaded by a `hms-train train` process that benchmarks/full_scale.py starts (PYTHONPATH): appends, for
+every training step, the wall clock (time.time()) when the step got its batch and when it finished, as one
+line "START END" of the file HMS_STEP_TIMES names, so the benchmark can tell the trainer's start to its
+first batch and the steady samples/s. It only records; the run is unchanged."""
 
 import os
 
@@ -12,10 +13,11 @@ if os.environ.get("HMS_STEP_TIMES"):
     _call, _path = step.TrainStep.__call__, os.environ["HMS_STEP_TIMES"]
 
     def __call__(self, batch):
+        started = time.time()
         loss = _call(self, batch)
         float(loss)  # the step's work is done (on a GPU this waits for it)
         with open(_path, "a") as f:
-            f.write(f"{time.time()}\n")
+            f.write(f"{started} {time.time()}\n")
         return loss
 
     step.TrainStep.__call__ = __call__

@@ -14,6 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE, VOTE_COLUMNS
+from hms_prep.sources.columns import numpy_column
 
 EEG_COLUMNS = (
     "Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz",
@@ -84,11 +85,11 @@ def read_labels(data_dir: str | Path, split: str) -> pa.Table:
         if table.column(name).null_count:
             raise KaggleDataError(f"{path}: column {name!r} has empty values")
     if split == "train":
-        votes = np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in VOTE_COLUMNS], 1)
+        votes = np.stack([numpy_column(table.column(c)) for c in VOTE_COLUMNS], 1)
         bad = np.flatnonzero((votes < 0).any(1))  # rows without votes fail alone (hms_prep/build/record.py)
         if bad.size:
             raise KaggleDataError(f"{path}: line {int(bad[0]) + 2} has negative votes")
-        ids = table.column("label_id").to_numpy(zero_copy_only=False)
+        ids = numpy_column(table.column("label_id"))
         unique, counts = np.unique(ids, return_counts=True)
         if (counts > 1).any():
             dup = unique[counts > 1]

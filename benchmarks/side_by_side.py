@@ -1,0 +1,105 @@
+"""Three figures that slipped once (issue 27), this code against another checkout, alternating, with the CPU
+time of each command beside its wall time (CPU time moves far less than wall time on a shared machine):
+  noop        `hms-prep build` again on a built train store: nothing to compute (a new process)
+  test1       `hms-prep build --split test` of a folder with one test EEG into a new store (a new process)
+  reader      `hms-train bench --inputs eeg_10s,eeg_30s,kaggle --batch-size 32 --device cpu`: samples/s and
+              CPU us per sample, reader to a ready batch (the page cache warm: the store was just read)
+Each code builds its own train store from the same synthetic data (a store of one code may not open with
+the other). `--old DIR` is a checkout of the other code (`git worktree add /tmp/old <commit>`); it runs
+with this virtual environment's packages (PYTHONPATH=DIR first). Without --old only this code is measured.
+
+Examples:
+  python benchmarks/side_by_side.py --old /tmp/old --repeat 3
+  python benchmarks/side_by_side.py --work /tmp/sbs --repeat 5     # this code alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def run(argv: list, code: Path | None) -> tuple[float, float, str]:
+    """Wall and CPU seconds (the command and what it waited for) of one new process, and its output."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # .pyc cached, as installed
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, argv))}: exit {done.returncode}\n{done.stdout[-1500:]}{done.stderr[-1500:]}")
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old", type=Path, help="A checkout of the code to compare with.")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hms-side-by-side"))
+    parser.add_argument("--eegs", type=int, default=150, help="Train EEGs of the synthetic data (default 150)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.old is not None and not (args.old / "hms_prep").is_dir():
+        parser.error(f"--old {args.old}: no hms_prep/ there; give a checkout of the project")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    prep, train = BIN / "hms-prep", BIN / "hms-train"
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    data, one = work / "data", work / "one_test_eeg"
+    if not (data / "train.csv").exists():
+        run([prep, "synth", data, "--eegs", args.eegs, "--seed", 0], None)
+    if not (one / "test.csv").exists():
+        run([prep, "synth", one, "--eegs", 2, "--test-eegs", 1, "--seed", 1], None)
+    codes = {"this": None} | ({"old": args.old.resolve()} if args.old else {})
+    for name, code in codes.items():
+        store = work / f"{name}.zarr"
+        if not (store / "zarr.json").exists():
+            run([prep, "build", "--data", data, "--store", store, "-q"], code)
+    results: dict[str, dict[str, list]] = {name: {} for name in codes}
+    for _ in range(args.repeat):
+        for name, code in codes.items():  # alternating, so both see the same load
+            got = results[name]
+            wall, cpu, _ = run([prep, "build", "--data", data, "--store", work / f"{name}.zarr", "-q"], code)
+            got.setdefault("noop wall s", []).append(wall)
+            got.setdefault("noop CPU s", []).append(cpu)
+            test_store = work / f"{name}-test.zarr"
+            shutil.rmtree(test_store, ignore_errors=True)
+            wall, cpu, _ = run([prep, "build", "--data", one, "--split", "test", "--store", test_store, "-q"], code)
+            got.setdefault("test1 wall s", []).append(wall)
+            got.setdefault("test1 CPU s", []).append(cpu)
+            _, _, out = run([train, "bench", "--store", work / f"{name}.zarr", "--inputs", "eeg_10s,eeg_30s,kaggle",
+                             "--batch-size", 32, "--device", "cpu", "--json"], code)
+            bench = json.loads(out.strip().splitlines()[-1])
+            got.setdefault("reader samples/s", []).append(bench["samples_per_s"])
+            got.setdefault("reader CPU us/sample", []).append(bench["cpu_us_per_sample"])
+    load = os.getloadavg()
+    if args.json:
+        print(json.dumps({"results": results, "load_average": load}))
+        return
+    print(f"median of {args.repeat}, alternating; load average {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}")
+    names = list(codes)
+    print(f"{'figure':24s}" + "".join(f"{n:>26s}" for n in names))
+    for figure in results["this"]:
+        cells = []
+        for n in names:
+            values = results[n][figure]
+            cells.append(f"{statistics.median(values):9.3g} ({', '.join(f'{v:.3g}' for v in values)})")
+        print(f"{figure:24s}" + "".join(f"{c:>26s}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()

@@ -80,6 +80,7 @@ DAVID = {
     "ema_decay": 0.99, "ema_warmup": True,  # D/trainer.py EMA(beta=0.99)
     "ema_update_after_step": 50, "ema_update_every": 3,  # D/trainer.py:36
     "grad_clip": 10.0, "grad_clip_scaled": True,  # D/trainer.py: clip_grad_norm_(max_norm=10.0) before unscale_
+    "net_form": "seed_exact",  # D/model.py: random 17x17 stride-2 stem, torchvision BatchNorm, bias-free fc
     "kl_reduction": "mean", "kl_weight": 2.0, "ce_weight": 2.0, "mse_weight": 0.0,  # D/trainer.py ce*2 + kl*2
     "epochs": 3, "stage2_epochs": 12, "stage2_min_votes": 10,  # train-mlflow.py two-stage, data_loader.py
     "stage2_init": "continue", "select_min_votes": 10,
@@ -88,7 +89,7 @@ DAVID = {
 }
 DAVID_AUGMENT = {  # D/data_loader.py, D/utils.py
     "hflip_p": 0.5, "vflip_p": 0.0, "hemisphere_swap_p": 0.0, "xy_mask_p": 0.0, "ssr_p": 0.0,
-    "mixup_p": 0.3, "mixup_alpha": 0.5, "brightness_contrast_p": 0.25,
+    "mixup_p": 0.3, "mixup_alpha": 0.5, "brightness_contrast_p": 0.0,  # his contrast: augment.autocontrast
 }
 EXPECTED = {
     "seed_richard_b0": (RICHARD, RICHARD_AUGMENT),
@@ -117,6 +118,8 @@ def test_bundled_recipes_hold_the_seed_values(name):
     config = load_config(name)
     assert {key: getattr(config, key) for key in values} == values
     assert {key: flat(config.augment)[key] for key in augment} == augment
+    # D/utils.py: RandomApply(p=0.5) of v2.RandomAutocontrast() (p 0.5), per chain sub-image
+    assert config.augment.steps["autocontrast"].p == (0.25 if name.startswith("seed_david") else 0.0)
 
 
 def test_old_names_extend_the_new_recipes():

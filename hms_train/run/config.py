@@ -23,7 +23,7 @@ from hms_train.image.augment import AugmentConfig, AugmentError
 from hms_train.data.tables import TABLES
 from hms_train.image.layout import LayoutConfig
 from hms_train.model.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
-from hms_train.model.models import DROPOUT_PLACES, MODEL_KINDS, POOLS
+from hms_train.model.models import DROPOUT_PLACES, MODEL_KINDS, NET_FORMS, POOLS
 from hms_prep.plugins import load_plugins
 from hms_train.run.tracking import TRACKERS
 
@@ -92,6 +92,9 @@ class TrainConfig:
     drop_path_rate: float = field(default=0.0, metadata=PROBABILITY)  # timm's stochastic depth
     dropout_at: Literal[DROPOUT_PLACES] = "pooled"  # drop_rate on the pooled features, or on the map (Richard)
     conv_head: bool = True  # false: a MobileNetV3 ends at its last stage (960 channels, David's torchvision)
+    # "seed_exact": David's torchvision network input (random 17x17 stride-2 stem, torchvision's BatchNorm
+    # eps/momentum, a bias-free head; hms_train/model/models.py seed_exact_backbone); "timm": timm's own
+    net_form: Literal[NET_FORMS] = "timm"
     pretrained: bool = False  # timm's weights: the local Hugging Face cache, else a download when online
     weights: str | None = None  # a local backbone state dict
     # optimisation

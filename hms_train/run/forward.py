@@ -43,7 +43,11 @@ def make_augmenter(plan: RunPlan, generator: torch.Generator | None) -> Augmente
         mirror_rows = torch.from_numpy(plan.inputs.mirror_rows()).to(device)
     if plan.inputs.takes_image and steps["time_flip"].p > 0 and steps["time_flip"].per_part:
         flip_columns = torch.from_numpy(plan.inputs.layout.part_flip_columns()).to(device)
-    return Augmenter(plan.augment, generator, mirror_rows=mirror_rows, flip_columns=flip_columns)
+    chain_blocks = None
+    if plan.inputs.takes_image and steps["autocontrast"].p > 0:
+        chain_blocks = torch.from_numpy(plan.inputs.layout.chain_blocks()).to(device)
+    return Augmenter(plan.augment, generator, mirror_rows=mirror_rows, flip_columns=flip_columns,
+                     chain_blocks=chain_blocks)
 
 
 def model_inputs(

@@ -190,7 +190,7 @@ def _model_spec(config: TrainConfig, kind, layout: ImageLayout | None, signals: 
     the signal channels from the store."""
     values = {"backbone": config.backbone, "pool": config.pool, "drop_rate": config.drop_rate,
               "drop_path_rate": config.drop_path_rate, "pretrained": config.pretrained, "weights": config.weights,
-              "dropout_at": config.dropout_at, "conv_head": config.conv_head}
+              "dropout_at": config.dropout_at, "conv_head": config.conv_head, "net_form": config.net_form}
     if layout is not None:
         values["image_size"] = list(layout.image_size)
     if signals is not None:
@@ -198,6 +198,7 @@ def _model_spec(config: TrainConfig, kind, layout: ImageLayout | None, signals: 
         values["raw_samples"] = SIGNAL_WINDOW
     taken = kind.arguments()
     refused = [key for key in ("pretrained", "weights") if values[key] and key not in taken]
+    refused += ["net_form"] if config.net_form != "timm" and "net_form" not in taken else []
     if refused:
         raise ConfigError(f"{refused} concern an image backbone; model kind {kind.name!r} has none")
     return {"name": kind.name, "kwargs": {key: value for key, value in values.items() if key in taken}}
@@ -216,6 +217,8 @@ def check_augment(config: TrainConfig, inputs: InputPlan) -> AugmentConfig:
         inputs.mirror_rows()  # a tiled, cropped layout has no fixed mirror map: refused here, naming the fix
     if inputs.takes_image and augment.steps["time_flip"].p > 0 and augment.steps["time_flip"].per_part:
         inputs.layout.part_flip_columns()  # likewise for a flip of each part in place
+    if inputs.takes_image and augment.steps["autocontrast"].p > 0:
+        inputs.layout.chain_blocks()  # and for a step on each chain sub-image
     return augment
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,10 @@ DROPOUT_PLACES = ("pooled", "map")
 # How a backbone meets the image: timm's pretrained 1-channel stem, BatchNorm settings and a biased head, or
 # David's torchvision network as his code built it ("seed_exact", D/model.py: `seed_exact_backbone`).
 NET_FORMS = ("timm", "seed_exact")
-# torchvision's BatchNorm (eps, momentum) for the architectures David used: efficientnet_b0 keeps
-# nn.BatchNorm2d's defaults; mobilenet_v3_large builds partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
-# (torchvision/models/mobilenetv3.py); timm's are 1e-5 / 0.1 for both.
-TORCHVISION_BATCHNORM = {"efficientnet_b0": (1e-5, 0.1), "mobilenetv3_large_100": (1e-3, 0.01)}
+# torchvision's BatchNorm (eps, momentum) for the families David used: EfficientNet B0-B7 keep nn.BatchNorm2d's
+# defaults; MobileNetV3 builds partial(nn.BatchNorm2d, eps=0.001, momentum=0.01) (torchvision/models/
+# mobilenetv3.py); timm's are 1e-5 / 0.1 for both.
+TORCHVISION_EFFICIENTNET_BN, TORCHVISION_MOBILENETV3_BN = (1e-5, 0.1), (1e-3, 0.01)
 # D/model.py: nn.Conv2d(in_ch, c0_ch, kernel_size=(17, 17), stride=(stride, stride), padding=(8, 8), bias=False),
 # stride = 2 ** (5 - w_factor + 1) = 2 (w_factor 5 for b0 and mobilenet)
 SEED_STEM = {"kernel_size": 17, "stride": 2, "padding": 8, "bias": False}
@@ -125,12 +126,14 @@ def seed_exact_backbone(backbone: nn.Module, name: str) -> None:
     initialised one-channel 17 x 17 stride-2 conv (padding 8, no bias; `self.features[0][0] = nn.Conv2d(
     in_ch, c0_ch, ...)`) after the pretrained weights are in, and every BatchNorm with torchvision's eps and
     momentum for the architecture (his backbones were torchvision's)."""
-    base = name.split(".")[0]
-    if base not in TORCHVISION_BATCHNORM or not isinstance(getattr(backbone, "conv_stem", None), nn.Conv2d):
-        raise ValueError(f"net_form = \"seed_exact\" is David's torchvision form of {sorted(TORCHVISION_BATCHNORM)}; "
-                         f"{name} is not one of them")
+    if isinstance(backbone, timm.models.MobileNetV3):
+        eps, momentum = TORCHVISION_MOBILENETV3_BN
+    elif isinstance(backbone, timm.models.EfficientNet) and re.fullmatch(r"efficientnet_b\d", name.split(".")[0]):
+        eps, momentum = TORCHVISION_EFFICIENTNET_BN
+    else:
+        raise ValueError(f"net_form = \"seed_exact\" is David's torchvision form of a MobileNetV3 or an "
+                         f"efficientnet_b0 ... b7; {name} is neither")
     backbone.conv_stem = nn.Conv2d(1, backbone.conv_stem.out_channels, **SEED_STEM)
-    eps, momentum = TORCHVISION_BATCHNORM[base]
     for module in backbone.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eps, module.momentum = eps, momentum

@@ -219,6 +219,12 @@ def check_augment(config: TrainConfig, inputs: InputPlan) -> AugmentConfig:
         inputs.layout.part_flip_columns()  # likewise for a flip of each part in place
     if inputs.takes_image and augment.steps["autocontrast"].p > 0:
         inputs.layout.chain_blocks()  # and for a step on each chain sub-image
+    if config.eval_flip_p > 0:
+        if not inputs.takes_image or inputs.signals is not None:
+            raise ConfigError(f"eval_flip_p: flips the image at evaluation; model kind {config.model!r} takes "
+                              "signals (or no image): set it to 0")
+        if augment.steps["time_flip"].per_part:
+            inputs.layout.part_flip_columns()
     return augment
 
 

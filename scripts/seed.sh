@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The seed solution end to end (docs/recipes.md): one cache for both pipelines, every seed recipe, the
-# second round (Richard's pseudo-label fine-tuning, David's pseudo-label runs, Richard's distilled runs
+# second round (Richard's pseudo-label fine-tuning, David's two pseudo-label rounds, Richard's distilled runs
 # from this project's round-1 blend as the teacher), the learned blend beside the seed's own weights,
 # submission.csv and the CV table.
 #   DATA=/path/to/hms   the Kaggle folder (required)
@@ -35,8 +35,10 @@ done
 
 seed_blend() {  # the seed's own final blend (docs/recipes.md) over the runs that stand for its groups
   local runs=() weights=() run weight
+  # David's B0 share is his run without pseudo-labels, E/HMS_David_LB31.ipynb c12: .../efficientb0-wo-pl/1/f{0,2,3}.pt;
+  # his MobileNetV3 share the second pseudo-label round (run_commands.py launches cnn-mb-PL2 on folds 0, 2, 3)
   for pair in seed_richard_b0:.025 seed_richard_b0_kd:.025 seed_richard_convnext_kd:.025 \
-              seed_richard_v2s_kd:.05 seed_richard_b0_pl:.125 seed_david_b0_pl:.13636 seed_david_mnv3_pl:.11364; do
+              seed_richard_v2s_kd:.05 seed_richard_b0_pl:.125 seed_david_b0:.13636 seed_david_mnv3_pl2:.11364; do
     run=${pair%%:*} weight=${pair#*:}
     if [ -d "$RUNS/$run" ]; then runs+=("$RUNS/$run"); weights+=("$weight"); fi
   done
@@ -75,6 +77,13 @@ if has seed_david_b0 && has seed_david_mnv3; then
   for base in seed_david_b0 seed_david_mnv3; do
     train "${base}_pl" "${base}_pl" --set "pseudo_labels=\"$SEED/pseudo_david.parquet\""
     round2+=("$RUNS/${base}_pl")
+  done
+  # his second round (the PL2 runs): pseudo-labels of the first round's pseudo-label runs
+  "$BIN/hms-train" pseudo-label --runs "$RUNS/seed_david_b0_pl" --runs "$RUNS/seed_david_mnv3_pl" --store "$STORE" \
+    --out "$SEED/pseudo_david2.parquet" --all-rows
+  for base in seed_david_b0 seed_david_mnv3; do
+    train "${base}_pl2" "${base}_pl2" --set "pseudo_labels=\"$SEED/pseudo_david2.parquet\""
+    round2+=("$RUNS/${base}_pl2")
   done
 fi
 # Richard's KD runs: the seed's teacher (Data/Kaggle_KD.csv) is not public; the teacher here is this

@@ -310,3 +310,30 @@ def test_no_python_loop_over_the_batch():
 
     small, large = operators(2), operators(32)
     assert small == large and sum(small.values()) > 0
+
+
+def test_autocontrast_is_torchvisions_on_each_chosen_chain_sub_image():
+    """David's "contrast" (D/utils.py: RandomApply([RandomChoice([v2.RandomAutocontrast()])], p=0.5) on each
+    chain sub-image): each chosen block equals torchvision's autocontrast of that block alone, the others
+    and the padding (-1) are untouched; a constant block is only clamped, as torchvision does."""
+    import torchvision.transforms.v2.functional as TF
+
+    from hms_train.image.augment import block_autocontrast
+
+    blocks = torch.full((8, 10), -1, dtype=torch.int64)
+    blocks[:, :6] = torch.arange(4).repeat_interleave(2)[:, None]  # part 0: 4 chains of 2 rows, 6 columns
+    blocks[:4, 6:] = 4 + torch.arange(4)[:, None]  # part 1: 4 chains of 1 row, 4 columns; rows 4-7 padding
+    images = torch.randn(3, 1, 8, 10, generator=torch.Generator().manual_seed(0)) * 3
+    images[1, 0, 0:2, :6] = 0.5  # a constant block
+    chosen = torch.rand(3, 8, generator=torch.Generator().manual_seed(1)) < 0.5
+    chosen[1, 0] = True
+    out = block_autocontrast(images, blocks, chosen)
+    for b in range(3):
+        for k in range(8):
+            where = blocks == k
+            rows, cols = where.nonzero()[:, 0], where.nonzero()[:, 1]
+            block = images[b, :, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            expected = TF.autocontrast(block) if chosen[b, k] else block
+            torch.testing.assert_close(out[b, :, rows.min():rows.max() + 1, cols.min():cols.max() + 1], expected)
+    assert torch.equal(out[:, :, 4:, 6:], images[:, :, 4:, 6:])
+    assert chosen.any() and (~chosen).any()

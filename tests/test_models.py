@@ -349,3 +349,32 @@ def test_convnext_pools_then_normalises_as_timms_own_model():
         per_position = ours.head(ours.backbone(image).mean(dim=(2, 3)))  # norm, then pool
         assert (per_position - theirs(image)).abs().max() > 1e-2
     assert ours.norm_after_pool and not SpectrogramNet(timm_backbone("efficientnet_b0"), (64, 96)).norm_after_pool
+
+
+@pytest.mark.parametrize("backbone, torchvision_name, stem_channels", [
+    ("efficientnet_b0", "efficientnet_b0", 32), ("mobilenetv3_large_100", "mobilenet_v3_large", 16)])
+def test_seed_exact_is_davids_torchvision_network_input(backbone, torchvision_name, stem_channels):
+    """D/model.py: the first conv a new random nn.Conv2d(1, c0_ch, (17, 17), stride 2, padding 8, bias=False),
+    torchvision's BatchNorm settings (read here from torchvision's own model), fc = Dropout(0.1),
+    Linear(cnn_ch, 6, bias=False); the feature map keeps the size of the 3 x 3 stem's."""
+    import torchvision
+
+    reference = getattr(torchvision.models, torchvision_name)()
+    settings = {(m.eps, m.momentum) for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    kwargs = dict(backbone=backbone, pool="avg", image_size=(64, 96), drop_rate=0.1,
+                  conv_head=backbone.startswith("efficientnet"))
+    torch.manual_seed(0)
+    model = create_model("2d", net_form="seed_exact", **kwargs)
+    stem = model.backbone.conv_stem
+    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, stem.bias) == (
+        1, stem_channels, (17, 17), (2, 2), (8, 8), None)
+    assert {(m.eps, m.momentum) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == settings
+    assert model.head.bias is None
+    timm_form = create_model("2d", **kwargs)
+    assert timm_form.head.bias is not None and timm_form.backbone.conv_stem.kernel_size == (3, 3)
+    image = torch.randn(2, 1, 64, 96)
+    assert model.backbone(image).shape == timm_form.backbone(image).shape
+    torch.manual_seed(1)
+    assert not torch.equal(create_model("2d", net_form="seed_exact", **kwargs).backbone.conv_stem.weight, stem.weight)
+    with pytest.raises(ValueError, match="seed_exact"):
+        create_model("2d", net_form="seed_exact", backbone="resnet18", pool="avg", image_size=(64, 96))

@@ -80,6 +80,8 @@ DAVID = {
     "ema_decay": 0.99, "ema_warmup": True,  # D/trainer.py EMA(beta=0.99)
     "ema_update_after_step": 50, "ema_update_every": 3,  # D/trainer.py:36
     "grad_clip": 10.0, "grad_clip_scaled": True,  # D/trainer.py: clip_grad_norm_(max_norm=10.0) before unscale_
+    "net_form": "seed_exact",  # D/model.py: random 17x17 stride-2 stem, torchvision BatchNorm, bias-free fc
+    "eval_flip_p": 0.5,  # D/data_loader.py:388: every dataset flips, validation and pseudo-labelling too
     "kl_reduction": "mean", "kl_weight": 2.0, "ce_weight": 2.0, "mse_weight": 0.0,  # D/trainer.py ce*2 + kl*2
     "epochs": 3, "stage2_epochs": 12, "stage2_min_votes": 10,  # train-mlflow.py two-stage, data_loader.py
     "stage2_init": "continue", "select_min_votes": 10,
@@ -88,7 +90,7 @@ DAVID = {
 }
 DAVID_AUGMENT = {  # D/data_loader.py, D/utils.py
     "hflip_p": 0.5, "vflip_p": 0.0, "hemisphere_swap_p": 0.0, "xy_mask_p": 0.0, "ssr_p": 0.0,
-    "mixup_p": 0.3, "mixup_alpha": 0.5, "brightness_contrast_p": 0.25,
+    "mixup_p": 0.3, "mixup_alpha": 0.5, "brightness_contrast_p": 0.0,  # his contrast: augment.autocontrast
 }
 EXPECTED = {
     "seed_richard_b0": (RICHARD, RICHARD_AUGMENT),
@@ -118,6 +120,8 @@ def test_bundled_recipes_hold_the_seed_values(name):
     model = config.model.kwargs()  # the [model] table's settings, the others fields of their own
     assert {key: model[key] if key in model else getattr(config, key) for key in values} == values
     assert {key: flat(config.augment)[key] for key in augment} == augment
+    # D/utils.py: RandomApply(p=0.5) of v2.RandomAutocontrast() (p 0.5), per chain sub-image
+    assert config.augment.steps["autocontrast"].p == (0.25 if name.startswith("seed_david") else 0.0)
 
 
 def test_old_names_extend_the_new_recipes():
@@ -788,3 +792,38 @@ def test_scaled_gradient_clipping_is_davids_clip_before_unscale():
     before = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
     clip_gradients(model.parameters(), 10.0, False, 0)
     assert torch.cat([p.grad.flatten() for p in model.parameters()]).norm() == before < 10
+
+
+def test_davids_evaluation_sees_the_rows_drawn_for_the_fold_flipped_in_place(both_store):
+    """D/data_loader.py:388 flipped every image it read with p .5, validation and pseudo-labelling too:
+    `eval_flip_p` draws the flipped rows once per fold, and those rows' images are each part reversed in
+    place (his per-signal flip), exactly as the model sees them flipped by hand."""
+    from hms_train.data.reader import to_device
+    from hms_train.image.augment import part_time_flip
+    from hms_train.run.forward import eval_flips, model_inputs, predict_probabilities
+
+    config = load_config("seed_david_b0", [f'store="{both_store}"', *TINY])
+    reader = StoreReader(both_store, config.inputs)
+    plan = plan_inputs(config, reader.descriptions)
+    torch.manual_seed(0)
+    model = plan.build_model().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(300)  # logits far from uniform, so that a flip shows in the probabilities
+    cpu = torch.device("cpu")
+    flips = eval_flips(config, 0, reader.n_rows)
+    assert np.array_equal(flips, eval_flips(config, 0, reader.n_rows)) and 0.2 < flips.mean() < 0.8
+    assert not np.array_equal(flips, eval_flips(config, 1, reader.n_rows))
+    rows = reader.select(Selection(folds=[0]))[:5]
+    flipped = predict_probabilities(model, reader, rows, plan, cpu, flipped=np.ones(reader.n_rows, bool))
+    plain = predict_probabilities(model, reader, rows, plan, cpu, flipped=np.zeros(reader.n_rows, bool))
+    torch.testing.assert_close(torch.from_numpy(plain), torch.from_numpy(predict_probabilities(model, reader, rows, plan, cpu)))
+    batches = reader.batches(rows, 64, shuffle=False)
+    batch = to_device(next(iter(batches)), cpu)
+    batches.close()
+    image = model_inputs(batch, plan, train=False)["image"]
+    columns = torch.from_numpy(plan.layout.part_flip_columns())
+    with torch.no_grad():
+        by_hand = model(image=part_time_flip(image, torch.ones(len(image), dtype=torch.bool), columns)).softmax(1)
+    order = [list(rows).index(int(r)) for r in batch["row"]]
+    torch.testing.assert_close(torch.from_numpy(flipped[order]), by_hand, rtol=1e-4, atol=1e-5)
+    assert np.abs(flipped - plain).max() > 1e-3

@@ -89,13 +89,14 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     result = subprocess.run(["bash", "scripts/seed.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     blend = json.loads((seed / "blend.json").read_text())
-    # round 1; Richard's and David's pseudo-label runs; Richard's distilled run
+    # round 1; Richard's pseudo-label run and David's two rounds of them; Richard's distilled run
     assert [Path(run).name for run in blend["runs"]] == [
-        *RECIPES, "seed_richard_b0_pl", "seed_david_b0_pl", "seed_david_mnv3_pl", "seed_richard_b0_kd"]
+        *RECIPES, "seed_richard_b0_pl", "seed_david_b0_pl", "seed_david_mnv3_pl", "seed_david_b0_pl2",
+        "seed_david_mnv3_pl2", "seed_richard_b0_kd"]
     assert abs(sum(blend["weights"]) - 1) < 1e-6
     seed_blend = json.loads((seed / "seed_blend.json").read_text())  # the seed's fixed weights, as data
     assert [Path(run).name for run in seed_blend["runs"]] == [
-        "seed_richard_b0", "seed_richard_b0_kd", "seed_richard_b0_pl", "seed_david_b0_pl", "seed_david_mnv3_pl"]
+        "seed_richard_b0", "seed_richard_b0_kd", "seed_richard_b0_pl", "seed_david_b0", "seed_david_mnv3_pl2"]
     with open(seed / "submission.csv") as f:
         rows = list(csv.DictReader(f))
     test_ids = {row["eeg_id"] for row in csv.DictReader(open(synth_data / "test.csv"))}

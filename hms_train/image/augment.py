@@ -81,6 +81,26 @@ def vertical_flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(_per_sample(mask), images.flip(-2), images)
 
 
+def block_autocontrast(images: torch.Tensor, blocks: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """torchvision's `autocontrast` of each chosen (sample, block): the block's pixels rescaled by its own
+    min and max to [0, 1] (a constant block: only clamped); `blocks` (H, W) numbers the blocks 0..K-1
+    (-1: left alone), `chosen` (B, K) bool. One batched pass: per-block min and max by scatter_reduce."""
+    batch, count = chosen.shape
+    flat = images.reshape(batch, -1)
+    ids = blocks.reshape(-1)
+    inside = ids >= 0
+    index = ids.clamp(min=0).expand(batch, -1)
+    big = torch.finfo(flat.dtype).max
+    minimum = flat.new_full((batch, count), big).scatter_reduce(1, index, torch.where(inside, flat, big), "amin")
+    maximum = flat.new_full((batch, count), -big).scatter_reduce(1, index, torch.where(inside, flat, -big), "amax")
+    constant = maximum == minimum  # torchvision: minimum 0 and scale 1, so the block is only clamped
+    span = torch.where(constant, torch.ones_like(maximum), maximum - minimum)
+    minimum = torch.where(constant, torch.zeros_like(minimum), minimum)
+    rescaled = ((flat - minimum.gather(1, index)) / span.gather(1, index)).clamp(0.0, 1.0)
+    apply = chosen.gather(1, index) & inside
+    return torch.where(apply, rescaled, flat).reshape(images.shape)
+
+
 def brightness_contrast(images: torch.Tensor, contrast: torch.Tensor, brightness: torch.Tensor) -> torch.Tensor:
     """`images * contrast + brightness` with one factor and one offset per sample ((B,) each)."""
     return images * _per_sample(contrast) + _per_sample(brightness)
@@ -175,9 +195,10 @@ class Draws:
     device; and what the steps may need to know of the image (`mirror_rows`, from its layout)."""
 
     def __init__(self, images: torch.Tensor, generator: torch.Generator | None, mirror_rows: torch.Tensor | None,
-                 flip_columns: torch.Tensor | None = None):
+                 flip_columns: torch.Tensor | None = None, chain_blocks: torch.Tensor | None = None):
         self.batch, self.device = images.shape[0], images.device
         self.generator, self.mirror_rows, self.flip_columns = generator, mirror_rows, flip_columns
+        self.chain_blocks = chain_blocks
 
     def uniform(self, low: float, high: float) -> torch.Tensor:
         """(B,) uniform draws in [low, high)."""
@@ -246,6 +267,11 @@ class VerticalFlipSettings:
 
 
 @dataclass
+class AutocontrastSettings:
+    p: float = 0.0  # per chain sub-image of each part, drawn apart (David: RandomApply(p=.5) of RandomAutocontrast(p=.5))
+
+
+@dataclass
 class BrightnessContrastSettings:
     p: float = 0.6
     brightness: float = 0.2  # offset drawn from U(-brightness, brightness) and added
@@ -292,6 +318,17 @@ def _time_flip(draws: Draws, images, targets, settings: TimeFlipSettings):
 @register_augmentation("vertical_flip", VerticalFlipSettings, order=30, image_only=True)
 def _vertical_flip(draws: Draws, images, targets, settings: VerticalFlipSettings):
     return vertical_flip(images, draws.chosen(settings.p)), targets
+
+
+@register_augmentation("autocontrast", AutocontrastSettings, order=35, image_only=False)
+def _autocontrast(draws: Draws, images, targets, settings: AutocontrastSettings):
+    """David's "contrast" (D/utils.py get_transform: RandomApply([RandomChoice([v2.RandomAutocontrast()])],
+    p=0.5) on every chain sub-image the data loader reads, D/data_loader.py get_data_by_id)."""
+    if draws.chain_blocks is None:
+        raise ValueError("augment.autocontrast needs the layout's map of the chain sub-images (Augmenter(chain_blocks=))")
+    count = int(draws.chain_blocks.max()) + 1
+    u = torch.rand(draws.batch, count, generator=draws.generator, device=draws.device)
+    return block_autocontrast(images, draws.chain_blocks, u < settings.p), targets
 
 
 @register_augmentation("brightness_contrast", BrightnessContrastSettings, order=40, image_only=False)
@@ -424,23 +461,25 @@ class Augmenter:
 
     `mirror_rows` is the hemisphere swap's map of the image's chain blocks, from the image layout
     (`ImageLayout.mirror_rows`); None treats the whole image as one part of 4 equal blocks.
-    `flip_columns` is the map of a time flip of each part in place (`ImageLayout.part_flip_columns`). Crops are
+    `flip_columns` is the map of a time flip of each part in place (`ImageLayout.part_flip_columns`),
+    `chain_blocks` the chain sub-image of each pixel (`ImageLayout.chain_blocks`). Crops are
     not here: they belong to the layout and happen when the image is composed (`hms_train.image.compose`).
     """
 
     def __init__(self, config: AugmentConfig, generator: torch.Generator | None = None,
-                 mirror_rows: torch.Tensor | None = None, flip_columns: torch.Tensor | None = None):
+                 mirror_rows: torch.Tensor | None = None, flip_columns: torch.Tensor | None = None,
+                 chain_blocks: torch.Tensor | None = None):
         self.config = config
         self.steps = config.active()
         self.generator = generator
-        self.mirror_rows, self.flip_columns = mirror_rows, flip_columns
+        self.mirror_rows, self.flip_columns, self.chain_blocks = mirror_rows, flip_columns, chain_blocks
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, train: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented (images, targets) in train mode; the inputs unchanged when `train` is False."""
         if not train:
             return images, targets
-        draws = Draws(images, self.generator, self.mirror_rows, self.flip_columns)
+        draws = Draws(images, self.generator, self.mirror_rows, self.flip_columns, self.chain_blocks)
         for augmentation, settings in self.steps:
             images, targets = augmentation.apply(draws, images, targets, settings)
         return images, targets

@@ -288,6 +288,21 @@ class ImageLayout:
         return columns
 
 
+    def chain_blocks(self) -> np.ndarray:
+        """(H, W) int: which chain sub-image each pixel belongs to (part index x 4 + chain; -1 where no part
+        is, the padding), for steps that act on each chain of each part apart (David's autocontrast).
+        Raises LayoutError where the parts move (a whole-image crop or padding to layout.width)."""
+        if self.width != self.composed_width:
+            raise LayoutError("a step on each chain sub-image needs the parts where the layout puts them; this "
+                              "layout crops or pads the image to layout.width: set augment.autocontrast.p = 0 "
+                              "or drop layout.width")
+        blocks = np.full((self.height, self.width), -1, dtype=np.int64)
+        for index, part in enumerate(self.parts):
+            chain = np.repeat(np.arange(N_CHAINS), part.freqs) + N_CHAINS * index
+            blocks[part.row : part.row + part.height, part.col : part.col + part.width] = chain[:, None]
+        return blocks
+
+
 def _chain_mirror(freqs: int) -> np.ndarray:
     """(4 * F,) source row of each row of one part when its chain blocks are mirrored."""
     blocks = np.arange(N_CHAINS * freqs).reshape(N_CHAINS, freqs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -30,6 +31,16 @@ POOLS = ("avg", "gem", "attention")
 # Where a SpectrogramNet's dropout acts: on the pooled features before the head (the default), or on the
 # backbone's 4-D feature map before the pool (Richard's: timm's forward_head dropout with an identity pool).
 DROPOUT_PLACES = ("pooled", "map")
+# How a backbone meets the image: timm's pretrained 1-channel stem, BatchNorm settings and a biased head, or
+# David's torchvision network as his code built it ("seed_exact", D/model.py: `seed_exact_backbone`).
+NET_FORMS = ("timm", "seed_exact")
+# torchvision's BatchNorm (eps, momentum) for the families David used: EfficientNet B0-B7 keep nn.BatchNorm2d's
+# defaults; MobileNetV3 builds partial(nn.BatchNorm2d, eps=0.001, momentum=0.01) (torchvision/models/
+# mobilenetv3.py); timm's are 1e-5 / 0.1 for both.
+TORCHVISION_EFFICIENTNET_BN, TORCHVISION_MOBILENETV3_BN = (1e-5, 0.1), (1e-3, 0.01)
+# D/model.py: nn.Conv2d(in_ch, c0_ch, kernel_size=(17, 17), stride=(stride, stride), padding=(8, 8), bias=False),
+# stride = 2 ** (5 - w_factor + 1) = 2 (w_factor 5 for b0 and mobilenet)
+SEED_STEM = {"kernel_size": 17, "stride": 2, "padding": 8, "bias": False}
 # The 1D net halves the time axis until at most this many steps are left for its GRU.
 GRU_MAX_STEPS = 400
 
@@ -113,6 +124,24 @@ def drop_conv_head(backbone: nn.Module, name: str) -> None:
     backbone.prune_intermediate_layers(prune_head=True)  # the last stage kept; conv_head and act2 -> Identity
 
 
+def seed_exact_backbone(backbone: nn.Module, name: str) -> None:
+    """David's network input (D/model.py, EfficientNet.__init__): the first conv replaced by a new, randomly
+    initialised one-channel 17 x 17 stride-2 conv (padding 8, no bias; `self.features[0][0] = nn.Conv2d(
+    in_ch, c0_ch, ...)`) after the pretrained weights are in, and every BatchNorm with torchvision's eps and
+    momentum for the architecture (his backbones were torchvision's)."""
+    if isinstance(backbone, timm.models.MobileNetV3):
+        eps, momentum = TORCHVISION_MOBILENETV3_BN
+    elif isinstance(backbone, timm.models.EfficientNet) and re.fullmatch(r"efficientnet_b\d", name.split(".")[0]):
+        eps, momentum = TORCHVISION_EFFICIENTNET_BN
+    else:
+        raise ValueError(f"net_form = \"seed_exact\" is David's torchvision form of a MobileNetV3 or an "
+                         f"efficientnet_b0 ... b7; {name} is neither")
+    backbone.conv_stem = nn.Conv2d(1, backbone.conv_stem.out_channels, **SEED_STEM)
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps, module.momentum = eps, momentum
+
+
 def feature_map_shape(backbone: nn.Module, image_size: tuple[int, int]) -> tuple[int, int, int]:
     """(C, H, W) of the backbone's feature map for a (1, H_img, W_img) image, by one dry forward pass.
 
@@ -155,6 +184,7 @@ class SpectrogramNet(nn.Module):
         drop_rate: float = 0.2,
         num_classes: int = NUM_CLASSES,
         dropout_at: str = "pooled",
+        head_bias: bool = True,
     ):
         super().__init__()
         if dropout_at not in DROPOUT_PLACES:
@@ -166,7 +196,7 @@ class SpectrogramNet(nn.Module):
         self.pool = create_pool(pool, channels, width)
         self.dropout_at = dropout_at
         self.dropout = nn.Dropout(drop_rate)
-        self.head = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
+        self.head = nn.Linear(channels, num_classes, bias=head_bias) if num_classes else nn.Identity()
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, C) pooled backbone features (the map dropped out first with dropout_at="map")."""
@@ -382,11 +412,14 @@ def cached_pretrained_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Mod
 
 def create_backbone(
     name: str, pretrained: bool = False, weights: str | Path | None = None, drop_path_rate: float = 0.0,
-    conv_head: bool = True,
+    conv_head: bool = True, net_form: str = "timm",
 ) -> nn.Module:
     """A 1-channel timm feature extractor: weights from `weights` if given, else timm's pretrained ones
     (local cache, else downloaded) if `pretrained`, else random initialisation; without its conv_head
-    (`drop_conv_head`) when `conv_head` is false, once the weights are in."""
+    (`drop_conv_head`) when `conv_head` is false, and in David's form (`seed_exact_backbone`) when
+    `net_form` is "seed_exact", once the weights are in."""
+    if net_form not in NET_FORMS:
+        raise ValueError(f"unknown net_form {net_form!r}; expected one of {NET_FORMS}")
     if weights is not None:
         backbone = timm_backbone(name, drop_path_rate=drop_path_rate)
         load_backbone_weights(backbone, weights)
@@ -396,6 +429,8 @@ def create_backbone(
         backbone = timm_backbone(name, drop_path_rate=drop_path_rate)
     if not conv_head:
         drop_conv_head(backbone, name)
+    if net_form == "seed_exact":
+        seed_exact_backbone(backbone, name)
     return backbone
 
 
@@ -476,12 +511,16 @@ def spectrogram_model(
     drop_path_rate: Probability = 0.0,  # timm's stochastic depth
     dropout_at: Literal[DROPOUT_PLACES] = "pooled",  # on the pooled features, or on the map (Richard)
     conv_head: bool = True,
+    net_form: Literal[NET_FORMS] = "timm",
 ) -> SpectrogramNet:
     """SpectrogramNet on (H, W) = `image_size` images (the layout's); `weights` is a local pretrained
     file for the backbone and takes precedence over `pretrained` (timm's cache, else a download).
-    `dropout_at` and `conv_head` default to the models built before they existed (old model specs)."""
-    backbone_net = create_backbone(backbone, pretrained, weights, drop_path_rate, conv_head)
-    return SpectrogramNet(backbone_net, tuple(image_size), pool, drop_rate, dropout_at=dropout_at)
+    `dropout_at`, `conv_head` and `net_form` default to the models built before they existed (old model
+    specs); "seed_exact" is David's torchvision form, with a bias-free head (D/model.py: nn.Linear(cnn_ch,
+    num_classes, bias=False))."""
+    backbone_net = create_backbone(backbone, pretrained, weights, drop_path_rate, conv_head, net_form)
+    return SpectrogramNet(backbone_net, tuple(image_size), pool, drop_rate, dropout_at=dropout_at,
+                          head_bias=net_form != "seed_exact")
 
 
 @register_model("1d", inputs=(SIGNALS,))

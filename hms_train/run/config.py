@@ -150,6 +150,10 @@ class TrainConfig:
     select_min_votes: int = field(default=10, metadata=NON_NEGATIVE)  # the "golden" rows checkpoints are chosen on
     # evaluation
     tta_hflip: bool = False
+    # validation and out-of-fold predictions (so pseudo-labels) see each row time-flipped with this
+    # probability, as augment.time_flip flips (per part or whole), drawn once per fold and row; David's
+    # data loader flipped every image it read, validation and pseudo-labelling included (not at test time)
+    eval_flip_p: float = field(default=0.0, metadata=PROBABILITY)
     max_batches_per_epoch: int | None = field(default=None, metadata=POSITIVE)  # cap for quick experiments
     # experiment tracking (hms_train/run/tracking.py): "mlflow", "tensorboard"; each an extra
     track: list[Literal[TRACKERS]] = field(default_factory=list)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from hms_train.data.reader import StoreReader, to_device
-from hms_train.image.augment import Augmenter
+from hms_train.image.augment import Augmenter, part_time_flip, time_flip
 from hms_train.image.compose import compose, eval_windows
 from hms_train.model.models import IMAGE, SIGNALS, model_kind
 from hms_train.run.config import TrainConfig, check_device
@@ -43,7 +43,11 @@ def make_augmenter(plan: RunPlan, generator: torch.Generator | None) -> Augmente
         mirror_rows = torch.from_numpy(plan.inputs.mirror_rows()).to(device)
     if plan.inputs.takes_image and steps["time_flip"].p > 0 and steps["time_flip"].per_part:
         flip_columns = torch.from_numpy(plan.inputs.layout.part_flip_columns()).to(device)
-    return Augmenter(plan.augment, generator, mirror_rows=mirror_rows, flip_columns=flip_columns)
+    chain_blocks = None
+    if plan.inputs.takes_image and steps["autocontrast"].p > 0:
+        chain_blocks = torch.from_numpy(plan.inputs.layout.chain_blocks()).to(device)
+    return Augmenter(plan.augment, generator, mirror_rows=mirror_rows, flip_columns=flip_columns,
+                     chain_blocks=chain_blocks)
 
 
 def model_inputs(
@@ -93,18 +97,35 @@ def predict_probabilities(
     device: torch.device,
     batch_size: int = 64,
     tta_hflip: bool = False,
+    flipped: np.ndarray | None = None,
 ) -> np.ndarray:
     """Softmax probabilities (len(rows), 6) in the order of `rows`, averaged over the layout's sliding
-    windows (if any) and, with `tta_hflip`, over time-flipped inputs."""
+    windows (if any) and, with `tta_hflip`, over time-flipped inputs. `flipped` (a bool per store row,
+    `eval_flips`): those rows' images are time-flipped as the recipe's time_flip flips them."""
     model.eval()
     out = np.zeros((len(rows), 6), dtype=np.float32)
     position = {int(r): i for i, r in enumerate(rows)}
+    columns = None
+    if flipped is not None and plan.config.augment.steps["time_flip"].per_part:
+        columns = torch.from_numpy(plan.layout.part_flip_columns()).to(device)
     for batch in reader.batches(rows, batch_size, shuffle=False, pin_memory=device.type == "cuda"):
         batch = to_device(batch, device)
         inputs = model_inputs(batch, plan, train=False)
+        if flipped is not None:
+            mask = torch.from_numpy(flipped[batch["row"].cpu().numpy()]).to(device)
+            image = inputs[IMAGE]
+            inputs[IMAGE] = part_time_flip(image, mask, columns) if columns is not None else time_flip(image, mask)
         with autocast(plan.config, device):
             views = [run_model(model, view).float().softmax(1) for view in evaluation_views(inputs, plan, tta_hflip)]
         probs = torch.stack(views).mean(0)
         idx = [position[int(r)] for r in batch["row"]]
         out[idx] = probs.cpu().numpy()
     return out
+
+
+def eval_flips(config: TrainConfig, fold: int, n_rows: int) -> np.ndarray | None:
+    """Which store rows a fold's evaluation sees time-flipped (`eval_flip_p`), drawn once from (seed, fold)
+    so that every epoch's validation and the out-of-fold predictions see the same images; None when off."""
+    if config.eval_flip_p <= 0:
+        return None
+    return np.random.default_rng([config.seed, fold, 5]).random(n_rows) < config.eval_flip_p

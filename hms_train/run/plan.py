@@ -211,6 +211,14 @@ def check_augment(config: TrainConfig, inputs: InputPlan) -> AugmentConfig:
         inputs.mirror_rows()  # a tiled, cropped layout has no fixed mirror map: refused here, naming the fix
     if inputs.takes_image and augment.steps["time_flip"].p > 0 and augment.steps["time_flip"].per_part:
         inputs.layout.part_flip_columns()  # likewise for a flip of each part in place
+    if inputs.takes_image and augment.steps["autocontrast"].p > 0:
+        inputs.layout.chain_blocks()  # and for a step on each chain sub-image
+    if config.eval_flip_p > 0:
+        if not inputs.takes_image or inputs.signals is not None:
+            raise ConfigError(f"eval_flip_p: flips the image at evaluation; model kind {config.model!r} takes "
+                              "signals (or no image): set it to 0")
+        if augment.steps["time_flip"].per_part:
+            inputs.layout.part_flip_columns()
     return augment
 
 

@@ -48,7 +48,7 @@ from hms_train.data.sampler import SamplerState
 from hms_train.run import checkpoint
 from hms_train.run.checkpoint import Position, TrainingState
 from hms_train.run.config import TrainConfig, check_device, check_folds
-from hms_train.run.forward import make_augmenter, predict_probabilities, resolve_device
+from hms_train.run.forward import eval_flips, make_augmenter, predict_probabilities, resolve_device
 from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
 from hms_train.run.plan import STAGE_INITS_FROM_BEST, RunPlan, Stage, epoch_rows, plan_run
 from hms_train.run.parts import build_model, training_parts
@@ -147,7 +147,8 @@ def train_fold(ctx: Context, plan: RunPlan, reader: StoreReader, fold: int) -> p
         state = _stage_state(ctx, plan, model, fold, stage, best, resume_from, state if stage.carries else None)
         best = run_stage(ctx, plan, state, reader, fold, stage)
     model.load_state_dict(checkpoint.load(ctx.out / f"fold{fold}_best.pt", ctx.device, ctx.config)["model"])
-    probs = predict_probabilities(model, reader, val_rows, plan.inputs, ctx.device, tta_hflip=config.tta_hflip)
+    probs = predict_probabilities(model, reader, val_rows, plan.inputs, ctx.device, tta_hflip=config.tta_hflip,
+                                  flipped=eval_flips(config, fold, reader.n_rows))
     table = _oof_table(reader, val_rows, fold, probs, plan.scope.in_table[val_rows])
     if ctx.main:
         checkpoint.atomic(finished, lambda path: pq.write_table(table, path))
@@ -237,7 +238,8 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
 
         if ctx.main:
             evaluated = ema.module if ema is not None else model
-            probs = predict_probabilities(evaluated, reader, stage.val_rows, plan.inputs, ctx.device)
+            probs = predict_probabilities(evaluated, reader, stage.val_rows, plan.inputs, ctx.device,
+                                          flipped=eval_flips(config, fold, reader.n_rows))
             truth, votes = plan.scope.targets[stage.val_rows], plan.scope.votes[stage.val_rows]
             report = cv_report(truth, probs, votes)
             score = selection_kl(truth, probs, votes, config.select_min_votes)

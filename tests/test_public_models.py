@@ -152,9 +152,9 @@ def public_store(synth_data, tmp_path_factory):
 
     url = str(tmp_path_factory.mktemp("public") / "specs.zarr")
     extra = (MelParams(window_s=50, hop_length=33, frames=300),
-             MelParams(window_s=50, n_fft=2048, win_length=1500, hop_length=25, n_mels=200, frames=400),
+             MelParams(window_s=50, win_length=1024, hop_length=25, n_mels=200, frames=400),
              MelParams(window_s=10, win_length=260, hop_length=6, frames=300))
-    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), extra_arrays=extra,
+    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10,), extra_arrays=extra,
                           chunk_rows=8, workers=2))
     return url
 
@@ -183,3 +183,19 @@ def test_public_recipe_plans(name, public_store):
 def test_public_recipe_trains_one_step(name, public_store, tmp_path):
     summary = train(load_config(name, [f'store="{public_store}"', *TOY]), tmp_path / name, quiet=True)
     assert np.isfinite(summary["kl"]) and (tmp_path / name / "fold0_best.pt").is_file()
+
+
+def test_make_seed_gives_the_public_runs_the_seed_blends_shares():
+    """scripts/seed.sh PUBLIC_PAIRS are hms_train/run/blend.py SEED_BLEND's leaf weights (to 6 digits)."""
+    import re
+
+    from conftest import ROOT
+    from hms_train.run.blend import SEED_BLEND
+
+    script = (ROOT / "scripts" / "seed.sh").read_text()
+    pairs = re.search(r'PUBLIC_PAIRS="([^"]*)"', script).group(1).replace("\\\n", " ").split()
+    shares = {name: float(weight) for name, weight in (pair.split(":") for pair in pairs)}
+    leaves = {name: share for name, share in SEED_BLEND.leaf_weights().items() if name.startswith("public_")}
+    assert shares.keys() == leaves.keys() == set(PUBLIC)
+    for name, share in leaves.items():
+        assert shares[name] == pytest.approx(share, rel=1e-5), name

@@ -81,7 +81,8 @@ def measure(args, work: Path) -> dict:
     build_s = time.perf_counter() - started
     assert summary.complete and summary.rows == args.eegs, summary.line()
 
-    config = dataclasses.replace(load_config(args.recipe), store=str(store), pretrained=False, device="cpu")
+    config = load_config(args.recipe)
+    config = dataclasses.replace(config, store=str(store), model=config.model.without_pretrained_weights(), device="cpu")
     group, _ = open_store(str(store))
     inputs = plan_inputs(config, describe_arrays(group))
     run = work / "run"

@@ -310,6 +310,33 @@ def show(
     typer.echo(str(path))
 
 
+@app.command("list")
+def list_registered(
+    plugin: Optional[list[str]] = typer.Option(None, "--plugin", help="Also a plug-in module's kinds (repeatable), as for build."),
+):
+    """What a build can make: the array kinds (the file each is cut from, its role, and its params for
+    --array KIND:key=value,... with their defaults), the sources and the codecs (--codec); installed
+    plug-ins and --plugin modules included.
+
+    Example: hms-prep list --plugin extra_kind
+    """
+    from hms_prep.kinds import KINDS
+    from hms_prep.plugins import load_plugins
+    from hms_prep.sources.recordings import SOURCES
+    from hms_prep.store.codecs import CODECS, POLICIES
+
+    try:
+        load_plugins(plugin or ())
+        sections = (("array kinds: --array KIND:key=value,...", KINDS), ("sources: a kind's source", SOURCES),
+                    (f"codecs: --codec NAME (or {' / '.join(POLICIES)}: each kind's choice)", CODECS))
+        for title, registry in sections:
+            typer.echo(title)
+            for line in registry.describe():
+                typer.echo(line)
+    except ValueError as err:
+        _fail(str(err))
+
+
 @app.command()
 def doctor():
     """Load every compiled part the project relies on (torch, torchaudio's library, torchvision and timm,

@@ -10,8 +10,9 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, help="Train HMS models from a cache store and predict.")
-SUBCOMMANDS = ("train", "plan", "predict", "pseudo-label", "blend", "bench", "compare", "export")
+app = typer.Typer(add_completion=False, help="Train HMS models from a cache store and predict.",
+                  context_settings={"help_option_names": ["-h", "--help"]})  # every command: -h as --help
+SUBCOMMANDS = ("train", "plan", "predict", "pseudo-label", "blend", "bench", "compare", "export", "list")
 
 
 def main() -> None:
@@ -98,7 +99,7 @@ def train(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file (.pth or .safetensors)."),
     set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup_p=0."),
     track: List[str] = typer.Option([], "--track", help="Record the run for mlflow or tensorboard (repeatable; each an extra: pip install 'hms-cache[mlflow]')."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory after its last complete epoch (its own config; --device may change)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint, at the batch after it, mid-epoch too (its own config; --device may change)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
     """Train every selected fold (two stages), write RUN/ with checkpoints, metrics, OOF and curves.
@@ -115,8 +116,8 @@ def train(
     overrides = [f"store={json.dumps(store)}"] if store is not None else []
     overrides += [f"folds=[{folds}]"] if folds else []
     overrides += [f"epochs={epochs}"] if epochs is not None else []
-    overrides += [f"pretrained={str(pretrained).lower()}"] if pretrained is not None else []
-    overrides += [f"weights={json.dumps(str(weights))}"] if weights is not None else []
+    overrides += [f"model.pretrained={str(pretrained).lower()}"] if pretrained is not None else []
+    overrides += [f"model.weights={json.dumps(str(weights))}"] if weights is not None else []
     overrides += [f"track={json.dumps(track)}"] if track else []
     overrides += set_
     with _user_errors():
@@ -409,6 +410,30 @@ def bench(
             result = run_bench(store, names, batch_size or 32, batches, device, augment, threads, config=recipe)
             report = format_report(result, store, result["inputs"])
     typer.echo(json.dumps(result) if as_json else report)
+
+
+@app.command("list")
+def list_registered(
+    plugin: List[str] = typer.Option([], "--plugin", help="Also a plug-in module's (repeatable), as a recipe's plugins = [...]."),
+):
+    """What a recipe can name: the model kinds (the inputs each takes; its settings for [model], with
+    their defaults), the augmentations ([augment.NAME], in chain order) and the row tables (rows = ...);
+    installed plug-ins and --plugin modules included.
+
+    Example: hms-train list --plugin my_package.tiny_conv
+    """
+    with _user_errors():
+        from hms_prep.plugins import load_plugins
+        from hms_train.data.tables import TABLES
+        from hms_train.image.augment import AUGMENTATIONS
+        from hms_train.model.models import MODELS
+
+        load_plugins(plugin)
+        for title, registry in (("model kinds: [model] name = NAME, then its settings", MODELS),
+                                ("augmentations: [augment.NAME]", AUGMENTATIONS), ("row tables: rows = NAME", TABLES)):
+            typer.echo(title)
+            for line in registry.describe():
+                typer.echo(line)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from hms_train.run.bench import run_bench, run_train_bench
 from hms_train.cli import app
 from hms_train.run.config import load_config
 
-TINY = ['backbone="mobilenetv3_small_050"', "pool=\"avg\"", "batch_size=4"]
+TINY = ['model.backbone="mobilenetv3_small_050"', "model.pool=\"avg\"", "batch_size=4"]
 
 
 def test_bench_with_a_config_reports_its_layouts_image_shape(train_store):

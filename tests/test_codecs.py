@@ -60,12 +60,15 @@ def test_anything_but_one_whole_chunk_of_a_local_store_goes_through_zarr(tmp_pat
                              compressors=GzipCodec(level=1))
     memory = zarr.create_array(zarr.storage.MemoryStore(), shape=SHAPE, chunks=CHUNKS, dtype="float16",
                                compressors=CODECS["lz4"].write())
-    monkeypatch.setitem(CODECS, "gzip-read", Codec("gzip-read", "gzip", lambda: GzipCodec(level=1),
-                                                    lambda encoded, out: out))  # declared without an encoder
-    for array in (gzip, memory):  # a codec we only read, a store that is not local files
-        assert ChunkSink.of(array) is None
-        write_rows(array, 0, values[:4])
-        np.testing.assert_array_equal(array[:4], values[:4])
+    CODECS.register("gzip-read", Codec("gzip-read", "gzip", lambda: GzipCodec(level=1),
+                                       lambda encoded, out: out))  # declared without an encoder
+    try:
+        for array in (gzip, memory):  # a codec we only read, a store that is not local files
+            assert ChunkSink.of(array) is None
+            write_rows(array, 0, values[:4])
+            np.testing.assert_array_equal(array[:4], values[:4])
+    finally:
+        CODECS.unregister("gzip-read")
 
 
 def test_read_whole_reads_what_zarr_reads_and_names_damaged_chunks(tmp_path):

@@ -26,14 +26,36 @@ def test_values_are_typed_as_declared():
     assert steps["brightness_contrast"].brightness == 0.4
 
 
+def test_the_model_is_a_table_of_its_kinds_settings():
+    config = load_config("smoke", ["model.drop_rate=0.3"])
+    assert config.model.name == "2d" and config.model.kwargs()["backbone"] == "mobilenetv3_small_050"
+    assert config.model.kwargs()["drop_rate"] == 0.3 and config.to_dict()["model"]["drop_rate"] == 0.3
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    # a kind's name alone is that kind with its defaults; `model.KEY` after it sets one of its settings
+    raw = load_config("smoke", ['model="1d"', "model.drop_rate=0.4"]).model
+    assert (raw.name, raw.kwargs()) == ("1d", {"drop_rate": 0.4})
+    # a run folder's config.json of before the table: flat keys, those of another kind left out as before
+    old = {**{k: v for k, v in config.to_dict().items() if k != "model"}, "model": "1d", "backbone": "x",
+           "pretrained": False, "drop_rate": 0.1}
+    assert TrainConfig.from_dict(old).model.kwargs() == {"drop_rate": 0.1}
+
+
 @pytest.mark.parametrize("override, message", [
     ("lr=abc", "lr: expected a number, got 'abc'"),
     ("batch_size=1.5", "batch_size: expected an integer, got 1.5"),
     ("amp=1", "amp: expected true or false, got 1"),
     ("folds=0", "folds: expected a list, got 0"),
     ('inputs=["eeg_10s", 3]', "inputs: expected a string, got 3"),
-    ('model="3d"', "model: '3d' is not allowed; expected one of ['2d', '1d', 'multimodal']"),
-    ('pool="max"', "pool: 'max' is not allowed; expected one of ['avg', 'gem', 'attention']"),
+    ('model="3d"', "model.name: '3d' is not a registered model kind; registered: ['1d', '2d', 'multimodal']"),
+    ('model.name="3d"', "model.name: '3d' is not a registered model kind; registered: ['1d', '2d', 'multimodal']"),
+    ('model.pool="max"', "model.pool: 'max' is not allowed; expected one of ['avg', 'gem', 'attention']"),
+    ('pool="max"', "model.pool: 'max' is not allowed; expected one of ['avg', 'gem', 'attention']"),  # the old key
+    ("model.channels=16", "model.channels: model kind '2d' has no setting 'channels'; it takes ['backbone', "
+                          "'conv_head', 'drop_path_rate', 'drop_rate', 'dropout_at', 'pool', 'pretrained', 'weights']"),
+    ("model.drop_rate=1.5", "model.drop_rate: 1.5 is out of range; allowed [0, 1]"),
+    ("model.conv_head=3", "model.conv_head: expected true or false, got 3"),
+    ("model.image_size=[8, 8]", "model.image_size: planned from the layout and the store, not a setting"),
+    ("model=3", "model: expected a model kind's name or a table [model], got 3"),
     ('optimizer="sgd"', "optimizer: 'sgd' is not allowed; expected one of ['adamw', 'lion']"),
     ('pseudo_mode="mix"', "pseudo_mode: 'mix' is not allowed; expected one of ['replace', 'blend']"),
     ('vote_weighting="sqrt"', "vote_weighting: 'sqrt' is not allowed; expected one of ['none', 'linear', 'log']"),

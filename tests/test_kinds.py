@@ -373,7 +373,7 @@ class EegEnvelope(ArrayKind):
 def envelope_kind():
     register_kind(EegEnvelope)  # a plug-in module does this with @register_kind at import
     yield EegEnvelope
-    KINDS.pop(EegEnvelope.kind)
+    KINDS.unregister(EegEnvelope.kind)
 
 
 def test_a_new_kind_is_one_module(envelope_kind, default_store, small_data, tmp_path):
@@ -396,6 +396,8 @@ def test_a_new_kind_is_one_module(envelope_kind, default_store, small_data, tmp_
 
 
 def test_a_kind_that_clashes_is_refused():
-    with pytest.raises(ValueError, match="clashes with EegMel"):
+    with pytest.raises(ValueError, match=r"^array kind 'eeg_mel' is registered twice \(by hms_prep.kinds.eeg_mel and "):
         register_kind(type("Other", (EegEnvelope,), {"kind": "eeg_mel"}))
+    with pytest.raises(ValueError, match="clashes with EegMel"):  # one params type, one kind
+        register_kind(type("Other", (EegEnvelope,), {"kind": "other", "params_type": MelParams}))
     assert CODECS["lz4"] and "eeg_envelope" not in KINDS

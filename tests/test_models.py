@@ -307,7 +307,7 @@ def test_create_model_refuses_arguments_a_kind_does_not_take():
 
 def test_a_registered_kind_declares_its_inputs_and_runs_by_keyword(image):
     from hms_train.run.forward import run_model
-    from hms_train.model.models import MODEL_KINDS, register_model
+    from hms_train.model.models import MODELS, register_model
 
     @register_model("test_mean", inputs=("image",))
     def mean_model(scale: float = 1.0) -> torch.nn.Module:
@@ -324,4 +324,4 @@ def test_a_registered_kind_declares_its_inputs_and_runs_by_keyword(image):
         with pytest.raises(ValueError, match="registered twice"):
             register_model("test_mean", inputs=("image",))(mean_model)
     finally:
-        del MODEL_KINDS["test_mean"]
+        MODELS.unregister("test_mean")

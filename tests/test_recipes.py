@@ -101,7 +101,7 @@ EXPECTED = {
     "top": ({**RICHARD, "rows": "all", "sample_per_eeg": True, "val_per_eeg": True, "select_min_votes": 10,
              "stage2_val_to_train_below": 0}, RICHARD_AUGMENT),
 }
-TINY = ["pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1", "folds=[0]",
+TINY = ["model.pretrained=false", 'model.backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1", "folds=[0]",
         "max_batches_per_epoch=1", "batch_size=4", 'device="cpu"', "reader_threads=2"]
 
 
@@ -109,7 +109,8 @@ TINY = ["pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "sta
 def test_bundled_recipes_hold_the_seed_values(name):
     values, augment = EXPECTED[name]
     config = load_config(name)
-    assert {key: getattr(config, key) for key in values} == values
+    model = config.model.kwargs()  # the [model] table's settings, the others fields of their own
+    assert {key: model[key] if key in model else getattr(config, key) for key in values} == values
     assert {key: flat(config.augment)[key] for key in augment} == augment
 
 
@@ -156,7 +157,7 @@ def test_recipe_images_on_one_store(name, size, both_store):
     layout = plan_inputs(config, reader.descriptions).layout
     assert layout.image_size == size
     kwargs = plan_inputs(config, reader.descriptions).model_spec["kwargs"]  # the model options reach the model
-    assert (kwargs["dropout_at"], kwargs["conv_head"]) == (config.dropout_at, config.conv_head)
+    assert {key: kwargs[key] for key in config.model.kwargs()} == config.model.kwargs()
     if size[1] == 912:  # the label's 600 s Kaggle crop: 812 columns, centred in 912 and one window
         assert layout.composed_width == 812 and layout.pad_left == 50 and layout.window_starts() == [0]
 
@@ -468,11 +469,10 @@ def test_each_recipes_own_backbone_builds_at_its_image_size(name):
 
     config = load_config(name)
     size = (400, 912) if name.startswith("seed_richard") else (400, 768)
-    model = create_model("2d", image_size=size, backbone=config.backbone, pool=config.pool, drop_rate=config.drop_rate,
-                         drop_path_rate=config.drop_path_rate, dropout_at=config.dropout_at, conv_head=config.conv_head)
+    model = create_model(config.model.name, image_size=size, **config.model.without_pretrained_weights().kwargs())
     # David's MobileNetV3 pools torchvision's 960-channel features (D/model.py:87 cnn_ch = 960)
     assert model.num_features == {"seed_david_mnv3": 960, "seed_richard_convnext": 1024}.get(name, 1280)
-    if config.pool == "attention":
+    if config.model.settings.pool == "attention":
         assert model.pool.width == 29, "Richard's WidthAttention(C, 29): 912 / 32 columns"
     model.eval()
     with torch.no_grad():

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import PRELOADED, ROOT, preloaded_server
 TOY = " ".join(f"--set {item}" for item in (
-    "pretrained=false", 'backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1",
+    "model.pretrained=false", 'model.backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1",
     "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2",
 ))
 

@@ -62,7 +62,7 @@ def test_bundled_configs_load():
     assert {"smoke", "seed_effnet_b0", "seed_lion_mobilenet", "raw1d", "multimodal"} <= set(bundled_configs())
     b0 = load_config("seed_effnet_b0", ["lr=1e-3", "augment.mixup_p=0", "folds=[0, 1]"])
     # seed_effnet_b0 is now the name of seed_richard_b0, with the seed's own timm weights (tests/test_recipes.py)
-    assert (b0.backbone, b0.pool, b0.optimizer, b0.batch_size, b0.ema_decay) == ("tf_efficientnet_b0_ns", "attention", "adamw", 16, 0.995)
+    assert (b0.model.settings.backbone, b0.model.settings.pool, b0.optimizer, b0.batch_size, b0.ema_decay) == ("tf_efficientnet_b0_ns", "attention", "adamw", 16, 0.995)
     assert b0.lr == 1e-3 and b0.augment.steps["mixup"].p == 0 and b0.folds == [0, 1]
     lion = load_config("seed_lion_mobilenet")
     assert (lion.optimizer, lion.lr, lion.batch_size) == ("lion", 2e-4, 32)
@@ -76,7 +76,7 @@ def test_smoke_run_learns_and_writes_its_directory(smoke_run, stores):
                  "fold0_best.pt", "fold0_last.pt", "fold1_best.pt"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["store"] == stores[0] and config["backbone"] == "mobilenetv3_small_050"
+    assert config["store"] == stores[0] and config["model"]["backbone"] == "mobilenetv3_small_050"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 * (config["epochs"] + config["stage2_epochs"])
     assert {r["stage"] for r in records} == {"stage1", "stage2"}
@@ -117,7 +117,7 @@ def test_pseudo_labels_then_stage2(smoke_run, stores, tmp_path):
 def test_raw_and_multimodal_models_train(name, stores, tmp_path):
     overrides = [f'store="{stores[0]}"', 'device="cpu"', *QUICK, "batch_size=8"]
     if name == "multimodal":
-        overrides += ['inputs=["eeg_10s", "kaggle", "raw"]', 'backbone="mobilenetv3_small_050"']
+        overrides += ['inputs=["eeg_10s", "kaggle", "raw"]', 'model.backbone="mobilenetv3_small_050"']
     summary = train(load_config(name, overrides), tmp_path / name, quiet=True)
     assert np.isfinite(summary["kl"]) and (tmp_path / name / "fold0_best.pt").is_file()
 @needs_real_sample

@@ -27,15 +27,17 @@ def test_a_plugin_model_and_augmentation_train_and_predict(train_store, synth_da
     from hms_prep.build.run import BuildConfig, run_build
 
     run, log = tmp_path / "run", tmp_path / "plugin.log"
-    sets = ['plugins=["extra_model"]', 'model="tiny_conv"', "augment.negate.p=0.5", 'inputs=["eeg_10s"]',
+    sets = ['plugins=["extra_model"]', 'model="tiny_conv"', "model.channels=3", "augment.negate.p=0.5", 'inputs=["eeg_10s"]',
             "epochs=1", "stage2_epochs=0", "folds=[0]", "max_batches_per_epoch=2", "batch_size=8"]
     result = cli("train", "--store", train_store, "--config", "smoke", "--device", "cpu", "--out", run, "--quiet",
                  *[f"--set={s}" for s in sets], log=log)
     assert result.returncode == 0, result.stderr[-3000:]
     used = log.read_text().splitlines()
     assert "tiny_conv forward" in used and any(line.startswith("negate ") for line in used)
+    assert "tiny_conv channels=3" in used and "tiny_conv channels=8" not in used  # its own setting, from --set
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == "tiny_conv" and config["augment"]["negate"] == {"p": 0.5}
+    assert config["model"] == {"name": "tiny_conv", "channels": 3, "drop_rate": 0.0}
+    assert config["augment"]["negate"] == {"p": 0.5}
 
     test_store = tmp_path / "test.zarr"
     run_build(BuildConfig(data_dir=str(synth_data), store=str(test_store), split="test", windows=(10,), workers=1))
@@ -53,7 +55,12 @@ def test_an_unknown_plugin_or_kind_is_one_line(tmp_path):
                                      "e.g. my_package.band_power")
     result = cli("train", "--config", "smoke", "--set", 'model="tiny_conv"', "--out", tmp_path / "r",
                  log=tmp_path / "log")
-    assert result.returncode == 1 and "model: 'tiny_conv' is not allowed; expected one of" in result.stderr
+    assert result.returncode == 1 and "model.name: 'tiny_conv' is not a registered model kind" in result.stderr
+    result = cli("train", "--config", "smoke", "--set", 'plugins=["extra_model"]', "--set", 'model="tiny_conv"',
+                 "--set", "model.width=3", "--out", tmp_path / "r", log=tmp_path / "log")
+    assert result.returncode == 1 and not (tmp_path / "r").exists()
+    assert result.stderr.strip() == ("error: model.width: model kind 'tiny_conv' has no setting 'width'; it takes "
+                                     "['channels', 'drop_rate']")
 
 
 def test_a_plugin_kind_and_a_raw_variant_train_a_step(synth_data, tmp_path):

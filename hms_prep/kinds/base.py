@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from hms_prep.domain import CHAINS
+from hms_prep.registry import Registry, RegistryError
 from hms_prep.sources.recordings import EEG, SOURCES, SPECTROGRAM  # noqa: F401 (a kind's `source`)
 from hms_prep.sources.rows import RawSegment
 from hms_prep.store.codecs import AUTO, CODECS, FAST, write_rows
@@ -161,19 +162,18 @@ def stacked_float16(items: list, shape: tuple[int, ...]) -> np.ndarray:
     return out.numpy()
 
 
-KINDS: dict[str, type[ArrayKind]] = {}
+KINDS: Registry[type[ArrayKind]] = Registry("array kind", "kinds")  # kind -> class; settings: its params
 
 
 def register_kind(cls: type[ArrayKind]) -> type[ArrayKind]:
     """Class decorator: make `cls` a kind of the store, found by its `kind` and its `params_type`."""
     for other in KINDS.values():
-        if cls.kind == other.kind or cls.params_type is other.params_type:
-            raise ValueError(f"array kind {cls.__name__} clashes with {other.__name__} "
-                             f"(kind {cls.kind!r}, params {cls.params_type.__name__})")
+        if cls.params_type is other.params_type:
+            raise RegistryError(f"array kind {cls.__name__} clashes with {other.__name__} "
+                                f"(both take params {cls.params_type.__name__})")
     if cls.source not in SOURCES:
-        raise ValueError(f"array kind {cls.__name__}: source {cls.source!r} is not one of {SOURCES}")
-    KINDS[cls.kind] = cls
-    return cls
+        raise RegistryError(f"array kind {cls.__name__}: source {cls.source!r} is not one of {list(SOURCES)}")
+    return KINDS.register(cls.kind, cls, settings=cls.params_type, source=cls.source, role=cls.role)
 
 
 def kind_for(params) -> ArrayKind:

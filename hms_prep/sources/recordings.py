@@ -19,13 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from hms_prep.domain import LABEL_SAMPLES, LABEL_WINDOW_S, SAMPLE_RATE
+from hms_prep.registry import Registry
 from hms_prep.sources.kaggle import eeg_path, read_eeg, read_spectrogram, spectrogram_path
 from hms_prep.sources.montage import BIPOLAR_PAIRS, bipolar_signals, fill_nan, finite_means, pair_names
 from hms_prep.sources.rows import PlannedRow, RawSegment
 from hms_prep.sources.signal_filter import band_pass
 
 EEG, SPECTROGRAM = "eeg", "spectrogram"  # the Kaggle file an array kind's values are cut from
-SOURCES = (EEG, SPECTROGRAM)
+# source -> its opener `open(span, midline, timer)`; details: `path_of(data_dir, split, file_id)` and
+# `file_of(row)` (a row's file id). Registered below, in this order (a chunk's task opens them so).
+SOURCES: Registry[Callable] = Registry("source", "sources", settings=False)
 
 FILTER_CONTEXT = 10 * SAMPLE_RATE  # samples filtered beyond a span either side, so its edges settle
 # The span a band-pass of an EEG kind runs over, recorded in its params.
@@ -44,22 +47,16 @@ class RecordingSpan:
     segments: tuple[RawSegment, ...] = ()
 
 
-FILES: dict[str, tuple[Callable, Callable[[PlannedRow], int]]] = {  # source -> (path of a file id, a row's file id)
-    EEG: (eeg_path, lambda row: row.eeg_id),
-    SPECTROGRAM: (spectrogram_path, lambda row: row.spectrogram_id),
-}
-
-
 def source_path(source: str, data_dir: str, split: str, row: PlannedRow) -> Path:
     """The Kaggle file that `row`'s values of `source` are cut from."""
-    path_of, file_of = FILES[source]
-    return path_of(data_dir, split, file_of(row))
+    details = SOURCES.entry(source).details
+    return details["path_of"](data_dir, split, details["file_of"](row))
 
 
 def spans(source: str, data_dir: str, split: str, rows, segments: tuple[RawSegment, ...]) -> list[RecordingSpan]:
     """`rows` grouped by their file of `source`, in order of first appearance; an EEG span takes the
     `segments` of its recording."""
-    path_of, file_of = FILES[source]
+    path_of, file_of = SOURCES.entry(source).details["path_of"], SOURCES.entry(source).details["file_of"]
     grouped: dict[int, list[PlannedRow]] = {}
     for row in rows:
         grouped.setdefault(file_of(row), []).append(row)
@@ -171,12 +168,13 @@ def open_spectrogram(span: RecordingSpan, midline: bool, timer) -> SpectrogramFi
         return SpectrogramFile(span, *read_spectrogram(span.path))
 
 
-OPENERS: dict[str, Callable] = {EEG: open_eeg, SPECTROGRAM: open_spectrogram}
+SOURCES.register(EEG, open_eeg, path_of=eeg_path, file_of=lambda row: row.eeg_id)
+SOURCES.register(SPECTROGRAM, open_spectrogram, path_of=spectrogram_path, file_of=lambda row: row.spectrogram_id)
 
 
 def open_file(span: RecordingSpan, midline: bool, timer) -> EegRecording | SpectrogramFile:
     """Open the span's file for the kinds of its source; `midline`: EEG kinds need Fz-Cz, Cz-Pz."""
-    return OPENERS[span.source](span, midline, timer)
+    return SOURCES[span.source](span, midline, timer)
 
 
 def _label_start(row: PlannedRow) -> int:

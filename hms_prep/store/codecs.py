@@ -37,6 +37,8 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
+from hms_prep.registry import Registry
+
 
 def _decode_with(numcodec) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     def decode(encoded: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -93,17 +95,16 @@ def _zstd_encoder(codec: ZstdCodec):
 
 
 _blosc = numcodecs.Blosc()  # its parameters come from each frame's header
-CODECS: dict[str, Codec] = {
-    codec.name: codec
-    for codec in (
-        Codec("lz4", "blosc", lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), _decode_with(_blosc),
-              _blosc_encoder),
-        Codec("blosc-zstd", "blosc", lambda: BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
-              _decode_with(_blosc), _blosc_encoder),
-        Codec("zstd", "zstd", lambda: ZstdCodec(level=3), _decode_with(numcodecs.Zstd()), _zstd_encoder),
-        Codec("none", "bytes", lambda: None, _decode_bytes),
-    )
-}
+CODECS: Registry[Codec] = Registry("codec", "codecs", settings=False)  # name -> Codec; a reader finds a family
+for _codec in (  # by its first entry with that compressor (_family_of): lz4 before blosc-zstd
+    Codec("lz4", "blosc", lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), _decode_with(_blosc),
+          _blosc_encoder),
+    Codec("blosc-zstd", "blosc", lambda: BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
+          _decode_with(_blosc), _blosc_encoder),
+    Codec("zstd", "zstd", lambda: ZstdCodec(level=3), _decode_with(numcodecs.Zstd()), _zstd_encoder),
+    Codec("none", "bytes", lambda: None, _decode_bytes),
+):
+    CODECS.register(_codec.name, _codec, family=_codec.family)
 # Store-wide choices that let each array kind pick its codec (ArrayKind.codec_for):
 AUTO = "auto"  # the kind's default: the smallest store that still decodes fast (0.48 MB per row)
 FAST = "fast"  # the kind's fastest to read: EEG windows uncompressed (lz4 saves them only 6-23 %), about

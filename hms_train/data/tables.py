@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from hms_prep.domain import VOTE_COLUMNS
+from hms_prep.registry import Registry
 from hms_prep.store.format import live_rows
 
 
@@ -179,7 +180,10 @@ def _pick_max_vote(votes: np.ndarray, eeg_ids: np.ndarray) -> tuple[int, int]:
     return differs // 2, most_voted
 
 
-TABLES: dict[str, Callable[[pa.Table], RowTable]] = {"all": all_rows, "richard": richard_rows, "david": david_rows}
+TABLES: Registry[Callable[[pa.Table], RowTable]] = Registry("row table", "tables", settings=False)
+TABLES.register("all", all_rows)
+TABLES.register("richard", richard_rows)
+TABLES.register("david", david_rows)
 
 
 def row_table(name: str, labels: pa.Table) -> RowTable:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hms_prep.domain import CHAINS, MIRRORED_CHAINS
+from hms_prep.registry import Registry, RegistryError
 
 N_CHAINS = len(CHAINS)
 # "time": stripes of whole columns only (Richard's XYMasking had its y masks commented out).
@@ -202,7 +203,7 @@ class Augmentation:
     order: int  # steps run in ascending order
 
 
-AUGMENTATIONS: dict[str, Augmentation] = {}
+AUGMENTATIONS: Registry[Apply] = Registry("augmentation", "augmentations")  # details: order, image_only
 
 
 def register_augmentation(name: str, settings: type, *, order: int, image_only: bool):
@@ -210,14 +211,22 @@ def register_augmentation(name: str, settings: type, *, order: int, image_only: 
     by the dataclass `settings` (a field `p` and the step's strengths), run at `order` in the chain."""
 
     def register(apply: Apply) -> Apply:
-        if name in AUGMENTATIONS:
-            raise ValueError(f"augmentation {name!r} is registered twice")
-        if "p" not in {f.name for f in dataclasses.fields(settings)}:
-            raise ValueError(f"augmentation {name!r}: its settings {settings.__name__} need a field `p`")
-        AUGMENTATIONS[name] = Augmentation(name, settings, apply, image_only, order)
-        return apply
+        if not dataclasses.is_dataclass(settings) or "p" not in {f.name for f in dataclasses.fields(settings)}:
+            raise RegistryError(f"augmentation {name!r}: its settings {settings.__name__} need a field `p`")
+        return AUGMENTATIONS.register(name, apply, settings, order=order, image_only=image_only)
 
     return register
+
+
+def augmentation(name: str) -> Augmentation:
+    """The registered step `name`."""
+    entry = AUGMENTATIONS.entry(name)
+    return Augmentation(name, entry.settings, entry.factory, entry.details["image_only"], entry.details["order"])
+
+
+def in_chain_order() -> list[Augmentation]:
+    """Every registered step, in the order they run (ties by name)."""
+    return sorted(map(augmentation, AUGMENTATIONS), key=lambda aug: (aug.order, aug.name))
 
 
 @dataclass
@@ -360,8 +369,7 @@ class AugmentConfig:
         if unknown:
             raise AugmentError(f"unknown augmentation(s) {['augment.' + n for n in unknown]}; registered: "
                                f"{sorted(AUGMENTATIONS)} (a plugin registers more: docs/architecture.md)")
-        self.steps = {name: steps.get(name) or aug.settings() for name, aug in
-                      sorted(AUGMENTATIONS.items(), key=lambda item: (item[1].order, item[0]))}
+        self.steps = {aug.name: steps.get(aug.name) or aug.settings() for aug in in_chain_order()}
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], prefix: str = "augment", build=None) -> AugmentConfig:
@@ -387,17 +395,17 @@ class AugmentConfig:
         if unknown:
             raise AugmentError(f"unknown augmentation(s) {[f'{prefix}.{n}' for n in unknown]}; registered: "
                                f"{sorted(AUGMENTATIONS)} (a plugin registers more: docs/architecture.md)")
-        return cls({name: build(AUGMENTATIONS[name].settings, given, f"{prefix}.{name}.")
+        return cls({name: build(augmentation(name).settings, given, f"{prefix}.{name}.")
                     for name, given in nested.items()})
 
     @classmethod
     def off(cls) -> AugmentConfig:
         """No augmentation at all (every probability 0): for benchmarks and ablations."""
-        return cls({name: dataclasses.replace(aug.settings(), p=0.0) for name, aug in AUGMENTATIONS.items()})
+        return cls({aug.name: dataclasses.replace(aug.settings(), p=0.0) for aug in in_chain_order()})
 
     def active(self) -> list[tuple[Augmentation, Any]]:
         """The steps that can fire (p > 0), in chain order."""
-        return [(AUGMENTATIONS[name], settings) for name, settings in self.steps.items() if settings.p > 0]
+        return [(augmentation(name), settings) for name, settings in self.steps.items() if settings.p > 0]
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(settings) for name, settings in self.steps.items()}

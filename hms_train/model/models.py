@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -21,6 +22,8 @@ import torch
 from timm.layers import SelectAdaptivePool2d
 from timm.models import adapt_input_conv, load_state_dict
 from torch import nn
+
+from hms_prep.registry import Registry, RegistryError, settings_from_signature
 
 NUM_CLASSES = 6
 POOLS = ("avg", "gem", "attention")
@@ -390,44 +393,48 @@ def create_backbone(
 # layout, and the signals array of the run (a store array whose role is "signals").
 IMAGE, SIGNALS = "image", "signals"
 MODEL_INPUTS = (IMAGE, SIGNALS)
+# A builder's arguments the run plan fills from the layout and the store; every other argument is a
+# setting a recipe may give (`[model]`, `--set model.NAME=...`), checked against the builder's signature.
+PLANNED_ARGUMENTS = ("image_size", "raw_channels", "raw_samples")
+DEFAULT_MODEL = "2d"
+# A setting annotated so is checked as a probability in [0, 1] (hms_train/run/config.py).
+Probability = Annotated[float, "probability"]
 
 
 @dataclass(frozen=True)
 class ModelKind:
-    """A kind of model: the inputs its forward takes (by keyword, in this order; of MODEL_INPUTS) and
-    its builder."""
+    """A kind of model: the inputs its forward takes (by keyword, in this order; of MODEL_INPUTS), its
+    builder and its settings (a dataclass of the builder's arguments but the planned ones)."""
 
     name: str
     inputs: tuple[str, ...]
     build: Callable[..., nn.Module]
+    settings: type
 
     def arguments(self) -> dict[str, inspect.Parameter]:
         """The builder's keyword arguments by name (what `create_model` accepts for this kind)."""
         return dict(inspect.signature(self.build).parameters)
 
 
-MODEL_KINDS: dict[str, ModelKind] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model kind", "models")  # details: inputs
 
 
 def register_model(name: str, inputs: tuple[str, ...]):
-    """Decorator: register `build(**kwargs) -> nn.Module` as model kind `name` consuming `inputs`."""
+    """Decorator: register `build(**kwargs) -> nn.Module` as model kind `name` consuming `inputs`; its
+    settings are its arguments but PLANNED_ARGUMENTS, typed and defaulted as its signature says."""
 
     def register(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODEL_KINDS:
-            raise ValueError(f"model kind {name!r} is registered twice")
         unknown = [i for i in inputs if i not in MODEL_INPUTS]
         if unknown or not inputs:
-            raise ValueError(f"model kind {name!r}: inputs {list(inputs)}; each one of {list(MODEL_INPUTS)}")
-        MODEL_KINDS[name] = ModelKind(name, tuple(inputs), build)
-        return build
+            raise RegistryError(f"model kind {name!r}: inputs {list(inputs)}; each one of {list(MODEL_INPUTS)}")
+        return MODELS.register(name, build, settings_from_signature(build, PLANNED_ARGUMENTS), inputs=tuple(inputs))
 
     return register
 
 
 def model_kind(name: str) -> ModelKind:
-    if name not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {name!r}; expected one of {sorted(MODEL_KINDS)}")
-    return MODEL_KINDS[name]
+    entry = MODELS.entry(name)
+    return ModelKind(name, entry.details["inputs"], entry.factory, entry.settings)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -449,12 +456,12 @@ def create_model(name: str, **kwargs) -> nn.Module:
 def spectrogram_model(
     image_size: Sequence[int],
     backbone: str = "efficientnet_b0",
-    pool: str = "attention",
-    drop_rate: float = 0.2,
-    pretrained: bool = False,
-    weights: str | None = None,
-    drop_path_rate: float = 0.0,
-    dropout_at: str = "pooled",
+    pool: Literal[POOLS] = "attention",
+    drop_rate: Probability = 0.2,
+    pretrained: bool = False,  # timm's weights: the local Hugging Face cache, else a download when online
+    weights: str | None = None,  # a local backbone state dict
+    drop_path_rate: Probability = 0.0,  # timm's stochastic depth
+    dropout_at: Literal[DROPOUT_PLACES] = "pooled",  # on the pooled features, or on the map (Richard)
     conv_head: bool = True,
 ) -> SpectrogramNet:
     """SpectrogramNet on (H, W) = `image_size` images (the layout's); `weights` is a local pretrained
@@ -465,18 +472,18 @@ def spectrogram_model(
 
 
 @register_model("1d", inputs=(SIGNALS,))
-def raw_model(raw_channels: int = 18, raw_samples: int = 10000, drop_rate: float = 0.2) -> RawEEGNet:
+def raw_model(raw_channels: int = 18, raw_samples: int = 10000, drop_rate: Probability = 0.2) -> RawEEGNet:
     """RawEEGNet on (B, raw_channels, raw_samples) bipolar signals (16 or 18 channels)."""
     return RawEEGNet(raw_channels, raw_samples, drop_rate=drop_rate)
 
 
 @register_model("multimodal", inputs=(IMAGE, SIGNALS))
 def multimodal_model(
-    image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: str = "attention",
-    pretrained: bool = False, weights: str | None = None, drop_path_rate: float = 0.0,  # the 2D branch
+    image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: Literal[POOLS] = "attention",
+    pretrained: bool = False, weights: str | None = None, drop_path_rate: Probability = 0.0,  # the 2D branch
     conv_head: bool = True,
     raw_channels: int = 18, raw_samples: int = 10000,  # the 1D branch, as for "1d"
-    drop_rate: float = 0.2,
+    drop_rate: Probability = 0.2,
 ) -> MultimodalNet:
     """The 2D and 1D branches (their own heads off) joined in one head."""
     image_backbone = create_backbone(backbone, pretrained, weights, drop_path_rate, conv_head)

@@ -28,6 +28,7 @@ import torch
 from hms_prep.store.format import ROLE_SIGNALS, describe_arrays, open_store
 from hms_train.data.reader import Selection, StoreReader, to_device
 from hms_train.model.models import IMAGE
+from hms_train.model.settings import ModelConfig
 from hms_train.run.config import TrainConfig, load_config
 from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
 from hms_train.run.plan import SIGNAL_WINDOW, RunPlan, check_augment, loss_of, plan_inputs
@@ -50,7 +51,8 @@ def bench_config(store: str, inputs: Sequence[str] | None = None, config: TrainC
         raise ValueError(f"--inputs {missing}: not in {store}; it has {sorted(described)}")
     signals = [name for name in inputs if described[name].role == ROLE_SIGNALS]
     model = ("multimodal" if signals else "2d") if len(signals) < len(inputs) else "1d"
-    return dataclasses.replace(load_config(None), store=store, inputs=list(inputs), model=model, layout=None)
+    return dataclasses.replace(load_config(None), store=store, inputs=list(inputs), model=ModelConfig(model),
+                               layout=None)
 
 
 def bench_plan(config: TrainConfig, reader: StoreReader) -> RunPlan:
@@ -136,7 +138,8 @@ def run_train_bench(
     data_over_model         data_samples_per_s / model_images_per_s (the target is >= 3)
     image_shape, batch_size, batches, device, dtype, channels_last, compiled
     """
-    config = dataclasses.replace(bench_config(store, config=config), pretrained=False, weights=None,
+    config = bench_config(store, config=config)
+    config = dataclasses.replace(config, model=config.model.without_pretrained_weights(),
                                  batch_size=batch_size or config.batch_size)
     torch_device = resolve_device(device)
     reader = StoreReader(store, config.inputs, threads=threads)

@@ -23,7 +23,7 @@ from hms_train.image.augment import AugmentConfig, AugmentError
 from hms_train.data.tables import TABLES
 from hms_train.image.layout import LayoutConfig
 from hms_train.model.losses import KL_REDUCTIONS, VOTE_WEIGHTINGS
-from hms_train.model.models import DROPOUT_PLACES, MODEL_KINDS, POOLS
+from hms_train.model.settings import ModelConfig, ModelSettingsError
 from hms_prep.plugins import load_plugins
 from hms_train.run.tracking import TRACKERS
 
@@ -38,6 +38,10 @@ STAGE2_INITS = ("continue", "best")  # best: from the best stage-1 checkpoint's 
 DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")  # (pattern, in words)
 DEFAULT_RECIPE = "default"  # the bundled config a command without --config uses
 # Keys of earlier configs (a run folder's config.json) that no longer exist: refused unless unset.
+# The model settings that were fields of their own before the [model] table: a run folder's config.json
+# (and an older recipe) still reads, each moved into the table when the model kind takes it.
+LEGACY_MODEL_KEYS = ("backbone", "pool", "drop_rate", "drop_path_rate", "dropout_at", "conv_head", "pretrained",
+                     "weights")
 REMOVED_KEYS = {"kaggle_width": "set the Kaggle part's width in the recipe's [layout] (layout.parts: "
                                 "{ array = ..., width = N }); docs/recipes.md"}
 
@@ -85,15 +89,8 @@ class TrainConfig:
     # modules to import before the rest is checked: they register model kinds and augmentations (and
     # hms_cache.plugins entry points are loaded too; docs/architecture.md)
     plugins: list[str] = field(default_factory=list)
-    model: str = field(default="2d", metadata={"registry": MODEL_KINDS})  # a registered model kind
-    backbone: str = "efficientnet_b0"
-    pool: Literal[POOLS] = "attention"
-    drop_rate: float = field(default=0.2, metadata=PROBABILITY)
-    drop_path_rate: float = field(default=0.0, metadata=PROBABILITY)  # timm's stochastic depth
-    dropout_at: Literal[DROPOUT_PLACES] = "pooled"  # drop_rate on the pooled features, or on the map (Richard)
-    conv_head: bool = True  # false: a MobileNetV3 ends at its last stage (960 channels, David's torchvision)
-    pretrained: bool = False  # timm's weights: the local Hugging Face cache, else a download when online
-    weights: str | None = None  # a local backbone state dict
+    # the model kind and its settings, a table (hms_train/model/settings.py): [model] name = "2d", backbone = ...
+    model: ModelConfig = field(default_factory=ModelConfig)
     # optimisation
     optimizer: Literal[OPTIMIZERS] = "adamw"
     lr: float = field(default=3e-4, metadata=POSITIVE)
@@ -164,6 +161,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["augment"] = self.augment.to_dict()
+        values["model"] = self.model.to_dict()
         return values
 
     def save(self, path: Path) -> None:
@@ -185,7 +183,25 @@ class TrainConfig:
             load_plugins(plugins, option="plugins:")  # before the checks: plugins add model kinds and augmentations
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        return _build(cls, values, prefix="")
+        return _build(cls, _nest_legacy_model_keys(values), prefix="")
+
+
+def _nest_legacy_model_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the model settings given as top-level keys (LEGACY_MODEL_KEYS) moved into the
+    `model` table, where they win; those the model kind does not take are left out, as they always were."""
+    legacy = {key: values.pop(key) for key in LEGACY_MODEL_KEYS if key in values}
+    if not legacy:
+        return values
+    model = values.get("model", {})
+    model = {"name": model} if isinstance(model, str) else dict(model) if isinstance(model, dict) else model
+    if isinstance(model, dict):
+        from hms_train.model.models import DEFAULT_MODEL, MODELS
+
+        name = model.get("name", DEFAULT_MODEL)
+        taken = MODELS.entry(name).defaults() if name in MODELS else legacy
+        model.update({key: value for key, value in legacy.items() if key in taken})
+    values["model"] = model
+    return values
 
 
 def bundled_configs() -> list[str]:
@@ -202,6 +218,8 @@ def load_config(name_or_path: str | None, overrides: list[str] = ()) -> TrainCon
             raise ConfigError(f"override {item!r} is not key=value")
         target = values
         *parents, leaf = key.strip().split(".")
+        if parents[:1] == ["model"] and isinstance(values.get("model"), str):  # model = "1d": its table
+            values["model"] = {"name": values["model"]}
         for parent in parents:
             target = target.setdefault(parent, {})
             if not isinstance(target, dict):
@@ -276,7 +294,8 @@ def _build(cls, values: Any, prefix: str):
     for name, value in values.items():
         key = prefix + name
         value = _typed(key, value, hints[name])
-        probability = prefix and (name == "p" or name.endswith("_p"))  # a nested section's probabilities
+        # a nested section's probabilities, and a model setting annotated as one (models.Probability)
+        probability = prefix and (name == "p" or name.endswith("_p") or fields[name].metadata.get("probability"))
         limits = fields[name].metadata.get("range") or (PROBABILITY["range"] if probability else None)
         for number in _numbers(value):
             if limits is not None and number not in limits:
@@ -297,6 +316,8 @@ def _build(cls, values: Any, prefix: str):
 def _typed(key: str, value: Any, hint: Any) -> Any:
     """`value` as the annotation `hint` wants it (int -> float, list -> tuple), or ConfigError."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:  # a plug-in model's argument without an annotation
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -315,6 +336,13 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
         try:
             return AugmentConfig.from_values(value, key, build=_build)
         except AugmentError as err:
+            raise ConfigError(str(err)) from None
+    if hint is ModelConfig:
+        if isinstance(value, ModelConfig):
+            return value
+        try:
+            return ModelConfig.from_values(value, key, build=_build)
+        except ModelSettingsError as err:
             raise ConfigError(str(err)) from None
     if dataclasses.is_dataclass(hint):
         return value if isinstance(value, hint) else _build(hint, value, prefix=f"{key}.")

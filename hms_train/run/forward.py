@@ -54,7 +54,7 @@ def model_inputs(
     With a sliding evaluation layout the image is the whole canvas; `predict_probabilities` runs the
     model on its windows."""
     out = {}
-    for name in model_kind(inputs.config.model).inputs:
+    for name in model_kind(inputs.config.model.name).inputs:
         if name == IMAGE:
             out[name] = _memory_format(compose(inputs.layout, batch, train, generator), inputs.config)
         elif name == SIGNALS:

@@ -144,7 +144,7 @@ def plan_inputs(config: TrainConfig, arrays: Mapping[str, ArrayDescription]) -> 
     missing = [name for name in config.inputs if name not in arrays]
     if missing:
         raise ConfigError(f"inputs: {missing} not in {config.store}; it has {sorted(arrays)}")
-    kind = model_kind(config.model)
+    kind = model_kind(config.model.name)
     described = {name: arrays[name] for name in config.inputs}
     signals = [name for name, array in described.items() if array.role == ROLE_SIGNALS]
     signal = None
@@ -183,18 +183,13 @@ def _image_layout(config: TrainConfig, arrays: Mapping[str, ArrayDescription]) -
 def _model_spec(config: TrainConfig, kind, layout: ImageLayout | None, signals: ArrayDescription | None) -> dict:
     """The model as JSON-able data: only the arguments its kind takes, the image size from the layout,
     the signal channels from the store."""
-    values = {"backbone": config.backbone, "pool": config.pool, "drop_rate": config.drop_rate,
-              "drop_path_rate": config.drop_path_rate, "pretrained": config.pretrained, "weights": config.weights,
-              "dropout_at": config.dropout_at, "conv_head": config.conv_head}
+    values = config.model.kwargs()  # checked against the kind's signature when the config was read
     if layout is not None:
         values["image_size"] = list(layout.image_size)
     if signals is not None:
         values["raw_channels"] = int(signals.shape[0])  # the builders' argument names (old checkpoints hold them)
         values["raw_samples"] = SIGNAL_WINDOW
     taken = kind.arguments()
-    refused = [key for key in ("pretrained", "weights") if values[key] and key not in taken]
-    if refused:
-        raise ConfigError(f"{refused} concern an image backbone; model kind {kind.name!r} has none")
     return {"name": kind.name, "kwargs": {key: value for key, value in values.items() if key in taken}}
 
 
@@ -205,7 +200,7 @@ def check_augment(config: TrainConfig, inputs: InputPlan) -> AugmentConfig:
     if inputs.takes_image and inputs.signals is not None:
         unsynced = [f"augment.{aug.name}.p" for aug, _ in augment.active() if aug.image_only]
         if unsynced:
-            raise ConfigError(f"model kind {config.model!r} takes the image and the signals together; {unsynced} "
+            raise ConfigError(f"model kind {config.model.name!r} takes the image and the signals together; {unsynced} "
                               "would change the image alone and desynchronise them: set them to 0")
     if inputs.takes_image and augment.steps["hemisphere_swap"].p > 0:
         inputs.mirror_rows()  # a tiled, cropped layout has no fixed mirror map: refused here, naming the fix

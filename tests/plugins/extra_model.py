@@ -33,6 +33,8 @@ class TinyConv(nn.Module):
 
 @register_model("tiny_conv", inputs=(IMAGE,))
 def tiny_conv(image_size, channels: int = 8, drop_rate: float = 0.0) -> TinyConv:
+    """Its own setting, `channels`: a recipe's `[model] channels = 16`, or `--set model.channels=16`."""
+    _log(f"tiny_conv channels={channels}")
     return TinyConv(channels)
 
 

@@ -12,6 +12,8 @@
 #   RECIPES="..."       the seed recipes to train (default: all five)
 #   PUBLIC_RECIPES="..." the public half's recipes (docs/recipes.md, "The seed's public half"; default: all
 #                       twelve; empty: none)
+#   PUBLIC_TRAIN_SET="..." the `--set` overrides of the public runs (default: TRAIN_SET); PUBLIC_SET_<recipe>
+#                       adds a recipe's own (the toy chain's tiny backbones: model settings differ by kind)
 set -euo pipefail
 : "${DATA:?make seed needs DATA=/path/to/the/kaggle/folder}"
 SEED=${SEED:-seed}
@@ -78,7 +80,10 @@ has() { [ -d "$RUNS/$1" ]; }  # a run of round 1 (RECIPES may name fewer)
 echo "== the public half: the two public notebooks' members (docs/recipes.md)"
 public_runs=()
 for recipe in $PUBLIC_RECIPES; do
-  train "$recipe" "$recipe"
+  own="PUBLIC_SET_$recipe"
+  # shellcheck disable=SC2086  # lists of --set options
+  "$BIN/hms-train" --config "$recipe" --store "$STORE" --device "$DEVICE" --out "$RUNS/$recipe" --quiet \
+    ${PUBLIC_TRAIN_SET-$TRAIN_SET} ${!own-}
   public_runs+=("$RUNS/$recipe")
 done
 

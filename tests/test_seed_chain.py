@@ -21,8 +21,13 @@ TOY = " ".join(f"--set {item}" for item in (
 
 
 RECIPES = ["seed_richard_b0", "seed_david_b0", "seed_david_mnv3"]
-# The public half (docs/recipes.md): the 1D net, the LB31 B0 (its two mel arrays) and a features-head hybrid
+# The public half (docs/recipes.md): the 1D net, the LB31 B0 (its two mel arrays) and a features-head hybrid;
+# model settings differ by kind, so the tiny backbone goes to the kinds that have one
 PUBLIC = ["public_resnet1d_gru", "public_lb31_b0", "public_fh_ker"]
+PUBLIC_TOY = {"PUBLIC_TRAIN_SET": " ".join(f"--set {item}" for item in (
+                  "epochs=1", "stage2_epochs=1", "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2")),
+              **{f"PUBLIC_SET_{name}": '--set model.pretrained=false --set model.backbone="mobilenetv3_small_050"'
+                 for name in ("public_lb31_b0", "public_fh_ker")}}
 
 
 def keep_first_lines(train_csv: Path, per_eeg: int) -> None:
@@ -65,7 +70,7 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     seed = tmp_path / "seed"
     env = {**os.environ, "DATA": str(synth_data), "SEED": str(seed), "BIN": str(preloaded_bin),
            "FOLDS": "2", "DEVICE": "cpu", "TRAIN_SET": TOY, "COLUMNS": "200", "RECIPES": " ".join(RECIPES),
-           "PUBLIC_RECIPES": " ".join(PUBLIC)}
+           "PUBLIC_RECIPES": " ".join(PUBLIC), **PUBLIC_TOY}
     result = subprocess.run(["bash", "scripts/seed.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     blend = json.loads((seed / "blend.json").read_text())

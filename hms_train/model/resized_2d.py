@@ -1,4 +1,4 @@
-"""Model kinds `resized_2d` and `lb31_2d`: a timm backbone that first resizes the layout's image to a fixed size, as the
+"""Model kind `resized_2d`: a timm backbone that first resizes the layout's image to a fixed size, as the
 seed's public 2D notebooks did before their networks (RichardLiu083/Kaggle-HMS-Harmful-Brain-Activity-
 Classification, Ensemble_Notebook/):
 
@@ -61,16 +61,7 @@ def resized_2d(image_size: Sequence[int], backbone: str = "efficientnet_b0", poo
                drop_rate: float = 0.2, pretrained: bool = False, weights: str | None = None,
                drop_path_rate: float = 0.0, resize_to: Sequence[int] = (512, 512), resize_mode: str = "bilinear",
                flip_rows: bool = False) -> ResizedNet:
-    """HMS_balance.py "Model 3": Resize((512, 512)) (bilinear), then the timm model."""
-    return build_resized(image_size, backbone, pool, drop_rate, pretrained, weights, drop_path_rate, resize_to,
-                         resize_mode, flip_rows)
-
-
-@register_model("lb31_2d", inputs=(IMAGE,))
-def lb31_2d(image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: str = "avg", drop_rate: float = 0.0,
-            pretrained: bool = False, weights: str | None = None, drop_path_rate: float = 0.0,
-            resize_to: Sequence[int] = (512, 512), resize_mode: str = "area", flip_rows: bool = True) -> ResizedNet:
-    """HMS_LB31.ipynb cell 23: imagem_final[::-1], cv2.resize to 512 x 512 with INTER_AREA, then cell 16's
-    EfficientNetB0 + GlobalAveragePooling2D + Dense(6)."""
+    """HMS_balance.py "Model 3": Resize((512, 512)) (bilinear), then the timm model; HMS_LB31.ipynb with
+    resize_mode = "area" (cv2.INTER_AREA), flip_rows = true (`imagem_final[::-1]`), drop_rate 0."""
     return build_resized(image_size, backbone, pool, drop_rate, pretrained, weights, drop_path_rate, resize_to,
                          resize_mode, flip_rows)

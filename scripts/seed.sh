@@ -10,6 +10,10 @@
 #   TRAIN_SET="..."     extra `--set key=value` overrides for every training run (the toy chain's tiny
 #                       backbones and single steps; empty for the real recipes)
 #   RECIPES="..."       the seed recipes to train (default: all five)
+#   PUBLIC_RECIPES="..." the public half's recipes (docs/recipes.md, "The seed's public half"; default: all
+#                       twelve; empty: none)
+#   PUBLIC_TRAIN_SET="..." the `--set` overrides of the public runs (default: TRAIN_SET); PUBLIC_SET_<recipe>
+#                       adds a recipe's own (the toy chain's tiny backbones: model settings differ by kind)
 set -euo pipefail
 : "${DATA:?make seed needs DATA=/path/to/the/kaggle/folder}"
 SEED=${SEED:-seed}
@@ -18,6 +22,13 @@ FOLDS=${FOLDS:-5}
 DEVICE=${DEVICE:-auto}
 TRAIN_SET=${TRAIN_SET:-}
 RECIPES=${RECIPES:-seed_richard_b0 seed_richard_v2s seed_richard_convnext seed_david_b0 seed_david_mnv3}
+PUBLIC_RECIPES=${PUBLIC_RECIPES-public_lb31_b0 public_resnet1d_gru public_fh_k public_fh_e public_fh_r public_fh_ke \
+  public_fh_kr public_fh_er public_fh_ker public_timm_b0 public_timm_b1 public_timm_b1_eeg}
+# The public recipes' mel variants (docs/recipes.md): features-head E (50 s, hop 33, 300 frames), LB31's 50 s
+# (200 mels, 400 frames) and 10 s (300 frames)
+PUBLIC_ARRAYS=(--array eeg_mel:window_s=50,hop_length=33,frames=300
+               --array eeg_mel:window_s=50,win_length=1024,hop_length=25,n_mels=200,frames=400
+               --array eeg_mel:window_s=10,win_length=260,hop_length=6,frames=300)
 STORE="$SEED/specs.zarr"
 TEST="$SEED/test.zarr"
 RUNS="$SEED/runs"
@@ -31,14 +42,24 @@ for split in train test; do
   store=$([ "$split" = train ] && echo "$STORE" || echo "$TEST")
   prep_build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,30
   prep_build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,14,30,44 --n-mels 50
+  if [ -n "$PUBLIC_RECIPES" ]; then
+    prep_build --data "$DATA" --split "$split" --store "$store" --folds "$FOLDS" --windows 10,30 "${PUBLIC_ARRAYS[@]}"
+  fi
 done
 
+# The public half's shares of the seed's blend (hms_train/run/blend.py SEED_BLEND.leaf_weights(); the
+# LB31 notebook .25, the balance notebook's ResNet1D-GRU .25 x .334, features-head .25 x .333 x (1 - LB) / 1.49,
+# timm .25 x .333 / 3); tests/test_public_models.py holds these to blend.py
+PUBLIC_PAIRS="public_lb31_b0:.25 public_resnet1d_gru:.0835 public_fh_k:.0106158 public_fh_e:.0117332 \
+  public_fh_r:.0106158 public_fh_ke:.0128507 public_fh_kr:.0117332 public_fh_er:.0122919 public_fh_ker:.0134094 \
+  public_timm_b0:.02775 public_timm_b1:.02775 public_timm_b1_eeg:.02775"
 seed_blend() {  # the seed's own final blend (docs/recipes.md) over the runs that stand for its groups
   local runs=() weights=() run weight
   # David's B0 share is his run without pseudo-labels, E/HMS_David_LB31.ipynb c12: .../efficientb0-wo-pl/1/f{0,2,3}.pt;
   # his MobileNetV3 share the second pseudo-label round (run_commands.py launches cnn-mb-PL2 on folds 0, 2, 3)
   for pair in seed_richard_b0:.025 seed_richard_b0_kd:.025 seed_richard_convnext_kd:.025 \
-              seed_richard_v2s_kd:.05 seed_richard_b0_pl:.125 seed_david_b0:.13636 seed_david_mnv3_pl2:.11364; do
+              seed_richard_v2s_kd:.05 seed_richard_b0_pl:.125 seed_david_b0:.13636 seed_david_mnv3_pl2:.11364 \
+              $PUBLIC_PAIRS; do
     run=${pair%%:*} weight=${pair#*:}
     if [ -d "$RUNS/$run" ]; then runs+=("$RUNS/$run"); weights+=("$weight"); fi
   done
@@ -57,6 +78,16 @@ for recipe in $RECIPES; do
   train "$recipe" "$recipe"
 done
 has() { [ -d "$RUNS/$1" ]; }  # a run of round 1 (RECIPES may name fewer)
+
+echo "== the public half: the two public notebooks' members (docs/recipes.md)"
+public_runs=()
+for recipe in $PUBLIC_RECIPES; do
+  own="PUBLIC_SET_$recipe"
+  # shellcheck disable=SC2086  # lists of --set options
+  "$BIN/hms-train" --config "$recipe" --store "$STORE" --device "$DEVICE" --out "$RUNS/$recipe" --quiet \
+    ${PUBLIC_TRAIN_SET-$TRAIN_SET} ${!own-}
+  public_runs+=("$RUNS/$recipe")
+done
 
 echo "== round 2: pseudo-labels, and distillation from the round-1 blend"
 round1=() round1_runs=()
@@ -99,7 +130,7 @@ for base in seed_richard_b0 seed_richard_v2s seed_richard_convnext; do
 done
 
 echo "== blend (learned, and the seed's fixed weights on the same rows), submission and the CV table"
-all=("${round1_runs[@]}" "${round2[@]}")
+all=("${round1_runs[@]}" "${round2[@]}" "${public_runs[@]}")
 "$BIN/hms-train" blend "${all[@]}" --out "$SEED/blend.json"
 seed_blend
 "$BIN/hms-train" predict --store "$TEST" --blend "$SEED/blend.json" --device "$DEVICE" --out "$SEED/submission.csv"

@@ -21,6 +21,13 @@ TOY = " ".join(f"--set {item}" for item in (
 
 
 RECIPES = ["seed_richard_b0", "seed_david_b0", "seed_david_mnv3"]
+# The public half (docs/recipes.md): the 1D net, the LB31 B0 (its two mel arrays) and a features-head hybrid;
+# model settings differ by kind, so the tiny backbone goes to the kinds that have one
+PUBLIC = ["public_resnet1d_gru", "public_lb31_b0", "public_fh_ker"]
+PUBLIC_TOY = {"PUBLIC_TRAIN_SET": " ".join(f"--set {item}" for item in (
+                  "epochs=1", "stage2_epochs=1", "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2")),
+              **{f"PUBLIC_SET_{name}": '--set model.pretrained=false --set model.backbone="mobilenetv3_small_050"'
+                 for name in ("public_lb31_b0", "public_fh_ker")}}
 
 
 def keep_first_lines(train_csv: Path, per_eeg: int, keep: dict[str, int] = {}) -> None:
@@ -85,18 +92,26 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     keep_first_lines(synth_data / "train.csv", per_eeg=2, keep={eeg_id: 5})
     seed = tmp_path / "seed"
     env = {**os.environ, "DATA": str(synth_data), "SEED": str(seed), "BIN": str(preloaded_bin),
-           "FOLDS": "2", "DEVICE": "cpu", "TRAIN_SET": TOY, "COLUMNS": "200", "RECIPES": " ".join(RECIPES)}
+           "FOLDS": "2", "DEVICE": "cpu", "TRAIN_SET": TOY, "COLUMNS": "200", "RECIPES": " ".join(RECIPES),
+           "PUBLIC_RECIPES": " ".join(PUBLIC), **PUBLIC_TOY}
     result = subprocess.run(["bash", "scripts/seed.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     blend = json.loads((seed / "blend.json").read_text())
     # round 1; Richard's pseudo-label run and David's two rounds of them; Richard's distilled run
     assert [Path(run).name for run in blend["runs"]] == [
         *RECIPES, "seed_richard_b0_pl", "seed_david_b0_pl", "seed_david_mnv3_pl", "seed_david_b0_pl2",
-        "seed_david_mnv3_pl2", "seed_richard_b0_kd"]
+        "seed_david_mnv3_pl2", "seed_richard_b0_kd", *PUBLIC]
     assert abs(sum(blend["weights"]) - 1) < 1e-6
     seed_blend = json.loads((seed / "seed_blend.json").read_text())  # the seed's fixed weights, as data
     assert [Path(run).name for run in seed_blend["runs"]] == [
-        "seed_richard_b0", "seed_richard_b0_kd", "seed_richard_b0_pl", "seed_david_b0", "seed_david_mnv3_pl2"]
+        "seed_richard_b0", "seed_richard_b0_kd", "seed_richard_b0_pl", "seed_david_b0", "seed_david_mnv3_pl2",
+        "public_lb31_b0", "public_resnet1d_gru", "public_fh_ker"]
+    from hms_train.run.blend import SEED_BLEND
+
+    leaves = SEED_BLEND.leaf_weights()  # the public runs keep the seed's shares relative to each other
+    lb31, gru, ker = seed_blend["weights"][-3:]
+    assert (gru / lb31, ker / lb31) == pytest.approx((leaves["public_resnet1d_gru"] / leaves["public_lb31_b0"],
+                                                      leaves["public_fh_ker"] / leaves["public_lb31_b0"]), rel=1e-4)
     with open(seed / "submission.csv") as f:
         rows = list(csv.DictReader(f))
     test_ids = {row["eeg_id"] for row in csv.DictReader(open(synth_data / "test.csv"))}

@@ -104,12 +104,12 @@ def create_pool(pool: str, channels: int, width: int) -> nn.Module:
     raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
 
 
-def timm_backbone(name: str, pretrained: bool = False, drop_path_rate: float = 0.0) -> nn.Module:
+def timm_backbone(name: str, pretrained: bool = False, drop_path_rate: float = 0.0, in_chans: int = 1) -> nn.Module:
     """A timm model for 1-channel images that returns its unpooled feature map (B, C, H, W);
     `drop_path_rate` is timm's stochastic depth, ramped linearly over the blocks from 0 (Richard's 0.2;
     for efficientnet_b0 it gives torchvision's per-block rates 0 ... 0.1875 of stochastic_depth_prob 0.2)."""
     extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}  # not every timm model takes it
-    return timm.create_model(name, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="", **extra)
+    return timm.create_model(name, pretrained=pretrained, in_chans=in_chans, num_classes=0, global_pool="", **extra)
 
 
 def drop_conv_head(backbone: nn.Module, name: str) -> None:
@@ -383,19 +383,19 @@ def _hub_offline(offline: bool) -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = offline
 
 
-def cached_pretrained_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Module:
+def cached_pretrained_backbone(name: str, drop_path_rate: float = 0.0, in_chans: int = 1) -> nn.Module:
     """timm's pretrained weights for `name`: from the local Hugging Face cache when there, else downloaded
     when the hub is reachable; without a network it fails fast with MissingWeightsError saying how to
     provide them (the hub cache folder, or --weights FILE)."""
     _hub_offline(True)  # the cache first: no network round trip when the weights are already here
     try:
-        return timm_backbone(name, pretrained=True, drop_path_rate=drop_path_rate)
+        return timm_backbone(name, pretrained=True, drop_path_rate=drop_path_rate, in_chans=in_chans)
     except OSError as error:  # cache miss: LocalEntryNotFoundError, OfflineModeIsEnabled, URLError
         cache_miss = error
     if hub_reachable():
         _hub_offline(False)
         try:
-            return timm_backbone(name, pretrained=True, drop_path_rate=drop_path_rate)
+            return timm_backbone(name, pretrained=True, drop_path_rate=drop_path_rate, in_chans=in_chans)
         except OSError as error:
             cache_miss = error
         finally:
@@ -412,21 +412,21 @@ def cached_pretrained_backbone(name: str, drop_path_rate: float = 0.0) -> nn.Mod
 
 def create_backbone(
     name: str, pretrained: bool = False, weights: str | Path | None = None, drop_path_rate: float = 0.0,
-    conv_head: bool = True, net_form: str = "timm",
+    conv_head: bool = True, net_form: str = "timm", in_chans: int = 1,
 ) -> nn.Module:
-    """A 1-channel timm feature extractor: weights from `weights` if given, else timm's pretrained ones
+    """A 1-channel (or `in_chans`) timm feature extractor: weights from `weights` if given, else timm's pretrained ones
     (local cache, else downloaded) if `pretrained`, else random initialisation; without its conv_head
     (`drop_conv_head`) when `conv_head` is false, and in David's form (`seed_exact_backbone`) when
     `net_form` is "seed_exact", once the weights are in."""
     if net_form not in NET_FORMS:
         raise ValueError(f"unknown net_form {net_form!r}; expected one of {NET_FORMS}")
     if weights is not None:
-        backbone = timm_backbone(name, drop_path_rate=drop_path_rate)
+        backbone = timm_backbone(name, drop_path_rate=drop_path_rate, in_chans=in_chans)
         load_backbone_weights(backbone, weights)
     elif pretrained:
-        backbone = cached_pretrained_backbone(name, drop_path_rate)
+        backbone = cached_pretrained_backbone(name, drop_path_rate, in_chans)
     else:
-        backbone = timm_backbone(name, drop_path_rate=drop_path_rate)
+        backbone = timm_backbone(name, drop_path_rate=drop_path_rate, in_chans=in_chans)
     if not conv_head:
         drop_conv_head(backbone, name)
     if net_form == "seed_exact":

@@ -200,10 +200,25 @@ DAVID_BLEND = SeedBlend(
     (("efficientb0-wo-pl/f0", 1.2), ("efficientb0-wo-pl/f2", 1.2), ("efficientb0-wo-pl/f3", 1.2),
      ("mobilenetv3/f0", 1.0), ("mobilenetv3/f2", 1.0), ("mobilenetv3/f3", 1.0)),
 )
+# The public half (docs/recipes.md, "The seed's public half"): leaves named by the recipes that stand for them.
+LB31_BLEND = SeedBlend(
+    "lb31", "Ensemble_Notebook/HMS_LB31.ipynb cell 25: np.mean(preds) over the 5 fold models", (("public_lb31_b0", 1.0),),
+)
+FEATURES_HEAD_BLEND = SeedBlend(
+    "features-head", "Ensemble_Notebook/HMS_balance.py: LBs = [0.81, 0.79, 0.81, 0.77, 0.79, 0.78, 0.76] (K|E|R|KE|KR|ER|"
+                     "KER); weights = (1 - LBs) / sum; np.average(pred, weights=weights), then the mean over 5 folds",
+    (("public_fh_k", 0.19), ("public_fh_e", 0.21), ("public_fh_r", 0.19), ("public_fh_ke", 0.23),
+     ("public_fh_kr", 0.21), ("public_fh_er", 0.22), ("public_fh_ker", 0.24)),
+)
+TIMM_BLEND = SeedBlend(
+    "timm", "Ensemble_Notebook/HMS_balance.py Model 3: np.mean over 5 B0, 5 B1 and 5 B1 (own spectrograms) models",
+    (("public_timm_b0", 5.0), ("public_timm_b1", 5.0), ("public_timm_b1_eeg", 5.0)),
+)
+BALANCE_BLEND = SeedBlend(
+    "balance", "Ensemble_Notebook/HMS_balance.py: predss_1 * 0.334 + predss_2 * 0.333 + predss_3 * 0.333",
+    (("public_resnet1d_gru", 0.334), (FEATURES_HEAD_BLEND, 0.333), (TIMM_BLEND, 0.333)),
+)
 SEED_BLEND = SeedBlend(
     "final", "hms-ensemble.ipynb cell 2: pred_1*0.25 + pred_2*0.25 + pred_3*0.25 + pred_4*0.25",
-    ((RICHARD_BLEND, 0.25), (DAVID_BLEND, 0.25),
-     ("public TensorFlow EfficientNet-B0, LB 0.31: Ensemble_Notebook/HMS_LB31.ipynb", 0.25),
-     ("public ResNet1D-GRU with two 2D models, .334/.333/.333: Ensemble_Notebook/HMS_balance.py", 0.25)),
+    ((RICHARD_BLEND, 0.25), (DAVID_BLEND, 0.25), (LB31_BLEND, 0.25), (BALANCE_BLEND, 0.25)),
 )
-

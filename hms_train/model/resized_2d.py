@@ -1,0 +1,67 @@
+"""Model kind `resized_2d`: a timm backbone that first resizes the layout's image to a fixed size, as the
+seed's public 2D notebooks did before their networks (RichardLiu083/Kaggle-HMS-Harmful-Brain-Activity-
+Classification, Ensemble_Notebook/):
+
+- HMS_LB31.ipynb cell 23: the 800 x 700 image (50 s | 10 s over Kaggle) flipped upside down
+  (`imagem_final[::-1]`) and `cv2.resize(..., (512, 512), interpolation=cv2.INTER_AREA)`; then an
+  EfficientNetB0, GlobalAveragePooling2D, Dense(6) (cell 16 build_EfficientNetB0). Its 3 identical
+  channels (`np.repeat(..., 3, axis=2)`) are one channel here: timm's in_chans=1 sums the stem's weights.
+- HMS_balance.py "Model 3": `transforms.Resize((512, 512))` (bilinear) of the spectrogram, then
+  `timm.create_model('efficientnet_b0' | 'efficientnet_b1', num_classes=6, in_chans=1)`.
+
+After the resize it is the "2d" kind's SpectrogramNet (backbone, pool, dropout, Linear(-> 6)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hms_train.model.models import IMAGE, SpectrogramNet, create_backbone, register_model
+
+RESIZE_MODES = ("area", "bilinear")  # cv2.INTER_AREA (HMS_LB31); torchvision Resize's bilinear (HMS_balance)
+
+
+class ResizedNet(nn.Module):
+    def __init__(self, net: SpectrogramNet, size: tuple[int, int], resize_mode: str, flip_rows: bool):
+        super().__init__()
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"unknown resize_mode {resize_mode!r}; expected one of {RESIZE_MODES}")
+        self.net = net
+        self.size = size
+        self.resize_mode = resize_mode
+        self.flip_rows = flip_rows
+
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        if self.flip_rows:  # HMS_LB31: low frequencies at the bottom
+            image = image.flip(2)
+        if self.resize_mode == "area":
+            return F.interpolate(image, size=self.size, mode="area")
+        return F.interpolate(image, size=self.size, mode="bilinear", align_corners=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(self.resize(image))
+
+
+def build_resized(image_size: Sequence[int], backbone: str, pool: str, drop_rate: float, pretrained: bool,
+                  weights: str | None, drop_path_rate: float, resize_to: Sequence[int], resize_mode: str,
+                  flip_rows: bool) -> ResizedNet:
+    """The layout's `image_size` image resized to `resize_to` with `resize_mode`, flipped upside down first
+    when `flip_rows`, into a timm backbone + `pool` + Linear."""
+    size = (int(resize_to[0]), int(resize_to[1]))
+    backbone_net = create_backbone(backbone, pretrained, weights, drop_path_rate)
+    return ResizedNet(SpectrogramNet(backbone_net, size, pool, drop_rate), size, resize_mode, flip_rows)
+
+
+@register_model("resized_2d", inputs=(IMAGE,))
+def resized_2d(image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: str = "avg",
+               drop_rate: float = 0.2, pretrained: bool = False, weights: str | None = None,
+               drop_path_rate: float = 0.0, resize_to: Sequence[int] = (512, 512), resize_mode: str = "bilinear",
+               flip_rows: bool = False) -> ResizedNet:
+    """HMS_balance.py "Model 3": Resize((512, 512)) (bilinear), then the timm model; HMS_LB31.ipynb with
+    resize_mode = "area" (cv2.INTER_AREA), flip_rows = true (`imagem_final[::-1]`), drop_rate 0."""
+    return build_resized(image_size, backbone, pool, drop_rate, pretrained, weights, drop_path_rate, resize_to,
+                         resize_mode, flip_rows)

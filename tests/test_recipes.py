@@ -346,7 +346,9 @@ def test_pseudo_mode_sets_the_low_vote_targets_by_value(both_store, tmp_path, mo
 
 def test_pseudo_labels_must_cover_every_low_vote_training_row(both_store, tmp_path):
     path = tmp_path / "pl.parquet"
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', f'pseudo_labels="{path}"', 'rows="all"'])
+    # V4's rule (the _pl recipe) trains its stage 2 on pseudo-labels; round 1 (V3) has none
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', f'pseudo_labels="{path}"', 'rows="all"',
+                                                'stage2_rows="all"'])
     reader = StoreReader(both_store, config.inputs)
     low = reader.select(Selection())
     low = low[reader.votes[low] < 8]

@@ -186,11 +186,11 @@ def uniform_pseudo_labels(reader: StoreReader, rows: np.ndarray, path) -> None:
 
 @pytest.mark.slow
 def test_richards_stage2_with_pseudo_labels_starts_from_the_best_stage1_weights(both_store, tmp_path):
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', *TINY])
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', *TINY])
     reader = StoreReader(both_store, config.inputs)
     everything = reader.select(Selection())
     uniform_pseudo_labels(reader, everything[reader.votes[everything] < 8], tmp_path / "pl.parquet")
-    config = load_config("seed_richard_b0", [f'store="{both_store}"', *TINY, f'pseudo_labels="{tmp_path / "pl.parquet"}"'])
+    config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', *TINY, f'pseudo_labels="{tmp_path / "pl.parquet"}"'])
     out = tmp_path / "run"
     train(config, out, quiet=True)
     stage1 = torch.load(out / "fold0_stage1_best.pt", weights_only=True)

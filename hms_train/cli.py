@@ -115,7 +115,7 @@ def train(
         None, "--pretrained/--no-pretrained", help="Backbone weights the timm way: the local hub cache, else downloaded when the hub answers."
     ),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights from a local file (.pth or .safetensors)."),
-    set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup_p=0."),
+    set_: List[str] = typer.Option([], "--set", help="Override any field: --set lr=1e-3 --set augment.mixup.p=0."),
     track: List[str] = typer.Option([], "--track", help="Record the run for mlflow or tensorboard (repeatable; each an extra: pip install 'hms-cache[mlflow]')."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint, at the batch after it, mid-epoch too (its own config; --device may change)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
@@ -125,7 +125,7 @@ def train(
     Examples:
       hms-train --store cache/specs.zarr --config smoke --device cpu --out runs/smoke
       hms-train --config seed_richard_b0 --folds 0,1,2,3,4 --out runs/richard_b0
-      hms-train --config smoke --set lr=1e-3 --set augment.hflip_p=0 --out runs/try
+      hms-train --config smoke --set lr=1e-3 --set augment.time_flip.p=0 --out runs/try
       hms-train --config seed_richard_b0 --weights /models/tf_efficientnet_b0_ns.safetensors --out runs/b0w
       hms-train --resume runs/b0            (after a crash or a kill: finished folds are kept)
       hms-train --config smoke --track mlflow --track tensorboard --out runs/tracked
@@ -156,10 +156,33 @@ def train(
         else:
             cfg = load_config(config, overrides + ([f"device={json.dumps(device)}"] if device else []))
             out = out or Path("runs/run")
-        summary = run_training(cfg, out, quiet=quiet, resume=resume is not None)
+        if resume is not None:
+            typer.echo(_resume_point(resume, cfg.folds or []), err=True)
+        try:
+            summary = run_training(cfg, out, quiet=quiet, resume=resume is not None)
+        except KeyboardInterrupt:  # every finished epoch (and step checkpoint) is kept: say how to go on
+            typer.echo(f"interrupted; resume with: hms-train --resume {out}", err=True)
+            raise typer.Exit(130) from None
     if summary:
         typer.echo(f"{out}: out-of-fold KL {summary['kl']:.4f} (>=10 votes {summary['kl_10plus']:.4f}, "
                    f"prior {summary['prior_kl']:.4f}) over {summary['n']} rows")
+
+
+def _resume_point(run: Path, folds: list[int]) -> str:
+    """'resuming RUN at fold 1, stage1, epoch 3 after batch 2 (finished folds: 0)': where the loop goes on."""
+    import torch
+
+    finished = [fold for fold in folds if (run / f"fold{fold}_oof.parquet").is_file()]
+    pending = [fold for fold in folds if fold not in finished]
+    done = f"finished folds: {', '.join(map(str, finished)) or 'none'}"
+    if not pending:
+        return f"resuming {run}: every fold finished ({done}); writing the run's summary"
+    last = run / f"fold{pending[0]}_last.pt"
+    if not last.is_file():
+        return f"resuming {run} at fold {pending[0]} from its start ({done})"
+    at = torch.load(last, map_location="cpu", weights_only=True).get("position") or {}
+    where = f"epoch {at.get('epoch', 0) + 1}" + (f" after batch {at['batch']}" if at.get("batch") else " from its start")
+    return f"resuming {run} at fold {pending[0]}, {at.get('stage', 'stage1')}, {where} ({done})"
 
 
 @app.command()

@@ -156,3 +156,32 @@ def test_a_mistyped_recipe_or_key_gets_a_did_you_mean():
         load_config("smoke", ["lrr=1e-3"])
     with pytest.raises(ConfigError, match=r"\['zzzz'\]; known"):  # nothing close: no guess
         load_config("smoke", ["zzzz=1"])
+
+
+def test_every_set_example_in_the_help_and_the_docs_parses():
+    """`--set key=value` as hms_train/cli.py's help, README.md and docs/*.md show it: each parses against
+    today's config (a renamed key once stayed in the help as `augment.mixup_p`)."""
+    import re
+    import shlex
+
+    from hms_train.run.config import load_config
+
+    from conftest import ROOT
+
+    texts = [ROOT / "hms_train" / "cli.py", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    examples = {(path.name, m.group(1)) for path in texts
+                for m in re.finditer(r"--set[ =]((?:'[^']*'|[^\s`'])+)", path.read_text())}
+    checked = 0
+    for name, text in sorted(examples):
+        text = text.rstrip(").,`")
+        if text.count("]") > text.count("["):  # the bracket of an optional option in a synopsis
+            text = text[:-1]
+        try:
+            (item,) = shlex.split(text)
+        except ValueError:  # the closing quote of the help's string: augment.mixup.p=0."
+            (item,) = shlex.split(text.rstrip('"').rstrip(".,)"))
+        if item.split("=")[0] in ("key", "k"):  # the syntax's placeholders
+            continue
+        load_config("smoke", [item])  # raises ConfigError naming the key
+        checked += 1
+    assert checked >= 10, examples

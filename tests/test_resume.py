@@ -132,6 +132,29 @@ def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_the_same(train_stor
         np.testing.assert_allclose([r[key] for r in resumed], [r[key] for r in lines], atol=1e-5)
 
 
+def test_ctrl_c_in_training_is_one_line_with_the_resume_command_and_the_resume_says_where(train_store, tmp_path):
+    """SIGINT (Ctrl-C in the terminal) right after the 3rd checkpoint inside an epoch: exit 130 and one line
+    naming the exact --resume command; that command says where it goes on, and finishes the run."""
+    switches = ["checkpoint_every_steps=1", "max_batches_per_epoch=4", "batch_size=4", "folds=[0]", "epochs=2",
+                "stage2_epochs=0"]
+    run_dir = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}",
+           "HMS_KILL_AFTER_MID_SAVE": "3", "HMS_KILL_SIGNAL": "INT"}
+    process = subprocess.run(command(*train_args(train_store, run_dir, switches)), cwd=ROOT, env=env,
+                             start_new_session=True, capture_output=True, text=True, timeout=300,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert process.returncode == 130, process.stderr[-3000:]
+    assert process.stderr.strip().splitlines()[-1] == f"interrupted; resume with: hms-train --resume {run_dir}"
+    assert "Traceback" not in process.stderr
+    at = torch.load(run_dir / "fold0_last.pt", weights_only=True)["position"]
+    resumed = subprocess.run(command("train", "--resume", str(run_dir)), cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"resuming {run_dir} at fold 0, {at['stage']}, epoch {at['epoch'] + 1} after batch {at['batch']} "
+            "(finished folds: none)") in resumed.stderr
+    assert (run_dir / "oof.parquet").is_file()
+
+
 def test_resume_refuses_other_options_and_missing_runs(tmp_path):
     from typer.testing import CliRunner
 

@@ -58,3 +58,18 @@ def test_a_missing_tracking_extra_is_one_line_before_any_work(train_store, tmp_p
     assert not (tmp_path / "r").exists()
     result = CliRunner().invoke(app, ["train", "--config", "smoke", "--track", "wandb", "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "track: 'wandb' is not allowed; expected one of ['mlflow', 'tensorboard']" in result.output
+
+
+def test_mlflow_without_a_tracking_uri_writes_beside_the_run_not_in_the_working_directory(tmp_path):
+    """MLflow's own default is sqlite:///mlflow.db and ./mlruns in the working directory: the checkout."""
+    cwd, run = tmp_path / "checkout", tmp_path / "runs" / "r1"
+    cwd.mkdir()
+    run.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    script = ("from pathlib import Path\nfrom hms_train.run.tracking import MlflowTracker\n"
+              f"MlflowTracker(Path({str(run)!r}), {{'lr': 0.001}}, False, 0).mlflow.end_run()\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(cwd.iterdir()) == []
+    assert (tmp_path / "runs" / "mlflow.db").is_file() and (run / "tracking.json").is_file()

@@ -2,9 +2,10 @@
 --track NAME`) records a run's resolved config, every epoch's metrics, the out-of-fold scores and the
 learning curves where those tools' own viewers show them (`mlflow ui`, `tensorboard --logdir`).
 
-    mlflow        MLFLOW_TRACKING_URI when set, else MLflow's own default (sqlite:///mlflow.db in the
-                  working directory, artifacts in ./mlruns: `mlflow ui` there shows it); the run id is
-                  kept in RUN/tracking.json so that `--resume` continues the same MLflow run
+    mlflow        MLFLOW_TRACKING_URI when set, else beside the run folder: RUN/../mlflow.db with artifacts
+                  in RUN/../mlruns (runs/ for runs/NAME: nothing in the working directory, nothing in the
+                  checkout outside its ignored runs/; `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`
+                  shows it); the run id is kept in RUN/tracking.json so `--resume` continues the same MLflow run
     tensorboard   event files in RUN/tensorboard/ (a resumed run drops the events after its checkpoint)
 
 Each is an extra (`pip install 'hms-cache[mlflow]'`); a missing one is one line naming it, before any
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,11 @@ class MlflowTracker:
         self.mlflow = mlflow
         state = out / "tracking.json"
         known = json.loads(state.read_text()).get("mlflow_run_id") if resume and state.is_file() else None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):  # MLflow's default would write into the working directory
+            home = out.resolve().parent
+            mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+            if mlflow.get_experiment_by_name("hms-train") is None:
+                mlflow.create_experiment("hms-train", artifact_location=(home / "mlruns").as_uri())
         mlflow.set_experiment("hms-train")
         self.run = mlflow.start_run(run_id=known, run_name=None if known else out.name)
         if known is None:

@@ -76,16 +76,20 @@ def main() -> None:
             wall, cpu, _ = run([prep, "build", "--data", data, "--store", work / f"{name}.zarr", "-q"], code)
             got.setdefault("noop wall s", []).append(wall)
             got.setdefault("noop CPU s", []).append(cpu)
+            print(f"{name} noop {wall:.2f} s, {cpu:.2f} CPU s", file=sys.stderr, flush=True)
             test_store = work / f"{name}-test.zarr"
             shutil.rmtree(test_store, ignore_errors=True)
             wall, cpu, _ = run([prep, "build", "--data", one, "--split", "test", "--store", test_store, "-q"], code)
             got.setdefault("test1 wall s", []).append(wall)
             got.setdefault("test1 CPU s", []).append(cpu)
+            print(f"{name} test1 {wall:.2f} s, {cpu:.2f} CPU s", file=sys.stderr, flush=True)
             _, _, out = run([train, "bench", "--store", work / f"{name}.zarr", "--inputs", "eeg_10s,eeg_30s,kaggle",
                              "--batch-size", 32, "--device", "cpu", "--json"], code)
             bench = json.loads(out.strip().splitlines()[-1])
             got.setdefault("reader samples/s", []).append(bench["samples_per_s"])
             got.setdefault("reader CPU us/sample", []).append(bench["cpu_us_per_sample"])
+            print(f"{name} reader {bench['samples_per_s']:.0f} samples/s, {bench['cpu_us_per_sample']:.0f} CPU us/sample",
+                  file=sys.stderr, flush=True)
     load = os.getloadavg()
     if args.json:
         print(json.dumps({"results": results, "load_average": load}))

@@ -241,7 +241,8 @@ def load(path: Path, device: torch.device, config: TrainConfig | None = None) ->
     try:
         return torch.load(io.BytesIO(body), map_location=device, weights_only=True)
     except Exception as err:  # a checkpoint written before checksums, damaged: torch's reader names no file
-        raise CheckpointError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint (torch.load: {type(err).__name__}); copy it again or "
+                              "retrain the fold") from None
 
 
 def copy(source: Path, target: Path) -> None:

@@ -90,8 +90,11 @@ class Registry(Generic[T]):
             raise RegistryError(f"unknown {self.what} {name!r}; registered: {sorted(self._entries)}")
         return self._entries[name]
 
-    def entries(self) -> list[Entry[T]]:
-        self._load_entry_points()
+    def entries(self, load: bool = True) -> list[Entry[T]]:
+        """Every entry; `load=False`: those registered so far, without loading the entry points (a
+        decorator's own checks, which may run while a plug-in's import is loading them)."""
+        if load:
+            self._load_entry_points()
         return list(self._entries.values())
 
     def __getitem__(self, name: str) -> T:

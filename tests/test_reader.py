@@ -30,11 +30,10 @@ def labels(url: str) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
-def epoch_rows(reader: StoreReader, rows, batch_size=5, buffer_chunks=8, **state) -> np.ndarray:
-    """Every row of one epoch's batches, in order; `state`: the SamplerState's fields."""
-    """The rows of one epoch, in the order the batches yield them."""
-    return np.concatenate([batch["row"].numpy() for batch in reader.batches(rows, batch_size, SamplerState(**state),
-                                                                            buffer_chunks=buffer_chunks)])
+def epoch_rows(reader: StoreReader, rows, batch_size=5, buffer_chunks=8, shuffle=True, **state) -> np.ndarray:
+    """The rows of one epoch, in the order the batches yield them; `state`: the SamplerState's fields."""
+    batches = reader.batches(rows, batch_size, SamplerState(**state), shuffle=shuffle, buffer_chunks=buffer_chunks)
+    return np.concatenate([batch["row"].numpy() for batch in batches])
 
 
 def shallow_copy(url: str, out: Path) -> str:
@@ -341,18 +340,21 @@ def test_run_bench_reports_every_figure(train_store):
     assert no_augment["samples_per_s_augmented"] is None
 
 
-def test_a_codec_added_to_the_declaration_is_decoded_with_no_other_change(tmp_path, monkeypatch):
+def test_a_codec_added_to_the_declaration_is_decoded_with_no_other_change(tmp_path):
     """The how-to for a new codec: one `Codec` entry in hms_prep.store.codecs.CODECS (here gzip, until now
     read through zarr's `array[...]`) and the reader decodes it on its fast path."""
     url = str(tmp_path / "a.zarr")
     array = zarr.create_array(url, shape=(8, 2, 5), chunks=(4, 2, 5), dtype="float16", compressors=GzipCodec(level=1))
     array[:] = np.random.default_rng(2).normal(size=(8, 2, 5)).astype(np.float16)
     assert ChunkDecoder(array, 4, url).codec is None
-    monkeypatch.setitem(CODECS, "gzip", Codec("gzip", "gzip", lambda: GzipCodec(level=1),
-                                              lambda encoded, out: numcodecs.GZip().decode(encoded, out=out)))
-    decoder = ChunkDecoder(array, 4, url)
-    assert decoder.codec.name == "gzip" and decoder.recycles
-    np.testing.assert_array_equal(decoder(1, [np.zeros((4, 2, 5), np.float16)]), array[4:8])
+    CODECS.register("gzip", Codec("gzip", "gzip", lambda: GzipCodec(level=1),
+                                  lambda encoded, out: numcodecs.GZip().decode(encoded, out=out)))
+    try:
+        decoder = ChunkDecoder(array, 4, url)
+        assert decoder.codec.name == "gzip" and decoder.recycles
+        np.testing.assert_array_equal(decoder(1, [np.zeros((4, 2, 5), np.float16)]), array[4:8])
+    finally:
+        CODECS.unregister("gzip")
 
 
 @pytest.mark.parametrize("codec", [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), ZstdCodec(level=3), None])

@@ -27,7 +27,9 @@ def test_a_plugin_model_and_augmentation_train_and_predict(train_store, synth_da
     from hms_prep.build.run import BuildConfig, run_build
 
     run, log = tmp_path / "run", tmp_path / "plugin.log"
-    sets = ['plugins=["extra_model"]', 'model="tiny_conv"', "model.channels=3", "augment.negate.p=0.5", 'inputs=["eeg_10s"]',
+    # hemisphere_swap off: the mirror map is made for what mirror_blend declares, not for the swap by name
+    sets = ['plugins=["extra_model"]', 'model="tiny_conv"', "model.channels=3", "augment.negate.p=0.5",
+            "augment.mirror_blend.p=0.5", "augment.hemisphere_swap.p=0", 'inputs=["eeg_10s"]',
             "epochs=1", "stage2_epochs=0", "folds=[0]", "max_batches_per_epoch=2", "batch_size=8"]
     result = cli("train", "--store", train_store, "--config", "smoke", "--device", "cpu", "--out", run, "--quiet",
                  *[f"--set={s}" for s in sets], log=log)
@@ -35,6 +37,7 @@ def test_a_plugin_model_and_augmentation_train_and_predict(train_store, synth_da
     used = log.read_text().splitlines()
     assert "tiny_conv forward" in used and any(line.startswith("negate ") for line in used)
     assert "tiny_conv channels=3" in used and "tiny_conv channels=8" not in used  # its own setting, from --set
+    assert "mirror_blend rows (400,) of an image (400, 256)" in used  # the layout's map, asked for by `needs`
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == {"name": "tiny_conv", "channels": 3, "drop_rate": 0.0}
     assert config["augment"]["negate"] == {"p": 0.5}

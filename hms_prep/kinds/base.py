@@ -167,7 +167,7 @@ KINDS: Registry[type[ArrayKind]] = Registry("array kind", "kinds")  # kind -> cl
 
 def register_kind(cls: type[ArrayKind]) -> type[ArrayKind]:
     """Class decorator: make `cls` a kind of the store, found by its `kind` and its `params_type`."""
-    for other in KINDS.values():
+    for other in (entry.factory for entry in KINDS.entries(load=False)):
         if cls.params_type is other.params_type:
             raise RegistryError(f"array kind {cls.__name__} clashes with {other.__name__} "
                                 f"(both take params {cls.params_type.__name__})")

@@ -190,15 +190,34 @@ def sample_symmetric_beta(
 # --- the registry: each augmentation a step with its settings ------------------------------------------
 
 
+# The maps of the image's layout a step may ask for (`register_augmentation(needs=...)`); the run plan
+# makes those the active steps ask for (hms_train/run/plan.py augment_geometry), no step named there.
+MIRROR_ROWS = "mirror_rows"  # the source row of each row (H,) or pixel (H, W): LL <-> RL, LP <-> RP per part
+FLIP_COLUMNS = "flip_columns"  # the source column of each pixel (H, W): each part's time reversed in place
+CHAIN_BLOCKS = "chain_blocks"  # the chain sub-image of each pixel (H, W), part index x 4 + chain; -1 on padding
+GEOMETRY = (MIRROR_ROWS, FLIP_COLUMNS, CHAIN_BLOCKS)
+
+
 class Draws:
     """Per-sample random draws for one batch, from one generator (None: torch's default), on the images'
-    device; and what the steps may need to know of the image (`mirror_rows`, from its layout)."""
+    device; and what the steps may need to know of the image (`geometry`: the layout's maps, by name)."""
 
-    def __init__(self, images: torch.Tensor, generator: torch.Generator | None, mirror_rows: torch.Tensor | None,
-                 flip_columns: torch.Tensor | None = None, chain_blocks: torch.Tensor | None = None):
+    def __init__(self, images: torch.Tensor, generator: torch.Generator | None,
+                 geometry: Mapping[str, torch.Tensor | None] | None = None):
         self.batch, self.device = images.shape[0], images.device
-        self.generator, self.mirror_rows, self.flip_columns = generator, mirror_rows, flip_columns
-        self.chain_blocks = chain_blocks
+        self.generator, self.geometry = generator, dict(geometry or {})
+
+    @property
+    def mirror_rows(self) -> torch.Tensor | None:
+        return self.geometry.get(MIRROR_ROWS)
+
+    @property
+    def flip_columns(self) -> torch.Tensor | None:
+        return self.geometry.get(FLIP_COLUMNS)
+
+    @property
+    def chain_blocks(self) -> torch.Tensor | None:
+        return self.geometry.get(CHAIN_BLOCKS)
 
     def uniform(self, low: float, high: float) -> torch.Tensor:
         """(B,) uniform draws in [low, high)."""
@@ -222,19 +241,27 @@ class Augmentation:
     apply: Apply
     image_only: bool  # moves image content in time or across chains, or mixes samples
     order: int  # steps run in ascending order
+    needs: Callable[[Any], tuple[str, ...]] = lambda settings: ()  # the layout maps (GEOMETRY) it reads
 
 
 AUGMENTATIONS: Registry[Apply] = Registry("augmentation", "augmentations")  # details: order, image_only
 
 
-def register_augmentation(name: str, settings: type, *, order: int, image_only: bool):
+def register_augmentation(name: str, settings: type, *, order: int, image_only: bool,
+                          needs: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()):
     """Decorator: register `apply(draws, images, targets, settings)` as the augmentation `name`, configured
-    by the dataclass `settings` (a field `p` and the step's strengths), run at `order` in the chain."""
+    by the dataclass `settings` (a field `p` and the step's strengths), run at `order` in the chain.
+    `needs`: the layout maps of GEOMETRY it reads from `draws.geometry` (or a function of its settings
+    giving them); the run plan makes them from the layout, or refuses the layout, before any work."""
+    wanted = needs if callable(needs) else (lambda _settings, fixed=tuple(needs): fixed)
 
     def register(apply: Apply) -> Apply:
         if not dataclasses.is_dataclass(settings) or "p" not in {f.name for f in dataclasses.fields(settings)}:
             raise RegistryError(f"augmentation {name!r}: its settings {settings.__name__} need a field `p`")
-        return AUGMENTATIONS.register(name, apply, settings, order=order, image_only=image_only)
+        unknown = [n for n in (() if callable(needs) else needs) if n not in GEOMETRY]
+        if unknown:
+            raise RegistryError(f"augmentation {name!r}: needs {unknown}; the layout gives {list(GEOMETRY)}")
+        return AUGMENTATIONS.register(name, apply, settings, order=order, image_only=image_only, needs=wanted)
 
     return register
 
@@ -242,7 +269,8 @@ def register_augmentation(name: str, settings: type, *, order: int, image_only: 
 def augmentation(name: str) -> Augmentation:
     """The registered step `name`."""
     entry = AUGMENTATIONS.entry(name)
-    return Augmentation(name, entry.settings, entry.factory, entry.details["image_only"], entry.details["order"])
+    details = entry.details
+    return Augmentation(name, entry.settings, entry.factory, details["image_only"], details["order"], details["needs"])
 
 
 def in_chain_order() -> list[Augmentation]:
@@ -300,18 +328,19 @@ class MixupSettings:
     alpha: float = 0.5  # lam ~ Beta(alpha, alpha)
 
 
-@register_augmentation("hemisphere_swap", HemisphereSwapSettings, order=10, image_only=True)
+@register_augmentation("hemisphere_swap", HemisphereSwapSettings, order=10, image_only=True, needs=(MIRROR_ROWS,))
 def _hemisphere_swap(draws: Draws, images, targets, settings: HemisphereSwapSettings):
     return hemisphere_swap(images, draws.chosen(settings.p), draws.mirror_rows), targets
 
 
-@register_augmentation("time_flip", TimeFlipSettings, order=20, image_only=True)
+@register_augmentation("time_flip", TimeFlipSettings, order=20, image_only=True,
+                       needs=lambda settings: (FLIP_COLUMNS,) if settings.per_part else ())
 def _time_flip(draws: Draws, images, targets, settings: TimeFlipSettings):
     chosen = draws.chosen(settings.p)
     if not settings.per_part:
         return time_flip(images, chosen), targets
     if draws.flip_columns is None:
-        raise ValueError("augment.time_flip.per_part needs the layout's map of the parts (Augmenter(flip_columns=))")
+        raise ValueError("augment.time_flip.per_part needs the layout's map of the parts (Augmenter(geometry=))")
     return part_time_flip(images, chosen, draws.flip_columns), targets
 
 
@@ -320,12 +349,12 @@ def _vertical_flip(draws: Draws, images, targets, settings: VerticalFlipSettings
     return vertical_flip(images, draws.chosen(settings.p)), targets
 
 
-@register_augmentation("autocontrast", AutocontrastSettings, order=35, image_only=False)
+@register_augmentation("autocontrast", AutocontrastSettings, order=35, image_only=False, needs=(CHAIN_BLOCKS,))
 def _autocontrast(draws: Draws, images, targets, settings: AutocontrastSettings):
     """David's "contrast" (D/utils.py get_transform: RandomApply([RandomChoice([v2.RandomAutocontrast()])],
     p=0.5) on every chain sub-image the data loader reads, D/data_loader.py get_data_by_id)."""
     if draws.chain_blocks is None:
-        raise ValueError("augment.autocontrast needs the layout's map of the chain sub-images (Augmenter(chain_blocks=))")
+        raise ValueError("augment.autocontrast needs the layout's map of the chain sub-images (geometry["chain_blocks"])")
     count = int(draws.chain_blocks.max()) + 1
     u = torch.rand(draws.batch, count, generator=draws.generator, device=draws.device)
     return block_autocontrast(images, draws.chain_blocks, u < settings.p), targets
@@ -459,27 +488,26 @@ class Augmenter:
     subset of samples with per-sample parameters, all drawn from `generator` (on the images' device;
     None = torch's default generator).
 
-    `mirror_rows` is the hemisphere swap's map of the image's chain blocks, from the image layout
-    (`ImageLayout.mirror_rows`); None treats the whole image as one part of 4 equal blocks.
-    `flip_columns` is the map of a time flip of each part in place (`ImageLayout.part_flip_columns`),
-    `chain_blocks` the chain sub-image of each pixel (`ImageLayout.chain_blocks`). Crops are
+    `geometry` holds the layout's maps the steps need (GEOMETRY, by name; the run plan makes them):
+    `mirror_rows`, the hemisphere swap's map of the chain blocks (absent: the whole image is one part of
+    4 equal blocks), `flip_columns`, a time flip of each part in place, and `chain_blocks`, the chain
+    sub-image of each pixel. Crops are
     not here: they belong to the layout and happen when the image is composed (`hms_train.image.compose`).
     """
 
     def __init__(self, config: AugmentConfig, generator: torch.Generator | None = None,
-                 mirror_rows: torch.Tensor | None = None, flip_columns: torch.Tensor | None = None,
-                 chain_blocks: torch.Tensor | None = None):
+                 geometry: Mapping[str, torch.Tensor | None] | None = None):
         self.config = config
         self.steps = config.active()
         self.generator = generator
-        self.mirror_rows, self.flip_columns, self.chain_blocks = mirror_rows, flip_columns, chain_blocks
+        self.geometry = dict(geometry or {})
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, train: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented (images, targets) in train mode; the inputs unchanged when `train` is False."""
         if not train:
             return images, targets
-        draws = Draws(images, self.generator, self.mirror_rows, self.flip_columns, self.chain_blocks)
+        draws = Draws(images, self.generator, self.geometry)
         for augmentation, settings in self.steps:
             images, targets = augmentation.apply(draws, images, targets, settings)
         return images, targets

@@ -17,7 +17,7 @@ from hms_train.image.augment import Augmenter, part_time_flip, time_flip
 from hms_train.image.compose import compose, eval_windows
 from hms_train.model.models import IMAGE, SIGNALS, model_kind
 from hms_train.run.config import TrainConfig, check_device
-from hms_train.run.plan import InputPlan, RunPlan
+from hms_train.run.plan import InputPlan, RunPlan, augment_geometry
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,19 +35,12 @@ def autocast(config: TrainConfig, device: torch.device):
 
 
 def make_augmenter(plan: RunPlan, generator: torch.Generator | None) -> Augmenter:
-    """The training augmenter of a planned run: its checked steps; the hemisphere swap mirrors each part
-    of the layout."""
-    steps, device = plan.augment.steps, generator.device if generator is not None else "cpu"
-    mirror_rows = flip_columns = None
-    if plan.inputs.takes_image and steps["hemisphere_swap"].p > 0:
-        mirror_rows = torch.from_numpy(plan.inputs.mirror_rows()).to(device)
-    if plan.inputs.takes_image and steps["time_flip"].p > 0 and steps["time_flip"].per_part:
-        flip_columns = torch.from_numpy(plan.inputs.layout.part_flip_columns()).to(device)
-    chain_blocks = None
-    if plan.inputs.takes_image and steps["autocontrast"].p > 0:
-        chain_blocks = torch.from_numpy(plan.inputs.layout.chain_blocks()).to(device)
-    return Augmenter(plan.augment, generator, mirror_rows=mirror_rows, flip_columns=flip_columns,
-                     chain_blocks=chain_blocks)
+    """The training augmenter of a planned run: its checked steps, with the layout's maps they need (the
+    hemisphere swap's mirror of each part, ...) on the generator's device."""
+    device = generator.device if generator is not None else "cpu"
+    geometry = {name: None if values is None else torch.from_numpy(values).to(device)
+                for name, values in augment_geometry(plan.augment, plan.inputs).items()}
+    return Augmenter(plan.augment, generator, geometry)
 
 
 def model_inputs(

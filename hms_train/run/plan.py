@@ -25,7 +25,7 @@ from hms_prep.store.format import ROLE_SIGNALS, ArrayDescription
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group, rows_per_rank
 from hms_train.data.tables import richard_rows, row_table
-from hms_train.image.augment import AugmentConfig
+from hms_train.image.augment import CHAIN_BLOCKS, FLIP_COLUMNS, MIRROR_ROWS, AugmentConfig
 from hms_train.image.layout import ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
 from hms_train.model.losses import Loss
 from hms_train.model.models import IMAGE, SIGNALS, create_model, model_kind
@@ -207,19 +207,25 @@ def check_augment(config: TrainConfig, inputs: InputPlan) -> AugmentConfig:
         if unsynced:
             raise ConfigError(f"model kind {config.model.name!r} takes the image and the signals together; {unsynced} "
                               "would change the image alone and desynchronise them: set them to 0")
-    if inputs.takes_image and augment.steps["hemisphere_swap"].p > 0:
-        inputs.mirror_rows()  # a tiled, cropped layout has no fixed mirror map: refused here, naming the fix
-    if inputs.takes_image and augment.steps["time_flip"].p > 0 and augment.steps["time_flip"].per_part:
-        inputs.layout.part_flip_columns()  # likewise for a flip of each part in place
-    if inputs.takes_image and augment.steps["autocontrast"].p > 0:
-        inputs.layout.chain_blocks()  # and for a step on each chain sub-image
+    augment_geometry(augment, inputs)  # a map the layout cannot give (a tiled, cropped layout): refused here
     if config.eval_flip_p > 0:
         if not inputs.takes_image or inputs.signals is not None:
-            raise ConfigError(f"eval_flip_p: flips the image at evaluation; model kind {config.model!r} takes "
+            raise ConfigError(f"eval_flip_p: flips the image at evaluation; model kind {config.model.name!r} takes "
                               "signals (or no image): set it to 0")
         if augment.steps["time_flip"].per_part:
             inputs.layout.part_flip_columns()
     return augment
+
+
+def augment_geometry(augment: AugmentConfig, inputs: InputPlan) -> dict[str, np.ndarray | None]:
+    """The layout's maps the active steps need (each step declares them: `register_augmentation(needs=)`),
+    by name; LayoutError naming the fix where the layout has no such map."""
+    if not inputs.takes_image:
+        return {}
+    makers = {MIRROR_ROWS: inputs.mirror_rows, FLIP_COLUMNS: inputs.layout.part_flip_columns,
+              CHAIN_BLOCKS: inputs.layout.chain_blocks}
+    wanted = sorted({name for aug, settings in augment.active() for name in aug.needs(settings)})
+    return {name: makers[name]() for name in wanted}
 
 
 def loss_of(config: TrainConfig) -> Loss:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hms_train.image.augment import Draws, register_augmentation
+from hms_train.image.augment import MIRROR_ROWS, Draws, register_augmentation
 from hms_train.model.models import IMAGE, register_model
 
 
@@ -49,3 +49,19 @@ def negate(draws: Draws, images, targets, settings: NegateSettings):
     chosen = draws.chosen(settings.p)
     _log(f"negate {int(chosen.sum())} of {len(chosen)}")
     return torch.where(chosen[:, None, None, None], -images, images), targets
+
+
+@dataclass
+class MirrorSettings:
+    p: float = 0.0
+
+
+@register_augmentation("mirror_blend", MirrorSettings, order=46, image_only=True, needs=(MIRROR_ROWS,))
+def mirror_blend(draws: Draws, images, targets, settings: MirrorSettings):
+    """Average the chosen samples with their hemisphere mirror: a step that needs the layout's geometry,
+    which the run plan hands it by what it declares (`needs`), not by its name."""
+    rows = draws.geometry[MIRROR_ROWS]
+    _log(f"mirror_blend rows {tuple(rows.shape)} of an image {tuple(images.shape[-2:])}")
+    mirrored = images.index_select(-2, rows) if rows.ndim == 1 else torch.gather(images, -2, rows.expand_as(images))
+    chosen = draws.chosen(settings.p)[:, None, None, None]
+    return torch.where(chosen, (images + mirrored) / 2, images), targets

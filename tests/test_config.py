@@ -46,8 +46,8 @@ def test_the_model_is_a_table_of_its_kinds_settings():
     ("amp=1", "amp: expected true or false, got 1"),
     ("folds=0", "folds: expected a list, got 0"),
     ('inputs=["eeg_10s", 3]', "inputs: expected a string, got 3"),
-    ('model="3d"', "model.name: '3d' is not a registered model kind; registered: ['1d', '2d', 'multimodal']"),
-    ('model.name="3d"', "model.name: '3d' is not a registered model kind; registered: ['1d', '2d', 'multimodal']"),
+    ('model="3d"', "model.name: '3d' is not a registered model kind; registered: ['1d', '2d', 'features_head_hybrid', 'features_head_spec', 'features_head_wave', 'multimodal', 'resized_2d', 'resnet1d_gru']"),
+    ('model.name="3d"', "model.name: '3d' is not a registered model kind; registered: ['1d', '2d', 'features_head_hybrid', 'features_head_spec', 'features_head_wave', 'multimodal', 'resized_2d', 'resnet1d_gru']"),
     ('model.pool="max"', "model.pool: 'max' is not allowed; expected one of ['avg', 'gem', 'attention']"),
     ('pool="max"', "model.pool: 'max' is not allowed; expected one of ['avg', 'gem', 'attention']"),  # the old key
     ("model.channels=16", "model.channels: model kind '2d' has no setting 'channels'; it takes ['backbone', "

@@ -47,11 +47,13 @@ class ResizedNet(nn.Module):
 
 
 def build_resized(image_size: Sequence[int], backbone: str, pool: str, drop_rate: float, pretrained: bool,
-                  weights: str | None, drop_path_rate: float, resize_to: Sequence[int], resize_mode: str,
+                  weights: str | None, drop_path_rate: float, resize_to: int, resize_mode: str,
                   flip_rows: bool) -> ResizedNet:
-    """The layout's `image_size` image resized to `resize_to` with `resize_mode`, flipped upside down first
-    when `flip_rows`, into a timm backbone + `pool` + Linear."""
-    size = (int(resize_to[0]), int(resize_to[1]))
+    """The layout's `image_size` image resized to `resize_to` x `resize_to` with `resize_mode`, flipped upside
+    down first when `flip_rows`, into a timm backbone + `pool` + Linear."""
+    if resize_to < 32:
+        raise ValueError(f"resize_to must be at least 32 pixels, got {resize_to}")
+    size = (resize_to, resize_to)
     backbone_net = create_backbone(backbone, pretrained, weights, drop_path_rate)
     return ResizedNet(SpectrogramNet(backbone_net, size, pool, drop_rate), size, resize_mode, flip_rows)
 
@@ -59,7 +61,7 @@ def build_resized(image_size: Sequence[int], backbone: str, pool: str, drop_rate
 @register_model("resized_2d", inputs=(IMAGE,))
 def resized_2d(image_size: Sequence[int], backbone: str = "efficientnet_b0", pool: str = "avg",
                drop_rate: float = 0.2, pretrained: bool = False, weights: str | None = None,
-               drop_path_rate: float = 0.0, resize_to: Sequence[int] = (512, 512), resize_mode: str = "bilinear",
+               drop_path_rate: float = 0.0, resize_to: int = 512, resize_mode: str = "bilinear",
                flip_rows: bool = False) -> ResizedNet:
     """HMS_balance.py "Model 3": Resize((512, 512)) (bilinear), then the timm model; HMS_LB31.ipynb with
     resize_mode = "area" (cv2.INTER_AREA), flip_rows = true (`imagem_final[::-1]`), drop_rate 0."""

@@ -135,9 +135,11 @@ class ResNet1DGRU(nn.Module):
 
 
 @register_model("resnet1d_gru", inputs=(SIGNALS,))
-def resnet1d_gru(raw_channels: int = 18, raw_samples: int = 10000, gru_over_batch: bool = False) -> ResNet1DGRU:
+def resnet1d_gru(raw_channels: int = 18, raw_samples: int = 10000, gru_over_batch: bool = False,
+                 crop_samples: int = CROP_SAMPLES) -> ResNet1DGRU:
     """The seed's public ResNet1D-GRU (HMS_balance.py CFG: kernels [3, 5, 7, 9, 11], fixed_kernel_size 5,
-    out_samples 2,000) on the store's raw array; `raw_samples` (the 50 s window) must hold the 2,000."""
-    if raw_samples < CROP_SAMPLES:
-        raise ValueError(f"resnet1d_gru crops {CROP_SAMPLES} samples; the signals window has {raw_samples}")
-    return ResNet1DGRU(raw_channels, gru_over_batch=gru_over_batch)
+    out_samples 2,000) on the store's raw array; `raw_samples` (the 50 s window) must hold `crop_samples`
+    (fewer than 2,000 only for quick runs: the toy seed chain's GRU reads 1,000 steps)."""
+    if not 1000 <= crop_samples <= raw_samples:
+        raise ValueError(f"resnet1d_gru: crop_samples must be 1000 .. {raw_samples} (the signals window), got {crop_samples}")
+    return ResNet1DGRU(raw_channels, crop_samples=crop_samples, gru_over_batch=gru_over_batch)

@@ -354,7 +354,7 @@ def _autocontrast(draws: Draws, images, targets, settings: AutocontrastSettings)
     """David's "contrast" (D/utils.py get_transform: RandomApply([RandomChoice([v2.RandomAutocontrast()])],
     p=0.5) on every chain sub-image the data loader reads, D/data_loader.py get_data_by_id)."""
     if draws.chain_blocks is None:
-        raise ValueError("augment.autocontrast needs the layout's map of the chain sub-images (geometry["chain_blocks"])")
+        raise ValueError("augment.autocontrast needs the layout's map of the chain sub-images (the run plan's chain_blocks geometry)")
     count = int(draws.chain_blocks.max()) + 1
     u = torch.rand(draws.batch, count, generator=draws.generator, device=draws.device)
     return block_autocontrast(images, draws.chain_blocks, u < settings.p), targets

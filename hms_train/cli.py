@@ -156,8 +156,6 @@ def train(
         else:
             cfg = load_config(config, overrides + ([f"device={json.dumps(device)}"] if device else []))
             out = out or Path("runs/run")
-        if resume is not None:
-            typer.echo(_resume_point(resume, cfg.folds or []), err=True)
         try:
             summary = run_training(cfg, out, quiet=quiet, resume=resume is not None)
         except KeyboardInterrupt:  # every finished epoch (and step checkpoint) is kept: say how to go on
@@ -166,23 +164,6 @@ def train(
     if summary:
         typer.echo(f"{out}: out-of-fold KL {summary['kl']:.4f} (>=10 votes {summary['kl_10plus']:.4f}, "
                    f"prior {summary['prior_kl']:.4f}) over {summary['n']} rows")
-
-
-def _resume_point(run: Path, folds: list[int]) -> str:
-    """'resuming RUN at fold 1, stage1, epoch 3 after batch 2 (finished folds: 0)': where the loop goes on."""
-    import torch
-
-    finished = [fold for fold in folds if (run / f"fold{fold}_oof.parquet").is_file()]
-    pending = [fold for fold in folds if fold not in finished]
-    done = f"finished folds: {', '.join(map(str, finished)) or 'none'}"
-    if not pending:
-        return f"resuming {run}: every fold finished ({done}); writing the run's summary"
-    last = run / f"fold{pending[0]}_last.pt"
-    if not last.is_file():
-        return f"resuming {run} at fold {pending[0]} from its start ({done})"
-    at = torch.load(last, map_location="cpu", weights_only=True).get("position") or {}
-    where = f"epoch {at.get('epoch', 0) + 1}" + (f" after batch {at['batch']}" if at.get("batch") else " from its start")
-    return f"resuming {run} at fold {pending[0]}, {at.get('stage', 'stage1')}, {where} ({done})"
 
 
 @app.command()

@@ -51,7 +51,8 @@ def test_the_model_is_a_table_of_its_kinds_settings():
     ('model.pool="max"', "model.pool: 'max' is not allowed; expected one of ['avg', 'gem', 'attention']"),
     ('pool="max"', "model.pool: 'max' is not allowed; expected one of ['avg', 'gem', 'attention']"),  # the old key
     ("model.channels=16", "model.channels: model kind '2d' has no setting 'channels'; it takes ['backbone', "
-                          "'conv_head', 'drop_path_rate', 'drop_rate', 'dropout_at', 'pool', 'pretrained', 'weights']"),
+                          "'conv_head', 'drop_path_rate', 'drop_rate', 'dropout_at', 'net_form', 'pool', 'pretrained', "
+                          "'weights']"),
     ("model.drop_rate=1.5", "model.drop_rate: 1.5 is out of range; allowed [0, 1]"),
     ("model.conv_head=3", "model.conv_head: expected true or false, got 3"),
     ("model.image_size=[8, 8]", "model.image_size: planned from the layout and the store, not a setting"),
@@ -158,7 +159,7 @@ def test_a_mistyped_recipe_or_key_gets_a_did_you_mean():
         load_config("smoke", ["zzzz=1"])
 
 
-def test_every_set_example_in_the_help_and_the_docs_parses():
+def test_every_set_example_in_the_help_and_the_docs_parses(monkeypatch):
     """`--set key=value` as hms_train/cli.py's help, README.md and docs/*.md show it: each parses against
     today's config (a renamed key once stayed in the help as `augment.mixup_p`)."""
     import re
@@ -168,6 +169,7 @@ def test_every_set_example_in_the_help_and_the_docs_parses():
 
     from conftest import ROOT
 
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
     texts = [ROOT / "hms_train" / "cli.py", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     examples = {(path.name, m.group(1)) for path in texts
                 for m in re.finditer(r"--set[ =]((?:'[^']*'|[^\s`'])+)", path.read_text())}
@@ -182,6 +184,8 @@ def test_every_set_example_in_the_help_and_the_docs_parses():
             (item,) = shlex.split(text.rstrip('"').rstrip(".,)"))
         if item.split("=")[0] in ("key", "k"):  # the syntax's placeholders
             continue
-        load_config("smoke", [item])  # raises ConfigError naming the key
+        # architecture.md's plug-in model example (tests/plugins/extra_model.py's tiny_conv)
+        plugin = ['plugins=["extra_model"]', 'model="tiny_conv"'] if item.startswith("model.channels=") else []
+        load_config("smoke", [*plugin, item])  # raises ConfigError naming the key
         checked += 1
     assert checked >= 10, examples

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -299,19 +300,38 @@ def _prepare_run_directory(ctx: Context, plan: RunPlan, resume: bool) -> int:
         metrics.write_text("")
         return 0
     done = {}  # fold -> (stage index, complete epochs) its checkpoints cover
+    positions: dict[int, Position | None] = {}  # the unfinished folds: where their last checkpoint stands
     for fold in plan.folds:
         if (ctx.out / f"fold{fold}_oof.parquet").is_file():  # finished: its last checkpoint is not read
             done[fold] = (math.inf, math.inf)
         elif (last := checkpoint.load(ctx.out / f"fold{fold}_last.pt", torch.device("cpu"), ctx.config)) is not None:
             checkpoint.check_format(last)
             checkpoint.check_world(last, ctx.world, ctx.out / f"fold{fold}_last.pt")
-            at = checkpoint.position_of(last)
+            at = positions[fold] = checkpoint.position_of(last)
             done[fold] = (at.stage_index, at.epoch)
+        else:
+            positions[fold] = None
+    if ctx.main:  # after every check: a refused resume says only why
+        print(resume_point(ctx.out, [fold for fold in plan.folds if fold not in positions], positions),
+              file=sys.stderr, flush=True)
     index = {stage.name: stage.index for stages in plan.folds.values() for stage in stages}
     kept = [r for r in _read_records(metrics)
             if r["fold"] in done and (index[r["stage"]], r["epoch"]) <= done[r["fold"]]]
     checkpoint.atomic(metrics, lambda path: path.write_text("".join(json.dumps(r) + "\n" for r in kept)))
     return len(kept)
+
+
+def resume_point(run: Path, finished: list[int], positions: dict[int, Position | None]) -> str:
+    """'resuming RUN at fold 1, stage1, epoch 3 after batch 2 (finished folds: 0)': where the loop goes on
+    (`positions`: each unfinished fold's last checkpoint position, None where it has none)."""
+    done = f"finished folds: {', '.join(map(str, finished)) or 'none'}"
+    if not positions:
+        return f"resuming {run}: every fold finished ({done}); writing the run's summary"
+    fold, at = next(iter(positions.items()))
+    if at is None:
+        return f"resuming {run} at fold {fold} from its start ({done})"
+    where = f"epoch {at.epoch + 1}" + (f" after batch {at.batch}" if at.batch else " from its start")
+    return f"resuming {run} at fold {fold}, {at.stage}, {where} ({done})"
 
 
 def _append_metrics(path: Path, record: dict) -> int:

@@ -103,18 +103,15 @@ fi
 # Every row is labelled (his gen_pseudo_label.py --gen-all): a row of his table can take its image from a
 # line with >= 10 votes and its target from one with < 10, and needs a label that --min-votes would skip
 if has seed_david_b0 && has seed_david_mnv3; then
-  "$BIN/hms-train" pseudo-label --runs "$RUNS/seed_david_b0" --runs "$RUNS/seed_david_mnv3" --store "$STORE" \
-    --out "$SEED/pseudo_david.parquet" --all-rows
-  for base in seed_david_b0 seed_david_mnv3; do
-    train "${base}_pl" "${base}_pl" --set "pseudo_labels=\"$SEED/pseudo_david.parquet\""
-    round2+=("$RUNS/${base}_pl")
-  done
-  # his second round (the PL2 runs): pseudo-labels of the first round's pseudo-label runs
-  "$BIN/hms-train" pseudo-label --runs "$RUNS/seed_david_b0_pl" --runs "$RUNS/seed_david_mnv3_pl" --store "$STORE" \
-    --out "$SEED/pseudo_david2.parquet" --all-rows
-  for base in seed_david_b0 seed_david_mnv3; do
-    train "${base}_pl2" "${base}_pl2" --set "pseudo_labels=\"$SEED/pseudo_david2.parquet\""
-    round2+=("$RUNS/${base}_pl2")
+  from=""  # round 1 learns from his first runs' labels; his second (the PL2 runs) from round 1's runs'
+  for round in "" 2; do
+    "$BIN/hms-train" pseudo-label --runs "$RUNS/seed_david_b0$from" --runs "$RUNS/seed_david_mnv3$from" \
+      --store "$STORE" --out "$SEED/pseudo_david$round.parquet" --all-rows
+    for base in seed_david_b0 seed_david_mnv3; do
+      train "${base}_pl$round" "${base}_pl$round" --set "pseudo_labels=\"$SEED/pseudo_david$round.parquet\""
+      round2+=("$RUNS/${base}_pl$round")
+    done
+    from=_pl
   done
 fi
 # Richard's KD runs: the seed's teacher (Data/Kaggle_KD.csv) is not public; the teacher here is this

@@ -392,7 +392,8 @@ def _say(line: str) -> None:
 class _progress:
     """A rich progress bar with rate and ETA on a terminal, one plain line every PROGRESS_EVERY_S
     otherwise (a log file), or nothing when quiet; yields an update(done, total). The bar starts with
-    the first update, so a build with nothing to compute shows none."""
+    the first update, so a build with nothing to compute shows none. Its rows/s is the summary's
+    (record.rows_per_s, over the seconds since the build started)."""
 
     def __init__(self, quiet: bool, label: str):
         self.quiet, self.label, self.bar = quiet, label, None
@@ -403,11 +404,12 @@ class _progress:
         if not console.is_terminal:
             return _LogProgress(self.label)
 
-        def update(done: int, total: int) -> None:
+        from hms_prep.build.record import rows_per_s  # here: `hms-prep -h` imports no build module
+
+        def update(done: int, total: int, seconds: float) -> None:
             if self.bar is None:
                 self._start()
-            elapsed = self.bar.tasks[0].elapsed or 1e-9
-            self.bar.update(self.task, completed=done, total=total, rate=f"{done / elapsed:.0f} rows/s")
+            self.bar.update(self.task, completed=done, total=total, rate=f"{rows_per_s(done, seconds):.1f} rows/s")
 
         return update
 
@@ -427,19 +429,21 @@ class _progress:
 
 
 class _LogProgress:
-    """update(done, total) printing "building: 120/1450 rows (8%), 12 rows/s, ETA 1 min 50 s" at the
-    first update, then at most every PROGRESS_EVERY_S, and at the end."""
+    """update(done, total, seconds) printing "building: 120/1450 rows (8%), 12.0 rows/s, ETA 1 min 50 s" at
+    the first update, then at most every PROGRESS_EVERY_S, and at the end."""
 
     def __init__(self, label: str):
-        self.label, self.started, self.last = label, time.monotonic(), None
+        self.label, self.last = label, None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, seconds: float) -> None:
         now = time.monotonic()
         if self.last is not None and now - self.last < PROGRESS_EVERY_S and done < total:
             return
+        from hms_prep.build.record import rows_per_s
+
         self.last = now
-        rate = done / max(now - self.started, 1e-9)
-        eta = f", ETA {_duration((total - done) / rate)}" if 0 < done < total else ""
+        rate = rows_per_s(done, seconds)
+        eta = f", ETA {_duration((total - done) / rate)}" if 0 < done < total and rate > 0 else ""
         print(f"{self.label}: {done}/{total} rows ({100 * done / max(total, 1):.0f}%), {rate:.1f} rows/s{eta}",
               file=sys.stderr, flush=True)
 

@@ -125,6 +125,7 @@ class OnDask(Executor):
         # from this driver, which then closes them, instead of a traceback from every process. The workers
         # inherit a blocked SIGINT from the threads that spawn them, so multiprocessing's resource tracker must
         # be running first: starting it, it blocks and then unblocks SIGINT in the thread that asked for it.
+        self.say(f"starting a Dask cluster of {workers} worker {'processes' if processes else 'threads'}")
         if processes:
             multiprocessing.resource_tracker.ensure_running()
         with dask.config.set(allocator), interrupt_deferred(from_children=True):

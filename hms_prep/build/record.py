@@ -67,7 +67,7 @@ class BuildSummary:
 
     @property
     def rows_per_s(self) -> float:
-        return self.rows_computed / self.seconds if self.seconds > 0 else 0.0
+        return rows_per_s(self.rows_computed, self.seconds)
 
     def failed_rows(self) -> list[FailedRow]:
         """The failures grouped by (row, reason), in row order."""
@@ -93,6 +93,12 @@ class BuildSummary:
         others = len(reasons) - 1
         more = f" (and {others} other reason{'s' if others > 1 else ''})" if others else ""
         return f"{len(self.crashed)} chunk tasks crashed: {reasons[0]}{more}"
+
+
+def rows_per_s(rows: int, seconds: float) -> float:
+    """The build's rate, in its progress and its summary alike: rows computed over the seconds since the
+    build started (reading the CSV, planning and a cluster's start included), so the two agree."""
+    return rows / seconds if seconds > 0 else 0.0
 
 
 def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan, reports: list[ChunkReport],

@@ -51,8 +51,10 @@ log = logging.getLogger("hms_prep")
 
 
 def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
-    """Build or complete the store; `progress(done_rows, total_rows)` is called as chunks finish and
-    `say(line)` gets notices (the dashboard address, chunks found damaged and recomputed).
+    """Build or complete the store; `progress(done_rows, total_rows, seconds)` is called as chunks finish,
+    `seconds` since the build started (the clock the summary's rows/s uses, so the two agree), and
+    `say(line)` gets notices (what it is planning, a cluster starting, the dashboard address, chunks found
+    damaged and recomputed).
 
     Every option, the CSV, the store path, the scheduler and the compiled parts where the tasks run are
     checked before the store is created or changed; a store this call created is removed again if the
@@ -64,6 +66,8 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
     config.check()
     url, requested = config.store_url, config.arrays()
     csv = csv_rows(read_labels(config.data_dir, config.split), config.split)
+    # the first line within a second: the store's survey and a cluster's start can take half a minute
+    say(f"planning {csv.num_rows} rows of {config.split}.csv into {url}: {', '.join(requested)}")
     with Executors(config, say) as executors:  # a remote scheduler is reached first (in seconds) or refused
         fresh = not store_exists(url) or unfinished_store(url)
         if fresh:
@@ -95,11 +99,12 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
             planned = rows.planned
             if layout.layout_version < 2:  # its labels.parquet as that layout wrote it: no `dropped` column
                 planned = planned.drop_columns([DROPPED])
-            reports = _computed(executor, plan.chunk_jobs(config, planned, layout), plan.rows_to_compute, progress)
+            reports = _computed(executor, plan.chunk_jobs(config, planned, layout), plan.rows_to_compute, progress,
+                                started)
             return record_build(config, group, planned, plan, reports, started, started_at, say)
 
 
-def _computed(executor: Executor, jobs, total: int, progress) -> list[ChunkReport]:
+def _computed(executor: Executor, jobs, total: int, progress, started: float) -> list[ChunkReport]:
     """Every job's report; Ctrl-C cancels the rest (their chunks stay not done: the next build does them)."""
     reports, done_rows = [], 0
     if not jobs:
@@ -109,7 +114,7 @@ def _computed(executor: Executor, jobs, total: int, progress) -> list[ChunkRepor
             reports.append(report)
             done_rows += max(report.rows_computed.values(), default=0)
             if progress:
-                progress(done_rows, total)
+                progress(done_rows, total, time.perf_counter() - started)
     except BaseException:
         executor.cancel()
         raise

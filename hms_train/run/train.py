@@ -54,10 +54,11 @@ from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
 from hms_train.run.plan import STAGE_INITS_FROM_BEST, RunPlan, Stage, epoch_rows, plan_run
 from hms_train.run.parts import build_model, training_parts
 from hms_train.run.step import TrainStep
+from hms_train.run.runlog import RUN_LOG, ThirdPartyLog
 from hms_train.run.tracking import EpochRecord, Trackers, check_trackers
 
 STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png",
-                   "tracking.json")
+                   "tracking.json", RUN_LOG)
 TRACKED = ("train_loss", "val_kl", "val_kl_10plus", "val_kl_select", "lr")  # what the trackers get per epoch
 
 
@@ -84,7 +85,13 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: boo
     With `resume`, continue the run in `out` (killed at any moment): finished folds are kept, the
     fold in progress continues from its last checkpoint, metrics.jsonl loses later lines.
     Every check (config against the store, pseudo-labels, rows per stage) runs before any training.
+    Other libraries' log lines and warnings go to RUN/log.txt, not the console (run/runlog.py).
     """
+    with ThirdPartyLog(config.track) as others:
+        return _train(config, out, quiet, resume, others)
+
+
+def _train(config: TrainConfig, out: str | Path, quiet: bool, resume: bool, others: ThirdPartyLog) -> dict:
     check_device(config.device)
     reader = open_train_reader(config)
     folds = config.folds if config.folds is not None else list(range(reader.layout.n_folds))
@@ -97,6 +104,7 @@ def train(config: TrainConfig, out: str | Path, quiet: bool = False, resume: boo
         ctx.trackers = Trackers(config.track, ctx.out, config.to_dict(), resume, kept)
     if ctx.world > 1:
         dist.barrier()  # rank 0 has cleaned or trimmed the directory others read checkpoints from
+    others.into(ctx.out / RUN_LOG)  # the folder is ready: a fresh run has cleared an earlier log
     oof = [train_fold(ctx, plan, reader, fold) for fold in folds]
     summary = {}
     if ctx.main:

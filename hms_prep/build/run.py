@@ -66,9 +66,10 @@ def run_build(config: BuildConfig, progress=None, say=None) -> BuildSummary:
     config.check()
     url, requested = config.store_url, config.arrays()
     csv = csv_rows(read_labels(config.data_dir, config.split), config.split)
-    # the first line within a second: the store's survey and a cluster's start can take half a minute
-    say(f"planning {csv.num_rows} rows of {config.split}.csv into {url}: {', '.join(requested)}")
     with Executors(config, say) as executors:  # a remote scheduler is reached first (in seconds) or refused
+        # the first line once nothing can be refused for the scheduler (a refusal stays one line): the
+        # store's survey can take half a minute (a local cluster's start says so itself)
+        say(f"planning {csv.num_rows} rows of {config.split}.csv into {url}: {', '.join(requested)}")
         fresh = not store_exists(url) or unfinished_store(url)
         if fresh:
             executors.for_rows(csv.num_rows).require_parts(requested.values())  # else nothing is created

@@ -19,11 +19,10 @@ torchaudio's recorded filterbanks.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
-import math
-
 import torch
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE

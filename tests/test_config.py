@@ -2,6 +2,7 @@
 and what only the store can tell (folds, inputs). Errors name the key and what is allowed."""
 
 import pytest
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from hms_train.image.augment import AUGMENTATIONS
@@ -24,6 +25,19 @@ def test_values_are_typed_as_declared():
     steps = old.augment.steps
     assert steps["xy_mask"].stripes == (3, 5) and steps["mixup"].p == 0.25
     assert steps["brightness_contrast"].brightness == 0.4
+
+
+def test_a_plugin_loaded_earlier_in_the_process_stays_out_of_another_runs_config(monkeypatch):
+    """A notebook (or a test worker) that once loaded a plug-in trains a recipe without it: its config.json
+    must be what a fresh process writes, or `--resume` there refuses the plug-in's unknown augmentation."""
+    fresh = load_config("smoke").to_dict()
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
+    load_config("smoke", ['plugins=["extra_model"]', "augment.negate.p=0.5"])  # registers negate, mirror_blend
+    assert "negate" in AUGMENTATIONS
+    assert load_config("smoke").to_dict() == fresh
+    with_plugin = load_config("smoke", ['plugins=["extra_model"]', "augment.negate.p=0.5"]).to_dict()
+    assert with_plugin["augment"]["negate"] == {"p": 0.5}  # a plug-in's step the run uses is recorded
+    assert TrainConfig.from_dict(with_plugin).augment.steps["negate"].p == 0.5
 
 
 def test_the_model_is_a_table_of_its_kinds_settings():

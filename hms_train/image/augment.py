@@ -273,6 +273,10 @@ def augmentation(name: str) -> Augmentation:
     return Augmentation(name, entry.settings, entry.factory, details["image_only"], details["order"], details["needs"])
 
 
+def _built_in(name: str) -> bool:
+    return AUGMENTATIONS.entry(name).origin.startswith("hms_train.")
+
+
 def in_chain_order() -> list[Augmentation]:
     """Every registered step, in the order they run (ties by name)."""
     return sorted(map(augmentation, AUGMENTATIONS), key=lambda aug: (aug.order, aug.name))
@@ -474,7 +478,11 @@ class AugmentConfig:
         return [(augmentation(name), settings) for name, settings in self.steps.items() if settings.p > 0]
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(settings) for name, settings in self.steps.items()}
+        """Every built-in step's settings, and a plug-in's where they differ from its defaults: a plug-in
+        loaded earlier in the same process (a notebook, a test worker) must not enter a run's config.json,
+        which a fresh process without that plug-in could then not read back (--resume, predict)."""
+        return {name: dataclasses.asdict(settings) for name, settings in self.steps.items()
+                if _built_in(name) or settings != augmentation(name).settings()}
 
     def __eq__(self, other) -> bool:
         return isinstance(other, AugmentConfig) and self.to_dict() == other.to_dict()

@@ -1,11 +1,14 @@
 """TrainConfig is checked whole, before any work: types, choices, ranges, nested sections, TOML files,
 and what only the store can tell (folds, inputs). Errors name the key and what is allowed."""
 
+import sys
+
 import pytest
 from conftest import ROOT
 from typer.testing import CliRunner
 
 from hms_train.image.augment import AUGMENTATIONS
+from hms_train.model.models import MODELS
 from hms_train.cli import app
 from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, check_folds, load_config
 
@@ -27,11 +30,25 @@ def test_values_are_typed_as_declared():
     assert steps["brightness_contrast"].brightness == 0.4
 
 
-def test_a_plugin_loaded_earlier_in_the_process_stays_out_of_another_runs_config(monkeypatch):
+@pytest.fixture
+def extra_model_plugin(monkeypatch):
+    """tests/plugins/extra_model.py importable; what its import registers here is dropped afterwards, so that
+    later tests of this process see the registries they expect (e.g. the list of model kinds in a message)."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
+    before = {registry: set(registry) for registry in (AUGMENTATIONS, MODELS)}
+    imported = "extra_model" in sys.modules
+    yield
+    for registry, names in before.items():
+        for name in set(registry) - names:
+            registry.unregister(name)
+    if not imported:
+        sys.modules.pop("extra_model", None)
+
+
+def test_a_plugin_loaded_earlier_in_the_process_stays_out_of_another_runs_config(extra_model_plugin):
     """A notebook (or a test worker) that once loaded a plug-in trains a recipe without it: its config.json
     must be what a fresh process writes, or `--resume` there refuses the plug-in's unknown augmentation."""
     fresh = load_config("smoke").to_dict()
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
     load_config("smoke", ['plugins=["extra_model"]', "augment.negate.p=0.5"])  # registers negate, mirror_blend
     assert "negate" in AUGMENTATIONS
     assert load_config("smoke").to_dict() == fresh

@@ -190,7 +190,7 @@ def test_a_mistyped_recipe_or_key_gets_a_did_you_mean():
         load_config("smoke", ["zzzz=1"])
 
 
-def test_every_set_example_in_the_help_and_the_docs_parses(monkeypatch):
+def test_every_set_example_in_the_help_and_the_docs_parses(extra_model_plugin):
     """`--set key=value` as hms_train/cli.py's help, README.md and docs/*.md show it: each parses against
     today's config (a renamed key once stayed in the help as `augment.mixup_p`)."""
     import re
@@ -200,7 +200,6 @@ def test_every_set_example_in_the_help_and_the_docs_parses(monkeypatch):
 
     from conftest import ROOT
 
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
     texts = [ROOT / "hms_train" / "cli.py", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     examples = {(path.name, m.group(1)) for path in texts
                 for m in re.finditer(r"--set[ =]((?:'[^']*'|[^\s`'])+)", path.read_text())}

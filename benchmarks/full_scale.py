@@ -170,7 +170,7 @@ TRAINING_STEPS = ("train", "test_build", "predict", "export")
 
 
 def rehearse(fraction: float, work: Path, jobs: int, workers: int | None, batches: int, plans: list[str],
-             training: bool = True) -> dict:
+             training: bool = True, david: bool = True) -> dict:
     prep, train = [BIN / "hms-prep"], [BIN / "hms-train"]
     data, store, test_store = work / "data", work / "specs.zarr", work / "test.zarr"
     run, times = work / "run", work / "step_times.txt"
@@ -188,12 +188,15 @@ def rehearse(fraction: float, work: Path, jobs: int, workers: int | None, batche
     # would otherwise run in this process), so the fractions scale alike; the no-op and the row change do not
     steps.append(measure("build", build + ["--on-dask"]))
     figures["store_bytes_build"] = disk_bytes(store)
+    save_partial(work, summary(fraction, rows, figures, steps))
     steps.append(measure("noop", build))
     steps.append(measure("verify", prep + ["verify", store]))
     steps.append(measure("info", prep + ["info", store]))
-    steps.append(measure("david", prep + ["build", "--data", data, "--store", store, "--windows", "10,14,30,44",
-                                          "--n-mels", "50", "-q", "--on-dask"] + cluster))
+    if david:  # at F >= 0.5 its 0.31 MB per row may not fit the disk beside the data and the first store
+        steps.append(measure("david", prep + ["build", "--data", data, "--store", store, "--windows", "10,14,30,44",
+                                              "--n-mels", "50", "-q", "--on-dask"] + cluster))
     figures["store_bytes"] = disk_bytes(store)
+    save_partial(work, summary(fraction, rows, figures, steps))
     steps.append(measure("show", prep + ["show", store, "--row", 0, "--out", work / "row0.png"]))
     changed = work / "data_changed"
     shutil.rmtree(changed, ignore_errors=True)
@@ -207,6 +210,7 @@ def rehearse(fraction: float, work: Path, jobs: int, workers: int | None, batche
         if step.returncode == 0:
             tables[recipe] = json.loads(step.output[step.output.index("{"):])["table_rows"]
     figures["table_rows"] = tables
+    save_partial(work, summary(fraction, rows, figures, steps))
     bench = train + ["bench", "--store", store, "--config", "seed_richard_b0", "--device", "cpu", "--batches", 30,
                      "--json"]
     for name, cold in (("bench_warm", False), ("bench_cold", True)):
@@ -217,9 +221,15 @@ def rehearse(fraction: float, work: Path, jobs: int, workers: int | None, batche
         if step.returncode == 0:
             figures[f"{name}_samples_per_s"] = round(json.loads(step.output.strip().splitlines()[-1])["samples_per_s"])
             figures[f"{name}_cpu_us_per_sample"] = round(json.loads(step.output.strip().splitlines()[-1])["cpu_us_per_sample"])
+    save_partial(work, summary(fraction, rows, figures, steps))
     if training:
         training_steps(work, batches, steps, figures)
     return summary(fraction, rows, figures, steps)
+
+
+def save_partial(work: Path, result: dict) -> None:
+    """The figures so far, so that a long rehearsal stopped early still leaves what it measured."""
+    (work / "result.partial.json").write_text(json.dumps(result, indent=1))
 
 
 def training_steps(work: Path, batches: int, steps: list[Step], figures: dict) -> None:
@@ -338,6 +348,8 @@ def main() -> None:
                         help="Recipes to plan, comma-separated (default all; each plan costs the same imports)")
     parser.add_argument("--no-training", action="store_true",
                         help=f"Leave out {', '.join(TRAINING_STEPS)} (their cost per batch or per test EEG does not grow with F)")
+    parser.add_argument("--no-david", action="store_true",
+                        help="Leave out David's windows (their arrays take 0.31 MB per row more disk)")
     parser.add_argument("--training-on", type=Path, metavar="WORK",
                         help=f"Run only {', '.join(TRAINING_STEPS)} on an earlier --no-training rehearsal's folder")
     parser.add_argument("--fit", nargs="+", metavar="RESULT", help="Fit result.json files of three or more fractions.")
@@ -368,7 +380,8 @@ def main() -> None:
     if work.exists():
         parser.error(f"--work {work}: exists; give a new folder (the rehearsal starts from nothing)")
     work.mkdir(parents=True)
-    result = rehearse(args.fraction, work, args.jobs, args.workers, args.batches, plans, not args.no_training)
+    result = rehearse(args.fraction, work, args.jobs, args.workers, args.batches, plans, not args.no_training,
+                      not args.no_david)
     (work / "result.json").write_text(json.dumps(result, indent=1))
     print_report(result)
     print(f"\n{work / 'result.json'}")

@@ -131,7 +131,7 @@ def command_env() -> dict:
 
 WARM_IMPORTS = ("hms_prep.cli", "hms_prep.build.run", "hms_prep.build.execute", "hms_prep.synth", "hms_prep.show",
                 "hms_train.cli", "hms_train.run.train", "hms_train.run.bench", "hms_train.run.predict",
-                "hms_train.export", "torch", "torchaudio", "timm", "scipy.signal", "pandas", "dask.distributed",
+                "hms_train.export", "torch", "timm", "scipy.signal", "pandas", "dask.distributed",
                 "matplotlib.pyplot")
 
 

@@ -248,6 +248,8 @@ def training_steps(work: Path, batches: int, steps: list[Step], figures: dict) -
     if stamps:
         figures["train_first_batch_s"] = round(stamps[0][0] - step.started, 2)  # the first step has its batch
         figures["train_first_step_s"] = round(stamps[0][1] - stamps[0][0], 2)
+        if len(stamps[0]) > 2:  # the trainer's CPU seconds to its first batch: what a quiet machine's wall is
+            figures["train_first_batch_cpu_s"] = round(stamps[0][2], 2)
     if len(stamps) >= 3:  # the steps after the first, batch 16 each
         figures["train_samples_per_s"] = round((len(stamps) - 1) * 16 / (stamps[-1][1] - stamps[0][1]), 2)
     steps.append(measure("test_build", prep + ["build", "--data", data, "--split", "test", "--store", test_store,
@@ -255,7 +257,7 @@ def training_steps(work: Path, batches: int, steps: list[Step], figures: dict) -
     steps.append(measure("predict", train + ["predict", "--store", test_store, "--run", run, "--out",
                                              work / "submission.csv", "--device", "cpu"]))
     shutil.rmtree(work / "export", ignore_errors=True)
-    steps.append(measure("export", train + ["export", "--run", run, "--out", work / "export"]))
+    steps.append(measure("export", train + ["export", run, "--out", work / "export"]))
 
 
 def summary(fraction: float, rows: int, figures: dict, steps: list[Step]) -> dict:
@@ -286,7 +288,8 @@ def budget_rows(result: dict) -> list[tuple[str, str, str, str, bool | None]]:
         ("plan (slowest recipe)", "<= 10 s", *((slowest_plan["seconds"], slowest_plan["cpu_seconds"]) if plans
                                                else (None, None)), lambda v: v <= 10),
         ("one-line train.csv change", "<= 60 s", *timed("row_change"), lambda v: v <= 60),
-        ("trainer start to first batch", "<= 20 s", fig.get("train_first_batch_s"), None, lambda v: v <= 20),
+        ("trainer start to first batch", "<= 20 s", fig.get("train_first_batch_s"), fig.get("train_first_batch_cpu_s"),
+         lambda v: v <= 20),
         ("driver peak RSS (MB)", "<= 2048", max(drivers), None, lambda v: v <= 2048),
         ("worker peak RSS (MB)", "<= 3072", max(workers) if workers else None, None, lambda v: v <= 3072),
         ("store MB per row", "<= 0.5", round(per_row, 3), None, lambda v: v <= 0.5),
@@ -323,7 +326,8 @@ def fit(paths: list[str]) -> None:
         for key in ("data_bytes", "store_bytes", "store_bytes_build"):
             series.setdefault(f"{key[:-6]} GiB", []).append(r["figures"][key] / 2**30)
         for key in ("bench_warm_samples_per_s", "bench_cold_samples_per_s", "bench_warm_cpu_us_per_sample",
-                    "bench_cold_cpu_us_per_sample", "train_first_batch_s", "train_samples_per_s"):
+                    "bench_cold_cpu_us_per_sample", "train_first_batch_s", "train_first_batch_cpu_s",
+                    "train_samples_per_s"):
             if key in r["figures"]:
                 series.setdefault(key, []).append(r["figures"][key])
     print(f"fractions {list(fractions)}; each figure fitted as a + b*F (least squares); worst residual / value")

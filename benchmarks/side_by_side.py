@@ -2,6 +2,8 @@
 time of each command beside its wall time (CPU time moves far less than wall time on a shared machine):
   noop        `hms-prep build` again on a built train store: nothing to compute (a new process)
   test1       `hms-prep build --split test` of a folder with one test EEG into a new store (a new process)
+  state       reading a build-state array of the competition's size (3,338 chunk files, as `read_state`
+              does 20-28 times in a no-op build there): CPU ms per array, in a process of its own
   reader      `hms-train bench --inputs eeg_10s,eeg_30s,kaggle --batch-size 32 --device cpu`: samples/s and
               CPU us per sample, reader to a ready batch (the page cache warm: the store was just read)
 Each code builds its own train store from the same synthetic data (a store of one code may not open with
@@ -44,6 +46,24 @@ def run(argv: list, code: Path | None) -> tuple[float, float, str]:
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done.stdout
 
 
+# The build state of one array at the competition's size (106,800 rows in 32-row chunks), made once per code
+# by that code's own `create_build_state`, then read whole as a no-op build does; prints CPU ms per array.
+STATE_READ = """
+import os, sys, time
+import zarr
+from hms_prep.store.format import StoreLayout, create_build_state, open_build_state, read_state
+path = sys.argv[1]
+if not os.path.exists(path):
+    state = create_build_state(zarr.open_group(path, mode="w"), "eeg_10s", StoreLayout("train", 106_800, 32, "", 5, "auto", 2000))
+    state.done[:], state.status[:], state.repaired[:] = 1, 1, 0.0
+state = open_build_state(zarr.open_group(path, mode="r"), "eeg_10s")
+started = time.process_time()
+for array in (state.done, state.status, state.repaired):
+    read_state(array)
+print((time.process_time() - started) / 3 * 1e3)
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", type=Path, help="A checkout of the code to compare with.")
@@ -83,6 +103,9 @@ def main() -> None:
             got.setdefault("test1 wall s", []).append(wall)
             got.setdefault("test1 CPU s", []).append(cpu)
             print(f"{name} test1 {wall:.2f} s, {cpu:.2f} CPU s", file=sys.stderr, flush=True)
+            _, _, out = run([sys.executable, "-P", "-c", STATE_READ, work / f"{name}-state.zarr"], code)  # -P: not cwd
+            got.setdefault("state read CPU ms", []).append(float(out.strip().splitlines()[-1]))
+            print(f"{name} state read {got['state read CPU ms'][-1]:.0f} CPU ms", file=sys.stderr, flush=True)
             _, _, out = run([train, "bench", "--store", work / f"{name}.zarr", "--inputs", "eeg_10s,eeg_30s,kaggle",
                              "--batch-size", 32, "--device", "cpu", "--json"], code)
             bench = json.loads(out.strip().splitlines()[-1])

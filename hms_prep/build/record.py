@@ -14,6 +14,7 @@ import pyarrow as pa
 from hms_prep.build.config import BuildConfig
 from hms_prep.build.plan import BuildPlan
 from hms_prep.build.task import ChunkReport, Failure
+from hms_prep.sources.columns import arrow_column, numpy_column, string_column
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS, ROW_KEY, planned_rows
 from hms_prep.store.format import (
     STATUS_FAILED,
@@ -140,7 +141,7 @@ def rows_without_votes(config: BuildConfig, planned: pa.Table) -> list[Failure]:
     if "total_votes" not in planned.column_names:
         return []
     path = Path(config.data_dir) / f"{config.split}.csv"
-    total = planned.column("total_votes").to_numpy()
+    total = numpy_column(planned.column("total_votes"))
     live = live_rows(planned)
     rows = planned.select(["row", "label_id", "source_index"]).to_pylist()
     return [Failure(r["row"], r["label_id"], "labels",
@@ -158,7 +159,7 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
     table = planned
     if raw_index is not None:
         for j, column in enumerate(RAW_INDEX_COLUMNS):
-            table = table.append_column(column, pa.array(raw_index[:, j]))
+            table = table.append_column(column, arrow_column(raw_index[:, j]))
     n = planned.num_rows
     overall = np.full(n, STATUS_OK, dtype=np.uint8)
     errors = [[] for _ in range(n)]
@@ -174,8 +175,8 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
             failed_rows[name] = read_errors(state, failed)
             for row, reason in failed_rows[name].items():
                 errors[row].append(f"{name}: {reason}")
-        table = table.append_column(f"repaired_{name}", pa.array(read_state(state.repaired)[0]))
-        table = table.append_column(f"status_{name}", pa.array(np.array(names)[status]))
+        table = table.append_column(f"repaired_{name}", arrow_column(read_state(state.repaired)[0]))
+        table = table.append_column(f"status_{name}", string_column([names[s] for s in status.tolist()]))
     label_status = np.full(n, "ok", dtype=object)
     for failure in label_failures:
         overall[failure.row] = STATUS_FAILED
@@ -187,9 +188,9 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
         errors[row] = [f"{key} {planned.column(key)[row].as_py()} is no longer in the CSV"]
         for name in failed_rows:
             failed_rows[name].pop(row, None)
-    table = table.append_column("status_labels", pa.array(label_status.tolist(), pa.string()))
-    table = table.append_column("status", pa.array(overall_names.tolist(), pa.string()))
-    return table.append_column("error", pa.array(["; ".join(e) for e in errors], pa.string())), failed_rows
+    table = table.append_column("status_labels", string_column(label_status.tolist()))
+    table = table.append_column("status", string_column(overall_names.tolist()))
+    return table.append_column("error", string_column(["; ".join(e) for e in errors])), failed_rows
 
 
 def write_labels_if_changed(url: str, table: pa.Table, planned_columns=(), say=None) -> None:

@@ -20,6 +20,7 @@ import zarr
 
 from hms_prep.build.plan import check_params, segment_margin
 from hms_prep.kinds import ArrayKind
+from hms_prep.sources.columns import arrow_column, numpy_column
 from hms_prep.sources.rows import (
     DERIVED_COLUMNS,
     DROPPED,
@@ -74,7 +75,7 @@ def stored_row_table(url: str, layout: StoreLayout, csv: pa.Table, say) -> pa.Ta
         return None
     if layout.layout_version >= 2:
         table = read_row_table(url, layout.rows_digest)
-        if table is not None and np.array_equal(table.column("row").to_numpy(), np.arange(layout.n_rows)):
+        if table is not None and np.array_equal(numpy_column(table.column("row")), np.arange(layout.n_rows)):
             return table
         labels = read_labels_if_readable(url)
         if labels is not None and rows_digest(row_table_of(labels), layout.split) == layout.rows_digest:
@@ -100,7 +101,7 @@ def row_table_of(labels: pa.Table) -> pa.Table:
     keep = [c for c in labels.column_names if c not in derived and not c.startswith(("status_", "repaired_"))]
     table = labels.select(keep)
     if DROPPED not in table.column_names:
-        table = table.append_column(DROPPED, pa.array(np.zeros(table.num_rows, dtype=bool)))
+        table = table.append_column(DROPPED, arrow_column(np.zeros(table.num_rows, dtype=bool)))
     return table
 
 
@@ -127,7 +128,7 @@ def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, 
         segments, raw_index, raw_length = plan_raw_segments(planned, layout.chunk_rows, margin,
                                                             layout.raw_chunk_samples, stored_index, relocated)
         for j, column in enumerate(RAW_INDEX_COLUMNS):
-            table = table.append_column(column, pa.array(raw_index[:, j]))
+            table = table.append_column(column, arrow_column(raw_index[:, j]))
     digest = rows_digest(table, layout.split)
     if layout.layout_version < 2:
         commit = assignment.changes  # a layout-1 store stays as it is until its rows change
@@ -146,7 +147,7 @@ def stored_raw_index(stored: pa.Table | None, layout: StoreLayout, margin: int) 
     if stored is None:
         return None
     if all(c in stored.column_names for c in RAW_INDEX_COLUMNS):
-        return np.stack([stored.column(c).to_numpy() for c in RAW_INDEX_COLUMNS], 1)
+        return np.stack([numpy_column(stored.column(c)) for c in RAW_INDEX_COLUMNS], 1)
     return plan_raw_segments(stored, layout.chunk_rows, margin, layout.raw_chunk_samples)[1]
 
 

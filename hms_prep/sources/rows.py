@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE, TARGET_COLUMNS, VOTE_COLUMNS
+from hms_prep.sources.columns import arrow_column, numpy_column
 from hms_prep.store.format import DROPPED, RAW_INDEX_COLUMNS, digest, live_rows  # noqa: F401 (the build's import)
 
 EEG_OFFSET = "eeg_label_offset_seconds"
@@ -39,9 +40,9 @@ def csv_rows(labels: pa.Table, split: str) -> pa.Table:
     by (eeg_id, offset, label_id), so rows sharing an EEG are adjacent and a build task reads each file
     once (test: by eeg_id, then test.csv order; test rows get offset 0, test EEGs being exactly 50 s and
     test spectrograms exactly 10 min)."""
-    table = labels.append_column("source_index", pa.array(np.arange(labels.num_rows), pa.int64()))
+    table = labels.append_column("source_index", arrow_column(np.arange(labels.num_rows, dtype=np.int64)))
     if split == "test":
-        zeros = pa.array(np.zeros(labels.num_rows), pa.float64())
+        zeros = arrow_column(np.zeros(labels.num_rows))
         table = table.append_column(EEG_OFFSET, zeros).append_column(SPEC_OFFSET, zeros)
         order = pc.sort_indices(table, [("eeg_id", "ascending"), ("source_index", "ascending")])
     else:
@@ -85,42 +86,42 @@ def assign_rows(csv: pa.Table, split: str, stored: pa.Table | None = None) -> Ro
     _check_unique(csv, key, split)
     none = np.empty(0, dtype=np.int64)
     if stored is None:
-        table = csv.append_column("row", pa.array(np.arange(csv.num_rows), pa.int64()))
-        table = table.append_column(DROPPED, pa.array(np.zeros(csv.num_rows, dtype=bool)))
+        table = csv.append_column("row", arrow_column(np.arange(csv.num_rows, dtype=np.int64)))
+        table = table.append_column(DROPPED, arrow_column(np.zeros(csv.num_rows, dtype=bool)))
         return RowAssignment(table, none, none, none, none)
-    old_keys = stored.column(key).to_numpy()
-    position = dict(zip(old_keys.tolist(), stored.column("row").to_numpy().tolist()))
-    new_keys = csv.column(key).to_numpy()
+    old_keys = numpy_column(stored.column(key))
+    position = dict(zip(old_keys.tolist(), numpy_column(stored.column("row")).tolist()))
+    new_keys = numpy_column(csv.column(key))
     known = np.array([k in position for k in new_keys.tolist()], dtype=bool)
     rows = np.empty(csv.num_rows, dtype=np.int64)
     rows[known] = [position[k] for k in new_keys[known].tolist()]
     rows[~known] = stored.num_rows + np.arange(int((~known).sum()))
-    live = csv.append_column("row", pa.array(rows)).append_column(
-        DROPPED, pa.array(np.zeros(csv.num_rows, dtype=bool)))
-    gone = stored.filter(pa.array(~np.isin(old_keys, new_keys)))
+    live = csv.append_column("row", arrow_column(rows)).append_column(
+        DROPPED, arrow_column(np.zeros(csv.num_rows, dtype=bool)))
+    gone = stored.filter(arrow_column(~np.isin(old_keys, new_keys)))
     gone = pa.table({field.name: gone.column(field.name).cast(field.type) if field.name in gone.column_names
                      else pa.nulls(gone.num_rows, field.type) for field in live.schema})
     gone = gone.set_column(gone.schema.get_field_index("source_index"), "source_index",
-                           pa.array(np.full(gone.num_rows, -1, dtype=np.int64)))
-    gone = gone.set_column(gone.schema.get_field_index(DROPPED), DROPPED, pa.array(np.ones(gone.num_rows, dtype=bool)))
+                           arrow_column(np.full(gone.num_rows, -1, dtype=np.int64)))
+    gone = gone.set_column(gone.schema.get_field_index(DROPPED), DROPPED, arrow_column(np.ones(gone.num_rows, dtype=bool)))
     table = pa.concat_tables([live, gone]).sort_by("row")
     was_dropped = ~live_rows(stored)
     kept = rows[known]
     same = np.ones(len(kept), dtype=bool)
     for column in ROW_IDENTITY:
         same &= _values(stored, column)[kept] == _values(csv, column)[known]
-    gone_rows = gone.column("row").to_numpy()
+    gone_rows = numpy_column(gone.column("row"))
     return RowAssignment(table, changed=np.sort(kept[~same]), added=np.sort(rows[~known]),
                          dropped=np.sort(gone_rows[~was_dropped[gone_rows]]),
                          undropped=np.sort(kept[same & was_dropped[kept]]))
 
 
 def _values(table: pa.Table, column: str) -> np.ndarray:
-    return table.column(column).to_numpy(zero_copy_only=False)
+    return numpy_column(table.column(column))
 
 
 def _check_unique(csv: pa.Table, key: str, split: str) -> None:
-    ids = csv.column(key).to_numpy()
+    ids = numpy_column(csv.column(key))
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = unique[counts > 1]
@@ -135,17 +136,17 @@ def with_targets(table: pa.Table, split: str, n_folds: int) -> pa.Table:
     alone, so a store built in steps gets the folds of one built at once."""
     if split != "train":
         return table
-    votes = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float64)
+    votes = np.stack([numpy_column(table.column(c)) for c in VOTE_COLUMNS], 1).astype(np.float64)
     total = votes.sum(1)
-    table = table.append_column("total_votes", pa.array(total.astype(np.int64)))
+    table = table.append_column("total_votes", arrow_column(total.astype(np.int64)))
     for j, name in enumerate(TARGET_COLUMNS):
         # A row without votes has no target (NaN); it is reported failed in labels.parquet.
         share = np.divide(votes[:, j], total, out=np.full_like(total, np.nan), where=total > 0)
-        table = table.append_column(name, pa.array(share.astype(np.float32)))
+        table = table.append_column(name, arrow_column(share.astype(np.float32)))
     live = live_rows(table)
     folds = np.full(table.num_rows, -1, dtype=np.int8)
-    folds[live] = patient_folds(table.column("patient_id").to_numpy()[live], n_folds)
-    return table.append_column("fold", pa.array(folds))
+    folds[live] = patient_folds(numpy_column(table.column("patient_id"))[live], n_folds)
+    return table.append_column("fold", arrow_column(folds))
 
 
 def patient_folds(patient_ids: np.ndarray, n_folds: int) -> np.ndarray:
@@ -225,8 +226,8 @@ def plan_raw_segments(
     rows changed never overwrites what the others read). Returns the segments per row chunk, the per-row
     index (raw_start, raw_lo, raw_hi) as an (n_rows, 3) int64 array, and the total raw length.
     """
-    eeg_ids = planned.column("eeg_id").to_numpy()
-    starts = np.round(planned.column(EEG_OFFSET).to_numpy() * SAMPLE_RATE).astype(np.int64)
+    eeg_ids = numpy_column(planned.column("eeg_id"))
+    starts = np.round(numpy_column(planned.column(EEG_OFFSET)) * SAMPLE_RATE).astype(np.int64)
     margin = margin_s * SAMPLE_RATE
     index = np.zeros((len(eeg_ids), 3), dtype=np.int64)
     kept = stored_index if stored_index is not None else np.zeros((0, 3), dtype=np.int64)

@@ -43,6 +43,7 @@ from zarr.core.sync import sync  # zarr's own bridge to its async stores: the on
 
 from hms_prep.store.codecs import checksum_failures, read_whole
 from hms_prep.domain import TARGET_COLUMNS  # noqa: F401 (hms_train.data.reader's import; new code: hms_prep.domain)
+from hms_prep.sources.columns import numpy_column
 
 # labels.parquet sits beside the arrays by design; zarr warns about any non-zarr object it lists.
 warnings.filterwarnings("ignore", message=r"Object at (labels\.parquet(\.tmp)?|build\.lock|_rows) is not recognized")
@@ -410,7 +411,7 @@ def read_row_table(url: str, digest: str) -> pa.Table | None:
     fs, path = fsspec.core.url_to_fs(url)
     try:
         with fs.open(f"{path.rstrip('/')}/{row_table_file(digest)}", "rb") as f:
-            return pq.read_table(f)
+            return pq.ParquetFile(f).read()  # not read_table: its pyarrow.dataset imports pandas (0.5 s)
     except (OSError, pa.ArrowException):
         return None
 
@@ -452,7 +453,7 @@ def live_rows(labels: pa.Table) -> np.ndarray:
     """(rows,) bool: the rows of labels.parquet still in the CSV (not `dropped`)."""
     if DROPPED not in labels.column_names:
         return np.ones(labels.num_rows, dtype=bool)
-    return ~labels.column(DROPPED).to_numpy(zero_copy_only=False).astype(bool)
+    return ~numpy_column(labels.column(DROPPED)).astype(bool)
 
 
 def read_labels_if_readable(url: str) -> pa.Table | None:
@@ -472,7 +473,7 @@ def read_labels(url: str) -> pa.Table:
         raise StoreError(f"{url}: {LABELS_FILE} is missing (the build has not finished); run hms-prep build")
     try:
         with fs.open(target, "rb") as f:
-            return pq.read_table(f)
+            return pq.ParquetFile(f).read()  # not read_table: its pyarrow.dataset imports pandas (0.5 s)
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"{url}/{LABELS_FILE}: unreadable ({err}); hms-prep build rewrites it") from None
 

@@ -432,7 +432,9 @@ class SteppedRates:
 
     def __enter__(self):
         self.lrs = []
-        self.handle = torch.optim.optimizer.register_optimizer_step_pre_hook(
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        self.handle = register_optimizer_step_pre_hook(
             lambda optimizer, args, kwargs: self.lrs.append(optimizer.param_groups[0]["lr"]))
         return self
 

@@ -1,5 +1,9 @@
-"""`hms-prep compact` (issue 29, F): row changes relocate raw regions; compaction reclaims them, copying
-every value as it was, and a kill at any of its writes leaves a store that the next compact finishes."""
+"""Store writes stopped at exact moments, beyond a build's own (tests/test_kill.py), sharing its zygote:
+
+- `hms-prep compact` (issue 29, F): row changes relocate raw regions; compaction reclaims them, copying
+  every value as it was, and a kill at any of its writes leaves a store that the next compact finishes;
+- Ctrl-C (SIGINT from the write hook) at the store's and each array's creation writes takes effect once
+  that creation is done (issue 29: this replaced a hand loop under CPU hogs)."""
 
 import json
 import shutil
@@ -14,7 +18,7 @@ from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.compact import compact_store
 from hms_prep.store.format import read_labels, store_nbytes
 
-from test_kill import EVERY_WRITE, assert_same_store, uninterrupted, zygote  # noqa: F401  (fixtures)
+from test_kill import EVERY_WRITE, INTERRUPTED, assert_same_arrays, assert_same_store, uninterrupted, zygote  # noqa: F401  (fixtures)
 from test_row_changes import assert_same_values_by_label_id, corrected, rewrite_csv
 
 
@@ -124,3 +128,40 @@ def test_a_compaction_killed_at_any_write_is_finished_by_the_next_one(zygote, ti
         assert_same_store(store, compacted)
         shutil.rmtree(store)
     assert writes.count(root) == 2 and writes[first_commit + 2].endswith("/labels.parquet"), writes  # staged first
+
+
+def test_ctrl_c_at_a_creation_write_takes_effect_once_that_creation_is_done(zygote, tiny_data, uninterrupted, tmp_path):  # noqa: F811
+    """SIGINT to the build's process group right after each of the six writes that create eeg_30s beside a
+    finished store (its build state, then its metadata), and right after a new store's root: exit 130 with
+    the one line, the creation it fell in finished (eeg_30s's metadata written; a new store's root with its
+    layout, or the store removed whole), and the next build resumes to the uninterrupted store."""
+    reference, writes = uninterrupted
+    probe = tmp_path / "probe.zarr"
+    shutil.copytree(reference, probe)
+    code, added, out = zygote.build(tiny_data, probe, "--windows", "10,30")
+    assert code == 0, out
+    first_chunk = next(i for i, w in enumerate(added) if "/c/" in w)
+    creation = [i for i, w in enumerate(added[:first_chunk]) if "eeg_30s" in w]
+    assert len(creation) == 6 and added[creation[-1]] == str(probe / "eeg_30s" / "zarr.json"), added
+    for at in creation:
+        store = tmp_path / f"adding-{at}.zarr"
+        shutil.copytree(reference, store)
+        code, done, out = zygote.build(tiny_data, store, "--windows", "10,30",
+                                       env={"HMS_KILL_AT": str(at), "HMS_KILL_SIGNAL": "INT"})
+        assert code == 130 and out.strip().splitlines()[-1] == INTERRUPTED and "Traceback" not in out, (at, out)
+        assert (store / "eeg_30s" / "zarr.json").exists(), (at, added[at], done)  # the creation finished
+        assert not any("/c/" in w for w in done), (at, done)  # and nothing after it
+        code, _, out = zygote.build(tiny_data, store, "--windows", "10,30")
+        assert code == 0, (at, out)
+        assert_same_arrays(store, probe, ("eeg_10s", "eeg_30s", "kaggle", "raw"))
+        assert verify_store(str(store)) == []
+        shutil.rmtree(store)
+    assert writes[0] == str(reference / "zarr.json"), writes[:3]
+    store = tmp_path / "new.zarr"
+    code, _, out = zygote.build(tiny_data, store, env={"HMS_KILL_AT": "0", "HMS_KILL_SIGNAL": "INT"})
+    assert code == 130 and out.strip().splitlines()[-1] == INTERRUPTED and "Traceback" not in out, out
+    if (store / "zarr.json").exists():
+        assert "hms_cache" in json.loads((store / "zarr.json").read_text()).get("attributes", {})
+    code, _, out = zygote.build(tiny_data, store)
+    assert code == 0, out
+    assert_same_store(store, reference)

@@ -684,11 +684,13 @@ def test_one_schedule_across_stages_carries_optimizer_and_lr(both_store, tmp_pat
 
     reader = StoreReader(both_store, config.inputs)
     planned = describe(plan_run(dataclasses_replace(config, folds=[0]), reader), reader)
-    # The lr of every step the loop took (2 per epoch, 4 epochs across both stages): one cosine, each
-    # epoch's value held through its steps, as the plan says.
+    # The lr of every step the loop took (each stage's steps per epoch, 4 epochs across both stages): one
+    # cosine, each epoch's value held through its steps, as the plan says.
     per_epoch = [2.0, round(2e4 * (1 + math.cos(math.pi / 4)) / 2 * 1e-4, 4),
                  1.0, round(2e4 * (1 + math.cos(3 * math.pi / 4)) / 2 * 1e-4, 4)]
-    assert [round(x * 1e4, 4) for x in stepped.lrs] == [lr for lr in per_epoch for _ in range(2)], stepped.lrs
+    steps = [stage["steps_per_epoch"] for stage in planned["folds"][0]["stages"] for _ in range(stage["epochs"])]
+    assert [round(x * 1e4, 4) for x in stepped.lrs] == [lr for lr, n in zip(per_epoch, steps) for _ in range(n)], \
+        (stepped.lrs, steps)
     lrs = [lr for stage in planned["folds"][0]["stages"] for lr in stage["lr"]]
     assert [round(x * 1e4, 4) for x in lrs] == per_epoch
     last = torch.load(out / "fold0_last.pt", weights_only=True)

@@ -89,6 +89,7 @@ def compact_store(url: str) -> Compaction:
     doc). StoreError, before anything is written, for a store that is not finished or whose labels.parquet
     does not match its rows; StoreLocked when a build holds it."""
     url = normalize_url(url)
+    open_store(url)  # StoreError naming the URL when no store is there (before the lock file is made)
     with build_lock(url):
         group, layout = open_store(url, mode="r+")
         signals = [d.name for d in describe_arrays(group).values() if not d.image]

@@ -308,6 +308,27 @@ def verify(store: str = typer.Argument(..., help="Store path or URL.")):
 
 
 @app.command()
+def compact(store: str = typer.Argument(..., help="Store path or URL.")):
+    """Reclaim the raw regions that train.csv row changes left behind (the store stops growing).
+
+    Example: hms-prep compact cache/specs.zarr
+    """
+    from hms_prep.compact import compact_store
+    from hms_prep.store.lock import StoreLocked
+
+    try:
+        done = compact_store(store)
+    except KeyboardInterrupt:  # safe at any write, as a kill is (hms_prep/compact.py)
+        console.print("interrupted; run the same command again to resume", highlight=False)
+        raise typer.Exit(130)
+    except (StoreError, StoreLocked) as err:
+        _fail(str(err))
+    except OSError as err:  # a full disk, a read-only filesystem: one line naming the path
+        _fail(f"{err.filename or store}: {err.strerror or err}")
+    typer.echo(done.line(store))
+
+
+@app.command()
 def show(
     store: str = typer.Argument(..., help="Store path or URL."),
     row: Optional[int] = typer.Option(None, "--row", help="Row number in the store."),

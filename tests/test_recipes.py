@@ -426,19 +426,39 @@ def test_constant_and_per_epoch_cosine_schedules():
 
 
 @pytest.mark.slow
+class SteppedRates:
+    """The lr of every optimizer step a training run takes, read as the step runs (torch's global optimizer
+    step pre-hook): what the loop trained at, not what a plan or a log says it should have."""
+
+    def __enter__(self):
+        self.lrs = []
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        self.handle = register_optimizer_step_pre_hook(
+            lambda optimizer, args, kwargs: self.lrs.append(optimizer.param_groups[0]["lr"]))
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
 def test_a_real_run_steps_the_per_epoch_cosine_as_torchs_cosine_annealing(both_store, tmp_path):
-    """The lr that run_stage itself leaves after each epoch (metrics.jsonl), not a copy of its stepping:
-    David's CosineAnnealingLR(T_max=epochs), stepped once per epoch."""
+    """The lr of each step the loop took (one per epoch here) and the lr it leaves after each epoch
+    (metrics.jsonl): David's CosineAnnealingLR(T_max=epochs), stepped once per epoch, after its steps (a
+    schedule stepped at the start of each epoch trains every epoch at the next one's lr)."""
     config = load_config("seed_david_b0", [f'store="{both_store}"', *TINY, "epochs=3", "stage2_epochs=0"])
-    train(config, tmp_path / "run", quiet=True)
+    with SteppedRates() as stepped:
+        train(config, tmp_path / "run", quiet=True)
     seen = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
-    expected = []
+    expected, trained_at = [], []
     for _ in range(3):
+        trained_at.append(optimizer.param_groups[0]["lr"])
         optimizer.step()  # no gradient: nothing moves, but torch sees the usual order
         cosine.step()
         expected.append(optimizer.param_groups[0]["lr"])
+    np.testing.assert_allclose(stepped.lrs, trained_at, rtol=1e-6)
     np.testing.assert_allclose(seen, expected, rtol=1e-6)
     assert len(set(seen)) == 3
 
@@ -658,14 +678,21 @@ def test_one_schedule_across_stages_carries_optimizer_and_lr(both_store, tmp_pat
     config = load_config("seed_david_b0", [*sets, "schedule_across_stages=true", "weight_decay_all=true",
                                            'optimizer="adamw"'])  # AdamW counts its steps (Lion keeps no count)
     out = tmp_path / "run"
-    train(config, out, quiet=True)
+    with SteppedRates() as stepped:
+        train(config, out, quiet=True)
     from hms_train.run.plan import describe, plan_run
 
     reader = StoreReader(both_store, config.inputs)
     planned = describe(plan_run(dataclasses_replace(config, folds=[0]), reader), reader)
+    # The lr of every step the loop took (each stage's steps per epoch, 4 epochs across both stages): one
+    # cosine, each epoch's value held through its steps, as the plan says.
+    per_epoch = [2.0, round(2e4 * (1 + math.cos(math.pi / 4)) / 2 * 1e-4, 4),
+                 1.0, round(2e4 * (1 + math.cos(3 * math.pi / 4)) / 2 * 1e-4, 4)]
+    steps = [stage["steps_per_epoch"] for stage in planned["folds"][0]["stages"] for _ in range(stage["epochs"])]
+    assert [round(x * 1e4, 4) for x in stepped.lrs] == [lr for lr, n in zip(per_epoch, steps) for _ in range(n)], \
+        (stepped.lrs, steps)
     lrs = [lr for stage in planned["folds"][0]["stages"] for lr in stage["lr"]]
-    assert [round(x * 1e4, 4) for x in lrs] == [2.0, round(2e4 * (1 + math.cos(math.pi / 4)) / 2 * 1e-4, 4),
-                                                 1.0, round(2e4 * (1 + math.cos(3 * math.pi / 4)) / 2 * 1e-4, 4)]
+    assert [round(x * 1e4, 4) for x in lrs] == per_epoch
     last = torch.load(out / "fold0_last.pt", weights_only=True)
     steps = sum(stage["steps_per_epoch"] * stage["epochs"] for stage in planned["folds"][0]["stages"])
     assert last["position"]["step"] == steps  # the step count ran on through stage 2

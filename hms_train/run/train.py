@@ -213,7 +213,8 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
         loss_sum = torch.tensor(state.loss_sum if first else 0.0, device=ctx.device)
         state.steps = state.steps if first else 0
         sampler = dataclasses.replace(state.sampler, epoch=epoch, batch=first)
-        batches = reader.batches(epoch_rows(config, reader, fold, stage, epoch), config.batch_size, sampler,
+        rows = epoch_rows(config, reader, fold, stage, epoch)
+        batches = reader.batches(rows, config.batch_size, sampler,
                                  shuffle=True, drop_last=True, raw_jitter=int(config.raw_jitter_s * 200),
                                  pin_memory=ctx.device.type == "cuda")
         label = f"fold {fold} {stage.name} epoch {epoch + 1}/{stage.epochs}"
@@ -236,8 +237,10 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
                     if ctx.main:
                         checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict(generators), ctx.config)
         if state.steps == 0:  # never an epoch of no training reported as done
-            raise RuntimeError(f"fold {fold} {stage.name} epoch {epoch + 1}: the reader gave no batch "
-                               f"(of {stage.steps_per_epoch} expected)")
+            # a ValueError: the CLI's one `error:` line (the usual cause is a batch larger than the rows)
+            raise ValueError(f"fold {fold} {stage.name} epoch {epoch + 1}: the reader gave no batch (of "
+                             f"{stage.steps_per_epoch} expected) from {len(rows)} rows in batches of "
+                             f"{config.batch_size} (whole batches only, per rank of {ctx.world})")
         scheduler.step(stage.schedule_offset + epoch + 1)  # per-epoch schedules move here (per-step ones ignore it)
         train_loss = loss_sum.item() / state.steps  # the epoch's one read of the loss from the device
         seconds = time.perf_counter() - started

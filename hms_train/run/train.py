@@ -56,7 +56,7 @@ from hms_train.run.parts import build_model, training_parts
 from hms_train.run.progress import EpochProgress, RunClock, steps_after
 from hms_train.run.step import TrainStep
 from hms_train.run.runlog import RUN_LOG, ThirdPartyLog
-from hms_train.run.tracking import EpochRecord, Trackers, check_trackers
+from hms_train.run.tracking import EpochRecord, RunResult, Trackers, check_trackers
 
 STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png",
                    "tracking.json", RUN_LOG)
@@ -121,7 +121,10 @@ def _train(config: TrainConfig, out: str | Path, quiet: bool, resume: bool, othe
         from hms_train.run.plots import plot_curves
 
         plot_curves(ctx.out / "metrics.jsonl", ctx.out / "curves.png")
-        ctx.trackers.finish(summary, ctx.out / "curves.png")
+        files = [ctx.out / name for name in ("config.json", "oof.parquet", "curves.png")]
+        best = [ctx.out / f"fold{fold}_best.pt" for fold in folds] if config.track_checkpoints else []
+        fold_kl = {fold: _oof_summary(reader, part)["kl"] for fold, part in zip(folds, oof)}
+        ctx.trackers.finish(RunResult(summary, fold_kl, ctx.out / "curves.png", files, best))
     if ctx.world > 1:
         dist.barrier()
         dist.destroy_process_group()

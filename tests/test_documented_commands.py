@@ -4,8 +4,9 @@ command reads) is caught. Each line runs as written but for the substitutions be
 
 - `.venv/bin/hms-*` are the CLIs forked from one preloaded process (tests/preloaded.py: imports once);
 - `/path/to/hms` is a small synthetic dataset; the label id shown is one of its rows;
-- a training line gets toy settings (`TOY`: a tiny backbone without pretrained weights, one batch per
-  epoch, fold 0) and `--device cpu`: the recipe, its row table and its stages are the documented ones.
+- a training line gets toy settings (`TOY_SETS`: a tiny backbone without pretrained weights, one batch
+  per epoch, fold 0) and `--device cpu`, and `plan` the same settings: the recipe, its row table and its
+  stages are the documented ones.
 
 `make setup` (the venv the test runs in: tests/test_install.py) and `make seed` (tests/test_seed_chain.py
 at toy size) are the two lines not run here.
@@ -24,9 +25,9 @@ import pytest
 from conftest import PRELOADED, ROOT, preloaded_server
 
 pytestmark = pytest.mark.slow
-TOY = ["--device", "cpu", *(f"--set={item}" for item in (
+TOY_SETS = [f"--set={item}" for item in (
     "model.pretrained=false", 'model.backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1",
-    "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2", "folds=[0]"))]
+    "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2", "folds=[0]")]
 NOT_HERE = {"make setup": "the venv this test runs in", "make seed": "tests/test_seed_chain.py"}
 DOCUMENTED_LABEL_ID = "127492639"
 
@@ -45,7 +46,9 @@ def as_run_here(line: str, data: str, label_id: int) -> list[str] | None:
     words = [word.replace("/path/to/hms", data).replace(DOCUMENTED_LABEL_ID, str(label_id))
              for word in shlex.split(line.replace(".venv/bin/", ""))]
     training = words[0] == "hms-train" and (words[1].startswith("-") or words[1] == "train") and "--resume" not in words
-    return words + TOY if training else words
+    if training:
+        return words + ["--device", "cpu", *TOY_SETS]
+    return words + TOY_SETS if words[:2] == ["hms-train", "plan"] else words
 
 
 def test_the_readmes_real_data_block_runs_in_order(tmp_path):

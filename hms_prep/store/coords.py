@@ -14,8 +14,10 @@ Each is a 1-D array named as the dimension it labels (xarray makes it that dimen
 
 Signals arrays keep their own `sample` dimension (segments of recordings, indexed per row by
 labels.parquet's raw_* columns): no coordinate is meaningful along it. A plug-in kind's other axes get
-none. Every build writes what is missing or stale at its end (`write_coordinates`), computing nothing
-else: a store built before coordinates existed gets them from its next `hms-prep build` (decisions.md).
+none. Arrays are created with the key's dimension name (kinds/base.py); every build writes the
+coordinates that are missing or stale at its end (`write_coordinates`), computing nothing else, so a store
+built before coordinates existed gets them, and its arrays the key's name, from its next `hms-prep build`
+(decisions.md).
 Each carries `COORDINATE_ATTRIBUTE`, by which the store's survey tells it from a data array.
 """
 
@@ -86,8 +88,9 @@ def wanted_coordinates(group: zarr.Group, split: str, labels: pa.Table) -> dict[
 
 
 def write_coordinates(group: zarr.Group, split: str, labels: pa.Table) -> list[str]:
-    """Write the coordinates that are missing or differ (rows added), and name every data array's per-row
-    dimension after the key; returns what was written. A store that has them all is not written to."""
+    """Write the coordinates that are missing or differ (rows added), and name the per-row dimension of a
+    data array built before them after the key; returns what was written. A store that has them all is
+    not written to."""
     written = []
     for name, (values, units) in wanted_coordinates(group, split, labels).items():
         if _stored(group, name, values):

@@ -20,6 +20,7 @@ from hms_prep.audit import store_info, verify_store
 from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.cli import app
 from hms_prep.store.codecs import CODECS
+from hms_prep.store.coords import store_dimension_names
 from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.sources.kaggle import read_spectrogram, spectrogram_path
 from hms_prep.kinds.kaggle_crop import kaggle_crop
@@ -43,7 +44,6 @@ from hms_prep.store.format import (
     StoreError,
     describe_arrays,
     digest,
-    dimension_names,
     open_store,
     read_labels,
 )
@@ -207,7 +207,7 @@ def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(defa
         added = {key: value for key, value in attributes.items() if key not in v1["attributes"]}
         role, normalise = READ_HALF_OF_V1_KINDS[v1["attributes"]["kind"]]
         assert added == {"role": role, "normalise": normalise}, name
-        assert metadata["dimension_names"] == list(dimension_names(name, v1["attributes"]["axes"])), name
+        assert metadata["dimension_names"] == list(store_dimension_names(name, v1["attributes"]["axes"], "train")), name
         assert metadata["codecs"] == v1["codecs"], name
         assert (metadata["data_type"], metadata["fill_value"]) == (v1["data_type"], v1["fill_value"]), name
 

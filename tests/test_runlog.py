@@ -20,3 +20,4 @@ def test_third_party_lines_go_to_the_run_log_not_the_console(train_store, tmp_pa
     assert "UserWarning: Mapping deprecated model name mobilenetv3_large_100_miil" in log, log
     assert "WARNING timm.scheduler.cosine_lr: Cosine annealing scheduler will have no effect" in log, log
     assert "timm" not in console.err + console.out, console.err
+    assert " INFO progress: fold 0 " in log and " epoch 1: loss " in log, log  # the run's own lines too

@@ -1,5 +1,8 @@
 """`hms-prep show`: the picture of one store row."""
 
+import json
+import shutil
+
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -21,6 +24,10 @@ from hms_prep.show import (
     standardise,
 )
 from hms_prep.domain import LABEL_SAMPLES
+from hms_prep.audit import verify_store
+from hms_prep.domain import CHAINS
+from hms_prep.sources.kaggle import SPEC_FREQ_NAMES
+from hms_prep.store.coords import store_dimension_names
 from hms_prep.store.format import describe_arrays, dimension_names, open_store, read_labels
 from hms_train.image.compose import compose_image
 
@@ -131,30 +138,68 @@ def test_cli_default_name_and_errors(train_store, tmp_path, monkeypatch):
 
 
 def test_xarray_opens_the_store_with_named_dimensions_and_reads_a_row_as_show_does(train_store):
-    """Every data array carries zarr v3 dimension_names: xarray opens the store as one Dataset (the
-    `_build` group is not one of its variables), labels.parquet joins on `row`, and a row holds what
-    `hms-prep show` reads for it (docs/store-format.md shows these lines)."""
+    """Every data array carries zarr v3 dimension_names and the store its coordinates (store/coords.py):
+    xarray opens it as one Dataset (the `_build` group is not one of its variables), labels.parquet joins
+    on `label_id`, `.sel(label_id=X)` holds what `hms-prep show` reads for that row, and the axes read in
+    Hz and s as the kinds' params say (docs/store-format.md shows these lines)."""
     import pandas as pd
     import xarray as xr
 
     ds = xr.open_zarr(train_store, consolidated=False)
-    ds = ds.merge(pd.read_parquet(f"{train_store}/labels.parquet").set_index("row").to_xarray())
+    ds = ds.merge(pd.read_parquet(f"{train_store}/labels.parquet").set_index("label_id").to_xarray())
     group, _ = open_store(train_store)
     described = describe_arrays(group)
     assert sorted(described) == sorted(v for v in ds.data_vars if ds[v].ndim > 1) == ["eeg_10s", "eeg_30s", "kaggle",
                                                                                        "raw"]
-    assert ds["eeg_10s"].dims == ("row", "chain", "eeg_10s_frequency", "eeg_10s_time")
-    assert ds["kaggle"].dims == ("row", "chain", "kaggle_frequency", "kaggle_time")
+    assert ds["eeg_10s"].dims == ("label_id", "chain", "eeg_10s_frequency", "eeg_10s_time")
+    assert ds["kaggle"].dims == ("label_id", "chain", "kaggle_frequency", "kaggle_time")
     assert ds["raw"].dims == ("raw_signal", "sample")
-    assert all(ds[name].dims == dimension_names(name, d.axes) for name, d in described.items())
+    assert all(ds[name].dims == store_dimension_names(name, d.axes, "train") for name, d in described.items())
     row = 5
     labels = read_labels(train_store).slice(row, 1).to_pylist()[0]
-    assert int(ds["label_id"].sel(row=row)) == labels["label_id"]
+    assert labels["row"] == row
+    one = ds.sel(label_id=labels["label_id"])
+    assert int(one["row"]) == row and int(one["eeg_id"]) == labels["eeg_id"]
     for name in ("eeg_10s", "eeg_30s", "kaggle"):
-        part = ds[name].sel(row=row).values.astype(np.float32)
+        part = one[name].values.astype(np.float32)
         expected = read_part(train_store, group, described[name], row)  # z-scored where the array says normalise: zscore
         np.testing.assert_array_equal(standardise(part) if described[name].normalise == "zscore" else part, expected)
-    start = int(ds["raw_start"].sel(row=row))
+    start = int(one["raw_start"])
     assert start == labels["raw_start"]
     np.testing.assert_array_equal(ds["raw"].isel(sample=slice(start, start + LABEL_SAMPLES)).values.astype(np.float32),
                                   raw_window(train_store, group["raw"], start))
+    # the axes, from each kind's params: mel centres on the slaney scale, frames and columns centred
+    assert list(ds["chain"].values) == list(CHAINS) and list(ds["raw_signal"].values) == group["raw"].attrs["signals"]
+    for window in (10, 30):
+        params = described[f"eeg_{window}s"].params
+        frequency, time = ds[f"eeg_{window}s_frequency"], ds[f"eeg_{window}s_time"]
+        assert frequency.attrs["units"] == "Hz" and time.attrs["units"] == "s"
+        assert len(frequency) == params["n_mels"] and 0 < frequency[0] < frequency[-1] < params["fmax"]
+        np.testing.assert_allclose(np.diff(frequency), params["fmax"] / (params["n_mels"] + 1))  # linear below 1 kHz
+        np.testing.assert_allclose(time.values, np.arange(params["frames"]) * params["hop_length"] / 200 - window / 2)
+    np.testing.assert_array_equal(ds["kaggle_frequency"].values, [float(f) for f in SPEC_FREQ_NAMES])
+    np.testing.assert_array_equal(ds["kaggle_time"].values, np.arange(-299, 300, 2))  # 2 s columns of 10 min, centred
+
+
+def test_a_store_built_before_coordinates_gets_them_from_its_next_build_computing_nothing(tiny_data, tmp_path):
+    """A store without coordinates (built before them: its per-row dimension named `row`) gets them, and
+    its arrays the key's dimension name, from the next build with its arguments; no row is computed."""
+    import xarray as xr
+    from hms_prep.build.run import BuildConfig, run_build
+
+    config = BuildConfig(data_dir=str(tiny_data), store=str(tmp_path / "s.zarr"), windows=(10,), chunk_rows=8,
+                         kaggle=False, raw=None, in_process=True)
+    run_build(config)
+    store = tmp_path / "s.zarr"
+    for name in ("label_id", "chain", "eeg_10s_frequency", "eeg_10s_time"):
+        shutil.rmtree(store / name)
+    path = store / "eeg_10s" / "zarr.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "dimension_names": list(dimension_names(
+        "eeg_10s", ("row", "chain", "frequency", "time")))}))
+    assert xr.open_zarr(str(store), consolidated=False)["eeg_10s"].dims[0] == "row"
+    summary = run_build(config)
+    assert summary.rows_computed == 0 and summary.ok
+    ds = xr.open_zarr(str(store), consolidated=False)
+    assert ds["eeg_10s"].dims[0] == "label_id" and len(ds["eeg_10s_frequency"]) == 100
+    assert list(ds["label_id"].values) == read_labels(str(store)).column("label_id").to_pylist()
+    assert verify_store(str(store)) == []  # coordinate arrays are no data arrays to verify

@@ -19,7 +19,8 @@ def test_a_tracked_run_is_recorded_for_mlflow_and_tensorboard(train_store, tmp_p
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "hms_train.cli", "train", "--store", train_store, "--config", "smoke", "--device", "cpu",
-         "--out", str(run), "--quiet", "--track", "mlflow", "--track", "tensorboard", *[f"--set={s}" for s in TINY]],
+         "--out", str(run), "--quiet", "--track", "mlflow", "--track", "tensorboard", "--set=track_checkpoints=true",
+         *[f"--set={s}" for s in TINY]],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     # a new tracking database: mlflow's INFO lines about it go to the run's log, not the console
@@ -38,7 +39,11 @@ def test_a_tracked_run_is_recorded_for_mlflow_and_tensorboard(train_store, tmp_p
     history = client.get_metric_history(run_id, "fold0/val_kl")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([r["val_kl"] for r in records])
     assert tracked.data.metrics["oof/kl"] == pytest.approx(summary["kl"])
-    assert [a.path for a in client.list_artifacts(run_id)] == ["curves.png"]
+    assert tracked.data.metrics["fold0/oof_kl"] == pytest.approx(summary["kl"])  # one fold: its OOF KL is the run's
+    assert [a.path for a in client.list_artifacts(run_id)] == ["checkpoints", "config.json", "curves.png", "oof.parquet"]
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/fold0_best.pt"]
+    kept = client.download_artifacts(run_id, "config.json", str(tmp_path))
+    assert json.loads(open(kept).read()) == json.loads((run / "config.json").read_text())
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -46,6 +51,15 @@ def test_a_tracked_run_is_recorded_for_mlflow_and_tensorboard(train_store, tmp_p
     assert [e.value for e in events.Scalars("fold0/val_kl")] == pytest.approx([r["val_kl"] for r in records])
     assert events.Scalars("oof/kl")[0].value == pytest.approx(summary["kl"])
     assert len(events.Images("curves")) == 1
+    assert events.Scalars("fold0/oof_kl")[0].value == pytest.approx(summary["kl"])
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hparams = {tag: plugin_data_pb2.HParamsPluginData.FromString(content)
+               for tag, content in events.PluginTagToContent("hparams").items()}
+    started = hparams["_hparams_/session_start_info"].session_start_info.hparams
+    assert started["lr"].number_value == pytest.approx(1e-3) and started["inputs"].string_value == '["eeg_10s"]'
+    metrics = {m.name.tag for m in hparams["_hparams_/experiment"].experiment.metric_infos}
+    assert {"oof/kl", "oof/kl_10plus", "fold0/oof_kl"} <= metrics, metrics
 
 
 def test_a_missing_tracking_extra_is_one_line_before_any_work(train_store, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from hms_prep.build.plan import BuildPlan
 from hms_prep.build.task import ChunkReport, Failure
 from hms_prep.sources.columns import arrow_column, numpy_column, string_column
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS, ROW_KEY, planned_rows
+from hms_prep.store.coords import write_coordinates
 from hms_prep.store.format import (
     STATUS_FAILED,
     STATUS_OK,
@@ -111,6 +112,7 @@ def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan,
     label_failures = rows_without_votes(config, planned)
     labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures, ROW_KEY[config.split])
     write_labels_if_changed(config.store_url, labels, planned.column_names, say)
+    write_coordinates(group, config.split, labels)  # xarray's labels and units: also a store built before them
     stages: dict[str, float] = defaultdict(float)
     for report in reports:
         for stage, seconds in report.seconds.items():

@@ -26,7 +26,8 @@ from hms_prep.registry import Registry, RegistryError
 from hms_prep.sources.recordings import EEG, SOURCES, SPECTROGRAM  # noqa: F401 (a kind's `source`)
 from hms_prep.sources.rows import RawSegment
 from hms_prep.store.codecs import AUTO, CODECS, FAST, write_rows
-from hms_prep.store.format import IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, StoreLayout, digest, dimension_names
+from hms_prep.store.coords import store_dimension_names
+from hms_prep.store.format import IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, StoreLayout, digest
 
 
 class KindParams:
@@ -115,7 +116,8 @@ class ArrayKind:
         shape, chunks = self.shape_and_chunks(layout, segments_length)
         attrs = self.attrs()
         return group.create_array(self.name, shape=shape, chunks=chunks, attributes=attrs,
-                                  dimension_names=dimension_names(self.name, attrs["axes"]), **self.storage(layout))
+                                  dimension_names=store_dimension_names(self.name, attrs["axes"], layout.split),
+                                  **self.storage(layout))
 
     def storage(self, layout: StoreLayout) -> dict:
         """dtype, fill value and compressor (the kind's own codec when the store's choice is a policy)."""

@@ -69,6 +69,8 @@ IMAGE_AXES = ("row", "chain", "frequency", "time")  # a per-row image part: (row
 SIGNAL_AXES = ("signal", "sample")  # signals stored per recording segment (rows index them via labels)
 # Axes that index the same thing in every array of a store: their zarr dimension names are shared.
 SHARED_AXES = ("row", "chain", "sample")
+# Marks a coordinate array (hms_prep/store/coords.py: label_id, chain, Hz, s), which is no data array.
+COORDINATE_ATTRIBUTE = "hms_cache_coordinate"
 
 
 def dimension_names(name: str, axes: tuple[str, ...]) -> tuple[str, ...]:
@@ -209,6 +211,8 @@ def _array_state(group: zarr.Group, name: str) -> ArrayState | None:
     """None when the store has no metadata file of the name (nothing of ours)."""
     problems: list[MetadataProblem] = []
     attrs = _read_metadata(group, f"{name}/zarr.json", "array", problems)
+    if attrs is not None and attrs.get(COORDINATE_ATTRIBUTE):  # xarray's labels of an axis (store/coords.py)
+        return None
     if attrs is not None:
         required = REQUIRED_ATTRIBUTES + (REQUIRED_SIGNAL_ATTRIBUTES if tuple(attrs.get("axes", ())) == SIGNAL_AXES
                                           else ())

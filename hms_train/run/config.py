@@ -157,7 +157,8 @@ class TrainConfig:
     max_batches_per_epoch: int | None = field(default=None, metadata=POSITIVE)  # cap for quick experiments
     # experiment tracking (hms_train/run/tracking.py): "mlflow", "tensorboard"; each an extra
     track: list[Literal[TRACKERS]] = field(default_factory=list)
-    # logging: the running loss is read from the device at most every N steps (progress bar on a terminal)
+    track_checkpoints: bool = False  # also give the trackers each fold's best checkpoint (MLflow: artifacts)
+    # logging: the running loss is read from the device at most every N steps (hms_train/run/progress.py)
     log_every: int = field(default=50, metadata=POSITIVE)
     # fold{k}_last.pt is also written every N steps inside an epoch (0: at epoch ends only), so that a
     # killed run resumes at the batch after it, not at the epoch's start

@@ -3,7 +3,7 @@
 mlflow's INFO lines ("Creating initial MLflow database tables...") and the warnings of timm, torch and
 the rest ("Mapping deprecated model name ...") say nothing a user must act on mid-run, and break the
 progress bar; they go to the run's own log file, one line each with its time. The project's own
-warnings and errors still reach the console. Until the run's folder is ready (a fresh run clears it
+warnings and errors still reach the console; the run's progress lines are written here too. Until the run's folder is ready (a fresh run clears it
 first) the lines are held; a run refused before then prints them where they would have gone.
 """
 
@@ -55,6 +55,10 @@ class ThirdPartyLog:
         held, self.held = self.held, []
         for line in held:
             self.write(line)
+
+    def note(self, text: str) -> None:
+        """One line of the run's own (its progress), with its time."""
+        self.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO progress: {text}\n")
 
     def write(self, line: str) -> None:
         if self.path is None:

@@ -1,6 +1,9 @@
 """Experiment tracking, optional and serverless: `track = ["mlflow"]` / `["tensorboard"]` (`hms-train
---track NAME`) records a run's resolved config, every epoch's metrics, the out-of-fold scores and the
-learning curves where those tools' own viewers show them (`mlflow ui`, `tensorboard --logdir`).
+--track NAME`) records a run's resolved config, every epoch's metrics, the out-of-fold scores (overall
+and per fold) and the learning curves where those tools' own viewers show them (`mlflow ui`,
+`tensorboard --logdir`). MLflow also keeps the run's files as artifacts: config.json, oof.parquet,
+curves.png and, with `track_checkpoints = true`, each fold's best checkpoint (checkpoints/). TensorBoard's
+HPARAMS tab gets the config's values against the final scores.
 
     mlflow        MLFLOW_TRACKING_URI when set, else beside the run folder: RUN/../mlflow.db with artifacts
                   in RUN/../mlruns (runs/ for runs/NAME: nothing in the working directory, nothing in the
@@ -54,6 +57,29 @@ def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @dataclass
+class RunResult:
+    """What a finished run gives its trackers."""
+
+    summary: dict  # summary.json: the out-of-fold scores of the run's table rows
+    fold_kl: dict[int, float]  # each fold's out-of-fold KL (the same rows)
+    curves: Path  # curves.png
+    files: list[Path]  # kept as they are (MLflow artifacts): config.json, oof.parquet, curves.png
+    checkpoints: list[Path]  # each fold's best checkpoint: kept only with track_checkpoints
+
+    def scores(self) -> dict[str, float]:
+        """'oof/kl', 'oof/kl_10plus', ..., 'fold0/oof_kl', ...: the final figures by their tracked name."""
+        numbers = {f"oof/{key}": value for key, value in self.summary.items() if isinstance(value, (int, float))}
+        return {**numbers, **{f"fold{fold}/oof_kl": kl for fold, kl in self.fold_kl.items()}}
+
+
+def hparam_values(config: dict) -> dict[str, Any]:
+    """The config as TensorBoard's hparams take it: dotted keys, numbers, strings and booleans (lists and
+    None as JSON text)."""
+    return {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+            for key, value in flat(config).items()}
+
+
+@dataclass
 class EpochRecord:
     fold: int
     step: int  # the line of metrics.jsonl it is (epochs of the run so far, fold after fold): the x axis
@@ -71,9 +97,9 @@ class Trackers:
         for tracker in self.active:
             tracker.epoch(record)
 
-    def finish(self, summary: dict, curves: Path) -> None:
+    def finish(self, result: RunResult) -> None:
         for tracker in self.active:
-            tracker.finish(summary, curves)
+            tracker.finish(result)
 
 
 def _open(name: str, out: Path, config: dict, resume: bool, kept_epochs: int):
@@ -104,10 +130,12 @@ class MlflowTracker:
         self.mlflow.log_metrics({f"fold{record.fold}/{key}": value for key, value in record.metrics.items()},
                                 step=record.step)
 
-    def finish(self, summary: dict, curves: Path) -> None:
-        numbers = {f"oof/{key}": value for key, value in summary.items() if isinstance(value, (int, float))}
-        self.mlflow.log_metrics(numbers)
-        self.mlflow.log_artifact(str(curves))
+    def finish(self, result: RunResult) -> None:
+        self.mlflow.log_metrics(result.scores())
+        for path in result.files:
+            self.mlflow.log_artifact(str(path))
+        for path in result.checkpoints:
+            self.mlflow.log_artifact(str(path), artifact_path="checkpoints")
         self.mlflow.end_run()
 
 
@@ -117,6 +145,7 @@ class TensorboardTracker:
 
         # A resumed run rewrites the epochs after its checkpoint: drop their old events.
         self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=kept_epochs if resume else None)
+        self.config = config
         if not resume:
             self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```")
 
@@ -124,12 +153,17 @@ class TensorboardTracker:
         for key, value in record.metrics.items():
             self.writer.add_scalar(f"fold{record.fold}/{key}", value, record.step)
 
-    def finish(self, summary: dict, curves: Path) -> None:
+    def finish(self, result: RunResult) -> None:
         import matplotlib.image
+        from torch.utils.tensorboard.summary import hparams
 
-        for key, value in summary.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"oof/{key}", value, 0)
-        image = matplotlib.image.imread(curves)[..., :3]
+        scores = result.scores()
+        for key, value in scores.items():
+            self.writer.add_scalar(key, value, 0)
+        # the HPARAMS tab: this run's config against its final scores (the scalars of the same names above),
+        # in the run's own event files (SummaryWriter.add_hparams would open a sub-run folder of its own)
+        for summary in hparams(hparam_values(self.config), scores):
+            self.writer.file_writer.add_summary(summary)
+        image = matplotlib.image.imread(result.curves)[..., :3]
         self.writer.add_image("curves", image, 0, dataformats="HWC")
         self.writer.close()

@@ -18,7 +18,8 @@ summary.json and curves.png. `train(..., resume=True)` continues a killed run fr
 epoch it was killed in, and ends as the uninterrupted run would.
 
 Nothing in a step waits for the device: the loss is summed on the device and read once per epoch (and
-every `log_every` steps by the progress bar, shown on terminals only, and at a checkpoint). Under
+every `log_every` steps by the progress (hms_train.run.progress: a bar on terminals, lines elsewhere and in
+RUN/log.txt), and at a checkpoint). Under
 `torchrun` the same code runs data-parallel (DDP); rank 0 validates and writes.
 """
 
@@ -34,14 +35,13 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hms_prep.store.format import open_store
 from hms_train.data.reader import Selection, StoreReader
@@ -53,9 +53,10 @@ from hms_train.run.forward import eval_flips, make_augmenter, predict_probabilit
 from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
 from hms_train.run.plan import STAGE_INITS_FROM_BEST, RunPlan, Stage, epoch_rows, plan_run
 from hms_train.run.parts import build_model, training_parts
+from hms_train.run.progress import EpochProgress, RunClock, steps_after
 from hms_train.run.step import TrainStep
 from hms_train.run.runlog import RUN_LOG, ThirdPartyLog
-from hms_train.run.tracking import EpochRecord, Trackers, check_trackers
+from hms_train.run.tracking import EpochRecord, RunResult, Trackers, check_trackers
 
 STALE_RUN_FILES = ("fold*_last.pt", "fold*_best.pt", "fold*_oof.parquet", "oof.parquet", "summary.json", "curves.png",
                    "tracking.json", RUN_LOG)
@@ -73,6 +74,8 @@ class Context:
     world: int = 1
     quiet: bool = False
     trackers: Trackers | None = None  # rank 0's experiment trackers
+    log: Callable[[str], None] | None = None  # a line into RUN/log.txt (rank 0)
+    clock: RunClock = dataclasses.field(default_factory=RunClock)  # the run's pace: its ETA
 
     @property
     def main(self) -> bool:
@@ -105,6 +108,9 @@ def _train(config: TrainConfig, out: str | Path, quiet: bool, resume: bool, othe
     if ctx.world > 1:
         dist.barrier()  # rank 0 has cleaned or trimmed the directory others read checkpoints from
     others.into(ctx.out / RUN_LOG)  # the folder is ready: a fresh run has cleared an earlier log
+    if ctx.main:
+        ctx.log = others.note
+    ctx.clock = RunClock()
     oof = [train_fold(ctx, plan, reader, fold) for fold in folds]
     summary = {}
     if ctx.main:
@@ -115,7 +121,10 @@ def _train(config: TrainConfig, out: str | Path, quiet: bool, resume: bool, othe
         from hms_train.run.plots import plot_curves
 
         plot_curves(ctx.out / "metrics.jsonl", ctx.out / "curves.png")
-        ctx.trackers.finish(summary, ctx.out / "curves.png")
+        files = [ctx.out / name for name in ("config.json", "oof.parquet", "curves.png")]
+        best = [ctx.out / f"fold{fold}_best.pt" for fold in folds] if config.track_checkpoints else []
+        fold_kl = {fold: _oof_summary(reader, part)["kl"] for fold, part in zip(folds, oof)}
+        ctx.trackers.finish(RunResult(summary, fold_kl, ctx.out / "curves.png", files, best))
     if ctx.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -219,7 +228,9 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
                                  pin_memory=ctx.device.type == "cuda")
         label = f"fold {fold} {stage.name} epoch {epoch + 1}/{stage.epochs}"
         # closing(): the reader's threads stop here, even when a step raises
-        with closing(batches), _progress(ctx, label, stage.steps_per_epoch, config.log_every, first) as progress:
+        progress = EpochProgress(label, stage.steps_per_epoch, config.log_every, config.batch_size * ctx.world,
+                                 ctx.clock, done=first, show=ctx.main and not ctx.quiet, log=ctx.log)
+        with closing(batches), progress:
             for batch in _take(batches, stage.steps_per_epoch - first):  # every rank takes the same number of steps
                 loss_sum += step(batch)
                 state.steps += 1
@@ -229,7 +240,8 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
                 scheduler.step_update(position.step)
                 if ema is not None:
                     update_ema(ema, model, position.step, config)
-                progress.advance(state.steps, loss_sum)
+                progress.advance(state.steps, loss_sum, steps_after(plan.folds, config.folds, fold, stage.index, epoch,
+                                                                    state.steps))
                 every = config.checkpoint_every_steps
                 if every and position.step % every == 0 and state.steps < stage.steps_per_epoch:
                     generators = _rank_generators(ctx, generator)  # every rank: a collective
@@ -272,9 +284,11 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
                                 ctx.config)
             # After the metrics line and the best weights: a kill between them only repeats this epoch.
             checkpoint.save(ctx.out / f"fold{fold}_last.pt", state.state_dict(generators), ctx.config)
+            said = (f"fold {fold} {stage.name} epoch {epoch + 1}: loss {train_loss:.4f} val KL {report['kl']:.4f}"
+                    f" (>=10 votes {report['kl_10plus']:.4f}) {record['samples_per_s']:.0f} samples/s")
+            ctx.log(said)
             if not ctx.quiet:
-                print(f"fold {fold} {stage.name} epoch {epoch + 1}: loss {train_loss:.4f} val KL {report['kl']:.4f}"
-                      f" (>=10 votes {report['kl_10plus']:.4f}) {record['samples_per_s']:.0f} samples/s", flush=True)
+                print(said, flush=True)
         if ctx.world > 1:
             dist.barrier()
     return state.best
@@ -428,39 +442,3 @@ def _context(config: TrainConfig, out: Path, quiet: bool) -> Context:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Context(config, out, device, rank=dist.get_rank(), world=world, quiet=quiet)
-
-
-class _progress:
-    """Per-epoch progress bar (rank 0, not quiet, terminals only) with loss and ETA.
-
-    `advance(steps, loss_sum)` moves the bar every step but reads the loss from the device only every
-    `log_every` steps: each read waits for the device to finish the queued work.
-    """
-
-    def __init__(self, ctx: Context, label: str, total: int, log_every: int, done: int = 0):
-        self.console = Console(stderr=True)
-        # A transient bar is for terminals; in logs the per-epoch line says it all.
-        self.show = ctx.main and not ctx.quiet and self.console.is_terminal
-        self.label, self.total, self.log_every, self.done = label, total, log_every, done
-
-    def __enter__(self):
-        if self.show:
-            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=True,
-                                console=self.console)
-            self.bar.__enter__()
-            self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, loss="-")
-        return self
-
-    def advance(self, steps: int, loss_sum: torch.Tensor) -> None:
-        if not self.show:
-            return
-        if steps % self.log_every == 0:
-            self.bar.update(self.task, advance=1, loss=f"{loss_sum.item() / steps:.4f}")
-        else:
-            self.bar.update(self.task, advance=1)
-
-    def __exit__(self, *exc):
-        if self.show:
-            self.bar.__exit__(*exc)
-        return False

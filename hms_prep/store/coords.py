@@ -1,0 +1,121 @@
+"""Coordinate arrays, so that xarray reads a store by label and in physical units:
+
+    ds = xr.open_zarr(STORE)
+    ds.sel(label_id=LABEL_ID)                 one row of every per-row array (test stores: eeg_id=...)
+    ds.eeg_10s.sel(eeg_10s_frequency=slice(2, 8))   mel bands by centre frequency in Hz
+
+Each is a 1-D array named as the dimension it labels (xarray makes it that dimension's index):
+
+    label_id (test: eeg_id)   int64    the row's key, on the per-row dimension (named after the key)
+    chain                     string   LL, RL, LP, RP
+    {array}_frequency         float64  Hz: a mel band's centre (eeg_mel), a Kaggle column's frequency (kaggle)
+    {array}_time              float64  s from the centre of the label's window to a frame's centre
+    {array}_signal            string   a signals array's signal names (Fp1-F7, ...)
+
+Signals arrays keep their own `sample` dimension (segments of recordings, indexed per row by
+labels.parquet's raw_* columns): no coordinate is meaningful along it. A plug-in kind's other axes get
+none. Arrays are created with the key's dimension name (kinds/base.py); every build writes the
+coordinates that are missing or stale at its end (`write_coordinates`), computing nothing else, so a store
+built before coordinates existed gets them, and its arrays the key's name, from its next `hms-prep build`
+(decisions.md).
+Each carries `COORDINATE_ATTRIBUTE`, by which the store's survey tells it from a data array.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import zarr
+
+from hms_prep.domain import CHAINS
+from hms_prep.sources.rows import ROW_KEY
+from hms_prep.store.format import (
+    COORDINATE_ATTRIBUTE,
+    ArrayDescription,
+    describe_arrays,
+    dimension_names,
+    read_metadata_bytes,
+    write_metadata,
+)
+
+ROW_AXIS = "row"  # the axis the key's dimension replaces
+
+
+def store_dimension_names(name: str, axes: tuple[str, ...], split: str) -> tuple[str, ...]:
+    """An array's dimensions as a store with coordinates names them: the per-row one after the key."""
+    return tuple(ROW_KEY[split] if dim == ROW_AXIS else dim for dim in dimension_names(name, axes))
+
+
+def axis_values(description: ArrayDescription, attrs: dict) -> dict[str, tuple[np.ndarray, str]]:
+    """The coordinates of one data array's own axes (`attrs`: its attributes): {dimension: (values, units)}."""
+    params, name = description.params, description.name
+    if description.kind == "eeg_mel":
+        return {f"{name}_frequency": (mel_centres_hz(params), "Hz"),
+                f"{name}_time": (np.arange(params["frames"]) * params["hop_length"] / params["sample_rate"]
+                                 - params["window_s"] / 2, "s")}
+    if description.kind == "kaggle":
+        columns = params["columns"]
+        seconds = params["window_s"] / columns  # a column is one 2 s row of Kaggle's spectrogram
+        return {f"{name}_frequency": (np.array([float(f) for f in params["freqs_hz"]]), "Hz"),
+                f"{name}_time": ((np.arange(columns) + 0.5) * seconds - params["window_s"] / 2, "s")}
+    if description.kind == "raw":
+        return {f"{name}_signal": (np.array(attrs["signals"]), "")}
+    return {}
+
+
+def mel_centres_hz(params: dict) -> np.ndarray:
+    """Each mel filter's centre frequency: the slaney-scale points between fmin and fmax that
+    hms_prep.kinds.mel.mel_filterbank places its triangles' peaks at."""
+    import torch
+
+    from hms_prep.kinds.mel import _hz_to_slaney_mel, _slaney_mel_to_hz
+
+    points = torch.linspace(_hz_to_slaney_mel(params["fmin"]), _hz_to_slaney_mel(params["fmax"]),
+                            params["n_mels"] + 2, dtype=torch.float64)
+    return _slaney_mel_to_hz(points)[1:-1].numpy()
+
+
+def wanted_coordinates(group: zarr.Group, split: str, labels: pa.Table) -> dict[str, tuple[np.ndarray, str]]:
+    """Every coordinate the store's arrays need (`labels`: its labels.parquet): {name: (values, units)}."""
+    key = ROW_KEY[split]
+    order = np.argsort(labels.column("row").to_numpy())
+    wanted = {key: (labels.column(key).to_numpy()[order].astype(np.int64), ""), "chain": (np.array(CHAINS), "")}
+    for name, description in describe_arrays(group).items():
+        wanted.update(axis_values(description, group[name].attrs.asdict()))
+    return wanted
+
+
+def write_coordinates(group: zarr.Group, split: str, labels: pa.Table) -> list[str]:
+    """Write the coordinates that are missing or differ (rows added), and name the per-row dimension of a
+    data array built before them after the key; returns what was written. A store that has them all is
+    not written to."""
+    written = []
+    for name, (values, units) in wanted_coordinates(group, split, labels).items():
+        if _stored(group, name, values):
+            continue
+        attrs = {COORDINATE_ATTRIBUTE: True, **({"units": units} if units else {})}
+        dtype = str if values.dtype.kind == "U" else values.dtype  # names: zarr's variable-length strings
+        array = group.create_array(name, shape=values.shape, chunks=values.shape, dtype=dtype,
+                                   dimension_names=(name,), attributes=attrs, overwrite=True)
+        array[...] = values
+        written.append(name)
+    for name, description in describe_arrays(group).items():
+        path = f"{name}/zarr.json"
+        metadata = json.loads(read_metadata_bytes(group, path))
+        want = list(store_dimension_names(name, description.axes, split))
+        if metadata.get("dimension_names") != want:
+            metadata["dimension_names"] = want
+            write_metadata(group, path, json.dumps(metadata, indent=2).encode())
+            written.append(path)
+    return written
+
+
+def _stored(group: zarr.Group, name: str, values: np.ndarray) -> bool:
+    """Whether the store holds coordinate `name` with exactly `values`."""
+    data = read_metadata_bytes(group, f"{name}/zarr.json")
+    if data is None or not json.loads(data).get("attributes", {}).get(COORDINATE_ATTRIBUTE):
+        return False
+    stored = group[name][...]
+    return stored.shape == values.shape and bool(np.all(stored == values))

@@ -11,7 +11,7 @@ from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of
 from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS
 from hms_prep.store.format import (
-    ROLES,
+    STORAGES,
     STATUS_FAILED,
     STATUS_PENDING,
     STATUS_OK,
@@ -125,6 +125,7 @@ def store_info(url: str) -> dict:
             "rows_ok": int((status == STATUS_OK).sum()),
             "rows_failed": int((status == STATUS_FAILED).sum()),
             "kind": described.kind,
+            "storage": described.storage,
             "role": described.role,
             "normalise": described.normalise,
             "params": described.params,
@@ -207,7 +208,7 @@ def _rows_in_change(group, described: dict, layout: StoreLayout) -> list[str]:
     for name, description in described.items():
         state = open_build_state(group, name)
         sizes = [state.done.shape[0] == layout.n_chunks, state.status.shape[0] == layout.n_rows]
-        if description.image:
+        if description.per_row:
             sizes.append(description.shape[0] == layout.n_rows)
         if not all(sizes):
             changing.append(name)
@@ -280,11 +281,12 @@ def _isnan(values: np.ndarray) -> np.ndarray:
 
 
 def _verify_array(url: str, group, described: ArrayDescription, layout, raw_bounds, has_labels: bool) -> list[str]:
-    """The array checked from what it says of itself (role, params): no kind's code is needed, so a
-    store with a plug-in kind verifies without the plug-in."""
+    """The array checked from what it says of itself (storage, params): no kind's code is needed, so a
+    store with a plug-in kind verifies without the plug-in (whatever its role: that is the model's concern)."""
     name = described.name
-    if described.role not in ROLES:
-        return [f"{name}: role {described.role!r} is not one of {', '.join(ROLES)}; this hms-prep cannot read it"]
+    if described.storage not in STORAGES:
+        return [f"{name}: storage {described.storage!r} is not one of {', '.join(STORAGES)}; this hms-prep cannot "
+                "read it"]
     problems = []
     if described.params_digest != digest(described.params):
         problems.append(f"{name}: params_digest {described.params_digest} does not match its params "
@@ -305,7 +307,7 @@ def _verify_array(url: str, group, described: ArrayDescription, layout, raw_boun
     if pending.size:
         problems.append(f"{name}: {pending.size} rows not computed (first: row {pending[0]}); hms-prep build "
                         "computes them")
-    if not described.image and raw_bounds is None:
+    if not described.per_row and raw_bounds is None:
         if not has_labels:  # labels.parquet itself is named missing: an unfinished build, not damage
             return problems + [f"{name}: its chunks are checked once hms-prep build has rewritten labels.parquet"]
         return problems + [f"{name}: labels.parquet lacks {', '.join(RAW_INDEX_COLUMNS)}; its chunks cannot be "
@@ -314,6 +316,6 @@ def _verify_array(url: str, group, described: ArrayDescription, layout, raw_boun
     def finite(block):
         return None if np.isfinite(block).all() else "non-finite values"
 
-    bounds = None if described.image else raw_bounds
+    bounds = None if described.per_row else raw_bounds
     problems += [f"{name}: {d.line()}" for d in damaged_chunks(url, group, name, layout, bounds, finite)]
     return problems

@@ -281,7 +281,7 @@ def info(
         typer.echo(f"  {name:{width}s} {a['kind']:8s} {str(tuple(a['shape'])):24s} chunks {tuple(a['chunks'])} "
                    f"{a['dtype']} {'/'.join(a['codec']) or 'raw'}; {a['chunks_done']}/{a['chunks_total']} chunks, "
                    f"{a['rows_failed']} failed rows")
-        typer.echo(f"  {'':{width}s} role {a['role']}, normalise {a['normalise']}; {detail}; "
+        typer.echo(f"  {'':{width}s} storage {a['storage']}, role {a['role']}, normalise {a['normalise']}; {detail}; "
                    f"digest {a['params_digest']}")
     for line in facts["damaged"]:  # arrays whose metadata cannot be read: named, not described
         console.print(f"[red]damaged:[/red] {escape(line)} (hms-prep build --repair rewrites it)", highlight=False,

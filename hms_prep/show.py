@@ -92,14 +92,19 @@ def show_row(store: str, row: int | None = None, label_id: int | None = None, ee
 
 def chosen_arrays(store: str, described: dict, arrays: list[str] | None) -> tuple[list[str], str | None]:
     """(image arrays, the raw array or None) to draw: those named in `arrays`, or every image array
-    and the first raw one. ValueError names an unknown array and the store's arrays."""
+    and the first one stored per segment (arrays of other roles, a plug-in's feature vector, are not
+    pictures). ValueError names an unknown array and the store's arrays."""
     if arrays is None:
-        raws = [name for name, d in described.items() if not d.image]
+        raws = [name for name, d in described.items() if not d.per_row]
         return [name for name, d in described.items() if d.image], (raws[0] if raws else None)
     unknown = [name for name in arrays if name not in described]
     if unknown:
         raise ValueError(f"{store}: no array {', '.join(unknown)}; it has {', '.join(described)}")
-    raws = [name for name in arrays if not described[name].image]
+    other = [name for name in arrays if described[name].image == (not described[name].per_row)]
+    if other:
+        raise ValueError(f"{store}: cannot draw {', '.join(other)} (role {described[other[0]].role}); choose image "
+                         "arrays or one stored per segment")
+    raws = [name for name in arrays if not described[name].per_row]
     if len(raws) > 1:
         raise ValueError(f"choose at most one raw array to draw, got {', '.join(raws)}")
     return [name for name in arrays if described[name].image], (raws[0] if raws else None)

@@ -186,7 +186,7 @@ def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(defa
     """Stores built by the layout-v1 code open unchanged: same names, codecs and every v1 attribute
     literally (tests/data/store_v1_arrays.json, written by that code), but for the EEG kinds' params,
     which record exactly their NaN repair and band-pass span besides (their digest follows: decisions.md).
-    A new build adds exactly the kind's read half, `role` and `normalise`, with the values the v1 fallback
+    A new build adds exactly the kind's read half, `storage`, `role` and `normalise`, with the values the v1 fallback
     gives, and zarr's `dimension_names` (decisions.md)."""
     from hms_prep.sources.montage import NAN_REPAIR
     from hms_prep.sources.recordings import SEGMENTS_SPAN
@@ -206,7 +206,8 @@ def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(defa
         assert {key: attributes[key] for key in same} == {key: v1["attributes"][key] for key in same}, name
         added = {key: value for key, value in attributes.items() if key not in v1["attributes"]}
         role, normalise = READ_HALF_OF_V1_KINDS[v1["attributes"]["kind"]]
-        assert added == {"role": role, "normalise": normalise}, name
+        storage = "segment" if role == "signals" else "row"
+        assert added == {"storage": storage, "role": role, "normalise": normalise}, name
         assert metadata["dimension_names"] == list(dimension_names(name, v1["attributes"]["axes"])), name
         assert metadata["codecs"] == v1["codecs"], name
         assert (metadata["data_type"], metadata["fill_value"]) == (v1["data_type"], v1["fill_value"]), name

@@ -254,9 +254,9 @@ def test_multimodal_models_refuse_augmentations_of_the_image_alone(train_store, 
 def test_inputs_are_found_by_role(train_store, reader):
     with pytest.raises(ConfigError, match=r"model kind '1d' takes one signals array; .* hold 0"):
         inputs_of(spectrogram_config(train_store, model="1d", inputs=["eeg_10s"]), reader)
-    with pytest.raises(ConfigError, match=r"inputs: \['raw'\] are signals, which model kind '2d' does not take"):
+    with pytest.raises(ConfigError, match=r"inputs: \['raw'\] are signals arrays, which model kind '2d' does not take \(it takes image\)"):
         inputs_of(spectrogram_config(train_store, inputs=["eeg_10s", "raw"]), reader)
-    with pytest.raises(ConfigError, match=r"are image parts, but model kind '1d' takes no image"):
+    with pytest.raises(ConfigError, match=r"\['eeg_10s'\] are image arrays, which model kind '1d' does not take \(it takes signals\)"):
         inputs_of(spectrogram_config(train_store, model="1d", inputs=["eeg_10s", "raw"]), reader)
     plan = inputs_of(spectrogram_config(train_store, model="1d", inputs=["raw"]), reader)
     assert plan.signals == "raw" and plan.layout is None

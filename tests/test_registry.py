@@ -89,5 +89,5 @@ def test_both_clis_list_what_is_registered_with_its_settings():
     assert "  richard" in lines
     prep = CliRunner().invoke(app, ["list"])
     assert prep.exit_code == 0
-    assert "  kaggle                 source='spectrogram'  role='image'  window_s=600" in prep.output.splitlines()
+    assert "  kaggle                 source='spectrogram'  storage='row'  role='image'  window_s=600" in prep.output.splitlines()
     assert "  zstd                   family='zstd'" in prep.output.splitlines()

@@ -22,7 +22,7 @@ from hms_prep.kinds import ArrayKind
 from hms_prep.sources.recordings import source_path
 from hms_prep.sources.rows import RawSegment, planned_rows
 from hms_prep.store.format import (
-    ROLE_SIGNALS,
+    STORAGE_SEGMENT,
     STATUS_FAILED,
     STATUS_PENDING,
     StoreError,
@@ -131,8 +131,8 @@ def check_same_params(url: str, array, kind: ArrayKind) -> None:
 def segment_margin(url: str, described: dict, requested: dict[str, ArrayKind]) -> int | None:
     """The margin_s of the store's raw segment layout (None: no array is stored in segments), given its
     arrays (`describe_arrays`). Every raw array of a store shares one layout, so their margins must agree."""
-    margins = {name: d.params.get("margin_s") for name, d in described.items() if not d.image}
-    margins.update({name: k.params.margin_s for name, k in requested.items() if k.role == ROLE_SIGNALS})
+    margins = {name: d.params.get("margin_s") for name, d in described.items() if not d.per_row}
+    margins.update({name: k.params.margin_s for name, k in requested.items() if k.storage == STORAGE_SEGMENT})
     if len(set(margins.values())) > 1:
         listed = ", ".join(f"{name} margin_s={m}" for name, m in margins.items())
         raise StoreError(f"{url}: raw arrays of one store share one segment layout, so one margin_s ({listed}); "
@@ -195,6 +195,6 @@ def damaged_data_chunks(url: str, group, layout: StoreLayout, raw_index: np.ndar
     from hms_prep.audit import damaged_chunks
 
     bounds = raw_index[:, 1:3]  # raw_lo, raw_hi: which rows a chunk of a segment-stored array holds
-    return {name: {c for d in damaged_chunks(url, group, name, layout, None if a.image else bounds)
+    return {name: {c for d in damaged_chunks(url, group, name, layout, None if a.per_row else bounds)
                    for c in d.row_chunks}
             for name, a in describe_arrays(group).items()}

@@ -119,7 +119,7 @@ def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, 
     segments, raw_index, raw_length = [[] for _ in range(-(-n_rows // layout.chunk_rows))], \
         np.zeros((n_rows, 3), dtype=np.int64), layout.raw_chunk_samples
     if margin is not None:
-        has_segments = any(not d.image for d in described.values())
+        has_segments = any(not d.per_row for d in described.values())
         stored_index = stored_raw_index(stored, layout, margin) if has_segments else None
         if stored_index is not None:
             touched = np.concatenate([assignment.changed, assignment.added])
@@ -156,7 +156,7 @@ def fit_arrays(group: zarr.Group, described: dict, layout: StoreLayout, raw_leng
     took effect grew them, and a build with the old rows fits them back."""
     for name, description in described.items():
         array, state = group[name], open_build_state(group, name)
-        wanted = [(array, (layout.n_rows, *array.shape[1:]) if description.image else (array.shape[0], raw_length)),
+        wanted = [(array, (layout.n_rows, *array.shape[1:]) if description.per_row else (array.shape[0], raw_length)),
                   (state.done, (layout.n_chunks,)),
                   *((part, (layout.n_rows,)) for part in (state.status, state.error, state.repaired))]
         for part, shape in wanted:
@@ -180,7 +180,7 @@ def commit_rows(url: str, group: zarr.Group, old: StoreLayout, rows: RowPlan) ->
                 state.status.oindex[pending_rows] = STATUS_PENDING
             if new.n_chunks > old.n_chunks:
                 state.done[old.n_chunks:] = 0
-            if not description.image and rows.relocated:
+            if not description.per_row and rows.relocated:
                 state.done.oindex[np.asarray(rows.relocated)] = 0
     if rows.assignment.changes:
         remove_labels(url)  # it lists the old rows

@@ -31,7 +31,7 @@ from hms_prep.sources.rows import csv_rows, plan_raw_segments
 from hms_prep.store.codecs import AUTO
 from hms_prep.store.format import (
     DROPPED,
-    ROLE_SIGNALS,
+    STORAGE_SEGMENT,
     StoreError,
     StoreLayout,
     create_build_state,
@@ -201,7 +201,7 @@ def expected_metadata(group, kind, layout: StoreLayout, stored: pa.Table | None,
                              f"{found.group(1).decode()}, not {kind.digest} ({kind.name}'s): build into another --store, "
                              f"or delete {kind.name} and _build/{kind.name} to recompute it")
     raw_length = 0
-    if kind.role == ROLE_SIGNALS and stored is not None:  # the length the store's row table lays out
+    if kind.storage == STORAGE_SEGMENT and stored is not None:  # the length the store's row table lays out
         margin = kind.params.margin_s
         raw_length = plan_raw_segments(stored, layout.chunk_rows, margin, layout.raw_chunk_samples,
                                        stored_raw_index(stored, layout, margin))[2]

@@ -66,6 +66,7 @@ DROPPED = "dropped"
 
 IMAGE_AXES = ("row", "chain", "frequency", "time")  # a per-row image part: (rows, 4 chains, F, T)
 SIGNAL_AXES = ("signal", "sample")  # signals stored per recording segment (rows index them via labels)
+TIME_AXES = ("time", "sample")  # an array whose last axis is one of these runs along time (a flip reverses it)
 # Axes that index the same thing in every array of a store: their zarr dimension names are shared.
 SHARED_AXES = ("row", "chain", "sample")
 
@@ -288,27 +289,38 @@ def _window_of(name: str) -> int:
 @dataclass(frozen=True)
 class ArrayDescription:
     """What a reader needs to know of one data array, from its attributes: what made it (`kind`, `params`)
-    and how to read it (`role`, `normalise`, `shape`), so that a reader never goes by its name."""
+    and how to read it (`storage`, `role`, `normalise`, `shape`), so that a reader never goes by its name."""
 
     name: str
     kind: str  # "eeg_mel", "kaggle", "raw", ...
     axes: tuple[str, ...]
     params: dict
     params_digest: str
-    role: str  # ROLE_IMAGE or ROLE_SIGNALS
+    role: str  # the model input it feeds: ROLE_IMAGE, ROLE_SIGNALS or a plug-in's own (open)
     normalise: str  # NORMALISE_NONE or NORMALISE_ZSCORE
     shape: tuple[int, ...] = ()
+    storage: str = "row"  # STORAGE_ROW or STORAGE_SEGMENT: how its values are laid out (closed)
 
     @property
     def image(self) -> bool:
-        """A per-row (4, F, T) image part (axes IMAGE_AXES); otherwise signals in segments (SIGNAL_AXES)."""
+        """A per-row (4, F, T) image part (axes IMAGE_AXES), which the trainer's layout composes."""
         return self.role == ROLE_IMAGE
 
+    @property
+    def per_row(self) -> bool:
+        """One item per row (chunks of `chunk_rows` rows); otherwise stored per recording segment."""
+        return self.storage == STORAGE_ROW
 
-# How a reader uses an array (its `role` attribute): a per-row image part (rows, 4 chains, F, T), or
-# signals stored per recording segment (signals, samples) whose rows labels.parquet's raw_* columns index.
+
+# How an array is stored (its `storage` attribute), which its readers must know and which is therefore a
+# closed set: one item per row (rows, ...), or per recording segment along its last axis (signals,
+# samples), whose rows labels.parquet's raw_* columns index.
+STORAGE_ROW, STORAGE_SEGMENT = "row", "segment"
+STORAGES = (STORAGE_ROW, STORAGE_SEGMENT)
+# What an array is to a model (its `role` attribute), an open set: the trainer composes the arrays whose
+# role is "image" into one image by its layout, and hands any other role's array to a model kind that
+# declares that input (hms_train/model/models.py). These two are the roles of the bundled kinds.
 ROLE_IMAGE, ROLE_SIGNALS = "image", "signals"
-ROLES = (ROLE_IMAGE, ROLE_SIGNALS)
 # What a reader does to each sample's values first (its `normalise` attribute): nothing (the values are
 # scaled already), or a z-score over the sample's whole block (log power: the Kaggle crops).
 NORMALISE_NONE, NORMALISE_ZSCORE = "none", "zscore"
@@ -327,9 +339,12 @@ def describe_arrays(group: zarr.Group, names: list[str] | None = None) -> dict[s
         axes = tuple(attrs.get("axes", ()))
         role, normalise = READ_HALF_OF_V1_KINDS.get(
             attrs.get("kind"), (ROLE_IMAGE if axes == IMAGE_AXES else ROLE_SIGNALS, NORMALISE_NONE))
+        role = attrs.get("role", role)
+        # arrays written before `storage` was recorded: the signals role was the one stored per segment
+        storage = attrs.get("storage", STORAGE_SEGMENT if role == ROLE_SIGNALS else STORAGE_ROW)
         described[name] = ArrayDescription(name, attrs.get("kind"), axes, attrs.get("params", {}),
-                                           attrs.get("params_digest"), attrs.get("role", role),
-                                           attrs.get("normalise", normalise), tuple(array.shape))
+                                           attrs.get("params_digest"), role, attrs.get("normalise", normalise),
+                                           tuple(array.shape), storage)
     return described
 
 

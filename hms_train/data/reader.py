@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_prep.store.format import (RAW_INDEX_COLUMNS, ROLE_SIGNALS, TARGET_COLUMNS, StoreError, data_array_names, describe_arrays,
+from hms_prep.store.format import (RAW_INDEX_COLUMNS, TARGET_COLUMNS, StoreError, data_array_names, describe_arrays,
                                   live_rows, open_store, read_labels, require_finished)
 from hms_train.data.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
 from hms_train.data.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
@@ -61,7 +61,7 @@ class StoreReader:
         self.inputs = tuple(inputs)
         self.arrays = {name: self.group[name] for name in self.inputs}
         described = describe_arrays(self.group)
-        self.descriptions = {name: described[name] for name in self.inputs}  # role, normalisation, shape
+        self.descriptions = {name: described[name] for name in self.inputs}  # storage, role, normalisation, shape
         self.threads = threads
         self.n_rows = self.layout.n_rows
         self.live = live_rows(self.labels)  # rows still in the CSV: the only ones ever selected
@@ -71,7 +71,7 @@ class StoreReader:
         chunk_rows = self.layout.chunk_rows
         decoders, signals = {}, {}
         for name, array in self.arrays.items():
-            if self.descriptions[name].role == ROLE_SIGNALS:  # stored per segment: windows cut per row
+            if not self.descriptions[name].per_row:  # stored per segment: windows cut per row
                 index = np.stack([self.column(c) for c in RAW_INDEX_COLUMNS], 1)
                 signals[name] = RawWindows(array, index, chunk_rows, url)
             else:

@@ -437,13 +437,16 @@ def create_backbone(
 # --- model kinds: each declares the batch inputs it consumes and builds itself from its own arguments ---
 
 
-# The inputs a model kind may take (its forward's keyword arguments): the composed image of the run's
-# layout, and the signals array of the run (a store array whose role is "signals").
+# The inputs a model kind takes are its forward's keyword arguments, each named by a store array's role
+# (an open set: a plug-in kind may declare its own, a plug-in model take it): IMAGE is the image the run's
+# layout composes from every array whose role is "image"; any other input is the one array of that role
+# among the run's inputs, its rows as float32 (SIGNALS: the raw kind's windows). hms_train/run/inputs.py.
 IMAGE, SIGNALS = "image", "signals"
-MODEL_INPUTS = (IMAGE, SIGNALS)
 # A builder's arguments the run plan fills from the layout and the store; every other argument is a
 # setting a recipe may give (`[model]`, `--set model.NAME=...`), checked against the builder's signature.
+# Besides these, `<input>_shape` (the per-row shape of each input but the image, e.g. `features_shape`).
 PLANNED_ARGUMENTS = ("image_size", "raw_channels", "raw_samples")
+PLANNED_SUFFIX = "_shape"
 DEFAULT_MODEL = "2d"
 # A setting annotated so is checked as a probability in [0, 1] (hms_train/run/config.py).
 Probability = Annotated[float, "probability"]
@@ -451,7 +454,7 @@ Probability = Annotated[float, "probability"]
 
 @dataclass(frozen=True)
 class ModelKind:
-    """A kind of model: the inputs its forward takes (by keyword, in this order; of MODEL_INPUTS), its
+    """A kind of model: the inputs its forward takes (by keyword, in this order; roles of store arrays), its
     builder and its settings (a dataclass of the builder's arguments but the planned ones)."""
 
     name: str
@@ -472,10 +475,11 @@ def register_model(name: str, inputs: tuple[str, ...]):
     settings are its arguments but PLANNED_ARGUMENTS, typed and defaulted as its signature says."""
 
     def register(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        unknown = [i for i in inputs if i not in MODEL_INPUTS]
-        if unknown or not inputs:
-            raise RegistryError(f"model kind {name!r}: inputs {list(inputs)}; each one of {list(MODEL_INPUTS)}")
-        return MODELS.register(name, build, settings_from_signature(build, PLANNED_ARGUMENTS), inputs=tuple(inputs))
+        if not inputs or isinstance(inputs, str) or not all(isinstance(i, str) and i.isidentifier() for i in inputs):
+            raise RegistryError(f"model kind {name!r}: inputs {inputs!r}; a tuple of the roles its forward takes by "
+                                f"keyword, e.g. ({IMAGE!r},) or ({IMAGE!r}, {SIGNALS!r})")
+        planned = (*PLANNED_ARGUMENTS, *(f"{i}{PLANNED_SUFFIX}" for i in inputs if i != IMAGE))
+        return MODELS.register(name, build, settings_from_signature(build, planned), inputs=tuple(inputs))
 
     return register
 

@@ -32,7 +32,7 @@ from hms_train.model.settings import ModelConfig
 from hms_train.run.parts import build_model, training_parts
 from hms_train.run.config import TrainConfig, load_config
 from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
-from hms_train.run.plan import SIGNAL_WINDOW, RunPlan, check_augment, loss_of, plan_inputs
+from hms_train.run.plan import RunPlan, check_augment, input_item_shape, loss_of, plan_inputs
 from hms_train.run.step import TrainStep
 
 WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started before the clocks
@@ -235,8 +235,7 @@ def _lap(spent: dict, stage: str, since: float, device: torch.device) -> float:
 def _bytes_per_sample(reader: StoreReader) -> int:
     total = 0
     for name, array in reader.arrays.items():
-        signals = reader.descriptions[name].role == ROLE_SIGNALS
-        values = SIGNAL_WINDOW * array.shape[0] if signals else int(np.prod(array.shape[1:]))
+        values = int(np.prod(input_item_shape(reader.descriptions[name])))
         total += values * array.dtype.itemsize
     return total
 

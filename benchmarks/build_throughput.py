@@ -54,7 +54,8 @@ from hms_prep.domain import CHAINS, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_WINDOW_S
 from hms_prep.sources.kaggle import EEG_COLUMNS, eeg_path, spectrogram_path
 from hms_prep.sources.montage import BIPOLAR_PAIRS
 from hms_prep.store.codecs import AUTO, CODECS, POLICIES
-from hms_prep.store.format import data_array_names, open_store
+from hms_prep.store.arrays import data_array_names
+from hms_prep.store.layout import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_memory import PeakMemory  # noqa: E402

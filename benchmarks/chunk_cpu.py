@@ -32,7 +32,7 @@ from hms_prep.build.run import BuildConfig, open_or_create  # noqa: E402
 from hms_prep.build.task import ArrayJob, ChunkJob, build_chunk  # noqa: E402
 from hms_prep.sources.kaggle import read_labels  # noqa: E402
 from hms_prep.sources.rows import csv_rows, planned_rows  # noqa: E402
-from hms_prep.store.format import create_build_state  # noqa: E402
+from hms_prep.store.build_state import create_build_state  # noqa: F401
 
 
 def chunk_jobs(config: BuildConfig, n_chunks: int) -> list[ChunkJob]:

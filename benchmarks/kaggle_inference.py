@@ -28,7 +28,8 @@ import torch
 
 from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.kinds import MelParams
-from hms_prep.store.format import describe_arrays, open_store
+from hms_prep.store.arrays import describe_arrays
+from hms_prep.store.layout import open_store
 from hms_prep.synth import synthesize
 from hms_train.run.checkpoint import predictable, save
 from hms_train.run.config import load_config

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hms_prep.store.codecs import AUTO, FAST
 from hms_prep.sources.kaggle import KaggleDataError
-from hms_prep.store.format import StoreError
+from hms_prep.store.layout import StoreError
 
 # `hms-prep build` finished, but some rows failed (listed, recorded in labels.parquet, computed again once
 # a file they are cut from changes, or with --retry-failed):

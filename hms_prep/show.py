@@ -32,7 +32,9 @@ from hms_prep.domain import CHAINS, CLASSES, LABEL_SAMPLES, LABEL_WINDOW_S, SAMP
 from hms_prep.sources.montage import pair_names  # noqa: E402
 from hms_prep.kinds import KINDS  # noqa: E402
 from hms_prep.store.codecs import read_region  # noqa: E402
-from hms_prep.store.format import NORMALISE_ZSCORE, describe_arrays, open_store, read_labels  # noqa: E402
+from hms_prep.store.arrays import NORMALISE_ZSCORE, describe_arrays  # noqa: F401
+from hms_prep.store.labels import read_labels  # noqa: F401
+from hms_prep.store.layout import open_store  # noqa: F401
 
 # The PNG is always FIG_WIDTH x (SPECTROGRAM_HEIGHT [+ RAW_HEIGHT]) inches at DPI.
 FIG_WIDTH, SPECTROGRAM_HEIGHT, RAW_HEIGHT, DPI = 15.0, 5.5, 5.0, 100

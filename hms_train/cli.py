@@ -50,7 +50,7 @@ def _user_errors():
     """Expected failures (bad config values, missing runs, stores or weights, bad inputs) end in one
     `error:` line and exit 1. Anything else (a CUDA out-of-memory, a bug) keeps its traceback."""
     from hms_prep.doctor import TRAIN_PARTS, BrokenInstall, require
-    from hms_prep.store.format import StoreError
+    from hms_prep.store.layout import StoreError
 
     try:
         require(TRAIN_PARTS)  # a broken compiled part is one line naming it, before any import of it fails

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from hms_prep.doctor import PROJECT
-from hms_prep.store.format import describe_arrays, open_store
+from hms_prep.store.arrays import describe_arrays
+from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.run.blend import fixed_weights
 from hms_train.run import checkpoint as checkpoint_file

@@ -17,7 +17,8 @@ from hms_prep.audit import store_info, verify_store
 from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.sources.montage import bipolar_signals
-from hms_prep.store.format import StoreError, open_store, read_labels
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import StoreError, open_store
 
 from conftest import REAL, ROOT, needs_real_sample
 

@@ -14,7 +14,7 @@ from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.cli import app
 from hms_prep.kinds import MelParams
 from hms_prep.kinds.mel import mel_windows
-from hms_prep.store.format import read_labels
+from hms_prep.store.labels import read_labels
 
 from conftest import ROOT
 

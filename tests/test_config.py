@@ -146,7 +146,7 @@ def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
     import torch
     import typer
 
-    from hms_prep.store.format import StoreError
+    from hms_prep.store.layout import StoreError
     from hms_train.cli import _user_errors
     from hms_train.model.models import MissingWeightsError
 

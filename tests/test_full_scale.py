@@ -104,7 +104,7 @@ def test_one_percent_build_plan_and_a_training_step(data, tmp_path, preloaded):
     assert (plan["row_table"], plan["table_rows"]) == ("richard", spectrograms)
     # David's recipe plans only on a store with his four windows (benchmarks/full_scale.py builds them);
     # his table is read here from the same labels: one row per spectrogram too
-    from hms_prep.store.format import read_labels as read_store_labels
+    from hms_prep.store.labels import read_labels as read_store_labels
     from hms_train.data.tables import row_table
 
     assert len(row_table("david", read_store_labels(str(store))).rows) == spectrograms

@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 from hms_prep.audit import store_info, verify_store
-from hms_prep.store.format import read_labels
+from hms_prep.store.labels import read_labels
 
 from conftest import ROOT
 

@@ -38,15 +38,9 @@ from hms_prep.kinds import (
 from hms_prep.kinds.base import EEG
 from hms_prep.kinds.spec import parse_array_spec, parse_value
 from hms_prep.show import show_row
-from hms_prep.store.format import (
-    READ_HALF_OF_V1_KINDS,
-    StoreError,
-    describe_arrays,
-    digest,
-    dimension_names,
-    open_store,
-    read_labels,
-)
+from hms_prep.store.arrays import READ_HALF_OF_V1_KINDS, describe_arrays, dimension_names
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import StoreError, digest, open_store
 
 from conftest import ROOT
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hms_prep.domain import MIRRORED_CHAINS, standardise
-from hms_prep.store.format import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_SIGNALS
+from hms_prep.store.arrays import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_SIGNALS
 from hms_train.image.augment import AugmentConfig, hemisphere_swap
 from hms_train.image.compose import compose, eval_windows
 from hms_train.run.config import ConfigError, TrainConfig

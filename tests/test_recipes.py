@@ -26,7 +26,7 @@ from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
 from hms_train.run.schedule import describe_rates, make_scheduler
 from hms_train.run.train import train
-from hms_prep.store.format import live_rows
+from hms_prep.store.labels import live_rows
 
 SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
 

@@ -21,7 +21,9 @@ from hms_prep.show import (
     standardise,
 )
 from hms_prep.domain import LABEL_SAMPLES
-from hms_prep.store.format import describe_arrays, dimension_names, open_store, read_labels
+from hms_prep.store.arrays import describe_arrays, dimension_names
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import open_store
 from hms_train.image.compose import compose_image
 
 WITH_RAW = (round(FIG_WIDTH * DPI), round((SPECTROGRAM_HEIGHT + RAW_HEIGHT) * DPI))  # (width, height) pixels

@@ -77,7 +77,8 @@ def test_a_plugin_kind_and_a_raw_variant_train_a_step(synth_data, tmp_path):
                             "--array", "band_power:window_s=10,frames=20", "--array", "raw:band_pass=1-40",
                             "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
-    from hms_prep.store.format import describe_arrays, open_store
+    from hms_prep.store.arrays import describe_arrays
+    from hms_prep.store.layout import open_store
 
     variant = next(name for name in describe_arrays(open_store(str(store))[0]) if name.startswith("raw_"))
     common = ["epochs=1", "stage2_epochs=0", "folds=[0]", "max_batches_per_epoch=1", "batch_size=8"]
@@ -98,7 +99,8 @@ def test_a_plugin_input_role_trains_a_plugin_model(tiny_data, tmp_path, monkeypa
     any array: how it is stored (`storage`) apart from what it is to a model (`role`)."""
     from hms_prep.audit import verify_store
     from hms_prep.build.run import BuildConfig, run_build
-    from hms_prep.store.format import describe_arrays, open_store
+    from hms_prep.store.arrays import describe_arrays
+    from hms_prep.store.layout import open_store
     from hms_train.run.config import load_config
     from hms_train.run.train import train
 

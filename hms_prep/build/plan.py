@@ -21,20 +21,10 @@ from hms_prep.build.task import UNEXPECTED, ArrayJob, ChunkJob
 from hms_prep.kinds import ArrayKind
 from hms_prep.sources.recordings import source_path
 from hms_prep.sources.rows import RawSegment, planned_rows
-from hms_prep.store.format import (
-    STORAGE_SEGMENT,
-    STATUS_FAILED,
-    STATUS_PENDING,
-    StoreError,
-    StoreLayout,
-    array_complete,
-    damaged_state_chunks,
-    describe_arrays,
-    failures_tried_at,
-    open_build_state,
-    read_errors,
-    read_state,
-)
+from hms_prep.store.arrays import STORAGE_SEGMENT, array_complete, describe_arrays
+from hms_prep.store.build_state import (STATUS_FAILED, STATUS_PENDING, damaged_state_chunks, failures_tried_at,
+    open_build_state, read_errors, read_state)
+from hms_prep.store.layout import StoreError, StoreLayout
 from hms_prep.store.lock import is_local
 
 if TYPE_CHECKING:

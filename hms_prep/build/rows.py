@@ -31,22 +31,11 @@ from hms_prep.sources.rows import (
     rows_digest,
     with_targets,
 )
-from hms_prep.store.format import (
-    LAYOUT_VERSION,
-    RAW_INDEX_COLUMNS,
-    STATUS_PENDING,
-    StoreError,
-    StoreLayout,
-    commit_layout,
-    describe_arrays,
-    open_build_state,
-    read_labels_if_readable,
-    read_row_table,
-    remove_labels,
-    remove_other_row_tables,
-    row_table_file,
-    write_row_table,
-)
+from hms_prep.store.arrays import describe_arrays
+from hms_prep.store.build_state import STATUS_PENDING, open_build_state
+from hms_prep.store.labels import (RAW_INDEX_COLUMNS, read_labels_if_readable, read_row_table, remove_labels,
+    remove_other_row_tables, row_table_file, write_row_table)
+from hms_prep.store.layout import LAYOUT_VERSION, StoreError, StoreLayout, commit_layout
 
 
 @dataclass(frozen=True, eq=False)

@@ -29,22 +29,11 @@ from hms_prep.build.task import ChunkReport
 from hms_prep.sources.kaggle import read_labels
 from hms_prep.sources.rows import csv_rows, plan_raw_segments
 from hms_prep.store.codecs import AUTO
-from hms_prep.store.format import (
-    DROPPED,
-    STORAGE_SEGMENT,
-    StoreError,
-    StoreLayout,
-    create_build_state,
-    create_store,
-    open_store,
-    read_metadata_bytes,
-    remove_array,
-    store_exists,
-    store_problems,
-    survey_arrays,
-    unfinished_store,
-    write_metadata,
-)
+from hms_prep.store.arrays import STORAGE_SEGMENT, remove_array, store_problems, survey_arrays
+from hms_prep.store.build_state import create_build_state
+from hms_prep.store.labels import DROPPED
+from hms_prep.store.layout import (StoreError, StoreLayout, create_store, open_store, read_metadata_bytes,
+    store_exists, unfinished_store, write_metadata)
 from hms_prep.store.lock import build_lock, is_local
 
 log = logging.getLogger("hms_prep")

@@ -23,7 +23,8 @@ from hms_prep.kinds import ArrayKind, Cut
 from hms_prep.kinds.base import SOURCES
 from hms_prep.sources.rows import PlannedRow, RawSegment
 from hms_prep.sources.recordings import RecordingSpan, open_file, spans
-from hms_prep.store.format import STATUS_FAILED, STATUS_OK, STORAGE_SEGMENT, open_build_state
+from hms_prep.store.arrays import STORAGE_SEGMENT
+from hms_prep.store.build_state import STATUS_FAILED, STATUS_OK, open_build_state
 
 
 @dataclass(frozen=True)

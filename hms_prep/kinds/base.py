@@ -9,7 +9,7 @@ become values (`cut`), what is done once per chunk on all of them (`finish`: the
 its array is created and written. A kind also writes its read half: the attributes a reader needs
 (`role`, `normalise`, `axes` and the geometry of its role) go onto the array when it is created, in the
 same metadata write as `kind`, `params` and `params_digest`. They are the store format: readers (hms_train,
-show, verify) learn what an array is from them through `hms_prep.store.format.describe_arrays`, never
+show, verify) learn what an array is from them through `hms_prep.store.arrays.describe_arrays`, never
 from its name or from this registry.
 """
 
@@ -26,8 +26,8 @@ from hms_prep.registry import Registry, RegistryError
 from hms_prep.sources.recordings import EEG, SOURCES, SPECTROGRAM  # noqa: F401 (a kind's `source`)
 from hms_prep.sources.rows import RawSegment
 from hms_prep.store.codecs import AUTO, CODECS, FAST, write_rows
-from hms_prep.store.format import (IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, STORAGE_ROW, StoreLayout, digest,
-                                   dimension_names)
+from hms_prep.store.arrays import IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, STORAGE_ROW, dimension_names
+from hms_prep.store.layout import StoreLayout, digest
 
 
 class KindParams:

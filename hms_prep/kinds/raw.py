@@ -18,7 +18,8 @@ from hms_prep.sources.montage import NAN_REPAIR, pair_names
 from hms_prep.sources.recordings import SEGMENTS_SPAN
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS, RawSegment
 from hms_prep.sources.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
-from hms_prep.store.format import ROLE_SIGNALS, SIGNAL_AXES, STORAGE_SEGMENT, StoreLayout
+from hms_prep.store.arrays import ROLE_SIGNALS, SIGNAL_AXES, STORAGE_SEGMENT
+from hms_prep.store.layout import StoreLayout
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE, TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.store.format import DROPPED, RAW_INDEX_COLUMNS, digest, live_rows  # noqa: F401 (the build's import)
+from hms_prep.store.labels import DROPPED, RAW_INDEX_COLUMNS, live_rows  # noqa: F401
+from hms_prep.store.layout import digest  # noqa: F401
 
 EEG_OFFSET = "eeg_label_offset_seconds"
 SPEC_OFFSET = "spectrogram_label_offset_seconds"

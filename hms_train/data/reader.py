@@ -28,8 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_prep.store.format import (RAW_INDEX_COLUMNS, TARGET_COLUMNS, StoreError, data_array_names, describe_arrays,
-                                  live_rows, open_store, read_labels, require_finished)
+from hms_prep.domain import TARGET_COLUMNS
+from hms_prep.store.arrays import data_array_names, describe_arrays
+from hms_prep.store.build_state import require_finished
+from hms_prep.store.labels import RAW_INDEX_COLUMNS, live_rows, read_labels
+from hms_prep.store.layout import StoreError, open_store
 from hms_train.data.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
 from hms_train.data.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
 from hms_train.data.prefetch import in_background

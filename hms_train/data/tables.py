@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from hms_prep.domain import VOTE_COLUMNS
 from hms_prep.registry import Registry
-from hms_prep.store.format import live_rows
+from hms_prep.store.labels import live_rows
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,7 +24,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from hms_prep.store.format import ROLE_SIGNALS, describe_arrays, open_store
+from hms_prep.store.arrays import ROLE_SIGNALS, describe_arrays
+from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader, to_device
 from hms_train.data.sampler import SamplerState
 from hms_train.model.models import IMAGE

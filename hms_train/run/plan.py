@@ -7,7 +7,7 @@
                                                 training and validation rows, targets, epochs, steps
 
 Nothing here names an array or a kind of the store: arrays are found by the names a recipe gives
-(`inputs`, `[layout]`) and by the role their attributes declare (hms_prep.store.format.describe_arrays).
+(`inputs`, `[layout]`) and by the role their attributes declare (hms_prep.store.arrays.describe_arrays).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from hms_prep.domain import LABEL_SAMPLES
-from hms_prep.store.format import ROLE_IMAGE, TIME_AXES, ArrayDescription
+from hms_prep.store.arrays import ROLE_IMAGE, TIME_AXES, ArrayDescription
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group, rows_per_rank
 from hms_train.data.tables import richard_rows, row_table

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hms_prep.store.format import open_store
+from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import SamplerState
 from hms_train.run import checkpoint

@@ -262,7 +262,7 @@ def info(
 
     Example: hms-prep info cache/specs.zarr --json
     """
-    from hms_prep.audit import store_info
+    from hms_prep.store.audit import store_info
 
     try:
         facts = store_info(store)
@@ -294,7 +294,7 @@ def verify(store: str = typer.Argument(..., help="Store path or URL.")):
 
     Example: hms-prep verify cache/specs.zarr
     """
-    from hms_prep.audit import verify_store
+    from hms_prep.store.audit import verify_store
 
     try:
         problems = verify_store(store)

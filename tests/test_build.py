@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from hms_prep.sources import kaggle
-from hms_prep.audit import store_info, verify_store
+from hms_prep.store.audit import store_info, verify_store
 from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.sources.montage import bipolar_signals

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hms_prep.audit import verify_store
+from hms_prep.store.audit import verify_store
 from hms_prep.doctor import BUILD_PARTS, PARTS, TRAIN_PARTS
 
 from conftest import ROOT

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
-from hms_prep.audit import store_info, verify_store
+from hms_prep.store.audit import store_info, verify_store
 from hms_prep.store.labels import read_labels
 
 from conftest import ROOT

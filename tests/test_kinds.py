@@ -16,7 +16,7 @@ import xarray
 import zarr
 from typer.testing import CliRunner
 
-from hms_prep.audit import store_info, verify_store
+from hms_prep.store.audit import store_info, verify_store
 from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.cli import app
 from hms_prep.store.codecs import CODECS
@@ -138,7 +138,7 @@ def test_imports_run_one_way_and_info_and_verify_import_no_torch(default_store):
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "torch" in imported and not [m for m in imported if m.startswith("hms_prep.kinds")]
-    code = ("import sys; from hms_prep.audit import store_info, verify_store; "
+    code = ("import sys; from hms_prep.store.audit import store_info, verify_store; "
             f"store_info({str(default_store)!r}); assert verify_store({str(default_store)!r}) == []; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

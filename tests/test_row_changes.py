@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from hms_prep.audit import store_info, verify_store
+from hms_prep.store.audit import store_info, verify_store
 from hms_prep.build.run import BuildConfig, run_build
 from hms_prep.domain import LABEL_SAMPLES
 from hms_prep.store.labels import read_labels

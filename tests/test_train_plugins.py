@@ -97,7 +97,7 @@ def test_a_plugin_input_role_trains_a_plugin_model(tiny_data, tmp_path, monkeypa
     `features`, no package names (tests/plugins/feature_kind.py), and a plug-in model that declares that
     input trains on it (tests/plugins/feature_model.py). The store verifies and describes it as it does
     any array: how it is stored (`storage`) apart from what it is to a model (`role`)."""
-    from hms_prep.audit import verify_store
+    from hms_prep.store.audit import verify_store
     from hms_prep.build.run import BuildConfig, run_build
     from hms_prep.store.arrays import describe_arrays
     from hms_prep.store.layout import open_store

@@ -23,7 +23,7 @@ from hms_prep.sources.recordings import source_path
 from hms_prep.sources.rows import RawSegment, planned_rows
 from hms_prep.store.arrays import STORAGE_SEGMENT, array_complete, describe_arrays
 from hms_prep.store.build_state import (STATUS_FAILED, STATUS_PENDING, damaged_state_chunks, failures_tried_at,
-    open_build_state, read_errors, read_state)
+                                        open_build_state, read_errors, read_state)
 from hms_prep.store.layout import StoreError, StoreLayout
 from hms_prep.store.lock import is_local
 
@@ -182,7 +182,7 @@ def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
 
 def damaged_data_chunks(url: str, group, layout: StoreLayout, raw_index: np.ndarray) -> dict[str, set[int]]:
     """Row chunks of each array whose stored data fails its checksum or is missing (--repair)."""
-    from hms_prep.audit import damaged_chunks
+    from hms_prep.store.audit import damaged_chunks
 
     bounds = raw_index[:, 1:3]  # raw_lo, raw_hi: which rows a chunk of a segment-stored array holds
     return {name: {c for d in damaged_chunks(url, group, name, layout, None if a.per_row else bounds)

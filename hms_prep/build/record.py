@@ -17,7 +17,7 @@ from hms_prep.build.task import ChunkReport, Failure
 from hms_prep.sources.rows import RAW_INDEX_COLUMNS, ROW_KEY, planned_rows
 from hms_prep.store.arrays import data_array_names
 from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, open_build_state, read_errors, read_state,
-    record_failures_tried)
+                                        record_failures_tried)
 from hms_prep.store.labels import live_rows, read_labels_if_readable, write_labels
 from hms_prep.store.layout import store_nbytes
 

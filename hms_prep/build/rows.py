@@ -34,7 +34,7 @@ from hms_prep.sources.rows import (
 from hms_prep.store.arrays import describe_arrays
 from hms_prep.store.build_state import STATUS_PENDING, open_build_state
 from hms_prep.store.labels import (RAW_INDEX_COLUMNS, read_labels_if_readable, read_row_table, remove_labels,
-    remove_other_row_tables, row_table_file, write_row_table)
+                                   remove_other_row_tables, row_table_file, write_row_table)
 from hms_prep.store.layout import LAYOUT_VERSION, StoreError, StoreLayout, commit_layout
 
 

@@ -32,8 +32,8 @@ from hms_prep.store.codecs import AUTO
 from hms_prep.store.arrays import STORAGE_SEGMENT, remove_array, store_problems, survey_arrays
 from hms_prep.store.build_state import create_build_state
 from hms_prep.store.labels import DROPPED
-from hms_prep.store.layout import (StoreError, StoreLayout, create_store, open_store, read_metadata_bytes,
-    store_exists, unfinished_store, write_metadata)
+from hms_prep.store.layout import (StoreError, StoreLayout, create_store, open_store, read_metadata_bytes, store_exists,
+                                   unfinished_store, write_metadata)
 from hms_prep.store.lock import build_lock, is_local
 
 log = logging.getLogger("hms_prep")

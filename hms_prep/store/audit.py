@@ -9,12 +9,12 @@ import pyarrow.compute as pc
 
 from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of
 from hms_prep.domain import TARGET_COLUMNS
-from hms_prep.sources.rows import RAW_INDEX_COLUMNS
 from hms_prep.store.arrays import (STORAGES, ArrayDescription, data_array_order, describe_arrays, store_problems,
-    survey_arrays)
+                                   survey_arrays)
 from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, STATUS_PENDING, damaged_state_chunks,
-    open_build_state, read_state)
-from hms_prep.store.labels import live_rows, read_labels, read_labels_if_readable, read_row_table, row_table_file
+                                        open_build_state, read_state)
+from hms_prep.store.labels import (RAW_INDEX_COLUMNS, live_rows, read_labels, read_labels_if_readable, read_row_table,
+                                   row_table_file)
 from hms_prep.store.layout import StoreError, StoreLayout, digest, open_store, store_nbytes
 
 

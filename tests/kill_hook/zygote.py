@@ -19,7 +19,7 @@ import distributed  # noqa: F401
 import scipy.signal  # noqa: F401
 import torch  # noqa: F401
 
-import hms_prep.audit  # noqa: F401
+import hms_prep.store.audit  # noqa: F401
 import hms_prep.build.run  # noqa: F401
 import hms_prep.build.task  # noqa: F401
 import hms_prep.cli

@@ -33,7 +33,7 @@ from hms_prep.store.layout import open_store
 from hms_prep.synth import synthesize
 from hms_train.run.checkpoint import predictable, save
 from hms_train.run.config import load_config
-from hms_train.run.plan import plan_inputs
+from hms_train.run.inputs import plan_inputs
 from hms_train.run.predict import predict_submission
 
 HIDDEN_EEGS = 3000  # assumption: the hidden test set's size is not public

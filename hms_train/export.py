@@ -44,7 +44,7 @@ from hms_train.run.blend import fixed_weights
 from hms_train.run import checkpoint as checkpoint_file
 from hms_train.run.checkpoint import fold_checkpoints, load_fold_model, predictable
 from hms_train.run.forward import predict_probabilities
-from hms_train.run.plan import plan_inputs
+from hms_train.run.inputs import plan_inputs
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (the export needs its uv.lock and sources)
 # Kaggle's image (a notebook with no internet) already holds these: the export ships none of them, nor

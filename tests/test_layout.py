@@ -15,7 +15,7 @@ from hms_train.image.augment import AugmentConfig, hemisphere_swap
 from hms_train.image.compose import compose, eval_windows
 from hms_train.run.config import ConfigError, TrainConfig
 from hms_train.run.forward import make_augmenter, model_inputs, predict_probabilities, run_model
-from hms_train.run.plan import check_augment, plan_inputs
+from hms_train.run.inputs import check_augment, plan_inputs
 from hms_train.image.layout import LayoutConfig, LayoutError, PartSource, resolve_layout
 from hms_train.model.models import create_model
 from hms_train.data.reader import Selection, StoreReader

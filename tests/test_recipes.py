@@ -18,7 +18,9 @@ import torch
 
 from hms_train.image.augment import LEGACY_KEYS, Augmenter, AugmentConfig
 from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, load_config
-from hms_train.run.plan import fold_stages, plan_inputs, train_targets
+from hms_train.run.inputs import plan_inputs
+from hms_train.run.stages import fold_stages
+from hms_train.run.targets import train_targets
 from hms_train.image.layout import LayoutConfig, PartSource, resolve_layout
 from hms_train.model.losses import Loss
 from hms_train.run.metric import VOTE_COLUMNS, kaggle_kl, selection_kl

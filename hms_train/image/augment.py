@@ -191,7 +191,7 @@ def sample_symmetric_beta(
 
 
 # The maps of the image's layout a step may ask for (`register_augmentation(needs=...)`); the run plan
-# makes those the active steps ask for (hms_train/run/plan.py augment_geometry), no step named there.
+# makes those the active steps ask for (hms_train/run/inputs.py augment_geometry), no step named there.
 MIRROR_ROWS = "mirror_rows"  # the source row of each row (H,) or pixel (H, W): LL <-> RL, LP <-> RP per part
 FLIP_COLUMNS = "flip_columns"  # the source column of each pixel (H, W): each part's time reversed in place
 CHAIN_BLOCKS = "chain_blocks"  # the chain sub-image of each pixel (H, W), part index x 4 + chain; -1 on padding

@@ -33,7 +33,8 @@ from hms_train.model.settings import ModelConfig
 from hms_train.run.parts import build_model, training_parts
 from hms_train.run.config import TrainConfig, load_config
 from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
-from hms_train.run.plan import RunPlan, check_augment, input_item_shape, loss_of, plan_inputs
+from hms_train.run.inputs import check_augment, input_item_shape, plan_inputs
+from hms_train.run.plan import RunPlan, loss_of
 from hms_train.run.step import TrainStep
 
 WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started before the clocks

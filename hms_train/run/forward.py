@@ -1,5 +1,5 @@
 """From a batch of store arrays to model inputs and predictions; shared by training, the benchmark and
-prediction. What to make of a batch is the run's `InputPlan` (hms_train.run.plan): the image composed on
+prediction. What to make of a batch is the run's `InputPlan` (hms_train.run.inputs): the image composed on
 the device from its layout, and the signals array; `model_inputs` makes exactly the inputs the model's
 kind declares and `run_model` passes them by keyword.
 """
@@ -17,7 +17,8 @@ from hms_train.image.augment import Augmenter, part_time_flip, time_flip
 from hms_train.image.compose import compose, eval_windows
 from hms_train.model.models import IMAGE, model_kind
 from hms_train.run.config import TrainConfig, check_device
-from hms_train.run.plan import InputPlan, RunPlan, augment_geometry
+from hms_train.run.inputs import InputPlan, augment_geometry
+from hms_train.run.plan import RunPlan
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,7 +18,7 @@ from hms_train.run.checkpoint import fold_checkpoints, load_fold_model
 from hms_train.run.config import TrainConfig
 from hms_train.run.forward import predict_probabilities, resolve_device
 from hms_train.run.metric import VOTE_COLUMNS
-from hms_train.run.plan import plan_inputs
+from hms_train.run.inputs import plan_inputs
 
 log = logging.getLogger("hms_train")
 

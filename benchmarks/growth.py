@@ -33,7 +33,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from hms_prep.store.audit import store_info, verify_store  # noqa: E402
-from hms_prep.build.run import BuildConfig, run_build  # noqa: E402
+from hms_prep.building.run import BuildConfig, run_build  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_memory import PeakMemory  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.kinds import MelParams
 from hms_prep.store.arrays import describe_arrays
 from hms_prep.store.layout import open_store

@@ -191,9 +191,9 @@ def build(
     the build, or chunk tasks crashed (counted and named; their chunks are not done); 130 interrupted
     (Ctrl-C): the same command resumes where it stopped.
     """
-    from hms_prep.build.config import BuildConfig
-    from hms_prep.build.execute import BuildError
-    from hms_prep.build.run import run_build
+    from hms_prep.building.config import BuildConfig
+    from hms_prep.building.execute import BuildError
+    from hms_prep.building.run import run_build
     from hms_prep.doctor import BrokenInstall
     from hms_prep.kinds import MelParams, RawParams
     from hms_prep.plugins import load_plugins
@@ -404,7 +404,7 @@ class _progress:
         if not console.is_terminal:
             return _LogProgress(self.label)
 
-        from hms_prep.build.record import rows_per_s  # here: `hms-prep -h` imports no build module
+        from hms_prep.building.record import rows_per_s  # here: `hms-prep -h` imports no build module
 
         def update(done: int, total: int, seconds: float) -> None:
             if self.bar is None:
@@ -439,7 +439,7 @@ class _LogProgress:
         now = time.monotonic()
         if self.last is not None and now - self.last < PROGRESS_EVERY_S and done < total:
             return
-        from hms_prep.build.record import rows_per_s
+        from hms_prep.building.record import rows_per_s
 
         self.last = now
         rate = rows_per_s(done, seconds)

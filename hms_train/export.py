@@ -267,7 +267,7 @@ def _pip(command: list[str]) -> None:
 def infer(export_dir: Path, data: Path, out: Path, scratch: Path, device: str = "auto", say=print) -> int:
     """What DIR/infer.py runs once the wheels are installed: the test store of `data` in `scratch`, then
     the blend's submission; returns the rows written."""
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.kinds.base import kind_of_stored
     from hms_train.run.predict import predict_submission
 

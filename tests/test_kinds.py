@@ -17,7 +17,7 @@ import zarr
 from typer.testing import CliRunner
 
 from hms_prep.store.audit import store_info, verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.cli import app
 from hms_prep.store.codecs import CODECS
 from hms_prep.domain import CHAINS, SAMPLE_RATE

@@ -147,7 +147,7 @@ def test_wave_block_pads_like_keras_same():
 def public_store(synth_data, tmp_path_factory):
     """The default arrays (eeg_10s, eeg_30s, kaggle, raw) and the public recipes' three mel variants, as
     `make seed` builds them (scripts/seed.sh PUBLIC_ARRAYS)."""
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.kinds import MelParams
 
     url = str(tmp_path_factory.mktemp("public") / "specs.zarr")

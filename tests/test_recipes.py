@@ -150,7 +150,7 @@ def test_extends_merges_tables_and_refuses_loops(tmp_path):
 @pytest.fixture(scope="module")
 def both_store(synth_data, tmp_path_factory):
     """`hms-prep build --windows 10,30`, then `--windows 10,14,30,44 --n-mels 50` on the same store."""
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.kinds import MelParams
 
     url = str(tmp_path_factory.mktemp("both") / "specs.zarr")

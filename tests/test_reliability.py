@@ -14,7 +14,7 @@ import pytest
 import zarr
 
 from hms_prep.store.audit import verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
 from hms_prep.store.lock import StoreLocked, build_lock
 from hms_prep.store.labels import read_labels

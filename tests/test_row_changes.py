@@ -14,7 +14,7 @@ import pytest
 import zarr
 
 from hms_prep.store.audit import store_info, verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.domain import LABEL_SAMPLES
 from hms_prep.store.labels import read_labels
 from hms_prep.store.layout import LAYOUT_VERSION, ROOT_KEY, open_store

@@ -41,7 +41,7 @@ def test_store(synth_data, tmp_path_factory):
     start), from a copy of the synthetic data whose first test EEG is truncated: its row fails."""
     import shutil
 
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.sources.kaggle import eeg_path, read_labels as read_csv
 
     folder = tmp_path_factory.mktemp("show")

@@ -24,7 +24,7 @@ def cli(*args, log: Path):
 
 
 def test_a_plugin_model_and_augmentation_train_and_predict(train_store, synth_data, tmp_path):
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
 
     run, log = tmp_path / "run", tmp_path / "plugin.log"
     # hemisphere_swap off: the mirror map is made for what mirror_blend declares, not for the swap by name
@@ -98,7 +98,7 @@ def test_a_plugin_input_role_trains_a_plugin_model(tiny_data, tmp_path, monkeypa
     input trains on it (tests/plugins/feature_model.py). The store verifies and describes it as it does
     any array: how it is stored (`storage`) apart from what it is to a model (`role`)."""
     from hms_prep.store.audit import verify_store
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.store.arrays import describe_arrays
     from hms_prep.store.layout import open_store
     from hms_train.run.config import load_config

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from hms_prep import doctor
-from hms_prep.build.config import BuildConfig
-from hms_prep.build.interrupts import interrupt_deferred
-from hms_prep.build.task import ChunkJob, ChunkReport, Failure, build_chunk
+from hms_prep.building.config import BuildConfig
+from hms_prep.building.interrupts import interrupt_deferred
+from hms_prep.building.task import ChunkJob, ChunkReport, Failure, build_chunk
 from hms_prep.kinds import ArrayKind
 
 SCHEDULER_TIMEOUT_S = 10  # an unreachable scheduler fails in this many seconds, not Dask's 30

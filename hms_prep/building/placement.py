@@ -18,23 +18,14 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
-from hms_prep.build.plan import check_params, segment_margin
+from hms_prep.building.plan import check_params, segment_margin
 from hms_prep.kinds import ArrayKind
-from hms_prep.sources.rows import (
-    DERIVED_COLUMNS,
-    DROPPED,
-    RawSegment,
-    RowAssignment,
-    assign_rows,
-    legacy_rows_digest,
-    plan_raw_segments,
-    rows_digest,
-    with_targets,
-)
+from hms_prep.sources.rows import (RawSegment, RowAssignment, assign_rows, legacy_rows_digest, plan_raw_segments,
+                                   rows_digest)
 from hms_prep.store.arrays import describe_arrays
 from hms_prep.store.build_state import STATUS_PENDING, open_build_state
 from hms_prep.store.labels import (RAW_INDEX_COLUMNS, read_labels_if_readable, read_row_table, remove_labels,
-                                   remove_other_row_tables, row_table_file, write_row_table)
+                                   remove_other_row_tables, row_table_file, row_table_of, with_targets, write_row_table)
 from hms_prep.store.layout import LAYOUT_VERSION, StoreError, StoreLayout, commit_layout
 
 
@@ -43,7 +34,7 @@ class RowPlan:
     """The CSV's rows placed in the store, their raw segments, and the layout that holds them."""
 
     layout: StoreLayout  # the store's layout with these rows (the current one when nothing changes)
-    planned: pa.Table  # every row in store order, with targets and folds (hms_prep.sources.rows.with_targets)
+    planned: pa.Table  # every row in store order, with targets and folds (hms_prep.store.labels.with_targets)
     table: pa.Table  # the row table to store: the CSV's lines, row, dropped, the raw index when laid out
     assignment: RowAssignment
     margin: int | None  # margin_s of the raw segment layout; None: no array is stored in segments
@@ -81,16 +72,6 @@ def stored_row_table(url: str, layout: StoreLayout, csv: pa.Table, say) -> pa.Ta
     raise StoreError(f"{url}: built from another {layout.split}.csv by an older hms-prep (layout 1), and its "
                      "labels.parquet, which would say which rows it holds, is missing or unreadable: build into a "
                      "new --store")
-
-
-def row_table_of(labels: pa.Table) -> pa.Table:
-    """labels.parquet's row table: every column but those each build derives (targets, folds, statuses)."""
-    derived = set(DERIVED_COLUMNS) | {"status", "error"}
-    keep = [c for c in labels.column_names if c not in derived and not c.startswith(("status_", "repaired_"))]
-    table = labels.select(keep)
-    if DROPPED not in table.column_names:
-        table = table.append_column(DROPPED, pa.array(np.zeros(table.num_rows, dtype=bool)))
-    return table
 
 
 def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, stored: pa.Table | None,

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from hms_prep.build.config import BuildConfig
-from hms_prep.build.task import UNEXPECTED, ArrayJob, ChunkJob
+from hms_prep.building.config import BuildConfig
+from hms_prep.building.task import UNEXPECTED, ArrayJob, ChunkJob
 from hms_prep.kinds import ArrayKind
 from hms_prep.sources.recordings import source_path
 from hms_prep.sources.rows import RawSegment, planned_rows
@@ -28,7 +28,7 @@ from hms_prep.store.layout import StoreError, StoreLayout
 from hms_prep.store.lock import is_local
 
 if TYPE_CHECKING:
-    from hms_prep.build.rows import RowPlan
+    from hms_prep.building.placement import RowPlan
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
                  retry=lambda rows, reasons: rows) -> dict[int, tuple[tuple[int, ...], bool]]:
     """chunk -> (rows to compute, whether that is the whole chunk). A chunk is recomputed whole when its
     done flag is unset, or its build state or (with --repair) its data is damaged. Of a done chunk, the
-    rows not computed (a changed or new row of train.csv: hms_prep/build/rows.py) are computed alone, and
+    rows not computed (a changed or new row of train.csv: hms_prep/building/placement.py) are computed alone, and
     its failed rows again when `retry` (a filter of row numbers, given every row's failure reason) keeps
     them."""
     state = open_build_state(group, name)

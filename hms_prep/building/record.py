@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hms_prep.build.config import BuildConfig
-from hms_prep.build.plan import BuildPlan
-from hms_prep.build.task import ChunkReport, Failure
-from hms_prep.sources.rows import RAW_INDEX_COLUMNS, ROW_KEY, planned_rows
+from hms_prep.building.config import BuildConfig
+from hms_prep.building.plan import BuildPlan
+from hms_prep.building.task import ChunkReport, Failure
+from hms_prep.sources.rows import planned_rows
+from hms_prep.store.labels import RAW_INDEX_COLUMNS, ROW_KEY
 from hms_prep.store.arrays import data_array_names
 from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, open_build_state, read_errors, read_state,
                                         record_failures_tried)

@@ -19,13 +19,13 @@ import fsspec
 import pyarrow as pa
 import zarr
 
-from hms_prep.build.config import DEFAULT_CHUNK_ROWS, BuildConfig
-from hms_prep.build.execute import Executor, Executors
-from hms_prep.build.interrupts import interrupt_deferred
-from hms_prep.build.plan import BuildPlan, check_params, plan_build
-from hms_prep.build.record import BuildSummary, record_build
-from hms_prep.build.rows import commit_rows, fit_arrays, place_rows, stored_raw_index, stored_row_table
-from hms_prep.build.task import ChunkReport
+from hms_prep.building.config import DEFAULT_CHUNK_ROWS, BuildConfig
+from hms_prep.building.execute import Executor, Executors
+from hms_prep.building.interrupts import interrupt_deferred
+from hms_prep.building.plan import BuildPlan, check_params, plan_build
+from hms_prep.building.record import BuildSummary, record_build
+from hms_prep.building.placement import commit_rows, fit_arrays, place_rows, stored_raw_index, stored_row_table
+from hms_prep.building.task import ChunkReport
 from hms_prep.sources.kaggle import read_labels
 from hms_prep.sources.rows import csv_rows, plan_raw_segments
 from hms_prep.store.codecs import AUTO

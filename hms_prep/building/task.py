@@ -90,7 +90,7 @@ class StageTimer:
 
 
 # Marks a row's failure that is not the data's (a transient read error, a bug): every build retries it,
-# where a failure of the data waits for its file to change (hms_prep/build/plan.py).
+# where a failure of the data waits for its file to change (hms_prep/building/plan.py).
 UNEXPECTED = "unexpected error"
 
 

@@ -16,7 +16,8 @@ from hms_prep.domain import SAMPLE_RATE
 from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
 from hms_prep.sources.montage import NAN_REPAIR, pair_names
 from hms_prep.sources.recordings import SEGMENTS_SPAN
-from hms_prep.sources.rows import RAW_INDEX_COLUMNS, RawSegment
+from hms_prep.sources.rows import RawSegment
+from hms_prep.store.labels import RAW_INDEX_COLUMNS
 from hms_prep.sources.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
 from hms_prep.store.arrays import ROLE_SIGNALS, SIGNAL_AXES, STORAGE_SEGMENT
 from hms_prep.store.layout import StoreLayout

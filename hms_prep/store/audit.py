@@ -13,8 +13,8 @@ from hms_prep.store.arrays import (STORAGES, ArrayDescription, data_array_order,
                                    survey_arrays)
 from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, STATUS_PENDING, damaged_state_chunks,
                                         open_build_state, read_state)
-from hms_prep.store.labels import (RAW_INDEX_COLUMNS, live_rows, read_labels, read_labels_if_readable, read_row_table,
-                                   row_table_file)
+from hms_prep.store.labels import (RAW_INDEX_COLUMNS, ROW_IDENTITY, ROW_KEY, live_rows, read_labels,
+                                   read_labels_if_readable, read_row_table, row_table_file, row_table_of, with_targets)
 from hms_prep.store.layout import StoreError, StoreLayout, digest, open_store, store_nbytes
 
 
@@ -184,7 +184,7 @@ def verify_store(url: str) -> list[str]:
 
 
 def _rows_in_change(group, described: dict, layout: StoreLayout) -> list[str]:
-    """The arrays whose rows or build state were resized by a change of rows (hms_prep/build/rows.py
+    """The arrays whose rows or build state were resized by a change of rows (hms_prep/building/placement.py
     `commit_rows`) that was stopped before the root's layout named the new rows."""
     changing = []
     for name, description in described.items():
@@ -223,9 +223,6 @@ def labels_against_store(labels, row_table, layout: StoreLayout, group=None, arr
     (`with_targets`: votes may be corrected in train.csv without moving a row, so the row table's are not
     the reference); with `group`, each array's row statuses in its build state (of `arrays`, those whose
     metadata is whole). One line per column that differs, naming its first differing row."""
-    from hms_prep.build.rows import row_table_of
-    from hms_prep.sources.rows import ROW_IDENTITY, ROW_KEY, with_targets
-
     placed = ("row", ROW_KEY[layout.split], *ROW_IDENTITY, "dropped", *RAW_INDEX_COLUMNS)
     columns = {name: row_table.column(name).to_numpy(zero_copy_only=False) for name in placed
                if name in row_table.column_names}

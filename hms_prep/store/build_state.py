@@ -48,7 +48,7 @@ def create_build_state(group: zarr.Group, name: str, layout: StoreLayout) -> Bui
 
 
 # Attribute of `_build/{name}`: when (unix seconds) the last build that computed rows of the array started.
-# A failed row is computed again only when a file it is cut from changed after that (hms_prep/build/plan.py).
+# A failed row is computed again only when a file it is cut from changed after that (hms_prep/building/plan.py).
 FAILURES_TRIED_AT = "failures_tried_at"
 
 

@@ -1,5 +1,7 @@
 """The store's rows: labels.parquet (one line per row, in array order: ids, votes, targets, folds,
-statuses, the raw index) and the row table in _rows/ (each row's last CSV line; hms_prep/build/rows.py).
+statuses, the raw index) and the row table in _rows/ (each row's last CSV line; hms_prep/building/placement.py),
+and the definition of their columns: the key and identity of a row, and the columns every build derives
+from the CSV (`with_targets`: total votes, targets, patient-grouped folds), which `verify` checks.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hms_prep.store.layout import LABELS_FILE, ROWS_FOLDER, StoreError, digest
+from hms_prep.domain import TARGET_COLUMNS, VOTE_COLUMNS
+from hms_prep.store.layout import LABELS_FILE, ROWS_FOLDER, StoreError
 
 # labels.parquet's index of each row into the arrays stored per segment: its label window's first sample,
 # and the bounds of its recording's stored segment (a jittered window never leaves them).
@@ -99,3 +102,61 @@ def read_labels(url: str) -> pa.Table:
             return pq.read_table(f)
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"{url}/{LABELS_FILE}: unreadable ({err}); hms-prep build rewrites it") from None
+
+
+# --- the rows' columns: what each row is keyed and computed by, and the columns every build derives ----
+
+EEG_OFFSET = "eeg_label_offset_seconds"
+SPEC_OFFSET = "spectrogram_label_offset_seconds"
+# The column a split's rows are identified by: a store keeps each row where it first put it, by this.
+ROW_KEY = {"train": "label_id", "test": "eeg_id"}
+ROW_IDENTITY = ("eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET)  # what a row's values are computed from
+# Columns the build derives from the CSV on every build; the row table stores the rest (the CSV's line).
+DERIVED_COLUMNS = ("source_index", "total_votes", *TARGET_COLUMNS, "fold")
+
+
+def with_targets(table: pa.Table, split: str, n_folds: int) -> pa.Table:
+    """A store-ordered row table with, for train, `total_votes`, the targets (votes / total) and the
+    patient-grouped `fold` over the rows still in the CSV (-1 for dropped ones): functions of the CSV
+    alone, so a store built in steps gets the folds of one built at once."""
+    if split != "train":
+        return table
+    votes = np.stack([table.column(c).to_numpy() for c in VOTE_COLUMNS], 1).astype(np.float64)
+    total = votes.sum(1)
+    table = table.append_column("total_votes", pa.array(total.astype(np.int64)))
+    for j, name in enumerate(TARGET_COLUMNS):
+        # A row without votes has no target (NaN); it is reported failed in labels.parquet.
+        share = np.divide(votes[:, j], total, out=np.full_like(total, np.nan), where=total > 0)
+        table = table.append_column(name, pa.array(share.astype(np.float32)))
+    live = live_rows(table)
+    folds = np.full(table.num_rows, -1, dtype=np.int8)
+    folds[live] = patient_folds(table.column("patient_id").to_numpy()[live], n_folds)
+    return table.append_column("fold", pa.array(folds))
+
+
+def patient_folds(patient_ids: np.ndarray, n_folds: int) -> np.ndarray:
+    """Deterministic patient-grouped folds balanced by row count.
+
+    Patients are taken largest first (ties by id) and each goes to the fold with the fewest rows so
+    far: the same greedy rule as scikit-learn's GroupKFold, without a random seed to forget.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    patients, inverse, counts = np.unique(patient_ids, return_inverse=True, return_counts=True)
+    fold_of_patient = np.empty(len(patients), dtype=np.int64)
+    fold_sizes = np.zeros(n_folds, dtype=np.int64)
+    for p in np.lexsort((patients, -counts)):
+        fold = int(np.argmin(fold_sizes))
+        fold_of_patient[p] = fold
+        fold_sizes[fold] += counts[p]
+    return fold_of_patient[inverse]
+
+
+def row_table_of(labels: pa.Table) -> pa.Table:
+    """labels.parquet's row table: every column but those each build derives (targets, folds, statuses)."""
+    derived = set(DERIVED_COLUMNS) | {"status", "error"}
+    keep = [c for c in labels.column_names if c not in derived and not c.startswith(("status_", "repaired_"))]
+    table = labels.select(keep)
+    if DROPPED not in table.column_names:
+        table = table.append_column(DROPPED, pa.array(np.zeros(table.num_rows, dtype=bool)))
+    return table

@@ -97,7 +97,7 @@ class StoreReader:
 
     def select(self, selection: Selection = Selection()) -> np.ndarray:
         """Row indices (ascending) that satisfy the selection; never a dropped row (one whose label_id
-        has left the CSV: hms_prep/build/rows.py)."""
+        has left the CSV: hms_prep/building/placement.py)."""
         keep = self.live.copy()
         if selection.only_ok:
             keep &= self.usable()

@@ -148,7 +148,7 @@ def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
 
     from hms_prep.store.layout import StoreError
     from hms_train.cli import _user_errors
-    from hms_train.model.models import MissingWeightsError
+    from hms_train.model.backbones import MissingWeightsError
 
     for expected in (ConfigError("lr: bad"), ValueError("bad"), FileNotFoundError("gone"), StoreError("old"),
                      MissingWeightsError("no weights")):

@@ -17,7 +17,7 @@ from hms_train.run.config import ConfigError, TrainConfig
 from hms_train.run.forward import make_augmenter, model_inputs, predict_probabilities, run_model
 from hms_train.run.inputs import check_augment, plan_inputs
 from hms_train.image.layout import LayoutConfig, LayoutError, PartSource, resolve_layout
-from hms_train.model.models import create_model
+from hms_train.model.kinds import create_model
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.run.bench import bench_plan
 

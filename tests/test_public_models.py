@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hms_train.model.features_head import features_head_canvas
-from hms_train.model.models import create_model
+from hms_train.model.kinds import create_model
 from hms_train.model.resnet1d_gru import MAP_FEATURES, crop_time, map_features
 from hms_train.run.config import bundled_configs, load_config
 from hms_train.run.train import train

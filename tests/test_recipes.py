@@ -544,7 +544,7 @@ def test_layout_choices_are_checked():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_each_recipes_own_backbone_builds_at_its_image_size(name):
-    from hms_train.model.models import create_model
+    from hms_train.model.kinds import create_model
 
     config = load_config(name)
     size = (400, 912) if name.startswith("seed_richard") else (400, 768)

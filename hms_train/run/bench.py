@@ -28,7 +28,7 @@ from hms_prep.store.arrays import ROLE_SIGNALS, describe_arrays
 from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader, to_device
 from hms_train.data.sampler import SamplerState
-from hms_train.model.models import IMAGE
+from hms_train.model.kinds import IMAGE
 from hms_train.model.settings import ModelConfig
 from hms_train.run.parts import build_model, training_parts
 from hms_train.run.config import TrainConfig, load_config

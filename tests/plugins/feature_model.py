@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from hms_train.model.models import register_model
+from hms_train.model.kinds import register_model
 
 
 class FeaturesMLP(nn.Module):

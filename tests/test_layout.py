@@ -11,7 +11,8 @@ import torch
 
 from hms_prep.domain import MIRRORED_CHAINS, standardise
 from hms_prep.store.arrays import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_SIGNALS
-from hms_train.image.augment import AugmentConfig, hemisphere_swap
+from hms_train.image.augment import AugmentConfig
+from hms_train.image.transforms import hemisphere_swap
 from hms_train.image.compose import compose, eval_windows
 from hms_train.run.config import ConfigError, TrainConfig
 from hms_train.run.forward import make_augmenter, model_inputs, predict_probabilities, run_model
@@ -265,7 +266,7 @@ def test_inputs_are_found_by_role(train_store, reader):
 def test_davids_time_flip_reverses_each_part_in_place():
     """D/data_loader.py: flip_data reverses the Kaggle crop and each EEG tile along time where they sit
     (the Kaggle part stays left), not the whole image."""
-    from hms_train.image.augment import part_time_flip
+    from hms_train.image.transforms import part_time_flip
 
     davids = {**DAVID, "parts": [{**DAVID["parts"][4], "col": 0}, *[{**p, "col": p["col"] + 256} for p in DAVID["parts"][:4]]]}
     layout = layout_of(davids)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hms_train.image.augment import LEGACY_KEYS, Augmenter, AugmentConfig
+from hms_train.image.augment import LEGACY_KEYS, AugmentConfig, Augmenter
 from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, load_config
 from hms_train.run.inputs import plan_inputs
 from hms_train.run.stages import fold_stages
@@ -803,7 +803,7 @@ def test_davids_evaluation_sees_the_rows_drawn_for_the_fold_flipped_in_place(bot
     `eval_flip_p` draws the flipped rows once per fold, and those rows' images are each part reversed in
     place (his per-signal flip), exactly as the model sees them flipped by hand."""
     from hms_train.data.reader import to_device
-    from hms_train.image.augment import part_time_flip
+    from hms_train.image.transforms import part_time_flip
     from hms_train.run.forward import eval_flips, model_inputs, predict_probabilities
 
     config = load_config("seed_david_b0", [f'store="{both_store}"', *TINY])

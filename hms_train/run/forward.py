@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from hms_train.data.reader import StoreReader, to_device
-from hms_train.image.augment import Augmenter, part_time_flip, time_flip
+from hms_train.image.augment import Augmenter
+from hms_train.image.transforms import part_time_flip, time_flip
 from hms_train.image.compose import compose, eval_windows
 from hms_train.model.kinds import IMAGE, model_kind
 from hms_train.run.config import TrainConfig, check_device

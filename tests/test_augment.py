@@ -11,7 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from hms_train.image.compose import compose, random_crop
 from hms_train.image.layout import LayoutConfig, PartConfig, PartSource, resolve_layout
 from hms_train.image.augment import AugmentConfig, Augmenter
-from hms_train.image.transforms import affine_theta, brightness_contrast, hemisphere_swap, mixup, sample_symmetric_beta, shift_scale_rotate, stripe_mask, time_flip, vertical_flip, xy_mask
+from hms_train.image.transforms import (affine_theta, brightness_contrast, hemisphere_swap, mixup,
+                                        sample_symmetric_beta, shift_scale_rotate, stripe_mask, time_flip,
+                                        vertical_flip, xy_mask)
 
 F_BINS = 5  # frequency rows per chain block in the small test images
 

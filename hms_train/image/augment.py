@@ -29,7 +29,9 @@ from typing import Any, Literal
 import torch
 
 from hms_prep.registry import Registry, RegistryError
-from hms_train.image.transforms import MASK_AXES, per_sample, affine_theta, block_autocontrast, brightness_contrast, hemisphere_swap, mixup, part_time_flip, sample_symmetric_beta, shift_scale_rotate, stripe_mask, time_flip, vertical_flip, xy_mask
+from hms_train.image.transforms import (MASK_AXES, affine_theta, block_autocontrast, brightness_contrast,
+                                        hemisphere_swap, mixup, part_time_flip, per_sample, sample_symmetric_beta,
+                                        shift_scale_rotate, stripe_mask, time_flip, vertical_flip, xy_mask)
 
 
 # --- the registry: each augmentation a step with its settings ------------------------------------------

@@ -263,7 +263,7 @@ def test_pretrained_reads_the_local_cache_only(tmp_path):
     script = textwrap.dedent(
         f"""
         import torch
-        from hms_train.model.models import create_model
+        from hms_train.model.kinds import create_model
         model = create_model("2d", backbone="efficientnet_b0", pretrained=True, image_size={IMAGE_SIZE})
         expected = torch.load({str(tmp_path / "expected_stem.pt")!r})
         assert torch.allclose(model.backbone.conv_stem.weight, expected), "cached weights not loaded"

@@ -107,26 +107,35 @@ def test_a_plugin_input_role_trains_a_plugin_model(tiny_data, tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(PLUGINS))
     log = tmp_path / "plugin.log"
     monkeypatch.setenv("HMS_PLUGIN_LOG", str(log))
-    from feature_kind import SignalStatsParams
+    try:
+        from feature_kind import SignalStatsParams
 
-    store = str(tmp_path / "s.zarr")
-    run_build(BuildConfig(data_dir=str(tiny_data), store=store, windows=(), kaggle=False, raw=None, chunk_rows=8,
-                          extra_arrays=(SignalStatsParams(window_s=10),), workers=1, in_process=True))
-    described = describe_arrays(open_store(store)[0])
-    assert list(described) == ["signal_stats_10s"]
-    stats = described["signal_stats_10s"]
-    assert (stats.storage, stats.role, stats.axes, stats.shape) == ("row", "features", ("row", "feature"), (21, 32))
-    assert verify_store(store) == []
+        store = str(tmp_path / "s.zarr")
+        run_build(BuildConfig(data_dir=str(tiny_data), store=store, windows=(), kaggle=False, raw=None, chunk_rows=8,
+                              extra_arrays=(SignalStatsParams(window_s=10),), workers=1, in_process=True))
+        described = describe_arrays(open_store(store)[0])
+        assert list(described) == ["signal_stats_10s"]
+        stats = described["signal_stats_10s"]
+        assert (stats.storage, stats.role, stats.axes, stats.shape) == ("row", "features", ("row", "feature"), (21, 32))
+        assert verify_store(store) == []
 
-    sets = [f'store="{store}"', 'device="cpu"', 'plugins=["feature_model"]', 'model="features_mlp"',
-            "model.hidden=4", 'inputs=["signal_stats_10s"]', "epochs=1", "stage2_epochs=0", "folds=[0]",
-            "max_batches_per_epoch=1", "batch_size=4"]
-    summary = train(load_config("smoke", sets), tmp_path / "run", quiet=True)
-    assert (tmp_path / "run" / "fold0_best.pt").is_file() and summary
-    assert "features_mlp forward (4, 32) torch.float32" in log.read_text().splitlines()
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["model"] == {"name": "features_mlp", "hidden": 4}
-    # a model that does not declare the role is refused in one line naming the arrays and the role
-    with pytest.raises(ValueError, match=r"inputs: \['signal_stats_10s'\] are features arrays, which model kind "
-                                         r"'2d' does not take \(it takes image\)"):
-        train(load_config("smoke", [*sets[:2], 'inputs=["signal_stats_10s"]', *sets[6:]]), tmp_path / "r2", quiet=True)
+        sets = [f'store="{store}"', 'device="cpu"', 'plugins=["feature_model"]', 'model="features_mlp"',
+                "model.hidden=4", 'inputs=["signal_stats_10s"]', "epochs=1", "stage2_epochs=0", "folds=[0]",
+                "max_batches_per_epoch=1", "batch_size=4"]
+        summary = train(load_config("smoke", sets), tmp_path / "run", quiet=True)
+        assert (tmp_path / "run" / "fold0_best.pt").is_file() and summary
+        assert "features_mlp forward (4, 32) torch.float32" in log.read_text().splitlines()
+        config = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert config["model"] == {"name": "features_mlp", "hidden": 4}
+        # a model that does not declare the role is refused in one line naming the arrays and the role
+        with pytest.raises(ValueError, match=r"inputs: \['signal_stats_10s'\] are features arrays, which model kind "
+                                             r"'2d' does not take \(it takes image\)"):
+            train(load_config("smoke", [*sets[:2], 'inputs=["signal_stats_10s"]', *sets[6:]]), tmp_path / "r2", quiet=True)
+    finally:  # the plug-ins registered in this process leave with the test: other tests list the registries
+        from hms_prep.kinds import KINDS
+        from hms_train.model.kinds import MODELS
+
+        KINDS.unregister("signal_stats")
+        MODELS.unregister("features_mlp")
+        sys.modules.pop("feature_kind", None)
+        sys.modules.pop("feature_model", None)

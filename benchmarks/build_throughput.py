@@ -5,7 +5,7 @@ has a train.csv), then builds it again with the same parameters, which must comp
 retries of the rows that failed (the exit status is 1 otherwise).
 
 What is printed, and how it is measured:
-  cluster start   the build's local Dask cluster (hms_prep.build.execute.OnDask) is started here and
+  cluster start   the build's local Dask cluster (hms_prep.building.execute.OnDask) is started here and
                   handed to the build as its scheduler, so the build's seconds exclude worker start-up
   build           `run_build`'s wall seconds (plan, tasks, labels.parquet) and label rows/s from them
   stages          seconds summed over all tasks: worker-seconds, not wall time; divided by the
@@ -47,14 +47,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from hms_prep.build.execute import OnDask
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.building.execute import OnDask
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.cli import ROWS_FAILED_EXIT
 from hms_prep.domain import CHAINS, LABEL_WINDOW_S, SAMPLE_RATE, SPEC_WINDOW_S
 from hms_prep.sources.kaggle import EEG_COLUMNS, eeg_path, spectrogram_path
 from hms_prep.sources.montage import BIPOLAR_PAIRS
 from hms_prep.store.codecs import AUTO, CODECS, POLICIES
-from hms_prep.store.format import data_array_names, open_store
+from hms_prep.store.arrays import data_array_names
+from hms_prep.store.layout import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_memory import PeakMemory  # noqa: E402

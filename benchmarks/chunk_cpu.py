@@ -2,7 +2,7 @@
 figure least moved by a busy machine, and comparable across versions of the code.
 
 Creates a store for the default arrays (--windows 10,30, Kaggle, raw), runs the first --chunks chunk
-tasks (`hms_prep.build.task.build_chunk`) directly (the first one only warms imports and caches and is not
+tasks (`hms_prep.building.task.build_chunk`) directly (the first one only warms imports and caches and is not
 counted), and prints CPU ms per row (`time.process_time`: this process, all its threads), wall rows/s
 and each stage's wall ms per row. `--profile` adds cProfile's top functions by own time.
 
@@ -27,12 +27,12 @@ import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from hms_prep.build.rows import commit_rows, place_rows  # noqa: E402
-from hms_prep.build.run import BuildConfig, open_or_create  # noqa: E402
-from hms_prep.build.task import ArrayJob, ChunkJob, build_chunk  # noqa: E402
+from hms_prep.building.placement import commit_rows, place_rows  # noqa: E402
+from hms_prep.building.run import BuildConfig, open_or_create  # noqa: E402
+from hms_prep.building.task import ArrayJob, ChunkJob, build_chunk  # noqa: E402
 from hms_prep.sources.kaggle import read_labels  # noqa: E402
 from hms_prep.sources.rows import csv_rows, planned_rows  # noqa: E402
-from hms_prep.store.format import create_build_state  # noqa: E402
+from hms_prep.store.build_state import create_build_state  # noqa: F401
 
 
 def chunk_jobs(config: BuildConfig, n_chunks: int) -> list[ChunkJob]:

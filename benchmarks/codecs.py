@@ -27,7 +27,8 @@ import numcodecs
 import numpy as np
 from numcodecs import Blosc, Zstd
 
-from hms_prep.store.format import data_array_names, open_store
+from hms_prep.store.arrays import data_array_names
+from hms_prep.store.layout import open_store
 
 MB, GB = 1e6, 1e9
 

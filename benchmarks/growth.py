@@ -10,7 +10,7 @@ What is printed, and how it is measured:
   peak memory     the largest resident set size (RSS) each process reached, sampled every 0.2 s: the
                   driver (this process) and every Dask worker process by pid
   store           bytes on disk; the driver's peak is compared with it (it must stay far below)
-  info, verify    `hms_prep.audit.store_info` and `verify_store` in this process, wall seconds
+  info, verify    `hms_prep.store.audit.store_info` and `verify_store` in this process, wall seconds
   reader start    StoreReader construction for eeg_10s, eeg_30s, kaggle, wall seconds
 
 Examples:
@@ -32,8 +32,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from hms_prep.audit import store_info, verify_store  # noqa: E402
-from hms_prep.build.run import BuildConfig, run_build  # noqa: E402
+from hms_prep.store.audit import store_info, verify_store  # noqa: E402
+from hms_prep.building.run import BuildConfig, run_build  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_memory import PeakMemory  # noqa: E402

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.kinds import MelParams
-from hms_prep.store.format import describe_arrays, open_store
+from hms_prep.store.arrays import describe_arrays
+from hms_prep.store.layout import open_store
 from hms_prep.synth import synthesize
 from hms_train.run.checkpoint import predictable, save
 from hms_train.run.config import load_config
-from hms_train.run.plan import plan_inputs
+from hms_train.run.inputs import plan_inputs
 from hms_train.run.predict import predict_submission
 
 HIDDEN_EEGS = 3000  # assumption: the hidden test set's size is not public

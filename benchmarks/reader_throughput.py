@@ -36,8 +36,8 @@ from npy_baseline import DEFAULT_INPUTS, FORMATS, export_npy, run_npy_baseline  
 
 def build_store(workdir: Path, eegs: int, workers: int) -> str:
     """A synthetic train store in `workdir` (reused when already built)."""
-    from hms_prep.build.run import BuildConfig, run_build
-    from hms_prep.store.format import store_exists
+    from hms_prep.building.run import BuildConfig, run_build
+    from hms_prep.store.layout import store_exists
     from hms_prep.synth import synthesize
 
     data, store = workdir / "data", str(workdir / "specs.zarr")

@@ -30,7 +30,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from hms_prep.build.run import BuildConfig, run_build  # noqa: E402
+from hms_prep.building.run import BuildConfig, run_build  # noqa: E402
 from hms_prep.synth import synthesize  # noqa: E402
 
 

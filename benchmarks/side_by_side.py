@@ -51,7 +51,8 @@ def run(argv: list, code: Path | None) -> tuple[float, float, str]:
 STATE_READ = """
 import os, sys, time
 import zarr
-from hms_prep.store.format import StoreLayout, create_build_state, open_build_state, read_state
+from hms_prep.store.build_state import create_build_state, open_build_state, read_state
+from hms_prep.store.layout import StoreLayout
 path = sys.argv[1]
 if not os.path.exists(path):
     state = create_build_state(zarr.open_group(path, mode="w"), "eeg_10s", StoreLayout("train", 106_800, 32, "", 5, "auto", 2000))

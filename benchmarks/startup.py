@@ -1,6 +1,6 @@
 """What a user waits for before and around the work: `--help`, a repeated build, and where a small
 build is faster in this process than on a local Dask cluster (the crossover behind
-hms_prep.build.execute.IN_PROCESS_ROWS).
+hms_prep.building.execute.IN_PROCESS_ROWS).
 
 Every figure is the wall time of a new Python process, as a user starts it:
   help            `python -m hms_prep.cli build --help` (median of --repeat)
@@ -31,14 +31,14 @@ import numpy as np
 # A build forced onto one path; the CLI chooses by IN_PROCESS_ROWS itself.
 FORCED_BUILD = """
 import sys
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.building.run import BuildConfig, run_build
 data, store, workers, in_process = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 summary = run_build(BuildConfig(data_dir=data, store=store, workers=workers, in_process=in_process))
 print(summary.rows_computed)
 """
 
 
-COMPUTING_IMPORTS = "import hms_prep.cli, hms_prep.build.run, hms_prep.build.task, torch, scipy.signal"
+COMPUTING_IMPORTS = "import hms_prep.cli, hms_prep.building.run, hms_prep.building.task, torch, scipy.signal"
 
 
 def wall(command: list[str]) -> tuple[float, str]:

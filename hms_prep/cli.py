@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hms_prep.store.codecs import AUTO, FAST
 from hms_prep.sources.kaggle import KaggleDataError
-from hms_prep.store.format import StoreError
+from hms_prep.store.layout import StoreError
 
 # `hms-prep build` finished, but some rows failed (listed, recorded in labels.parquet, computed again once
 # a file they are cut from changes, or with --retry-failed):
@@ -191,9 +191,9 @@ def build(
     the build, or chunk tasks crashed (counted and named; their chunks are not done); 130 interrupted
     (Ctrl-C): the same command resumes where it stopped.
     """
-    from hms_prep.build.config import BuildConfig
-    from hms_prep.build.execute import BuildError
-    from hms_prep.build.run import run_build
+    from hms_prep.building.config import BuildConfig
+    from hms_prep.building.execute import BuildError
+    from hms_prep.building.run import run_build
     from hms_prep.doctor import BrokenInstall
     from hms_prep.kinds import MelParams, RawParams
     from hms_prep.plugins import load_plugins
@@ -262,7 +262,7 @@ def info(
 
     Example: hms-prep info cache/specs.zarr --json
     """
-    from hms_prep.audit import store_info
+    from hms_prep.store.audit import store_info
 
     try:
         facts = store_info(store)
@@ -281,7 +281,7 @@ def info(
         typer.echo(f"  {name:{width}s} {a['kind']:8s} {str(tuple(a['shape'])):24s} chunks {tuple(a['chunks'])} "
                    f"{a['dtype']} {'/'.join(a['codec']) or 'raw'}; {a['chunks_done']}/{a['chunks_total']} chunks, "
                    f"{a['rows_failed']} failed rows")
-        typer.echo(f"  {'':{width}s} role {a['role']}, normalise {a['normalise']}; {detail}; "
+        typer.echo(f"  {'':{width}s} storage {a['storage']}, role {a['role']}, normalise {a['normalise']}; {detail}; "
                    f"digest {a['params_digest']}")
     for line in facts["damaged"]:  # arrays whose metadata cannot be read: named, not described
         console.print(f"[red]damaged:[/red] {escape(line)} (hms-prep build --repair rewrites it)", highlight=False,
@@ -294,7 +294,7 @@ def verify(store: str = typer.Argument(..., help="Store path or URL.")):
 
     Example: hms-prep verify cache/specs.zarr
     """
-    from hms_prep.audit import verify_store
+    from hms_prep.store.audit import verify_store
 
     try:
         problems = verify_store(store)
@@ -425,7 +425,7 @@ class _progress:
         if not console.is_terminal:
             return _LogProgress(self.label)
 
-        from hms_prep.build.record import rows_per_s  # here: `hms-prep -h` imports no build module
+        from hms_prep.building.record import rows_per_s  # here: `hms-prep -h` imports no build module
 
         def update(done: int, total: int, seconds: float) -> None:
             if self.bar is None:
@@ -460,7 +460,7 @@ class _LogProgress:
         now = time.monotonic()
         if self.last is not None and now - self.last < PROGRESS_EVERY_S and done < total:
             return
-        from hms_prep.build.record import rows_per_s
+        from hms_prep.building.record import rows_per_s
 
         self.last = now
         rate = rows_per_s(done, seconds)

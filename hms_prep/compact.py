@@ -1,7 +1,7 @@
 """`hms-prep compact STORE`: reclaim the raw regions that row changes left behind.
 
 A chunk of rows whose rows change gets its raw segments laid out again after the last stored segment
-(hms_prep/build/rows.py), so its old region stays in the signal arrays, unread. Compaction moves every
+(hms_prep/building/placement.py), so its old region stays in the signal arrays, unread. Compaction moves every
 chunk's region (its segments, from its first raw_lo to the raw chunk boundary after its last raw_hi) to
 where a store built in one pass would put it: chunk after chunk from sample 0, each on a raw chunk
 boundary. A region moves whole, so its values are copied, never recomputed: bit for bit those the reader
@@ -30,23 +30,13 @@ import pyarrow.parquet as pq
 import zarr
 
 from hms_prep.sources.rows import rows_digest
-from hms_prep.store.format import (
-    LABELS_FILE,
-    RAW_INDEX_COLUMNS,
-    ROWS_FOLDER,
-    StoreError,
-    StoreLayout,
-    commit_layout,
-    describe_arrays,
-    normalize_url,
-    open_store,
-    read_labels_if_readable,
-    read_row_table,
-    remove_other_row_tables,
-    require_finished,
-    row_table_file,
-    store_nbytes,
-    write_row_table,
+from hms_prep.store.arrays import describe_arrays
+from hms_prep.store.build_state import require_finished
+from hms_prep.store.labels import (
+    RAW_INDEX_COLUMNS, read_labels_if_readable, read_row_table, remove_other_row_tables, row_table_file, write_row_table,
+)
+from hms_prep.store.layout import (
+    LABELS_FILE, ROWS_FOLDER, StoreError, StoreLayout, commit_layout, normalize_url, open_store, store_nbytes,
 )
 from hms_prep.store.lock import build_lock
 

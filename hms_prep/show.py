@@ -32,7 +32,9 @@ from hms_prep.domain import CHAINS, CLASSES, LABEL_SAMPLES, LABEL_WINDOW_S, SAMP
 from hms_prep.sources.montage import pair_names  # noqa: E402
 from hms_prep.kinds import KINDS  # noqa: E402
 from hms_prep.store.codecs import read_region  # noqa: E402
-from hms_prep.store.format import NORMALISE_ZSCORE, describe_arrays, open_store, read_labels  # noqa: E402
+from hms_prep.store.arrays import NORMALISE_ZSCORE, describe_arrays  # noqa: F401
+from hms_prep.store.labels import read_labels  # noqa: F401
+from hms_prep.store.layout import open_store  # noqa: F401
 
 # The PNG is always FIG_WIDTH x (SPECTROGRAM_HEIGHT [+ RAW_HEIGHT]) inches at DPI.
 FIG_WIDTH, SPECTROGRAM_HEIGHT, RAW_HEIGHT, DPI = 15.0, 5.5, 5.0, 100
@@ -92,14 +94,19 @@ def show_row(store: str, row: int | None = None, label_id: int | None = None, ee
 
 def chosen_arrays(store: str, described: dict, arrays: list[str] | None) -> tuple[list[str], str | None]:
     """(image arrays, the raw array or None) to draw: those named in `arrays`, or every image array
-    and the first raw one. ValueError names an unknown array and the store's arrays."""
+    and the first one stored per segment (arrays of other roles, a plug-in's feature vector, are not
+    pictures). ValueError names an unknown array and the store's arrays."""
     if arrays is None:
-        raws = [name for name, d in described.items() if not d.image]
+        raws = [name for name, d in described.items() if not d.per_row]
         return [name for name, d in described.items() if d.image], (raws[0] if raws else None)
     unknown = [name for name in arrays if name not in described]
     if unknown:
         raise ValueError(f"{store}: no array {', '.join(unknown)}; it has {', '.join(described)}")
-    raws = [name for name in arrays if not described[name].image]
+    other = [name for name in arrays if described[name].image == (not described[name].per_row)]
+    if other:
+        raise ValueError(f"{store}: cannot draw {', '.join(other)} (role {described[other[0]].role}); choose image "
+                         "arrays or one stored per segment")
+    raws = [name for name in arrays if not described[name].per_row]
     if len(raws) > 1:
         raise ValueError(f"choose at most one raw array to draw, got {', '.join(raws)}")
     return [name for name in arrays if described[name].image], (raws[0] if raws else None)

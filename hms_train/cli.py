@@ -50,11 +50,11 @@ def _user_errors():
     """Expected failures (bad config values, missing runs, stores or weights, bad inputs) end in one
     `error:` line and exit 1. Anything else (a CUDA out-of-memory, a bug) keeps its traceback."""
     from hms_prep.doctor import TRAIN_PARTS, BrokenInstall, require
-    from hms_prep.store.format import StoreError
+    from hms_prep.store.layout import StoreError
 
     try:
         require(TRAIN_PARTS)  # a broken compiled part is one line naming it, before any import of it fails
-        from hms_train.model.models import MissingWeightsError
+        from hms_train.model.backbones import MissingWeightsError
     except BrokenInstall as err:
         for line in str(err).splitlines():
             typer.echo(f"error: {line}", err=True)
@@ -452,7 +452,7 @@ def list_registered(
         from hms_prep.plugins import load_plugins
         from hms_train.data.tables import TABLES
         from hms_train.image.augment import AUGMENTATIONS
-        from hms_train.model.models import MODELS
+        from hms_train.model.kinds import MODELS
 
         load_plugins(plugin)
         for title, registry in (("model kinds: [model] name = NAME, then its settings", MODELS),

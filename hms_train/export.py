@@ -37,13 +37,14 @@ import numpy as np
 import torch
 
 from hms_prep.doctor import PROJECT
-from hms_prep.store.format import describe_arrays, open_store
+from hms_prep.store.arrays import describe_arrays
+from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.run.blend import fixed_weights
 from hms_train.run import checkpoint as checkpoint_file
 from hms_train.run.checkpoint import fold_checkpoints, load_fold_model, predictable
 from hms_train.run.forward import predict_probabilities
-from hms_train.run.plan import plan_inputs
+from hms_train.run.inputs import plan_inputs
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (the export needs its uv.lock and sources)
 # Kaggle's image (a notebook with no internet) already holds these: the export ships none of them, nor
@@ -266,7 +267,7 @@ def _pip(command: list[str]) -> None:
 def infer(export_dir: Path, data: Path, out: Path, scratch: Path, device: str = "auto", say=print) -> int:
     """What DIR/infer.py runs once the wheels are installed: the test store of `data` in `scratch`, then
     the blend's submission; returns the rows written."""
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.kinds.base import kind_of_stored
     from hms_train.run.predict import predict_submission
 

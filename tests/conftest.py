@@ -59,7 +59,7 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def train_store(synth_data, tmp_path_factory):
     """A train store (eeg_10s, eeg_30s, kaggle, raw) built from `synth_data` on a real LocalCluster."""
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
 
     url = str(tmp_path_factory.mktemp("stores") / "specs.zarr")
     run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), chunk_rows=8, workers=2,

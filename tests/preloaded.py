@@ -76,8 +76,8 @@ def serve(path: str) -> None:
         (script,) = entry_points(group="console_scripts", name=name)
         ENTRY_POINTS[name] = script.load()
     # What the commands import: loaded once here, without running anything (no threads before a fork).
-    import hms_prep.build.run  # noqa: F401
-    import hms_prep.build.task  # noqa: F401
+    import hms_prep.building.run  # noqa: F401
+    import hms_prep.building.task  # noqa: F401
     import hms_prep.kinds.mel  # noqa: F401
     import scipy.signal  # noqa: F401
     import torch  # noqa: F401

@@ -2,6 +2,7 @@
 folders of each package, and the trainer names no kind of the store (it finds arrays by role)."""
 
 import ast
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,11 @@ from conftest import ROOT
 
 # Each folder may import only the folders listed after it (and itself); top-level modules are free.
 LAYERS = {
-    "hms_prep": ["build", "kinds", "sources", "store"],  # build -> kinds -> sources -> store
+    "hms_prep": ["building", "kinds", "sources", "store"],  # building -> kinds -> sources -> store
     "hms_train": ["run", "model", "image", "data"],  # run -> model, image -> data
 }
 ALLOWED = {
-    ("hms_prep", "build"): {"kinds", "sources", "store"},
+    ("hms_prep", "building"): {"kinds", "sources", "store"},
     ("hms_prep", "kinds"): {"sources", "store"},
     ("hms_prep", "sources"): {"store"},
     ("hms_prep", "store"): set(),
@@ -51,7 +52,8 @@ def test_imports_run_one_way_between_the_folders(package, folder):
             if parts[0] == package and len(parts) > 1 and parts[1] in others:
                 assert parts[1] in ALLOWED[(package, folder)], f"{path.relative_to(ROOT)} imports {name}"
             if package == "hms_train" and parts[0] == "hms_prep":  # the trainer reads the store, no math
-                assert name in ("hms_prep.store.format", "hms_prep.store.codecs", "hms_prep.domain",
+                assert name in ("hms_prep.store.layout", "hms_prep.store.arrays", "hms_prep.store.labels",
+                                "hms_prep.store.build_state", "hms_prep.store.codecs", "hms_prep.domain",
                                 "hms_prep.doctor", "hms_prep.plugins", "hms_prep.registry"), f"{path.relative_to(ROOT)} imports {name}"
 
 
@@ -67,3 +69,13 @@ def test_the_trainer_names_no_kind_of_the_store():
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 assert node.value not in kinds, f"{path.relative_to(ROOT)}:{node.lineno} names the kind {node.value!r}"
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_module_names_are_unique_and_no_folder_is_named_like_a_build_output(package):
+    """One `rows.py` per package, so a name in a traceback or a search names one file; and no package folder
+    that common tools skip as generated output (pytest's norecursedirs holds `build` and `dist`)."""
+    paths = [p for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py"]
+    names = Counter(p.name for p in paths)
+    assert [str(p.relative_to(ROOT)) for p in paths if names[p.name] > 1] == []
+    assert [p.name for p in (ROOT / package).rglob("*") if p.is_dir() and p.name in ("build", "dist", "out")] == []

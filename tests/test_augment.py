@@ -10,20 +10,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hms_train.image.compose import compose, random_crop
 from hms_train.image.layout import LayoutConfig, PartConfig, PartSource, resolve_layout
-from hms_train.image.augment import (
-    AugmentConfig,
-    Augmenter,
-    affine_theta,
-    brightness_contrast,
-    hemisphere_swap,
-    mixup,
-    sample_symmetric_beta,
-    shift_scale_rotate,
-    stripe_mask,
-    time_flip,
-    vertical_flip,
-    xy_mask,
-)
+from hms_train.image.augment import AugmentConfig, Augmenter
+from hms_train.image.transforms import (affine_theta, brightness_contrast, hemisphere_swap, mixup,
+                                        sample_symmetric_beta, shift_scale_rotate, stripe_mask, time_flip,
+                                        vertical_flip, xy_mask)
 
 F_BINS = 5  # frequency rows per chain block in the small test images
 
@@ -318,7 +308,7 @@ def test_autocontrast_is_torchvisions_on_each_chosen_chain_sub_image():
     and the padding (-1) are untouched; a constant block is only clamped, as torchvision does."""
     import torchvision.transforms.v2.functional as TF
 
-    from hms_train.image.augment import block_autocontrast
+    from hms_train.image.transforms import block_autocontrast
 
     blocks = torch.full((8, 10), -1, dtype=torch.int64)
     blocks[:, :6] = torch.arange(4).repeat_interleave(2)[:, None]  # part 0: 4 chains of 2 rows, 6 columns

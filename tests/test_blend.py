@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hms_prep.domain import TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.store.format import read_labels
+from hms_prep.store.labels import read_labels
 from hms_train.data.tables import row_table
 from hms_train.run.blend import DAVID_BLEND, RICHARD_BLEND, SEED_BLEND, Blend, blend_runs, blend_weights
 from hms_train.run.metric import kaggle_kl

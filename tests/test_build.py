@@ -13,11 +13,12 @@ import pytest
 import zarr
 
 from hms_prep.sources import kaggle
-from hms_prep.audit import store_info, verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.store.audit import store_info, verify_store
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.sources.montage import bipolar_signals
-from hms_prep.store.format import StoreError, open_store, read_labels
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import StoreError, open_store
 
 from conftest import REAL, ROOT, needs_real_sample
 

@@ -10,11 +10,11 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.cli import app
 from hms_prep.kinds import MelParams
 from hms_prep.kinds.mel import mel_windows
-from hms_prep.store.format import read_labels
+from hms_prep.store.labels import read_labels
 
 from conftest import ROOT
 
@@ -39,7 +39,7 @@ def test_paths_in_this_process_equal_the_cluster_build(train_store, synth_data, 
 def test_nothing_to_compute_starts_no_cluster(train_store, synth_data):
     """A repeated build computes nothing and never even imports Dask's distributed: no cluster starts.
     (With --scheduler, the scheduler is still reached first: an unreachable one is refused up front.)"""
-    code = ("import sys; from hms_prep.build.run import BuildConfig, run_build; "
+    code = ("import sys; from hms_prep.building.run import BuildConfig, run_build; "
             f"s = run_build(BuildConfig(data_dir={str(synth_data)!r}, store={train_store!r}, windows=(10, 30))); "
             "print(s.rows_computed, s.computed, 'distributed' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -40,7 +40,7 @@ def test_every_declared_codec_writes_the_bytes_zarr_writes(tmp_path, name):
 
 @pytest.mark.parametrize("dtype, fill", [("uint8", 2), ("float32", 0.0)])
 def test_build_state_arrays_are_written_as_zarr_writes_them(tmp_path, dtype, fill):
-    """status, repaired and done (zstd level 0 and a checksum, hms_prep.store.format.create_build_state)."""
+    """status, repaired and done (zstd level 0 and a checksum, hms_prep.store.build_state.create_build_state)."""
     by_zarr, by_sink = _twins(tmp_path, (10,), (4,), dtype, (ZstdCodec(level=0), Crc32cCodec()), fill)
     values = np.arange(10).astype(dtype)
     for start in (0, 4, 8):

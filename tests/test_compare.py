@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hms_prep.sources.kaggle import VOTE_COLUMNS
-from hms_prep.store.format import StoreError, read_labels
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import StoreError
 from hms_train.cli import app
 from hms_train.run.compare import compare_runs
 from hms_train.run.metric import CLASS_NAMES, cv_report

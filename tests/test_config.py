@@ -8,7 +8,7 @@ from conftest import ROOT
 from typer.testing import CliRunner
 
 from hms_train.image.augment import AUGMENTATIONS
-from hms_train.model.models import MODELS
+from hms_train.model.kinds import MODELS
 from hms_train.cli import app
 from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, check_folds, load_config
 
@@ -163,9 +163,9 @@ def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
     import torch
     import typer
 
-    from hms_prep.store.format import StoreError
+    from hms_prep.store.layout import StoreError
     from hms_train.cli import _user_errors
-    from hms_train.model.models import MissingWeightsError
+    from hms_train.model.backbones import MissingWeightsError
 
     for expected in (ConfigError("lr: bad"), ValueError("bad"), FileNotFoundError("gone"), StoreError("old"),
                      MissingWeightsError("no weights")):

@@ -43,7 +43,7 @@ def submission(path: Path) -> tuple[list[str], np.ndarray]:
 
 @pytest.mark.skipif(not UV.is_file(), reason="needs uv (make setup installs it into .uv/)")
 def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_store, synth_data, tmp_path):
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
 
     run = tmp_path / "smoke"
     hms_here("train", "--store", train_store, "--config", "smoke", "--device", "cpu", "--out", run, "--quiet",

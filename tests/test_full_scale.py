@@ -111,7 +111,7 @@ def test_one_percent_build_plan_and_a_training_step(data, tmp_path, preloaded):
     assert (plan["row_table"], plan["table_rows"]) == ("richard", spectrograms)
     # David's recipe plans only on a store with his four windows (benchmarks/full_scale.py builds them);
     # his table is read here from the same labels: one row per spectrogram too
-    from hms_prep.store.format import read_labels as read_store_labels
+    from hms_prep.store.labels import read_labels as read_store_labels
     from hms_train.data.tables import row_table
 
     assert len(row_table("david", read_store_labels(str(store))).rows) == spectrograms
@@ -124,7 +124,7 @@ def test_one_percent_build_plan_and_a_training_step(data, tmp_path, preloaded):
 
 def test_reading_train_csv_does_not_import_pandas(data):
     """pyarrow's to_numpy imports pandas on its first call (about 0.5 s of a no-op build's start); the label
-    reader takes the columns' buffers instead (hms_prep/sources/columns.py)."""
+    reader takes the columns' buffers instead (hms_prep/columns.py)."""
     code = ("import sys; from hms_prep.sources.kaggle import read_labels; read_labels(sys.argv[1], 'train'); "
             "assert 'pandas' not in sys.modules, 'pandas imported'")
     done = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True)
@@ -134,7 +134,7 @@ def test_reading_train_csv_does_not_import_pandas(data):
 def test_numpy_column_gives_what_to_numpy_gives():
     import pyarrow as pa
 
-    from hms_prep.sources.columns import numpy_column
+    from hms_prep.columns import numpy_column
 
     values = pa.array(np.arange(10, dtype=np.int64))
     cases = [values, values.slice(3, 4), pa.chunked_array([values.slice(0, 5), values.slice(5)]),
@@ -148,7 +148,7 @@ def test_numpy_column_gives_what_to_numpy_gives():
 def test_arrow_and_string_columns_give_what_pa_array_gives():
     import pyarrow as pa
 
-    from hms_prep.sources.columns import arrow_column, string_column
+    from hms_prep.columns import arrow_column, string_column
 
     for values in (np.arange(7, dtype=np.int64)[::2], np.float32([0.5, -2.0]), np.int8([-1, 3]),
                    np.array([True, False, True] * 4), np.zeros(0, dtype=bool)):

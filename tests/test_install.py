@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hms_prep.audit import verify_store
+from hms_prep.store.audit import verify_store
 from hms_prep.doctor import BUILD_PARTS, PARTS, TRAIN_PARTS
 
 from conftest import ROOT
@@ -183,7 +183,7 @@ def hooked_build(data, store: Path, log: Path, env: dict, in_process: bool):
     log.mkdir()
     script = (
         "import json, sys\n"
-        "from hms_prep.build.run import BuildConfig, run_build\n"
+        "from hms_prep.building.run import BuildConfig, run_build\n"
         f"s = run_build(BuildConfig(data_dir={str(data)!r}, store={str(store)!r}, windows=(10,), chunk_rows=8,\n"
         f"              workers=2, in_process={in_process}))\n"
         "print(json.dumps({'ok': s.ok, 'crashed': s.crashed, 'line': s.crash_line(), 'rows': s.rows_computed,\n"

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from hms_prep.audit import verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.store.audit import verify_store
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.compact import compact_store
-from hms_prep.store.format import read_labels, store_nbytes
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import store_nbytes
 
 from test_kill import EVERY_WRITE, INTERRUPTED, assert_same_arrays, assert_same_store, uninterrupted, zygote  # noqa: F401  (fixtures)
 from test_row_changes import assert_same_values_by_label_id, corrected, rewrite_csv

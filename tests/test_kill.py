@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import zarr
 
-from hms_prep.audit import store_info, verify_store
-from hms_prep.store.format import read_labels
+from hms_prep.store.audit import store_info, verify_store
+from hms_prep.store.labels import read_labels
 
 from conftest import ROOT
 
@@ -192,7 +192,7 @@ def test_a_build_killed_while_adding_an_array_to_a_finished_store_hides_it_and_c
 
 def test_a_build_applying_a_corrected_train_csv_killed_at_every_write_of_the_change_resumes(
         zygote, tiny_data, uninterrupted, tmp_path):
-    """Issue 20, finding 5: a corrected train.csv changes a store's rows in place (hms_prep/build/rows.py). Killed
+    """Issue 20, finding 5: a corrected train.csv changes a store's rows in place (hms_prep/building/placement.py). Killed
     at every write of the change (the row table, each array's growth and marks, labels.parquet's removal, the
     root's layout) and at the first chunk: resumed with the new train.csv, the store the uninterrupted change
     gives; resumed with the old one before the change took effect, the store as it was."""

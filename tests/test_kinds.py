@@ -16,8 +16,8 @@ import xarray
 import zarr
 from typer.testing import CliRunner
 
-from hms_prep.audit import store_info, verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.store.audit import store_info, verify_store
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.cli import app
 from hms_prep.store.codecs import CODECS
 from hms_prep.store.coords import store_dimension_names
@@ -39,14 +39,9 @@ from hms_prep.kinds import (
 from hms_prep.kinds.base import EEG
 from hms_prep.kinds.spec import parse_array_spec, parse_value
 from hms_prep.show import show_row
-from hms_prep.store.format import (
-    READ_HALF_OF_V1_KINDS,
-    StoreError,
-    describe_arrays,
-    digest,
-    open_store,
-    read_labels,
-)
+from hms_prep.store.arrays import READ_HALF_OF_V1_KINDS, describe_arrays
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import StoreError, digest, open_store
 
 from conftest import ROOT
 
@@ -144,7 +139,7 @@ def test_imports_run_one_way_and_info_and_verify_import_no_torch(default_store):
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "torch" in imported and not [m for m in imported if m.startswith("hms_prep.kinds")]
-    code = ("import sys; from hms_prep.audit import store_info, verify_store; "
+    code = ("import sys; from hms_prep.store.audit import store_info, verify_store; "
             f"store_info({str(default_store)!r}); assert verify_store({str(default_store)!r}) == []; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -186,7 +181,7 @@ def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(defa
     """Stores built by the layout-v1 code open unchanged: same names, codecs and every v1 attribute
     literally (tests/data/store_v1_arrays.json, written by that code), but for the EEG kinds' params,
     which record exactly their NaN repair and band-pass span besides (their digest follows: decisions.md).
-    A new build adds exactly the kind's read half, `role` and `normalise`, with the values the v1 fallback
+    A new build adds exactly the kind's read half, `storage`, `role` and `normalise`, with the values the v1 fallback
     gives, and zarr's `dimension_names` (decisions.md)."""
     from hms_prep.sources.montage import NAN_REPAIR
     from hms_prep.sources.recordings import SEGMENTS_SPAN
@@ -206,7 +201,8 @@ def test_default_arrays_keep_the_layout_v1_metadata_and_add_their_read_half(defa
         assert {key: attributes[key] for key in same} == {key: v1["attributes"][key] for key in same}, name
         added = {key: value for key, value in attributes.items() if key not in v1["attributes"]}
         role, normalise = READ_HALF_OF_V1_KINDS[v1["attributes"]["kind"]]
-        assert added == {"role": role, "normalise": normalise}, name
+        storage = "segment" if role == "signals" else "row"
+        assert added == {"storage": storage, "role": role, "normalise": normalise}, name
         assert metadata["dimension_names"] == list(store_dimension_names(name, v1["attributes"]["axes"], "train")), name
         assert metadata["codecs"] == v1["codecs"], name
         assert (metadata["data_type"], metadata["fill_value"]) == (v1["data_type"], v1["fill_value"]), name

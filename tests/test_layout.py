@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from hms_prep.domain import MIRRORED_CHAINS, standardise
-from hms_prep.store.format import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_SIGNALS
-from hms_train.image.augment import AugmentConfig, hemisphere_swap
+from hms_prep.store.arrays import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_SIGNALS
+from hms_train.image.augment import AugmentConfig
+from hms_train.image.transforms import hemisphere_swap
 from hms_train.image.compose import compose, eval_windows
 from hms_train.run.config import ConfigError, TrainConfig
 from hms_train.run.forward import make_augmenter, model_inputs, predict_probabilities, run_model
-from hms_train.run.plan import check_augment, plan_inputs
+from hms_train.run.inputs import check_augment, plan_inputs
 from hms_train.image.layout import LayoutConfig, LayoutError, PartSource, resolve_layout
-from hms_train.model.models import create_model
+from hms_train.model.kinds import create_model
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.run.bench import bench_plan
 
@@ -254,9 +255,9 @@ def test_multimodal_models_refuse_augmentations_of_the_image_alone(train_store, 
 def test_inputs_are_found_by_role(train_store, reader):
     with pytest.raises(ConfigError, match=r"model kind '1d' takes one signals array; .* hold 0"):
         inputs_of(spectrogram_config(train_store, model="1d", inputs=["eeg_10s"]), reader)
-    with pytest.raises(ConfigError, match=r"inputs: \['raw'\] are signals, which model kind '2d' does not take"):
+    with pytest.raises(ConfigError, match=r"inputs: \['raw'\] are signals arrays, which model kind '2d' does not take \(it takes image\)"):
         inputs_of(spectrogram_config(train_store, inputs=["eeg_10s", "raw"]), reader)
-    with pytest.raises(ConfigError, match=r"are image parts, but model kind '1d' takes no image"):
+    with pytest.raises(ConfigError, match=r"\['eeg_10s'\] are image arrays, which model kind '1d' does not take \(it takes signals\)"):
         inputs_of(spectrogram_config(train_store, model="1d", inputs=["eeg_10s", "raw"]), reader)
     plan = inputs_of(spectrogram_config(train_store, model="1d", inputs=["raw"]), reader)
     assert plan.signals == "raw" and plan.layout is None
@@ -265,7 +266,7 @@ def test_inputs_are_found_by_role(train_store, reader):
 def test_davids_time_flip_reverses_each_part_in_place():
     """D/data_loader.py: flip_data reverses the Kaggle crop and each EEG tile along time where they sit
     (the Kaggle part stays left), not the whole image."""
-    from hms_train.image.augment import part_time_flip
+    from hms_train.image.transforms import part_time_flip
 
     davids = {**DAVID, "parts": [{**DAVID["parts"][4], "col": 0}, *[{**p, "col": p["col"] + 256} for p in DAVID["parts"][:4]]]}
     layout = layout_of(davids)

@@ -13,17 +13,9 @@ import safetensors.torch
 import timm
 import torch
 
-from hms_train.model.models import (
-    DROPOUT_PLACES,
-    AttentionPool,
-    GeM,
-    MultimodalNet,
-    RawEEGNet,
-    SpectrogramNet,
-    create_model,
-    model_inputs,
-    timm_backbone,
-)
+from hms_train.model.backbones import AttentionPool, GeM, timm_backbone
+from hms_train.model.kinds import create_model
+from hms_train.model.models import DROPOUT_PLACES, model_inputs, MultimodalNet, RawEEGNet, SpectrogramNet
 
 IMAGE_SIZE = (128, 160)  # feature map 4 x 5 for stride-32 backbones
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +263,7 @@ def test_pretrained_reads_the_local_cache_only(tmp_path):
     script = textwrap.dedent(
         f"""
         import torch
-        from hms_train.model.models import create_model
+        from hms_train.model.kinds import create_model
         model = create_model("2d", backbone="efficientnet_b0", pretrained=True, image_size={IMAGE_SIZE})
         expected = torch.load({str(tmp_path / "expected_stem.pt")!r})
         assert torch.allclose(model.backbone.conv_stem.weight, expected), "cached weights not loaded"
@@ -308,7 +300,7 @@ def test_create_model_refuses_arguments_a_kind_does_not_take():
 
 def test_a_registered_kind_declares_its_inputs_and_runs_by_keyword(image):
     from hms_train.run.forward import run_model
-    from hms_train.model.models import MODELS, register_model
+    from hms_train.model.kinds import MODELS, register_model
 
     @register_model("test_mean", inputs=("image",))
     def mean_model(scale: float = 1.0) -> torch.nn.Module:

@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from hms_prep.cli import app
 from hms_prep.show import show_row
-from hms_prep.store.format import describe_arrays, open_store, read_labels
+from hms_prep.store.arrays import describe_arrays
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import open_store
 
 from conftest import ROOT
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hms_train.model.features_head import features_head_canvas
-from hms_train.model.models import create_model
+from hms_train.model.kinds import create_model
 from hms_train.model.resnet1d_gru import MAP_FEATURES, crop_time, map_features
 from hms_train.run.config import bundled_configs, load_config
 from hms_train.run.train import train
@@ -147,7 +147,7 @@ def test_wave_block_pads_like_keras_same():
 def public_store(synth_data, tmp_path_factory):
     """The default arrays (eeg_10s, eeg_30s, kaggle, raw) and the public recipes' three mel variants, as
     `make seed` builds them (scripts/seed.sh PUBLIC_ARRAYS)."""
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.kinds import MelParams
 
     url = str(tmp_path_factory.mktemp("public") / "specs.zarr")

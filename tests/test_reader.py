@@ -15,7 +15,9 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from hms_prep.store.codecs import CODECS, Codec
-from hms_prep.store.format import LABELS_FILE, ROOT_KEY, TARGET_COLUMNS, StoreError, write_labels
+from hms_prep.domain import TARGET_COLUMNS
+from hms_prep.store.labels import write_labels
+from hms_prep.store.layout import LABELS_FILE, ROOT_KEY, StoreError
 from hms_train.run.bench import run_bench
 from hms_train.image.compose import compose_image
 from hms_train.data.chunks import ChunkError

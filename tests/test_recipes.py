@@ -16,9 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hms_train.image.augment import LEGACY_KEYS, Augmenter, AugmentConfig
+from hms_train.image.augment import LEGACY_KEYS, AugmentConfig, Augmenter
 from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, load_config
-from hms_train.run.plan import fold_stages, plan_inputs, train_targets
+from hms_train.run.inputs import plan_inputs
+from hms_train.run.stages import fold_stages
+from hms_train.run.targets import train_targets
 from hms_train.image.layout import LayoutConfig, PartSource, resolve_layout
 from hms_train.model.losses import Loss
 from hms_train.run.metric import VOTE_COLUMNS, kaggle_kl, selection_kl
@@ -26,7 +28,7 @@ from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import most_voted_row_per_group, one_row_per_group
 from hms_train.run.schedule import describe_rates, make_scheduler
 from hms_train.run.train import train
-from hms_prep.store.format import live_rows
+from hms_prep.store.labels import live_rows
 
 SEEDS = ["seed_richard_b0", "seed_richard_v2s", "seed_richard_convnext", "seed_david_b0", "seed_david_mnv3"]
 
@@ -148,7 +150,7 @@ def test_extends_merges_tables_and_refuses_loops(tmp_path):
 @pytest.fixture(scope="module")
 def both_store(synth_data, tmp_path_factory):
     """`hms-prep build --windows 10,30`, then `--windows 10,14,30,44 --n-mels 50` on the same store."""
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.kinds import MelParams
 
     url = str(tmp_path_factory.mktemp("both") / "specs.zarr")
@@ -562,7 +564,7 @@ def test_layout_choices_are_checked():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_each_recipes_own_backbone_builds_at_its_image_size(name):
-    from hms_train.model.models import create_model
+    from hms_train.model.kinds import create_model
 
     config = load_config(name)
     size = (400, 912) if name.startswith("seed_richard") else (400, 768)
@@ -828,7 +830,7 @@ def test_davids_evaluation_sees_the_rows_drawn_for_the_fold_flipped_in_place(bot
     `eval_flip_p` draws the flipped rows once per fold, and those rows' images are each part reversed in
     place (his per-signal flip), exactly as the model sees them flipped by hand."""
     from hms_train.data.reader import to_device
-    from hms_train.image.augment import part_time_flip
+    from hms_train.image.transforms import part_time_flip
     from hms_train.run.forward import eval_flips, model_inputs, predict_probabilities
 
     config = load_config("seed_david_b0", [f'store="{both_store}"', *TINY])

@@ -86,8 +86,8 @@ def test_both_clis_list_what_is_registered_with_its_settings():
     assert "  tiny_conv              inputs=('image',)  channels=8, drop_rate=0.0" in lines
     assert any(line.startswith("  2d ") and "backbone='efficientnet_b0'" in line for line in lines)
     assert any(line.startswith("  negate ") and "order=45" in line for line in lines)
-    assert "  richard" in lines
+    assert any(line.split() == ["richard", "chooses_among_used=True"] for line in lines)
     prep = CliRunner().invoke(app, ["list"])
     assert prep.exit_code == 0
-    assert "  kaggle                 source='spectrogram'  role='image'  window_s=600" in prep.output.splitlines()
+    assert "  kaggle                 source='spectrogram'  storage='row'  role='image'  window_s=600" in prep.output.splitlines()
     assert "  zstd                   family='zstd'" in prep.output.splitlines()

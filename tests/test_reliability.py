@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import zarr
 
-from hms_prep.audit import verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.store.audit import verify_store
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
 from hms_prep.store.lock import StoreLocked, build_lock
-from hms_prep.store.format import StoreError, open_store, read_labels
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import StoreError, open_store
 
 from conftest import ROOT
 

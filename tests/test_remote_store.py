@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import zarr
 
-from hms_prep.audit import verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.store.audit import verify_store
+from hms_prep.building.run import BuildConfig, run_build
 from hms_train.run.config import load_config
 from hms_train.run.train import train
 

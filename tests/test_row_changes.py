@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from hms_prep.audit import store_info, verify_store
-from hms_prep.build.run import BuildConfig, run_build
+from hms_prep.store.audit import store_info, verify_store
+from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.domain import LABEL_SAMPLES
-from hms_prep.store.format import LAYOUT_VERSION, ROOT_KEY, open_store, read_labels
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import LAYOUT_VERSION, ROOT_KEY, open_store
 
 IMAGES = ("eeg_10s", "kaggle")
 
@@ -194,7 +195,7 @@ def test_a_layout_1_store_keeps_opening_and_takes_row_changes(tiny_data, tmp_pat
 
 
 def test_a_lost_row_table_is_rewritten_from_labels_parquet_and_named_when_both_are(tiny_data, tmp_path, cluster):
-    from hms_prep.store.format import StoreError
+    from hms_prep.store.layout import StoreError
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)

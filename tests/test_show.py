@@ -24,11 +24,13 @@ from hms_prep.show import (
     standardise,
 )
 from hms_prep.domain import LABEL_SAMPLES
-from hms_prep.audit import verify_store
+from hms_prep.store.audit import verify_store
 from hms_prep.domain import CHAINS
 from hms_prep.sources.kaggle import SPEC_FREQ_NAMES
 from hms_prep.store.coords import store_dimension_names
-from hms_prep.store.format import describe_arrays, dimension_names, open_store, read_labels
+from hms_prep.store.arrays import describe_arrays, dimension_names
+from hms_prep.store.labels import read_labels
+from hms_prep.store.layout import open_store
 from hms_train.image.compose import compose_image
 
 WITH_RAW = (round(FIG_WIDTH * DPI), round((SPECTROGRAM_HEIGHT + RAW_HEIGHT) * DPI))  # (width, height) pixels
@@ -46,7 +48,7 @@ def test_store(synth_data, tmp_path_factory):
     start), from a copy of the synthetic data whose first test EEG is truncated: its row fails."""
     import shutil
 
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.sources.kaggle import eeg_path, read_labels as read_csv
 
     folder = tmp_path_factory.mktemp("show")
@@ -185,7 +187,7 @@ def test_a_store_built_before_coordinates_gets_them_from_its_next_build_computin
     """A store without coordinates (built before them: its per-row dimension named `row`) gets them, and
     its arrays the key's dimension name, from the next build with its arguments; no row is computed."""
     import xarray as xr
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
 
     config = BuildConfig(data_dir=str(tiny_data), store=str(tmp_path / "s.zarr"), windows=(10,), chunk_rows=8,
                          kaggle=False, raw=None, in_process=True)

@@ -14,7 +14,7 @@ import pytest
 
 from hms_prep.domain import TARGET_COLUMNS, VOTE_COLUMNS
 from hms_prep.sources.rows import plan_rows
-from hms_prep.store.format import read_labels
+from hms_prep.store.labels import read_labels
 from hms_train.data.tables import TABLES, RowTable, all_rows, david_rows, richard_rows, row_table
 
 

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from hms_prep.sources import kaggle
-from hms_prep.build.run import BuildConfig, run_build
-from hms_prep.store.format import read_labels
+from hms_prep.building.run import BuildConfig, run_build
+from hms_prep.store.labels import read_labels
 from hms_train.run.config import bundled_configs, load_config
 from hms_train.run.predict import predict_submission, pseudo_labels
 from hms_train.run.metric import VOTE_COLUMNS

@@ -24,7 +24,7 @@ def cli(*args, log: Path):
 
 
 def test_a_plugin_model_and_augmentation_train_and_predict(train_store, synth_data, tmp_path):
-    from hms_prep.build.run import BuildConfig, run_build
+    from hms_prep.building.run import BuildConfig, run_build
 
     run, log = tmp_path / "run", tmp_path / "plugin.log"
     # hemisphere_swap off: the mirror map is made for what mirror_blend declares, not for the swap by name
@@ -77,7 +77,8 @@ def test_a_plugin_kind_and_a_raw_variant_train_a_step(synth_data, tmp_path):
                             "--array", "band_power:window_s=10,frames=20", "--array", "raw:band_pass=1-40",
                             "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
-    from hms_prep.store.format import describe_arrays, open_store
+    from hms_prep.store.arrays import describe_arrays
+    from hms_prep.store.layout import open_store
 
     variant = next(name for name in describe_arrays(open_store(str(store))[0]) if name.startswith("raw_"))
     common = ["epochs=1", "stage2_epochs=0", "folds=[0]", "max_batches_per_epoch=1", "batch_size=8"]
@@ -89,3 +90,52 @@ def test_a_plugin_kind_and_a_raw_variant_train_a_step(synth_data, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         assert (run / "fold0_best.pt").is_file()
     assert "tiny_conv forward" in log.read_text()
+
+
+def test_a_plugin_input_role_trains_a_plugin_model(tiny_data, tmp_path, monkeypatch):
+    """A new input, no package file edited: a plug-in kind stores a per-row feature vector whose role,
+    `features`, no package names (tests/plugins/feature_kind.py), and a plug-in model that declares that
+    input trains on it (tests/plugins/feature_model.py). The store verifies and describes it as it does
+    any array: how it is stored (`storage`) apart from what it is to a model (`role`)."""
+    from hms_prep.store.audit import verify_store
+    from hms_prep.building.run import BuildConfig, run_build
+    from hms_prep.store.arrays import describe_arrays
+    from hms_prep.store.layout import open_store
+    from hms_train.run.config import load_config
+    from hms_train.run.train import train
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    log = tmp_path / "plugin.log"
+    monkeypatch.setenv("HMS_PLUGIN_LOG", str(log))
+    try:
+        from feature_kind import SignalStatsParams
+
+        store = str(tmp_path / "s.zarr")
+        run_build(BuildConfig(data_dir=str(tiny_data), store=store, windows=(), kaggle=False, raw=None, chunk_rows=8,
+                              extra_arrays=(SignalStatsParams(window_s=10),), workers=1, in_process=True))
+        described = describe_arrays(open_store(store)[0])
+        assert list(described) == ["signal_stats_10s"]
+        stats = described["signal_stats_10s"]
+        assert (stats.storage, stats.role, stats.axes, stats.shape) == ("row", "features", ("row", "feature"), (21, 32))
+        assert verify_store(store) == []
+
+        sets = [f'store="{store}"', 'device="cpu"', 'plugins=["feature_model"]', 'model="features_mlp"',
+                "model.hidden=4", 'inputs=["signal_stats_10s"]', "epochs=1", "stage2_epochs=0", "folds=[0]",
+                "max_batches_per_epoch=1", "batch_size=4"]
+        summary = train(load_config("smoke", sets), tmp_path / "run", quiet=True)
+        assert (tmp_path / "run" / "fold0_best.pt").is_file() and summary
+        assert "features_mlp forward (4, 32) torch.float32" in log.read_text().splitlines()
+        config = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert config["model"] == {"name": "features_mlp", "hidden": 4}
+        # a model that does not declare the role is refused in one line naming the arrays and the role
+        with pytest.raises(ValueError, match=r"inputs: \['signal_stats_10s'\] are features arrays, which model kind "
+                                             r"'2d' does not take \(it takes image\)"):
+            train(load_config("smoke", [*sets[:2], 'inputs=["signal_stats_10s"]', *sets[6:]]), tmp_path / "r2", quiet=True)
+    finally:  # the plug-ins registered in this process leave with the test: other tests list the registries
+        from hms_prep.kinds import KINDS
+        from hms_train.model.kinds import MODELS
+
+        KINDS.unregister("signal_stats")
+        MODELS.unregister("features_mlp")
+        sys.modules.pop("feature_kind", None)
+        sys.modules.pop("feature_model", None)

@@ -3,7 +3,7 @@ kinds: `eeg_mel` (mel windows), `kaggle` (Kaggle spectrogram crops), `raw` (bipo
 
 from hms_prep.kinds.base import KINDS, ArrayKind, Cut, kind_for, kind_named, register_kind, variant_name
 from hms_prep.kinds.eeg_mel import EegMel, MelParams
-from hms_prep.kinds.kaggle import KaggleCrop, KaggleParams
+from hms_prep.kinds.kaggle_spectrogram import KaggleCrop, KaggleParams
 from hms_prep.kinds.raw import RawParams, RawSignals
 
 __all__ = ["KINDS", "ArrayKind", "Cut", "kind_for", "kind_named", "register_kind", "variant_name",

@@ -9,7 +9,7 @@ become values (`cut`), what is done once per chunk on all of them (`finish`: the
 its array is created and written. A kind also writes its read half: the attributes a reader needs
 (`role`, `normalise`, `axes` and the geometry of its role) go onto the array when it is created, in the
 same metadata write as `kind`, `params` and `params_digest`. They are the store format: readers (hms_train,
-show, verify) learn what an array is from them through `hms_prep.store.format.describe_arrays`, never
+show, verify) learn what an array is from them through `hms_prep.store.arrays.describe_arrays`, never
 from its name or from this registry.
 """
 
@@ -27,7 +27,8 @@ from hms_prep.sources.recordings import EEG, SOURCES, SPECTROGRAM  # noqa: F401 
 from hms_prep.sources.rows import RawSegment
 from hms_prep.store.codecs import AUTO, CODECS, FAST, write_rows
 from hms_prep.store.coords import store_dimension_names
-from hms_prep.store.format import IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, StoreLayout, digest
+from hms_prep.store.arrays import IMAGE_AXES, NORMALISE_NONE, ROLE_IMAGE, STORAGE_ROW
+from hms_prep.store.layout import StoreLayout, digest
 
 
 class KindParams:
@@ -71,8 +72,12 @@ class ArrayKind:
     default_codec: ClassVar[str]  # a name in hms_prep.store.codecs.CODECS, used when the store's codec is "auto"
     fast_codec: ClassVar[str | None] = None  # used when it is "fast" (None: the default codec)
     stage: ClassVar[str]  # the build's timing stage its computation counts under
-    # ROLE_IMAGE: one (4 chains, F, T) item per row; ROLE_SIGNALS: (signals, samples) stored per recording
+    # STORAGE_ROW: one item (`item_shape`) per row; STORAGE_SEGMENT: (signals, samples) stored per recording
     # segment along axis 1 (hms_prep/sources/rows.py lays the segments out; params need `margin_s`).
+    storage: ClassVar[str] = STORAGE_ROW
+    # The model input it feeds, an open name: ROLE_IMAGE (a (4 chains, F, T) part the trainer's layout
+    # composes), ROLE_SIGNALS (the raw kind's), or a plug-in's own ("features": a model kind declaring that
+    # input gets the array's rows as they are; tests/plugins/feature_kind.py).
     role: ClassVar[str] = ROLE_IMAGE
     # NORMALISE_ZSCORE: the values are not scaled (log power): readers z-score each sample's block.
     normalise: ClassVar[str] = NORMALISE_NONE
@@ -96,10 +101,10 @@ class ArrayKind:
         raise NotImplementedError
 
     def attrs(self) -> dict:
-        """The array's attributes: what made it (kind, params, digest) and how to read it (role,
-        normalise, axes and the geometry of its role)."""
+        """The array's attributes: what made it (kind, params, digest) and how to read it (storage,
+        role, normalise, axes and the geometry of its role)."""
         return {"kind": self.kind, "params": self.params.to_dict(), "params_digest": self.digest,
-                "role": self.role, "normalise": self.normalise, **self.geometry()}
+                "storage": self.storage, "role": self.role, "normalise": self.normalise, **self.geometry()}
 
     def geometry(self) -> dict:
         """The attributes that say how the array's axes are laid out (a per-row image part's)."""
@@ -117,9 +122,9 @@ class ArrayKind:
         attrs = self.attrs()
         return group.create_array(self.name, shape=shape, chunks=chunks, attributes=attrs,
                                   dimension_names=store_dimension_names(self.name, attrs["axes"], layout.split),
-                                  **self.storage(layout))
+                                  **self.encoding(layout))
 
-    def storage(self, layout: StoreLayout) -> dict:
+    def encoding(self, layout: StoreLayout) -> dict:
         """dtype, fill value and compressor (the kind's own codec when the store's choice is a policy)."""
         return dict(dtype="float16", fill_value=0.0, compressors=CODECS[self.codec_for(layout.codec)].write())
 
@@ -175,7 +180,8 @@ def register_kind(cls: type[ArrayKind]) -> type[ArrayKind]:
                                 f"(both take params {cls.params_type.__name__})")
     if cls.source not in SOURCES:
         raise RegistryError(f"array kind {cls.__name__}: source {cls.source!r} is not one of {list(SOURCES)}")
-    return KINDS.register(cls.kind, cls, settings=cls.params_type, source=cls.source, role=cls.role)
+    return KINDS.register(cls.kind, cls, settings=cls.params_type, source=cls.source, storage=cls.storage,
+                          role=cls.role)
 
 
 def kind_for(params) -> ArrayKind:

@@ -16,9 +16,11 @@ from hms_prep.domain import SAMPLE_RATE
 from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
 from hms_prep.sources.montage import NAN_REPAIR, pair_names
 from hms_prep.sources.recordings import SEGMENTS_SPAN
-from hms_prep.sources.rows import RAW_INDEX_COLUMNS, RawSegment
+from hms_prep.sources.rows import RawSegment
+from hms_prep.store.labels import RAW_INDEX_COLUMNS
 from hms_prep.sources.signal_filter import BAND_PASS_FILTER, check_band, scale_raw
-from hms_prep.store.format import ROLE_SIGNALS, SIGNAL_AXES, StoreLayout
+from hms_prep.store.arrays import ROLE_SIGNALS, SIGNAL_AXES, STORAGE_SEGMENT
+from hms_prep.store.layout import StoreLayout
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class RawSignals(ArrayKind):
     source = EEG
     default_codec = "lz4"
     stage = "montage"
+    storage = STORAGE_SEGMENT
     role = ROLE_SIGNALS
 
     @property

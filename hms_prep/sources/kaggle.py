@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE, VOTE_COLUMNS
-from hms_prep.sources.columns import numpy_column
+from hms_prep.columns import numpy_column
 
 EEG_COLUMNS = (
     "Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz",
@@ -86,7 +86,7 @@ def read_labels(data_dir: str | Path, split: str) -> pa.Table:
             raise KaggleDataError(f"{path}: column {name!r} has empty values")
     if split == "train":
         votes = np.stack([numpy_column(table.column(c)) for c in VOTE_COLUMNS], 1)
-        bad = np.flatnonzero((votes < 0).any(1))  # rows without votes fail alone (hms_prep/build/record.py)
+        bad = np.flatnonzero((votes < 0).any(1))  # rows without votes fail alone (hms_prep/building/record.py)
         if bad.size:
             raise KaggleDataError(f"{path}: line {int(bad[0]) + 2} has negative votes")
         ids = numpy_column(table.column("label_id"))

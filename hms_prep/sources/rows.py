@@ -14,19 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE, TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.sources.columns import arrow_column, numpy_column
-from hms_prep.store.format import DROPPED, RAW_INDEX_COLUMNS, digest, live_rows  # noqa: F401 (the build's import)
-
-EEG_OFFSET = "eeg_label_offset_seconds"
-SPEC_OFFSET = "spectrogram_label_offset_seconds"
-
-
-# The column a split's rows are identified by: a store keeps each row where it first put it, by this.
-ROW_KEY = {"train": "label_id", "test": "eeg_id"}
-ROW_IDENTITY = ("eeg_id", EEG_OFFSET, "spectrogram_id", SPEC_OFFSET)  # what a row's values are computed from
-# Columns the build derives from the CSV on every build; the row table stores the rest (the CSV's line).
-DERIVED_COLUMNS = ("source_index", "total_votes", *TARGET_COLUMNS, "fold")
+from hms_prep.columns import arrow_column, numpy_column
+from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE
+from hms_prep.store.labels import (DROPPED, EEG_OFFSET, RAW_INDEX_COLUMNS, ROW_IDENTITY, ROW_KEY, SPEC_OFFSET,
+                                   live_rows, with_targets)
+from hms_prep.store.layout import digest
 
 
 def plan_rows(labels: pa.Table, split: str, n_folds: int) -> pa.Table:
@@ -128,43 +120,6 @@ def _check_unique(csv: pa.Table, key: str, split: str) -> None:
         lines = csv.column("source_index").to_numpy()[np.isin(ids, dup)] + 2
         raise ValueError(f"{split}.csv: {key} {', '.join(map(str, dup[:5]))} appears more than once (lines "
                          f"{', '.join(map(str, sorted(lines.tolist())[:10]))}); a store identifies its rows by {key}")
-
-
-def with_targets(table: pa.Table, split: str, n_folds: int) -> pa.Table:
-    """A store-ordered row table with, for train, `total_votes`, the targets (votes / total) and the
-    patient-grouped `fold` over the rows still in the CSV (-1 for dropped ones): functions of the CSV
-    alone, so a store built in steps gets the folds of one built at once."""
-    if split != "train":
-        return table
-    votes = np.stack([numpy_column(table.column(c)) for c in VOTE_COLUMNS], 1).astype(np.float64)
-    total = votes.sum(1)
-    table = table.append_column("total_votes", arrow_column(total.astype(np.int64)))
-    for j, name in enumerate(TARGET_COLUMNS):
-        # A row without votes has no target (NaN); it is reported failed in labels.parquet.
-        share = np.divide(votes[:, j], total, out=np.full_like(total, np.nan), where=total > 0)
-        table = table.append_column(name, arrow_column(share.astype(np.float32)))
-    live = live_rows(table)
-    folds = np.full(table.num_rows, -1, dtype=np.int8)
-    folds[live] = patient_folds(numpy_column(table.column("patient_id"))[live], n_folds)
-    return table.append_column("fold", arrow_column(folds))
-
-
-def patient_folds(patient_ids: np.ndarray, n_folds: int) -> np.ndarray:
-    """Deterministic patient-grouped folds balanced by row count.
-
-    Patients are taken largest first (ties by id) and each goes to the fold with the fewest rows so
-    far: the same greedy rule as scikit-learn's GroupKFold, without a random seed to forget.
-    """
-    if n_folds < 2:
-        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
-    patients, inverse, counts = np.unique(patient_ids, return_inverse=True, return_counts=True)
-    fold_of_patient = np.empty(len(patients), dtype=np.int64)
-    fold_sizes = np.zeros(n_folds, dtype=np.int64)
-    for p in np.lexsort((patients, -counts)):
-        fold = int(np.argmin(fold_sizes))
-        fold_of_patient[p] = fold
-        fold_sizes[fold] += counts[p]
-    return fold_of_patient[inverse]
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,11 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
+from hms_prep.columns import numpy_column
 from hms_prep.domain import CHAINS
-from hms_prep.sources.rows import ROW_KEY
-from hms_prep.store.format import (
-    COORDINATE_ATTRIBUTE,
-    ArrayDescription,
-    describe_arrays,
-    dimension_names,
-    read_metadata_bytes,
-    write_metadata,
-)
+from hms_prep.store.labels import ROW_KEY
+from hms_prep.store.arrays import ArrayDescription, COORDINATE_ATTRIBUTE, describe_arrays, dimension_names
+from hms_prep.store.layout import read_metadata_bytes, write_metadata
 
 ROW_AXIS = "row"  # the axis the key's dimension replaces
 
@@ -80,8 +75,8 @@ def mel_centres_hz(params: dict) -> np.ndarray:
 def wanted_coordinates(group: zarr.Group, split: str, labels: pa.Table) -> dict[str, tuple[np.ndarray, str]]:
     """Every coordinate the store's arrays need (`labels`: its labels.parquet): {name: (values, units)}."""
     key = ROW_KEY[split]
-    order = np.argsort(labels.column("row").to_numpy())
-    wanted = {key: (labels.column(key).to_numpy()[order].astype(np.int64), ""), "chain": (np.array(CHAINS), "")}
+    order = np.argsort(numpy_column(labels.column("row")))
+    wanted = {key: (numpy_column(labels.column(key))[order].astype(np.int64), ""), "chain": (np.array(CHAINS), "")}
     for name, description in describe_arrays(group).items():
         wanted.update(axis_values(description, group[name].attrs.asdict()))
     return wanted

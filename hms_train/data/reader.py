@@ -28,8 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hms_prep.store.format import (RAW_INDEX_COLUMNS, ROLE_SIGNALS, TARGET_COLUMNS, StoreError, data_array_names, describe_arrays,
-                                  live_rows, open_store, read_labels, require_finished)
+from hms_prep.domain import TARGET_COLUMNS
+from hms_prep.store.arrays import data_array_names, describe_arrays
+from hms_prep.store.build_state import require_finished
+from hms_prep.store.labels import RAW_INDEX_COLUMNS, live_rows, read_labels
+from hms_prep.store.layout import StoreError, open_store
 from hms_train.data.assembly import BatchAssembler, to_device  # noqa: F401 (part of the reader's API)
 from hms_train.data.chunks import RAW_WINDOW, ChunkDecoder, ChunkReader, DecodedChunk, RawWindows  # noqa: F401
 from hms_train.data.prefetch import in_background
@@ -61,7 +64,7 @@ class StoreReader:
         self.inputs = tuple(inputs)
         self.arrays = {name: self.group[name] for name in self.inputs}
         described = describe_arrays(self.group)
-        self.descriptions = {name: described[name] for name in self.inputs}  # role, normalisation, shape
+        self.descriptions = {name: described[name] for name in self.inputs}  # storage, role, normalisation, shape
         self.threads = threads
         self.n_rows = self.layout.n_rows
         self.live = live_rows(self.labels)  # rows still in the CSV: the only ones ever selected
@@ -71,7 +74,7 @@ class StoreReader:
         chunk_rows = self.layout.chunk_rows
         decoders, signals = {}, {}
         for name, array in self.arrays.items():
-            if self.descriptions[name].role == ROLE_SIGNALS:  # stored per segment: windows cut per row
+            if not self.descriptions[name].per_row:  # stored per segment: windows cut per row
                 index = np.stack([self.column(c) for c in RAW_INDEX_COLUMNS], 1)
                 signals[name] = RawWindows(array, index, chunk_rows, url)
             else:
@@ -94,7 +97,7 @@ class StoreReader:
 
     def select(self, selection: Selection = Selection()) -> np.ndarray:
         """Row indices (ascending) that satisfy the selection; never a dropped row (one whose label_id
-        has left the CSV: hms_prep/build/rows.py)."""
+        has left the CSV: hms_prep/building/placement.py)."""
         keep = self.live.copy()
         if selection.only_ok:
             keep &= self.usable()

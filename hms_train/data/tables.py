@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from hms_prep.domain import VOTE_COLUMNS
 from hms_prep.registry import Registry
-from hms_prep.store.format import live_rows
+from hms_prep.store.labels import live_rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,7 +148,7 @@ def richard_finetune_rows(labels: pa.Table) -> RowTable:
     the per-eeg lines with > 7 votes first, then the first of those per spectrogram; the fold split comes
     after (`train_df= df[df['fold']!=CFG['fold']]`, `valid_df= df[df['fold']==CFG['fold']]`), so training
     and validation both read this one table. (V4's pseudo-label runs drop only the validation fold's 7-vote
-    lines first: that rule is per fold, `hms_train.run.plan`.)
+    lines first: that rule is per fold, `hms_train.run.stages`.)
     """
     eligible = _Labels.of(labels).total_votes >= RICHARD_FINETUNE_MIN_VOTES
     return dataclasses.replace(richard_rows(labels, eligible), name="richard_finetune")
@@ -205,13 +205,23 @@ def _pick_max_vote(votes: np.ndarray, eeg_ids: np.ndarray) -> tuple[int, int]:
 
 TABLES: Registry[Callable[[pa.Table], RowTable]] = Registry("row table", "tables", settings=False)
 TABLES.register("all", all_rows)
-TABLES.register("richard", richard_rows)
+# chooses_among_used: the table picks one row per group among the rows a stage uses, so a stage that drops
+# rows first (stage 2 with pseudo-labels' moved rows, V4 cell 11) gets it recomputed on those (`eligible`).
+TABLES.register("richard", richard_rows, chooses_among_used=True)
 TABLES.register("richard_finetune", richard_finetune_rows)
 TABLES.register("david", david_rows)
 
 
-def row_table(name: str, labels: pa.Table) -> RowTable:
-    """The table `name` (a key of TABLES) of a train store's labels."""
+def row_table(name: str, labels: pa.Table, eligible: np.ndarray | None = None) -> RowTable:
+    """The table `name` (a key of TABLES) of a train store's labels; with `eligible` (a bool per store
+    row), of those rows alone, for a table that `chooses_among_used` (others ignore it)."""
     if name not in TABLES:
         raise ValueError(f"unknown row table {name!r}; expected one of {sorted(TABLES)}")
+    if eligible is not None and chooses_among_used(name):
+        return TABLES[name](labels, eligible)
     return TABLES[name](labels)
+
+
+def chooses_among_used(name: str) -> bool:
+    """Whether table `name` chooses its rows among those a stage uses (registered `chooses_among_used`)."""
+    return bool(TABLES.entry(name).details.get("chooses_among_used"))

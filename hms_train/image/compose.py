@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from hms_prep.domain import CHAINS, standardise
-from hms_prep.store.format import NORMALISE_NONE, NORMALISE_ZSCORE
+from hms_prep.store.arrays import NORMALISE_NONE, NORMALISE_ZSCORE
 from hms_train.image.layout import ImageLayout, LayoutConfig, PartConfig, PartSource, crop_start, resolve_layout
 
 N_CHAINS = len(CHAINS)

@@ -2,7 +2,7 @@
 
 A layout is written in the training config (TOML `[layout]`, the recipes' own); omitted, the image is
 the `inputs` whose role is "image" side by side, each whole. Every part is a store array whose
-attributes say it is an image part (`role` "image", hms_prep.store.format.describe_arrays), shaped
+attributes say it is an image part (`role` "image", hms_prep.store.arrays.describe_arrays), shaped
 (4 chains, F, T) per row; it fills 4 * F image rows (chain c on rows c*F .. (c+1)*F - 1 of the part) and
 `width` columns cut from its T time columns; the array's `normalise` attribute says whether each
 sample's part is z-scored first (log power: the Kaggle crops). The layout never goes by an array's name:
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from hms_prep.domain import CHAINS, MIRRORED_CHAINS
-from hms_prep.store.format import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_IMAGE, ArrayDescription
+from hms_prep.store.arrays import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_IMAGE, ArrayDescription
 
 N_CHAINS = len(CHAINS)
 PART_TRAIN_CROPS = ("first", "center", "random")

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms_train.model.models import IMAGE, NUM_CLASSES, SIGNALS, create_backbone, register_model
+from hms_train.model.backbones import create_backbone
+from hms_train.model.kinds import IMAGE, SIGNALS, register_model
+from hms_train.model.models import NUM_CLASSES
 from hms_train.model.resnet1d_gru import MAP_FEATURES, map_features
 
 BLOCK_ROWS = 400  # a block of the layout's image: 4 chains x 100 (Kaggle's frequencies or 100 mels)

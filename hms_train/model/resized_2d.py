@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms_train.model.models import IMAGE, SpectrogramNet, create_backbone, register_model
+from hms_train.model.backbones import create_backbone
+from hms_train.model.kinds import IMAGE, register_model
+from hms_train.model.models import SpectrogramNet
 
 RESIZE_MODES = ("area", "bilinear")  # cv2.INTER_AREA (HMS_LB31); torchvision Resize's bilinear (HMS_balance)
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hms_train.model.models import NUM_CLASSES, SIGNALS, register_model
+from hms_train.model.kinds import SIGNALS, register_model
+from hms_train.model.models import NUM_CLASSES
 
 # The store's bipolar signals, chain-major in Kaggle's chain order LL, RL, LP, RP (hms_prep.sources.montage
 # BIPOLAR_PAIRS; tests/test_public_models.py holds this table to it): signal 4 * chain + k is the k-th pair.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hms_prep.registry import REQUIRED, RegistryError
-from hms_train.model.models import DEFAULT_MODEL, MODELS, PLANNED_ARGUMENTS
+from hms_train.model.kinds import DEFAULT_MODEL, MODELS, PLANNED_ARGUMENTS
 
 
 class ModelSettingsError(ValueError):

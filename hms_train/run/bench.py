@@ -24,15 +24,17 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from hms_prep.store.format import ROLE_SIGNALS, describe_arrays, open_store
+from hms_prep.store.arrays import ROLE_SIGNALS, describe_arrays
+from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader, to_device
 from hms_train.data.sampler import SamplerState
-from hms_train.model.models import IMAGE
+from hms_train.model.kinds import IMAGE
 from hms_train.model.settings import ModelConfig
 from hms_train.run.parts import build_model, training_parts
 from hms_train.run.config import TrainConfig, load_config
 from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
-from hms_train.run.plan import SIGNAL_WINDOW, RunPlan, check_augment, loss_of, plan_inputs
+from hms_train.run.inputs import check_augment, input_item_shape, plan_inputs
+from hms_train.run.plan import RunPlan, loss_of
 from hms_train.run.step import TrainStep
 
 WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started before the clocks
@@ -235,8 +237,7 @@ def _lap(spent: dict, stage: str, since: float, device: torch.device) -> float:
 def _bytes_per_sample(reader: StoreReader) -> int:
     total = 0
     for name, array in reader.arrays.items():
-        signals = reader.descriptions[name].role == ROLE_SIGNALS
-        values = SIGNAL_WINDOW * array.shape[0] if signals else int(np.prod(array.shape[1:]))
+        values = int(np.prod(input_item_shape(reader.descriptions[name])))
         total += values * array.dtype.itemsize
     return total
 

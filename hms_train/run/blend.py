@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from scipy.optimize import minimize
 
 from hms_prep.domain import TARGET_COLUMNS, VOTE_COLUMNS
-from hms_prep.store.format import live_rows, read_labels
+from hms_prep.store.labels import live_rows, read_labels
 from hms_train.run.compare import OOF_FILE, run_file, run_store
 from hms_train.run.metric import EPSILON, cv_report
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from hms_train.data.sampler import SamplerState
-from hms_train.model.models import create_model
+from hms_train.model.kinds import create_model
 from hms_train.run.config import TrainConfig
 
 FORMAT = 2  # bump when the contents change incompatibly; FORMATS are those this version reads

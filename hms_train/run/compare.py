@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hms_prep.store.format import TARGET_COLUMNS, live_rows, read_labels
+from hms_prep.domain import TARGET_COLUMNS
+from hms_prep.store.labels import live_rows, read_labels
 from hms_train.run.metric import VOTE_COLUMNS, cv_report
 from hms_train.run.plots import plot_runs, read_metrics
 

@@ -206,7 +206,7 @@ def _nest_legacy_model_keys(values: dict[str, Any]) -> dict[str, Any]:
     model = values.get("model", {})
     model = {"name": model} if isinstance(model, str) else dict(model) if isinstance(model, dict) else model
     if isinstance(model, dict):
-        from hms_train.model.models import DEFAULT_MODEL, MODELS
+        from hms_train.model.kinds import DEFAULT_MODEL, MODELS
 
         name = model.get("name", DEFAULT_MODEL)
         taken = MODELS.entry(name).defaults() if name in MODELS else legacy

@@ -1,5 +1,5 @@
 """From a batch of store arrays to model inputs and predictions; shared by training, the benchmark and
-prediction. What to make of a batch is the run's `InputPlan` (hms_train.run.plan): the image composed on
+prediction. What to make of a batch is the run's `InputPlan` (hms_train.run.inputs): the image composed on
 the device from its layout, and the signals array; `model_inputs` makes exactly the inputs the model's
 kind declares and `run_model` passes them by keyword.
 """
@@ -13,11 +13,13 @@ import numpy as np
 import torch
 
 from hms_train.data.reader import StoreReader, to_device
-from hms_train.image.augment import Augmenter, part_time_flip, time_flip
+from hms_train.image.augment import Augmenter
+from hms_train.image.transforms import part_time_flip, time_flip
 from hms_train.image.compose import compose, eval_windows
-from hms_train.model.models import IMAGE, SIGNALS, model_kind
+from hms_train.model.kinds import IMAGE, model_kind
 from hms_train.run.config import TrainConfig, check_device
-from hms_train.run.plan import InputPlan, RunPlan, augment_geometry
+from hms_train.run.inputs import InputPlan, augment_geometry
+from hms_train.run.plan import RunPlan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,15 +49,15 @@ def model_inputs(
     batch: dict[str, torch.Tensor], inputs: InputPlan, train: bool, generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """The model's keyword inputs, those its kind declares: `image` composed on the device (training or
-    evaluation crops; random crop starts from `generator`, None: torch's default), `signals` as float32.
-    With a sliding evaluation layout the image is the whole canvas; `predict_probabilities` runs the
-    model on its windows."""
+    evaluation crops; random crop starts from `generator`, None: torch's default), every other input
+    (`signals`, a plug-in's `features`, ...) its array's rows as float32. With a sliding evaluation layout
+    the image is the whole canvas; `predict_probabilities` runs the model on its windows."""
     out = {}
     for name in model_kind(inputs.config.model.name).inputs:
         if name == IMAGE:
             out[name] = _memory_format(compose(inputs.layout, batch, train, generator), inputs.config)
-        elif name == SIGNALS:
-            out[name] = batch[inputs.signals].float()
+        else:
+            out[name] = batch[inputs.arrays[name]].float()
     return out
 
 
@@ -72,13 +74,14 @@ def evaluation_views(
     inputs: dict[str, torch.Tensor], plan: InputPlan, tta_hflip: bool
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The inputs the model sees at evaluation: each window of a sliding layout, each also time-flipped
-    (image and signals together) with `tta_hflip`; their probabilities are averaged."""
+    (every input along time together: image and signals; `InputPlan.flips`) with `tta_hflip`; their
+    probabilities are averaged."""
     windows = eval_windows(plan.layout, inputs[IMAGE]) if IMAGE in inputs else [None]
     for window in windows:
         view = dict(inputs) if window is None else {**inputs, IMAGE: _memory_format(window, plan.config)}
         yield view
         if tta_hflip:
-            yield {key: value.flip(-1) for key, value in view.items()}
+            yield {key: value.flip(-1) if key in plan.flips else value for key, value in view.items()}
 
 
 @torch.no_grad()

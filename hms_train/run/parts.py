@@ -10,7 +10,7 @@ import timm.optim
 import timm.utils
 import torch
 
-from hms_train.run.plan import InputPlan
+from hms_train.run.inputs import InputPlan
 from hms_train.run.config import TrainConfig
 from hms_train.run.schedule import make_scheduler
 

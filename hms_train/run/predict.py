@@ -18,7 +18,7 @@ from hms_train.run.checkpoint import fold_checkpoints, load_fold_model
 from hms_train.run.config import TrainConfig
 from hms_train.run.forward import predict_probabilities, resolve_device
 from hms_train.run.metric import VOTE_COLUMNS
-from hms_train.run.plan import plan_inputs
+from hms_train.run.inputs import plan_inputs
 
 log = logging.getLogger("hms_train")
 
@@ -76,7 +76,8 @@ def predict_submission(
 
 def _test_reader(store: str, config: TrainConfig) -> StoreReader:
     """A reader of `store` for a model's inputs; refuses a store with several rows per eeg_id."""
-    from hms_prep.store.format import data_array_names, open_store
+    from hms_prep.store.arrays import data_array_names
+    from hms_prep.store.layout import open_store
 
     group, _ = open_store(store)
     present = data_array_names(group)  # surveys every array's metadata: once
@@ -99,7 +100,7 @@ def pseudo_labels(
     """The runs' out-of-fold predictions averaged per label row, for the rows of `store` with fewer
     than `min_votes` votes (the targets a stage's pseudo-labels replace), or for every row the runs
     predicted when `min_votes` is None (a teacher's targets, for distillation)."""
-    from hms_prep.store.format import live_rows, read_labels
+    from hms_prep.store.labels import live_rows, read_labels
 
     labels = read_labels(store)
     votes = np.asarray(labels.column("total_votes"))

@@ -14,7 +14,7 @@ import torch
 
 from hms_train.data.reader import to_device
 from hms_train.image.augment import Augmenter
-from hms_train.model.models import IMAGE
+from hms_train.model.kinds import IMAGE
 from hms_train.run.forward import autocast, model_inputs, run_model
 from hms_train.run.plan import RunPlan
 

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from hms_prep.store.format import open_store
+from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader
 from hms_train.data.sampler import SamplerState
 from hms_train.run import checkpoint
@@ -51,7 +51,8 @@ from hms_train.run.checkpoint import Position, TrainingState
 from hms_train.run.config import TrainConfig, check_device, check_folds
 from hms_train.run.forward import eval_flips, make_augmenter, predict_probabilities, resolve_device
 from hms_train.run.metric import VOTE_COLUMNS, cv_report, selection_kl
-from hms_train.run.plan import STAGE_INITS_FROM_BEST, RunPlan, Stage, epoch_rows, plan_run
+from hms_train.run.plan import RunPlan, plan_run
+from hms_train.run.stages import STAGE_INITS_FROM_BEST, Stage, epoch_rows
 from hms_train.run.parts import build_model, training_parts
 from hms_train.run.progress import EpochProgress, RunClock, steps_after
 from hms_train.run.step import TrainStep

@@ -19,9 +19,9 @@ import distributed  # noqa: F401
 import scipy.signal  # noqa: F401
 import torch  # noqa: F401
 
-import hms_prep.audit  # noqa: F401
-import hms_prep.build.run  # noqa: F401
-import hms_prep.build.task  # noqa: F401
+import hms_prep.store.audit  # noqa: F401
+import hms_prep.building.run  # noqa: F401
+import hms_prep.building.task  # noqa: F401
 import hms_prep.cli
 import hms_prep.kinds.mel  # noqa: F401
 from hms_prep import doctor

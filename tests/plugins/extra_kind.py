@@ -22,7 +22,7 @@ from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.kinds import ArrayKind, Cut, register_kind, variant_name
 from hms_prep.kinds.base import EEG, KindParams
 from hms_prep.sources.montage import BIPOLAR_PAIRS
-from hms_prep.store.format import NORMALISE_ZSCORE
+from hms_prep.store.arrays import NORMALISE_ZSCORE
 
 BANDS_HZ = ((0.5, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 20.0), (20.0, 30.0))  # delta, theta, alpha, beta, gamma
 FLOOR = 1e-6  # power added before the log: a flat signal stays finite

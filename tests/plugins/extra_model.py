@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hms_train.image.augment import MIRROR_ROWS, Draws, register_augmentation
-from hms_train.model.models import IMAGE, register_model
+from hms_train.model.kinds import IMAGE, register_model
 
 
 def _log(what: str) -> None:

@@ -9,31 +9,13 @@ import pyarrow.compute as pc
 
 from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of
 from hms_prep.domain import TARGET_COLUMNS
-from hms_prep.sources.rows import RAW_INDEX_COLUMNS
-from hms_prep.store.format import (
-    ROLES,
-    STATUS_FAILED,
-    STATUS_PENDING,
-    STATUS_OK,
-    ArrayDescription,
-    StoreError,
-    StoreLayout,
-    damaged_state_chunks,
-    data_array_order,
-    digest,
-    describe_arrays,
-    open_build_state,
-    open_store,
-    live_rows,
-    read_labels,
-    read_labels_if_readable,
-    read_row_table,
-    row_table_file,
-    read_state,
-    store_nbytes,
-    store_problems,
-    survey_arrays,
-)
+from hms_prep.store.arrays import (STORAGES, ArrayDescription, data_array_order, describe_arrays, store_problems,
+                                   survey_arrays)
+from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, STATUS_PENDING, damaged_state_chunks,
+                                        open_build_state, read_state)
+from hms_prep.store.labels import (RAW_INDEX_COLUMNS, ROW_IDENTITY, ROW_KEY, live_rows, read_labels,
+                                   read_labels_if_readable, read_row_table, row_table_file, row_table_of, with_targets)
+from hms_prep.store.layout import StoreError, StoreLayout, digest, open_store, store_nbytes
 
 
 @dataclass(frozen=True)
@@ -125,6 +107,7 @@ def store_info(url: str) -> dict:
             "rows_ok": int((status == STATUS_OK).sum()),
             "rows_failed": int((status == STATUS_FAILED).sum()),
             "kind": described.kind,
+            "storage": described.storage,
             "role": described.role,
             "normalise": described.normalise,
             "params": described.params,
@@ -201,13 +184,13 @@ def verify_store(url: str) -> list[str]:
 
 
 def _rows_in_change(group, described: dict, layout: StoreLayout) -> list[str]:
-    """The arrays whose rows or build state were resized by a change of rows (hms_prep/build/rows.py
+    """The arrays whose rows or build state were resized by a change of rows (hms_prep/building/placement.py
     `commit_rows`) that was stopped before the root's layout named the new rows."""
     changing = []
     for name, description in described.items():
         state = open_build_state(group, name)
         sizes = [state.done.shape[0] == layout.n_chunks, state.status.shape[0] == layout.n_rows]
-        if description.image:
+        if description.per_row:
             sizes.append(description.shape[0] == layout.n_rows)
         if not all(sizes):
             changing.append(name)
@@ -240,9 +223,6 @@ def labels_against_store(labels, row_table, layout: StoreLayout, group=None, arr
     (`with_targets`: votes may be corrected in train.csv without moving a row, so the row table's are not
     the reference); with `group`, each array's row statuses in its build state (of `arrays`, those whose
     metadata is whole). One line per column that differs, naming its first differing row."""
-    from hms_prep.build.rows import row_table_of
-    from hms_prep.sources.rows import ROW_IDENTITY, ROW_KEY, with_targets
-
     placed = ("row", ROW_KEY[layout.split], *ROW_IDENTITY, "dropped", *RAW_INDEX_COLUMNS)
     columns = {name: row_table.column(name).to_numpy(zero_copy_only=False) for name in placed
                if name in row_table.column_names}
@@ -280,11 +260,12 @@ def _isnan(values: np.ndarray) -> np.ndarray:
 
 
 def _verify_array(url: str, group, described: ArrayDescription, layout, raw_bounds, has_labels: bool) -> list[str]:
-    """The array checked from what it says of itself (role, params): no kind's code is needed, so a
-    store with a plug-in kind verifies without the plug-in."""
+    """The array checked from what it says of itself (storage, params): no kind's code is needed, so a
+    store with a plug-in kind verifies without the plug-in (whatever its role: that is the model's concern)."""
     name = described.name
-    if described.role not in ROLES:
-        return [f"{name}: role {described.role!r} is not one of {', '.join(ROLES)}; this hms-prep cannot read it"]
+    if described.storage not in STORAGES:
+        return [f"{name}: storage {described.storage!r} is not one of {', '.join(STORAGES)}; this hms-prep cannot "
+                "read it"]
     problems = []
     if described.params_digest != digest(described.params):
         problems.append(f"{name}: params_digest {described.params_digest} does not match its params "
@@ -305,7 +286,7 @@ def _verify_array(url: str, group, described: ArrayDescription, layout, raw_boun
     if pending.size:
         problems.append(f"{name}: {pending.size} rows not computed (first: row {pending[0]}); hms-prep build "
                         "computes them")
-    if not described.image and raw_bounds is None:
+    if not described.per_row and raw_bounds is None:
         if not has_labels:  # labels.parquet itself is named missing: an unfinished build, not damage
             return problems + [f"{name}: its chunks are checked once hms-prep build has rewritten labels.parquet"]
         return problems + [f"{name}: labels.parquet lacks {', '.join(RAW_INDEX_COLUMNS)}; its chunks cannot be "
@@ -314,6 +295,6 @@ def _verify_array(url: str, group, described: ArrayDescription, layout, raw_boun
     def finite(block):
         return None if np.isfinite(block).all() else "non-finite values"
 
-    bounds = None if described.image else raw_bounds
+    bounds = None if described.per_row else raw_bounds
     problems += [f"{name}: {d.line()}" for d in damaged_chunks(url, group, name, layout, bounds, finite)]
     return problems

@@ -9,7 +9,7 @@ from pathlib import Path
 from hms_prep.domain import SPEC_WINDOW_S
 from hms_prep.kinds import ArrayKind, KaggleParams, MelParams, RawParams, kind_for
 from hms_prep.store.codecs import check_codec_choice
-from hms_prep.store.format import normalize_url
+from hms_prep.store.layout import normalize_url
 from hms_prep.store.lock import is_local
 
 DEFAULT_STORES = {"train": "cache/specs.zarr", "test": "cache/test.zarr"}

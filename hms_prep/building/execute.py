@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from hms_prep import doctor
-from hms_prep.build.config import BuildConfig
-from hms_prep.build.interrupts import interrupt_deferred
-from hms_prep.build.task import ChunkJob, ChunkReport, Failure, build_chunk
+from hms_prep.building.config import BuildConfig
+from hms_prep.building.interrupts import interrupt_deferred
+from hms_prep.building.task import ChunkJob, ChunkReport, Failure, build_chunk
 from hms_prep.kinds import ArrayKind
 
 SCHEDULER_TIMEOUT_S = 10  # an unreachable scheduler fails in this many seconds, not Dask's 30
@@ -121,7 +121,7 @@ class OnDask(Executor):
         # The nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers by default, which sends every large
         # numpy/torch allocation through mmap: the build ran 3x slower with it (docs/performance.md).
         allocator = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-        # Ctrl-C held until the cluster is up, and never seen by its workers (build/interrupts.py): one line
+        # Ctrl-C held until the cluster is up, and never seen by its workers (building/interrupts.py): one line
         # from this driver, which then closes them, instead of a traceback from every process. The workers
         # inherit a blocked SIGINT from the threads that spawn them, so multiprocessing's resource tracker must
         # be running first: starting it, it blocks and then unblocks SIGINT in the thread that asked for it.

@@ -12,7 +12,7 @@ from hms_prep.domain import CHAINS, SPEC_ROW_S, SPEC_WINDOW_S
 from hms_prep.sources.kaggle import SPEC_FREQ_NAMES
 from hms_prep.kinds.kaggle_crop import KAGGLE_TRANSFORM, kaggle_crop
 from hms_prep.kinds.base import KindParams, SPECTROGRAM, ArrayKind, Cut, register_kind, variant_name
-from hms_prep.store.format import NORMALISE_ZSCORE
+from hms_prep.store.arrays import NORMALISE_ZSCORE
 
 
 @dataclass(frozen=True)

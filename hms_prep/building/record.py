@@ -11,25 +11,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hms_prep.build.config import BuildConfig
-from hms_prep.build.plan import BuildPlan
-from hms_prep.build.task import ChunkReport, Failure
-from hms_prep.sources.columns import arrow_column, numpy_column, string_column
-from hms_prep.sources.rows import RAW_INDEX_COLUMNS, ROW_KEY, planned_rows
+from hms_prep.building.config import BuildConfig
+from hms_prep.building.plan import BuildPlan
+from hms_prep.building.task import ChunkReport, Failure
+from hms_prep.columns import arrow_column, numpy_column, string_column
+from hms_prep.sources.rows import planned_rows
 from hms_prep.store.coords import write_coordinates
-from hms_prep.store.format import (
-    STATUS_FAILED,
-    STATUS_OK,
-    data_array_names,
-    live_rows,
-    open_build_state,
-    read_errors,
-    read_labels_if_readable,
-    read_state,
-    record_failures_tried,
-    store_nbytes,
-    write_labels,
-)
+from hms_prep.store.labels import RAW_INDEX_COLUMNS, ROW_KEY
+from hms_prep.store.arrays import data_array_names
+from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, open_build_state, read_errors, read_state,
+                                        record_failures_tried)
+from hms_prep.store.labels import live_rows, read_labels_if_readable, write_labels
+from hms_prep.store.layout import store_nbytes
 
 
 @dataclass(frozen=True)

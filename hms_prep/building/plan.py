@@ -16,29 +16,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from hms_prep.build.config import BuildConfig
-from hms_prep.build.task import UNEXPECTED, ArrayJob, ChunkJob
+from hms_prep.building.config import BuildConfig
+from hms_prep.building.task import UNEXPECTED, ArrayJob, ChunkJob
 from hms_prep.kinds import ArrayKind
 from hms_prep.sources.recordings import source_path
 from hms_prep.sources.rows import RawSegment, planned_rows
-from hms_prep.store.format import (
-    ROLE_SIGNALS,
-    STATUS_FAILED,
-    STATUS_PENDING,
-    StoreError,
-    StoreLayout,
-    array_complete,
-    damaged_state_chunks,
-    describe_arrays,
-    failures_tried_at,
-    open_build_state,
-    read_errors,
-    read_state,
-)
+from hms_prep.store.arrays import STORAGE_SEGMENT, array_complete, describe_arrays
+from hms_prep.store.build_state import (STATUS_FAILED, STATUS_PENDING, damaged_state_chunks, failures_tried_at,
+                                        open_build_state, read_errors, read_state)
+from hms_prep.store.layout import StoreError, StoreLayout
 from hms_prep.store.lock import is_local
 
 if TYPE_CHECKING:
-    from hms_prep.build.rows import RowPlan
+    from hms_prep.building.placement import RowPlan
 
 
 @dataclass(frozen=True)
@@ -131,8 +121,8 @@ def check_same_params(url: str, array, kind: ArrayKind) -> None:
 def segment_margin(url: str, described: dict, requested: dict[str, ArrayKind]) -> int | None:
     """The margin_s of the store's raw segment layout (None: no array is stored in segments), given its
     arrays (`describe_arrays`). Every raw array of a store shares one layout, so their margins must agree."""
-    margins = {name: d.params.get("margin_s") for name, d in described.items() if not d.image}
-    margins.update({name: k.params.margin_s for name, k in requested.items() if k.role == ROLE_SIGNALS})
+    margins = {name: d.params.get("margin_s") for name, d in described.items() if not d.per_row}
+    margins.update({name: k.params.margin_s for name, k in requested.items() if k.storage == STORAGE_SEGMENT})
     if len(set(margins.values())) > 1:
         listed = ", ".join(f"{name} margin_s={m}" for name, m in margins.items())
         raise StoreError(f"{url}: raw arrays of one store share one segment layout, so one margin_s ({listed}); "
@@ -164,7 +154,7 @@ def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
                  retry=lambda rows, reasons: rows) -> dict[int, tuple[tuple[int, ...], bool]]:
     """chunk -> (rows to compute, whether that is the whole chunk). A chunk is recomputed whole when its
     done flag is unset, or its build state or (with --repair) its data is damaged. Of a done chunk, the
-    rows not computed (a changed or new row of train.csv: hms_prep/build/rows.py) are computed alone, and
+    rows not computed (a changed or new row of train.csv: hms_prep/building/placement.py) are computed alone, and
     its failed rows again when `retry` (a filter of row numbers, given every row's failure reason) keeps
     them."""
     state = open_build_state(group, name)
@@ -192,9 +182,9 @@ def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
 
 def damaged_data_chunks(url: str, group, layout: StoreLayout, raw_index: np.ndarray) -> dict[str, set[int]]:
     """Row chunks of each array whose stored data fails its checksum or is missing (--repair)."""
-    from hms_prep.audit import damaged_chunks
+    from hms_prep.store.audit import damaged_chunks
 
     bounds = raw_index[:, 1:3]  # raw_lo, raw_hi: which rows a chunk of a segment-stored array holds
-    return {name: {c for d in damaged_chunks(url, group, name, layout, None if a.image else bounds)
+    return {name: {c for d in damaged_chunks(url, group, name, layout, None if a.per_row else bounds)
                    for c in d.row_chunks}
             for name, a in describe_arrays(group).items()}

@@ -19,32 +19,21 @@ import fsspec
 import pyarrow as pa
 import zarr
 
-from hms_prep.build.config import DEFAULT_CHUNK_ROWS, BuildConfig
-from hms_prep.build.execute import Executor, Executors
-from hms_prep.build.interrupts import interrupt_deferred
-from hms_prep.build.plan import BuildPlan, check_params, plan_build
-from hms_prep.build.record import BuildSummary, record_build
-from hms_prep.build.rows import commit_rows, fit_arrays, place_rows, stored_raw_index, stored_row_table
-from hms_prep.build.task import ChunkReport
+from hms_prep.building.config import DEFAULT_CHUNK_ROWS, BuildConfig
+from hms_prep.building.execute import Executor, Executors
+from hms_prep.building.interrupts import interrupt_deferred
+from hms_prep.building.plan import BuildPlan, check_params, plan_build
+from hms_prep.building.record import BuildSummary, record_build
+from hms_prep.building.placement import commit_rows, fit_arrays, place_rows, stored_raw_index, stored_row_table
+from hms_prep.building.task import ChunkReport
 from hms_prep.sources.kaggle import read_labels
 from hms_prep.sources.rows import csv_rows, plan_raw_segments
 from hms_prep.store.codecs import AUTO
-from hms_prep.store.format import (
-    DROPPED,
-    ROLE_SIGNALS,
-    StoreError,
-    StoreLayout,
-    create_build_state,
-    create_store,
-    open_store,
-    read_metadata_bytes,
-    remove_array,
-    store_exists,
-    store_problems,
-    survey_arrays,
-    unfinished_store,
-    write_metadata,
-)
+from hms_prep.store.arrays import STORAGE_SEGMENT, remove_array, store_problems, survey_arrays
+from hms_prep.store.build_state import create_build_state
+from hms_prep.store.labels import DROPPED
+from hms_prep.store.layout import (StoreError, StoreLayout, create_store, open_store, read_metadata_bytes, store_exists,
+                                   unfinished_store, write_metadata)
 from hms_prep.store.lock import build_lock, is_local
 
 log = logging.getLogger("hms_prep")
@@ -201,7 +190,7 @@ def expected_metadata(group, kind, layout: StoreLayout, stored: pa.Table | None,
                              f"{found.group(1).decode()}, not {kind.digest} ({kind.name}'s): build into another --store, "
                              f"or delete {kind.name} and _build/{kind.name} to recompute it")
     raw_length = 0
-    if kind.role == ROLE_SIGNALS and stored is not None:  # the length the store's row table lays out
+    if kind.storage == STORAGE_SEGMENT and stored is not None:  # the length the store's row table lays out
         margin = kind.params.margin_s
         raw_length = plan_raw_segments(stored, layout.chunk_rows, margin, layout.raw_chunk_samples,
                                        stored_raw_index(stored, layout, margin))[2]

@@ -23,7 +23,8 @@ from hms_prep.kinds import ArrayKind, Cut
 from hms_prep.kinds.base import SOURCES
 from hms_prep.sources.rows import PlannedRow, RawSegment
 from hms_prep.sources.recordings import RecordingSpan, open_file, spans
-from hms_prep.store.format import ROLE_SIGNALS, STATUS_FAILED, STATUS_OK, open_build_state
+from hms_prep.store.arrays import STORAGE_SEGMENT
+from hms_prep.store.build_state import STATUS_FAILED, STATUS_OK, open_build_state
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class StageTimer:
 
 
 # Marks a row's failure that is not the data's (a transient read error, a bug): every build retries it,
-# where a failure of the data waits for its file to change (hms_prep/build/plan.py).
+# where a failure of the data waits for its file to change (hms_prep/building/plan.py).
 UNEXPECTED = "unexpected error"
 
 
@@ -116,7 +117,7 @@ def build_chunk(job: ChunkJob) -> ChunkReport:
 def _source_cuts(job: ChunkJob, source: str, arrays: list[ArrayJob], timer: StageTimer) -> dict[str, Cut]:
     """Each array's cut of the chunk: every file of `source` its pending rows need, opened once."""
     pending = {r for a in arrays for r in a.rows}
-    segments = job.raw_segments if any(a.kind.role == ROLE_SIGNALS for a in arrays) else ()
+    segments = job.raw_segments if any(a.kind.storage == STORAGE_SEGMENT for a in arrays) else ()
     per_file = [_file_cuts(span, arrays, timer)
                 for span in spans(source, job.data_dir, job.split, [r for r in job.rows if r.row in pending], segments)]
     finished = {}

@@ -18,36 +18,16 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
-from hms_prep.build.plan import check_params, segment_margin
+from hms_prep.building.plan import check_params, segment_margin
 from hms_prep.kinds import ArrayKind
-from hms_prep.sources.columns import arrow_column, numpy_column
-from hms_prep.sources.rows import (
-    DERIVED_COLUMNS,
-    DROPPED,
-    RawSegment,
-    RowAssignment,
-    assign_rows,
-    legacy_rows_digest,
-    plan_raw_segments,
-    rows_digest,
-    with_targets,
-)
-from hms_prep.store.format import (
-    LAYOUT_VERSION,
-    RAW_INDEX_COLUMNS,
-    STATUS_PENDING,
-    StoreError,
-    StoreLayout,
-    commit_layout,
-    describe_arrays,
-    open_build_state,
-    read_labels_if_readable,
-    read_row_table,
-    remove_labels,
-    remove_other_row_tables,
-    row_table_file,
-    write_row_table,
-)
+from hms_prep.columns import arrow_column, numpy_column
+from hms_prep.sources.rows import (RawSegment, RowAssignment, assign_rows, legacy_rows_digest, plan_raw_segments,
+                                   rows_digest)
+from hms_prep.store.arrays import describe_arrays
+from hms_prep.store.build_state import STATUS_PENDING, open_build_state
+from hms_prep.store.labels import (RAW_INDEX_COLUMNS, read_labels_if_readable, read_row_table, remove_labels,
+                                   remove_other_row_tables, row_table_file, row_table_of, with_targets, write_row_table)
+from hms_prep.store.layout import LAYOUT_VERSION, StoreError, StoreLayout, commit_layout
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +35,7 @@ class RowPlan:
     """The CSV's rows placed in the store, their raw segments, and the layout that holds them."""
 
     layout: StoreLayout  # the store's layout with these rows (the current one when nothing changes)
-    planned: pa.Table  # every row in store order, with targets and folds (hms_prep.sources.rows.with_targets)
+    planned: pa.Table  # every row in store order, with targets and folds (hms_prep.store.labels.with_targets)
     table: pa.Table  # the row table to store: the CSV's lines, row, dropped, the raw index when laid out
     assignment: RowAssignment
     margin: int | None  # margin_s of the raw segment layout; None: no array is stored in segments
@@ -95,16 +75,6 @@ def stored_row_table(url: str, layout: StoreLayout, csv: pa.Table, say) -> pa.Ta
                      "new --store")
 
 
-def row_table_of(labels: pa.Table) -> pa.Table:
-    """labels.parquet's row table: every column but those each build derives (targets, folds, statuses)."""
-    derived = set(DERIVED_COLUMNS) | {"status", "error"}
-    keep = [c for c in labels.column_names if c not in derived and not c.startswith(("status_", "repaired_"))]
-    table = labels.select(keep)
-    if DROPPED not in table.column_names:
-        table = table.append_column(DROPPED, arrow_column(np.zeros(table.num_rows, dtype=bool)))
-    return table
-
-
 def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, stored: pa.Table | None,
                requested: dict[str, ArrayKind], n_folds: int) -> RowPlan:
     """Where the CSV's rows go and what that changes; reads only. StoreError before anything is written
@@ -120,7 +90,7 @@ def place_rows(url: str, group: zarr.Group, layout: StoreLayout, csv: pa.Table, 
     segments, raw_index, raw_length = [[] for _ in range(-(-n_rows // layout.chunk_rows))], \
         np.zeros((n_rows, 3), dtype=np.int64), layout.raw_chunk_samples
     if margin is not None:
-        has_segments = any(not d.image for d in described.values())
+        has_segments = any(not d.per_row for d in described.values())
         stored_index = stored_raw_index(stored, layout, margin) if has_segments else None
         if stored_index is not None:
             touched = np.concatenate([assignment.changed, assignment.added])
@@ -157,7 +127,7 @@ def fit_arrays(group: zarr.Group, described: dict, layout: StoreLayout, raw_leng
     took effect grew them, and a build with the old rows fits them back."""
     for name, description in described.items():
         array, state = group[name], open_build_state(group, name)
-        wanted = [(array, (layout.n_rows, *array.shape[1:]) if description.image else (array.shape[0], raw_length)),
+        wanted = [(array, (layout.n_rows, *array.shape[1:]) if description.per_row else (array.shape[0], raw_length)),
                   (state.done, (layout.n_chunks,)),
                   *((part, (layout.n_rows,)) for part in (state.status, state.error, state.repaired))]
         for part, shape in wanted:
@@ -181,7 +151,7 @@ def commit_rows(url: str, group: zarr.Group, old: StoreLayout, rows: RowPlan) ->
                 state.status.oindex[pending_rows] = STATUS_PENDING
             if new.n_chunks > old.n_chunks:
                 state.done[old.n_chunks:] = 0
-            if not description.image and rows.relocated:
+            if not description.per_row and rows.relocated:
                 state.done.oindex[np.asarray(rows.relocated)] = 0
     if rows.assignment.changes:
         remove_labels(url)  # it lists the old rows

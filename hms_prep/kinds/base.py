@@ -110,6 +110,11 @@ class ArrayKind:
         """The attributes that say how the array's axes are laid out (a per-row image part's)."""
         return {"axes": list(IMAGE_AXES), "chains": list(CHAINS)}
 
+    def coordinates(self) -> dict[str, tuple[np.ndarray, str]]:
+        """xarray's labels of the kind's own axes: {axis: (values, units)}, stored as `{array}_{axis}`
+        (hms_prep/store/coords.py); the per-row and chain axes are the store's. None by default."""
+        return {}
+
     def shape_and_chunks(self, layout: StoreLayout, segments_length: int) -> tuple[tuple, tuple]:
         """The array's shape and chunks: one item per row, one chunk per `layout.chunk_rows` rows."""
         return (layout.n_rows, *self.item_shape), (layout.chunk_rows, *self.item_shape)

@@ -13,6 +13,7 @@ import numpy as np
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
+from hms_prep.kinds.mel import mel_centres_hz
 from hms_prep.sources.montage import BIPOLAR_PAIRS, NAN_REPAIR
 from hms_prep.sources.recordings import LABEL_WINDOW_SPAN
 from hms_prep.sources.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos
@@ -116,6 +117,12 @@ class EegMel(ArrayKind):
     @property
     def item_shape(self) -> tuple[int, ...]:
         return (len(CHAINS), self.params.n_mels, self.params.frames)
+
+    def coordinates(self) -> dict[str, tuple[np.ndarray, str]]:
+        """Each band's centre in Hz; each frame's centre in s from the centre of the label's window."""
+        p = self.params
+        return {"frequency": (mel_centres_hz(p.fmin, p.fmax, p.n_mels), "Hz"),
+                "time": (np.arange(p.frames) * p.hop_length / SAMPLE_RATE - p.window_s / 2, "s")}
 
     def cut(self, recording, rows: frozenset[int]) -> Cut:
         """The (16, W*200) window of every usable row: the middle of its label window."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hms_prep.domain import CHAINS, SPEC_ROW_S, SPEC_WINDOW_S
 from hms_prep.sources.kaggle import SPEC_FREQ_NAMES
 from hms_prep.kinds.kaggle_crop import KAGGLE_TRANSFORM, kaggle_crop
@@ -53,6 +55,13 @@ class KaggleCrop(ArrayKind):
     @property
     def item_shape(self) -> tuple[int, ...]:
         return (len(CHAINS), len(SPEC_FREQ_NAMES), self.params.columns)
+
+    def coordinates(self) -> dict[str, tuple[np.ndarray, str]]:
+        """Kaggle's frequency of each spectrogram row in Hz; each 2 s column's centre in s from the centre of
+        the label's window."""
+        columns = self.params.columns
+        return {"frequency": (np.array([float(f) for f in SPEC_FREQ_NAMES]), "Hz"),
+                "time": ((np.arange(columns) + 0.5) * SPEC_ROW_S - self.params.window_s / 2, "s")}
 
     def cut(self, spectrogram, rows: frozenset[int]) -> Cut:
         cut = Cut()

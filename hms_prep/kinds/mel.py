@@ -181,6 +181,12 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
     return fb * (2.0 / (f_pts[2 : n_mels + 2] - f_pts[:n_mels])).unsqueeze(0)
 
 
+def mel_centres_hz(f_min: float, f_max: float, n_mels: int) -> np.ndarray:
+    """Each filter's centre frequency in Hz: the slaney-scale points `mel_filterbank` puts its peaks at."""
+    points = torch.linspace(_hz_to_slaney_mel(f_min), _hz_to_slaney_mel(f_max), n_mels + 2, dtype=torch.float64)
+    return _slaney_mel_to_hz(points)[1:-1].numpy()
+
+
 def _hz_to_slaney_mel(freq: float) -> float:
     if freq >= SLANEY_LOG_HZ:
         return SLANEY_LOG_MEL + math.log(freq / SLANEY_LOG_HZ) / SLANEY_LOG_STEP

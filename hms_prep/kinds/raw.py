@@ -88,6 +88,10 @@ class RawSignals(ArrayKind):
         return {"signals": list(self.signals), "axes": list(SIGNAL_AXES), "sample_rate": SAMPLE_RATE,
                 "index_columns": list(RAW_INDEX_COLUMNS)}
 
+    def coordinates(self) -> dict[str, tuple[np.ndarray, str]]:
+        """The signals' names (Fp1-F7, ...); the sample axis runs over segments of recordings: none."""
+        return {"signal": (np.array(self.signals), "")}
+
     def shape_and_chunks(self, layout: StoreLayout, segments_length: int) -> tuple[tuple, tuple]:
         """Every segment of the store's layout along axis 1, chunked by `layout.raw_chunk_samples`."""
         return (len(self.signals), segments_length), (len(self.signals), layout.raw_chunk_samples)

@@ -13,8 +13,8 @@ Each is a 1-D array named as the dimension it labels (xarray makes it that dimen
     {array}_signal            string   a signals array's signal names (Fp1-F7, ...)
 
 Signals arrays keep their own `sample` dimension (segments of recordings, indexed per row by
-labels.parquet's raw_* columns): no coordinate is meaningful along it. A plug-in kind's other axes get
-none. Arrays are created with the key's dimension name (kinds/base.py); every build writes the
+labels.parquet's raw_* columns): no coordinate is meaningful along it. A kind's own axes get what its
+`ArrayKind.coordinates()` gives (a plug-in kind's: none unless it says). Arrays are created with the key's dimension name (kinds/base.py); every build writes the
 coordinates that are missing or stale at its end (`write_coordinates`), computing nothing else, so a store
 built before coordinates existed gets them, and its arrays the key's name, from its next `hms-prep build`
 (decisions.md).
@@ -32,7 +32,7 @@ import zarr
 from hms_prep.columns import numpy_column
 from hms_prep.domain import CHAINS
 from hms_prep.store.labels import ROW_KEY
-from hms_prep.store.arrays import ArrayDescription, COORDINATE_ATTRIBUTE, describe_arrays, dimension_names
+from hms_prep.store.arrays import COORDINATE_ATTRIBUTE, describe_arrays, dimension_names
 from hms_prep.store.layout import read_metadata_bytes, write_metadata
 
 ROW_AXIS = "row"  # the axis the key's dimension replaces
@@ -43,51 +43,25 @@ def store_dimension_names(name: str, axes: tuple[str, ...], split: str) -> tuple
     return tuple(ROW_KEY[split] if dim == ROW_AXIS else dim for dim in dimension_names(name, axes))
 
 
-def axis_values(description: ArrayDescription, attrs: dict) -> dict[str, tuple[np.ndarray, str]]:
-    """The coordinates of one data array's own axes (`attrs`: its attributes): {dimension: (values, units)}."""
-    params, name = description.params, description.name
-    if description.kind == "eeg_mel":
-        return {f"{name}_frequency": (mel_centres_hz(params), "Hz"),
-                f"{name}_time": (np.arange(params["frames"]) * params["hop_length"] / params["sample_rate"]
-                                 - params["window_s"] / 2, "s")}
-    if description.kind == "kaggle":
-        columns = params["columns"]
-        seconds = params["window_s"] / columns  # a column is one 2 s row of Kaggle's spectrogram
-        return {f"{name}_frequency": (np.array([float(f) for f in params["freqs_hz"]]), "Hz"),
-                f"{name}_time": ((np.arange(columns) + 0.5) * seconds - params["window_s"] / 2, "s")}
-    if description.kind == "raw":
-        return {f"{name}_signal": (np.array(attrs["signals"]), "")}
-    return {}
-
-
-def mel_centres_hz(params: dict) -> np.ndarray:
-    """Each mel filter's centre frequency: the slaney-scale points between fmin and fmax that
-    hms_prep.kinds.mel.mel_filterbank places its triangles' peaks at."""
-    import torch
-
-    from hms_prep.kinds.mel import _hz_to_slaney_mel, _slaney_mel_to_hz
-
-    points = torch.linspace(_hz_to_slaney_mel(params["fmin"]), _hz_to_slaney_mel(params["fmax"]),
-                            params["n_mels"] + 2, dtype=torch.float64)
-    return _slaney_mel_to_hz(points)[1:-1].numpy()
-
-
-def wanted_coordinates(group: zarr.Group, split: str, labels: pa.Table) -> dict[str, tuple[np.ndarray, str]]:
-    """Every coordinate the store's arrays need (`labels`: its labels.parquet): {name: (values, units)}."""
+def wanted_coordinates(split: str, labels: pa.Table, axes: dict[str, dict[str, tuple[np.ndarray, str]]]
+                       ) -> dict[str, tuple[np.ndarray, str]]:
+    """Every coordinate the store needs (`labels`: its labels.parquet; `axes`: each data array's own axes'
+    values and units, as its kind gives them, `ArrayKind.coordinates`): {name: (values, units)}."""
     key = ROW_KEY[split]
     order = np.argsort(numpy_column(labels.column("row")))
     wanted = {key: (numpy_column(labels.column(key))[order].astype(np.int64), ""), "chain": (np.array(CHAINS), "")}
-    for name, description in describe_arrays(group).items():
-        wanted.update(axis_values(description, group[name].attrs.asdict()))
+    for name, own in axes.items():
+        wanted.update({f"{name}_{axis}": values for axis, values in own.items()})
     return wanted
 
 
-def write_coordinates(group: zarr.Group, split: str, labels: pa.Table) -> list[str]:
+def write_coordinates(group: zarr.Group, split: str, labels: pa.Table,
+                      axes: dict[str, dict[str, tuple[np.ndarray, str]]]) -> list[str]:
     """Write the coordinates that are missing or differ (rows added), and name the per-row dimension of a
     data array built before them after the key; returns what was written. A store that has them all is
     not written to."""
     written = []
-    for name, (values, units) in wanted_coordinates(group, split, labels).items():
+    for name, (values, units) in wanted_coordinates(split, labels, axes).items():
         if _stored(group, name, values):
             continue
         attrs = {COORDINATE_ATTRIBUTE: True, **({"units": units} if units else {})}

@@ -86,6 +86,11 @@ def serve(path: str) -> None:
     import hms_train.run.compare  # noqa: F401
     import hms_train.run.predict  # noqa: F401
     import hms_train.run.train  # noqa: F401
+    # What the commands import lazily at their end (curves.png, parquet datasets): 2-4 s per call otherwise.
+    import hms_train.run.plots  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow.dataset  # noqa: F401
+    import pydantic  # noqa: F401
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)

@@ -144,17 +144,20 @@ def test_wave_block_pads_like_keras_same():
 
 
 @pytest.fixture(scope="module")
-def public_store(synth_data, tmp_path_factory):
-    """The default arrays (eeg_10s, eeg_30s, kaggle, raw) and the public recipes' three mel variants, as
-    `make seed` builds them (scripts/seed.sh PUBLIC_ARRAYS)."""
+def public_store(train_store, synth_data, tmp_path_factory):
+    """The default arrays (eeg_10s, eeg_30s, kaggle, raw: a copy of conftest's train_store) and the public
+    recipes' three mel variants added, as `make seed` builds them (scripts/seed.sh PUBLIC_ARRAYS)."""
+    import shutil
+
     from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.kinds import MelParams
 
     url = str(tmp_path_factory.mktemp("public") / "specs.zarr")
+    shutil.copytree(train_store, url)
     extra = (MelParams(window_s=50, hop_length=33, frames=300),
              MelParams(window_s=50, win_length=1024, hop_length=25, n_mels=200, frames=400),
              MelParams(window_s=10, win_length=260, hop_length=6, frames=300))
-    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10,), extra_arrays=extra,
+    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), extra_arrays=extra,
                           chunk_rows=8, workers=2))
     return url
 

@@ -148,13 +148,16 @@ def test_extends_merges_tables_and_refuses_loops(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def both_store(synth_data, tmp_path_factory):
-    """`hms-prep build --windows 10,30`, then `--windows 10,14,30,44 --n-mels 50` on the same store."""
+def both_store(train_store, synth_data, tmp_path_factory):
+    """`hms-prep build --windows 10,30` (a copy of conftest's train_store, built so), then
+    `--windows 10,14,30,44 --n-mels 50` on the same store."""
+    import shutil
+
     from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.kinds import MelParams
 
     url = str(tmp_path_factory.mktemp("both") / "specs.zarr")
-    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), chunk_rows=8, workers=2))
+    shutil.copytree(train_store, url)
     run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 14, 30, 44),
                           mel=MelParams(window_s=10, n_mels=50), chunk_rows=8, workers=2))
     return url

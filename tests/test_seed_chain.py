@@ -108,11 +108,9 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     assert [Path(run).name for run in seed_blend["runs"]] == [
         "seed_richard_b0", "seed_richard_b0_kd", "seed_richard_b0_pl", "seed_david_b0", "seed_david_mnv3_pl2",
         "public_lb31_b0", "public_resnet1d_gru"]
-    from hms_train.run.blend import SEED_BLEND
-
-    leaves = SEED_BLEND.leaf_weights()  # the public runs keep the seed's shares relative to each other
-    lb31, gru = seed_blend["weights"][-2:]
-    assert gru / lb31 == pytest.approx(leaves["public_resnet1d_gru"] / leaves["public_lb31_b0"], rel=1e-4)
+    assert_seed_blend_weights(seed_blend)
+    assert_submission_is_predict_with_the_blend(seed, blend, tmp_path)
+    assert_teacher_targets_trained_the_kd_run(seed / "runs")
     with open(seed / "submission.csv") as f:
         rows = list(csv.DictReader(f))
     test_ids = {row["eeg_id"] for row in csv.DictReader(open(synth_data / "test.csv"))}
@@ -128,3 +126,55 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     assert (seed / "compare.png").stat().st_size > 0
     # David's pseudo-labels cover the C A A B A spectrogram's row (12 votes of its own, its target 3)
     assert image_label in pq.read_table(seed / "pseudo_david.parquet").column("label_id").to_pylist()
+
+
+# The runs of scripts/seed.sh's seed_blend and the SEED_BLEND leaves (hms_train/run/blend.py) each stands for.
+SEED_BLEND_LEAVES = {
+    "seed_richard_b0": ["effb0-lb33"], "seed_richard_b0_kd": ["effb0-kd-lb32"],
+    "seed_richard_convnext_kd": ["cvnxt-kd-lb32"], "seed_richard_v2s_kd": ["effv2s-kd-lb31"],
+    "seed_richard_b0_pl": ["effb0-1"], "seed_david_b0": [f"efficientb0-wo-pl/f{k}" for k in (0, 2, 3)],
+    "seed_david_mnv3_pl2": [f"mobilenetv3/f{k}" for k in (0, 2, 3)],
+}
+
+
+def assert_seed_blend_weights(seed_blend: dict) -> None:
+    """seed_blend.json: fixed weights, each run's SEED_BLEND share over the shares of the runs present."""
+    from hms_train.run.blend import SEED_BLEND
+
+    leaves = SEED_BLEND.leaf_weights()
+    shares = [sum(leaves[leaf] for leaf in SEED_BLEND_LEAVES.get(name, [name]))
+              for name in (Path(run).name for run in seed_blend["runs"])]
+    assert seed_blend["weights_from"] == "fixed"
+    assert seed_blend["weights"] == pytest.approx([share / sum(shares) for share in shares], rel=1e-4)
+
+
+def assert_submission_is_predict_with_the_blend(seed: Path, blend: dict, tmp_path: Path) -> None:
+    """submission.csv is what predict gives with blend.json's runs and weights (those of weight 0 left out:
+    they add nothing to the weighted mean)."""
+    import numpy as np
+    import pyarrow.csv as pacsv
+
+    from hms_train.run.predict import predict_submission
+
+    used = [(Path(run), weight) for run, weight in zip(blend["runs"], blend["weights"]) if weight > 0]
+    expected = predict_submission(str(seed / "test.zarr"), [run for run, _ in used], tmp_path / "predict.csv",
+                                  weights=[weight for _, weight in used], device="cpu")
+    written = pacsv.read_csv(seed / "submission.csv")
+    assert written.column_names == expected.column_names
+    assert written.column("eeg_id").to_pylist() == expected.column("eeg_id").to_pylist()
+    for name in written.column_names[1:]:
+        np.testing.assert_allclose(written.column(name).to_numpy(), expected.column(name).to_numpy(), atol=1e-6)
+
+
+def assert_teacher_targets_trained_the_kd_run(runs: Path) -> None:
+    """seed_richard_b0_kd's config is seed_richard_b0's with teacher_targets (the teacher file seed.sh wrote)
+    alone added: the same initial weights and batches, so its different training losses come from the
+    teacher's targets (with the table's targets it trains exactly as seed_richard_b0)."""
+    base, kd = (json.loads((runs / name / "config.json").read_text()) for name in ("seed_richard_b0", "seed_richard_b0_kd"))
+    assert {key for key in base.keys() | kd.keys() if base.get(key) != kd.get(key)} == {"teacher_targets"}
+    assert Path(kd["teacher_targets"]) == runs.parent / "teacher.parquet"
+
+    def losses(name: str) -> list[float]:
+        return [json.loads(line)["train_loss"] for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert all(a != pytest.approx(b, rel=1e-3) for a, b in zip(losses("seed_richard_b0"), losses("seed_richard_b0_kd")))

@@ -538,7 +538,9 @@ def test_pretrained_weights_offline_fail_fast_saying_how_to_provide_them(tmp_pat
     from conftest import ROOT
 
     script = textwrap.dedent("""
-        from hms_train.model.models import MissingWeightsError, create_model, hub_reachable
+        import hms_train.model  # noqa: F401 (registers the model kinds)
+        from hms_train.model.backbones import MissingWeightsError, hub_reachable
+        from hms_train.model.kinds import create_model
         assert not hub_reachable(), "this check expects a machine without a network"
         try:
             create_model("2d", backbone="tf_efficientnet_b0_ns", pretrained=True, image_size=(64, 64))

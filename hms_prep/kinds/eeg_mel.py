@@ -13,7 +13,7 @@ import numpy as np
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
 from hms_prep.kinds.base import KindParams, EEG, ArrayKind, Cut, register_kind, variant_name
-from hms_prep.kinds.mel import mel_centres_hz
+from hms_prep.melscale import mel_centres_hz
 from hms_prep.sources.montage import BIPOLAR_PAIRS, NAN_REPAIR
 from hms_prep.sources.recordings import LABEL_WINDOW_SPAN
 from hms_prep.sources.signal_filter import BAND_PASS_FILTER, BAND_PASS_ORDER, band_pass_sos

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from hms_prep.domain import CHAINS, SAMPLE_RATE
+from hms_prep.melscale import (SLANEY_HZ_PER_MEL, SLANEY_LOG_HZ, SLANEY_LOG_MEL, SLANEY_LOG_STEP,
+                               hz_to_slaney_mel)
 from hms_prep.sources.montage import BIPOLAR_PAIRS
 
 AMIN = 1e-10  # librosa's floor on power before the log
@@ -151,12 +153,6 @@ def _mel_kernels(recipe: MelRecipe, device: str) -> tuple[torch.Tensor, torch.Te
     return tuple(k.float().contiguous().to(device) for k in (cos_basis, sin_basis, fbank[:bins]))
 
 
-# The slaney mel scale (Slaney's Auditory Toolbox, librosa's and torchaudio's "slaney"): linear below
-# 1 kHz, logarithmic above it.
-SLANEY_HZ_PER_MEL = 200.0 / 3
-SLANEY_LOG_HZ = 1000.0
-SLANEY_LOG_MEL = SLANEY_LOG_HZ / SLANEY_HZ_PER_MEL
-SLANEY_LOG_STEP = math.log(6.4) / 27.0
 
 
 def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
@@ -169,7 +165,7 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
     output and with librosa's `filters.mel`).
     """
     all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
-    m_pts = torch.linspace(_hz_to_slaney_mel(f_min), _hz_to_slaney_mel(f_max), n_mels + 2)
+    m_pts = torch.linspace(hz_to_slaney_mel(f_min), hz_to_slaney_mel(f_max), n_mels + 2)
     f_pts = _slaney_mel_to_hz(m_pts)
     # each filter rises from its left neighbour's centre to its own and falls to its right neighbour's
     f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1)
@@ -181,19 +177,8 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
     return fb * (2.0 / (f_pts[2 : n_mels + 2] - f_pts[:n_mels])).unsqueeze(0)
 
 
-def mel_centres_hz(f_min: float, f_max: float, n_mels: int) -> np.ndarray:
-    """Each filter's centre frequency in Hz: the slaney-scale points `mel_filterbank` puts its peaks at."""
-    points = torch.linspace(_hz_to_slaney_mel(f_min), _hz_to_slaney_mel(f_max), n_mels + 2, dtype=torch.float64)
-    return _slaney_mel_to_hz(points)[1:-1].numpy()
-
-
-def _hz_to_slaney_mel(freq: float) -> float:
-    if freq >= SLANEY_LOG_HZ:
-        return SLANEY_LOG_MEL + math.log(freq / SLANEY_LOG_HZ) / SLANEY_LOG_STEP
-    return freq / SLANEY_HZ_PER_MEL
-
-
 def _slaney_mel_to_hz(mels: torch.Tensor) -> torch.Tensor:
+    """melscale.slaney_mel_to_hz in torchaudio's float32 torch operations (the filterbank's exact values)."""
     freqs = SLANEY_HZ_PER_MEL * mels
     log_part = mels >= SLANEY_LOG_MEL
     freqs[log_part] = SLANEY_LOG_HZ * torch.exp(SLANEY_LOG_STEP * (mels[log_part] - SLANEY_LOG_MEL))

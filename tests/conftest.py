@@ -87,6 +87,20 @@ def preloaded_server():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture
+def preloaded_bin(tmp_path):
+    """A folder with `hms-prep` and `hms-train` scripts whose calls are each a process forked from one that
+    has imported the CLIs' modules already (`preloaded_server`): for a shell script or a document's lines
+    (scripts/seed.sh's BIN, README.md's block on PATH), whose many calls pay those 3-5 s of imports once."""
+    with preloaded_server() as sock:
+        bin_ = tmp_path / "bin"
+        bin_.mkdir()
+        for name in ("hms-prep", "hms-train"):
+            (bin_ / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{PRELOADED}" call "{sock}" {name} "$@"\n')
+            (bin_ / name).chmod(0o755)
+        yield bin_
+
+
 @pytest.fixture(scope="module")
 def preloaded():
     """`run(name, *args, env=None, timeout=None)`: `hms-prep` / `hms-train` as a process of its own, forked

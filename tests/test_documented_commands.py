@@ -16,13 +16,12 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 
-from conftest import PRELOADED, ROOT, preloaded_server
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 TOY_SETS = [f"--set={item}" for item in (
@@ -51,7 +50,7 @@ def as_run_here(line: str, data: str, label_id: int) -> list[str] | None:
     return words + TOY_SETS if words[:2] == ["hms-train", "plan"] else words
 
 
-def test_the_readmes_real_data_block_runs_in_order(tmp_path):
+def test_the_readmes_real_data_block_runs_in_order(tmp_path, preloaded_bin):
     from hms_prep.synth import synthesize
     from test_seed_chain import keep_first_lines
 
@@ -63,24 +62,18 @@ def test_the_readmes_real_data_block_runs_in_order(tmp_path):
     assert len(lines) >= 17 and any("compare runs/*" in line for line in lines), lines
     work = tmp_path / "checkout"
     work.mkdir()
-    with preloaded_server() as sock:
-        bin_ = tmp_path / "bin"
-        bin_.mkdir()
-        for name in ("hms-prep", "hms-train"):
-            (bin_ / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{PRELOADED}" call "{sock}" {name} "$@"\n')
-            (bin_ / name).chmod(0o755)
-        env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-        env.pop("MLFLOW_TRACKING_URI", None)  # the README's --track mlflow: its default, beside the run
-        started = time.perf_counter()
-        for line in lines:
-            words = as_run_here(line, str(data), label_id)
-            if words is None:
-                continue
-            # the shell expands runs/* as a user's would
-            result = subprocess.run(["bash", "-c", " ".join(w if w.endswith("/*") else shlex.quote(w) for w in words)],
-                                    cwd=work, env=env, capture_output=True, text=True, timeout=300)
-            assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-            print(f"{time.perf_counter() - started:6.1f} s  {line}")
+    env = {**os.environ, "PATH": f"{preloaded_bin}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the README's --track mlflow: its default, beside the run
+    started = time.perf_counter()
+    for line in lines:
+        words = as_run_here(line, str(data), label_id)
+        if words is None:
+            continue
+        # the shell expands runs/* as a user's would
+        result = subprocess.run(["bash", "-c", " ".join(w if w.endswith("/*") else shlex.quote(w) for w in words)],
+                                cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        print(f"{time.perf_counter() - started:6.1f} s  {line}")
 
     assert (work / "submission.csv").is_file() and (work / "row.png").is_file()
     assert (work / "kaggle-export" / "infer.py").is_file()

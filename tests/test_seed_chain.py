@@ -8,12 +8,11 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import PRELOADED, ROOT, preloaded_server
+from conftest import ROOT
 TOY = " ".join(f"--set {item}" for item in (
     "model.pretrained=false", 'model.backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1",
     "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2",
@@ -68,20 +67,6 @@ def write_c_a_a_b_a(train_csv: Path) -> tuple[str, int]:
     df.loc[first, votes] = C_A_A_B_A
     df.to_csv(train_csv, index=False)
     return str(eeg_id), int(df.loc[first[2], "label_id"])
-
-
-@pytest.fixture
-def preloaded_bin(tmp_path):
-    """A BIN for scripts/seed.sh whose `hms-prep` and `hms-train` calls are each a process forked from one
-    that has imported the CLIs' modules already (tests/preloaded.py): the chain's 19 calls pay those
-    3-5 s of imports once."""
-    with preloaded_server() as sock:
-        bin_ = tmp_path / "bin"
-        bin_.mkdir()
-        for name in ("hms-prep", "hms-train"):
-            (bin_ / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{PRELOADED}" call "{sock}" {name} "$@"\n')
-            (bin_ / name).chmod(0o755)
-        yield bin_
 
 
 def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):

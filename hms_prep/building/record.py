@@ -15,14 +15,13 @@ from hms_prep.building.config import BuildConfig
 from hms_prep.building.plan import BuildPlan
 from hms_prep.building.task import ChunkReport, Failure
 from hms_prep.columns import arrow_column, numpy_column, string_column
-from hms_prep.sources.rows import planned_rows
-from hms_prep.store.coords import write_coordinates
-from hms_prep.store.labels import RAW_INDEX_COLUMNS, ROW_KEY
 from hms_prep.kinds.base import KINDS, kind_of_stored
-from hms_prep.store.arrays import data_array_names, describe_arrays
+from hms_prep.sources.rows import planned_rows
+from hms_prep.store.arrays import ArrayDescription, data_array_names, describe_arrays
 from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, open_build_state, read_errors, read_state,
                                         record_failures_tried)
-from hms_prep.store.labels import live_rows, read_labels_if_readable, write_labels
+from hms_prep.store.coords import write_coordinates
+from hms_prep.store.labels import RAW_INDEX_COLUMNS, ROW_KEY, live_rows, read_labels_if_readable, write_labels
 from hms_prep.store.layout import store_nbytes
 
 
@@ -97,10 +96,10 @@ def rows_per_s(rows: int, seconds: float) -> float:
     return rows / seconds if seconds > 0 else 0.0
 
 
-def kinds_coordinates(group) -> dict[str, dict]:
+def kinds_coordinates(descriptions: dict[str, ArrayDescription]) -> dict[str, dict]:
     """Each data array's own axes' coordinates, as its kind gives them (a kind not registered here: none)."""
     axes = {}
-    for name, description in describe_arrays(group).items():
+    for name, description in descriptions.items():
         kind = KINDS.get(description.kind)
         axes[name] = kind_of_stored(description.kind, description.params).coordinates() if kind else {}
     return axes
@@ -116,7 +115,8 @@ def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan,
     labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures, ROW_KEY[config.split])
     write_labels_if_changed(config.store_url, labels, planned.column_names, say)
     # xarray's labels and units, also for a store built before them
-    write_coordinates(group, config.split, labels, kinds_coordinates(group))
+    descriptions = describe_arrays(group)
+    write_coordinates(group, config.split, labels, descriptions, kinds_coordinates(descriptions))
     stages: dict[str, float] = defaultdict(float)
     for report in reports:
         for stage, seconds in report.seconds.items():

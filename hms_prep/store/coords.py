@@ -32,7 +32,7 @@ import zarr
 from hms_prep.columns import numpy_column
 from hms_prep.domain import CHAINS
 from hms_prep.store.labels import ROW_KEY
-from hms_prep.store.arrays import COORDINATE_ATTRIBUTE, describe_arrays, dimension_names
+from hms_prep.store.arrays import COORDINATE_ATTRIBUTE, ArrayDescription, dimension_names
 from hms_prep.store.layout import read_metadata_bytes, write_metadata
 
 ROW_AXIS = "row"  # the axis the key's dimension replaces
@@ -55,7 +55,7 @@ def wanted_coordinates(split: str, labels: pa.Table, axes: dict[str, dict[str, t
     return wanted
 
 
-def write_coordinates(group: zarr.Group, split: str, labels: pa.Table,
+def write_coordinates(group: zarr.Group, split: str, labels: pa.Table, descriptions: dict[str, ArrayDescription],
                       axes: dict[str, dict[str, tuple[np.ndarray, str]]]) -> list[str]:
     """Write the coordinates that are missing or differ (rows added), and name the per-row dimension of a
     data array built before them after the key; returns what was written. A store that has them all is
@@ -70,7 +70,7 @@ def write_coordinates(group: zarr.Group, split: str, labels: pa.Table,
                                    dimension_names=(name,), attributes=attrs, overwrite=True)
         array[...] = values
         written.append(name)
-    for name, description in describe_arrays(group).items():
+    for name, description in descriptions.items():
         path = f"{name}/zarr.json"
         metadata = json.loads(read_metadata_bytes(group, path))
         want = list(store_dimension_names(name, description.axes, split))

@@ -127,6 +127,35 @@ def test_public_model_forward_shapes(kind, kwargs, inputs):
         assert model(*(batch[name] for name in inputs)).shape == (2, 6)
 
 
+# cv2.resize(image, (2, 3)) and (4, 5) with interpolation=cv2.INTER_AREA, recorded with opencv-python-headless
+# 5.1.0.95 (not a dependency): both axes shrink by non-integer factors, where cv2 weighs the border pixels by
+# their part inside each output pixel's interval
+CV2_AREA_7x5_TO_3x2 = [[11.516864776611328, 19.45907211303711], [64.21410369873047, 78.95585632324219],
+                       [143.01260375976562, 162.1663818359375]]
+CV2_AREA_11x9_TO_5x4 = [
+    [1.9393939971923828, 3.7373740673065186, 3.2727274894714355, 1.959596037864685],
+    [3.2626264095306396, 2.373737335205078, 3.323232412338257, 3.2828285694122314],
+    [3.454545736312866, 3.2727274894714355, 2.383838653564453, 3.3333334922790527],
+    [2.161616325378418, 3.252525568008423, 3.4949498176574707, 2.323232412338257],
+    [3.626262664794922, 2.313131332397461, 2.9797980785369873, 3.6464648246765137]]
+
+
+def test_area_resize_is_cv2s_inter_area():
+    """public_lb31_b0's resize (HMS_LB31.ipynb cell 23, cv2.INTER_AREA) gives cv2's own outputs; torch's
+    mode="area" (whole-pixel bins) would give 17.5 for the first pixel where cv2 gives 11.5. It refuses to
+    enlarge (cv2's area table is for shrinking) in one line."""
+    from hms_train.model.resized_2d import ResizedNet
+
+    for (height, width), expected in (((7, 5), CV2_AREA_7x5_TO_3x2), ((11, 9), CV2_AREA_11x9_TO_5x4)):
+        source = torch.arange(height * width, dtype=torch.float32).reshape(height, width)
+        source = source**1.5 if height == 7 else source % 7
+        size = (len(expected), len(expected[0]))
+        net = ResizedNet(torch.nn.Identity(), size, "area", flip_rows=False, image_size=(height, width))
+        torch.testing.assert_close(net.resize(source[None, None])[0, 0], torch.tensor(expected), atol=1e-4, rtol=1e-6)
+    with pytest.raises(ValueError, match="shrinks only"):
+        ResizedNet(torch.nn.Identity(), (512, 512), "area", flip_rows=False, image_size=(400, 700))
+
+
 def test_wave_block_pads_like_keras_same():
     """Keras Conv1D(padding="same") with kernel 4, dilation 2: 6 zeros, 3 left and 3 right; an impulse's
     response sits where Keras puts it."""
@@ -204,3 +233,23 @@ def test_make_seed_gives_the_public_runs_the_seed_blends_shares():
     assert shares.keys() == leaves.keys() == set(PUBLIC)
     for name, share in leaves.items():
         assert shares[name] == pytest.approx(share, rel=1e-5), name
+
+
+@pytest.mark.parametrize("name, blocks", [("public_lb31_b0", 16), ("public_fh_k", 23), ("public_fh_ker", 23)])
+def test_keras_efficientnets_keep_their_drop_connect_ramp(name, blocks):
+    """LB31's efn.EfficientNetB0 (efficientnet 1.1.1) and the features-head EfficientNetB2 (Keras) were built
+    with drop_connect_rate 0.2: block b of the `blocks` drops its residual branch with p 0.2 * b / blocks,
+    on the blocks with an identity skip only (efficientnet/model.py mb_conv_block). The recipes' backbones
+    carry the same rates (timm's drop_path_rate ramp)."""
+    config = load_config(name)
+    kwargs = {**config.model.kwargs(), "pretrained": False}
+    kind = kwargs.pop("name", config.model.name)
+    inputs = {"resized_2d": {"image_size": [800, 700]}, "features_head_spec": {"image_size": [400, 300]},
+              "features_head_hybrid": {"image_size": [800, 300]}}[kind]
+    model = create_model(kind, **{**kwargs, **inputs})
+    backbone = model.net.backbone if kind == "resized_2d" else model.spec.backbone
+    found = [block for stage in backbone.blocks for block in stage]
+    assert len(found) == blocks
+    skips = [(index, block.drop_path) for index, block in enumerate(found) if block.has_skip]  # timm: others never drop
+    assert len(skips) == {16: 9, 23: 16}[blocks]
+    assert [getattr(drop, "drop_prob", 0.0) for _, drop in skips] == pytest.approx([0.2 * i / blocks for i, _ in skips])

@@ -89,9 +89,9 @@ def features_head_canvas(image: torch.Tensor) -> torch.Tensor:
 class SpecBranch(nn.Module):
     """EfficientNetB2 (3 channels) on the features-head canvas, globally averaged (`build_spec_model`)."""
 
-    def __init__(self, backbone: str, pretrained: bool, weights: str | None):
+    def __init__(self, backbone: str, pretrained: bool, weights: str | None, drop_path_rate: float = 0.0):
         super().__init__()
-        self.backbone = create_backbone(backbone, pretrained, weights, in_chans=3)
+        self.backbone = create_backbone(backbone, pretrained, weights, drop_path_rate, in_chans=3)
         self.backbone.eval()  # one dry pass for the channel count (1,408 for EfficientNet-B2), statistics untouched
         with torch.no_grad():
             self.num_features = self.backbone(torch.zeros(1, 3, 64, 64)).shape[1]
@@ -150,9 +150,10 @@ class WaveBranch(nn.Module):
 
 
 class FeaturesHeadSpec(nn.Module):
-    def __init__(self, backbone: str, pretrained: bool, weights: str | None, num_classes: int = NUM_CLASSES):
+    def __init__(self, backbone: str, pretrained: bool, weights: str | None, num_classes: int = NUM_CLASSES,
+                 drop_path_rate: float = 0.0):
         super().__init__()
-        self.spec = SpecBranch(backbone, pretrained, weights)
+        self.spec = SpecBranch(backbone, pretrained, weights, drop_path_rate)
         self.head = nn.Linear(self.spec.num_features, num_classes)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -171,9 +172,9 @@ class FeaturesHeadWave(nn.Module):
 
 class FeaturesHeadHybrid(nn.Module):
     def __init__(self, backbone: str, pretrained: bool, weights: str | None, raw_channels: int,
-                 num_classes: int = NUM_CLASSES):
+                 num_classes: int = NUM_CLASSES, drop_path_rate: float = 0.0):
         super().__init__()
-        self.spec = SpecBranch(backbone, pretrained, weights)
+        self.spec = SpecBranch(backbone, pretrained, weights, drop_path_rate)
         self.wave = WaveBranch(raw_channels)
         self.head = nn.Linear(self.spec.num_features + self.wave.num_features, num_classes)
 
@@ -190,10 +191,11 @@ def _check_image(image_size: Sequence[int]) -> None:
 
 @register_model("features_head_spec", inputs=(IMAGE,))
 def features_head_spec(image_size: Sequence[int], backbone: str = "efficientnet_b2", pretrained: bool = False,
-                       weights: str | None = None) -> FeaturesHeadSpec:
-    """K, E or KE: HMS_balance.py build_spec_model (EfficientNetB2.h5, GAP, Dense(6))."""
+                       weights: str | None = None, drop_path_rate: float = 0.0) -> FeaturesHeadSpec:
+    """K, E or KE: HMS_balance.py build_spec_model (EfficientNetB2.h5, GAP, Dense(6)); `drop_path_rate`: the
+    Keras EfficientNet's drop_connect_rate (its default 0.2, ramped over the blocks as timm ramps it)."""
     _check_image(image_size)
-    return FeaturesHeadSpec(backbone, pretrained, weights)
+    return FeaturesHeadSpec(backbone, pretrained, weights, drop_path_rate=drop_path_rate)
 
 
 @register_model("features_head_wave", inputs=(SIGNALS,))
@@ -205,7 +207,7 @@ def features_head_wave(raw_channels: int = 18, raw_samples: int = 10000) -> Feat
 @register_model("features_head_hybrid", inputs=(IMAGE, SIGNALS))
 def features_head_hybrid(image_size: Sequence[int], backbone: str = "efficientnet_b2", pretrained: bool = False,
                          weights: str | None = None, raw_channels: int = 18,
-                         raw_samples: int = 10000) -> FeaturesHeadHybrid:
+                         raw_samples: int = 10000, drop_path_rate: float = 0.0) -> FeaturesHeadHybrid:
     """KR, ER or KER: HMS_balance.py build_hybrid_model (both branches' features, Dense(6))."""
     _check_image(image_size)
-    return FeaturesHeadHybrid(backbone, pretrained, weights, raw_channels)
+    return FeaturesHeadHybrid(backbone, pretrained, weights, raw_channels, drop_path_rate=drop_path_rate)

@@ -253,3 +253,18 @@ def test_keras_efficientnets_keep_their_drop_connect_ramp(name, blocks):
     skips = [(index, block.drop_path) for index, block in enumerate(found) if block.has_skip]  # timm: others never drop
     assert len(skips) == {16: 9, 23: 16}[blocks]
     assert [getattr(drop, "drop_prob", 0.0) for _, drop in skips] == pytest.approx([0.2 * i / blocks for i, _ in skips])
+
+
+LRFN = [1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-5, 1e-5, 1e-5]  # E/HMS_LB31.ipynb cell 16 lrfn's lr_schedule
+
+
+@pytest.mark.parametrize("name", ["public_lb31_b0", "public_fh_k", "public_fh_r", "public_fh_ker"])
+def test_lb31_and_features_head_step_their_learning_rate_as_lrfn(name):
+    """Keras' LearningRateScheduler(lrfn) sets lrfn(epoch) at each epoch of each model.fit: both stages
+    run lrfn's first 4 epochs (1e-3, 1e-3, 1e-3, 1e-4), and longer runs follow the rest of its list."""
+    from hms_train.run.schedule import epoch_learning_rates
+
+    config = load_config(name)
+    assert epoch_learning_rates(config, config.lr, config.epochs, steps_per_epoch=5) == pytest.approx(LRFN[:4])
+    assert epoch_learning_rates(config, config.stage2_lr, config.stage2_epochs, 5) == pytest.approx(LRFN[:4])
+    assert epoch_learning_rates(config, config.lr, 9, 5) == pytest.approx(LRFN)

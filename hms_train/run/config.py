@@ -32,7 +32,7 @@ EXTENDS = "extends"  # TOML key: the bundled config (or TOML path) whose values 
 OPTIMIZERS = ("adamw", "lion")  # timm implementations the recipes use
 PSEUDO_MODES = ("replace", "blend")
 PSEUDO_STAGES = ("stage1", "stage2")  # the stage whose low-vote rows take the pseudo-labels
-SCHEDULES = ("cosine", "constant")  # constant: Richard's AdamW without a scheduler
+SCHEDULES = ("cosine", "constant", "step")  # constant: Richard's AdamW without a scheduler; step: Keras lrfn lists
 SCHEDULE_UNITS = ("step", "epoch")  # epoch: the lr changes once per epoch (David's CosineAnnealingLR)
 STAGE2_INITS = ("continue", "best")  # best: from the best stage-1 checkpoint's (EMA) weights, as Richard
 DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")  # (pattern, in words)
@@ -100,6 +100,10 @@ class TrainConfig:
     schedule_unit: Literal[SCHEDULE_UNITS] = "step"
     warmup_epochs: float = field(default=1.0, metadata=NON_NEGATIVE)  # whole epochs when schedule_unit = "epoch"
     lr_min_factor: float = field(default=0.01, metadata=PROBABILITY)  # the cosine's end (and warm-up start) / lr
+    # schedule = "step": the lr times step_factor every step_every_epochs epochs (E/HMS_LB31.ipynb lrfn:
+    # 1e-3 x 3, 1e-4 x 3, 1e-5 x 3 is every 3 epochs x 0.1)
+    step_every_epochs: int = field(default=1, metadata=POSITIVE)
+    step_factor: float = field(default=0.1, metadata=PROBABILITY)
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0 disables clipping
     # clip as David's fp16 loop did, on GradScaler-scaled gradients (D/trainer.py: clip_grad_norm_ before
     # scaler.unscale_): the norm limit is grad_clip / the scaler's scale (hms_train/run/step.py)

@@ -11,7 +11,7 @@ from hms_train.run.config import TrainConfig
 
 def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps_per_epoch: int):
     """Counted in steps or epochs (`schedule_unit`): warm-up from lr * lr_min_factor, then a cosine down
-    to lr * lr_min_factor, or constant."""
+    to lr * lr_min_factor, constant, or a step down by `step_factor` every `step_every_epochs` epochs."""
     per_epoch = config.schedule_unit == "epoch"
     unit = 1 if per_epoch else steps_per_epoch
     warmup = int(config.warmup_epochs * unit)
@@ -19,6 +19,10 @@ def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps
     length = max(1, epochs * unit)
     if config.schedule == "constant":
         return timm.scheduler.StepLRScheduler(optimizer, decay_t=length, decay_rate=1.0, warmup_t=warmup,
+                                              warmup_lr_init=lr_min, t_in_epochs=per_epoch)
+    if config.schedule == "step":
+        return timm.scheduler.StepLRScheduler(optimizer, decay_t=config.step_every_epochs * unit,
+                                              decay_rate=config.step_factor, warmup_t=warmup,
                                               warmup_lr_init=lr_min, t_in_epochs=per_epoch)
     return timm.scheduler.CosineLRScheduler(optimizer, t_initial=length, lr_min=lr_min, warmup_t=warmup,
                                             warmup_lr_init=lr_min, t_in_epochs=per_epoch)

@@ -226,6 +226,21 @@ def test_stage2_starts_from_the_best_stage1_epoch_not_the_last(both_store, tmp_p
     assert weights and moved < 1e-9, moved  # started from the last epoch instead: 0.17 (checked)
 
 
+@pytest.mark.slow
+def test_fold_model_last_keeps_the_last_epoch_as_keras_save_weights_did(both_store, tmp_path):
+    """fold_model = "last" (E/HMS_LB31.ipynb cell 18: model.fit, then save_weights: the last epoch): the
+    fold's model is the last epoch's even when an earlier one validated better (the premise, as in the
+    test above: same run)."""
+    overrides = [f'store="{both_store}"', *TINY, "epochs=4", "stage2_epochs=0", "lr=3e-2", "ema_decay=0",
+                 'schedule="constant"', "max_batches_per_epoch=2", 'rows="all"', 'fold_model="last"']
+    out = tmp_path / "run"
+    train(load_config("seed_richard_b0", overrides), out, quiet=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert min(records, key=lambda r: r["val_kl_select"])["epoch"] < 4, ("premise: the best epoch is not the last", records)
+    final = torch.load(out / "fold0_best.pt", weights_only=True)
+    assert final["score"] == pytest.approx(records[-1]["val_kl_select"]) and records[-1]["epoch"] == 4
+
+
 def test_richards_stage_rows(both_store):
     """His vote rules, on every label row (rows = "all")."""
     config = load_config("seed_richard_b0_pl", [f'store="{both_store}"', 'pseudo_labels="pl.parquet"', 'rows="all"',
@@ -627,9 +642,9 @@ def test_the_ema_equals_ema_pytorch_step_for_step(after, every, steps):
     update() after every optimizer step) against ema_pytorch itself, weights and BatchNorm statistics
     compared after every step. (Passing timm the call number instead of the step, the warm-up lags by one
     step: checked, it fails here.)"""
-    import timm.utils
     from ema_pytorch import EMA
 
+    from hms_train.run.parts import training_parts
     from hms_train.run.train import update_ema
 
     config = load_config("smoke", ["ema_decay=0.99", "ema_warmup=true", f"ema_update_after_step={after}",
@@ -637,7 +652,7 @@ def test_the_ema_equals_ema_pytorch_step_for_step(after, every, steps):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     theirs = EMA(model, beta=0.99, update_after_step=after, update_every=every)
-    ours = timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=True, update_after_step=after)
+    ours = training_parts(config, model, config.lr, 1, 1).ema  # the loop's own EMA (hms_train/run/parts.py)
     for step in range(1, steps + 1):
         with torch.no_grad():
             for parameter in model.parameters():
@@ -655,16 +670,16 @@ def test_one_lion_step_equals_lion_pytorch():
     weight_decay=args.weight_decay), lion_pytorch) against ours (timm's Lion, one parameter group as
     weight_decay_all gives), from the same weights and gradients: the first step exactly, then three more."""
     from lion_pytorch import Lion
-    import timm.optim
+
+    from hms_train.run.parts import training_parts
 
     config = load_config("seed_david_b0")
     torch.manual_seed(0)
     ours_model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
     theirs_model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
     theirs_model.load_state_dict(ours_model.state_dict())
-    ours = timm.optim.create_optimizer_v2(ours_model, opt=config.optimizer, lr=config.lr,
-                                          weight_decay=config.weight_decay,
-                                          filter_bias_and_bn=not config.weight_decay_all)
+    # the loop's own optimizer (hms_train/run/parts.py), not a copy of its construction
+    ours = training_parts(config, ours_model, config.lr, 1, 1, with_ema=False).optimizer
     theirs = Lion(theirs_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     for step in range(4):
         for mine, reference in zip(ours_model.parameters(), theirs_model.parameters()):

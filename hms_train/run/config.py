@@ -34,6 +34,7 @@ PSEUDO_MODES = ("replace", "blend")
 PSEUDO_STAGES = ("stage1", "stage2")  # the stage whose low-vote rows take the pseudo-labels
 SCHEDULES = ("cosine", "constant", "step")  # constant: Richard's AdamW without a scheduler; step: Keras lrfn lists
 SCHEDULE_UNITS = ("step", "epoch")  # epoch: the lr changes once per epoch (David's CosineAnnealingLR)
+FOLD_MODELS = ("best", "last")  # last: the last epoch's weights, as Keras model.fit then save_weights kept
 STAGE2_INITS = ("continue", "best")  # best: from the best stage-1 checkpoint's (EMA) weights, as Richard
 DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")  # (pattern, in words)
 DEFAULT_RECIPE = "default"  # the bundled config a command without --config uses
@@ -152,6 +153,7 @@ class TrainConfig:
     sample_per_eeg: bool = False  # each epoch trains on one random row per eeg_id (seeded by seed, epoch)
     val_per_eeg: bool = False  # validate on one row per eeg_id: its most-voted row (ties: the first)
     select_min_votes: int = field(default=10, metadata=NON_NEGATIVE)  # the "golden" rows checkpoints are chosen on
+    fold_model: Literal[FOLD_MODELS] = "best"  # the fold's model (fold{k}_best.pt): its best epoch, or its last
     # evaluation
     tta_hflip: bool = False
     # validation and out-of-fold predictions (so pseudo-labels) see each row time-flipped with this

@@ -276,7 +276,7 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
             }
             line = _append_metrics(ctx.out / "metrics.jsonl", record)
             ctx.trackers.epoch(EpochRecord(fold, line, {key: record[key] for key in TRACKED}))
-            if score < state.best:
+            if score < state.best or config.fold_model == "last":  # "last": every epoch replaces the one before
                 state.best = score
                 best_checkpoint = checkpoint.predictable(plan.inputs.model_spec, evaluated, config)
                 checkpoint.save(ctx.out / f"fold{fold}_best.pt", {**best_checkpoint, **dataclasses.asdict(state.position),

@@ -268,3 +268,19 @@ def test_lb31_and_features_head_step_their_learning_rate_as_lrfn(name):
     assert epoch_learning_rates(config, config.lr, config.epochs, steps_per_epoch=5) == pytest.approx(LRFN[:4])
     assert epoch_learning_rates(config, config.stage2_lr, config.stage2_epochs, 5) == pytest.approx(LRFN[:4])
     assert epoch_learning_rates(config, config.lr, 9, 5) == pytest.approx(LRFN)
+
+
+def test_timm_b1_trains_with_the_notebooks_adamw_betas():
+    """T/ optim.AdamW(..., betas=(0.5, 0.999)) (docs/recipes.md); the loop's own optimizer carries them,
+    other AdamW recipes keep (0.9, 0.999), and Lion refuses the key in one line."""
+    from hms_train.run.config import ConfigError
+    from hms_train.run.parts import training_parts
+
+    def betas(name: str) -> tuple:
+        config = load_config(name)
+        return training_parts(config, torch.nn.Linear(2, 2), config.lr, 1, 1, with_ema=False).optimizer.param_groups[0]["betas"]
+
+    assert tuple(betas("public_timm_b1")) == tuple(betas("public_timm_b0")) == (0.5, 0.999)
+    assert tuple(betas("public_lb31_b0")) == (0.9, 0.999)
+    with pytest.raises(ConfigError, match="adam_beta1"):
+        load_config("seed_david_b0", ["adam_beta1=0.5"])

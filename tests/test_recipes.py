@@ -165,7 +165,9 @@ def both_store(train_store, synth_data, tmp_path_factory):
 
 @pytest.mark.parametrize("name, size", [("seed_richard_b0", (400, 912)), ("seed_richard_v2s", (400, 912)),
                                         ("seed_richard_convnext", (400, 912)), ("top", (400, 912)),
-                                        ("seed_david_b0", (400, 768)), ("seed_david_mnv3", (400, 768))])
+                                        ("seed_david_b0", (400, 768)), ("seed_david_mnv3", (400, 768)),
+                                        # the distilled V2-S and ConvNeXt (their B0 trains in the toy chain)
+                                        ("seed_richard_v2s_kd", (400, 912)), ("seed_richard_convnext_kd", (400, 912))])
 def test_recipe_images_on_one_store(name, size, both_store):
     config = load_config(name, [f'store="{both_store}"'])
     reader = StoreReader(both_store, config.inputs)

@@ -95,6 +95,7 @@ class TrainConfig:
     # optimisation
     optimizer: Literal[OPTIMIZERS] = "adamw"
     lr: float = field(default=3e-4, metadata=POSITIVE)
+    adam_beta1: float = field(default=0.9, metadata=PROBABILITY)  # AdamW's first beta (its second stays 0.999)
     weight_decay: float = field(default=1e-2, metadata=NON_NEGATIVE)
     batch_size: int = field(default=16, metadata=POSITIVE)
     schedule: Literal[SCHEDULES] = "cosine"
@@ -411,6 +412,8 @@ def _check_together(config: TrainConfig) -> None:
         raise ConfigError("pseudo_labels: used in stage 2, but stage2_epochs = 0 (pseudo_stage = \"stage1\" for one stage)")
     if config.pseudo_labels is not None and config.teacher_targets is not None:
         raise ConfigError("teacher_targets: every training row already takes the teacher's targets; drop pseudo_labels")
+    if config.adam_beta1 != 0.9 and config.optimizer != "adamw":
+        raise ConfigError(f'adam_beta1: AdamW\'s first beta, but optimizer = "{config.optimizer}"; leave it at 0.9')
     if config.schedule_across_stages and config.schedule_unit != "epoch":
         raise ConfigError('schedule_across_stages: one schedule over the stages counts epochs; set schedule_unit = "epoch"')
     below = config.stage2_val_to_train_below

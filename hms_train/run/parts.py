@@ -38,8 +38,9 @@ def training_parts(config: TrainConfig, model: torch.nn.Module, lr: float, sched
     """The recipe's optimizer (timm's, weight decay on biases and norms only with `weight_decay_all`), its
     schedule over `schedule_epochs` epochs of `steps_per_epoch` steps, and its EMA (not `with_ema`: none,
     for a benchmark, which would only pay for the copy), for `model`."""
+    betas = {"betas": (config.adam_beta1, 0.999)} if config.optimizer == "adamw" else {}  # the timm B1's (0.5, 0.999)
     optimizer = timm.optim.create_optimizer_v2(model, opt=config.optimizer, lr=lr, weight_decay=config.weight_decay,
-                                               filter_bias_and_bn=not config.weight_decay_all)
+                                               filter_bias_and_bn=not config.weight_decay_all, **betas)
     scheduler = make_scheduler(config, optimizer, lr, schedule_epochs, steps_per_epoch)
     ema = (timm.utils.ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup,
                                  update_after_step=config.ema_update_after_step)

@@ -284,3 +284,22 @@ def test_timm_b1_trains_with_the_notebooks_adamw_betas():
     assert tuple(betas("public_lb31_b0")) == (0.9, 0.999)
     with pytest.raises(ConfigError, match="adam_beta1"):
         load_config("seed_david_b0", ["adam_beta1=0.5"])
+
+
+def test_resnet1d_gru_restarts_its_cosine_every_20_batches_as_the_notebook():
+    """T/ CosineAnnealingWarmRestarts(T_0=20, eta_min=1e-6) with scheduler.step() after every batch
+    (batch_scheduler): the loop's scheduler gives torch's rate at every step, across restarts."""
+    from hms_train.run.config import ConfigError
+    from hms_train.run.parts import training_parts
+
+    config = load_config("public_resnet1d_gru")
+    model = torch.nn.Linear(2, 2)
+    ours = training_parts(config, model, config.lr, config.epochs, steps_per_epoch=7, with_ema=False)
+    reference = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=config.lr)
+    torch_schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(reference, T_0=20, eta_min=1e-6)
+    for step in range(1, 65):
+        ours.scheduler.step_update(step)
+        torch_schedule.step()
+        assert ours.optimizer.param_groups[0]["lr"] == pytest.approx(reference.param_groups[0]["lr"], rel=1e-9, abs=1e-12), step
+    with pytest.raises(ConfigError, match="cosine_cycle_steps"):
+        load_config("public_resnet1d_gru", ['schedule_unit="epoch"'])

@@ -106,6 +106,9 @@ class TrainConfig:
     # 1e-3 x 3, 1e-4 x 3, 1e-5 x 3 is every 3 epochs x 0.1)
     step_every_epochs: int = field(default=1, metadata=POSITIVE)
     step_factor: float = field(default=0.1, metadata=PROBABILITY)
+    # schedule = "cosine" restarted every this many optimizer steps (torch's CosineAnnealingWarmRestarts(T_0)
+    # stepped per batch, the ResNet1D-GRU's); 0: one cosine over the stage
+    cosine_cycle_steps: int = field(default=0, metadata=NON_NEGATIVE)
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # 0 disables clipping
     # clip as David's fp16 loop did, on GradScaler-scaled gradients (D/trainer.py: clip_grad_norm_ before
     # scaler.unscale_): the norm limit is grad_clip / the scaler's scale (hms_train/run/step.py)
@@ -412,6 +415,9 @@ def _check_together(config: TrainConfig) -> None:
         raise ConfigError("pseudo_labels: used in stage 2, but stage2_epochs = 0 (pseudo_stage = \"stage1\" for one stage)")
     if config.pseudo_labels is not None and config.teacher_targets is not None:
         raise ConfigError("teacher_targets: every training row already takes the teacher's targets; drop pseudo_labels")
+    if config.cosine_cycle_steps and (config.schedule != "cosine" or config.schedule_unit != "step"):
+        raise ConfigError('cosine_cycle_steps: restarts of a cosine counted in steps; set schedule = "cosine" and '
+                          'schedule_unit = "step", or cosine_cycle_steps = 0')
     if config.adam_beta1 != 0.9 and config.optimizer != "adamw":
         raise ConfigError(f'adam_beta1: AdamW\'s first beta, but optimizer = "{config.optimizer}"; leave it at 0.9')
     if config.schedule_across_stages and config.schedule_unit != "epoch":

@@ -24,6 +24,11 @@ def make_scheduler(config: TrainConfig, optimizer, lr: float, epochs: int, steps
         return timm.scheduler.StepLRScheduler(optimizer, decay_t=config.step_every_epochs * unit,
                                               decay_rate=config.step_factor, warmup_t=warmup,
                                               warmup_lr_init=lr_min, t_in_epochs=per_epoch)
+    if config.cosine_cycle_steps:  # CosineAnnealingWarmRestarts(T_0) stepped per batch: a cosine every T_0 steps
+        cycles = -(-length // config.cosine_cycle_steps)
+        return timm.scheduler.CosineLRScheduler(optimizer, t_initial=config.cosine_cycle_steps, lr_min=lr_min,
+                                                cycle_limit=cycles + 1, warmup_t=warmup, warmup_lr_init=lr_min,
+                                                t_in_epochs=False)
     return timm.scheduler.CosineLRScheduler(optimizer, t_initial=length, lr_min=lr_min, warmup_t=warmup,
                                             warmup_lr_init=lr_min, t_in_epochs=per_epoch)
 

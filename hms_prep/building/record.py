@@ -112,7 +112,8 @@ def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan,
     for name in plan.computed:  # not before the last chunk: a killed build leaves the older time
         record_failures_tried(group, name, started_at)
     label_failures = rows_without_votes(config, planned)
-    labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures, ROW_KEY[config.split])
+    labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures, ROW_KEY[config.split],
+                                        plan.unchanged_state)
     write_labels_if_changed(config.store_url, labels, planned.column_names, say)
     # xarray's labels and units, also for a store built before them
     descriptions = describe_arrays(group)
@@ -148,20 +149,21 @@ def rows_without_votes(config: BuildConfig, planned: pa.Table) -> list[Failure]:
         return []
     path = Path(config.data_dir) / f"{config.split}.csv"
     total = numpy_column(planned.column("total_votes"))
-    live = live_rows(planned)
-    rows = planned.select(["row", "label_id", "source_index"]).to_pylist()
+    without = np.flatnonzero((total == 0) & live_rows(planned))  # only these as Python objects: few of 106,800
+    rows = planned.select(["row", "label_id", "source_index"]).take(without).to_pylist()
     return [Failure(r["row"], r["label_id"], "labels",
                     f"{path}: line {r['source_index'] + 2} (label_id {r['label_id']}) has no votes, so no target")
-            for r in (rows[i] for i in np.flatnonzero((total == 0) & live))]
+            for r in rows]
 
 
 def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, label_failures: list[Failure],
-                       key: str) -> tuple[pa.Table, dict[str, dict[int, str]]]:
+                       key: str, unchanged: dict | None = None) -> tuple[pa.Table, dict[str, dict[int, str]]]:
     """planned + per array its status and repaired fraction, the label-level status (a row without votes
     fails there), and the overall status and error, as labels.parquet; and each array's failed rows with
     their reasons. Per-array statuses let a reader of some arrays use a row that failed only in another
     (a 2D model needs no raw signal). A dropped row (its key left the CSV) stands `dropped` in
-    `status_labels` and `status`, whatever its arrays hold: no reader uses it."""
+    `status_labels` and `status`, whatever its arrays hold: no reader uses it. `unchanged`: the (status,
+    repaired) of arrays this build did not write to, as planning read them (BuildPlan.unchanged_state)."""
     table = planned
     if raw_index is not None:
         for j, column in enumerate(RAW_INDEX_COLUMNS):
@@ -173,7 +175,7 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
     names = ("pending", "ok", "failed")
     for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
         state = open_build_state(group, name)
-        status, _ = read_state(state.status)
+        status, repaired = (unchanged or {}).get(name) or (read_state(state.status)[0], None)
         overall = np.where(status == STATUS_FAILED, STATUS_FAILED,
                            np.where((status != STATUS_OK) & (overall == STATUS_OK), 0, overall))
         failed = np.flatnonzero(status == STATUS_FAILED)
@@ -181,7 +183,8 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
             failed_rows[name] = read_errors(state, failed)
             for row, reason in failed_rows[name].items():
                 errors[row].append(f"{name}: {reason}")
-        table = table.append_column(f"repaired_{name}", arrow_column(read_state(state.repaired)[0]))
+        repaired = read_state(state.repaired)[0] if repaired is None else repaired
+        table = table.append_column(f"repaired_{name}", arrow_column(repaired))
         table = table.append_column(f"status_{name}", string_column([names[s] for s in status.tolist()]))
     label_status = np.full(n, "ok", dtype=object)
     for failure in label_failures:

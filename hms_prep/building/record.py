@@ -14,7 +14,7 @@ import pyarrow as pa
 from hms_prep.building.config import BuildConfig
 from hms_prep.building.plan import BuildPlan
 from hms_prep.building.task import ChunkReport, Failure
-from hms_prep.columns import arrow_column, numpy_column, string_column
+from hms_prep.columns import arrow_column, names_column, numpy_column, sparse_string_column
 from hms_prep.kinds.base import KINDS, kind_of_stored
 from hms_prep.sources.rows import planned_rows
 from hms_prep.store.arrays import ArrayDescription, data_array_names, describe_arrays
@@ -156,6 +156,9 @@ def rows_without_votes(config: BuildConfig, planned: pa.Table) -> list[Failure]:
             for r in rows]
 
 
+DROPPED_CODE = 3  # labels.parquet's `dropped` status, after the build state's codes
+
+
 def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, label_failures: list[Failure],
                        key: str, unchanged: dict | None = None) -> tuple[pa.Table, dict[str, dict[int, str]]]:
     """planned + per array its status and repaired fraction, the label-level status (a row without votes
@@ -170,9 +173,9 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
             table = table.append_column(column, arrow_column(raw_index[:, j]))
     n = planned.num_rows
     overall = np.full(n, STATUS_OK, dtype=np.uint8)
-    errors = [[] for _ in range(n)]
+    errors: dict[int, list[str]] = defaultdict(list)  # only rows with one: few of the real data's 106,800
     failed_rows: dict[str, dict[int, str]] = {}
-    names = ("pending", "ok", "failed")
+    names = ("pending", "ok", "failed", "dropped")  # by status code (build_state.py), then DROPPED_CODE
     for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
         state = open_build_state(group, name)
         status, repaired = (unchanged or {}).get(name) or (read_state(state.status)[0], None)
@@ -185,21 +188,21 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
                 errors[row].append(f"{name}: {reason}")
         repaired = read_state(state.repaired)[0] if repaired is None else repaired
         table = table.append_column(f"repaired_{name}", arrow_column(repaired))
-        table = table.append_column(f"status_{name}", string_column([names[s] for s in status.tolist()]))
-    label_status = np.full(n, "ok", dtype=object)
+        table = table.append_column(f"status_{name}", names_column(status, names))
+    label_status = np.full(n, STATUS_OK, dtype=np.uint8)
     for failure in label_failures:
-        overall[failure.row] = STATUS_FAILED
-        label_status[failure.row] = "failed"
+        overall[failure.row] = label_status[failure.row] = STATUS_FAILED
         errors[failure.row].append(failure.reason)
-    overall_names = np.array(names, dtype=object)[overall]
     for row in np.flatnonzero(~live_rows(planned)).tolist():
-        label_status[row] = overall_names[row] = "dropped"
+        label_status[row] = overall[row] = DROPPED_CODE
         errors[row] = [f"{key} {planned.column(key)[row].as_py()} is no longer in the CSV"]
         for name in failed_rows:
             failed_rows[name].pop(row, None)
-    table = table.append_column("status_labels", string_column(label_status.tolist()))
-    table = table.append_column("status", string_column(overall_names.tolist()))
-    return table.append_column("error", string_column(["; ".join(e) for e in errors])), failed_rows
+    table = table.append_column("status_labels", names_column(label_status, names))
+    table = table.append_column("status", names_column(overall, names))
+    error = sparse_string_column(n, {row: "; ".join(reasons) for row, reasons in errors.items()})
+    return table.append_column("error", error), failed_rows
+
 
 
 def write_labels_if_changed(url: str, table: pa.Table, planned_columns=(), say=None) -> None:

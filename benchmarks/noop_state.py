@@ -46,7 +46,8 @@ def main() -> None:
             state = open_build_state(group, "eeg_10s")
             read_state(state.status), read_state(state.repaired)
         times.append(time.process_time() - started)
-    print(f"{min(times) * 1e3:.0f} CPU ms per array (min of {args.repeat}: {', '.join(f'{t * 1e3:.0f}' for t in times)})")
+    listed = ", ".join(f"{t * 1e3:.0f}" for t in times)
+    print(f"{min(times) * 1e3:.0f} CPU ms per array (min of {args.repeat}: {listed})")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def growth(stores: list[str], codes: dict, repeat: int, as_json: bool) -> None:
     for given in stores:
         data, _, store = given.partition(":")
         if not store or not (Path(data) / "train.csv").is_file():
-            raise SystemExit(f"--store {given}: give DATA:STORE, a Kaggle folder with train.csv and the store built from it")
+            raise SystemExit(f"--store {given}: give DATA:STORE, a Kaggle folder with train.csv and the store "
+                             "built from it")
         sized.append((open_store(store)[1].n_rows, data, store))
     sized.sort()
     results: dict = {name: {} for name in codes}

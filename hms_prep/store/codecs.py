@@ -345,7 +345,9 @@ def checksum_failures(array: zarr.Array, threads: int = 8) -> list[int] | None:
     chain's last codec matters here (zarr's crc32c over the stored bytes), so the error strings' chain
     (vlen-utf8, zstd, crc32c), which `codec_of` does not decode, is checked too."""
     codecs = list(array.metadata.codecs) if array.metadata.zarr_format == 3 else []
-    if not codecs or not isinstance(codecs[-1], Crc32cCodec) or array.ndim != 1 or not isinstance(array.store, LocalStore):
+    if not codecs or not isinstance(codecs[-1], Crc32cCodec) or array.ndim != 1:
+        return None
+    if not isinstance(array.store, LocalStore):
         return None
     source = ChunkSource(str(array.store.root), array, every_chunk_stored=False)
 

@@ -179,7 +179,8 @@ def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
     redo = set(bad_done) | set(bad_status) | set(bad_error) | set(bad_repaired) | damaged
     reasons = read_errors(state, np.flatnonzero(status == STATUS_FAILED))
     # whole arrays at once, not chunk by chunk: the real data has 3,338 chunks, and few have anything to do
-    whole = {*np.flatnonzero(done[: layout.n_chunks] == 0).tolist(), *(c for c in redo if c < layout.n_chunks)}
+    whole = {*np.flatnonzero(done[: layout.n_chunks] == 0).tolist(), *(c for c in redo if c < layout.n_chunks),
+             *range(len(done), layout.n_chunks)}  # a chunk without a flag is not done
     pending = {chunk: _whole(layout, chunk) for chunk in whole}
     step = layout.chunk_rows
     failed = [row for row in np.flatnonzero(status == STATUS_FAILED).tolist() if row // step not in whole]

@@ -6,6 +6,12 @@ time of each command beside its wall time (CPU time moves far less than wall tim
               does 20-28 times in a no-op build there): CPU ms per array, in a process of its own
   reader      `hms-train bench --inputs eeg_10s,eeg_30s,kaggle --batch-size 32 --device cpu`: samples/s and
               CPU us per sample, reader to a ready batch (the page cache warm: the store was just read)
+With `--store DATA:STORE` (repeatable: built train stores of different sizes, e.g. `synth --like competition
+--fraction 0.01` and `0.05`) only the two commands that must not grow with the rows are timed, each code on
+the same store (the store's format is the same): `build` again (no-op) and `info`; CPU seconds per store, and
+the growth in CPU ms per 1,000 rows between the smallest and largest store, with the figure it extrapolates
+to at the competition's 106,800 rows (docs/performance.md, "At the competition's size").
+
 Each code builds its own train store from the same synthetic data (a store of one code may not open with
 the other). `--old DIR` is a checkout of the other code (`git worktree add /tmp/old <commit>`); it runs
 with this virtual environment's packages (PYTHONPATH=DIR first). Without --old only this code is measured.
@@ -13,6 +19,7 @@ with this virtual environment's packages (PYTHONPATH=DIR first). Without --old o
 Examples:
   python benchmarks/side_by_side.py --old /tmp/old --repeat 3
   python benchmarks/side_by_side.py --work /tmp/sbs --repeat 5     # this code alone
+  python benchmarks/side_by_side.py --old /tmp/old --store d0.01:s0.01.zarr --store d0.05:s0.05.zarr
 """
 
 from __future__ import annotations
@@ -65,18 +72,70 @@ print((time.process_time() - started) / 3 * 1e3)
 """
 
 
+FULL_ROWS = 106_800  # the competition's train.csv
+
+
+def growth(stores: list[str], codes: dict, repeat: int, as_json: bool) -> None:
+    """No-op build and `info` CPU seconds per store and code (median of `repeat`, alternating), and their
+    growth per 1,000 rows."""
+    from hms_prep.store.layout import open_store
+
+    prep = BIN / "hms-prep"
+    sized = []
+    for given in stores:
+        data, _, store = given.partition(":")
+        if not store or not (Path(data) / "train.csv").is_file():
+            raise SystemExit(f"--store {given}: give DATA:STORE, a Kaggle folder with train.csv and the store "
+                             "built from it")
+        sized.append((open_store(store)[1].n_rows, data, store))
+    sized.sort()
+    results: dict = {name: {} for name in codes}
+    for _ in range(repeat):
+        for rows, data, store in sized:
+            for name, code in codes.items():  # alternating, so both see the same load
+                got = results[name].setdefault(rows, {})
+                for command, argv in (("noop", [prep, "build", "--data", data, "--store", store, "-q"]),
+                                      ("info", [prep, "info", store])):
+                    wall, cpu, _ = run(argv, code)
+                    got.setdefault(f"{command} CPU s", []).append(cpu)
+                    got.setdefault(f"{command} wall s", []).append(wall)
+                    print(f"{name} {rows} rows {command} {wall:.2f} s, {cpu:.2f} CPU s", file=sys.stderr, flush=True)
+    load = os.getloadavg()
+    if as_json:
+        print(json.dumps({"results": results, "load_average": load}))
+        return
+    print(f"median of {repeat}, alternating; load average {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}")
+    (small, *_), (large, *_) = sized[0], sized[-1]
+    for command in ("noop", "info"):
+        for name in codes:
+            cpu = {rows: statistics.median(results[name][rows][f"{command} CPU s"]) for rows, *_ in sized}
+            cells = ", ".join(f"{rows} rows {cpu[rows]:.2f}" for rows in sorted(cpu))
+            line = f"{command:5s} {name:5s} CPU s: {cells}"
+            if large > small:
+                slope = (cpu[large] - cpu[small]) / (large - small)
+                line += (f"; {slope * 1e6:.1f} CPU ms per 1,000 rows, {cpu[small] + slope * (FULL_ROWS - small):.2f} "
+                         f"CPU s at {FULL_ROWS:,} rows")
+            print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", type=Path, help="A checkout of the code to compare with.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hms-side-by-side"))
     parser.add_argument("--eegs", type=int, default=150, help="Train EEGs of the synthetic data (default 150)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--store", action="append", default=[], metavar="DATA:STORE",
+                        help="A built train store and its data folder (repeatable): time only the no-op build and info")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.old is not None and not (args.old / "hms_prep").is_dir():
         parser.error(f"--old {args.old}: no hms_prep/ there; give a checkout of the project")
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    codes = {"this": None} | ({"old": args.old.resolve()} if args.old else {})
+    if args.store:
+        growth(args.store, codes, args.repeat, args.json)
+        return
     prep, train = BIN / "hms-prep", BIN / "hms-train"
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -85,7 +144,6 @@ def main() -> None:
         run([prep, "synth", data, "--eegs", args.eegs, "--seed", 0], None)
     if not (one / "test.csv").exists():
         run([prep, "synth", one, "--eegs", 2, "--test-eegs", 1, "--seed", 1], None)
-    codes = {"this": None} | ({"old": args.old.resolve()} if args.old else {})
     for name, code in codes.items():
         store = work / f"{name}.zarr"
         if not (store / "zarr.json").exists():

@@ -49,3 +49,30 @@ def string_column(values: list[str]) -> pa.Array:
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
     np.cumsum([len(e) for e in encoded], out=offsets[1:])
     return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def names_column(codes: np.ndarray, names: tuple[str, ...]) -> pa.Array:
+    """The string array whose row i is names[codes[i]] (a status column: "ok", "failed", ...), made without
+    a Python string per row: `string_column` costs about 3 us a row, 2 s of a no-op build of the real data."""
+    encoded = [name.encode() for name in names]
+    sizes = np.array([len(e) for e in encoded], dtype=np.int32)
+    table = np.zeros((len(encoded), max(int(sizes.max(initial=0)), 1)), dtype=np.uint8)
+    for i, e in enumerate(encoded):
+        table[i, : len(e)] = np.frombuffer(e, dtype=np.uint8)
+    codes = np.asarray(codes, dtype=np.intp)
+    lengths = sizes[codes]
+    offsets = np.zeros(len(codes) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = table[codes][np.arange(table.shape[1]) < lengths[:, None]]  # each row's name, in row order
+    return pa.Array.from_buffers(pa.string(), len(codes), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())])
+
+
+def sparse_string_column(n: int, values: dict[int, str]) -> pa.Array:
+    """A string array of `n` rows, "" except at the rows of `values` (the error column: few rows have one)."""
+    rows = sorted(values)
+    encoded = [values[row].encode() for row in rows]
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[rows] = [len(e) for e in encoded]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])

@@ -9,17 +9,19 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import zarr
 
 from hms_prep.store.audit import verify_store
 from hms_prep.building.run import BuildConfig, run_build
-from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of, decode_chunk
+from hms_prep.store.build_state import open_build_state
+from hms_prep.store.codecs import ChunkError, ChunkSource, checksum_failures, codec_of, decode_chunk
 from hms_prep.store.lock import StoreLocked, build_lock
 from hms_prep.store.arrays import data_array_names
 from hms_prep.store.labels import read_labels
-from hms_prep.store.layout import StoreError, open_store
+from hms_prep.store.layout import StoreError, open_store, store_nbytes
 
 from conftest import ROOT
 
@@ -144,6 +146,20 @@ def test_a_damaged_build_state_chunk_is_recomputed_by_a_plain_build(tiny_data, r
         path = store / "_build" / "eeg_10s" / part / "c" / "1"
         path.write_bytes(_flip(path.read_bytes(), 3))
     assert any("_build/eeg_10s/status chunks [1] damaged" in p for p in verify_store(str(store)))
+    again = build(tiny_data, store, cluster)
+    assert again.computed == ["eeg_10s"] and again.ok
+    assert_same_store(store, reference)
+
+
+def test_a_damaged_error_string_chunk_is_found_by_its_checksum_and_recomputed(tiny_data, reference, tmp_path, cluster):
+    """The error strings are checked by their checksums alone, not decoded through zarr (3,338 chunks of
+    them cost 0.4 CPU s of every no-op build of the real data, issue 27); the store's size is one walk."""
+    store = tmp_path / "errors.zarr"
+    shutil.copytree(reference, store)
+    path = store / "_build" / "eeg_10s" / "error" / "c" / "1"
+    path.write_bytes(_flip(path.read_bytes(), 3))
+    assert checksum_failures(open_build_state(zarr.open_group(str(store), mode="r"), "eeg_10s").error) == [1]
+    assert store_nbytes(str(store)) == sum(fsspec.filesystem("file").du(str(store), total=False).values())
     again = build(tiny_data, store, cluster)
     assert again.computed == ["eeg_10s"] and again.ok
     assert_same_store(store, reference)

@@ -9,8 +9,9 @@ segment layout that every array stored in segments shares.
 
 from __future__ import annotations
 
+import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,6 +43,10 @@ class BuildPlan:
     segments: list[list[RawSegment]]  # per chunk of rows, the raw segments it writes
     raw_index: np.ndarray  # per row: raw_start, raw_lo, raw_hi
     raw_length: int  # samples along axis 1 of an array stored in segments
+    # status and repaired fraction per row of each array this build does not write to, as planning read
+    # them: labels.parquet is made from them (record.py) instead of reading the build state again (at the
+    # real data's size each read is 3,338 chunk files, docs/performance.md)
+    unchanged_state: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def computed(self) -> list[str]:
@@ -80,15 +85,17 @@ def plan_build(config: BuildConfig, group, layout: StoreLayout, requested: dict[
     url, planned = config.store_url, rows.planned
     damaged = damaged_data_chunks(url, group, layout, rows.raw_index) if config.repair else {}
     create = tuple(name for name in requested if not array_complete(group, name))
-    pending = {}
+    pending, state_read = {}, {}
     for name, kind in requested.items():
         if name in create:
             jobs = {chunk: _whole(layout, chunk) for chunk in range(layout.n_chunks)}
         else:
             retry = changed_rows(config, planned, kind, failures_tried_at(group, name))
-            jobs = pending_rows(group, name, layout, damaged.get(name, set()), say, retry)
+            jobs = pending_rows(group, name, layout, damaged.get(name, set()), say, retry, state_read)
         pending[name] = {chunk: ArrayJob(kind, chunk_rows, whole) for chunk, (chunk_rows, whole) in jobs.items()}
-    return BuildPlan(dict(requested), create, pending, rows.margin, rows.segments, rows.raw_index, rows.raw_length)
+    unchanged = {name: values for name, values in state_read.items() if not pending[name]}
+    return BuildPlan(dict(requested), create, pending, rows.margin, rows.segments, rows.raw_index, rows.raw_length,
+                     unchanged)
 
 
 def _whole(layout: StoreLayout, chunk: int) -> tuple[tuple[int, ...], bool]:
@@ -151,33 +158,38 @@ def changed_rows(config: BuildConfig, planned: pa.Table, kind: ArrayKind, tried_
 
 
 def pending_rows(group, name: str, layout: StoreLayout, damaged: set[int], say,
-                 retry=lambda rows, reasons: rows) -> dict[int, tuple[tuple[int, ...], bool]]:
+                 retry=lambda rows, reasons: rows, state_read: dict | None = None
+                 ) -> dict[int, tuple[tuple[int, ...], bool]]:
     """chunk -> (rows to compute, whether that is the whole chunk). A chunk is recomputed whole when its
     done flag is unset, or its build state or (with --repair) its data is damaged. Of a done chunk, the
     rows not computed (a changed or new row of train.csv: hms_prep/building/placement.py) are computed alone, and
     its failed rows again when `retry` (a filter of row numbers, given every row's failure reason) keeps
-    them."""
+    them. `state_read[name]` gets the (status, repaired) read here."""
     state = open_build_state(group, name)
     done, bad_done = read_state(state.done)
     status, bad_status = read_state(state.status)
-    bad_error, bad_repaired = damaged_state_chunks(state.error), damaged_state_chunks(state.repaired)
+    repaired, bad_repaired = read_state(state.repaired)  # read whole: labels.parquet needs it (BuildPlan)
+    bad_error = damaged_state_chunks(state.error)
+    if state_read is not None:
+        state_read[name] = (status, repaired)
     for what, chunks in (("done flag", bad_done), ("status", bad_status), ("error", bad_error),
                          ("repaired fraction", bad_repaired), ("data", sorted(damaged))):
         if chunks:
             say(f"{name}: {what} of chunks {', '.join(map(str, chunks))} damaged; recomputing them")
     redo = set(bad_done) | set(bad_status) | set(bad_error) | set(bad_repaired) | damaged
     reasons = read_errors(state, np.flatnonzero(status == STATUS_FAILED))
-    pending = {}
-    for chunk in range(layout.n_chunks):
-        rows = layout.chunk_slice(chunk)
-        if not done[chunk] or chunk in redo:
-            pending[chunk] = _whole(layout, chunk)
-        else:
-            failed = retry([int(r) for r in np.flatnonzero(status[rows] == STATUS_FAILED) + rows.start], reasons)
-            alone = sorted({*failed, *(np.flatnonzero(status[rows] == STATUS_PENDING) + rows.start).tolist()})
-            if alone:
-                pending[chunk] = (tuple(alone), len(alone) == rows.stop - rows.start)
-    return pending
+    # whole arrays at once, not chunk by chunk: the real data has 3,338 chunks, and few have anything to do
+    whole = {*np.flatnonzero(done[: layout.n_chunks] == 0).tolist(), *(c for c in redo if c < layout.n_chunks),
+             *range(len(done), layout.n_chunks)}  # a chunk without a flag is not done
+    pending = {chunk: _whole(layout, chunk) for chunk in whole}
+    step = layout.chunk_rows
+    failed = [row for row in np.flatnonzero(status == STATUS_FAILED).tolist() if row // step not in whole]
+    alone = {*retry(failed, reasons),
+             *(row for row in np.flatnonzero(status == STATUS_PENDING).tolist() if row // step not in whole)}
+    for chunk, rows in itertools.groupby(sorted(alone), key=lambda row: row // step):
+        rows, span = tuple(rows), layout.chunk_slice(chunk)
+        pending[chunk] = (rows, len(rows) == span.stop - span.start)
+    return dict(sorted(pending.items()))
 
 
 def damaged_data_chunks(url: str, group, layout: StoreLayout, raw_index: np.ndarray) -> dict[str, set[int]]:

@@ -14,7 +14,7 @@ import pyarrow as pa
 from hms_prep.building.config import BuildConfig
 from hms_prep.building.plan import BuildPlan
 from hms_prep.building.task import ChunkReport, Failure
-from hms_prep.columns import arrow_column, numpy_column, string_column
+from hms_prep.columns import arrow_column, names_column, numpy_column, sparse_string_column
 from hms_prep.kinds.base import KINDS, kind_of_stored
 from hms_prep.sources.rows import planned_rows
 from hms_prep.store.arrays import ArrayDescription, data_array_names, describe_arrays
@@ -112,7 +112,8 @@ def record_build(config: BuildConfig, group, planned: pa.Table, plan: BuildPlan,
     for name in plan.computed:  # not before the last chunk: a killed build leaves the older time
         record_failures_tried(group, name, started_at)
     label_failures = rows_without_votes(config, planned)
-    labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures, ROW_KEY[config.split])
+    labels, failed = labels_with_status(group, planned, plan.raw_columns, label_failures, ROW_KEY[config.split],
+                                        plan.unchanged_state)
     write_labels_if_changed(config.store_url, labels, planned.column_names, say)
     # xarray's labels and units, also for a store built before them
     descriptions = describe_arrays(group)
@@ -148,32 +149,37 @@ def rows_without_votes(config: BuildConfig, planned: pa.Table) -> list[Failure]:
         return []
     path = Path(config.data_dir) / f"{config.split}.csv"
     total = numpy_column(planned.column("total_votes"))
-    live = live_rows(planned)
-    rows = planned.select(["row", "label_id", "source_index"]).to_pylist()
+    without = np.flatnonzero((total == 0) & live_rows(planned))  # only these as Python objects: few of 106,800
+    # taken by an Arrow array: pyarrow makes one of numpy indices with pa.array, which imports pandas (0.5 s)
+    rows = planned.select(["row", "label_id", "source_index"]).take(arrow_column(without)).to_pylist()
     return [Failure(r["row"], r["label_id"], "labels",
                     f"{path}: line {r['source_index'] + 2} (label_id {r['label_id']}) has no votes, so no target")
-            for r in (rows[i] for i in np.flatnonzero((total == 0) & live))]
+            for r in rows]
+
+
+DROPPED_CODE = 3  # labels.parquet's `dropped` status, after the build state's codes
 
 
 def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, label_failures: list[Failure],
-                       key: str) -> tuple[pa.Table, dict[str, dict[int, str]]]:
+                       key: str, unchanged: dict | None = None) -> tuple[pa.Table, dict[str, dict[int, str]]]:
     """planned + per array its status and repaired fraction, the label-level status (a row without votes
     fails there), and the overall status and error, as labels.parquet; and each array's failed rows with
     their reasons. Per-array statuses let a reader of some arrays use a row that failed only in another
     (a 2D model needs no raw signal). A dropped row (its key left the CSV) stands `dropped` in
-    `status_labels` and `status`, whatever its arrays hold: no reader uses it."""
+    `status_labels` and `status`, whatever its arrays hold: no reader uses it. `unchanged`: the (status,
+    repaired) of arrays this build did not write to, as planning read them (BuildPlan.unchanged_state)."""
     table = planned
     if raw_index is not None:
         for j, column in enumerate(RAW_INDEX_COLUMNS):
             table = table.append_column(column, arrow_column(raw_index[:, j]))
     n = planned.num_rows
     overall = np.full(n, STATUS_OK, dtype=np.uint8)
-    errors = [[] for _ in range(n)]
+    errors: dict[int, list[str]] = defaultdict(list)  # only rows with one: few of the real data's 106,800
     failed_rows: dict[str, dict[int, str]] = {}
-    names = ("pending", "ok", "failed")
+    names = ("pending", "ok", "failed", "dropped")  # by status code (build_state.py), then DROPPED_CODE
     for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
         state = open_build_state(group, name)
-        status, _ = read_state(state.status)
+        status, repaired = (unchanged or {}).get(name) or (read_state(state.status)[0], None)
         overall = np.where(status == STATUS_FAILED, STATUS_FAILED,
                            np.where((status != STATUS_OK) & (overall == STATUS_OK), 0, overall))
         failed = np.flatnonzero(status == STATUS_FAILED)
@@ -181,22 +187,23 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
             failed_rows[name] = read_errors(state, failed)
             for row, reason in failed_rows[name].items():
                 errors[row].append(f"{name}: {reason}")
-        table = table.append_column(f"repaired_{name}", arrow_column(read_state(state.repaired)[0]))
-        table = table.append_column(f"status_{name}", string_column([names[s] for s in status.tolist()]))
-    label_status = np.full(n, "ok", dtype=object)
+        repaired = read_state(state.repaired)[0] if repaired is None else repaired
+        table = table.append_column(f"repaired_{name}", arrow_column(repaired))
+        table = table.append_column(f"status_{name}", names_column(status, names))
+    label_status = np.full(n, STATUS_OK, dtype=np.uint8)
     for failure in label_failures:
-        overall[failure.row] = STATUS_FAILED
-        label_status[failure.row] = "failed"
+        overall[failure.row] = label_status[failure.row] = STATUS_FAILED
         errors[failure.row].append(failure.reason)
-    overall_names = np.array(names, dtype=object)[overall]
     for row in np.flatnonzero(~live_rows(planned)).tolist():
-        label_status[row] = overall_names[row] = "dropped"
+        label_status[row] = overall[row] = DROPPED_CODE
         errors[row] = [f"{key} {planned.column(key)[row].as_py()} is no longer in the CSV"]
         for name in failed_rows:
             failed_rows[name].pop(row, None)
-    table = table.append_column("status_labels", string_column(label_status.tolist()))
-    table = table.append_column("status", string_column(overall_names.tolist()))
-    return table.append_column("error", string_column(["; ".join(e) for e in errors])), failed_rows
+    table = table.append_column("status_labels", names_column(label_status, names))
+    table = table.append_column("status", names_column(overall, names))
+    error = sparse_string_column(n, {row: "; ".join(reasons) for row, reasons in errors.items()})
+    return table.append_column("error", error), failed_rows
+
 
 
 def write_labels_if_changed(url: str, table: pa.Table, planned_columns=(), say=None) -> None:

@@ -226,8 +226,8 @@ def _lay_out(eeg_ids: np.ndarray, starts: np.ndarray, rows: np.ndarray, margin: 
 def _stored_segments(eeg_ids: np.ndarray, starts: np.ndarray, index: np.ndarray, rows: np.ndarray) -> list[RawSegment]:
     """A chunk's segments as its rows' stored index places them (one per distinct raw_lo)."""
     segments = {}
-    for row in rows.tolist():
-        raw_start, raw_lo, raw_hi = index[row].tolist()
-        segments.setdefault(raw_lo, RawSegment(int(eeg_ids[row]), int(starts[row]) - (raw_start - raw_lo),
-                                               raw_hi - raw_lo, raw_lo))
+    # each column as Python numbers at once: indexing numpy per row cost 0.5 s of planning the real data
+    for eeg_id, start, (raw_start, raw_lo, raw_hi) in zip(eeg_ids[rows].tolist(), starts[rows].tolist(),
+                                                         index[rows].tolist()):
+        segments.setdefault(raw_lo, RawSegment(eeg_id, start - (raw_start - raw_lo), raw_hi - raw_lo, raw_lo))
     return [segments[lo] for lo in sorted(segments)]

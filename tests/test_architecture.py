@@ -13,7 +13,7 @@ from conftest import ROOT
 
 # Each folder may import only the folders listed after it (and itself); top-level modules are free.
 LAYERS = {
-    "hms_prep": ["building", "kinds", "sources", "store"],  # building -> kinds -> sources -> store
+    "hms_prep": ["building", "kinds", "sources", "store", "synth"],  # building -> kinds -> sources -> store; synth -> sources
     "hms_train": ["run", "model", "image", "data"],  # run -> model, image -> data
 }
 ALLOWED = {
@@ -21,6 +21,7 @@ ALLOWED = {
     ("hms_prep", "kinds"): {"sources", "store"},
     ("hms_prep", "sources"): {"store"},
     ("hms_prep", "store"): set(),
+    ("hms_prep", "synth"): {"sources"},  # the synthetic Kaggle folder: its layout, never the store
     ("hms_train", "run"): {"model", "image", "data"},
     ("hms_train", "model"): set(),
     ("hms_train", "image"): {"data"},

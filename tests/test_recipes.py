@@ -630,7 +630,7 @@ def test_the_ema_equals_ema_pytorch_step_for_step(after, every, steps):
     import timm.utils
     from ema_pytorch import EMA
 
-    from hms_train.run.train import update_ema
+    from hms_train.run.epochs import update_ema
 
     config = load_config("smoke", ["ema_decay=0.99", "ema_warmup=true", f"ema_update_after_step={after}",
                                    f"ema_update_every={every}"])

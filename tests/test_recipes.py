@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from hms_train.image.augment import LEGACY_KEYS, AugmentConfig, Augmenter
-from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, load_config
+from hms_train.run.config import TrainConfig, bundled_configs, load_config
+from hms_train.run.config_values import ConfigError
 from hms_train.run.inputs import plan_inputs
 from hms_train.run.stages import fold_stages
 from hms_train.run.targets import train_targets

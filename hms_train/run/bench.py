@@ -35,7 +35,8 @@ from hms_train.run.config import TrainConfig, load_config
 from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
 from hms_train.run.inputs import check_augment, input_item_shape, plan_inputs
 from hms_train.run.plan import RunPlan, loss_of
-from hms_train.run.step import TrainStep
+from hms_train.run.stages import RowScope
+from hms_train.run.step import RowLabels, TrainStep
 
 WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started before the clocks
 
@@ -59,9 +60,15 @@ def bench_config(store: str, inputs: Sequence[str] | None = None, config: TrainC
 
 
 def bench_plan(config: TrainConfig, reader: StoreReader) -> RunPlan:
-    """The planned inputs, loss and augmentations of `config` (no folds: a benchmark trains on every row)."""
+    """The planned inputs, loss, augmentations and row table (its targets and votes) of `config` (no folds:
+    a benchmark trains on every row)."""
     inputs = plan_inputs(config, reader.descriptions)
-    return RunPlan(inputs, loss_of(config), check_augment(config, inputs), folds={})
+    return RunPlan(inputs, loss_of(config), check_augment(config, inputs), folds={}, scope=RowScope.of(config, reader))
+
+
+def bench_labels(plan: RunPlan, device: torch.device) -> RowLabels:
+    """The targets and votes a benchmark's steps train on: the run's row table's, as the loop's first stage."""
+    return RowLabels.of(plan.scope.targets, plan.scope.target_votes, device)
 
 
 def run_bench(
@@ -103,7 +110,8 @@ def run_bench(
             composed = fullest = _timed_pass(stream, batches, torch_device, plan, None)
         if takes_image and compose and augment:
             generator = torch.Generator(device=torch_device).manual_seed(0)
-            augmented = fullest = _timed_pass(stream, batches, torch_device, plan, make_augmenter(plan, generator))
+            augmented = fullest = _timed_pass(stream, batches, torch_device, plan, make_augmenter(plan, generator),
+                                              bench_labels(plan, torch_device))
     finally:
         stream.close()  # stops the reader's threads now rather than when garbage collected
     samples = batches * batch_size
@@ -152,7 +160,8 @@ def run_train_bench(
     net = torch.compile(model) if compile_model else model
     optimizer = training_parts(config, model, config.lr, 1, batches, with_ema=False).optimizer  # the recipe's, as the loop's
     generator = torch.Generator(device=torch_device).manual_seed(config.seed)
-    step = TrainStep(plan, model, net, optimizer, make_augmenter(plan, generator), torch_device)  # the loop's step
+    step = TrainStep(plan, model, net, optimizer, make_augmenter(plan, generator), torch_device,
+                     bench_labels(plan, torch_device))  # the loop's step
 
     stream = _stream(reader, config.batch_size, pin_memory=torch_device.type == "cuda")
     try:
@@ -204,9 +213,10 @@ def _stream(reader: StoreReader, batch_size: int, pin_memory: bool) -> Iterator[
         epoch += 1
 
 
-def _timed_pass(stream, batches: int, device: torch.device, plan: RunPlan | None, augmenter) -> dict:
-    """Run `batches` batches through the stages (the image of `plan` composed; None: the reader alone);
-    wall time and seconds spent per stage."""
+def _timed_pass(stream, batches: int, device: torch.device, plan: RunPlan | None, augmenter,
+                labels: RowLabels | None = None) -> dict:
+    """Run `batches` batches through the stages (the image of `plan` composed; None: the reader alone; with
+    `augmenter`, augmented with the targets of `labels`); wall time and seconds spent per stage."""
     spent = {"read_wait": 0.0, "to_device": 0.0, "compose": 0.0, "augment": 0.0}
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
@@ -220,7 +230,7 @@ def _timed_pass(stream, batches: int, device: torch.device, plan: RunPlan | None
         images = model_inputs(batch, plan.inputs, train=True)[IMAGE]
         clock = _lap(spent, "compose", clock, device)
         if augmenter is not None:
-            augmenter(images, batch["targets"])
+            augmenter(images, labels.targets[batch["row"]])
             _lap(spent, "augment", clock, device)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"wall": wall, "cpu": cpu, **spent}

@@ -23,7 +23,7 @@ from hms_train.run.plan import RunPlan
 from hms_train.run.progress import EpochProgress, steps_after
 from hms_train.run.run_dir import append_metrics
 from hms_train.run.stages import Stage, epoch_rows
-from hms_train.run.step import TrainStep
+from hms_train.run.step import RowLabels, TrainStep
 from hms_train.run.tracking import EpochRecord
 
 TRACKED = ("train_loss", "val_kl", "val_kl_10plus", "val_kl_select", "lr")  # what the trackers get per epoch
@@ -35,8 +35,8 @@ def run_stage(ctx: Context, plan: RunPlan, state: TrainingState, reader: StoreRe
     score so far."""
     config = plan.config
     model, optimizer, scheduler, ema, generator = state.model, state.optimizer, state.scheduler, state.ema, state.generator
-    targets = torch.from_numpy(stage.targets).to(ctx.device)  # indexed on the device by each batch's rows
-    step = TrainStep(plan, model, _parallel(ctx, model), optimizer, make_augmenter(plan, generator), ctx.device, targets,
+    labels = RowLabels.of(stage.targets, plan.scope.target_votes, ctx.device)  # indexed on the device by each batch's rows
+    step = TrainStep(plan, model, _parallel(ctx, model), optimizer, make_augmenter(plan, generator), ctx.device, labels,
                      steps_done=state.position.step)
 
     for epoch in range(state.position.epoch, stage.epochs):

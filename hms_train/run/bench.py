@@ -24,11 +24,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from hms_prep.store.arrays import ROLE_SIGNALS, describe_arrays
+from hms_prep.store.arrays import describe_arrays
 from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader, to_device
 from hms_train.data.sampler import SamplerState
-from hms_train.model.kinds import IMAGE
+from hms_train.model.kinds import DEFAULT_MODEL, IMAGE, MODELS, kinds_taking, model_kind
 from hms_train.model.settings import ModelConfig
 from hms_train.run.parts import build_model, training_parts
 from hms_train.run.config import TrainConfig, load_config
@@ -43,7 +43,9 @@ WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started bef
 
 def bench_config(store: str, inputs: Sequence[str] | None = None, config: TrainConfig | None = None) -> TrainConfig:
     """The config a benchmark runs: `config` on `store`, or the default recipe reading `inputs` (its image
-    parts side by side; a 1D model for signals alone, the multimodal one for both)."""
+    parts side by side) with the model kind that takes the inputs' roles (the model registry's first such:
+    the default kind where it fits, the 1D net for signals alone, the multimodal one for both, a plug-in's
+    for its own role)."""
     if config is not None:
         return dataclasses.replace(config, store=store)
     if not inputs:
@@ -53,8 +55,12 @@ def bench_config(store: str, inputs: Sequence[str] | None = None, config: TrainC
     missing = [name for name in inputs if name not in described]
     if missing:
         raise ValueError(f"--inputs {missing}: not in {store}; it has {sorted(described)}")
-    signals = [name for name in inputs if described[name].role == ROLE_SIGNALS]
-    model = ("multimodal" if signals else "2d") if len(signals) < len(inputs) else "1d"
+    roles = {described[name].role for name in inputs}  # every "image" array feeds the one composed image
+    kinds = kinds_taking(roles)
+    if not kinds:
+        raise ValueError(f"--inputs {list(inputs)}: no model kind takes {sorted(roles)}; registered: "
+                         f"{ {name: model_kind(name).inputs for name in MODELS} }")
+    model = DEFAULT_MODEL if DEFAULT_MODEL in kinds else kinds[0]
     return dataclasses.replace(load_config(None), store=store, inputs=list(inputs), model=ModelConfig(model),
                                layout=None)
 

@@ -67,7 +67,7 @@ MB = 1e6
 def ensure_data(data: Path, eegs: int) -> int:
     """Reuse `data` if it has a train.csv, else synthesize `eegs` EEGs into it; returns its train EEGs."""
     if not (data / "train.csv").is_file():
-        from hms_prep.synth import synthesize
+        from hms_prep.synth.dataset import synthesize
 
         print(f"synthesizing {eegs} EEGs into {data} ...", file=sys.stderr)
         summary = synthesize(data, n_eegs=eegs)

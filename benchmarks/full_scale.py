@@ -129,7 +129,7 @@ def command_env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-WARM_IMPORTS = ("hms_prep.cli", "hms_prep.building.run", "hms_prep.building.execute", "hms_prep.synth", "hms_prep.show",
+WARM_IMPORTS = ("hms_prep.cli", "hms_prep.building.run", "hms_prep.building.execute", "hms_prep.synth.dataset", "hms_prep.show",
                 "hms_train.cli", "hms_train.run.train", "hms_train.run.bench", "hms_train.run.predict",
                 "hms_train.export", "torch", "timm", "scipy.signal", "pandas", "dask.distributed",
                 "matplotlib.pyplot")

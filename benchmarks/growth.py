@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     result: dict = {"data": str(data), "store": str(store), "workers": args.workers}
     if not (data / "train.csv").is_file():
-        from hms_prep.synth import synthesize
+        from hms_prep.synth.dataset import synthesize
 
         print(f"synthesizing {args.eegs} EEGs into {data} ...", file=sys.stderr)
         result["synth_s"], _ = timed(synthesize, data, args.eegs)

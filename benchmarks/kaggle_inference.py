@@ -30,7 +30,7 @@ from hms_prep.building.run import BuildConfig, run_build
 from hms_prep.kinds import MelParams
 from hms_prep.store.arrays import describe_arrays
 from hms_prep.store.layout import open_store
-from hms_prep.synth import synthesize
+from hms_prep.synth.dataset import synthesize
 from hms_train.run.checkpoint import predictable, save
 from hms_train.run.config import load_config
 from hms_train.run.inputs import plan_inputs

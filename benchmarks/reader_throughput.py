@@ -38,7 +38,7 @@ def build_store(workdir: Path, eegs: int, workers: int) -> str:
     """A synthetic train store in `workdir` (reused when already built)."""
     from hms_prep.building.run import BuildConfig, run_build
     from hms_prep.store.layout import store_exists
-    from hms_prep.synth import synthesize
+    from hms_prep.synth.dataset import synthesize
 
     data, store = workdir / "data", str(workdir / "specs.zarr")
     if not (data / "train.csv").exists():

@@ -31,7 +31,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from hms_prep.building.run import BuildConfig, run_build  # noqa: E402
-from hms_prep.synth import synthesize  # noqa: E402
+from hms_prep.synth.dataset import synthesize  # noqa: E402
 
 
 def correct(train_csv: Path) -> None:

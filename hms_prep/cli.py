@@ -103,7 +103,7 @@ def synth(
     Example: hms-prep synth data/synth --eegs 200
     Example: hms-prep synth data/full --like competition --fraction 0.02 --jobs 2
     """
-    from hms_prep.synth import synthesize, synthesize_like_competition
+    from hms_prep.synth.dataset import synthesize, synthesize_like_competition
 
     if like not in (None, "competition"):
         raise typer.BadParameter(f"--like must be 'competition', got {like!r}")

@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """A small synthetic Kaggle-layout dataset shared by the tests of a session."""
-    from hms_prep.synth import synthesize
+    from hms_prep.synth.dataset import synthesize
 
     out = tmp_path_factory.mktemp("synth") / "data"
     synthesize(out, n_eegs=24, seed=7, n_test=3)
@@ -52,7 +52,7 @@ def synth_data(tmp_path_factory):
 def tiny_data(tmp_path_factory):
     """Three EEGs (21 rows): three chunks of rows at chunk_rows 8, so every kind of moment of a build happens
     and few repeat (the kill, interruption and damage tests)."""
-    from hms_prep.synth import synthesize
+    from hms_prep.synth.dataset import synthesize
 
     out = tmp_path_factory.mktemp("tiny") / "data"
     synthesize(out, n_eegs=3, seed=3, n_test=1)

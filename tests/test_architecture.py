@@ -13,7 +13,7 @@ from conftest import ROOT
 
 # Each folder may import only the folders listed after it (and itself); top-level modules are free.
 LAYERS = {
-    "hms_prep": ["building", "kinds", "sources", "store"],  # building -> kinds -> sources -> store
+    "hms_prep": ["building", "kinds", "sources", "store", "synth"],  # building -> kinds -> sources -> store; synth -> sources
     "hms_train": ["run", "model", "image", "data"],  # run -> model, image -> data
 }
 ALLOWED = {
@@ -21,6 +21,7 @@ ALLOWED = {
     ("hms_prep", "kinds"): {"sources", "store"},
     ("hms_prep", "sources"): {"store"},
     ("hms_prep", "store"): set(),
+    ("hms_prep", "synth"): {"sources"},  # the synthetic Kaggle folder: its layout, never the store
     ("hms_train", "run"): {"model", "image", "data"},
     ("hms_train", "model"): set(),
     ("hms_train", "image"): {"data"},
@@ -79,3 +80,16 @@ def test_module_names_are_unique_and_no_folder_is_named_like_a_build_output(pack
     names = Counter(p.name for p in paths)
     assert [str(p.relative_to(ROOT)) for p in paths if names[p.name] > 1] == []
     assert [p.name for p in (ROOT / package).rglob("*") if p.is_dir() and p.name in ("build", "dist", "out")] == []
+
+
+# Issue 25: no module over ~350 lines outside the CLIs. store/codecs.py is split with the store's read path
+# (another step of issue 25 works there); the limit is ~350 with a margin, so a small addition passes.
+MAX_MODULE_LINES = 380
+OVER_THE_LIMIT_FOR_NOW = {"hms_prep/store/codecs.py"}
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_no_module_is_a_hub_of_many_concerns(package):
+    long = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in (ROOT / package).rglob("*.py")
+            if p.name != "cli.py"}
+    assert {path: n for path, n in long.items() if n > MAX_MODULE_LINES and path not in OVER_THE_LIMIT_FOR_NOW} == {}

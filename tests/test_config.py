@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from hms_train.image.augment import AUGMENTATIONS
 from hms_train.model.kinds import MODELS
 from hms_train.cli import app
-from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, check_folds, load_config
+from hms_train.run.config import TrainConfig, bundled_configs, check_folds, load_config
+from hms_train.run.config_values import ConfigError
 
 
 @pytest.mark.parametrize("name", bundled_configs())
@@ -180,7 +181,8 @@ def test_cli_error_boundary_keeps_tracebacks_of_unexpected_errors():
 
 
 def test_a_mistyped_recipe_or_key_gets_a_did_you_mean():
-    from hms_train.run.config import ConfigError, load_config
+    from hms_train.run.config import load_config
+    from hms_train.run.config_values import ConfigError
 
     with pytest.raises(FileNotFoundError, match=r"^no config 'smok' \(did you mean 'smoke'\?\): not a file"):
         load_config("smok")

@@ -51,7 +51,7 @@ def as_run_here(line: str, data: str, label_id: int) -> list[str] | None:
 
 
 def test_the_readmes_real_data_block_runs_in_order(tmp_path, preloaded_bin):
-    from hms_prep.synth import synthesize
+    from hms_prep.synth.dataset import synthesize
     from test_seed_chain import keep_first_lines
 
     data = tmp_path / "hms"

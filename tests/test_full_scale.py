@@ -11,7 +11,7 @@ import pytest
 
 from hms_prep.domain import LABEL_WINDOW_S, SAMPLE_RATE
 from hms_prep.sources.kaggle import eeg_path, read_labels, spectrogram_path
-from hms_prep.synth import COMPETITION, _full_eegs_per_spectrogram, _full_rows_per_eeg, competition_plan
+from hms_prep.synth.competition import COMPETITION, _full_eegs_per_spectrogram, _full_rows_per_eeg, competition_plan
 
 FRACTION = 0.01
 

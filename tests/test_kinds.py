@@ -58,7 +58,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    from hms_prep.synth import synthesize
+    from hms_prep.synth.dataset import synthesize
 
     out = tmp_path_factory.mktemp("kinds") / "data"
     synthesize(out, n_eegs=4, seed=3, n_test=1)  # 27 rows

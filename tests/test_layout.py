@@ -14,7 +14,8 @@ from hms_prep.store.arrays import NORMALISE_NONE, NORMALISE_ZSCORE, ROLE_SIGNALS
 from hms_train.image.augment import AugmentConfig
 from hms_train.image.transforms import hemisphere_swap
 from hms_train.image.compose import compose, eval_windows
-from hms_train.run.config import ConfigError, TrainConfig
+from hms_train.run.config import TrainConfig
+from hms_train.run.config_values import ConfigError
 from hms_train.run.forward import make_augmenter, model_inputs, predict_probabilities, run_model
 from hms_train.run.inputs import check_augment, plan_inputs
 from hms_train.image.layout import LayoutConfig, LayoutError, PartSource, resolve_layout

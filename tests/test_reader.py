@@ -15,7 +15,6 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from hms_prep.store.codecs import CODECS, Codec
-from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.store.labels import write_labels
 from hms_prep.store.layout import LABELS_FILE, ROOT_KEY, StoreError
 from hms_train.run.bench import run_bench
@@ -134,16 +133,14 @@ def test_failed_rows_are_left_out_unless_asked_for(train_store, tmp_path):
     assert np.isin([1, 5, 6], other).all() and 9 not in other
 
 
-def test_batch_targets_votes_and_rows_match_labels(train_store):
+def test_batch_rows_match_labels_and_a_batch_carries_no_labels(train_store):
+    """A run's targets and votes are its plan's, looked up by row (tests/test_row_labels.py)."""
     reader = StoreReader(train_store, ["eeg_10s"], threads=2)
     table = labels(train_store)
-    targets = np.stack([table[c] for c in TARGET_COLUMNS], 1).astype(np.float32)
     for batch in reader.batches(reader.select(Selection()), 6, SamplerState(seed=2)):
         rows = batch["row"].numpy()
         np.testing.assert_array_equal(table["row"][rows], rows)
-        np.testing.assert_array_equal(batch["targets"].numpy(), targets[rows])
-        np.testing.assert_array_equal(batch["votes"].numpy(), table["total_votes"][rows].astype(np.float32))
-        assert batch["targets"].dtype == torch.float32 and batch["row"].dtype == torch.int64
+        assert set(batch) == {"eeg_10s", "row"} and batch["row"].dtype == torch.int64
 
 
 # --- batch contents against the store --------------------------------------------------------------------
@@ -289,7 +286,7 @@ def test_a_resumed_epoch_yields_the_rest_of_the_same_batches(train_store):
     tail = list(reader.batches(rows, 6, dataclasses.replace(state, batch=3), **options))
     assert len(tail) == len(full) - 3
     for resumed, original in zip(tail, full[3:]):
-        for key in ("row", "eeg_10s", "raw", "targets"):
+        for key in ("row", "eeg_10s", "raw"):
             np.testing.assert_array_equal(resumed[key].numpy(), original[key].numpy())
 
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from hms_train.image.augment import LEGACY_KEYS, AugmentConfig, Augmenter
-from hms_train.run.config import ConfigError, TrainConfig, bundled_configs, load_config
+from hms_train.run.config import TrainConfig, bundled_configs, load_config
+from hms_train.run.config_values import ConfigError
 from hms_train.run.inputs import plan_inputs
 from hms_train.run.stages import fold_stages
 from hms_train.run.targets import train_targets
@@ -646,8 +647,8 @@ def test_the_ema_equals_ema_pytorch_step_for_step(after, every, steps):
     step: checked, it fails here.)"""
     from ema_pytorch import EMA
 
+    from hms_train.run.epochs import update_ema
     from hms_train.run.parts import training_parts
-    from hms_train.run.train import update_ema
 
     config = load_config("smoke", ["ema_decay=0.99", "ema_warmup=true", f"ema_update_after_step={after}",
                                    f"ema_update_every={every}"])

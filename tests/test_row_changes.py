@@ -242,7 +242,7 @@ def test_a_test_eeg_gone_from_test_csv_leaves_the_submission_and_the_others_pred
     writes one line per EEG still in test.csv, in its order, each predicted as before."""
     from typer.testing import CliRunner
 
-    from hms_prep.synth import synthesize
+    from hms_prep.synth.dataset import synthesize
     from hms_train.cli import app
 
     data = tmp_path / "data"

@@ -70,7 +70,7 @@ def write_c_a_a_b_a(train_csv: Path) -> tuple[str, int]:
 
 
 def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
-    from hms_prep.synth import synthesize
+    from hms_prep.synth.dataset import synthesize
 
     synth_data = tmp_path / "data"
     # 24 EEGs: every fold and stage keeps a batch of the seed's one-row-per-spectrogram tables

@@ -17,7 +17,7 @@ from hms_prep.sources.kaggle import (
     spectrogram_path,
 )
 from hms_prep.sources.montage import bipolar_signals, fill_nan
-from hms_prep.synth import synthesize
+from hms_prep.synth.dataset import synthesize
 
 from conftest import REAL, needs_real_sample
 

@@ -28,7 +28,7 @@ QUICK = ["epochs=1", "stage2_epochs=1", "folds=[0]", "max_batches_per_epoch=2"]
 
 @pytest.fixture(scope="module")
 def learn_data(tmp_path_factory):
-    from hms_prep.synth import synthesize
+    from hms_prep.synth.dataset import synthesize
 
     data = tmp_path_factory.mktemp("learn") / "data"
     synthesize(data, n_eegs=60, seed=3, n_test=4)

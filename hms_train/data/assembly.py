@@ -17,12 +17,11 @@ from hms_train.data.chunks import DecodedChunk
 
 @dataclass(frozen=True, eq=False)
 class BatchAssembler:
-    """Makes a batch (each input, `targets`, `votes`, `row`) of rows whose chunks are decoded."""
+    """Makes a batch (each input, `row`) of rows whose chunks are decoded. A batch carries no labels: the
+    run's plan holds each row's targets and votes, and the step looks them up by `row` on the device."""
 
     inputs: tuple[str, ...]
     chunk_rows: int
-    targets: np.ndarray  # (rows, classes) float32, for every row of the store
-    votes: np.ndarray  # (rows,) float32
     pin_memory: bool = False  # allocate in pinned memory, ready for `to_device`'s asynchronous copy
 
     def __call__(self, rows: np.ndarray, decoded: Mapping[int, DecodedChunk]) -> dict[str, torch.Tensor]:
@@ -37,8 +36,6 @@ class BatchAssembler:
             for i, (source, l) in enumerate(zip(sources, local)):
                 out[i] = source.values[name][l]
             batch[name] = tensor
-        batch["targets"] = _tensor(self.targets[rows], self.pin_memory)
-        batch["votes"] = _tensor(self.votes[rows], self.pin_memory)
         batch["row"] = _tensor(np.asarray(rows, dtype=np.int64), self.pin_memory)
         return batch
 

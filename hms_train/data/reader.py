@@ -120,7 +120,8 @@ class StoreReader:
         raw_jitter: int = 0,
         pin_memory: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches as dicts of CPU tensors: each input (float16), `targets`, `votes`, `row`.
+        """Batches as dicts of CPU tensors: each input (float16) and `row` (int64, the store rows; a run's
+        targets and votes are its plan's, looked up by row: hms_train/run/step.py `RowLabels`).
 
         Every row comes once per epoch, in an order fixed by the `state`'s seed, fold, stage and epoch
         (sampler.py). Each data-parallel rank (`state.rank` of `state.world`) gets an equal share of the
@@ -133,7 +134,7 @@ class StoreReader:
         self._check_rows(rows)
         sampler = ChunkSampler(self.layout.chunk_rows, batch_size, shuffle, drop_last, buffer_chunks)
         plan = sampler.plan(rows, state)
-        assemble = BatchAssembler(self.inputs, self.layout.chunk_rows, self.targets, self.votes, pin_memory)
+        assemble = BatchAssembler(self.inputs, self.layout.chunk_rows, pin_memory)
         return in_background(lambda: self._produce(plan, assemble, 2 * buffer_chunks, raw_jitter))
 
     def min_shard_rows(self, rows: np.ndarray, world: int) -> int:

@@ -71,6 +71,13 @@ def model_kind(name: str) -> ModelKind:
     return ModelKind(name, entry.details["inputs"], entry.factory, entry.settings)
 
 
+def kinds_taking(inputs) -> list[str]:
+    """The model kinds whose forward takes exactly `inputs` (roles, in any order), in registration order: the
+    built-in nets of models.py first, so the first is the plain one for those inputs ("2d" for the image)."""
+    wanted = set(inputs)
+    return [name for name in MODELS if set(MODELS.entry(name).details["inputs"]) == wanted]
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a model of kind `name` ("2d", "1d", "multimodal", ...) from that kind's own arguments;
     an argument the kind does not take is refused, naming the ones it does."""

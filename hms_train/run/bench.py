@@ -24,25 +24,28 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from hms_prep.store.arrays import ROLE_SIGNALS, describe_arrays
+from hms_prep.store.arrays import describe_arrays
 from hms_prep.store.layout import open_store
 from hms_train.data.reader import Selection, StoreReader, to_device
 from hms_train.data.sampler import SamplerState
-from hms_train.model.kinds import IMAGE
+from hms_train.model.kinds import DEFAULT_MODEL, IMAGE, MODELS, kinds_taking, model_kind
 from hms_train.model.settings import ModelConfig
 from hms_train.run.parts import build_model, training_parts
 from hms_train.run.config import TrainConfig, load_config
 from hms_train.run.forward import make_augmenter, model_inputs, resolve_device
 from hms_train.run.inputs import check_augment, input_item_shape, plan_inputs
 from hms_train.run.plan import RunPlan, loss_of
-from hms_train.run.step import TrainStep
+from hms_train.run.stages import RowScope
+from hms_train.run.step import RowLabels, TrainStep
 
 WARMUP_BATCHES = 3  # thread pools, torch kernels (and compilation): started before the clocks
 
 
 def bench_config(store: str, inputs: Sequence[str] | None = None, config: TrainConfig | None = None) -> TrainConfig:
     """The config a benchmark runs: `config` on `store`, or the default recipe reading `inputs` (its image
-    parts side by side; a 1D model for signals alone, the multimodal one for both)."""
+    parts side by side) with the model kind that takes the inputs' roles (the model registry's first such:
+    the default kind where it fits, the 1D net for signals alone, the multimodal one for both, a plug-in's
+    for its own role)."""
     if config is not None:
         return dataclasses.replace(config, store=store)
     if not inputs:
@@ -52,16 +55,26 @@ def bench_config(store: str, inputs: Sequence[str] | None = None, config: TrainC
     missing = [name for name in inputs if name not in described]
     if missing:
         raise ValueError(f"--inputs {missing}: not in {store}; it has {sorted(described)}")
-    signals = [name for name in inputs if described[name].role == ROLE_SIGNALS]
-    model = ("multimodal" if signals else "2d") if len(signals) < len(inputs) else "1d"
+    roles = {described[name].role for name in inputs}  # every "image" array feeds the one composed image
+    kinds = kinds_taking(roles)
+    if not kinds:
+        raise ValueError(f"--inputs {list(inputs)}: no model kind takes {sorted(roles)}; registered: "
+                         f"{ {name: model_kind(name).inputs for name in MODELS} }")
+    model = DEFAULT_MODEL if DEFAULT_MODEL in kinds else kinds[0]
     return dataclasses.replace(load_config(None), store=store, inputs=list(inputs), model=ModelConfig(model),
                                layout=None)
 
 
 def bench_plan(config: TrainConfig, reader: StoreReader) -> RunPlan:
-    """The planned inputs, loss and augmentations of `config` (no folds: a benchmark trains on every row)."""
+    """The planned inputs, loss, augmentations and row table (its targets and votes) of `config` (no folds:
+    a benchmark trains on every row)."""
     inputs = plan_inputs(config, reader.descriptions)
-    return RunPlan(inputs, loss_of(config), check_augment(config, inputs), folds={})
+    return RunPlan(inputs, loss_of(config), check_augment(config, inputs), folds={}, scope=RowScope.of(config, reader))
+
+
+def bench_labels(plan: RunPlan, device: torch.device) -> RowLabels:
+    """The targets and votes a benchmark's steps train on: the run's row table's, as the loop's first stage."""
+    return RowLabels.of(plan.scope.targets, plan.scope.target_votes, device)
 
 
 def run_bench(
@@ -103,7 +116,8 @@ def run_bench(
             composed = fullest = _timed_pass(stream, batches, torch_device, plan, None)
         if takes_image and compose and augment:
             generator = torch.Generator(device=torch_device).manual_seed(0)
-            augmented = fullest = _timed_pass(stream, batches, torch_device, plan, make_augmenter(plan, generator))
+            augmented = fullest = _timed_pass(stream, batches, torch_device, plan, make_augmenter(plan, generator),
+                                              bench_labels(plan, torch_device))
     finally:
         stream.close()  # stops the reader's threads now rather than when garbage collected
     samples = batches * batch_size
@@ -152,7 +166,8 @@ def run_train_bench(
     net = torch.compile(model) if compile_model else model
     optimizer = training_parts(config, model, config.lr, 1, batches, with_ema=False).optimizer  # the recipe's, as the loop's
     generator = torch.Generator(device=torch_device).manual_seed(config.seed)
-    step = TrainStep(plan, model, net, optimizer, make_augmenter(plan, generator), torch_device)  # the loop's step
+    step = TrainStep(plan, model, net, optimizer, make_augmenter(plan, generator), torch_device,
+                     bench_labels(plan, torch_device))  # the loop's step
 
     stream = _stream(reader, config.batch_size, pin_memory=torch_device.type == "cuda")
     try:
@@ -204,9 +219,10 @@ def _stream(reader: StoreReader, batch_size: int, pin_memory: bool) -> Iterator[
         epoch += 1
 
 
-def _timed_pass(stream, batches: int, device: torch.device, plan: RunPlan | None, augmenter) -> dict:
-    """Run `batches` batches through the stages (the image of `plan` composed; None: the reader alone);
-    wall time and seconds spent per stage."""
+def _timed_pass(stream, batches: int, device: torch.device, plan: RunPlan | None, augmenter,
+                labels: RowLabels | None = None) -> dict:
+    """Run `batches` batches through the stages (the image of `plan` composed; None: the reader alone; with
+    `augmenter`, augmented with the targets of `labels`); wall time and seconds spent per stage."""
     spent = {"read_wait": 0.0, "to_device": 0.0, "compose": 0.0, "augment": 0.0}
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
@@ -220,7 +236,7 @@ def _timed_pass(stream, batches: int, device: torch.device, plan: RunPlan | None
         images = model_inputs(batch, plan.inputs, train=True)[IMAGE]
         clock = _lap(spent, "compose", clock, device)
         if augmenter is not None:
-            augmenter(images, batch["targets"])
+            augmenter(images, labels.targets[batch["row"]])
             _lap(spent, "augment", clock, device)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"wall": wall, "cpu": cpu, **spent}

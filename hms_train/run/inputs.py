@@ -16,7 +16,8 @@ from hms_prep.store.arrays import ROLE_IMAGE, TIME_AXES, ArrayDescription
 from hms_train.image.augment import CHAIN_BLOCKS, FLIP_COLUMNS, MIRROR_ROWS, AugmentConfig
 from hms_train.image.layout import ImageLayout, LayoutConfig, LayoutError, PartSource, resolve_layout, side_by_side
 from hms_train.model.kinds import IMAGE, PLANNED_SUFFIX, SIGNALS, create_model, model_kind
-from hms_train.run.config import ConfigError, TrainConfig
+from hms_train.run.config import TrainConfig
+from hms_train.run.config_values import ConfigError
 
 SIGNAL_WINDOW = LABEL_SAMPLES  # 50 s at 200 Hz: the label window a model of the signals sees
 

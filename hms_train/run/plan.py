@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from hms_train.data.reader import StoreReader
 from hms_train.image.augment import AugmentConfig
 from hms_train.model.losses import Loss
-from hms_train.run.config import ConfigError, TrainConfig
+from hms_train.run.config import TrainConfig
+from hms_train.run.config_values import ConfigError
 from hms_train.run.inputs import InputPlan, check_augment, plan_inputs
 from hms_train.run.stages import RowScope, Stage, epoch_rows, fold_stages
 from hms_train.run.targets import stage_targets

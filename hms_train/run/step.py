@@ -4,12 +4,16 @@
     optimise(...)    -> loss                       forward (bf16 autocast on CUDA), loss, backward, clip, step
     step(batch)      =  optimise(*prepare(batch))
 
-Nothing waits for the device: targets come from a device-side table indexed by the batch's rows, and the
+Nothing waits for the device: targets and votes come from the plan's tables on the device (`RowLabels`),
+indexed by the batch's rows (the one source of a row's labels: the reader's batches carry none), and the
 loss is returned as a device tensor for the caller to sum.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from hms_train.data.reader import to_device
@@ -42,25 +46,40 @@ def clip_gradients(parameters, grad_clip: float, scaled: bool, steps_done: int) 
     torch.nn.utils.clip_grad_norm_(parameters, limit)
 
 
+@dataclass(frozen=True, eq=False)
+class RowLabels:
+    """A planned run's labels by store row, on the device: `targets` (n_rows, 6), a stage's (the row table's,
+    pseudo-labels or a teacher's applied: `Stage.targets`), and `votes` (n_rows,), the total votes of the line
+    each target is read from (`RowScope.target_votes`: what the loss's vote weighting weighs)."""
+
+    targets: torch.Tensor
+    votes: torch.Tensor
+
+    @classmethod
+    def of(cls, targets: np.ndarray, votes: np.ndarray, device: torch.device) -> RowLabels:
+        return cls(torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)).to(device),
+                   torch.from_numpy(np.ascontiguousarray(votes, dtype=np.float32)).to(device))
+
+
 class TrainStep:
     def __init__(self, plan: RunPlan, model: torch.nn.Module, net: torch.nn.Module, optimizer,
-                 augmenter: Augmenter, device: torch.device, targets: torch.Tensor | None = None,
-                 steps_done: int = 0):
-        """`net` is what the step calls (`model` DDP-wrapped or compiled, or `model` itself); `targets`
-        (rows, 6) on the device replaces the batch's own (a stage's pseudo-labels), None keeps them;
-        `steps_done`: the optimizer's steps before this one (a GradScaler's scale grows with them)."""
+                 augmenter: Augmenter, device: torch.device, labels: RowLabels, steps_done: int = 0):
+        """`net` is what the step calls (`model` DDP-wrapped or compiled, or `model` itself); `labels`: the
+        targets and votes the step trains on, by store row; `steps_done`: the optimizer's steps before this
+        one (a GradScaler's scale grows with them)."""
         self.plan, self.model, self.net, self.optimizer = plan, model, net, optimizer
-        self.augmenter, self.device, self.targets = augmenter, device, targets
+        self.augmenter, self.device, self.labels = augmenter, device, labels
         self.loss_fn = plan.loss
         self.steps_done = steps_done
 
     def prepare(self, batch: dict[str, torch.Tensor]):
         batch = to_device(batch, self.device)
         inputs = model_inputs(batch, self.plan.inputs, train=True)
-        targets = self.targets[batch["row"]] if self.targets is not None else batch["targets"]
+        rows = batch["row"]
+        targets, votes = self.labels.targets[rows], self.labels.votes[rows]
         if IMAGE in inputs:
             inputs[IMAGE], targets = self.augmenter(inputs[IMAGE], targets, train=True)
-        return inputs, targets, batch["votes"]
+        return inputs, targets, votes
 
     def optimise(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
         config = self.plan.config

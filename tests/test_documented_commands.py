@@ -104,7 +104,7 @@ def cli_md_as_run_here(line: str, values: dict, used: set) -> tuple[list[str], d
     return words, env
 
 
-def test_the_readmes_real_data_block_runs_in_order(tmp_path, preloaded_bin):
+def test_the_readmes_real_data_block_then_cli_mds_examples_run_in_order(tmp_path, preloaded_bin):
     from hms_prep.synth import synthesize
     from test_seed_chain import keep_first_lines
 

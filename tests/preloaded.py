@@ -42,6 +42,8 @@ def _run_child(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        # PYTHONPATH as the interpreter's start would read it (a plug-in folder: `PYTHONPATH=plugins hms-prep ...`)
+        sys.path[1:1] = [os.path.abspath(p) for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sys.argv = [request["name"], *request["args"]]
         try:

@@ -19,9 +19,15 @@ UV = ROOT / ".uv" / "bin" / "uv"
 TINY = ['inputs=["eeg_10s"]', "epochs=1", "stage2_epochs=0", "max_batches_per_epoch=2", "batch_size=8"]
 
 
-def hms(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "hms_train.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, **kwargs)
+@pytest.fixture(scope="module")
+def hms(preloaded):
+    """`hms-train ARGS...` as a process of its own, forked from the preloaded CLI (tests/preloaded.py): the
+    export's exit status and stderr lines, without an import of torch per call. infer.py, the part that runs
+    on Kaggle, stays a fresh interpreter of the image's venv."""
+    def run(*args):
+        return preloaded("hms-train", *args, timeout=600)
+
+    return run
 
 
 def hms_here(*args) -> str:
@@ -42,7 +48,7 @@ def submission(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 @pytest.mark.skipif(not UV.is_file(), reason="needs uv (make setup installs it into .uv/)")
-def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_store, synth_data, tmp_path):
+def test_an_export_predicts_offline_on_the_kaggle_image_as_predict_does(train_store, synth_data, tmp_path, hms):
     from hms_prep.building.run import BuildConfig, run_build
 
     run = tmp_path / "smoke"
@@ -130,7 +136,7 @@ def hms_locked_versions(names: list[str]) -> list[str]:
     return [f"{name}=={packages[name]}" for name in names]
 
 
-def test_export_refuses_before_writing(tmp_path):
+def test_export_refuses_before_writing(tmp_path, hms):
     result = hms("export", tmp_path / "no-run", "--out", tmp_path / "out")
     assert result.returncode == 1 and "not a run directory" in result.stderr and not (tmp_path / "out").exists()
 

@@ -39,10 +39,17 @@ def train_args(store: str, out, switches: list[str] = ()) -> list[str]:
             *[f"--set={o}" for o in [*TINY, *switches]]]
 
 
-def run(args: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+@pytest.fixture(scope="module")
+def run(preloaded):
+    """`hms-train ARGS... --quiet` as a process of its own, forked from the preloaded CLI (tests/preloaded.py):
+    the resumes, without an import of torch each; the killed runs stay fresh interpreters (their kill hook
+    is imported from PYTHONPATH at start-up, and their process group is killed)."""
+    def resume(args: list[str]) -> subprocess.CompletedProcess:
+        result = preloaded("hms-train", *args, "--quiet", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        return result
+
+    return resume
 
 
 def run_here(args: list[str]) -> None:
@@ -82,7 +89,7 @@ def predictions(run) -> tuple[np.ndarray, np.ndarray]:
 # The smoke recipe with the recipe switches that touch resume (per-eeg rows, stage 2 from the best,
 # per-epoch schedule, EMA warm-up): a superset of the plain smoke run's code paths, run once for time.
 @pytest.mark.parametrize("switches", [RECIPE_SWITCHES], ids=["recipe_switches"])
-def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path, switches):
+def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path, switches, run):
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_here(train_args(train_store, full, switches))
     # Killed in fold 1's second epoch: fold 0 is finished, fold 1 has one complete epoch.
@@ -104,7 +111,7 @@ def test_killed_run_resumes_to_the_same_predictions(train_store, tmp_path, switc
     assert json.loads((killed / "config.json").read_text()) == json.loads((full / "config.json").read_text())
 
 
-def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_the_same(train_store, tmp_path):
+def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_the_same(train_store, tmp_path, run):
     """Checkpoints every step inside an epoch; killed right after the 6th of them (fold 0, stage 1, inside
     its third epoch): the resumed run starts at the next batch, not at the epoch's start, and ends with the
     uninterrupted run's predictions and metrics."""
@@ -132,7 +139,7 @@ def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_the_same(train_stor
         np.testing.assert_allclose([r[key] for r in resumed], [r[key] for r in lines], atol=1e-5)
 
 
-def test_ctrl_c_in_training_is_one_line_with_the_resume_command_and_the_resume_says_where(train_store, tmp_path):
+def test_ctrl_c_in_training_is_one_line_with_the_resume_command_and_the_resume_says_where(train_store, tmp_path, run):
     """SIGINT (Ctrl-C in the terminal) right after the 3rd checkpoint inside an epoch: exit 130 and one line
     naming the exact --resume command; that command says where it goes on, and finishes the run."""
     switches = ["checkpoint_every_steps=1", "max_batches_per_epoch=4", "batch_size=4", "folds=[0]", "epochs=2",
@@ -147,9 +154,7 @@ def test_ctrl_c_in_training_is_one_line_with_the_resume_command_and_the_resume_s
     assert process.stderr.strip().splitlines()[-1] == f"interrupted; resume with: hms-train --resume {run_dir}"
     assert "Traceback" not in process.stderr
     at = torch.load(run_dir / "fold0_last.pt", weights_only=True)["position"]
-    resumed = subprocess.run(command("train", "--resume", str(run_dir)), cwd=ROOT, capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run(["train", "--resume", str(run_dir)])
     assert (f"resuming {run_dir} at fold 0, {at['stage']}, epoch {at['epoch'] + 1} after batch {at['batch']} "
             "(finished folds: none)") in resumed.stderr
     assert (run_dir / "oof.parquet").is_file()

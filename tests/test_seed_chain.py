@@ -16,6 +16,9 @@ from conftest import ROOT
 TOY = " ".join(f"--set {item}" for item in (
     "model.pretrained=false", 'model.backbone="mobilenetv3_small_050"', "epochs=1", "stage2_epochs=1",
     "max_batches_per_epoch=1", "batch_size=2", "reader_threads=2",
+    # a seed whose one stage-1 batch holds a low-vote row in both folds of David's pseudo-label runs (their
+    # recipes' own seed draws none): their losses then show the pseudo-label files' targets were trained on
+    "seed=2",
 ))
 
 
@@ -96,6 +99,7 @@ def test_toy_seed_chain_writes_a_blended_submission(tmp_path, preloaded_bin):
     assert_seed_blend_weights(seed_blend)
     assert_submission_is_predict_with_the_blend(seed, blend, tmp_path)
     assert_teacher_targets_trained_the_kd_run(seed / "runs")
+    assert_pseudo_labels_trained_davids_pl_runs(seed / "runs", seed)
     with open(seed / "submission.csv") as f:
         rows = list(csv.DictReader(f))
     test_ids = {row["eeg_id"] for row in csv.DictReader(open(synth_data / "test.csv"))}
@@ -163,3 +167,24 @@ def assert_teacher_targets_trained_the_kd_run(runs: Path) -> None:
         return [json.loads(line)["train_loss"] for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
 
     assert all(a != pytest.approx(b, rel=1e-3) for a, b in zip(losses("seed_richard_b0"), losses("seed_richard_b0_kd")))
+
+
+def assert_pseudo_labels_trained_davids_pl_runs(runs: Path, seed: Path) -> None:
+    """David's pseudo-label runs (both rounds) are his round-1 runs' configs with their pseudo-label file in
+    stage 1 alone added: the same initial weights and the same stage-1 batches, so a stage-1 training loss
+    that differs from the round-1 run's comes from the file's targets (a batch holds a low-vote row, whose
+    target only the file gives, in both folds at TOY's seed; with the table's targets the run trains exactly as
+    the round-1 run)."""
+    def losses(name: str) -> dict[int, float]:
+        records = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+        return {r["fold"]: r["train_loss"] for r in records if r["stage"] == "stage1" and r["epoch"] == 1}
+
+    for base in ("seed_david_b0", "seed_david_mnv3"):
+        for pl, file in ((f"{base}_pl", "pseudo_david.parquet"), (f"{base}_pl2", "pseudo_david2.parquet")):
+            first, second = (json.loads((runs / name / "config.json").read_text()) for name in (base, pl))
+            assert {key for key in first.keys() | second.keys() if first.get(key) != second.get(key)} == {
+                "pseudo_labels", "pseudo_stage"}, pl
+            assert Path(second["pseudo_labels"]) == seed / file and second["pseudo_stage"] == "stage1"
+            round1, trained = losses(base), losses(pl)
+            assert round1.keys() == trained.keys() == {0, 1}
+            assert all(trained[fold] != pytest.approx(round1[fold], rel=1e-4) for fold in round1), (pl, trained, round1)

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -114,8 +115,9 @@ def test_pseudo_labels_then_stage2(smoke_run, stores, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["raw1d", "multimodal"])
-def test_raw_and_multimodal_models_train(name, stores, tmp_path):
-    overrides = [f'store="{stores[0]}"', 'device="cpu"', *QUICK, "batch_size=8"]
+def test_raw_and_multimodal_models_train(name, train_store, tmp_path):
+    # conftest's 24-EEG store (its fold 0 validates on a third of the 60-EEG store's rows): two steps of 4
+    overrides = [f'store="{train_store}"', 'device="cpu"', *QUICK, "batch_size=4"]
     if name == "multimodal":
         overrides += ['inputs=["eeg_10s", "kaggle", "raw"]', 'model.backbone="mobilenetv3_small_050"']
     summary = train(load_config(name, overrides), tmp_path / name, quiet=True)
@@ -276,9 +278,12 @@ def test_a_run_folder_of_the_previous_format_still_predicts_and_resumes(smoke_ru
     fold = sorted(old.glob("fold*_oof.parquet"))[-1]
     fold.unlink()  # the fold is redone from its format-1 last checkpoint: every epoch already done
     (old / "oof.parquet").unlink()
-    result = subprocess.run([sys.executable, "-m", "hms_train.cli", "train", "--resume", str(old), "--quiet"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from typer.testing import CliRunner
+
+    from hms_train.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(old), "--quiet"])  # in process: no second import of torch
+    assert result.exit_code == 0, result.output[-3000:]
     assert pq.read_table(old / "oof.parquet").equals(pq.read_table(out / "oof.parquet"))
 
 
@@ -287,7 +292,8 @@ def test_bad_pseudo_labels_fail_before_training_without_a_traceback(stores, tmp_
 
     pseudo = tmp_path / "other.parquet"  # label_ids of another store
     pq.write_table(pa.table({"label_id": [123456789], **{c: [1 / 6] for c in VOTE_COLUMNS}}), pseudo)
-    command = [sys.executable, "-m", "hms_train.cli", "--store", stores[0], "--config", "smoke", "--device", "cpu",
+    # `.venv/bin/hms-train` itself, a fresh process: its start-up and exit (issue 29 item 8); not the forked CLI
+    command = [str(Path(sys.executable).parent / "hms-train"), "--store", stores[0], "--config", "smoke", "--device", "cpu",
                "--out", str(tmp_path / "run"), "--quiet", f"--set=pseudo_labels={json.dumps(str(pseudo))}"]
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=120)
@@ -298,23 +304,76 @@ def test_bad_pseudo_labels_fail_before_training_without_a_traceback(stores, tmp_
     assert not (tmp_path / "run").exists(), "checked before anything is written"
 
 
-def test_two_process_gloo_ddp(stores, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+# The two-process run held against one process (test_two_process_gloo_ddp): a model without BatchNorm or
+# dropout (tests/plugins/extra_model.py's tiny_conv) and no augmentation, so that a step's gradient depends on
+# its rows alone; one batch per rank and epoch that is the rank's whole share (batch_size = rows / 2).
+DDP_SETS = ['plugins=["extra_model"]', 'model="tiny_conv"', 'inputs=["eeg_10s"]', "augment.brightness_contrast.p=0",
+            "augment.hemisphere_swap.p=0", "augment.xy_mask.p=0", "epochs=3", "stage2_epochs=0", "lr=1e-2"]
+
+
+def test_two_process_gloo_ddp(train_store, tmp_path):
+    """Two gloo processes, each a batch of half the epoch's rows (the sampler's equal shares), train as one
+    process whose batch is the whole epoch: DDP averages the two halves' mean gradients, which is the mean
+    over all rows when the shares are equal (an even number of rows: no padding row). So the weights after
+    every step, and the out-of-fold predictions from them, equal the single-process run's up to float
+    summation order. (BatchNorm, dropout or augmentation would make the two differ: per-rank batch
+    statistics, per-rank random draws; they are off here.) Without the gradients' all-reduce rank 0 would
+    follow its own half and end elsewhere."""
+    from typer.testing import CliRunner
+
+    import torch
+
+    from hms_train.cli import app
+    from hms_train.image.augment import AUGMENTATIONS
+    from hms_train.model.kinds import MODELS
+
+    runner = CliRunner()
+    planned = runner.invoke(app, ["plan", "--config", "smoke", "--store", train_store, "--json",
+                                  *[f"--set={s}" for s in ("folds=[0, 1, 2, 3, 4]", "epochs=3", "stage2_epochs=0")]])
+    assert planned.exit_code == 0, planned.output
+    rows = {fold["fold"]: fold["stages"][0]["train_rows"] for fold in json.loads(planned.output)["folds"]}
+    fold = min(f for f, n in rows.items() if n % 2 == 0)  # equal shares: no padding row
+    sets = [*DDP_SETS, f"folds=[{fold}]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'tests' / 'plugins'}{os.pathsep}{ROOT}"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-               "-m", "hms_train.cli", "train", "--store", stores[0], "--config", "smoke", "--device", "cpu",
-               "--out", str(tmp_path / "ddp"), "--quiet", *[f"--set={o}" for o in QUICK]]
+               "-m", "hms_train.cli", "train", "--store", train_store, "--config", "smoke", "--device", "cpu",
+               "--out", str(tmp_path / "ddp"), "--quiet", *[f"--set={o}" for o in [*sets, f"batch_size={rows[fold] // 2}"]]]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert (tmp_path / "ddp" / "fold0_best.pt").is_file() and (tmp_path / "ddp" / "oof.parquet").is_file()
-    # killed before the fold's predictions: its last state is of 2 processes, and one may not resume it
-    (tmp_path / "ddp" / "fold0_oof.parquet").unlink()
-    metrics = (tmp_path / "ddp" / "metrics.jsonl").read_text()
-    resumed = subprocess.run([sys.executable, "-m", "hms_train.cli", "--resume", str(tmp_path / "ddp"), "--device",
-                              "cpu", "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 1
-    assert resumed.stderr.strip() == (f"error: {tmp_path / 'ddp' / 'fold0_last.pt'}: written by a run of 2 process(es), "
-                                      "resumed with 1; resume it with 2 (torchrun --nproc-per-node 2, or no torchrun for 1)")
-    assert (tmp_path / "ddp" / "metrics.jsonl").read_text() == metrics, "refused before anything is touched"
+    assert (tmp_path / "ddp" / f"fold{fold}_best.pt").is_file() and (tmp_path / "ddp" / "oof.parquet").is_file()
+
+    sys.path.insert(0, str(ROOT / "tests" / "plugins"))
+    try:
+        # killed before the fold's predictions: its last state is of 2 processes, and one may not resume it
+        (tmp_path / "ddp" / f"fold{fold}_oof.parquet").unlink()
+        metrics = (tmp_path / "ddp" / "metrics.jsonl").read_text()
+        resumed = runner.invoke(app, ["train", "--resume", str(tmp_path / "ddp"), "--device", "cpu", "--quiet"])
+        assert resumed.exit_code == 1
+        assert resumed.output.strip() == (f"error: {tmp_path / 'ddp' / f'fold{fold}_last.pt'}: written by a run of 2 "
+                                          "process(es), resumed with 1; resume it with 2 (torchrun --nproc-per-node 2, "
+                                          "or no torchrun for 1)")
+        assert (tmp_path / "ddp" / "metrics.jsonl").read_text() == metrics, "refused before anything is touched"
+
+        config = load_config("smoke", [f'store="{train_store}"', 'device="cpu"', *sets, f"batch_size={rows[fold]}"])
+        train(config, tmp_path / "one", quiet=True)
+    finally:  # the plug-ins registered in this process leave with the test: other tests list the registries
+        sys.path.remove(str(ROOT / "tests" / "plugins"))
+        if sys.modules.pop("extra_model", None):
+            MODELS.unregister("tiny_conv")
+            for name in ("negate", "mirror_blend"):
+                AUGMENTATIONS.unregister(name)
+    metrics = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]  # one step per epoch: 3 steps
+    weights = {name: torch.load(tmp_path / name / f"fold{fold}_last.pt", weights_only=True)["model"]
+               for name in ("ddp", "one")}
+    assert weights["ddp"].keys() == weights["one"].keys()
+    for key, value in weights["one"].items():
+        torch.testing.assert_close(weights["ddp"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+    ddp, one = (pq.read_table(tmp_path / name / "oof.parquet") for name in ("ddp", "one"))
+    assert ddp.column("label_id").to_pylist() == one.column("label_id").to_pylist()
+    np.testing.assert_allclose(np.stack([ddp.column(c).to_numpy() for c in VOTE_COLUMNS], 1),
+                               np.stack([one.column(c).to_numpy() for c in VOTE_COLUMNS], 1), atol=1e-5)
+
 
 
 def test_cli_predict_pseudo_label_and_help(smoke_run, stores, tmp_path):

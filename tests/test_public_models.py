@@ -273,7 +273,7 @@ def test_lb31_and_features_head_step_their_learning_rate_as_lrfn(name):
 def test_timm_b1_trains_with_the_notebooks_adamw_betas():
     """T/ optim.AdamW(..., betas=(0.5, 0.999)) (docs/recipes.md); the loop's own optimizer carries them,
     other AdamW recipes keep (0.9, 0.999), and Lion refuses the key in one line."""
-    from hms_train.run.config import ConfigError
+    from hms_train.run.config_values import ConfigError
     from hms_train.run.parts import training_parts
 
     def betas(name: str) -> tuple:
@@ -289,7 +289,7 @@ def test_timm_b1_trains_with_the_notebooks_adamw_betas():
 def test_resnet1d_gru_restarts_its_cosine_every_20_batches_as_the_notebook():
     """T/ CosineAnnealingWarmRestarts(T_0=20, eta_min=1e-6) with scheduler.step() after every batch
     (batch_scheduler): the loop's scheduler gives torch's rate at every step, across restarts."""
-    from hms_train.run.config import ConfigError
+    from hms_train.run.config_values import ConfigError
     from hms_train.run.parts import training_parts
 
     config = load_config("public_resnet1d_gru")

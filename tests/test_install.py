@@ -206,7 +206,7 @@ def hooked_builds(data, folder: Path, builds: list[tuple[str, dict]], in_process
     for log in logs:
         log.mkdir()
     request = [str(data), in_process, [(str(folder / name), str(log), env) for (name, env), log in zip(builds, logs)]]
-    result = run(sys.executable, "-c", BUILDS, json.dumps(request), pythonpath=[HOOK],
+    result = run(sys.executable, "-c", BUILDS, json.dumps(request), pythonpath=[HOOK], timeout=300 * len(builds),
                  env={"HMS_KILL_LOG": str(logs[0])})  # set at start: the hook loads only then
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(line[len("SUMMARY"):]) for line in result.stdout.splitlines() if line.startswith("SUMMARY")]

@@ -27,7 +27,7 @@ needs_real_sample = pytest.mark.skipif(
 # workers take whole files in collection order (--dist loadfile), so starting with the longest keeps one
 # worker from running a long file alone at the end.
 LONGEST_FIRST = ("test_kill.py", "test_train.py", "test_install.py", "test_reliability.py", "test_recipes.py",
-                 "test_seed_chain.py", "test_export.py", "test_build.py", "test_benchmarks.py", "test_full_scale.py",
+                 "test_seed_chain.py", "test_export.py", "test_build.py", "test_full_scale.py", "test_benchmarks.py",
                  "test_resume.py", "test_train_plugins.py", "test_documented_commands.py", "test_plugins.py",
                  "test_interrupted_writes.py", "test_tracking.py", "test_public_models.py", "test_tables.py",
                  "test_kinds.py")

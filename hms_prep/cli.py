@@ -162,6 +162,9 @@ def build(
         "EEG windows uncompressed, ~15 % more disk) | lz4 | blosc-zstd | zstd | none (fixed at creation)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask worker processes (default: one per core)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use a running Dask scheduler, tcp://HOST:PORT."),
+    connect_timeout: Optional[float] = typer.Option(
+        None, "--connect-timeout", help="Seconds to reach --scheduler (its handshake, then a worker) before "
+        "giving up in one line (default 10)."),
     on_dask: bool = typer.Option(False, "--on-dask", help="Run the tasks on Dask worker processes even when the build "
                                  "is small (default: at most 400 rows to compute run in this process)."),
     repair: bool = typer.Option(False, "--repair", help="Also read back every chunk and recompute damaged ones."),
@@ -220,6 +223,7 @@ def build(
             extra_arrays=extra_arrays, n_folds=folds,
             chunk_rows=chunk_rows, codec=codec, workers=workers, scheduler=scheduler, repair=repair,
             retry_failed=retry_failed, device=device, in_process=False if on_dask else None,
+            **({} if connect_timeout is None else {"connect_timeout_s": connect_timeout}),  # else the config's 10
         )
         config.check()  # every option checked before any work
     except ValueError as err:

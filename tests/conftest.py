@@ -38,14 +38,35 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's order is kept
 
 
+def built_once(tmp_path_factory, name: str, make) -> Path:
+    """The folder `name` that `make(folder)` fills once per `make test`, shared by its xdist workers (as
+    pytest-xdist's docs recommend: a lock in the folder above the workers' own temporary folders; issue 29,
+    suite time: train_store took 24-28 s in each worker). Whoever takes it must only read it: copy first."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:  # one process: its own folder
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():  # a worker that failed to make it left no mark: the next one starts afresh
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """A small synthetic Kaggle-layout dataset shared by the tests of a session."""
     from hms_prep.synth.dataset import synthesize
 
-    out = tmp_path_factory.mktemp("synth") / "data"
-    synthesize(out, n_eegs=24, seed=7, n_test=3)
-    return out
+    return built_once(tmp_path_factory, "synth", lambda folder: synthesize(folder / "data", n_eegs=24, seed=7,
+                                                                           n_test=3)) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +75,8 @@ def tiny_data(tmp_path_factory):
     and few repeat (the kill, interruption and damage tests)."""
     from hms_prep.synth.dataset import synthesize
 
-    out = tmp_path_factory.mktemp("tiny") / "data"
-    synthesize(out, n_eegs=3, seed=3, n_test=1)
-    return out
+    return built_once(tmp_path_factory, "tiny", lambda folder: synthesize(folder / "data", n_eegs=3, seed=3,
+                                                                         n_test=1)) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +84,11 @@ def train_store(synth_data, tmp_path_factory):
     """A train store (eeg_10s, eeg_30s, kaggle, raw) built from `synth_data` on a real LocalCluster."""
     from hms_prep.building.run import BuildConfig, run_build
 
-    url = str(tmp_path_factory.mktemp("stores") / "specs.zarr")
-    run_build(BuildConfig(data_dir=str(synth_data), store=url, windows=(10, 30), chunk_rows=8, workers=2,
-                          in_process=False))  # small enough to run in process otherwise
-    return url
+    def build(folder: Path):
+        run_build(BuildConfig(data_dir=str(synth_data), store=str(folder / "specs.zarr"), windows=(10, 30),
+                              chunk_rows=8, workers=2, in_process=False))  # small enough to run in process otherwise
+
+    return str(built_once(tmp_path_factory, "stores", build) / "specs.zarr")
 
 
 @contextmanager
@@ -114,3 +135,8 @@ def preloaded():
                                   env={**os.environ, **(env or {})})
 
         yield run
+
+
+# The killed-build fixtures of tests/test_kill.py and tests/test_interrupted_writes.py, defined once here so
+# that one zygote process and one reference build serve both files on a pytest worker.
+from killed_builds import corrected_change, uninterrupted, zygote  # noqa: E402,F401

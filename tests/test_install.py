@@ -3,6 +3,7 @@ docs/reliability.md): the lock, `hms-prep doctor`, a build refused before it tou
 compiled part cannot load, and chunk tasks that crash (in process, on a Dask worker that cannot compute,
 on a worker killed mid-build) counted and reported with a non-zero exit."""
 
+import json
 import os
 import re
 import signal
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from hms_prep.store.audit import verify_store
 from hms_prep.doctor import BUILD_PARTS, PARTS, TRAIN_PARTS
 
 from conftest import ROOT
@@ -87,7 +87,9 @@ def test_the_installed_set_is_the_locked_one():
 
 
 def test_doctor_checks_every_compiled_part():
-    result = prep("doctor")
+    # The installed console script itself, a fresh process (issue 29: each one runs so in `make test`; the
+    # interrupted and --version runs are test_reliability's), on a command that imports every compiled part.
+    result = run(BIN / "hms-prep", "doctor")
     assert result.returncode == 0, result.stderr
     assert [line.split(" (")[0] for line in result.stdout.splitlines()] == [f"ok  {p.name}" for p in PARTS.values()]
     assert set(BUILD_PARTS) | set(TRAIN_PARTS) <= set(PARTS)
@@ -164,8 +166,6 @@ def test_a_cluster_whose_workers_cannot_compute_is_refused_before_touching(broke
 
 
 def _scheduler_address(path: Path) -> str:
-    import json
-
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if path.is_file():
@@ -177,54 +177,64 @@ def _scheduler_address(path: Path) -> str:
     raise TimeoutError(f"no Dask scheduler wrote {path}")
 
 
-def hooked_build(data, store: Path, log: Path, env: dict, in_process: bool):
-    """run_build in a child process with the write-numbering hook (tests/kill_hook), on a LocalCluster of
-    two worker processes or in process; returns the CompletedProcess (its stdout: the summary as JSON)."""
-    log.mkdir()
-    script = (
-        "import json, sys\n"
-        "from hms_prep.building.run import BuildConfig, run_build\n"
-        f"s = run_build(BuildConfig(data_dir={str(data)!r}, store={str(store)!r}, windows=(10,), chunk_rows=8,\n"
-        f"              workers=2, in_process={in_process}))\n"
-        "print(json.dumps({'ok': s.ok, 'crashed': s.crashed, 'line': s.crash_line(), 'rows': s.rows_computed,\n"
-        "                  'failed': len(s.failed_rows())}))\n"
-    )
-    return run(sys.executable, "-c", script, pythonpath=[HOOK],
-               env={"HMS_KILL_LOG": str(log), **env})
+# Builds in one child process, each with its own settings of the write hook (tests/kill_hook): the
+# environment is set before each build, so a LocalCluster started for it spawns its workers with it, and
+# Dask's configuration is read from it again. One interpreter's imports (5-7 s) for several builds.
+BUILDS = """
+import json, os, sys
+import dask.config
+from hms_prep.building.run import BuildConfig, run_build
+from hms_prep.store.audit import verify_store
+data, in_process, builds = json.loads(sys.argv[1])
+base = dict(os.environ)
+for store, log, env in builds:
+    os.environ.clear()
+    os.environ.update({**base, "HMS_KILL_LOG": log, **env})
+    dask.config.refresh()
+    s = run_build(BuildConfig(data_dir=data, store=store, windows=(10,), chunk_rows=8, workers=2,
+                              in_process=in_process))
+    print("SUMMARY" + json.dumps({"ok": s.ok, "crashed": s.crashed, "line": s.crash_line(), "rows": s.rows_computed,
+                                  "failed": len(s.failed_rows()), "problems": verify_store(store)}), flush=True)
+"""
 
 
-def _summary(result) -> dict:
-    import json
-
+def hooked_builds(data, folder: Path, builds: list[tuple[str, dict]], in_process: bool) -> list[dict]:
+    """run_build for each (store name, hook settings) in turn, into FOLDER/NAME, on a LocalCluster of two
+    worker processes or in process, in one child process; each build's summary, with what `verify` says
+    right after it (`problems`). The hook's files for build i: FOLDER/log{i}*."""
+    logs = [folder / f"log{i}" for i in range(len(builds))]
+    for log in logs:
+        log.mkdir()
+    request = [str(data), in_process, [(str(folder / name), str(log), env) for (name, env), log in zip(builds, logs)]]
+    result = run(sys.executable, "-c", BUILDS, json.dumps(request), pythonpath=[HOOK], timeout=300 * len(builds),
+                 env={"HMS_KILL_LOG": str(logs[0])})  # set at start: the hook loads only then
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    summaries = [json.loads(line[len("SUMMARY"):]) for line in result.stdout.splitlines() if line.startswith("SUMMARY")]
+    assert len(summaries) == len(builds), result.stdout[-3000:]
+    return summaries
 
 
 # Issue 29: an ordinary exception raised inside a Dask worker's task, not only in process.
 @pytest.mark.parametrize("in_process", [True, False], ids=["in_process", "in_a_dask_worker"])
 def test_a_task_that_raises_is_counted_and_its_chunk_redone(tiny_data, tmp_path, in_process):
-    store = tmp_path / "s.zarr"
-    # The disk fails writing the first data chunk of eeg_10s.
-    summary = _summary(hooked_build(tiny_data, store, tmp_path / "log", {"HMS_FAIL_ON": "eeg_10s/c/"},
-                                    in_process=in_process))
-    assert not summary["ok"] and len(summary["crashed"]) == 1 and summary["failed"] > 0
-    assert summary["line"].startswith("1 chunk tasks crashed: OSError: [Errno 5] Input/output error"), summary
-    assert any(p.startswith("eeg_10s: 1 of 3 chunks not complete") for p in verify_store(str(store)))  # and named
-    resumed = _summary(hooked_build(tiny_data, store, tmp_path / "log2", {}, in_process=in_process))
-    assert resumed["ok"] and resumed["rows"] == 8 and verify_store(str(store)) == []
+    # The disk fails writing the first data chunk of eeg_10s; the same build again, the disk well.
+    failed, resumed = hooked_builds(tiny_data, tmp_path, [("s.zarr", {"HMS_FAIL_ON": "eeg_10s/c/"}), ("s.zarr", {})],
+                                    in_process=in_process)
+    assert not failed["ok"] and len(failed["crashed"]) == 1 and failed["failed"] > 0
+    assert failed["line"].startswith("1 chunk tasks crashed: OSError: [Errno 5] Input/output error"), failed
+    assert any(p.startswith("eeg_10s: 1 of 3 chunks not complete") for p in failed["problems"])  # and named
+    assert resumed["ok"] and resumed["rows"] == 8 and resumed["problems"] == []
 
 
 def test_a_worker_killed_mid_build_is_retried_by_dask_or_reported(tiny_data, tmp_path):
-    # Dask reruns the task of a worker that died (the nanny starts a new one): the build ends complete.
-    store = tmp_path / "retried.zarr"
-    summary = _summary(hooked_build(tiny_data, store, tmp_path / "log", {"HMS_KILL_WORKER_AT": "0"},
-                                    in_process=False))
-    assert (tmp_path / "log.worker-killed").exists()  # a worker really died
-    assert summary["ok"] and verify_store(str(store)) == []
-    # With no retry allowed, the task fails with KilledWorker: counted, named, never a silent success.
-    store = tmp_path / "reported.zarr"
-    summary = _summary(hooked_build(tiny_data, store, tmp_path / "log2", {
-        "HMS_KILL_WORKER_AT": "0", "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}, in_process=False))
-    assert (tmp_path / "log2.worker-killed").exists()
-    assert not summary["ok"] and re.match(r"\d+ chunk tasks crashed: KilledWorker", summary["line"]), summary
-    assert verify_store(str(store))
+    retried, reported = hooked_builds(tiny_data, tmp_path, [
+        # Dask reruns the task of a worker that died (the nanny starts a new one): the build ends complete.
+        ("retried.zarr", {"HMS_KILL_WORKER_AT": "0"}),
+        # With no retry allowed, the task fails with KilledWorker: counted, named, never a silent success.
+        ("reported.zarr", {"HMS_KILL_WORKER_AT": "0", "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}),
+    ], in_process=False)
+    assert (tmp_path / "log0.worker-killed").exists()  # a worker really died
+    assert retried["ok"] and retried["problems"] == []
+    assert (tmp_path / "log1.worker-killed").exists()
+    assert not reported["ok"] and re.match(r"\d+ chunk tasks crashed: KilledWorker", reported["line"]), reported
+    assert reported["problems"]

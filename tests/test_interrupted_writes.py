@@ -19,7 +19,7 @@ from hms_prep.compact import compact_store
 from hms_prep.store.labels import read_labels
 from hms_prep.store.layout import store_nbytes
 
-from test_kill import EVERY_WRITE, INTERRUPTED, assert_same_arrays, assert_same_store, uninterrupted, zygote  # noqa: F401  (fixtures)
+from test_kill import EVERY_WRITE, INTERRUPTED, assert_same_arrays, assert_same_store
 from test_row_changes import assert_same_values_by_label_id, corrected, rewrite_csv
 
 
@@ -82,26 +82,11 @@ def test_row_changes_grow_the_store_and_compact_reclaims_it_keeping_every_value(
     assert build(data, store).rows_computed == 0  # the build takes the compacted layout as its own
 
 
-def test_a_compaction_killed_at_any_write_is_finished_by_the_next_one(zygote, tiny_data, uninterrupted, tmp_path):  # noqa: F811
-    reference, _ = uninterrupted
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    rewrite_csv(data, corrected)
-    grown = tmp_path / "grown.zarr"
-    shutil.copytree(reference, grown)
-    code, _, out = zygote.build(data, grown)
-    assert code == 0, out
+def test_a_compaction_killed_at_any_write_is_finished_by_the_next_one(zygote, corrected_change, tmp_path):
+    _, grown, _ = corrected_change  # the tiny store after a corrected train.csv: relocated raw regions
 
     def compact(store: Path, env=None) -> tuple[int, list[str], str]:
-        zygote.runs += 1
-        log, out = zygote.folder / f"log-{zygote.runs}", zygote.folder / f"out-{zygote.runs}"
-        log.mkdir()
-        zygote.process.stdin.write(json.dumps({"argv": ["compact", str(store)], "out": str(out),
-                                               "env": {"HMS_KILL_LOG": str(log), **(env or {})}}) + "\n")
-        zygote.process.stdin.flush()
-        answer = zygote.process.stdout.readline()
-        assert answer, "the zygote died"
-        return json.loads(answer)["returncode"], [p.read_text() for p in sorted(log.iterdir())], out.read_text()
+        return zygote.run("compact", str(store), env=env)
 
     compacted = tmp_path / "compacted.zarr"
     shutil.copytree(grown, compacted)
@@ -131,7 +116,7 @@ def test_a_compaction_killed_at_any_write_is_finished_by_the_next_one(zygote, ti
     assert writes.count(root) == 2 and writes[first_commit + 2].endswith("/labels.parquet"), writes  # staged first
 
 
-def test_ctrl_c_at_a_creation_write_takes_effect_once_that_creation_is_done(zygote, tiny_data, uninterrupted, tmp_path):  # noqa: F811
+def test_ctrl_c_at_a_creation_write_takes_effect_once_that_creation_is_done(zygote, tiny_data, uninterrupted, tmp_path):
     """SIGINT to the build's process group right after each of the six writes that create eeg_30s beside a
     finished store (its build state, then its metadata), and right after a new store's root: exit 130 with
     the one line, the creation it fell in finished (eeg_30s's metadata written; a new store's root with its

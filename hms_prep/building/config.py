@@ -14,6 +14,7 @@ from hms_prep.store.lock import is_local
 
 DEFAULT_STORES = {"train": "cache/specs.zarr", "test": "cache/test.zarr"}
 DEFAULT_CHUNK_ROWS = 32
+SCHEDULER_TIMEOUT_S = 10  # an unreachable --scheduler fails in this many seconds by default, not Dask's 30
 
 
 @dataclass
@@ -34,6 +35,7 @@ class BuildConfig:
     codec: str | None = None  # None: the store's, or AUTO for a new store
     workers: int | None = None  # local cluster size (threads of a --device build); default: one per core
     scheduler: str | None = None  # address of an existing Dask scheduler
+    connect_timeout_s: float = SCHEDULER_TIMEOUT_S  # --connect-timeout: the bound on reaching --scheduler
     repair: bool = False  # also verify every data chunk's checksum and recompute the damaged ones
     retry_failed: bool = False  # compute failed rows again even if none of their files changed
     # None: Dask workers on CPU; "cpu", "cuda", "cuda:N": this process computes, its threads read and
@@ -60,6 +62,9 @@ class BuildConfig:
                                      ("raw_chunk_samples", self.raw_chunk_samples, 1), ("--workers", self.workers, 1)):
             if value is not None and (not isinstance(value, int) or value < least):
                 raise ValueError(f"{option} must be an integer >= {least}, got {value!r}")
+        if isinstance(self.connect_timeout_s, bool) or not isinstance(self.connect_timeout_s, (int, float)) \
+                or not 0 < self.connect_timeout_s < float("inf"):
+            raise ValueError(f"--connect-timeout must be a number of seconds > 0, got {self.connect_timeout_s!r}")
         if self.codec is not None:
             check_codec_choice(self.codec)
         if not self.arrays():

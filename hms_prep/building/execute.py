@@ -25,7 +25,6 @@ from hms_prep.building.interrupts import interrupt_deferred
 from hms_prep.building.task import ChunkJob, ChunkReport, Failure, build_chunk
 from hms_prep.kinds import ArrayKind
 
-SCHEDULER_TIMEOUT_S = 10  # an unreachable scheduler fails in this many seconds, not Dask's 30
 # Up to this many rows to compute, one process computing them itself finishes before a local cluster
 # has started (docs/performance.md measures the crossover).
 IN_PROCESS_ROWS = 400
@@ -87,21 +86,21 @@ class OnDask(Executor):
         self.client, self.cluster, self.futures = None, None, []
 
     def connect(self) -> OnDask:
-        """Reach the remote scheduler now; BuildError in SCHEDULER_TIMEOUT_S when it cannot be reached."""
+        """Reach the remote scheduler now; BuildError within --connect-timeout when it cannot be reached."""
         from distributed import Client
 
-        address = self.config.scheduler
+        address, timeout_s = self.config.scheduler, self.config.connect_timeout_s
         try:
-            _probe_scheduler(address)  # a closed port answers at once; Dask would retry until its timeout
+            _probe_scheduler(address, timeout_s)  # a closed port answers at once; Dask would retry until its timeout
         except (OSError, ValueError) as err:  # socket.timeout is an OSError
-            raise BuildError(f"--scheduler {address}: cannot reach the Dask scheduler within {SCHEDULER_TIMEOUT_S} s "
+            raise BuildError(f"--scheduler {address}: cannot reach the Dask scheduler within {timeout_s:g} s "
                              f"({type(err).__name__}: {err}); is `dask scheduler` running there, and is the port "
                              "open?") from None
         except NotAScheduler as err:
             raise BuildError(f"--scheduler {address}: not a Dask scheduler ({err}); give the address `dask "
                              "scheduler` prints (tcp://HOST:8786)") from None
         try:
-            self.client = Client(address, timeout=f"{SCHEDULER_TIMEOUT_S}s")
+            self.client = Client(address, timeout=f"{timeout_s}s")
         except Exception as err:  # whatever Dask makes of an odd peer: one line, never its traceback
             raise BuildError(f"--scheduler {address}: connecting failed ({type(err).__name__}: {err})") from None
         _announce_dashboard(self.client, self.say)
@@ -140,10 +139,10 @@ class OnDask(Executor):
         cluster may have another environment than this driver, which then imports none of the parts."""
         self.start()
         try:
-            self.client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT_S)
+            self.client.wait_for_workers(1, timeout=self.config.connect_timeout_s)
         except TimeoutError:
             raise BuildError(f"--scheduler {self.config.scheduler}: no Dask worker connected within "
-                             f"{SCHEDULER_TIMEOUT_S} s; start `dask worker` processes there") from None
+                             f"{self.config.connect_timeout_s:g} s; start `dask worker` processes there") from None
         modules = sorted({type(kind).__module__ for kind in kinds})
         lines = [f"Dask scheduler: {line}" for line in self.client.run_on_scheduler(_broken_lines, modules, ())]
         broken = self.client.run(_broken_lines, modules, doctor.BUILD_PARTS)
@@ -271,8 +270,8 @@ class NotAScheduler(Exception):
 HANDSHAKE_MAX_BYTES = 1 << 20
 
 
-def _probe_scheduler(address: str) -> None:
-    """At a tcp:// address, the start of a Dask conversation, within SCHEDULER_TIMEOUT_S in all: a scheduler
+def _probe_scheduler(address: str, timeout_s: float) -> None:
+    """At a tcp:// address, the start of a Dask conversation, within `timeout_s` in all: a scheduler
     sends its handshake as soon as a connection opens (distributed.comm.core), an 8-byte little-endian
     length and that many bytes. OSError when nothing listens (or no connection is made in time);
     NotAScheduler for any other answer, or none in time (an HTTP server waits for a request, and Dask would
@@ -284,8 +283,8 @@ def _probe_scheduler(address: str) -> None:
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     if parts.scheme != "tcp" or not parts.hostname or not parts.port:
         return  # other transports (tls://, ucx://): Dask's own timeout
-    deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
-    with socket.create_connection((parts.hostname, parts.port), timeout=SCHEDULER_TIMEOUT_S) as connection:
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as connection:
 
         def received(n: int) -> bytes:
             data = b""
@@ -295,7 +294,7 @@ def _probe_scheduler(address: str) -> None:
                     more = connection.recv(n - len(data))
                 except socket.timeout:  # it listens, but says nothing: an HTTP server awaits a request
                     raise NotAScheduler(f"it accepted the connection but sent no Dask handshake in "
-                                        f"{SCHEDULER_TIMEOUT_S} s ({len(data)} bytes)") from None
+                                        f"{timeout_s:g} s ({len(data)} bytes)") from None
                 if not more:
                     raise NotAScheduler(f"it closed the connection after {len(data)} bytes")
                 data += more

@@ -41,7 +41,7 @@ seed: setup
 # per core of the CI machine: about half the serial time.
 test: setup
 	$(UV) lock --check --python $(PYTHON)
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/build_throughput.py

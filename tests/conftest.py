@@ -22,15 +22,16 @@ needs_real_sample = pytest.mark.skipif(
 )
 
 
-# The longest files first (20 s or more each on the 2-core machine, longest first, as measured 2026-12-07
-# 22:00 on a quiet machine after the fourth step of issues 25-29: docs/performance.md): `make test`'s two
-# workers take whole files in collection order (--dist loadfile), so starting with the longest keeps one
-# worker from running a long file alone at the end.
-LONGEST_FIRST = ("test_kill.py", "test_train.py", "test_install.py", "test_reliability.py", "test_recipes.py",
-                 "test_seed_chain.py", "test_export.py", "test_build.py", "test_full_scale.py", "test_benchmarks.py",
-                 "test_resume.py", "test_train_plugins.py", "test_documented_commands.py", "test_plugins.py",
-                 "test_interrupted_writes.py", "test_tracking.py", "test_public_models.py", "test_tables.py",
-                 "test_kinds.py")
+# The longest files first (10 s or more each on the 2-core machine, longest first, as measured 2026-12-08
+# 01:26 on a quiet machine after issues 25-29's fifth step: docs/performance.md): `make test`'s two workers
+# take whole files in collection order (--dist loadfile), so starting with the longest keeps one worker from
+# running a long file alone at the end. xdist reorders files by their number of tests unless told not to
+# (`--no-loadscope-reorder` in the Makefile): it then ran the one-test seed chain (114 s) last, alone.
+LONGEST_FIRST = ("test_train.py", "test_seed_chain.py", "test_kill.py", "test_recipes.py", "test_documented_commands.py",
+                 "test_install.py", "test_build.py", "test_export.py", "test_reliability.py", "test_resume.py",
+                 "test_benchmarks.py", "test_train_plugins.py", "test_full_scale.py", "test_tracking.py",
+                 "test_interrupted_writes.py", "test_public_models.py", "test_plugins.py", "test_kinds.py",
+                 "test_row_changes.py", "test_build_paths.py")
 
 
 def pytest_collection_modifyitems(items):

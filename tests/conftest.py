@@ -127,8 +127,8 @@ def preloaded_bin(tmp_path):
 def preloaded():
     """`run(name, *args, env=None, timeout=None)`: `hms-prep` / `hms-train` as a process of its own, forked
     from a preloaded one (`preloaded_server`); a CompletedProcess with its exit status and text output, as
-    `subprocess.run` gives. Not for what the interpreter's own start or exit decides (Ctrl-C, PYTHONPATH
-    plug-ins): those run `python -m`."""
+    `subprocess.run` gives; `env`'s PYTHONPATH is put on the child's path as a fresh interpreter would.
+    Not for what the interpreter's own start or exit decides (Ctrl-C, exit-time output): those run fresh."""
     with preloaded_server() as sock:
         def run(name: str, *args, env=None, timeout=None) -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, "-S", str(PRELOADED), "call", str(sock), name, *map(str, args)],

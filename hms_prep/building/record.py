@@ -18,8 +18,8 @@ from hms_prep.columns import arrow_column, names_column, numpy_column, sparse_st
 from hms_prep.kinds.base import KINDS, kind_of_stored
 from hms_prep.sources.rows import planned_rows
 from hms_prep.store.arrays import ArrayDescription, data_array_names, describe_arrays
-from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, open_build_state, read_errors, read_state,
-                                        record_failures_tried)
+from hms_prep.store.build_state import (STATUS_FAILED, STATUS_NAMES, STATUS_OK, open_build_state, read_errors,
+                                        read_state, record_failures_tried)
 from hms_prep.store.coords import write_coordinates
 from hms_prep.store.labels import RAW_INDEX_COLUMNS, ROW_KEY, live_rows, read_labels_if_readable, write_labels
 from hms_prep.store.layout import store_nbytes
@@ -157,7 +157,7 @@ def rows_without_votes(config: BuildConfig, planned: pa.Table) -> list[Failure]:
             for r in rows]
 
 
-DROPPED_CODE = 3  # labels.parquet's `dropped` status, after the build state's codes
+DROPPED_CODE = len(STATUS_NAMES)  # labels.parquet's `dropped` status, after the build state's codes
 
 
 def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, label_failures: list[Failure],
@@ -176,7 +176,7 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
     overall = np.full(n, STATUS_OK, dtype=np.uint8)
     errors: dict[int, list[str]] = defaultdict(list)  # only rows with one: few of the real data's 106,800
     failed_rows: dict[str, dict[int, str]] = {}
-    names = ("pending", "ok", "failed", "dropped")  # by status code (build_state.py), then DROPPED_CODE
+    names = (*STATUS_NAMES, "dropped")  # by status code, then DROPPED_CODE
     for name in data_array_names(group):  # a stable order: array_keys() follows the filesystem
         state = open_build_state(group, name)
         status, repaired = (unchanged or {}).get(name) or (read_state(state.status)[0], None)
@@ -203,7 +203,6 @@ def labels_with_status(group, planned: pa.Table, raw_index: np.ndarray | None, l
     table = table.append_column("status", names_column(overall, names))
     error = sparse_string_column(n, {row: "; ".join(reasons) for row, reasons in errors.items()})
     return table.append_column("error", error), failed_rows
-
 
 
 def write_labels_if_changed(url: str, table: pa.Table, planned_columns=(), say=None) -> None:

@@ -11,8 +11,8 @@ from hms_prep.store.codecs import ChunkError, ChunkSource, codec_of
 from hms_prep.domain import TARGET_COLUMNS
 from hms_prep.store.arrays import (STORAGES, ArrayDescription, data_array_order, describe_arrays, store_problems,
                                    survey_arrays)
-from hms_prep.store.build_state import (STATUS_FAILED, STATUS_OK, STATUS_PENDING, damaged_state_chunks,
-                                        open_build_state, read_state)
+from hms_prep.store.build_state import (STATUS_FAILED, STATUS_NAMES, STATUS_OK, STATUS_PENDING,
+                                        damaged_state_chunks, open_build_state, read_state)
 from hms_prep.store.labels import (RAW_INDEX_COLUMNS, ROW_IDENTITY, ROW_KEY, live_rows, read_labels,
                                    read_labels_if_readable, read_row_table, row_table_file, row_table_of, with_targets)
 from hms_prep.store.layout import StoreError, StoreLayout, digest, open_store, store_nbytes
@@ -234,7 +234,7 @@ def labels_against_store(labels, row_table, layout: StoreLayout, group=None, arr
         for name in ("total_votes", *TARGET_COLUMNS, "fold"):
             columns[name] = derived.column(name).to_numpy(zero_copy_only=False)
     if group is not None:
-        names = np.array(["pending", "ok", "failed"], dtype=object)
+        names = np.array(STATUS_NAMES, dtype=object)
         for name in arrays:
             status, _ = read_state(open_build_state(group, name).status)
             if status.shape[0] == layout.n_rows:  # else a change of rows in progress, named apart

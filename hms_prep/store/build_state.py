@@ -16,6 +16,7 @@ from hms_prep.store.layout import StoreError, StoreLayout
 BUILD_GROUP = "_build"
 
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+STATUS_NAMES = ("pending", "ok", "failed")  # labels.parquet's status columns, by code
 
 
 BUILD_STATE_ARRAYS = ("done", "status", "error", "repaired")
